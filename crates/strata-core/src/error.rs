@@ -1,0 +1,96 @@
+//! Errors of the domain and the application services. The HTTP crate maps these to status
+//! codes in exactly one place; nothing here knows what a status code is.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+/// One input that failed to parse, naming the field and a stable machine-readable code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    pub field: Cow<'static, str>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ValidationError {
+    pub fn new(field: impl Into<Cow<'static, str>>, code: &'static str, message: impl Into<String>) -> Self {
+        ValidationError { field: field.into(), code, message: message.into() }
+    }
+}
+
+/// Why a bearer token was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenProblem {
+    Missing,
+    Malformed,
+    Unknown,
+    Expired,
+    Revoked,
+    AccountDisabled,
+    /// The static admin credential was presented where a session is required.
+    NotASession,
+}
+
+/// Errors from a repository port. Adapters translate driver errors into these.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RepoError {
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("idempotency key already used")]
+    IdempotencyKeyTaken,
+    #[error("version conflict")]
+    VersionConflict,
+    #[error("not found")]
+    NotFound,
+    /// The backend could not be reached or timed out; retrying later may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug or a schema mismatch. Logged, never shown to clients.
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+/// Everything an application service can answer with besides success.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    #[error("account disabled")]
+    AccountDisabled,
+    #[error("too many failed attempts")]
+    Throttled { retry_after: Duration },
+    #[error("unauthenticated: {0:?}")]
+    Unauthenticated(TokenProblem),
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("version mismatch")]
+    VersionMismatch,
+    #[error("idempotency key reused with a different request")]
+    IdempotencyKeyReused,
+    #[error("busy, retry later")]
+    Overloaded { retry_after: Duration },
+    #[error("dependency unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<RepoError> for AppError {
+    fn from(err: RepoError) -> Self {
+        match err {
+            RepoError::EmailTaken => AppError::EmailTaken,
+            RepoError::VersionConflict => AppError::VersionMismatch,
+            RepoError::NotFound => AppError::NotFound("user"),
+            RepoError::IdempotencyKeyTaken => AppError::IdempotencyKeyReused,
+            RepoError::Unavailable(m) => AppError::Unavailable(m),
+            RepoError::Internal(m) => AppError::Internal(m),
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The account service: registration, login, session checks, profile changes. Business
+//! rules live here and nowhere else; the HTTP layer only parses and renders.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::domain::{
+    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, Role, Session, SessionId,
+    SessionToken, Timestamp, User, UserId, UserStatus, Version,
+};
+use crate::error::{AppError, RepoError, TokenProblem, ValidationError};
+use crate::password::PasswordHasher;
+use crate::ports::{Clock, SessionRevocation, Store, StoreObserver, UserListQuery};
+use crate::throttle::LoginThrottle;
+use crate::timing::{self, Component};
+
+#[derive(Clone, Copy, Debug)]
+pub struct AccountSettings {
+    pub session_ttl: Duration,
+    pub list_default_limit: u32,
+    pub list_max_limit: u32,
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        AccountSettings { session_ttl: Duration::from_secs(24 * 3600), list_default_limit: 50, list_max_limit: 200 }
+    }
+}
+
+/// Who is making a request.
+#[derive(Clone, Debug)]
+pub enum Actor {
+    /// Holder of the configured admin token.
+    System,
+    /// A logged-in user, with the session they used.
+    User { user: Box<User>, session: SessionId },
+}
+
+impl Actor {
+    fn is_admin(&self) -> bool {
+        match self {
+            Actor::System => true,
+            Actor::User { user, .. } => user.is_admin(),
+        }
+    }
+
+    fn may_act_on(&self, id: UserId) -> bool {
+        match self {
+            Actor::System => true,
+            Actor::User { user, .. } => user.is_admin() || user.id == id,
+        }
+    }
+
+    fn session(&self) -> Option<SessionId> {
+        match self {
+            Actor::System => None,
+            Actor::User { session, .. } => Some(*session),
+        }
+    }
+}
+
+pub struct Registration {
+    pub email: Email,
+    pub name: DisplayName,
+    pub password: Password,
+}
+
+/// The outcome of a create: `replayed` is true when an idempotent retry returned the user
+/// that the first request created.
+pub struct Registered {
+    pub user: User,
+    pub replayed: bool,
+}
+
+pub struct LoggedIn {
+    pub token: SessionToken,
+    pub session: Session,
+    pub user: User,
+}
+
+/// Fields a PATCH may change; `None` leaves a field alone.
+#[derive(Default)]
+pub struct UserChanges {
+    pub email: Option<Email>,
+    pub name: Option<DisplayName>,
+    pub password: Option<Password>,
+    pub role: Option<Role>,
+    pub status: Option<UserStatus>,
+}
+
+impl UserChanges {
+    fn is_empty(&self) -> bool {
+        self.email.is_none()
+            && self.name.is_none()
+            && self.password.is_none()
+            && self.role.is_none()
+            && self.status.is_none()
+    }
+}
+
+pub struct UserPage {
+    pub items: Vec<User>,
+    /// Id of the last item when more may follow.
+    pub next_after: Option<UserId>,
+}
+
+pub struct Accounts {
+    store: Arc<dyn Store>,
+    hasher: Arc<PasswordHasher>,
+    throttle: LoginThrottle,
+    clock: Arc<dyn Clock>,
+    observer: Arc<dyn StoreObserver>,
+    settings: AccountSettings,
+}
+
+impl Accounts {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hasher: Arc<PasswordHasher>,
+        throttle: LoginThrottle,
+        clock: Arc<dyn Clock>,
+        observer: Arc<dyn StoreObserver>,
+        settings: AccountSettings,
+    ) -> Self {
+        Accounts { store, hasher, throttle, clock, observer, settings }
+    }
+
+    pub fn settings(&self) -> &AccountSettings {
+        &self.settings
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
+    /// Runs one storage call, charging its time to the request and reporting it.
+    async fn db<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, RepoError>>) -> Result<T, RepoError> {
+        let started = Instant::now();
+        let out = fut.await;
+        let elapsed = started.elapsed();
+        timing::record(Component::Db, elapsed);
+        self.observer.observe(op, elapsed, out.as_ref().map(|_| ()));
+        out
+    }
+
+    pub async fn register(&self, reg: Registration, key: Option<IdempotencyKey>) -> Result<Registered, AppError> {
+        let fingerprint = fingerprint(&reg);
+        if let Some(key) = &key
+            && let Some(done) = self.replay(key, &fingerprint, &reg.password).await?
+        {
+            return Ok(done);
+        }
+        let hash = self.hasher.hash(&reg.password).await?;
+        let now = self.clock.now();
+        let user = User {
+            id: UserId::generate(),
+            email: reg.email.clone(),
+            name: reg.name.clone(),
+            password_hash: hash,
+            role: Role::User,
+            status: UserStatus::Active,
+            version: Version::FIRST,
+            created_at: now,
+            updated_at: now,
+        };
+        let record = key.as_ref().map(|k| IdempotencyRecord {
+            key: k.clone(),
+            fingerprint,
+            user_id: user.id,
+            created_at: now,
+        });
+        let event = user_event("user.created", &user, now);
+        match self.db("create_user", self.store.create_user(&user, record.as_ref(), &event)).await {
+            Ok(()) => Ok(Registered { user, replayed: false }),
+            // A concurrent request with the same key won the race: answer as its retry.
+            Err(RepoError::IdempotencyKeyTaken) => match &key {
+                Some(k) => self.replay(k, &fingerprint, &reg.password).await?.ok_or(AppError::IdempotencyKeyReused),
+                None => Err(AppError::IdempotencyKeyReused),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn replay(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &[u8; 32],
+        password: &Password,
+    ) -> Result<Option<Registered>, AppError> {
+        let Some(record) = self.db("idempotency_record", self.store.idempotency_record(key)).await? else {
+            return Ok(None);
+        };
+        if &record.fingerprint != fingerprint {
+            return Err(AppError::IdempotencyKeyReused);
+        }
+        let user = self
+            .db("user_by_id", self.store.user_by_id(record.user_id))
+            .await?
+            .ok_or(AppError::IdempotencyKeyReused)?;
+        if !self.hasher.verify(password, &user.password_hash).await? {
+            return Err(AppError::IdempotencyKeyReused);
+        }
+        Ok(Some(Registered { user, replayed: true }))
+    }
+
+    /// `client` identifies the caller's address for per-client throttling.
+    pub async fn login(&self, email: &Email, password: &Password, client: &str) -> Result<LoggedIn, AppError> {
+        let now = self.clock.now();
+        self.throttle.check(email.as_str(), client, now).map_err(|retry_after| AppError::Throttled { retry_after })?;
+        let user = self.db("user_by_email", self.store.user_by_email(email)).await?;
+        // Unknown emails still pay for a verify, against a decoy hash, so that timing does
+        // not reveal which emails have accounts.
+        let hash = user.as_ref().map_or(self.hasher.decoy(), |u| &u.password_hash);
+        let ok = self.hasher.verify(password, hash).await?;
+        let user = match user {
+            Some(user) if ok => user,
+            _ => {
+                self.throttle.record_failure(email.as_str(), client, self.clock.now());
+                return Err(AppError::InvalidCredentials);
+            }
+        };
+        self.throttle.record_success(email.as_str());
+        if user.status != UserStatus::Active {
+            return Err(AppError::AccountDisabled);
+        }
+        let now = self.clock.now();
+        let token = SessionToken::generate();
+        let session = Session {
+            id: SessionId::generate(),
+            user_id: user.id,
+            token_hash: token.hash(),
+            created_at: now,
+            expires_at: now.plus(self.settings.session_ttl),
+            revoked_at: None,
+        };
+        let event = session_event("session.created", &session, now);
+        self.db("create_session", self.store.create_session(&session, &event)).await?;
+        Ok(LoggedIn { token, session, user })
+    }
+
+    /// The hot path: who holds this token?
+    pub async fn authenticate(&self, token: &SessionToken) -> Result<(Session, User), AppError> {
+        let hash = token.hash();
+        let found = self.db("session_with_user", self.store.session_with_user(&hash)).await?;
+        let Some((session, user)) = found else {
+            return Err(AppError::Unauthenticated(TokenProblem::Unknown));
+        };
+        if !session.token_hash.ct_eq(&hash) {
+            return Err(AppError::Unauthenticated(TokenProblem::Unknown));
+        }
+        if session.revoked_at.is_some() {
+            return Err(AppError::Unauthenticated(TokenProblem::Revoked));
+        }
+        if self.clock.now() >= session.expires_at {
+            return Err(AppError::Unauthenticated(TokenProblem::Expired));
+        }
+        if user.status != UserStatus::Active {
+            return Err(AppError::Unauthenticated(TokenProblem::AccountDisabled));
+        }
+        Ok((session, user))
+    }
+
+    pub async fn logout(&self, session: &Session) -> Result<(), AppError> {
+        let now = self.clock.now();
+        let event = session_event("session.revoked", session, now);
+        self.db("revoke_session", self.store.revoke_session(session.id, now, &event)).await?;
+        Ok(())
+    }
+
+    pub async fn get_user(&self, actor: &Actor, id: UserId) -> Result<User, AppError> {
+        if !actor.may_act_on(id) {
+            return Err(AppError::Forbidden("you may only read your own account"));
+        }
+        self.db("user_by_id", self.store.user_by_id(id)).await?.ok_or(AppError::NotFound("user"))
+    }
+
+    pub async fn update_user(
+        &self,
+        actor: &Actor,
+        id: UserId,
+        expected: Version,
+        changes: UserChanges,
+    ) -> Result<User, AppError> {
+        if !actor.may_act_on(id) {
+            return Err(AppError::Forbidden("you may only change your own account"));
+        }
+        if (changes.role.is_some() || changes.status.is_some()) && !actor.is_admin() {
+            return Err(AppError::Forbidden("only an admin may change role or status"));
+        }
+        if changes.is_empty() {
+            return Err(ValidationError::new("body", "empty_patch", "the body must change at least one field").into());
+        }
+        let current = self.db("user_by_id", self.store.user_by_id(id)).await?.ok_or(AppError::NotFound("user"))?;
+        // Checked before hashing a new password, so a stale request costs no argon2 time.
+        if current.version != expected {
+            return Err(AppError::VersionMismatch);
+        }
+        let now = self.clock.now();
+        let mut next = current.clone();
+        if let Some(email) = changes.email {
+            next.email = email;
+        }
+        if let Some(name) = changes.name {
+            next.name = name;
+        }
+        if let Some(role) = changes.role {
+            next.role = role;
+        }
+        if let Some(status) = changes.status {
+            next.status = status;
+        }
+        let mut revoke = SessionRevocation::None;
+        if let Some(password) = &changes.password {
+            next.password_hash = self.hasher.hash(password).await?;
+            revoke = match actor.session() {
+                Some(keep) if matches!(actor, Actor::User { user, .. } if user.id == id) => {
+                    SessionRevocation::AllExcept { keep, at: now }
+                }
+                _ => SessionRevocation::All { at: now },
+            };
+        }
+        if next.status == UserStatus::Disabled && current.status != UserStatus::Disabled {
+            revoke = SessionRevocation::All { at: now };
+        }
+        next.version = current.version.next();
+        next.updated_at = now;
+        let event = user_event("user.updated", &next, now);
+        self.db("update_user", self.store.update_user(&next, expected, revoke, &event)).await?;
+        Ok(next)
+    }
+
+    pub async fn delete_user(&self, actor: &Actor, id: UserId, expected: Option<Version>) -> Result<(), AppError> {
+        if !actor.may_act_on(id) {
+            return Err(AppError::Forbidden("you may only delete your own account"));
+        }
+        let now = self.clock.now();
+        let event = OutboxEvent {
+            id: uuid::Uuid::now_v7(),
+            aggregate_id: id.as_uuid(),
+            event_type: "user.deleted",
+            payload: serde_json::json!({ "user_id": id.to_string() }).to_string(),
+            created_at: now,
+        };
+        self.db("delete_user", self.store.delete_user(id, expected, &event)).await?;
+        Ok(())
+    }
+
+    pub async fn list_users(
+        &self,
+        actor: &Actor,
+        after: Option<UserId>,
+        limit: Option<u32>,
+        email: Option<Email>,
+    ) -> Result<UserPage, AppError> {
+        if !actor.is_admin() {
+            return Err(AppError::Forbidden("listing users requires an admin"));
+        }
+        let limit = limit.unwrap_or(self.settings.list_default_limit);
+        if limit == 0 || limit > self.settings.list_max_limit {
+            return Err(ValidationError::new(
+                "limit",
+                "out_of_range",
+                format!("limit must be between 1 and {}", self.settings.list_max_limit),
+            )
+            .into());
+        }
+        // One extra row tells whether another page exists without a COUNT.
+        let query = UserListQuery { after, limit: limit + 1, email };
+        let mut items = self.db("list_users", self.store.list_users(&query)).await?;
+        let next_after = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|u| u.id)
+        } else {
+            None
+        };
+        Ok(UserPage { items, next_after })
+    }
+}
+
+fn fingerprint(reg: &Registration) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(reg.email.as_str().as_bytes());
+    h.update([0]);
+    h.update(reg.name.as_str().as_bytes());
+    h.finalize().into()
+}
+
+fn user_event(event_type: &'static str, user: &User, now: Timestamp) -> OutboxEvent {
+    OutboxEvent {
+        id: uuid::Uuid::now_v7(),
+        aggregate_id: user.id.as_uuid(),
+        event_type,
+        payload: serde_json::json!({
+            "user_id": user.id.to_string(),
+            "email": user.email.as_str(),
+            "version": user.version.0,
+            "status": user.status.as_str(),
+            "role": user.role.as_str(),
+        })
+        .to_string(),
+        created_at: now,
+    }
+}
+
+fn session_event(event_type: &'static str, session: &Session, now: Timestamp) -> OutboxEvent {
+    OutboxEvent {
+        id: uuid::Uuid::now_v7(),
+        aggregate_id: session.user_id.as_uuid(),
+        event_type,
+        payload: serde_json::json!({
+            "session_id": session.id.to_string(),
+            "user_id": session.user_id.to_string(),
+        })
+        .to_string(),
+        created_at: now,
+    }
+}

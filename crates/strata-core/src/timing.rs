@@ -1,0 +1,80 @@
+//! Per-request time accounting by component (database, password hashing, later cache and
+//! broker). The HTTP layer opens a scope per request and turns the totals into a
+//! `Server-Timing` header; the services record into whatever scope they run in, and
+//! outside a scope recording is a no-op.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Component {
+    Db,
+    Hash,
+}
+
+/// Accumulated microseconds per component for one request.
+#[derive(Debug, Default)]
+pub struct Timings {
+    db_micros: AtomicU64,
+    hash_micros: AtomicU64,
+}
+
+impl Timings {
+    fn slot(&self, component: Component) -> &AtomicU64 {
+        match component {
+            Component::Db => &self.db_micros,
+            Component::Hash => &self.hash_micros,
+        }
+    }
+
+    pub fn add(&self, component: Component, elapsed: Duration) {
+        self.slot(component).fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, component: Component) -> Duration {
+        Duration::from_micros(self.slot(component).load(Ordering::Relaxed))
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: Arc<Timings>;
+}
+
+/// Runs `fut` with `timings` as the current request's accumulator.
+pub async fn scope<F: Future>(timings: Arc<Timings>, fut: F) -> F::Output {
+    CURRENT.scope(timings, fut).await
+}
+
+pub fn record(component: Component, elapsed: Duration) {
+    let _ = CURRENT.try_with(|t| t.add(component, elapsed));
+}
+
+/// Awaits `fut` and charges its wall time to `component`.
+pub async fn measure<F: Future>(component: Component, fut: F) -> (F::Output, Duration) {
+    let started = Instant::now();
+    let out = fut.await;
+    let elapsed = started.elapsed();
+    record(component, elapsed);
+    (out, elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn records_inside_scope_only() {
+        record(Component::Db, Duration::from_millis(5)); // no scope: ignored, no panic
+        let timings = Arc::new(Timings::default());
+        scope(timings.clone(), async {
+            record(Component::Db, Duration::from_micros(1500));
+            record(Component::Db, Duration::from_micros(500));
+            record(Component::Hash, Duration::from_micros(7));
+        })
+        .await;
+        assert_eq!(timings.get(Component::Db), Duration::from_micros(2000));
+        assert_eq!(timings.get(Component::Hash), Duration::from_micros(7));
+    }
+}
