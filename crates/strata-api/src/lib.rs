@@ -1,1 +1,124 @@
-//! placeholder
+//! Strata's HTTP layer: the axum router of API v1, its extractors and DTOs, problem+json
+//! errors, metrics, OpenAPI and the docs page.
+//!
+//! Architecture invariant: this is the only crate that knows JSON wire shapes and status
+//! codes. It depends on strata-core's services and ports, never on a storage adapter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use strata_core::service::Accounts;
+
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod observe;
+pub mod openapi;
+pub mod routes;
+
+use crate::dto::Health;
+use crate::error::ApiError;
+pub use crate::metrics::Metrics;
+
+/// Default request body limit: far above any legitimate request of API v1.
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub accounts: Arc<Accounts>,
+    pub metrics: Arc<Metrics>,
+    /// Static admin bearer secret, if configured.
+    pub admin_token: Option<Arc<str>>,
+    /// False before startup completes and once shutdown begins, so load balancers drain us.
+    pub ready: Arc<AtomicBool>,
+    pub body_limit: usize,
+}
+
+impl AppState {
+    pub fn is_admin_token(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        match &self.admin_token {
+            Some(secret) => bool::from(secret.as_bytes().ct_eq(presented.as_bytes())),
+            None => false,
+        }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    use axum::routing::{get as g, post};
+    Router::new()
+        .route("/v1/users", post(routes::create_user).get(routes::list_users))
+        .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
+        .route("/v1/sessions", post(routes::login))
+        .route("/v1/sessions/current", g(routes::current_session).delete(routes::logout))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found_route(uri.path())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok", database: None })
+}
+
+/// Readiness: accepting traffic and the database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, body = Health),
+    (status = 503, description = "Starting, draining, or the database is unreachable", body = Health),
+))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Health>) {
+    if !state.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "not_ready", database: None }));
+    }
+    let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.accounts.store().ping()).await;
+    match ping {
+        Ok(Ok(())) => (StatusCode::OK, axum::Json(Health { status: "ok", database: Some("ok") })),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "not_ready", database: Some("unreachable") })),
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String),
+))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(state.accounts.store().pool_stats(), state.accounts.hasher().queued());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses(
+    (status = 200, description = "OpenAPI 3.1 document", content_type = "application/json", body = Object),
+))]
+pub async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi::document_json()).into_response()
+}
+
+/// Rendered API documentation (self-contained, works offline).
+#[utoipa::path(get, path = "/docs", tag = "operations", responses(
+    (status = 200, description = "HTML page", content_type = "text/html", body = String),
+))]
+pub async fn docs() -> Html<&'static str> {
+    Html(include_str!("docs.html"))
+}

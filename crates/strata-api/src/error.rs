@@ -1,0 +1,229 @@
+//! The one place where errors become HTTP responses: RFC 9457 `application/problem+json`
+//! bodies with a stable machine-readable `code` (documented in the README) and, where one
+//! input is to blame, the `field` that was wrong.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use strata_core::error::{AppError, TokenProblem, ValidationError};
+use utoipa::ToSchema;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// An RFC 9457 problem details object.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// URI identifying the problem type: `urn:strata:problem:<code>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Short summary of the problem type.
+    pub title: &'static str,
+    pub status: u16,
+    /// What went wrong with this request, for humans.
+    pub detail: String,
+    /// Stable machine-readable code; see the README's error table.
+    pub code: &'static str,
+    /// The request field, header, path or query parameter at fault, if one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// An error on its way to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    pub field: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub www_authenticate: Option<&'static str>,
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            field: None,
+            retry_after: None,
+            www_authenticate: None,
+            allow: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(code: &'static str, field: impl Into<String>, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, code, "Bad request", detail).field(field)
+    }
+
+    pub fn invalid_field(code: &'static str, field: impl Into<String>, detail: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, "Invalid field", detail).field(field)
+    }
+
+    pub fn not_found_route(path: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "Not found", format!("no route for {path}"))
+    }
+
+    pub fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            "this route does not support the request's method",
+        )
+    }
+
+    fn unauthenticated(problem: TokenProblem) -> Self {
+        let (code, detail, challenge) = match problem {
+            TokenProblem::Missing => {
+                ("missing_token", "this endpoint needs an Authorization: Bearer token", "Bearer realm=\"strata\"")
+            }
+            TokenProblem::Malformed => (
+                "malformed_token",
+                "the Authorization header must be `Bearer <token>` with a token issued by POST /v1/sessions",
+                "Bearer realm=\"strata\", error=\"invalid_token\"",
+            ),
+            TokenProblem::Unknown => {
+                ("invalid_token", "the token is not valid", "Bearer realm=\"strata\", error=\"invalid_token\"")
+            }
+            TokenProblem::Expired => {
+                ("token_expired", "the session has expired", "Bearer realm=\"strata\", error=\"invalid_token\"")
+            }
+            TokenProblem::Revoked => (
+                "token_revoked",
+                "the session was ended (logout, password change or account deletion)",
+                "Bearer realm=\"strata\", error=\"invalid_token\"",
+            ),
+            TokenProblem::AccountDisabled => (
+                "account_disabled",
+                "the account of this session is disabled",
+                "Bearer realm=\"strata\", error=\"invalid_token\"",
+            ),
+            TokenProblem::NotASession => (
+                "not_a_session",
+                "the admin token is not a session; log in to get a session token",
+                "Bearer realm=\"strata\", error=\"invalid_token\"",
+            ),
+        };
+        let mut e = ApiError::new(StatusCode::UNAUTHORIZED, code, "Unauthenticated", detail).field("Authorization");
+        e.www_authenticate = Some(challenge);
+        e
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::invalid_field(e.code, e.field.into_owned(), e.message)
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
+        use StatusCode as S;
+        match err {
+            AppError::Validation(v) => v.into(),
+            AppError::InvalidCredentials => {
+                ApiError::new(S::UNAUTHORIZED, "invalid_credentials", "Unauthenticated", "invalid email or password")
+            }
+            AppError::AccountDisabled => {
+                ApiError::new(S::FORBIDDEN, "account_disabled", "Forbidden", "this account is disabled")
+            }
+            AppError::Throttled { retry_after } => {
+                let mut e = ApiError::new(
+                    S::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    "Too many requests",
+                    "too many failed logins for this account or address; retry later",
+                );
+                e.retry_after = Some(retry_after);
+                e
+            }
+            AppError::Unauthenticated(p) => ApiError::unauthenticated(p),
+            AppError::Forbidden(why) => ApiError::new(S::FORBIDDEN, "forbidden", "Forbidden", why),
+            AppError::NotFound(what) => ApiError::new(S::NOT_FOUND, "not_found", "Not found", format!("{what} not found")),
+            AppError::EmailTaken => {
+                ApiError::new(S::CONFLICT, "email_taken", "Conflict", "an account with this email already exists")
+                    .field("email")
+            }
+            AppError::VersionMismatch => ApiError::new(
+                S::PRECONDITION_FAILED,
+                "version_mismatch",
+                "Precondition failed",
+                "the resource changed since you read it; fetch it again and retry with the new ETag",
+            )
+            .field("If-Match"),
+            AppError::IdempotencyKeyReused => ApiError::new(
+                S::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "Idempotency key reused",
+                "this Idempotency-Key was used for a different request",
+            )
+            .field("Idempotency-Key"),
+            AppError::Overloaded { retry_after } => {
+                let mut e = ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "Service overloaded",
+                    "too many password operations in flight; retry shortly",
+                );
+                e.retry_after = Some(retry_after);
+                e
+            }
+            AppError::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "dependency unavailable");
+                let mut e = ApiError::new(
+                    S::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Service unavailable",
+                    "a backing service is unavailable; retry shortly",
+                );
+                e.retry_after = Some(Duration::from_secs(1));
+                e
+            }
+            AppError::Internal(msg) => {
+                // Internals are logged for operators and never shown to clients.
+                tracing::error!(error = %msg, "internal error");
+                ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "Internal error", "an unexpected error occurred")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Problem {
+            type_uri: format!("urn:strata:problem:{}", self.code),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: self.detail,
+            code: self.code,
+            field: self.field,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = (self.status, bytes).into_response();
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(wait) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
+        }
+        if let Some(challenge) = self.www_authenticate {
+            h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        if let Some(allow) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        res
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,291 @@
+//! Request extractors. Each turns one part of a request into a domain value or a problem
+//! response that names the part at fault; handlers never see unparsed input.
+
+use std::net::SocketAddr;
+
+
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use strata_core::domain::{IdempotencyKey, Session, SessionToken, User, UserId, Version};
+use strata_core::error::TokenProblem;
+use strata_core::service::Actor;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A JSON request body: right content type, within the size limit, syntactically valid,
+/// and matching `T` exactly (unknown, duplicate or missing fields are refused).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        if mime != "application/json" && mime != "application/merge-patch+json" {
+            let detail = if content_type.is_empty() {
+                "a JSON body needs Content-Type: application/json".to_owned()
+            } else {
+                format!("Content-Type {content_type:?} is not supported; send application/json")
+            };
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Unsupported media type",
+                detail,
+            )
+            .field("Content-Type"));
+        }
+        let limit = state.body_limit;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "Payload too large",
+                format!("the request body must be at most {limit} bytes"),
+            )
+            .field("body")
+        };
+        // Refuse early on the declared length, before reading anything.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+            // The only error with a length-limit source is the limit; others are I/O.
+            if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
+                too_large()
+            } else {
+                ApiError::bad_request("body_unreadable", "body", "the request body could not be read")
+            }
+        })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("malformed_json", "body", "the request body is empty; send a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        json_problem(&path, &inner)
+    })?;
+    de.end().map_err(|e| json_problem(".", &e))?;
+    Ok(value)
+}
+
+fn json_problem(path: &str, err: &serde_json::Error) -> ApiError {
+    use serde_json::error::Category;
+    let msg = err.to_string();
+    match err.classify() {
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::bad_request("malformed_json", "body", format!("the body is not valid JSON: {msg}"))
+        }
+        Category::Data => {
+            // serde names the culprit in backticks for missing/unknown/duplicate fields;
+            // otherwise the path (from serde_path_to_error) points at it.
+            let named = msg.split('`').nth(1).map(str::to_owned);
+            let (code, field) = if msg.starts_with("missing field") {
+                ("missing_field", named)
+            } else if msg.starts_with("unknown field") {
+                ("unknown_field", named)
+            } else if msg.starts_with("duplicate field") {
+                ("duplicate_field", named)
+            } else {
+                ("invalid_type", Some(path.to_owned()).filter(|p| p != "."))
+            };
+            let detail = msg.split(" at line ").next().unwrap_or(&msg).to_owned();
+            ApiError::invalid_field(code, field.unwrap_or_else(|| "body".to_owned()), detail)
+        }
+    }
+}
+
+/// Serde helper for optional PATCH fields: absent means "leave alone", while an explicit
+/// `null` is refused instead of being silently treated as absent.
+pub fn present<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(de).map(Some)
+}
+
+/// A user id from the path.
+pub struct PathUserId(pub UserId);
+
+impl FromRequestParts<AppState> for PathUserId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::bad_request("invalid_uuid", "id", "the path must end in a user id"))?;
+        UserId::parse(&raw)
+            .map(PathUserId)
+            .map_err(|_| ApiError::bad_request("invalid_uuid", "id", format!("{raw:?} is not a UUID")))
+    }
+}
+
+/// The version a conditional request expects, from `If-Match: "<version>"` (weak
+/// validators `W/"…"` are accepted too: versions are exact either way).
+pub struct IfMatch(pub Version);
+
+pub fn parse_if_match(parts: &Parts) -> Result<Option<Version>, ApiError> {
+    let Some(raw) = parts.headers.get(header::IF_MATCH) else { return Ok(None) };
+    let malformed = || {
+        ApiError::bad_request(
+            "malformed_if_match",
+            "If-Match",
+            "If-Match must be the ETag from a previous response, e.g. \"3\"",
+        )
+    };
+    let text = raw.to_str().map_err(|_| malformed())?.trim();
+    let text = text.strip_prefix("W/").unwrap_or(text);
+    let inner = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(malformed)?;
+    let version: u64 = inner.parse().map_err(|_| malformed())?;
+    if version == 0 {
+        return Err(malformed());
+    }
+    Ok(Some(Version(version)))
+}
+
+impl FromRequestParts<AppState> for IfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parse_if_match(parts)?.map(IfMatch).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "if_match_required",
+                "Precondition required",
+                "changes need an If-Match header with the user's current ETag",
+            )
+            .field("If-Match")
+        })
+    }
+}
+
+/// `If-Match` when present (DELETE accepts it but does not require it).
+pub struct OptionalIfMatch(pub Option<Version>);
+
+impl FromRequestParts<AppState> for OptionalIfMatch {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        parse_if_match(parts).map(OptionalIfMatch)
+    }
+}
+
+pub struct IdempotencyKeyHeader(pub Option<IdempotencyKey>);
+
+impl FromRequestParts<AppState> for IdempotencyKeyHeader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let Some(raw) = parts.headers.get("idempotency-key") else { return Ok(IdempotencyKeyHeader(None)) };
+        let text = raw.to_str().map_err(|_| {
+            ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key", "Idempotency-Key must be ASCII")
+        })?;
+        IdempotencyKey::parse(text)
+            .map(|k| IdempotencyKeyHeader(Some(k)))
+            .map_err(|e| ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key", e.message))
+    }
+}
+
+fn bearer(parts: &Parts) -> Result<&str, TokenProblem> {
+    let raw = parts.headers.get(header::AUTHORIZATION).ok_or(TokenProblem::Missing)?;
+    let text = raw.to_str().map_err(|_| TokenProblem::Malformed)?;
+    let (scheme, token) = text.split_once(' ').ok_or(TokenProblem::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenProblem::Malformed);
+    }
+    Ok(token.trim())
+}
+
+/// Whoever the bearer token says is calling: the admin credential or a user session.
+pub struct Caller(pub Actor);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).map_err(|p| ApiError::from(strata_core::error::AppError::Unauthenticated(p)))?;
+        if state.is_admin_token(token) {
+            return Ok(Caller(Actor::System));
+        }
+        let (session, user) = authenticate(state, token).await?;
+        Ok(Caller(Actor::User { user: Box::new(user), session: session.id }))
+    }
+}
+
+/// A user session (the admin credential is not one).
+pub struct CurrentSession {
+    pub session: Session,
+    pub user: User,
+}
+
+impl FromRequestParts<AppState> for CurrentSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts).map_err(|p| ApiError::from(strata_core::error::AppError::Unauthenticated(p)))?;
+        if state.is_admin_token(token) {
+            return Err(strata_core::error::AppError::Unauthenticated(TokenProblem::NotASession).into());
+        }
+        let (session, user) = authenticate(state, token).await?;
+        Ok(CurrentSession { session, user })
+    }
+}
+
+async fn authenticate(state: &AppState, token: &str) -> Result<(Session, User), ApiError> {
+    let token = SessionToken::parse(token)
+        .ok_or(strata_core::error::AppError::Unauthenticated(TokenProblem::Malformed))?;
+    Ok(state.accounts.authenticate(&token).await?)
+}
+
+/// The client's address for throttling: the TCP peer. (Behind a proxy this is the proxy;
+/// trusting X-Forwarded-For comes with the gateway, which will be the only proxy trusted.)
+pub struct ClientAddr(pub String);
+
+impl FromRequestParts<AppState> for ClientAddr {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
+        let addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".to_owned());
+        Ok(ClientAddr(addr))
+    }
+}
+
+/// Parses `a=1&b=2`, refusing unknown and repeated parameters.
+pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            return Err(ApiError::bad_request(
+                "unknown_parameter",
+                k.to_string(),
+                format!("unknown query parameter {k:?}; allowed: {}", allowed.join(", ")),
+            ));
+        }
+        if out.iter().any(|(seen, _)| seen == &k) {
+            return Err(ApiError::bad_request("duplicate_parameter", k.to_string(), format!("{k:?} given twice")));
+        }
+        out.push((k.into_owned(), v.into_owned()));
+    }
+    Ok(out)
+}
+

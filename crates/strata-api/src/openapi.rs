@@ -1,0 +1,70 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and DTO types.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::dto::{
+    CreateUserRequest, Health, LoginRequest, LoginResponse, SessionBody, UpdateUserRequest, UserBody, UserList, WhoAmI,
+};
+use crate::error::Problem;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "A session token from POST /v1/sessions, or the configured admin token (STRATA_ADMIN_TOKEN).".into(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Strata",
+        description = "User accounts and sessions. Errors are RFC 9457 `application/problem+json` with a stable `code` and the `field` at fault. Every response carries `Server-Timing` (app, db, hash) and `X-Request-Id`.",
+    ),
+    paths(
+        crate::routes::create_user,
+        crate::routes::list_users,
+        crate::routes::get_user,
+        crate::routes::update_user,
+        crate::routes::delete_user,
+        crate::routes::login,
+        crate::routes::current_session,
+        crate::routes::logout,
+        crate::healthz,
+        crate::readyz,
+        crate::metrics,
+        crate::openapi_json,
+        crate::docs,
+    ),
+    components(schemas(
+        CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,
+        Health, Problem
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "users", description = "Accounts"),
+        (name = "sessions", description = "Login, who-am-I, logout"),
+        (name = "operations", description = "Health, readiness, metrics, documentation"),
+    )
+)]
+pub struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
+
+/// Serialised once; the document does not change while the process runs.
+pub fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| document().to_json().unwrap_or_else(|_| "{}".to_owned()))
+}

@@ -1,0 +1,293 @@
+//! Handlers of API v1: parse (via extractors and domain `parse`), call the service,
+//! render. No business rules here.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use strata_core::domain::{DisplayName, Email, Password, Role, User, UserId, UserStatus};
+use strata_core::service::{Registration, UserChanges};
+
+use crate::AppState;
+use crate::dto::{CreateUserRequest, LoginRequest, LoginResponse, UpdateUserRequest, UserBody, UserList, WhoAmI, rfc3339};
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{
+    Caller, ClientAddr, CurrentSession, IdempotencyKeyHeader, IfMatch, JsonBody, OptionalIfMatch, PathUserId,
+    query_pairs,
+};
+
+fn etag(user: &User) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", user.version.0)).unwrap_or(HeaderValue::from_static("\"0\""))
+}
+
+fn user_response(status: StatusCode, user: &User) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ETAG, etag(user));
+    (status, headers, Json(UserBody::from(user))).into_response()
+}
+
+/// Register a new account.
+#[utoipa::path(
+    post, path = "/v1/users", tag = "users",
+    request_body = CreateUserRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the create safe to retry: a retry with the same key and body returns the same user and creates nothing.")),
+    responses(
+        (status = 201, description = "Created (or replayed for a retried Idempotency-Key)", body = UserBody,
+            headers(("Location" = String), ("ETag" = String), ("Idempotent-Replayed" = String, description = "`true` on a replay"))),
+        (status = 400, description = "Malformed JSON or header", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or storage unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_user(
+    State(state): State<AppState>,
+    IdempotencyKeyHeader(key): IdempotencyKeyHeader,
+    JsonBody(req): JsonBody<CreateUserRequest>,
+) -> ApiResult<Response> {
+    let registration = Registration {
+        email: Email::parse(&req.email)?,
+        name: DisplayName::parse(&req.name)?,
+        password: Password::parse_new(&req.password)?,
+    };
+    let done = state.accounts.register(registration, key).await?;
+    let mut res = user_response(StatusCode::CREATED, &done.user);
+    let location = format!("/v1/users/{}", done.user.id);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    if done.replayed {
+        res.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(res)
+}
+
+/// Read a user (yourself, or anyone as an admin).
+#[utoipa::path(
+    get, path = "/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, format = Uuid)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserBody, headers(("ETag" = String))),
+        (status = 400, description = "Invalid UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not yourself and not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_user(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    PathUserId(id): PathUserId,
+) -> ApiResult<Response> {
+    let user = state.accounts.get_user(&actor, id).await?;
+    Ok(user_response(StatusCode::OK, &user))
+}
+
+/// Change name, email or password (role and status: admins only).
+#[utoipa::path(
+    patch, path = "/v1/users/{id}", tag = "users",
+    request_body(content = UpdateUserRequest, content_type = "application/json"),
+    params(("id" = String, Path, format = Uuid), ("If-Match" = String, Header, description = "The ETag of the version being changed, e.g. `\"3\"`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserBody, headers(("ETag" = String))),
+        (status = 400, description = "Malformed JSON, UUID or If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 428, description = "If-Match missing", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_user(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    PathUserId(id): PathUserId,
+    IfMatch(expected): IfMatch,
+    JsonBody(req): JsonBody<UpdateUserRequest>,
+) -> ApiResult<Response> {
+    let changes = UserChanges {
+        email: req.email.as_deref().map(Email::parse).transpose()?,
+        name: req.name.as_deref().map(DisplayName::parse).transpose()?,
+        password: req.password.as_deref().map(Password::parse_new).transpose()?,
+        role: req.role.as_deref().map(Role::parse).transpose()?,
+        status: req.status.as_deref().map(UserStatus::parse).transpose()?,
+    };
+    let user = state.accounts.update_user(&actor, id, expected, changes).await?;
+    Ok(user_response(StatusCode::OK, &user))
+}
+
+/// Delete a user and end all their sessions.
+#[utoipa::path(
+    delete, path = "/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, format = Uuid), ("If-Match" = Option<String>, Header, description = "Optional: only delete this version")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 412, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    PathUserId(id): PathUserId,
+    OptionalIfMatch(expected): OptionalIfMatch,
+) -> ApiResult<StatusCode> {
+    state.accounts.delete_user(&actor, id, expected).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+const CURSOR_VERSION: u8 = 1;
+
+fn encode_cursor(id: UserId) -> String {
+    let mut raw = [0u8; 17];
+    raw[0] = CURSOR_VERSION;
+    raw[1..].copy_from_slice(id.as_bytes());
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(text: &str) -> Result<UserId, ApiError> {
+    let bad = || ApiError::bad_request("invalid_cursor", "cursor", "cursor must be a next_cursor value from a previous page");
+    let mut raw = [0u8; 17];
+    let n = URL_SAFE_NO_PAD.decode_slice(text, &mut raw).map_err(|_| bad())?;
+    if n != 17 || raw[0] != CURSOR_VERSION {
+        return Err(bad());
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&raw[1..]);
+    Ok(UserId::from_bytes(id))
+}
+
+/// List users in a stable order (admins only), with cursor pagination.
+#[utoipa::path(
+    get, path = "/v1/users", tag = "users",
+    params(
+        ("limit" = Option<u32>, Query, description = "1–200, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("email" = Option<String>, Query, description = "Exact (normalised) email to look up"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = UserList),
+        (status = 400, description = "Bad limit, cursor or unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid email filter", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_users(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<UserList>> {
+    let (mut limit, mut after, mut email) = (None, None, None);
+    for (k, v) in query_pairs(query.as_deref(), &["limit", "cursor", "email"])? {
+        match k.as_str() {
+            "limit" => {
+                let max = state.accounts.settings().list_max_limit;
+                let n: u32 = v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                    ApiError::bad_request("invalid_limit", "limit", format!("limit must be an integer from 1 to {max}"))
+                })?;
+                limit = Some(n);
+            }
+            "cursor" => after = Some(decode_cursor(&v)?),
+            _ => email = Some(Email::parse(&v)?),
+        }
+    }
+    let page = state.accounts.list_users(&actor, after, limit, email).await?;
+    Ok(Json(UserList {
+        items: page.items.iter().map(UserBody::from).collect(),
+        next_cursor: page.next_after.map(encode_cursor),
+    }))
+}
+
+/// Log in: exchange email and password for a session token.
+#[utoipa::path(
+    post, path = "/v1/sessions", tag = "sessions",
+    request_body = LoginRequest,
+    responses(
+        (status = 201, body = LoginResponse, headers(("Location" = String))),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Unknown email or wrong password (indistinguishable)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Account disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failures for this account or address", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+        (status = 503, description = "Hashing pool saturated", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> ApiResult<Response> {
+    let email = Email::parse(&req.email)?;
+    let password = Password::parse_login(&req.password)?;
+    let done = state.accounts.login(&email, &password, &client).await?;
+    let body = LoginResponse {
+        token: done.token.expose(),
+        expires_at: rfc3339(done.session.expires_at),
+        user: UserBody::from(&done.user),
+    };
+    let headers = [
+        (header::LOCATION, HeaderValue::from_static("/v1/sessions/current")),
+        // A token must not sit in any shared cache.
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((StatusCode::CREATED, headers, Json(body)).into_response())
+}
+
+/// Who am I: the session and user behind a token. The hottest path in the system.
+#[utoipa::path(
+    get, path = "/v1/sessions/current", tag = "sessions",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = WhoAmI),
+        (status = 401, description = "Missing, malformed, unknown, expired or revoked token", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn current_session(current: CurrentSession) -> Json<WhoAmI> {
+    Json(WhoAmI { session: (&current.session).into(), user: (&current.user).into() })
+}
+
+/// Log out: the token stops working immediately.
+#[utoipa::path(
+    delete, path = "/v1/sessions/current", tag = "sessions",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn logout(State(state): State<AppState>, current: CurrentSession) -> ApiResult<StatusCode> {
+    state.accounts.logout(&current.session).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trip_and_garbage() {
+        let id = UserId::generate();
+        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        for bad in ["", "abc", "!!!!", &URL_SAFE_NO_PAD.encode([2u8; 17]), &URL_SAFE_NO_PAD.encode([1u8; 18])] {
+            assert!(decode_cursor(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Typed configuration: defaults that make `strata serve` work with no file, overridden by
+//! a TOML file, overridden by `STRATA_*` environment variables.
+//!
+//! Loading takes the file's text and the environment as arguments, so it is tested without
+//! touching the process environment.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    pub database: DatabaseConfig,
+    pub auth: AuthConfig,
+    pub password: PasswordConfig,
+    pub throttle: ThrottleConfig,
+    pub http: HttpConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH`, `postgres://…` or `mysql://…`.
+    pub url: String,
+    pub max_connections: usize,
+    pub query_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Static bearer secret with admin rights. Unset: only users with role admin are admins.
+    pub admin_token: Option<String>,
+    pub session_ttl_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PasswordConfig {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Hashes computed at once; 0 = number of cores.
+    pub hash_concurrency: usize,
+    /// Requests allowed to wait for a hashing slot; 0 = 64 × concurrency.
+    pub hash_queue: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThrottleConfig {
+    pub account_max_failures: u32,
+    pub account_window_secs: u64,
+    pub client_max_failures: u32,
+    pub client_window_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub body_limit_bytes: usize,
+    /// After a shutdown signal, readiness turns false and the server keeps serving this
+    /// long so load balancers can notice before the listener closes.
+    pub drain_delay_ms: u64,
+    /// Upper bound on waiting for in-flight requests after the listener closes.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `strata=debug,info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: DatabaseConfig::default(),
+            auth: AuthConfig::default(),
+            password: PasswordConfig::default(),
+            throttle: ThrottleConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        let defaults = strata_store::StoreOptions::new("sqlite://data/strata.db");
+        DatabaseConfig {
+            url: defaults.url,
+            max_connections: defaults.max_connections,
+            query_timeout_ms: defaults.query_timeout.as_millis() as u64,
+            connect_timeout_ms: defaults.connect_timeout.as_millis() as u64,
+            migrate_on_start: true,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { admin_token: None, session_ttl_secs: 24 * 3600 }
+    }
+}
+
+impl Default for PasswordConfig {
+    fn default() -> Self {
+        let p = strata_core::password::HashParams::default();
+        PasswordConfig {
+            memory_kib: p.memory_kib,
+            iterations: p.iterations,
+            parallelism: p.parallelism,
+            hash_concurrency: 0,
+            hash_queue: 0,
+        }
+    }
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        let t = strata_core::throttle::ThrottleSettings::default();
+        ThrottleConfig {
+            account_max_failures: t.per_account.max_failures,
+            account_window_secs: t.per_account.window.as_secs(),
+            client_max_failures: t.per_client.max_failures,
+            client_window_secs: t.per_client.window.as_secs(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { body_limit_bytes: strata_api::DEFAULT_BODY_LIMIT, drain_delay_ms: 0, shutdown_grace_secs: 30 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "pretty".into(), level: "info".into() }
+    }
+}
+
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+fn parse<T: std::str::FromStr>(v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse::<T>().map_err(|e| e.to_string())
+}
+
+/// Every environment variable Strata reads, with the setting it overrides. Documented in
+/// the README's configuration table; a test keeps the two in step.
+pub const ENV_VARS: &[(&str, &str, Setter)] = &[
+    ("STRATA_LISTEN", "listen", |c, v| Ok(c.listen = parse(v)?)),
+    ("STRATA_DATABASE_URL", "database.url", |c, v| Ok(c.database.url = v.to_owned())),
+    ("STRATA_DATABASE_MAX_CONNECTIONS", "database.max_connections", |c, v| Ok(c.database.max_connections = parse(v)?)),
+    ("STRATA_DATABASE_QUERY_TIMEOUT_MS", "database.query_timeout_ms", |c, v| Ok(c.database.query_timeout_ms = parse(v)?)),
+    ("STRATA_DATABASE_CONNECT_TIMEOUT_MS", "database.connect_timeout_ms", |c, v| {
+        Ok(c.database.connect_timeout_ms = parse(v)?)
+    }),
+    ("STRATA_DATABASE_MIGRATE_ON_START", "database.migrate_on_start", |c, v| Ok(c.database.migrate_on_start = parse(v)?)),
+    ("STRATA_ADMIN_TOKEN", "auth.admin_token", |c, v| {
+        Ok(c.auth.admin_token = Some(v.to_owned()).filter(|t| !t.is_empty()))
+    }),
+    ("STRATA_SESSION_TTL_SECS", "auth.session_ttl_secs", |c, v| Ok(c.auth.session_ttl_secs = parse(v)?)),
+    ("STRATA_PASSWORD_MEMORY_KIB", "password.memory_kib", |c, v| Ok(c.password.memory_kib = parse(v)?)),
+    ("STRATA_PASSWORD_ITERATIONS", "password.iterations", |c, v| Ok(c.password.iterations = parse(v)?)),
+    ("STRATA_PASSWORD_PARALLELISM", "password.parallelism", |c, v| Ok(c.password.parallelism = parse(v)?)),
+    ("STRATA_PASSWORD_HASH_CONCURRENCY", "password.hash_concurrency", |c, v| Ok(c.password.hash_concurrency = parse(v)?)),
+    ("STRATA_PASSWORD_HASH_QUEUE", "password.hash_queue", |c, v| Ok(c.password.hash_queue = parse(v)?)),
+    ("STRATA_THROTTLE_ACCOUNT_MAX_FAILURES", "throttle.account_max_failures", |c, v| {
+        Ok(c.throttle.account_max_failures = parse(v)?)
+    }),
+    ("STRATA_THROTTLE_ACCOUNT_WINDOW_SECS", "throttle.account_window_secs", |c, v| {
+        Ok(c.throttle.account_window_secs = parse(v)?)
+    }),
+    ("STRATA_THROTTLE_CLIENT_MAX_FAILURES", "throttle.client_max_failures", |c, v| {
+        Ok(c.throttle.client_max_failures = parse(v)?)
+    }),
+    ("STRATA_THROTTLE_CLIENT_WINDOW_SECS", "throttle.client_window_secs", |c, v| Ok(c.throttle.client_window_secs = parse(v)?)),
+    ("STRATA_HTTP_BODY_LIMIT_BYTES", "http.body_limit_bytes", |c, v| Ok(c.http.body_limit_bytes = parse(v)?)),
+    ("STRATA_HTTP_DRAIN_DELAY_MS", "http.drain_delay_ms", |c, v| Ok(c.http.drain_delay_ms = parse(v)?)),
+    ("STRATA_HTTP_SHUTDOWN_GRACE_SECS", "http.shutdown_grace_secs", |c, v| Ok(c.http.shutdown_grace_secs = parse(v)?)),
+    ("STRATA_LOG_FORMAT", "log.format", |c, v| Ok(c.log.format = v.to_owned())),
+    ("STRATA_LOG_LEVEL", "log.level", |c, v| Ok(c.log.level = v.to_owned())),
+];
+
+impl Config {
+    /// Defaults ← TOML text (if any) ← environment. Errors name the file key or variable.
+    pub fn load(toml_text: Option<&str>, env: &HashMap<String, String>) -> Result<Config, String> {
+        let mut config = match toml_text {
+            Some(text) => toml::from_str(text).map_err(|e| format!("config file: {e}"))?,
+            None => Config::default(),
+        };
+        for (var, key, set) in ENV_VARS {
+            if let Some(value) = env.get(*var) {
+                set(&mut config, value).map_err(|e| format!("{var} (overrides {key}): invalid value {value:?}: {e}"))?;
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        strata_store::Backend::from_url(&self.database.url).map_err(|e| format!("database.url: {e}"))?;
+        if !matches!(self.log.format.as_str(), "pretty" | "json") {
+            return Err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
+        }
+        if self.auth.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err("auth.admin_token (STRATA_ADMIN_TOKEN) must be at least 16 characters".into());
+        }
+        if self.auth.session_ttl_secs == 0 {
+            return Err("auth.session_ttl_secs must be positive".into());
+        }
+        if self.database.max_connections == 0 {
+            return Err("database.max_connections must be positive".into());
+        }
+        if self.http.body_limit_bytes < 1024 {
+            return Err("http.body_limit_bytes must be at least 1024".into());
+        }
+        strata_core::password::PasswordHasher::new(self.hasher_settings())
+            .map(|_| ())
+            .map_err(|e| format!("password: {e}"))
+    }
+
+    pub fn store_options(&self) -> strata_store::StoreOptions {
+        let mut o = strata_store::StoreOptions::new(self.database.url.clone());
+        o.max_connections = self.database.max_connections;
+        o.query_timeout = std::time::Duration::from_millis(self.database.query_timeout_ms);
+        o.connect_timeout = std::time::Duration::from_millis(self.database.connect_timeout_ms);
+        o.migrate = self.database.migrate_on_start;
+        o
+    }
+
+    pub fn hasher_settings(&self) -> strata_core::password::HasherSettings {
+        let defaults = strata_core::password::HasherSettings::default();
+        let concurrency = if self.password.hash_concurrency == 0 { defaults.concurrency } else { self.password.hash_concurrency };
+        strata_core::password::HasherSettings {
+            params: strata_core::password::HashParams {
+                memory_kib: self.password.memory_kib,
+                iterations: self.password.iterations,
+                parallelism: self.password.parallelism,
+            },
+            concurrency,
+            max_queue: if self.password.hash_queue == 0 { 64 * concurrency } else { self.password.hash_queue },
+        }
+    }
+
+    pub fn throttle_settings(&self) -> strata_core::throttle::ThrottleSettings {
+        use std::time::Duration;
+        use strata_core::throttle::{Limit, ThrottleSettings};
+        ThrottleSettings {
+            per_account: Limit {
+                max_failures: self.throttle.account_max_failures,
+                window: Duration::from_secs(self.throttle.account_window_secs),
+            },
+            per_client: Limit {
+                max_failures: self.throttle.client_max_failures,
+                window: Duration::from_secs(self.throttle.client_window_secs),
+            },
+            ..ThrottleSettings::default()
+        }
+    }
+
+    /// The effective configuration as TOML, secrets replaced.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = strata_store::redact_url(&shown.database.url);
+        if shown.auth.admin_token.is_some() {
+            shown.auth.admin_token = Some("<redacted>".into());
+        }
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_need_nothing() {
+        let c = Config::load(None, &HashMap::new()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database.url, "sqlite://data/strata.db");
+        assert_eq!(c.password.memory_kib, 19 * 1024);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file = "listen = \"0.0.0.0:9000\"\n[database]\nurl = \"postgres://u:pw@db/strata\"\n[log]\nformat = \"json\"\n";
+        let c = Config::load(Some(file), &env(&[("STRATA_LISTEN", "127.0.0.1:7000")])).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(c.database.url, "postgres://u:pw@db/strata");
+        assert_eq!(c.log.format, "json");
+    }
+
+    #[test]
+    fn errors_name_the_culprit() {
+        let e = Config::load(None, &env(&[("STRATA_LISTEN", "nope")])).unwrap_err();
+        assert!(e.contains("STRATA_LISTEN"), "{e}");
+        let e = Config::load(Some("lisen = \"x\""), &HashMap::new()).unwrap_err();
+        assert!(e.contains("lisen"), "{e}");
+        let e = Config::load(None, &env(&[("STRATA_DATABASE_URL", "redis://x")])).unwrap_err();
+        assert!(e.contains("database.url"), "{e}");
+        let e = Config::load(None, &env(&[("STRATA_ADMIN_TOKEN", "short")])).unwrap_err();
+        assert!(e.contains("admin_token"), "{e}");
+        let e = Config::load(None, &env(&[("STRATA_PASSWORD_MEMORY_KIB", "1")])).unwrap_err();
+        assert!(e.contains("password"), "{e}");
+    }
+
+    #[test]
+    fn show_redacts_secrets() {
+        let c = Config::load(
+            None,
+            &env(&[("STRATA_DATABASE_URL", "postgres://u:hunter2@db/x"), ("STRATA_ADMIN_TOKEN", "super-secret-admin-token")]),
+        )
+        .unwrap();
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("hunter2") && !shown.contains("super-secret"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+        // What `config show` prints is itself a valid config file.
+        assert!(toml::from_str::<Config>(&shown).is_ok());
+    }
+
+    #[test]
+    fn readme_documents_every_variable() {
+        let readme = include_str!("../../../README.md");
+        for (var, _, _) in ENV_VARS {
+            assert!(readme.contains(var), "README.md does not document {var}");
+        }
+    }
+}
