@@ -72,19 +72,35 @@ impl LatencyHistogram {
     }
 
     pub fn max_us(&self) -> u64 {
-        if self.inner.is_empty() { 0 } else { self.inner.max() }
+        if self.inner.is_empty() {
+            0
+        } else {
+            self.inner.max()
+        }
     }
 
     pub fn min_us(&self) -> u64 {
-        if self.inner.is_empty() { 0 } else { self.inner.min() }
+        if self.inner.is_empty() {
+            0
+        } else {
+            self.inner.min()
+        }
     }
 
     pub fn mean_us(&self) -> f64 {
-        if self.inner.is_empty() { 0.0 } else { self.inner.mean() }
+        if self.inner.is_empty() {
+            0.0
+        } else {
+            self.inner.mean()
+        }
     }
 
     pub fn stdev_us(&self) -> f64 {
-        if self.inner.is_empty() { 0.0 } else { self.inner.stdev() }
+        if self.inner.is_empty() {
+            0.0
+        } else {
+            self.inner.stdev()
+        }
     }
 
     pub fn summary(&self) -> LatencySummary {
@@ -108,24 +124,27 @@ impl LatencyHistogram {
             return Vec::new();
         }
         let mut points = Vec::new();
-        let mut previous = f64::NAN;
+        let mut previous = -1.0;
         // 0, 10, 20 … 90, 91 … 99, 99.1 … 99.9, 99.91 … up to 99.999, then 100.
         for nines in 0..=4 {
             let base = 100.0 - 100.0 / 10f64.powi(nines);
             let step = 10.0 / 10f64.powi(nines);
             for i in 0..10 {
-                let p = base + step * f64::from(i);
-                if p >= 100.0 || p == previous {
+                let p = round4(base + step * f64::from(i));
+                if p >= 100.0 || p <= previous {
                     continue;
                 }
                 previous = p;
                 points.push(PercentilePoint {
-                    percentile: round4(p),
+                    percentile: p,
                     latency_us: self.inner.value_at_percentile(p),
                 });
             }
         }
-        points.push(PercentilePoint { percentile: 100.0, latency_us: self.max_us() });
+        points.push(PercentilePoint {
+            percentile: 100.0,
+            latency_us: self.max_us(),
+        });
         points
     }
 }
@@ -213,7 +232,10 @@ mod tests {
                 let exact = samples[rank - 1];
                 let got = h.percentile_us(p);
                 let tolerance = (exact as f64 * 0.001).ceil() as u64 + 1;
-                assert!(got.abs_diff(exact) <= tolerance, "p{p} n={n}: got {got}, exact {exact}");
+                assert!(
+                    got.abs_diff(exact) <= tolerance,
+                    "p{p} n={n}: got {got}, exact {exact}"
+                );
             }
         }
     }

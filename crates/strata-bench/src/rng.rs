@@ -17,12 +17,9 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    #[cfg(test)]
     /// Uniform in `0..bound` (bound > 0); the modulo bias is irrelevant at these sizes.
     pub fn below(&mut self, bound: u64) -> u64 {
         self.next_u64() % bound.max(1)
-    }
-
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -1,0 +1,23 @@
+//! Integration tests of `strata bench` against local servers on 127.0.0.1 (one test binary,
+//! modules per topic, to keep link time down). Every run is bounded by its own duration.
+
+mod correctness;
+mod mock_server;
+mod outputs;
+mod scenarios;
+
+use clap::Parser;
+use strata_bench::BenchArgs;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+/// Parses a `strata bench` command line (without the program name).
+pub fn bench_args(line: &[&str]) -> BenchArgs {
+    Cli::try_parse_from(std::iter::once("strata-bench").chain(line.iter().copied()))
+        .expect("valid bench arguments")
+        .args
+}
