@@ -1,0 +1,1005 @@
+//! MySQL / MariaDB adapter on mysql_async's connection pool.
+//!
+//! Statements go through the binary protocol (`exec*`), whose per-connection statement
+//! cache makes the hot path (`session_with_user`) one round trip. Three pool settings
+//! matter for that and are not the driver's defaults: connections are not reset when
+//! they return to the pool (a reset empties the statement cache, and this adapter never
+//! changes session state), idle connections are kept up to the pool's maximum, and
+//! `CLIENT_FOUND_ROWS` makes "rows affected" count matched rows, as PostgreSQL and SQLite
+//! do, so a version-guarded UPDATE reports 1 even when it changes no column value.
+//!
+//! Schema: InnoDB, utf8mb4 with binary collations (emails are normalised before they get
+//! here, so comparisons must be exact, not case- or accent-folding), ids as BINARY(16) in
+//! UUID byte order, which sorts like Rust's `Uuid` and so like creation time for UUIDv7.
+//! MySQL DDL is not transactional; migrations are written to be re-runnable instead.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mysql_async::prelude::{FromValue, Queryable};
+use mysql_async::{
+    Conn, DriverError, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row,
+    Transaction, TxOpts, Value,
+};
+use strata_core::domain::{
+    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role,
+    Session, SessionId, Timestamp, TokenHash, User, UserId, UserStatus, Version,
+};
+use strata_core::error::RepoError;
+use strata_core::ports::{
+    PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery,
+    UserRepository,
+};
+use uuid::Uuid;
+
+use crate::{Migration, StoreOptions};
+
+/// Statements are separated by `;` (and contain none otherwise): the text protocol runs
+/// one statement per call.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "users, sessions, idempotency keys, outbox",
+    sql: "
+        CREATE TABLE IF NOT EXISTS users (
+            id            BINARY(16) NOT NULL,
+            email         VARCHAR(254) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            name          VARCHAR(400) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            password_hash TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            role          VARCHAR(16) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            status        VARCHAR(16) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            version       BIGINT NOT NULL,
+            created_at    BIGINT NOT NULL,
+            updated_at    BIGINT NOT NULL,
+            PRIMARY KEY (id),
+            UNIQUE KEY users_email (email)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS sessions (
+            id         BINARY(16) NOT NULL,
+            token_hash BINARY(32) NOT NULL,
+            user_id    BINARY(16) NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            revoked_at BIGINT NULL,
+            PRIMARY KEY (id),
+            UNIQUE KEY sessions_token_hash (token_hash),
+            KEY sessions_user_id (user_id),
+            CONSTRAINT sessions_user FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS idempotency_keys (
+            `key`       VARCHAR(255) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            fingerprint BINARY(32) NOT NULL,
+            user_id     BINARY(16) NOT NULL,
+            created_at  BIGINT NOT NULL,
+            PRIMARY KEY (`key`)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS outbox (
+            id           BINARY(16) NOT NULL,
+            aggregate_id BINARY(16) NOT NULL,
+            event_type   VARCHAR(64) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            payload      TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            created_at   BIGINT NOT NULL,
+            published_at BIGINT NULL,
+            PRIMARY KEY (id),
+            KEY outbox_unpublished (published_at, id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+    ",
+}];
+
+/// How long connect may spend migrating: longer than a query, because another instance
+/// may hold the migration lock while it applies the same migrations.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Readiness checks must answer quickly even when the configured query timeout is long.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Idle connections above the pool's minimum are closed after this long, so a burst does
+/// not pin `max_connections` server threads forever.
+const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
+
+mod sql {
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE id = ?";
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE email = ?";
+    pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?";
+    pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
+         FROM sessions WHERE user_id = ? ORDER BY id";
+    /// The first page passes the nil UUID (16 zero bytes), which sorts before every UUIDv7.
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE id > ? ORDER BY id LIMIT ?";
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE email = ? AND id > ? ORDER BY id LIMIT ?";
+    pub const IDEMPOTENCY_RECORD: &str =
+        "SELECT `key`, fingerprint, user_id, created_at FROM idempotency_keys WHERE `key` = ?";
+
+    pub const INSERT_USER: &str = "INSERT INTO users \
+         (id, email, name, password_hash, role, status, version, created_at, updated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    pub const INSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency_keys (`key`, fingerprint, user_id, created_at) VALUES (?, ?, ?, ?)";
+    pub const INSERT_EVENT: &str = "INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?)";
+    pub const UPDATE_USER: &str = "UPDATE users SET email = ?, name = ?, password_hash = ?, role = ?, status = ?, \
+         version = ?, updated_at = ? WHERE id = ? AND version = ?";
+    pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = ?";
+    pub const REVOKE_ALL: &str =
+        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL";
+    pub const REVOKE_ALL_EXCEPT: &str =
+        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id <> ?";
+    pub const DELETE_USER: &str = "DELETE FROM users WHERE id = ?";
+    pub const DELETE_USER_AT_VERSION: &str = "DELETE FROM users WHERE id = ? AND version = ?";
+    pub const INSERT_SESSION: &str = "INSERT INTO sessions \
+         (id, token_hash, user_id, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)";
+    pub const REVOKE_SESSION: &str =
+        "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL";
+}
+
+pub struct MysqlStore {
+    pool: Pool,
+    query_timeout: Duration,
+}
+
+/// Server errors that say "try again later": too many connections, shutdown, lock wait
+/// timeout, deadlock, killed or timed-out statements (MySQL and MariaDB codes).
+fn transient_server_error(code: u16) -> bool {
+    matches!(code, 1040 | 1053 | 1205 | 1213 | 1317 | 1927 | 1969 | 3024)
+}
+
+fn my_err(e: mysql_async::Error) -> RepoError {
+    match &e {
+        mysql_async::Error::Server(s) if transient_server_error(s.code) => {
+            RepoError::Unavailable(format!("mysql: {e}"))
+        }
+        mysql_async::Error::Io(_)
+        | mysql_async::Error::Other(_)
+        | mysql_async::Error::Driver(
+            DriverError::ConnectionClosed | DriverError::PoolDisconnected,
+        ) => RepoError::Unavailable(format!("mysql: {e}")),
+        _ => RepoError::Internal(format!("mysql: {e}")),
+    }
+}
+
+/// The key named by a duplicate-key error (1062), if that is what `e` is. The message
+/// ends in `for key 'users_email'` (MariaDB) or `for key 'users.users_email'` (MySQL 8);
+/// it is read from the end because the duplicate value, quoted earlier in the message,
+/// may itself contain quotes.
+fn duplicate_key(e: &mysql_async::Error) -> Option<&str> {
+    let mysql_async::Error::Server(s) = e else {
+        return None;
+    };
+    if s.code != 1062 {
+        return None;
+    }
+    let key = s
+        .message
+        .rsplit_once(" for key ")
+        .map(|(_, k)| k.trim().trim_matches(|c| c == '\'' || c == '`'));
+    Some(key.map(|k| k.rsplit('.').next().unwrap_or(k)).unwrap_or(""))
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> RepoError {
+    RepoError::Internal(format!("mysql: corrupt {what} in stored row: {detail}"))
+}
+
+/// Takes column `idx` out of `row`, converting it; a missing or ill-typed column means the
+/// schema is not what this adapter wrote.
+fn take<T: FromValue>(row: &mut Row, idx: usize) -> Result<T, RepoError> {
+    match row.take_opt::<T, usize>(idx) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(corrupt("column", format!("#{idx}: {e}"))),
+        None => Err(corrupt("column", format!("#{idx} missing"))),
+    }
+}
+
+fn version_param(v: Version) -> Result<i64, RepoError> {
+    i64::try_from(v.0)
+        .map_err(|_| RepoError::Internal(format!("version {} does not fit a BIGINT", v.0)))
+}
+
+/// Reads the nine user columns starting at `at`.
+fn user_from_row(row: &mut Row, at: usize) -> Result<User, RepoError> {
+    let role: String = take(row, at + 4)?;
+    let status: String = take(row, at + 5)?;
+    let version: i64 = take(row, at + 6)?;
+    Ok(User {
+        id: UserId::from_bytes(take(row, at)?),
+        email: Email::from_trusted(take(row, at + 1)?),
+        name: DisplayName::from_trusted(take(row, at + 2)?),
+        password_hash: PasswordHash::from_trusted(take(row, at + 3)?),
+        role: Role::parse(&role).map_err(|_| corrupt("role", &role))?,
+        status: UserStatus::parse(&status).map_err(|_| corrupt("status", &status))?,
+        version: Version(u64::try_from(version).map_err(|_| corrupt("version", version))?),
+        created_at: Timestamp(take(row, at + 7)?),
+        updated_at: Timestamp(take(row, at + 8)?),
+    })
+}
+
+fn session_from_row(row: &mut Row) -> Result<Session, RepoError> {
+    Ok(Session {
+        id: SessionId::from_bytes(take(row, 0)?),
+        user_id: UserId::from_bytes(take(row, 1)?),
+        token_hash: TokenHash(take(row, 2)?),
+        created_at: Timestamp(take(row, 3)?),
+        expires_at: Timestamp(take(row, 4)?),
+        revoked_at: take::<Option<i64>>(row, 5)?.map(Timestamp),
+    })
+}
+
+fn user_params(user: &User) -> Result<Vec<Value>, RepoError> {
+    Ok(vec![
+        user.id.as_bytes().as_slice().into(),
+        user.email.as_str().into(),
+        user.name.as_str().into(),
+        user.password_hash.as_str().into(),
+        user.role.as_str().into(),
+        user.status.as_str().into(),
+        version_param(user.version)?.into(),
+        user.created_at.0.into(),
+        user.updated_at.0.into(),
+    ])
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn insert_event(tx: &mut Transaction<'_>, event: &OutboxEvent) -> Result<(), RepoError> {
+    tx.exec_drop(
+        sql::INSERT_EVENT,
+        (
+            event.id.as_bytes().as_slice(),
+            event.aggregate_id.as_bytes().as_slice(),
+            event.event_type,
+            event.payload.as_str(),
+            event.created_at.0,
+        ),
+    )
+    .await
+    .map_err(my_err)
+}
+
+/// After an UPDATE/DELETE guarded by version touched no row: was it the version or the row?
+async fn missing_or_conflict(tx: &mut Transaction<'_>, id: UserId) -> RepoError {
+    match tx
+        .exec_first::<i64, _, _>(sql::USER_EXISTS, (id.as_bytes().as_slice(),))
+        .await
+    {
+        Ok(Some(_)) => RepoError::VersionConflict,
+        Ok(None) => RepoError::NotFound,
+        Err(e) => my_err(e),
+    }
+}
+
+/// Commits on success; on failure rolls back and returns the original error (a failed
+/// rollback only means the server already dropped the transaction).
+async fn finish<T>(tx: Transaction<'_>, outcome: Result<T, RepoError>) -> Result<T, RepoError> {
+    match outcome {
+        Ok(value) => {
+            tx.commit().await.map_err(my_err)?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Serialises migrators on a named server lock (per database, so tests in other
+/// databases do not wait), then applies what `schema_migrations` lacks.
+async fn migrate(conn: &mut Conn) -> Result<(), RepoError> {
+    // Lock names are limited to 64 characters; a digest keeps long database names legal.
+    const LOCK: &str = "CONCAT('strata_migrate:', MD5(COALESCE(DATABASE(), '')))";
+    let locked: Option<Option<i64>> = conn
+        .query_first(format!("SELECT GET_LOCK({LOCK}, 30)"))
+        .await
+        .map_err(my_err)?;
+    if locked != Some(Some(1)) {
+        return Err(RepoError::Unavailable(
+            "mysql: timed out waiting for the migration lock".into(),
+        ));
+    }
+    let outcome = apply_migrations(conn).await;
+    // Closing the connection would release the lock too; releasing it now lets a waiting
+    // instance proceed without waiting for our disconnect.
+    let _ = conn.query_drop(format!("DO RELEASE_LOCK({LOCK})")).await;
+    outcome
+}
+
+async fn apply_migrations(conn: &mut Conn) -> Result<(), RepoError> {
+    conn.query_drop(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version BIGINT NOT NULL PRIMARY KEY,
+             name VARCHAR(255) NOT NULL,
+             applied_at BIGINT NOT NULL
+         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+    )
+    .await
+    .map_err(my_err)?;
+    let applied: i64 = conn
+        .query_first::<Option<i64>, _>("SELECT MAX(version) FROM schema_migrations")
+        .await
+        .map_err(my_err)?
+        .flatten()
+        .unwrap_or(0);
+    for m in MIGRATIONS.iter().filter(|m| m.version > applied) {
+        for statement in m.sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            conn.query_drop(statement).await.map_err(my_err)?;
+        }
+        conn.exec_drop(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+            (m.version, m.name, now_micros()),
+        )
+        .await
+        .map_err(my_err)?;
+        tracing::info!(
+            backend = "mysql",
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
+    }
+    Ok(())
+}
+
+impl MysqlStore {
+    /// Builds the pool, checks that the server answers and, if `options.migrate`, applies
+    /// pending migrations.
+    pub async fn connect(options: &StoreOptions) -> Result<Self, RepoError> {
+        // mysql_async only knows the mysql:// scheme; mariadb:// is our alias for it.
+        let url = match options.url.strip_prefix("mariadb://") {
+            Some(rest) => format!("mysql://{rest}"),
+            None => options.url.clone(),
+        };
+        let opts = Opts::from_url(&url).map_err(|e| {
+            RepoError::Internal(format!(
+                "invalid MySQL URL {}: {e}",
+                crate::redact_url(&options.url)
+            ))
+        })?;
+        let max = options.max_connections.max(1);
+        let constraints = PoolConstraints::new(max.min(2), max)
+            .ok_or_else(|| RepoError::Internal(format!("invalid pool size {max}")))?;
+        let pool_opts = PoolOpts::default()
+            .with_constraints(constraints)
+            .with_inactive_connection_ttl(IDLE_CONNECTION_TTL)
+            .with_reset_connection(false);
+        let opts: Opts = OptsBuilder::from_opts(opts)
+            .client_found_rows(true)
+            .pool_opts(pool_opts)
+            .into();
+
+        let setup_timeout = if options.migrate {
+            MIGRATION_TIMEOUT
+        } else {
+            options.connect_timeout
+        };
+        crate::with_timeout(setup_timeout, async {
+            // A connection of its own, closed afterwards: the migration lock is bound to
+            // the session and must never be left behind in a pooled connection.
+            let mut conn = crate::with_timeout(options.connect_timeout, async {
+                Conn::new(opts.clone())
+                    .await
+                    .map_err(|e| RepoError::Unavailable(format!("mysql connect: {e}")))
+            })
+            .await?;
+            let outcome = if options.migrate {
+                migrate(&mut conn).await
+            } else {
+                Ok(())
+            };
+            let _ = conn.disconnect().await;
+            outcome
+        })
+        .await?;
+        Ok(MysqlStore {
+            pool: Pool::new(opts),
+            query_timeout: options.query_timeout,
+        })
+    }
+
+    async fn conn(&self) -> Result<Conn, RepoError> {
+        self.pool.get_conn().await.map_err(|e| match e {
+            mysql_async::Error::Server(_) | mysql_async::Error::Driver(_) => {
+                RepoError::Unavailable(format!("mysql connect: {e}"))
+            }
+            other => my_err(other),
+        })
+    }
+
+    async fn query_rows(
+        &self,
+        sql: &'static str,
+        params: impl Into<Params> + Send,
+    ) -> Result<Vec<Row>, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            conn.exec(sql, params).await.map_err(my_err)
+        })
+        .await
+    }
+
+    async fn query_row(
+        &self,
+        sql: &'static str,
+        params: impl Into<Params> + Send,
+    ) -> Result<Option<Row>, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            conn.exec_first(sql, params).await.map_err(my_err)
+        })
+        .await
+    }
+
+    async fn query_users(
+        &self,
+        sql: &'static str,
+        params: impl Into<Params> + Send,
+    ) -> Result<Vec<User>, RepoError> {
+        self.query_rows(sql, params)
+            .await?
+            .iter_mut()
+            .map(|r| user_from_row(r, 0))
+            .collect()
+    }
+
+    async fn query_user(
+        &self,
+        sql: &'static str,
+        params: impl Into<Params> + Send,
+    ) -> Result<Option<User>, RepoError> {
+        self.query_row(sql, params)
+            .await?
+            .map(|mut r| user_from_row(&mut r, 0))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl UserRepository for MysqlStore {
+    async fn create_user(
+        &self,
+        user: &User,
+        idempotency: Option<&IdempotencyRecord>,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let user_params = user_params(user)?;
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(my_err)?;
+            let outcome = async {
+                // The key goes in first: when a concurrent retry with the same key (and so
+                // the same email) races us, the loser must hear "key taken" and replay,
+                // not "email taken".
+                if let Some(rec) = idempotency {
+                    tx.exec_drop(
+                        sql::INSERT_IDEMPOTENCY,
+                        (
+                            rec.key.as_str(),
+                            rec.fingerprint.as_slice(),
+                            rec.user_id.as_bytes().as_slice(),
+                            rec.created_at.0,
+                        ),
+                    )
+                    .await
+                    .map_err(|e| match duplicate_key(&e) {
+                        Some(_) => RepoError::IdempotencyKeyTaken,
+                        None => my_err(e),
+                    })?;
+                }
+                tx.exec_drop(sql::INSERT_USER, user_params).await.map_err(
+                    |e| match duplicate_key(&e) {
+                        Some("users_email") => RepoError::EmailTaken,
+                        _ => my_err(e),
+                    },
+                )?;
+                insert_event(&mut tx, event).await
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn idempotency_record(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, RepoError> {
+        let Some(mut row) = self
+            .query_row(sql::IDEMPOTENCY_RECORD, (key.as_str(),))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(IdempotencyRecord {
+            key: IdempotencyKey::from_trusted(take(&mut row, 0)?),
+            fingerprint: take(&mut row, 1)?,
+            user_id: UserId::from_bytes(take(&mut row, 2)?),
+            created_at: Timestamp(take(&mut row, 3)?),
+        }))
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
+        self.query_user(sql::USER_BY_ID, (id.as_bytes().as_slice(),))
+            .await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+        self.query_user(sql::USER_BY_EMAIL, (email.as_str(),)).await
+    }
+
+    async fn update_user(
+        &self,
+        user: &User,
+        expected: Version,
+        revoke: SessionRevocation,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let params: Vec<Value> = vec![
+            user.email.as_str().into(),
+            user.name.as_str().into(),
+            user.password_hash.as_str().into(),
+            user.role.as_str().into(),
+            user.status.as_str().into(),
+            version_param(user.version)?.into(),
+            user.updated_at.0.into(),
+            user.id.as_bytes().as_slice().into(),
+            version_param(expected)?.into(),
+        ];
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(my_err)?;
+            let outcome = async {
+                tx.exec_drop(sql::UPDATE_USER, params).await.map_err(|e| {
+                    match duplicate_key(&e) {
+                        Some("users_email") => RepoError::EmailTaken,
+                        _ => my_err(e),
+                    }
+                })?;
+                // Matched rows, not changed rows: the pool sets CLIENT_FOUND_ROWS.
+                if tx.affected_rows() == 0 {
+                    return Err(missing_or_conflict(&mut tx, user.id).await);
+                }
+                let uid = user.id.as_bytes().as_slice();
+                match revoke {
+                    SessionRevocation::None => {}
+                    SessionRevocation::All { at } => {
+                        tx.exec_drop(sql::REVOKE_ALL, (at.0, uid))
+                            .await
+                            .map_err(my_err)?;
+                    }
+                    SessionRevocation::AllExcept { keep, at } => {
+                        tx.exec_drop(
+                            sql::REVOKE_ALL_EXCEPT,
+                            (at.0, uid, keep.as_bytes().as_slice()),
+                        )
+                        .await
+                        .map_err(my_err)?;
+                    }
+                }
+                insert_event(&mut tx, event).await
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn delete_user(
+        &self,
+        id: UserId,
+        expected: Option<Version>,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let expected = expected.map(version_param).transpose()?;
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(my_err)?;
+            let outcome = async {
+                let uid = id.as_bytes().as_slice();
+                match expected {
+                    Some(v) => tx.exec_drop(sql::DELETE_USER_AT_VERSION, (uid, v)).await,
+                    None => tx.exec_drop(sql::DELETE_USER, (uid,)).await,
+                }
+                .map_err(my_err)?;
+                if tx.affected_rows() == 0 {
+                    return Err(missing_or_conflict(&mut tx, id).await);
+                }
+                insert_event(&mut tx, event).await
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError> {
+        let after = query.after.map(|id| *id.as_bytes()).unwrap_or([0u8; 16]);
+        let limit = i64::from(query.limit);
+        match &query.email {
+            Some(email) => {
+                self.query_users(
+                    sql::LIST_USERS_BY_EMAIL,
+                    (email.as_str(), after.as_slice(), limit),
+                )
+                .await
+            }
+            None => {
+                self.query_users(sql::LIST_USERS_PAGE, (after.as_slice(), limit))
+                    .await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SessionRepository for MysqlStore {
+    async fn create_session(
+        &self,
+        session: &Session,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(my_err)?;
+            let outcome = async {
+                tx.exec_drop(
+                    sql::INSERT_SESSION,
+                    (
+                        session.id.as_bytes().as_slice(),
+                        session.token_hash.0.as_slice(),
+                        session.user_id.as_bytes().as_slice(),
+                        session.created_at.0,
+                        session.expires_at.0,
+                        session.revoked_at.map(|t| t.0),
+                    ),
+                )
+                .await
+                .map_err(my_err)?;
+                insert_event(&mut tx, event).await
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn session_with_user(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<(Session, User)>, RepoError> {
+        let Some(mut row) = self
+            .query_row(sql::SESSION_WITH_USER, (token_hash.0.as_slice(),))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some((
+            session_from_row(&mut row)?,
+            user_from_row(&mut row, 6)?,
+        )))
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        at: Timestamp,
+        event: &OutboxEvent,
+    ) -> Result<bool, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(my_err)?;
+            let outcome = async {
+                tx.exec_drop(sql::REVOKE_SESSION, (at.0, id.as_bytes().as_slice()))
+                    .await
+                    .map_err(my_err)?;
+                let changed = tx.affected_rows() > 0;
+                if changed {
+                    insert_event(&mut tx, event).await?;
+                }
+                Ok(changed)
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn sessions_of_user(&self, user_id: UserId) -> Result<Vec<Session>, RepoError> {
+        self.query_rows(sql::SESSIONS_OF_USER, (user_id.as_bytes().as_slice(),))
+            .await?
+            .iter_mut()
+            .map(session_from_row)
+            .collect()
+    }
+}
+
+/// A cell of EXPLAIN output as the mysql client would print it.
+fn cell(value: Option<&Value>) -> String {
+    match value {
+        None | Some(Value::NULL) => "NULL".into(),
+        Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(Value::Int(i)) => i.to_string(),
+        Some(Value::UInt(u)) => u.to_string(),
+        Some(Value::Float(f)) => f.to_string(),
+        Some(Value::Double(d)) => d.to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+/// Tabular EXPLAIN, one row per table access: every access goes through an index (`key`
+/// set) and none is a full table scan (`type` ALL).
+fn plan_uses_index(rows: &[Vec<(String, String)>]) -> bool {
+    let field = |row: &[(String, String)], name: &str| {
+        row.iter()
+            .find(|(c, _)| c.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    !rows.is_empty()
+        && rows.iter().all(|row| {
+            let (access, key) = (field(row, "type"), field(row, "key"));
+            !access.is_empty()
+                && access != "NULL"
+                && access != "ALL"
+                && !key.is_empty()
+                && key != "NULL"
+        })
+}
+
+#[async_trait]
+impl Store for MysqlStore {
+    fn backend(&self) -> &'static str {
+        "mysql"
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout.min(PING_TIMEOUT), async {
+            let mut conn = self.conn().await?;
+            conn.query_drop("SELECT 1").await.map_err(my_err)
+        })
+        .await
+    }
+
+    async fn explain_hot_paths(&self) -> Result<Vec<QueryPlan>, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn
+                .start_transaction(TxOpts::default())
+                .await
+                .map_err(my_err)?;
+            let outcome = async {
+                let samples = sample_rows(&mut tx).await?;
+                let uid: &[u8] = samples.user.as_bytes();
+                let (email, key, hash) = (
+                    samples.email.as_str(),
+                    samples.key.as_str(),
+                    &samples.token_hash[..],
+                );
+                // The first page: the nil UUID, as `list_users` passes when there is no cursor.
+                let first_page: &[u8] = &[0u8; 16];
+                let limit: i64 = 51;
+                let queries: [(&'static str, &'static str, Params); 7] = [
+                    ("user_by_id", sql::USER_BY_ID, (uid,).into()),
+                    ("user_by_email", sql::USER_BY_EMAIL, (email,).into()),
+                    ("session_with_user", sql::SESSION_WITH_USER, (hash,).into()),
+                    ("sessions_of_user", sql::SESSIONS_OF_USER, (uid,).into()),
+                    (
+                        "list_users_page",
+                        sql::LIST_USERS_PAGE,
+                        (first_page, limit).into(),
+                    ),
+                    (
+                        "list_users_by_email",
+                        sql::LIST_USERS_BY_EMAIL,
+                        (email, first_page, limit).into(),
+                    ),
+                    ("idempotency_record", sql::IDEMPOTENCY_RECORD, (key,).into()),
+                ];
+                let mut plans = Vec::with_capacity(queries.len());
+                for (name, sql, params) in queries {
+                    // Prepared and closed right away, so these one-off statements do not
+                    // push hot ones out of the connection's statement cache.
+                    let stmt = tx.prep(format!("EXPLAIN {sql}")).await.map_err(my_err)?;
+                    let rows: Vec<Row> = tx.exec(&stmt, params).await.map_err(my_err)?;
+                    tx.close(stmt).await.map_err(my_err)?;
+                    let table: Vec<Vec<(String, String)>> = rows
+                        .iter()
+                        .map(|row| {
+                            row.columns_ref()
+                                .iter()
+                                .enumerate()
+                                .map(|(i, c)| (c.name_str().into_owned(), cell(row.as_ref(i))))
+                                .collect()
+                        })
+                        .collect();
+                    let mut plan = String::new();
+                    if let Some(first) = table.first() {
+                        plan.push_str(
+                            &first
+                                .iter()
+                                .map(|(c, _)| c.as_str())
+                                .collect::<Vec<_>>()
+                                .join("\t"),
+                        );
+                    }
+                    for row in &table {
+                        plan.push('\n');
+                        plan.push_str(
+                            &row.iter()
+                                .map(|(_, v)| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join("\t"),
+                        );
+                    }
+                    plans.push(QueryPlan {
+                        name,
+                        sql,
+                        plan,
+                        uses_index: plan_uses_index(&table),
+                    });
+                }
+                Ok(plans)
+            }
+            .await;
+            // The sample rows were only there to be planned over.
+            let _ = tx.rollback().await;
+            outcome
+        })
+        .await
+    }
+
+    /// From the driver's pool metrics: live connections, connections idle in the pool
+    /// (updated when connections are taken or returned, so approximate), and callers
+    /// queued for a connection.
+    fn pool_stats(&self) -> PoolStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let metrics = self.pool.metrics();
+        PoolStats {
+            size: metrics.connection_count.load(Relaxed) as u64,
+            idle: metrics.connections_in_pool.load(Relaxed) as u64,
+            waiting: metrics.active_wait_requests.load(Relaxed) as u64,
+        }
+    }
+}
+
+/// Keys of the rows [`sample_rows`] inserted.
+struct Samples {
+    user: Uuid,
+    email: String,
+    token_hash: [u8; 32],
+    key: String,
+}
+
+/// Inserts a user, a session and an idempotency record inside `tx` (rolled back by the
+/// caller). MySQL resolves unique-key lookups while planning, and a lookup that finds
+/// nothing is planned as "Impossible WHERE", with no index named; planning over real
+/// rows shows the access path production queries take.
+async fn sample_rows(tx: &mut Transaction<'_>) -> Result<Samples, RepoError> {
+    let user = Uuid::now_v7();
+    let mut token_hash = [0u8; 32];
+    token_hash[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    token_hash[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    let samples = Samples {
+        user,
+        email: format!("explain-{}@strata.invalid", user.simple()),
+        token_hash,
+        key: format!("explain-{}", user.simple()),
+    };
+    let uid: &[u8] = user.as_bytes();
+    tx.exec_drop(
+        sql::INSERT_USER,
+        (
+            uid,
+            samples.email.as_str(),
+            "Explain",
+            "x",
+            "user",
+            "active",
+            1i64,
+            0i64,
+            0i64,
+        ),
+    )
+    .await
+    .map_err(my_err)?;
+    tx.exec_drop(
+        sql::INSERT_SESSION,
+        (
+            Uuid::now_v7().as_bytes().as_slice(),
+            &samples.token_hash[..],
+            uid,
+            0i64,
+            0i64,
+            None::<i64>,
+        ),
+    )
+    .await
+    .map_err(my_err)?;
+    tx.exec_drop(
+        sql::INSERT_IDEMPOTENCY,
+        (samples.key.as_str(), &samples.token_hash[..], uid, 0i64),
+    )
+    .await
+    .map_err(my_err)?;
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: u16, message: &str) -> mysql_async::Error {
+        mysql_async::Error::Server(mysql_async::ServerError {
+            code,
+            message: message.into(),
+            state: "23000".into(),
+        })
+    }
+
+    #[test]
+    fn names_the_duplicate_key() {
+        let mariadb = server(1062, "Duplicate entry 'a@b.c' for key 'users_email'");
+        assert_eq!(duplicate_key(&mariadb), Some("users_email"));
+        let mysql8 = server(
+            1062,
+            "Duplicate entry 'x' for key 'idempotency_keys.PRIMARY'",
+        );
+        assert_eq!(duplicate_key(&mysql8), Some("PRIMARY"));
+        let tricky = server(
+            1062,
+            "Duplicate entry 'o'for key 'x'@b.c' for key 'users_email'",
+        );
+        assert_eq!(duplicate_key(&tricky), Some("users_email"));
+        assert_eq!(duplicate_key(&server(1213, "Deadlock found")), None);
+        assert!(matches!(
+            my_err(server(1213, "Deadlock found")),
+            RepoError::Unavailable(_)
+        ));
+        assert!(matches!(
+            my_err(server(1146, "Table doesn't exist")),
+            RepoError::Internal(_)
+        ));
+    }
+
+    #[test]
+    fn reads_index_use_from_explain_rows() {
+        let row = |access: &str, key: &str| {
+            vec![
+                ("type".to_owned(), access.to_owned()),
+                ("key".to_owned(), key.to_owned()),
+            ]
+        };
+        assert!(plan_uses_index(&[
+            row("const", "sessions_token_hash"),
+            row("eq_ref", "PRIMARY")
+        ]));
+        assert!(!plan_uses_index(&[
+            row("const", "sessions_token_hash"),
+            row("ALL", "NULL")
+        ]));
+        assert!(!plan_uses_index(&[row("NULL", "NULL")]));
+        assert!(!plan_uses_index(&[]));
+    }
+}

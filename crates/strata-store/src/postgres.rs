@@ -1,0 +1,882 @@
+//! PostgreSQL adapter: tokio-postgres connections pooled by deadpool.
+//!
+//! Every statement is a constant prepared once per connection (`prepare_cached`), so the
+//! hot path (`session_with_user`) costs one round trip. Writes that the ports declare
+//! atomic run in one transaction each; unique violations are recognised by SQLSTATE 23505
+//! plus the constraint name, which the schema names explicitly for that reason. Names
+//! are never schema-qualified: the search path (e.g. `options=-csearch_path=…` in the
+//! URL) decides where the tables live, which is how tests get a fresh schema each.
+//!
+//! TLS is not wired in yet (`NoTls`): use a local socket, a private network or a
+//! TLS-terminating sidecar.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Transaction,
+};
+use strata_core::domain::{
+    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role,
+    Session, SessionId, Timestamp, TokenHash, User, UserId, UserStatus, Version,
+};
+use strata_core::error::RepoError;
+use strata_core::ports::{
+    PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery,
+    UserRepository,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
+use uuid::Uuid;
+
+use crate::{Migration, StoreOptions};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "users, sessions, idempotency keys, outbox",
+    // Constraint and index names match the other backends (users_email,
+    // sessions_token_hash, sessions_user_id) so EXPLAIN output reads the same everywhere.
+    sql: "
+        CREATE TABLE users (
+            id            uuid PRIMARY KEY,
+            email         text NOT NULL CONSTRAINT users_email UNIQUE,
+            name          text NOT NULL,
+            password_hash text NOT NULL,
+            role          varchar(16) NOT NULL,
+            status        varchar(16) NOT NULL,
+            version       bigint NOT NULL,
+            created_at    bigint NOT NULL,
+            updated_at    bigint NOT NULL
+        );
+
+        CREATE TABLE sessions (
+            id         uuid PRIMARY KEY,
+            token_hash bytea NOT NULL CONSTRAINT sessions_token_hash UNIQUE,
+            user_id    uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            created_at bigint NOT NULL,
+            expires_at bigint NOT NULL,
+            revoked_at bigint
+        );
+        CREATE INDEX sessions_user_id ON sessions (user_id);
+
+        -- No foreign key: the record must outlive a deleted user, so a retried create
+        -- still answers with what the first one did.
+        CREATE TABLE idempotency_keys (
+            key         text PRIMARY KEY,
+            fingerprint bytea NOT NULL,
+            user_id     uuid NOT NULL,
+            created_at  bigint NOT NULL
+        );
+
+        CREATE TABLE outbox (
+            id           uuid PRIMARY KEY,
+            aggregate_id uuid NOT NULL,
+            event_type   varchar(64) NOT NULL,
+            payload      text NOT NULL,
+            created_at   bigint NOT NULL,
+            published_at bigint
+        );
+        -- The relay only ever looks for unpublished rows; a partial index stays as small
+        -- as the backlog however large the table grows.
+        CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
+    ",
+}];
+
+/// How long connect may spend migrating: longer than a query, because another instance
+/// may hold the migration lock while it applies the same migrations.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Readiness checks must answer quickly even when the configured query timeout is long.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+mod sql {
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE id = $1";
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE email = $1";
+    pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1";
+    pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
+         FROM sessions WHERE user_id = $1 ORDER BY id";
+    /// `$1` is the nil UUID on the first page: it sorts before every UUIDv7.
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE id > $1 ORDER BY id LIMIT $2";
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+         FROM users WHERE email = $3 AND id > $1 ORDER BY id LIMIT $2";
+    pub const IDEMPOTENCY_RECORD: &str =
+        "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = $1";
+
+    pub const INSERT_USER: &str = "INSERT INTO users \
+         (id, email, name, password_hash, role, status, version, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    pub const INSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency_keys (key, fingerprint, user_id, created_at) VALUES ($1, $2, $3, $4)";
+    pub const INSERT_EVENT: &str = "INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)";
+    pub const UPDATE_USER: &str = "UPDATE users SET email = $2, name = $3, password_hash = $4, role = $5, status = $6, \
+         version = $7, updated_at = $8 WHERE id = $1 AND version = $9";
+    pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = $1";
+    pub const REVOKE_ALL: &str =
+        "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL";
+    pub const REVOKE_ALL_EXCEPT: &str = "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND id <> $3";
+    pub const DELETE_USER: &str = "DELETE FROM users WHERE id = $1";
+    pub const DELETE_USER_AT_VERSION: &str = "DELETE FROM users WHERE id = $1 AND version = $2";
+    pub const INSERT_SESSION: &str = "INSERT INTO sessions \
+         (id, token_hash, user_id, created_at, expires_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6)";
+    pub const REVOKE_SESSION: &str =
+        "UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL";
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    query_timeout: Duration,
+}
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// A driver error in words: tokio-postgres' own `Display` names only the error kind and
+/// keeps the server's message in the source chain.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} ({})", db, db.code().code()),
+        (None, Some(cause)) => format!("{e}: {cause}"),
+        (None, None) => e.to_string(),
+    }
+}
+
+/// Connection trouble, server shutdown, resource exhaustion and lock conflicts are worth
+/// retrying later; everything else is a bug or a schema mismatch.
+fn pg_err(e: tokio_postgres::Error) -> RepoError {
+    let Some(code) = e.code() else {
+        return RepoError::Unavailable(format!("postgres: {}", describe(&e)));
+    };
+    let code = code.code();
+    let transient = code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources
+        || code.starts_with("57P") // admin/crash shutdown, cannot connect now
+        || matches!(code, "57014" | "40001" | "40P01" | "55P03"); // cancelled, serialization, deadlock, lock
+    if transient {
+        RepoError::Unavailable(format!("postgres: {}", describe(&e)))
+    } else {
+        RepoError::Internal(format!("postgres: {}", describe(&e)))
+    }
+}
+
+/// The constraint named by a unique violation, if that is what `e` is.
+fn unique_violation(e: &tokio_postgres::Error) -> Option<&str> {
+    let db = e.as_db_error()?;
+    (db.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+        .then(|| db.constraint().unwrap_or(""))
+}
+
+fn pool_err(e: PoolError) -> RepoError {
+    match e {
+        PoolError::Backend(e) => {
+            RepoError::Unavailable(format!("postgres connect: {}", describe(&e)))
+        }
+        other => RepoError::Unavailable(format!("postgres pool: {other}")),
+    }
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> RepoError {
+    RepoError::Internal(format!("postgres: corrupt {what} in stored row: {detail}"))
+}
+
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T, RepoError> {
+    row.try_get(idx)
+        .map_err(|e| corrupt("column", describe(&e)))
+}
+
+fn bytes<const N: usize>(row: &Row, idx: usize) -> Result<[u8; N], RepoError> {
+    let raw: &[u8] = get(row, idx)?;
+    raw.try_into().map_err(|_| {
+        corrupt(
+            "binary column",
+            format!("{} bytes, expected {N}", raw.len()),
+        )
+    })
+}
+
+fn version_param(v: Version) -> Result<i64, RepoError> {
+    i64::try_from(v.0)
+        .map_err(|_| RepoError::Internal(format!("version {} does not fit a bigint", v.0)))
+}
+
+/// Reads the nine user columns starting at `at`.
+fn user_from_row(row: &Row, at: usize) -> Result<User, RepoError> {
+    let role: &str = get(row, at + 4)?;
+    let status: &str = get(row, at + 5)?;
+    let version: i64 = get(row, at + 6)?;
+    Ok(User {
+        id: UserId::from_uuid(get(row, at)?),
+        email: Email::from_trusted(get(row, at + 1)?),
+        name: DisplayName::from_trusted(get(row, at + 2)?),
+        password_hash: PasswordHash::from_trusted(get(row, at + 3)?),
+        role: Role::parse(role).map_err(|_| corrupt("role", role))?,
+        status: UserStatus::parse(status).map_err(|_| corrupt("status", status))?,
+        version: Version(u64::try_from(version).map_err(|_| corrupt("version", version))?),
+        created_at: Timestamp(get(row, at + 7)?),
+        updated_at: Timestamp(get(row, at + 8)?),
+    })
+}
+
+fn session_from_row(row: &Row) -> Result<Session, RepoError> {
+    Ok(Session {
+        id: SessionId::from_uuid(get(row, 0)?),
+        user_id: UserId::from_uuid(get(row, 1)?),
+        token_hash: TokenHash(bytes(row, 2)?),
+        created_at: Timestamp(get(row, 3)?),
+        expires_at: Timestamp(get(row, 4)?),
+        revoked_at: get::<Option<i64>>(row, 5)?.map(Timestamp),
+    })
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn execute(
+    tx: &Transaction<'_>,
+    sql: &'static str,
+    params: &Params<'_>,
+) -> Result<u64, tokio_postgres::Error> {
+    let stmt = tx.prepare_cached(sql).await?;
+    tx.execute(&stmt, params).await
+}
+
+async fn insert_event(tx: &Transaction<'_>, event: &OutboxEvent) -> Result<(), RepoError> {
+    execute(
+        tx,
+        sql::INSERT_EVENT,
+        &[
+            &event.id,
+            &event.aggregate_id,
+            &event.event_type,
+            &event.payload,
+            &event.created_at.0,
+        ],
+    )
+    .await
+    .map(drop)
+    .map_err(pg_err)
+}
+
+/// After an UPDATE/DELETE guarded by version touched no row: was it the version or the row?
+async fn missing_or_conflict(tx: &Transaction<'_>, id: UserId) -> RepoError {
+    let found = async {
+        let stmt = tx.prepare_cached(sql::USER_EXISTS).await?;
+        tx.query_opt(&stmt, &[&id.as_uuid()]).await
+    };
+    match found.await {
+        Ok(Some(_)) => RepoError::VersionConflict,
+        Ok(None) => RepoError::NotFound,
+        Err(e) => pg_err(e),
+    }
+}
+
+async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), RepoError> {
+    let tx = client.transaction().await.map_err(pg_err)?;
+    // Two instances starting together must not both apply migration 1. The lock is per
+    // schema, so instances (or tests) using different schemas of one database do not wait
+    // for each other; it is released when the transaction ends, even on a crash.
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('strata_migrate:' || coalesce(current_schema(), ''), 0));
+         CREATE TABLE IF NOT EXISTS schema_migrations (
+             version bigint PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL);",
+    )
+    .await
+    .map_err(pg_err)?;
+    let applied: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0)::bigint FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg_err)
+        .and_then(|row| get(&row, 0))?;
+    for m in MIGRATIONS.iter().filter(|m| m.version > applied) {
+        tx.batch_execute(m.sql).await.map_err(pg_err)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+            &[&m.version, &m.name, &now_micros()],
+        )
+        .await
+        .map_err(pg_err)?;
+        tracing::info!(
+            backend = "postgres",
+            version = m.version,
+            name = m.name,
+            "applied migration"
+        );
+    }
+    tx.commit().await.map_err(pg_err)
+}
+
+impl PostgresStore {
+    /// Builds the pool, checks that the server answers and, if `options.migrate`, applies
+    /// pending migrations.
+    pub async fn connect(options: &StoreOptions) -> Result<Self, RepoError> {
+        let mut pg_config: tokio_postgres::Config =
+            options.url.parse().map_err(|e: tokio_postgres::Error| {
+                RepoError::Internal(format!(
+                    "invalid PostgreSQL URL {}: {}",
+                    crate::redact_url(&options.url),
+                    describe(&e)
+                ))
+            })?;
+        pg_config.connect_timeout(options.connect_timeout);
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("strata");
+        }
+        // Fast recycling only checks that the connection is open: a broken one fails its
+        // next query, which the caller sees as Unavailable and may retry. Verified
+        // recycling would add a round trip to every checkout, hot path included.
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.query_timeout))
+            .create_timeout(Some(options.connect_timeout))
+            .recycle_timeout(Some(options.connect_timeout))
+            .build()
+            .map_err(|e| RepoError::Internal(format!("postgres pool: {e}")))?;
+        let store = PostgresStore {
+            pool,
+            query_timeout: options.query_timeout,
+        };
+
+        let setup_timeout = if options.migrate {
+            MIGRATION_TIMEOUT
+        } else {
+            options.connect_timeout
+        };
+        crate::with_timeout(setup_timeout, async {
+            let mut client = store.pool.get().await.map_err(pool_err)?;
+            if options.migrate {
+                migrate(&mut client).await?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Client, RepoError> {
+        self.pool.get().await.map_err(pool_err)
+    }
+
+    async fn query_rows(
+        &self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Vec<Row>, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
+            client.query(&stmt, params).await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn query_row(
+        &self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
+            client.query_opt(&stmt, params).await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn query_users(
+        &self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Vec<User>, RepoError> {
+        self.query_rows(sql, params)
+            .await?
+            .iter()
+            .map(|r| user_from_row(r, 0))
+            .collect()
+    }
+
+    async fn query_user(
+        &self,
+        sql: &'static str,
+        params: &Params<'_>,
+    ) -> Result<Option<User>, RepoError> {
+        self.query_row(sql, params)
+            .await?
+            .map(|r| user_from_row(&r, 0))
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl UserRepository for PostgresStore {
+    async fn create_user(
+        &self,
+        user: &User,
+        idempotency: Option<&IdempotencyRecord>,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let version = version_param(user.version)?;
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            // The key goes in first: when a concurrent retry with the same key (and so the
+            // same email) races us, the loser must hear "key taken" and replay, not
+            // "email taken".
+            if let Some(rec) = idempotency {
+                let fingerprint: &[u8] = &rec.fingerprint;
+                execute(
+                    &tx,
+                    sql::INSERT_IDEMPOTENCY,
+                    &[
+                        &rec.key.as_str(),
+                        &fingerprint,
+                        &rec.user_id.as_uuid(),
+                        &rec.created_at.0,
+                    ],
+                )
+                .await
+                .map_err(|e| match unique_violation(&e) {
+                    Some(_) => RepoError::IdempotencyKeyTaken,
+                    None => pg_err(e),
+                })?;
+            }
+            execute(
+                &tx,
+                sql::INSERT_USER,
+                &[
+                    &user.id.as_uuid(),
+                    &user.email.as_str(),
+                    &user.name.as_str(),
+                    &user.password_hash.as_str(),
+                    &user.role.as_str(),
+                    &user.status.as_str(),
+                    &version,
+                    &user.created_at.0,
+                    &user.updated_at.0,
+                ],
+            )
+            .await
+            .map_err(|e| match unique_violation(&e) {
+                Some("users_email") => RepoError::EmailTaken,
+                _ => pg_err(e),
+            })?;
+            insert_event(&tx, event).await?;
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn idempotency_record(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<IdempotencyRecord>, RepoError> {
+        let Some(row) = self
+            .query_row(sql::IDEMPOTENCY_RECORD, &[&key.as_str()])
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(IdempotencyRecord {
+            key: IdempotencyKey::from_trusted(get(&row, 0)?),
+            fingerprint: bytes(&row, 1)?,
+            user_id: UserId::from_uuid(get(&row, 2)?),
+            created_at: Timestamp(get(&row, 3)?),
+        }))
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
+        self.query_user(sql::USER_BY_ID, &[&id.as_uuid()]).await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
+        self.query_user(sql::USER_BY_EMAIL, &[&email.as_str()])
+            .await
+    }
+
+    async fn update_user(
+        &self,
+        user: &User,
+        expected: Version,
+        revoke: SessionRevocation,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let (version, expected) = (version_param(user.version)?, version_param(expected)?);
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let changed = execute(
+                &tx,
+                sql::UPDATE_USER,
+                &[
+                    &user.id.as_uuid(),
+                    &user.email.as_str(),
+                    &user.name.as_str(),
+                    &user.password_hash.as_str(),
+                    &user.role.as_str(),
+                    &user.status.as_str(),
+                    &version,
+                    &user.updated_at.0,
+                    &expected,
+                ],
+            )
+            .await
+            .map_err(|e| match unique_violation(&e) {
+                Some("users_email") => RepoError::EmailTaken,
+                _ => pg_err(e),
+            })?;
+            if changed == 0 {
+                return Err(missing_or_conflict(&tx, user.id).await);
+            }
+            let uid = user.id.as_uuid();
+            match revoke {
+                SessionRevocation::None => 0,
+                SessionRevocation::All { at } => execute(&tx, sql::REVOKE_ALL, &[&uid, &at.0])
+                    .await
+                    .map_err(pg_err)?,
+                SessionRevocation::AllExcept { keep, at } => {
+                    execute(&tx, sql::REVOKE_ALL_EXCEPT, &[&uid, &at.0, &keep.as_uuid()])
+                        .await
+                        .map_err(pg_err)?
+                }
+            };
+            insert_event(&tx, event).await?;
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn delete_user(
+        &self,
+        id: UserId,
+        expected: Option<Version>,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let expected = expected.map(version_param).transpose()?;
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let uid = id.as_uuid();
+            let deleted = match &expected {
+                Some(v) => execute(&tx, sql::DELETE_USER_AT_VERSION, &[&uid, v]).await,
+                None => execute(&tx, sql::DELETE_USER, &[&uid]).await,
+            }
+            .map_err(pg_err)?;
+            if deleted == 0 {
+                return Err(missing_or_conflict(&tx, id).await);
+            }
+            insert_event(&tx, event).await?;
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError> {
+        let after = query.after.map(|id| id.as_uuid()).unwrap_or(Uuid::nil());
+        let limit = i64::from(query.limit);
+        match &query.email {
+            Some(email) => {
+                self.query_users(sql::LIST_USERS_BY_EMAIL, &[&after, &limit, &email.as_str()])
+                    .await
+            }
+            None => {
+                self.query_users(sql::LIST_USERS_PAGE, &[&after, &limit])
+                    .await
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl SessionRepository for PostgresStore {
+    async fn create_session(
+        &self,
+        session: &Session,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let hash: &[u8] = &session.token_hash.0;
+            execute(
+                &tx,
+                sql::INSERT_SESSION,
+                &[
+                    &session.id.as_uuid(),
+                    &hash,
+                    &session.user_id.as_uuid(),
+                    &session.created_at.0,
+                    &session.expires_at.0,
+                    &session.revoked_at.map(|t| t.0),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+            insert_event(&tx, event).await?;
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn session_with_user(
+        &self,
+        token_hash: &TokenHash,
+    ) -> Result<Option<(Session, User)>, RepoError> {
+        let hash: &[u8] = &token_hash.0;
+        let Some(row) = self.query_row(sql::SESSION_WITH_USER, &[&hash]).await? else {
+            return Ok(None);
+        };
+        Ok(Some((session_from_row(&row)?, user_from_row(&row, 6)?)))
+    }
+
+    async fn revoke_session(
+        &self,
+        id: SessionId,
+        at: Timestamp,
+        event: &OutboxEvent,
+    ) -> Result<bool, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let changed = execute(&tx, sql::REVOKE_SESSION, &[&id.as_uuid(), &at.0])
+                .await
+                .map_err(pg_err)?;
+            if changed > 0 {
+                insert_event(&tx, event).await?;
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn sessions_of_user(&self, user_id: UserId) -> Result<Vec<Session>, RepoError> {
+        self.query_rows(sql::SESSIONS_OF_USER, &[&user_id.as_uuid()])
+            .await?
+            .iter()
+            .map(session_from_row)
+            .collect()
+    }
+}
+
+/// Reads a text-format plan: every relation the query touches is reached through an index
+/// and nothing is scanned sequentially.
+fn plan_uses_index(plan: &str, relations: &[&str]) -> bool {
+    let index_access = |line: &str, relation: &str| {
+        let on_relation = line.contains(&format!(" on {relation} "))
+            || line.ends_with(&format!(" on {relation}"));
+        on_relation
+            && (line.contains("Index Scan")
+                || line.contains("Index Only Scan")
+                || line.contains("Bitmap Heap Scan"))
+    };
+    !plan.contains("Seq Scan")
+        && relations
+            .iter()
+            .all(|r| plan.lines().any(|line| index_access(line, r)))
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout.min(PING_TIMEOUT), async {
+            let client = self.client().await?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn explain_hot_paths(&self) -> Result<Vec<QueryPlan>, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            // Tiny tables get sequential scans whatever indexes exist; with them priced out,
+            // a Seq Scan still in the plan proves no usable index exists.
+            tx.batch_execute("SET LOCAL enable_seqscan = off")
+                .await
+                .map_err(pg_err)?;
+            let samples = sample_rows(&tx).await?;
+            let (uid, email, key) = (samples.user, &samples.email, &samples.key);
+            let hash: &[u8] = &samples.token_hash;
+            // The first page: the nil UUID, as `list_users` passes when there is no cursor.
+            let first_page = Uuid::nil();
+            let limit: i64 = 51;
+            let queries: [(
+                &'static str,
+                &'static str,
+                &[&str],
+                Vec<&(dyn ToSql + Sync)>,
+            ); 7] = [
+                ("user_by_id", sql::USER_BY_ID, &["users"], vec![&uid]),
+                ("user_by_email", sql::USER_BY_EMAIL, &["users"], vec![email]),
+                (
+                    "session_with_user",
+                    sql::SESSION_WITH_USER,
+                    &["sessions", "users"],
+                    vec![&hash],
+                ),
+                (
+                    "sessions_of_user",
+                    sql::SESSIONS_OF_USER,
+                    &["sessions"],
+                    vec![&uid],
+                ),
+                (
+                    "list_users_page",
+                    sql::LIST_USERS_PAGE,
+                    &["users"],
+                    vec![&first_page, &limit],
+                ),
+                (
+                    "list_users_by_email",
+                    sql::LIST_USERS_BY_EMAIL,
+                    &["users"],
+                    vec![&first_page, &limit, email],
+                ),
+                (
+                    "idempotency_record",
+                    sql::IDEMPOTENCY_RECORD,
+                    &["idempotency_keys"],
+                    vec![key],
+                ),
+            ];
+            let mut plans = Vec::with_capacity(queries.len());
+            for (name, sql, relations, params) in queries {
+                let rows = tx
+                    .query(&format!("EXPLAIN (FORMAT TEXT) {sql}"), &params)
+                    .await
+                    .map_err(pg_err)?;
+                let lines = rows
+                    .iter()
+                    .map(|r| get::<String>(r, 0))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let plan = lines.join("\n");
+                let uses_index = plan_uses_index(&plan, relations);
+                plans.push(QueryPlan {
+                    name,
+                    sql,
+                    plan,
+                    uses_index,
+                });
+            }
+            // The sample rows were only there to be planned over.
+            tx.rollback().await.map_err(pg_err)?;
+            Ok(plans)
+        })
+        .await
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        let status = self.pool.status();
+        PoolStats {
+            size: status.size as u64,
+            idle: status.available as u64,
+            waiting: status.waiting as u64,
+        }
+    }
+}
+
+/// Keys of the rows [`sample_rows`] inserted.
+struct Samples {
+    user: Uuid,
+    email: String,
+    token_hash: [u8; 32],
+    key: String,
+}
+
+/// Inserts a user, a session and an idempotency record inside `tx` (rolled back by the
+/// caller) so every hot query is planned with parameters that match a row, as in
+/// production.
+async fn sample_rows(tx: &Transaction<'_>) -> Result<Samples, RepoError> {
+    let user = Uuid::now_v7();
+    let mut token_hash = [0u8; 32];
+    token_hash[..16].copy_from_slice(Uuid::new_v4().as_bytes());
+    token_hash[16..].copy_from_slice(Uuid::new_v4().as_bytes());
+    let samples = Samples {
+        user,
+        email: format!("explain-{}@strata.invalid", user.simple()),
+        token_hash,
+        key: format!("explain-{}", user.simple()),
+    };
+    let hash: &[u8] = &samples.token_hash;
+    let zero = 0i64;
+    tx.execute(
+        sql::INSERT_USER,
+        &[
+            &user,
+            &samples.email,
+            &"Explain",
+            &"x",
+            &"user",
+            &"active",
+            &1i64,
+            &zero,
+            &zero,
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.execute(
+        sql::INSERT_SESSION,
+        &[&Uuid::now_v7(), &hash, &user, &zero, &zero, &None::<i64>],
+    )
+    .await
+    .map_err(pg_err)?;
+    tx.execute(
+        sql::INSERT_IDEMPOTENCY,
+        &[&samples.key, &hash, &user, &zero],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_index_scans_from_plans() {
+        let join = "Nested Loop  (cost=0.29..16.34 rows=1 width=160)\n\
+                    ->  Index Scan using sessions_token_hash on sessions s  (cost=0.14..8.16 rows=1 width=72)\n\
+                    \x20     Index Cond: (token_hash = '\\x00'::bytea)\n\
+                    ->  Index Scan using users_pkey on users u  (cost=0.15..8.17 rows=1 width=104)\n\
+                    \x20     Index Cond: (id = s.user_id)";
+        assert!(plan_uses_index(join, &["sessions", "users"]));
+        let seq = "Nested Loop\n  ->  Seq Scan on sessions s\n  ->  Index Scan using users_pkey on users u";
+        assert!(!plan_uses_index(seq, &["sessions", "users"]));
+        // An index on another relation whose name merely starts with ours does not count.
+        let other =
+            "Index Scan using users_email_x on users_archive  (cost=0.15..8.17 rows=1 width=104)";
+        assert!(!plan_uses_index(other, &["users"]));
+        let bitmap = "Bitmap Heap Scan on sessions  (cost=4.2..14.3 rows=5 width=72)\n\
+                      \x20 ->  Bitmap Index Scan on sessions_user_id  (cost=0.00..4.2 rows=5 width=0)";
+        assert!(plan_uses_index(bitmap, &["sessions"]));
+    }
+}
