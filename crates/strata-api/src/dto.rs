@@ -4,17 +4,26 @@
 use serde::{Deserialize, Serialize};
 use strata_core::domain::{Session, Timestamp, User};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa::ToSchema;
 
 use crate::extract::present;
 
 /// RFC 3339 in UTC with microseconds, e.g. `2026-11-25T08:00:00.123456Z`.
+/// Fixed width, so clients can compare timestamps as strings.
 pub fn rfc3339(t: Timestamp) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.micros()) * 1000)
-        .ok()
-        .and_then(|dt| dt.format(&Rfc3339).ok())
-        .unwrap_or_default()
+    match OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.micros()) * 1000) {
+        Ok(dt) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            dt.year(),
+            u8::from(dt.month()),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.microsecond()
+        ),
+        Err(_) => String::new(),
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -179,10 +179,11 @@ impl Accounts {
         let event = user_event("user.created", &user, now);
         match self.db("create_user", self.store.create_user(&user, record.as_ref(), &event)).await {
             Ok(()) => Ok(Registered { user, replayed: false }),
-            // A concurrent request with the same key won the race: answer as its retry.
-            Err(RepoError::IdempotencyKeyTaken) => match &key {
-                Some(k) => self.replay(k, &fingerprint, &reg.password).await?.ok_or(AppError::IdempotencyKeyReused),
-                None => Err(AppError::IdempotencyKeyReused),
+            // A concurrent request with the same key may have won the race; it can trip
+            // either unique index first (email or key), so on both, answer as its retry.
+            Err(e @ (RepoError::IdempotencyKeyTaken | RepoError::EmailTaken)) => match &key {
+                Some(k) => self.replay(k, &fingerprint, &reg.password).await?.ok_or_else(|| e.into()),
+                None => Err(e.into()),
             },
             Err(e) => Err(e.into()),
         }

@@ -1,0 +1,136 @@
+//! Wiring: configuration in, a running server out. `Application::build` binds the listener
+//! (port 0 works, and the real port is reported), so tests start the real thing.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use strata_api::{AppState, Metrics};
+use strata_core::password::PasswordHasher;
+use strata_core::ports::{Clock, Store, SystemClock};
+use strata_core::service::{AccountSettings, Accounts};
+use strata_core::throttle::LoginThrottle;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    state: AppState,
+    config: Config,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// As [`Application::build`], with a clock tests can move.
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let store = connect_store(&config).await?;
+        let hasher = PasswordHasher::new(config.hasher_settings()).map_err(anyhow::Error::msg)?;
+        let metrics = Arc::new(Metrics::new());
+        let settings = AccountSettings {
+            session_ttl: Duration::from_secs(config.auth.session_ttl_secs),
+            ..AccountSettings::default()
+        };
+        let accounts = Accounts::new(
+            store,
+            Arc::new(hasher),
+            LoginThrottle::new(config.throttle_settings()),
+            clock,
+            metrics.clone(),
+            settings,
+        );
+        let state = AppState {
+            accounts: Arc::new(accounts),
+            metrics,
+            admin_token: config.auth.admin_token.as_deref().map(Arc::from),
+            ready: Arc::new(AtomicBool::new(false)),
+            body_limit: config.http.body_limit_bytes,
+        };
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        Ok(Application { listener, local_addr, state, config })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// One line for humans: where we listen and what we run on.
+    pub fn banner(&self) -> String {
+        format!(
+            "strata listening on http://{} (database: {})",
+            self.local_addr,
+            strata_store::redact_url(&self.config.database.url)
+        )
+    }
+
+    /// Serves until `shutdown` resolves, then: readiness false, a drain delay for load
+    /// balancers to notice, stop accepting, and wait (bounded) for in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Application { listener, state, config, .. } = self;
+        let ready = state.ready.clone();
+        let drain_delay = Duration::from_millis(config.http.drain_delay_ms);
+        let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+        let app = strata_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal_ready = ready.clone();
+        let stop_accepting = async move {
+            shutdown.await;
+            signal_ready.store(false, Ordering::Release);
+            tracing::info!(drain_delay_ms = drain_delay.as_millis() as u64, "shutdown requested; readiness now false");
+            tokio::time::sleep(drain_delay).await;
+            let _ = draining_tx.send(());
+        };
+        ready.store(true, Ordering::Release);
+        let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
+        let server = tokio::spawn(async move { server.await });
+        tokio::pin!(server);
+        // Wait for the server to finish on its own, or bound the drain once it has begun.
+        tokio::select! {
+            res = &mut server => res.context("server task")?.context("server")?,
+            _ = draining_rx => {
+                match tokio::time::timeout(grace, &mut server).await {
+                    Ok(res) => res.context("server task")?.context("server")?,
+                    Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting"),
+                }
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    strata_store::connect(&config.store_options())
+        .await
+        .with_context(|| format!("cannot open database {}", strata_store::redact_url(&config.database.url)))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,703 @@
+//! End-to-end tests: the real server on port 0, a fresh database per test, driven over
+//! HTTP, once per backend. PostgreSQL and MySQL are skipped visibly when unreachable,
+//! unless `STRATA_REQUIRE_BACKENDS` names them (CI).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use strata::app::Application;
+use strata::config::Config;
+use strata_core::ports::{Clock, ManualClock, SystemClock};
+use strata_store::Backend;
+use strata_store::testing::{TestDb, fresh};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ADMIN: &str = "test-admin-token-0123456789";
+const PASSWORD: &str = "correct horse battery";
+
+struct TestApp {
+    addr: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    clock: Arc<ManualClock>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _db: TestDb,
+}
+
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    raw: Bytes,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+    }
+
+    /// Asserts an RFC 9457 problem with this status, code and (if given) field.
+    #[track_caller]
+    fn assert_problem(&self, status: u16, code: &str, field: Option<&str>) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&self.raw));
+        assert_eq!(self.header("content-type"), "application/problem+json");
+        assert_eq!(self.body["code"], code, "body: {}", self.body);
+        assert_eq!(self.body["status"], status);
+        assert_eq!(self.body["type"], format!("urn:strata:problem:{code}"));
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+        if let Some(field) = field {
+            assert_eq!(self.body["field"], field, "body: {}", self.body);
+        }
+    }
+}
+
+fn test_config(url: &str) -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.database.url = url.to_owned();
+    c.auth.admin_token = Some(ADMIN.to_owned());
+    // Cheap hashing keeps the suite fast; the OWASP defaults are unit-tested in core.
+    c.password.memory_kib = 256;
+    c.password.iterations = 1;
+    c.throttle.account_max_failures = 3;
+    c.throttle.client_max_failures = 1000;
+    c.auth.session_ttl_secs = 3600;
+    c
+}
+
+async fn spawn(backend: Backend, what: &str, tweak: impl FnOnce(&mut Config)) -> Option<TestApp> {
+    let db = fresh(backend, what).await?;
+    let mut config = test_config(&db.url);
+    tweak(&mut config);
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let app = Application::build_with_clock(config, clock.clone()).await.expect("build app");
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Some(TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: db })
+}
+
+impl TestApp {
+    async fn send(&self, method: Method, path: &str, headers: &[(&str, &str)], body: Option<Bytes>) -> Resp {
+        let mut req = Request::builder().method(method).uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.unwrap_or_default())).unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(20), self.client.request(req))
+            .await
+            .expect("request timed out")
+            .expect("request failed");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let raw = res.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+        Resp { status, headers, body, raw }
+    }
+
+    async fn json(&self, method: Method, path: &str, token: Option<&str>, body: &Value) -> Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        self.send(method, path, &headers, Some(Bytes::from(body.to_string()))).await
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Resp {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        self.send(Method::GET, path, &headers, None).await
+    }
+
+    async fn register(&self, email: &str, name: &str) -> Value {
+        let r = self.json(Method::POST, "/v1/users", None, &json!({"email": email, "name": name, "password": PASSWORD})).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        r.body
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Resp {
+        self.json(Method::POST, "/v1/sessions", None, &json!({"email": email, "password": password})).await
+    }
+
+    /// Registers and logs in; returns (user, token).
+    async fn user_with_token(&self, email: &str) -> (Value, String) {
+        let user = self.register(email, "Test User").await;
+        let r = self.login(email, PASSWORD).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        (user, r.body["token"].as_str().unwrap().to_owned())
+    }
+
+    /// Sends raw bytes on a fresh connection and returns the status code and body.
+    async fn raw(&self, bytes: &[u8]) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, text)
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap().unwrap();
+        }
+    }
+}
+
+async fn register_login_whoami_logout(app: TestApp) {
+    let r = app.json(Method::POST, "/v1/users", None, &json!({"email": " Ada@Example.COM ", "name": "Ada", "password": PASSWORD})).await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.header("location"), format!("/v1/users/{id}"));
+    assert_eq!(r.header("etag"), "\"1\"");
+    assert_eq!(r.body["email"], "ada@example.com");
+    assert_eq!(r.body["role"], "user");
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(r.body["version"], 1);
+    let keys: Vec<_> = r.body.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(keys, ["created_at", "email", "id", "name", "role", "status", "updated_at", "version"]);
+    assert!(!String::from_utf8_lossy(&r.raw).contains("argon2"));
+
+    let login = app.login("ADA@example.com", PASSWORD).await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.body);
+    assert_eq!(login.header("cache-control"), "no-store");
+    let token = login.body["token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("st_") && token.len() == 46);
+    assert_eq!(login.body["user"]["id"], id.as_str());
+
+    let me = app.get("/v1/sessions/current", Some(&token)).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.body["user"]["id"], id.as_str());
+    assert_eq!(me.body["session"]["expires_at"], login.body["expires_at"]);
+    let timing = me.header("server-timing").to_owned();
+    assert!(timing.contains("app;dur=") && timing.contains("db;dur="), "{timing}");
+    assert!(!me.header("x-request-id").is_empty());
+
+    let r = app.send(Method::DELETE, "/v1/sessions/current", &[("authorization", &format!("Bearer {token}"))], None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    app.get("/v1/sessions/current", Some(&token)).await.assert_problem(401, "token_revoked", Some("Authorization"));
+    app.stop().await;
+}
+
+async fn duplicate_email_conflicts(app: TestApp) {
+    app.register("dup@example.com", "One").await;
+    let r = app.json(Method::POST, "/v1/users", None, &json!({"email": "DUP@example.com", "name": "Two", "password": PASSWORD})).await;
+    r.assert_problem(409, "email_taken", Some("email"));
+    app.stop().await;
+}
+
+async fn idempotent_create(app: TestApp) {
+    let body = json!({"email": "idem@example.com", "name": "Idem", "password": PASSWORD}).to_string();
+    let send = |key: &'static str, body: String| {
+        let app = &app;
+        async move {
+            app.send(
+                Method::POST,
+                "/v1/users",
+                &[("content-type", "application/json"), ("idempotency-key", key)],
+                Some(Bytes::from(body)),
+            )
+            .await
+        }
+    };
+    let first = send("key-1", body.clone()).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = send("key-1", body.clone()).await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.header("idempotent-replayed"), "true");
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.header("location"), first.header("location"));
+
+    // Same key, different body: refused, nothing created.
+    let other = json!({"email": "idem2@example.com", "name": "Idem", "password": PASSWORD}).to_string();
+    send("key-1", other).await.assert_problem(422, "idempotency_key_reused", Some("Idempotency-Key"));
+    let wrong_pw = json!({"email": "idem@example.com", "name": "Idem", "password": "another password"}).to_string();
+    send("key-1", wrong_pw).await.assert_problem(422, "idempotency_key_reused", Some("Idempotency-Key"));
+
+    // Concurrent retries with a fresh key all get the one user.
+    let body2 = json!({"email": "race@example.com", "name": "Race", "password": PASSWORD}).to_string();
+    let results = futures_join_all((0..6).map(|_| send("key-2", body2.clone()))).await;
+    let ids: std::collections::HashSet<_> = results
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+            r.body["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+
+    let list = app.get("/v1/users?limit=200", Some(ADMIN)).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 2, "{}", list.body);
+    app.stop().await;
+}
+
+/// Runs futures concurrently on this task (a join_all without the futures crate).
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futs.map(|f| Some(Box::pin(f))).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (slot, result) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot
+                && let std::task::Poll::Ready(v) = f.as_mut().poll(cx)
+            {
+                *result = Some(v);
+                *slot = None;
+            }
+        }
+        if pending.iter().all(Option::is_none) { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    results.into_iter().map(|r| r.expect("completed")).collect()
+}
+
+async fn login_failures_do_not_enumerate_and_are_throttled(app: TestApp) {
+    app.register("victim@example.com", "Victim").await;
+    let unknown = app.login("nobody@example.com", "whatever password").await;
+    let wrong = app.login("victim@example.com", "wrong password").await;
+    unknown.assert_problem(401, "invalid_credentials", None);
+    assert_eq!(unknown.raw, wrong.raw, "unknown email and wrong password must answer identically");
+
+    // account_max_failures = 3 in tests: two more failures lock the account…
+    app.login("victim@example.com", "wrong password").await.assert_problem(401, "invalid_credentials", None);
+    app.login("victim@example.com", "wrong password").await;
+    let locked = app.login("victim@example.com", PASSWORD).await;
+    locked.assert_problem(429, "too_many_attempts", None);
+    let retry: u64 = locked.header("retry-after").parse().unwrap();
+    assert!((1..=300).contains(&retry), "{retry}");
+    // …until the window passes.
+    app.clock.advance(Duration::from_secs(301));
+    assert_eq!(app.login("victim@example.com", PASSWORD).await.status, StatusCode::CREATED);
+    app.stop().await;
+}
+
+async fn access_rules(app: TestApp) {
+    let (alice, alice_token) = app.user_with_token("alice@example.com").await;
+    let (bob, _) = app.user_with_token("bob@example.com").await;
+    let alice_path = format!("/v1/users/{}", alice["id"].as_str().unwrap());
+    let bob_path = format!("/v1/users/{}", bob["id"].as_str().unwrap());
+
+    assert_eq!(app.get(&alice_path, Some(&alice_token)).await.status, StatusCode::OK);
+    app.get(&bob_path, Some(&alice_token)).await.assert_problem(403, "forbidden", None);
+    app.get("/v1/users", Some(&alice_token)).await.assert_problem(403, "forbidden", None);
+    assert_eq!(app.get(&bob_path, Some(ADMIN)).await.status, StatusCode::OK);
+    app.get("/v1/sessions/current", Some(ADMIN)).await.assert_problem(401, "not_a_session", Some("Authorization"));
+    let missing = format!("/v1/users/{}", uuid::Uuid::now_v7());
+    app.get(&missing, Some(ADMIN)).await.assert_problem(404, "not_found", None);
+
+    // Promote Alice; as an admin user she may now read Bob.
+    let r = app.send(
+        Method::PATCH,
+        &alice_path,
+        &[("content-type", "application/json"), ("authorization", &format!("Bearer {ADMIN}")), ("if-match", "\"1\"")],
+        Some(Bytes::from(json!({"role": "admin"}).to_string())),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["role"], "admin");
+    assert_eq!(app.get(&bob_path, Some(&alice_token)).await.status, StatusCode::OK);
+    app.stop().await;
+}
+
+async fn patch_with_optimistic_concurrency(app: TestApp) {
+    let (user, token) = app.user_with_token("pat@example.com").await;
+    app.register("taken@example.com", "Taken").await;
+    let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    let auth = format!("Bearer {token}");
+    let patch = |if_match: Option<&'static str>, body: Value| {
+        let (app, path, auth) = (&app, path.clone(), auth.clone());
+        async move {
+            let mut h = vec![("content-type", "application/json"), ("authorization", auth.as_str())];
+            if let Some(m) = if_match {
+                h.push(("if-match", m));
+            }
+            app.send(Method::PATCH, &path, &h, Some(Bytes::from(body.to_string()))).await
+        }
+    };
+    patch(None, json!({"name": "X"})).await.assert_problem(428, "if_match_required", Some("If-Match"));
+    patch(Some("1"), json!({"name": "X"})).await.assert_problem(400, "malformed_if_match", Some("If-Match"));
+    patch(Some("\"abc\""), json!({"name": "X"})).await.assert_problem(400, "malformed_if_match", Some("If-Match"));
+    patch(Some("\"7\""), json!({"name": "X"})).await.assert_problem(412, "version_mismatch", Some("If-Match"));
+    patch(Some("\"1\""), json!({"role": "admin"})).await.assert_problem(403, "forbidden", None);
+    patch(Some("\"1\""), json!({"email": "TAKEN@example.com"})).await.assert_problem(409, "email_taken", Some("email"));
+
+    let ok = patch(Some("\"1\""), json!({"name": "Renamed ✓", "email": "new@example.com"})).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(ok.header("etag"), "\"2\"");
+    assert_eq!(ok.body["name"], "Renamed ✓");
+    assert_eq!(ok.body["email"], "new@example.com");
+    // The same stale request again: lost update prevented.
+    patch(Some("\"1\""), json!({"name": "Stale"})).await.assert_problem(412, "version_mismatch", None);
+
+    // Password change: other sessions end, this one stays, the old password stops working.
+    let other = app.login("new@example.com", PASSWORD).await.body["token"].as_str().unwrap().to_owned();
+    let changed = patch(Some("W/\"2\""), json!({"password": "a brand new password"})).await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
+    app.get("/v1/sessions/current", Some(&other)).await.assert_problem(401, "token_revoked", None);
+    app.login("new@example.com", PASSWORD).await.assert_problem(401, "invalid_credentials", None);
+    assert_eq!(app.login("new@example.com", "a brand new password").await.status, StatusCode::CREATED);
+    app.stop().await;
+}
+
+async fn delete_revokes_sessions(app: TestApp) {
+    let (user, token) = app.user_with_token("gone@example.com").await;
+    let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    let auth = format!("Bearer {token}");
+    let r = app.send(Method::DELETE, &path, &[("authorization", &auth), ("if-match", "\"5\"")], None).await;
+    r.assert_problem(412, "version_mismatch", None);
+    let r = app.send(Method::DELETE, &path, &[("authorization", &auth)], None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    app.get("/v1/sessions/current", Some(&token)).await.assert_problem(401, "invalid_token", None);
+    app.get(&path, Some(ADMIN)).await.assert_problem(404, "not_found", None);
+    app.login("gone@example.com", PASSWORD).await.assert_problem(401, "invalid_credentials", None);
+    app.stop().await;
+}
+
+async fn disabled_accounts_lose_access(app: TestApp) {
+    let (user, token) = app.user_with_token("dis@example.com").await;
+    let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    let r = app.send(
+        Method::PATCH,
+        &path,
+        &[("content-type", "application/json"), ("authorization", &format!("Bearer {ADMIN}")), ("if-match", "\"1\"")],
+        Some(Bytes::from(json!({"status": "disabled"}).to_string())),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    app.get("/v1/sessions/current", Some(&token)).await.assert_problem(401, "token_revoked", None);
+    app.login("dis@example.com", PASSWORD).await.assert_problem(403, "account_disabled", None);
+    app.stop().await;
+}
+
+async fn sessions_expire(app: TestApp) {
+    let (_, token) = app.user_with_token("exp@example.com").await;
+    app.clock.advance(Duration::from_secs(3599));
+    assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
+    app.clock.advance(Duration::from_secs(2));
+    app.get("/v1/sessions/current", Some(&token)).await.assert_problem(401, "token_expired", Some("Authorization"));
+    app.stop().await;
+}
+
+async fn cursor_pagination(app: TestApp) {
+    let mut created = Vec::new();
+    for i in 0..12 {
+        created.push(app.register(&format!("p{i:02}@example.com"), &format!("P{i}")).await["id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/users?limit=5".to_owned();
+    loop {
+        let page = app.get(&path, Some(ADMIN)).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 5);
+        seen.extend(items.iter().map(|u| u["id"].as_str().unwrap().to_owned()));
+        match page.body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/users?limit=5&cursor={c}"),
+            None => break,
+        }
+    }
+    created.sort();
+    assert_eq!(seen, created, "a walk visits every user exactly once, in a stable order");
+
+    let one = app.get("/v1/users?email=P03%40EXAMPLE.com", Some(ADMIN)).await;
+    assert_eq!(one.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(one.body["next_cursor"], Value::Null);
+
+    for (query, code, field) in [
+        ("limit=0", "invalid_limit", "limit"),
+        ("limit=201", "invalid_limit", "limit"),
+        ("limit=abc", "invalid_limit", "limit"),
+        ("limit=-1", "invalid_limit", "limit"),
+        ("cursor=garbage", "invalid_cursor", "cursor"),
+        ("cursor=", "invalid_cursor", "cursor"),
+        ("sort=name", "unknown_parameter", "sort"),
+        ("limit=5&limit=6", "duplicate_parameter", "limit"),
+    ] {
+        app.get(&format!("/v1/users?{query}"), Some(ADMIN)).await.assert_problem(400, code, Some(field));
+    }
+    app.get("/v1/users?email=not-an-email", Some(ADMIN)).await.assert_problem(422, "invalid_email", Some("email"));
+    app.stop().await;
+}
+
+async fn names_are_stored_verbatim(app: TestApp) {
+    let name = "Robert'); DROP TABLE users;-- \"Bobby\" <b>&amp; \\ % _ 🦀 日本語 Ωμέγα";
+    let user = app.register("bobby@example.com", name).await;
+    assert_eq!(user["name"], name);
+    let r = app.get(&format!("/v1/users/{}", user["id"].as_str().unwrap()), Some(ADMIN)).await;
+    assert_eq!(r.body["name"], name);
+    app.stop().await;
+}
+
+async fn bad_input_gets_problems_and_writes_nothing(app: TestApp) {
+    let (user, token) = app.user_with_token("me@example.com").await;
+    let me = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    let bearer = format!("Bearer {token}");
+    let json_ct = ("content-type", "application/json");
+    let post = |body: &str| {
+        let (app, body) = (&app, body.to_owned());
+        async move { app.send(Method::POST, "/v1/users", &[json_ct], Some(Bytes::from(body))).await }
+    };
+    let long = "x".repeat(101);
+    let cases: Vec<(String, u16, &str, Option<&str>)> = vec![
+        ("{".into(), 400, "malformed_json", Some("body")),
+        ("".into(), 400, "malformed_json", Some("body")),
+        (r#"{"email":"a@b.co","name":"n","password":"pppppppp"} trailing"#.into(), 400, "malformed_json", Some("body")),
+        ("[1,2]".into(), 422, "invalid_type", Some("body")),
+        ("\"just a string\"".into(), 422, "invalid_type", Some("body")),
+        (r#"{"email":"a@b.co","name":"n"}"#.into(), 422, "missing_field", Some("password")),
+        (r#"{"email":"a@b.co","name":"n","password":"pppppppp","admin":true}"#.into(), 422, "unknown_field", Some("admin")),
+        (r#"{"email":"a@b.co","name":"n","password":"pppppppp","name":"m"}"#.into(), 422, "duplicate_field", Some("name")),
+        (r#"{"email":"a@b.co","name":42,"password":"pppppppp"}"#.into(), 422, "invalid_type", Some("name")),
+        (r#"{"email":null,"name":"n","password":"pppppppp"}"#.into(), 422, "invalid_type", Some("email")),
+        (r#"{"email":"not-an-email","name":"n","password":"pppppppp"}"#.into(), 422, "invalid_email", Some("email")),
+        (r#"{"email":"a@b.co","name":"","password":"pppppppp"}"#.into(), 422, "required", Some("name")),
+        (r#"{"email":"a@b.co","name":"   ","password":"pppppppp"}"#.into(), 422, "required", Some("name")),
+        (format!(r#"{{"email":"a@b.co","name":"{long}","password":"pppppppp"}}"#), 422, "too_long", Some("name")),
+        (r#"{"email":"a@b.co","name":"bell\u0007","password":"pppppppp"}"#.into(), 422, "invalid_character", Some("name")),
+        (r#"{"email":"a@b.co","name":"n","password":"short"}"#.into(), 422, "too_short", Some("password")),
+        (format!(r#"{{"email":"a@b.co","name":"n","password":"{}"}}"#, "p".repeat(257)), 422, "too_long", Some("password")),
+        // Hostile nesting is refused at the first level, before any recursion.
+        (format!(r#"{{"email":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000)), 422, "invalid_type", Some("email")),
+    ];
+    for (body, status, code, field) in &cases {
+        let r = post(body).await;
+        assert_eq!(r.status.as_u16(), *status, "case {body:.80}: {}", r.body);
+        r.assert_problem(*status, code, *field);
+    }
+    // Invalid UTF-8 inside a JSON string.
+    let r = app.send(Method::POST, "/v1/users", &[json_ct], Some(Bytes::from_static(b"{\"email\":\"\xff\xfe\"}"))).await;
+    r.assert_problem(400, "malformed_json", Some("body"));
+
+    // Content type and size.
+    let body = Bytes::from(json!({"email": "a@b.co", "name": "n", "password": PASSWORD}).to_string());
+    app.send(Method::POST, "/v1/users", &[("content-type", "text/plain")], Some(body.clone()))
+        .await
+        .assert_problem(415, "unsupported_media_type", Some("Content-Type"));
+    app.send(Method::POST, "/v1/users", &[], Some(body.clone())).await.assert_problem(415, "unsupported_media_type", None);
+    let huge = format!(r#"{{"email":"a@b.co","name":"n","password":"{}"}}"#, "p".repeat(20_000));
+    post(&huge).await.assert_problem(413, "body_too_large", Some("body"));
+    // Oversized without Content-Length (chunked): caught while reading.
+    let chunk = "a".repeat(20_000);
+    let raw = format!(
+        "POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len()
+    );
+    let (status, text) = app.raw(raw.as_bytes()).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("application/problem+json"));
+
+    // Tokens.
+    app.get("/v1/sessions/current", None).await.assert_problem(401, "missing_token", Some("Authorization"));
+    assert!(app.get("/v1/sessions/current", None).await.header("www-authenticate").starts_with("Bearer"));
+    app.get("/v1/sessions/current", Some("garbage")).await.assert_problem(401, "malformed_token", None);
+    let forged = format!("st_{}", "A".repeat(43));
+    app.get("/v1/sessions/current", Some(&forged)).await.assert_problem(401, "invalid_token", None);
+    app.send(Method::GET, "/v1/sessions/current", &[("authorization", "Basic dTpw")], None)
+        .await
+        .assert_problem(401, "malformed_token", None);
+    app.send(Method::GET, "/v1/sessions/current", &[("authorization", "Bearer")], None)
+        .await
+        .assert_problem(401, "malformed_token", None);
+
+    // Paths, headers, routes, methods.
+    app.get("/v1/users/not-a-uuid", Some(ADMIN)).await.assert_problem(400, "invalid_uuid", Some("id"));
+    app.get("/v1/users/%27%20OR%201=1", Some(ADMIN)).await.assert_problem(400, "invalid_uuid", Some("id"));
+    let patch_headers = [json_ct, ("authorization", bearer.as_str()), ("if-match", "\"1\"")];
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from("{}"))).await.assert_problem(422, "empty_patch", Some("body"));
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"name":null}"#)))
+        .await
+        .assert_problem(422, "invalid_type", Some("name"));
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"status":"root"}"#)))
+        .await
+        .assert_problem(422, "invalid_value", Some("status"));
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"status":"disabled"}"#)))
+        .await
+        .assert_problem(403, "forbidden", None);
+    app.send(Method::PATCH, &me, &[json_ct, ("authorization", bearer.as_str()), ("if-match", "\"\"")], Some(Bytes::from("{}")))
+        .await
+        .assert_problem(400, "malformed_if_match", Some("If-Match"));
+    let long_key = "k".repeat(300);
+    app.send(Method::POST, "/v1/users", &[json_ct, ("idempotency-key", &long_key)], Some(body.clone()))
+        .await
+        .assert_problem(400, "invalid_idempotency_key", Some("Idempotency-Key"));
+    app.get("/v1/nope", None).await.assert_problem(404, "route_not_found", None);
+    app.send(Method::PUT, "/v1/sessions", &[], None).await.assert_problem(405, "method_not_allowed", None);
+
+    // Nothing above created or changed anything.
+    let list = app.get("/v1/users", Some(ADMIN)).await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "{}", list.body);
+    assert_eq!(list.body["items"][0]["version"], 1);
+    app.stop().await;
+}
+
+async fn operations_endpoints(app: TestApp) {
+    let h = app.get("/healthz", None).await;
+    assert_eq!((h.status, h.body["status"].as_str()), (StatusCode::OK, Some("ok")));
+    let r = app.get("/readyz", None).await;
+    assert_eq!((r.status, r.body["database"].as_str()), (StatusCode::OK, Some("ok")));
+    app.user_with_token("m@example.com").await;
+
+    let m = app.get("/metrics", None).await;
+    let text = String::from_utf8_lossy(&m.raw);
+    assert!(m.header("content-type").starts_with("text/plain"));
+    assert!(text.contains(r#"strata_http_requests_total{route="/v1/sessions",method="POST",status="201"} 1"#), "{text}");
+    assert!(text.contains("strata_http_request_duration_seconds_bucket{"));
+    assert!(text.contains(r#"strata_db_query_duration_seconds_count{op="user_by_email",outcome="ok"}"#));
+    assert!(text.contains(r#"strata_db_pool_connections{state="size"}"#));
+
+    let doc = app.get("/openapi.json", None).await;
+    assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    for route in strata_api::observe::ROUTES {
+        assert!(doc.body["paths"].get(*route).is_some(), "{route} missing from OpenAPI");
+    }
+    // Every operation documents its problem responses.
+    for (path, item) in doc.body["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if path.starts_with("/v1/") {
+                let responses = op["responses"].as_object().unwrap();
+                assert!(responses.keys().any(|s| s.starts_with('4')), "{method} {path} documents no 4xx");
+            }
+        }
+    }
+    let docs = app.get("/docs", None).await;
+    assert_eq!(docs.status, StatusCode::OK);
+    assert!(docs.header("content-type").starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&docs.raw).contains("/openapi.json"));
+    app.stop().await;
+}
+
+async fn shutdown_drains_in_flight_requests(mut app: TestApp) {
+    // Start a request and leave its body half-sent, so it is surely in flight…
+    let body = json!({"email": "late@example.com", "name": "Late", "password": PASSWORD}).to_string();
+    let (head, tail) = body.split_at(10);
+    let mut s = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let req = format!(
+        "POST /v1/users HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{head}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // …then ask the server to stop, and finish the request afterwards.
+    let _ = app.shutdown.take().unwrap().send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(tail.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    app.server.take().unwrap().await.unwrap().unwrap();
+    // And new connections are refused.
+    assert!(tokio::net::TcpStream::connect(app.addr).await.is_err());
+}
+
+macro_rules! api_tests {
+    ($backend:ident, $variant:expr, [$($case:ident),* $(,)?]) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let what = concat!("api ", stringify!($case));
+                    let Some(app) = spawn($variant, what, |_| {}).await else { return };
+                    super::$case(app).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_backends {
+    ($($case:ident),* $(,)?) => {
+        api_tests!(sqlite, Backend::Sqlite, [$($case),*]);
+        api_tests!(postgres, Backend::Postgres, [$($case),*]);
+        api_tests!(mysql, Backend::Mysql, [$($case),*]);
+    };
+}
+
+all_backends!(
+    register_login_whoami_logout,
+    duplicate_email_conflicts,
+    idempotent_create,
+    login_failures_do_not_enumerate_and_are_throttled,
+    access_rules,
+    patch_with_optimistic_concurrency,
+    delete_revokes_sessions,
+    disabled_accounts_lose_access,
+    sessions_expire,
+    cursor_pagination,
+    names_are_stored_verbatim,
+    bad_input_gets_problems_and_writes_nothing,
+    operations_endpoints,
+    shutdown_drains_in_flight_requests,
+);
+
+/// The binary itself: `strata serve` prints where it listens, serves, and exits cleanly
+/// on SIGTERM.
+#[test]
+fn binary_serves_and_stops_on_sigterm() {
+    use std::io::BufRead as _;
+    let dir = strata_store::testing::TempDir::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("STRATA_DATABASE_URL", format!("sqlite://{}/s.db", dir.path.display()))
+        .env("STRATA_LOG_LEVEL", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("strata listening on http://127.0.0.1:"), "{line}");
+    assert!(line.contains("database: sqlite"), "{line}");
+    let addr = line.split("http://").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut s, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn config_show_redacts_secrets() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["config", "show"])
+        .env("STRATA_DATABASE_URL", "postgres://app:hunter2@db.internal/strata")
+        .env("STRATA_ADMIN_TOKEN", "very-secret-admin-token")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("postgres://app:REDACTED@db.internal/strata"), "{text}");
+    assert!(!text.contains("hunter2") && !text.contains("very-secret"), "{text}");
+}
+
+#[test]
+fn bad_configuration_fails_with_a_clear_message() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve"])
+        .env("STRATA_DATABASE_URL", "oracle://nope")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("database.url") && err.contains("oracle"), "{err}");
+}
