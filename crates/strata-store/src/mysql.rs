@@ -18,17 +18,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use mysql_async::prelude::{FromValue, Queryable};
 use mysql_async::{
-    Conn, DriverError, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row,
-    Transaction, TxOpts, Value,
+    Conn, DriverError, Opts, OptsBuilder, Params, Pool, PoolConstraints, PoolOpts, Row, Transaction, TxOpts, Value,
 };
 use strata_core::domain::{
-    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role,
-    Session, SessionId, Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
+    Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use strata_core::error::RepoError;
 use strata_core::ports::{
-    PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery,
-    UserRepository,
+    PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
 };
 use uuid::Uuid;
 
@@ -120,21 +118,21 @@ mod sql {
     pub const INSERT_USER: &str = "INSERT INTO users \
          (id, email, name, password_hash, role, status, version, created_at, updated_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
-    pub const INSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency_keys (`key`, fingerprint, user_id, created_at) VALUES (?, ?, ?, ?)";
-    pub const INSERT_EVENT: &str = "INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?)";
+    pub const INSERT_IDEMPOTENCY: &str =
+        "INSERT INTO idempotency_keys (`key`, fingerprint, user_id, created_at) VALUES (?, ?, ?, ?)";
+    pub const INSERT_EVENT: &str =
+        "INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at) VALUES (?, ?, ?, ?, ?)";
     pub const UPDATE_USER: &str = "UPDATE users SET email = ?, name = ?, password_hash = ?, role = ?, status = ?, \
          version = ?, updated_at = ? WHERE id = ? AND version = ?";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = ?";
-    pub const REVOKE_ALL: &str =
-        "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL";
+    pub const REVOKE_ALL: &str = "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL";
     pub const REVOKE_ALL_EXCEPT: &str =
         "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id <> ?";
     pub const DELETE_USER: &str = "DELETE FROM users WHERE id = ?";
     pub const DELETE_USER_AT_VERSION: &str = "DELETE FROM users WHERE id = ? AND version = ?";
     pub const INSERT_SESSION: &str = "INSERT INTO sessions \
          (id, token_hash, user_id, created_at, expires_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?)";
-    pub const REVOKE_SESSION: &str =
-        "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL";
+    pub const REVOKE_SESSION: &str = "UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL";
 }
 
 pub struct MysqlStore {
@@ -155,9 +153,9 @@ fn my_err(e: mysql_async::Error) -> RepoError {
         }
         mysql_async::Error::Io(_)
         | mysql_async::Error::Other(_)
-        | mysql_async::Error::Driver(
-            DriverError::ConnectionClosed | DriverError::PoolDisconnected,
-        ) => RepoError::Unavailable(format!("mysql: {e}")),
+        | mysql_async::Error::Driver(DriverError::ConnectionClosed | DriverError::PoolDisconnected) => {
+            RepoError::Unavailable(format!("mysql: {e}"))
+        }
         _ => RepoError::Internal(format!("mysql: {e}")),
     }
 }
@@ -173,10 +171,7 @@ fn duplicate_key(e: &mysql_async::Error) -> Option<&str> {
     if s.code != 1062 {
         return None;
     }
-    let key = s
-        .message
-        .rsplit_once(" for key ")
-        .map(|(_, k)| k.trim().trim_matches(|c| c == '\'' || c == '`'));
+    let key = s.message.rsplit_once(" for key ").map(|(_, k)| k.trim().trim_matches(|c| c == '\'' || c == '`'));
     Some(key.map(|k| k.rsplit('.').next().unwrap_or(k)).unwrap_or(""))
 }
 
@@ -195,8 +190,7 @@ fn take<T: FromValue>(row: &mut Row, idx: usize) -> Result<T, RepoError> {
 }
 
 fn version_param(v: Version) -> Result<i64, RepoError> {
-    i64::try_from(v.0)
-        .map_err(|_| RepoError::Internal(format!("version {} does not fit a BIGINT", v.0)))
+    i64::try_from(v.0).map_err(|_| RepoError::Internal(format!("version {} does not fit a BIGINT", v.0)))
 }
 
 /// Reads the nine user columns starting at `at`.
@@ -243,10 +237,7 @@ fn user_params(user: &User) -> Result<Vec<Value>, RepoError> {
 }
 
 fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 async fn insert_event(tx: &mut Transaction<'_>, event: &OutboxEvent) -> Result<(), RepoError> {
@@ -266,10 +257,7 @@ async fn insert_event(tx: &mut Transaction<'_>, event: &OutboxEvent) -> Result<(
 
 /// After an UPDATE/DELETE guarded by version touched no row: was it the version or the row?
 async fn missing_or_conflict(tx: &mut Transaction<'_>, id: UserId) -> RepoError {
-    match tx
-        .exec_first::<i64, _, _>(sql::USER_EXISTS, (id.as_bytes().as_slice(),))
-        .await
-    {
+    match tx.exec_first::<i64, _, _>(sql::USER_EXISTS, (id.as_bytes().as_slice(),)).await {
         Ok(Some(_)) => RepoError::VersionConflict,
         Ok(None) => RepoError::NotFound,
         Err(e) => my_err(e),
@@ -296,14 +284,9 @@ async fn finish<T>(tx: Transaction<'_>, outcome: Result<T, RepoError>) -> Result
 async fn migrate(conn: &mut Conn) -> Result<(), RepoError> {
     // Lock names are limited to 64 characters; a digest keeps long database names legal.
     const LOCK: &str = "CONCAT('strata_migrate:', MD5(COALESCE(DATABASE(), '')))";
-    let locked: Option<Option<i64>> = conn
-        .query_first(format!("SELECT GET_LOCK({LOCK}, 30)"))
-        .await
-        .map_err(my_err)?;
+    let locked: Option<Option<i64>> = conn.query_first(format!("SELECT GET_LOCK({LOCK}, 30)")).await.map_err(my_err)?;
     if locked != Some(Some(1)) {
-        return Err(RepoError::Unavailable(
-            "mysql: timed out waiting for the migration lock".into(),
-        ));
+        return Err(RepoError::Unavailable("mysql: timed out waiting for the migration lock".into()));
     }
     let outcome = apply_migrations(conn).await;
     // Closing the connection would release the lock too; releasing it now lets a waiting
@@ -338,12 +321,7 @@ async fn apply_migrations(conn: &mut Conn) -> Result<(), RepoError> {
         )
         .await
         .map_err(my_err)?;
-        tracing::info!(
-            backend = "mysql",
-            version = m.version,
-            name = m.name,
-            "applied migration"
-        );
+        tracing::info!(backend = "mysql", version = m.version, name = m.name, "applied migration");
     }
     Ok(())
 }
@@ -357,12 +335,8 @@ impl MysqlStore {
             Some(rest) => format!("mysql://{rest}"),
             None => options.url.clone(),
         };
-        let opts = Opts::from_url(&url).map_err(|e| {
-            RepoError::Internal(format!(
-                "invalid MySQL URL {}: {e}",
-                crate::redact_url(&options.url)
-            ))
-        })?;
+        let opts = Opts::from_url(&url)
+            .map_err(|e| RepoError::Internal(format!("invalid MySQL URL {}: {e}", crate::redact_url(&options.url))))?;
         let max = options.max_connections.max(1);
         let constraints = PoolConstraints::new(max.min(2), max)
             .ok_or_else(|| RepoError::Internal(format!("invalid pool size {max}")))?;
@@ -370,38 +344,22 @@ impl MysqlStore {
             .with_constraints(constraints)
             .with_inactive_connection_ttl(IDLE_CONNECTION_TTL)
             .with_reset_connection(false);
-        let opts: Opts = OptsBuilder::from_opts(opts)
-            .client_found_rows(true)
-            .pool_opts(pool_opts)
-            .into();
+        let opts: Opts = OptsBuilder::from_opts(opts).client_found_rows(true).pool_opts(pool_opts).into();
 
-        let setup_timeout = if options.migrate {
-            MIGRATION_TIMEOUT
-        } else {
-            options.connect_timeout
-        };
+        let setup_timeout = if options.migrate { MIGRATION_TIMEOUT } else { options.connect_timeout };
         crate::with_timeout(setup_timeout, async {
             // A connection of its own, closed afterwards: the migration lock is bound to
             // the session and must never be left behind in a pooled connection.
             let mut conn = crate::with_timeout(options.connect_timeout, async {
-                Conn::new(opts.clone())
-                    .await
-                    .map_err(|e| RepoError::Unavailable(format!("mysql connect: {e}")))
+                Conn::new(opts.clone()).await.map_err(|e| RepoError::Unavailable(format!("mysql connect: {e}")))
             })
             .await?;
-            let outcome = if options.migrate {
-                migrate(&mut conn).await
-            } else {
-                Ok(())
-            };
+            let outcome = if options.migrate { migrate(&mut conn).await } else { Ok(()) };
             let _ = conn.disconnect().await;
             outcome
         })
         .await?;
-        Ok(MysqlStore {
-            pool: Pool::new(opts),
-            query_timeout: options.query_timeout,
-        })
+        Ok(MysqlStore { pool: Pool::new(opts), query_timeout: options.query_timeout })
     }
 
     async fn conn(&self) -> Result<Conn, RepoError> {
@@ -413,11 +371,7 @@ impl MysqlStore {
         })
     }
 
-    async fn query_rows(
-        &self,
-        sql: &'static str,
-        params: impl Into<Params> + Send,
-    ) -> Result<Vec<Row>, RepoError> {
+    async fn query_rows(&self, sql: &'static str, params: impl Into<Params> + Send) -> Result<Vec<Row>, RepoError> {
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
             conn.exec(sql, params).await.map_err(my_err)
@@ -425,11 +379,7 @@ impl MysqlStore {
         .await
     }
 
-    async fn query_row(
-        &self,
-        sql: &'static str,
-        params: impl Into<Params> + Send,
-    ) -> Result<Option<Row>, RepoError> {
+    async fn query_row(&self, sql: &'static str, params: impl Into<Params> + Send) -> Result<Option<Row>, RepoError> {
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
             conn.exec_first(sql, params).await.map_err(my_err)
@@ -437,27 +387,12 @@ impl MysqlStore {
         .await
     }
 
-    async fn query_users(
-        &self,
-        sql: &'static str,
-        params: impl Into<Params> + Send,
-    ) -> Result<Vec<User>, RepoError> {
-        self.query_rows(sql, params)
-            .await?
-            .iter_mut()
-            .map(|r| user_from_row(r, 0))
-            .collect()
+    async fn query_users(&self, sql: &'static str, params: impl Into<Params> + Send) -> Result<Vec<User>, RepoError> {
+        self.query_rows(sql, params).await?.iter_mut().map(|r| user_from_row(r, 0)).collect()
     }
 
-    async fn query_user(
-        &self,
-        sql: &'static str,
-        params: impl Into<Params> + Send,
-    ) -> Result<Option<User>, RepoError> {
-        self.query_row(sql, params)
-            .await?
-            .map(|mut r| user_from_row(&mut r, 0))
-            .transpose()
+    async fn query_user(&self, sql: &'static str, params: impl Into<Params> + Send) -> Result<Option<User>, RepoError> {
+        self.query_row(sql, params).await?.map(|mut r| user_from_row(&mut r, 0)).transpose()
     }
 }
 
@@ -472,10 +407,7 @@ impl UserRepository for MysqlStore {
         let user_params = user_params(user)?;
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let mut tx = conn
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(my_err)?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
                 // The key goes in first: when a concurrent retry with the same key (and so
                 // the same email) races us, the loser must hear "key taken" and replay,
@@ -496,12 +428,10 @@ impl UserRepository for MysqlStore {
                         None => my_err(e),
                     })?;
                 }
-                tx.exec_drop(sql::INSERT_USER, user_params).await.map_err(
-                    |e| match duplicate_key(&e) {
-                        Some("users_email") => RepoError::EmailTaken,
-                        _ => my_err(e),
-                    },
-                )?;
+                tx.exec_drop(sql::INSERT_USER, user_params).await.map_err(|e| match duplicate_key(&e) {
+                    Some("users_email") => RepoError::EmailTaken,
+                    _ => my_err(e),
+                })?;
                 insert_event(&mut tx, event).await
             }
             .await;
@@ -510,14 +440,8 @@ impl UserRepository for MysqlStore {
         .await
     }
 
-    async fn idempotency_record(
-        &self,
-        key: &IdempotencyKey,
-    ) -> Result<Option<IdempotencyRecord>, RepoError> {
-        let Some(mut row) = self
-            .query_row(sql::IDEMPOTENCY_RECORD, (key.as_str(),))
-            .await?
-        else {
+    async fn idempotency_record(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, RepoError> {
+        let Some(mut row) = self.query_row(sql::IDEMPOTENCY_RECORD, (key.as_str(),)).await? else {
             return Ok(None);
         };
         Ok(Some(IdempotencyRecord {
@@ -529,8 +453,7 @@ impl UserRepository for MysqlStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
-        self.query_user(sql::USER_BY_ID, (id.as_bytes().as_slice(),))
-            .await
+        self.query_user(sql::USER_BY_ID, (id.as_bytes().as_slice(),)).await
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
@@ -557,16 +480,11 @@ impl UserRepository for MysqlStore {
         ];
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let mut tx = conn
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(my_err)?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
-                tx.exec_drop(sql::UPDATE_USER, params).await.map_err(|e| {
-                    match duplicate_key(&e) {
-                        Some("users_email") => RepoError::EmailTaken,
-                        _ => my_err(e),
-                    }
+                tx.exec_drop(sql::UPDATE_USER, params).await.map_err(|e| match duplicate_key(&e) {
+                    Some("users_email") => RepoError::EmailTaken,
+                    _ => my_err(e),
                 })?;
                 // Matched rows, not changed rows: the pool sets CLIENT_FOUND_ROWS.
                 if tx.affected_rows() == 0 {
@@ -576,17 +494,12 @@ impl UserRepository for MysqlStore {
                 match revoke {
                     SessionRevocation::None => {}
                     SessionRevocation::All { at } => {
-                        tx.exec_drop(sql::REVOKE_ALL, (at.0, uid))
-                            .await
-                            .map_err(my_err)?;
+                        tx.exec_drop(sql::REVOKE_ALL, (at.0, uid)).await.map_err(my_err)?;
                     }
                     SessionRevocation::AllExcept { keep, at } => {
-                        tx.exec_drop(
-                            sql::REVOKE_ALL_EXCEPT,
-                            (at.0, uid, keep.as_bytes().as_slice()),
-                        )
-                        .await
-                        .map_err(my_err)?;
+                        tx.exec_drop(sql::REVOKE_ALL_EXCEPT, (at.0, uid, keep.as_bytes().as_slice()))
+                            .await
+                            .map_err(my_err)?;
                     }
                 }
                 insert_event(&mut tx, event).await
@@ -597,19 +510,11 @@ impl UserRepository for MysqlStore {
         .await
     }
 
-    async fn delete_user(
-        &self,
-        id: UserId,
-        expected: Option<Version>,
-        event: &OutboxEvent,
-    ) -> Result<(), RepoError> {
+    async fn delete_user(&self, id: UserId, expected: Option<Version>, event: &OutboxEvent) -> Result<(), RepoError> {
         let expected = expected.map(version_param).transpose()?;
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let mut tx = conn
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(my_err)?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
                 let uid = id.as_bytes().as_slice();
                 match expected {
@@ -632,34 +537,18 @@ impl UserRepository for MysqlStore {
         let after = query.after.map(|id| *id.as_bytes()).unwrap_or([0u8; 16]);
         let limit = i64::from(query.limit);
         match &query.email {
-            Some(email) => {
-                self.query_users(
-                    sql::LIST_USERS_BY_EMAIL,
-                    (email.as_str(), after.as_slice(), limit),
-                )
-                .await
-            }
-            None => {
-                self.query_users(sql::LIST_USERS_PAGE, (after.as_slice(), limit))
-                    .await
-            }
+            Some(email) => self.query_users(sql::LIST_USERS_BY_EMAIL, (email.as_str(), after.as_slice(), limit)).await,
+            None => self.query_users(sql::LIST_USERS_PAGE, (after.as_slice(), limit)).await,
         }
     }
 }
 
 #[async_trait]
 impl SessionRepository for MysqlStore {
-    async fn create_session(
-        &self,
-        session: &Session,
-        event: &OutboxEvent,
-    ) -> Result<(), RepoError> {
+    async fn create_session(&self, session: &Session, event: &OutboxEvent) -> Result<(), RepoError> {
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let mut tx = conn
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(my_err)?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
                 tx.exec_drop(
                     sql::INSERT_SESSION,
@@ -682,38 +571,19 @@ impl SessionRepository for MysqlStore {
         .await
     }
 
-    async fn session_with_user(
-        &self,
-        token_hash: &TokenHash,
-    ) -> Result<Option<(Session, User)>, RepoError> {
-        let Some(mut row) = self
-            .query_row(sql::SESSION_WITH_USER, (token_hash.0.as_slice(),))
-            .await?
-        else {
+    async fn session_with_user(&self, token_hash: &TokenHash) -> Result<Option<(Session, User)>, RepoError> {
+        let Some(mut row) = self.query_row(sql::SESSION_WITH_USER, (token_hash.0.as_slice(),)).await? else {
             return Ok(None);
         };
-        Ok(Some((
-            session_from_row(&mut row)?,
-            user_from_row(&mut row, 6)?,
-        )))
+        Ok(Some((session_from_row(&mut row)?, user_from_row(&mut row, 6)?)))
     }
 
-    async fn revoke_session(
-        &self,
-        id: SessionId,
-        at: Timestamp,
-        event: &OutboxEvent,
-    ) -> Result<bool, RepoError> {
+    async fn revoke_session(&self, id: SessionId, at: Timestamp, event: &OutboxEvent) -> Result<bool, RepoError> {
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let mut tx = conn
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(my_err)?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
-                tx.exec_drop(sql::REVOKE_SESSION, (at.0, id.as_bytes().as_slice()))
-                    .await
-                    .map_err(my_err)?;
+                tx.exec_drop(sql::REVOKE_SESSION, (at.0, id.as_bytes().as_slice())).await.map_err(my_err)?;
                 let changed = tx.affected_rows() > 0;
                 if changed {
                     insert_event(&mut tx, event).await?;
@@ -749,22 +619,21 @@ fn cell(value: Option<&Value>) -> String {
 }
 
 /// Tabular EXPLAIN, one row per table access: every access goes through an index (`key`
-/// set) and none is a full table scan (`type` ALL).
-fn plan_uses_index(rows: &[Vec<(String, String)>]) -> bool {
+/// set), none is a full table scan (`type` ALL) and, when the index is meant to deliver
+/// the ORDER BY, no row is sorted afterwards (`Using filesort`).
+fn plan_uses_index(rows: &[Vec<(String, String)>], ordered: bool) -> bool {
     let field = |row: &[(String, String)], name: &str| {
-        row.iter()
-            .find(|(c, _)| c.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
+        row.iter().find(|(c, _)| c.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).unwrap_or_default()
     };
     !rows.is_empty()
         && rows.iter().all(|row| {
-            let (access, key) = (field(row, "type"), field(row, "key"));
+            let (access, key, extra) = (field(row, "type"), field(row, "key"), field(row, "Extra"));
             !access.is_empty()
                 && access != "NULL"
                 && access != "ALL"
                 && !key.is_empty()
                 && key != "NULL"
+                && !(ordered && extra.contains("filesort"))
         })
 }
 
@@ -785,40 +654,27 @@ impl Store for MysqlStore {
     async fn explain_hot_paths(&self) -> Result<Vec<QueryPlan>, RepoError> {
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let mut tx = conn
-                .start_transaction(TxOpts::default())
-                .await
-                .map_err(my_err)?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
                 let samples = sample_rows(&mut tx).await?;
                 let uid: &[u8] = samples.user.as_bytes();
-                let (email, key, hash) = (
-                    samples.email.as_str(),
-                    samples.key.as_str(),
-                    &samples.token_hash[..],
-                );
+                let (email, key, hash) = (samples.email.as_str(), samples.key.as_str(), &samples.token_hash[..]);
                 // The first page: the nil UUID, as `list_users` passes when there is no cursor.
                 let first_page: &[u8] = &[0u8; 16];
                 let limit: i64 = 51;
-                let queries: [(&'static str, &'static str, Params); 7] = [
-                    ("user_by_id", sql::USER_BY_ID, (uid,).into()),
-                    ("user_by_email", sql::USER_BY_EMAIL, (email,).into()),
-                    ("session_with_user", sql::SESSION_WITH_USER, (hash,).into()),
-                    ("sessions_of_user", sql::SESSIONS_OF_USER, (uid,).into()),
-                    (
-                        "list_users_page",
-                        sql::LIST_USERS_PAGE,
-                        (first_page, limit).into(),
-                    ),
-                    (
-                        "list_users_by_email",
-                        sql::LIST_USERS_BY_EMAIL,
-                        (email, first_page, limit).into(),
-                    ),
-                    ("idempotency_record", sql::IDEMPOTENCY_RECORD, (key,).into()),
+                // (name, SQL, whether its ORDER BY must come from the index rather than
+                // a filesort, sample parameters)
+                let queries: [(&'static str, &'static str, bool, Params); 7] = [
+                    ("user_by_id", sql::USER_BY_ID, false, (uid,).into()),
+                    ("user_by_email", sql::USER_BY_EMAIL, false, (email,).into()),
+                    ("session_with_user", sql::SESSION_WITH_USER, false, (hash,).into()),
+                    ("sessions_of_user", sql::SESSIONS_OF_USER, true, (uid,).into()),
+                    ("list_users_page", sql::LIST_USERS_PAGE, true, (first_page, limit).into()),
+                    ("list_users_by_email", sql::LIST_USERS_BY_EMAIL, false, (email, first_page, limit).into()),
+                    ("idempotency_record", sql::IDEMPOTENCY_RECORD, false, (key,).into()),
                 ];
                 let mut plans = Vec::with_capacity(queries.len());
-                for (name, sql, params) in queries {
+                for (name, sql, ordered, params) in queries {
                     // Prepared and closed right away, so these one-off statements do not
                     // push hot ones out of the connection's statement cache.
                     let stmt = tx.prep(format!("EXPLAIN {sql}")).await.map_err(my_err)?;
@@ -836,29 +692,13 @@ impl Store for MysqlStore {
                         .collect();
                     let mut plan = String::new();
                     if let Some(first) = table.first() {
-                        plan.push_str(
-                            &first
-                                .iter()
-                                .map(|(c, _)| c.as_str())
-                                .collect::<Vec<_>>()
-                                .join("\t"),
-                        );
+                        plan.push_str(&first.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join("\t"));
                     }
                     for row in &table {
                         plan.push('\n');
-                        plan.push_str(
-                            &row.iter()
-                                .map(|(_, v)| v.as_str())
-                                .collect::<Vec<_>>()
-                                .join("\t"),
-                        );
+                        plan.push_str(&row.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join("\t"));
                     }
-                    plans.push(QueryPlan {
-                        name,
-                        sql,
-                        plan,
-                        uses_index: plan_uses_index(&table),
-                    });
+                    plans.push(QueryPlan { name, sql, plan, uses_index: plan_uses_index(&table, ordered) });
                 }
                 Ok(plans)
             }
@@ -908,41 +748,18 @@ async fn sample_rows(tx: &mut Transaction<'_>) -> Result<Samples, RepoError> {
         key: format!("explain-{}", user.simple()),
     };
     let uid: &[u8] = user.as_bytes();
-    tx.exec_drop(
-        sql::INSERT_USER,
-        (
-            uid,
-            samples.email.as_str(),
-            "Explain",
-            "x",
-            "user",
-            "active",
-            1i64,
-            0i64,
-            0i64,
-        ),
-    )
-    .await
-    .map_err(my_err)?;
+    tx.exec_drop(sql::INSERT_USER, (uid, samples.email.as_str(), "Explain", "x", "user", "active", 1i64, 0i64, 0i64))
+        .await
+        .map_err(my_err)?;
     tx.exec_drop(
         sql::INSERT_SESSION,
-        (
-            Uuid::now_v7().as_bytes().as_slice(),
-            &samples.token_hash[..],
-            uid,
-            0i64,
-            0i64,
-            None::<i64>,
-        ),
+        (Uuid::now_v7().as_bytes().as_slice(), &samples.token_hash[..], uid, 0i64, 0i64, None::<i64>),
     )
     .await
     .map_err(my_err)?;
-    tx.exec_drop(
-        sql::INSERT_IDEMPOTENCY,
-        (samples.key.as_str(), &samples.token_hash[..], uid, 0i64),
-    )
-    .await
-    .map_err(my_err)?;
+    tx.exec_drop(sql::INSERT_IDEMPOTENCY, (samples.key.as_str(), &samples.token_hash[..], uid, 0i64))
+        .await
+        .map_err(my_err)?;
     Ok(samples)
 }
 
@@ -951,55 +768,37 @@ mod tests {
     use super::*;
 
     fn server(code: u16, message: &str) -> mysql_async::Error {
-        mysql_async::Error::Server(mysql_async::ServerError {
-            code,
-            message: message.into(),
-            state: "23000".into(),
-        })
+        mysql_async::Error::Server(mysql_async::ServerError { code, message: message.into(), state: "23000".into() })
     }
 
     #[test]
     fn names_the_duplicate_key() {
         let mariadb = server(1062, "Duplicate entry 'a@b.c' for key 'users_email'");
         assert_eq!(duplicate_key(&mariadb), Some("users_email"));
-        let mysql8 = server(
-            1062,
-            "Duplicate entry 'x' for key 'idempotency_keys.PRIMARY'",
-        );
+        let mysql8 = server(1062, "Duplicate entry 'x' for key 'idempotency_keys.PRIMARY'");
         assert_eq!(duplicate_key(&mysql8), Some("PRIMARY"));
-        let tricky = server(
-            1062,
-            "Duplicate entry 'o'for key 'x'@b.c' for key 'users_email'",
-        );
+        let tricky = server(1062, "Duplicate entry 'o'for key 'x'@b.c' for key 'users_email'");
         assert_eq!(duplicate_key(&tricky), Some("users_email"));
         assert_eq!(duplicate_key(&server(1213, "Deadlock found")), None);
-        assert!(matches!(
-            my_err(server(1213, "Deadlock found")),
-            RepoError::Unavailable(_)
-        ));
-        assert!(matches!(
-            my_err(server(1146, "Table doesn't exist")),
-            RepoError::Internal(_)
-        ));
+        assert!(matches!(my_err(server(1213, "Deadlock found")), RepoError::Unavailable(_)));
+        assert!(matches!(my_err(server(1146, "Table doesn't exist")), RepoError::Internal(_)));
     }
 
     #[test]
     fn reads_index_use_from_explain_rows() {
-        let row = |access: &str, key: &str| {
+        let row = |access: &str, key: &str, extra: &str| {
             vec![
                 ("type".to_owned(), access.to_owned()),
                 ("key".to_owned(), key.to_owned()),
+                ("Extra".to_owned(), extra.to_owned()),
             ]
         };
-        assert!(plan_uses_index(&[
-            row("const", "sessions_token_hash"),
-            row("eq_ref", "PRIMARY")
-        ]));
-        assert!(!plan_uses_index(&[
-            row("const", "sessions_token_hash"),
-            row("ALL", "NULL")
-        ]));
-        assert!(!plan_uses_index(&[row("NULL", "NULL")]));
-        assert!(!plan_uses_index(&[]));
+        assert!(plan_uses_index(&[row("const", "sessions_token_hash", ""), row("eq_ref", "PRIMARY", "")], false));
+        assert!(!plan_uses_index(&[row("const", "sessions_token_hash", ""), row("ALL", "NULL", "")], false));
+        assert!(!plan_uses_index(&[row("NULL", "NULL", "Impossible WHERE")], false));
+        assert!(!plan_uses_index(&[], false));
+        let sorted = [row("ref", "sessions_user_id", "Using where; Using filesort")];
+        assert!(plan_uses_index(&sorted, false));
+        assert!(!plan_uses_index(&sorted, true));
     }
 }
