@@ -7,16 +7,10 @@ use clap::Args;
 
 /// `strata bench`: measure a Strata deployment (or any HTTP/1.1 server) under load.
 #[derive(Args, Clone, Debug)]
-#[command(
-    about = "Load-test a Strata API: open/closed workload models, latency percentiles, resource use, reports"
-)]
+#[command(about = "Load-test a Strata API: open/closed workload models, latency percentiles, resource use, reports")]
 pub struct BenchArgs {
     /// Base URL of the target (plain HTTP/1.1).
-    #[arg(
-        long,
-        default_value = "http://127.0.0.1:8080",
-        env = "STRATA_BENCH_TARGET"
-    )]
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "STRATA_BENCH_TARGET")]
     pub target: String,
 
     /// Built-in scenario (session-check, get-user, login, register, mixed, journey, http) or the
@@ -130,13 +124,9 @@ pub struct BenchArgs {
 /// Parses `250ms`, `30s`, `2m`, `1h`, `1.5s`, `500us`; a bare number means seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration (try 30s, 500ms, 2m)"))?;
+    let value: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration (try 30s, 500ms, 2m)"))?;
     let seconds = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1e3,
@@ -144,12 +134,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
         other => {
-            return Err(format!(
-                "`{other}` is not a duration unit (use us, ms, s, m or h)"
-            ));
+            return Err(format!("`{other}` is not a duration unit (use us, ms, s, m or h)"));
         }
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 365.0 * 86_400.0 {
+    if !seconds.is_finite() || !(0.0..=365.0 * 86_400.0).contains(&seconds) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -161,13 +149,10 @@ pub fn parse_mix(text: &str) -> Result<Vec<(String, u32)>, String> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|part| {
-            let (name, weight) = part
-                .split_once('=')
-                .ok_or_else(|| format!("mix entry `{part}`: expected FLOW=WEIGHT"))?;
-            let weight: u32 = weight
-                .trim()
-                .parse()
-                .map_err(|_| format!("mix entry `{part}`: weight must be a whole number"))?;
+            let (name, weight) =
+                part.split_once('=').ok_or_else(|| format!("mix entry `{part}`: expected FLOW=WEIGHT"))?;
+            let weight: u32 =
+                weight.trim().parse().map_err(|_| format!("mix entry `{part}`: weight must be a whole number"))?;
             Ok((name.trim().to_string(), weight))
         })
         .collect()
@@ -190,10 +175,7 @@ mod tests {
 
     #[test]
     fn mix() {
-        assert_eq!(
-            parse_mix("a=80, b = 20"),
-            Ok(vec![("a".to_string(), 80), ("b".to_string(), 20)])
-        );
+        assert_eq!(parse_mix("a=80, b = 20"), Ok(vec![("a".to_string(), 80), ("b".to_string(), 20)]));
         assert!(parse_mix("a").is_err());
         assert!(parse_mix("a=x").is_err());
     }

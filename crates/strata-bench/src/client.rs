@@ -33,9 +33,7 @@ impl Target {
         let rest = if let Some(rest) = url.strip_prefix("http://") {
             rest
         } else if url.starts_with("https://") {
-            bail!(
-                "`{url}`: strata bench speaks plain HTTP/1.1 only; benchmark the service behind TLS directly"
-            );
+            bail!("`{url}`: strata bench speaks plain HTTP/1.1 only; benchmark the service behind TLS directly");
         } else {
             bail!("`{url}`: the target must be an http:// URL");
         };
@@ -50,22 +48,13 @@ impl Target {
             Some(close) => authority[close..].contains(':'),
             None => authority.contains(':'),
         };
-        let lookup = if has_port {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
+        let lookup = if has_port { authority.to_string() } else { format!("{authority}:80") };
         let addr = tokio::net::lookup_host(&lookup)
             .await
             .with_context(|| format!("resolving {lookup}"))?
             .next()
             .with_context(|| format!("{lookup} resolved to no address"))?;
-        Ok(Self {
-            url: url.to_string(),
-            addr,
-            authority: authority.to_string(),
-            base_path: path.to_string(),
-        })
+        Ok(Self { url: url.to_string(), addr, authority: authority.to_string(), base_path: path.to_string() })
     }
 }
 
@@ -130,38 +119,23 @@ pub struct Client {
 
 impl Client {
     pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
-        Self {
-            addr,
-            timeout,
-            connection: None,
-            connects: 0,
-        }
+        Self { addr, timeout, connection: None, connects: 0 }
     }
 
     /// Sends `request` (a complete serialised HTTP/1.1 request) and reads the response.
-    pub async fn send(
-        &mut self,
-        request: &[u8],
-        want: Want<'_>,
-        out: &mut Response,
-    ) -> Result<(), Failure> {
+    pub async fn send(&mut self, request: &[u8], want: Want<'_>, out: &mut Response) -> Result<(), Failure> {
         let deadline = Instant::now() + self.timeout;
         for attempt in 0..2 {
             if self.connection.is_none() {
-                let stream =
-                    match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(_)) => return Err(Failure::Connect),
-                        Err(_) => return Err(Failure::Timeout),
-                    };
+                let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(self.addr)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(_)) => return Err(Failure::Connect),
+                    Err(_) => return Err(Failure::Timeout),
+                };
                 // Requests are small and latency-sensitive; Nagle would only add delay.
                 let _ = stream.set_nodelay(true);
                 self.connects += 1;
-                self.connection = Some(Connection {
-                    stream,
-                    buf: BytesMut::with_capacity(16 * 1024),
-                    used: false,
-                });
+                self.connection = Some(Connection { stream, buf: BytesMut::with_capacity(16 * 1024), used: false });
             }
             let Some(connection) = self.connection.as_mut() else {
                 continue;
@@ -210,9 +184,7 @@ impl Connection {
             self.buf.reserve(16 * 1024);
         }
         match self.stream.read_buf(&mut self.buf).await {
-            Ok(0) | Err(_) => Err(ExchangeError::Io {
-                received: *received,
-            }),
+            Ok(0) | Err(_) => Err(ExchangeError::Io { received: *received }),
             Ok(_) => {
                 *received = true;
                 Ok(())
@@ -221,12 +193,7 @@ impl Connection {
     }
 
     /// Returns whether the connection must be closed afterwards.
-    async fn exchange(
-        &mut self,
-        request: &[u8],
-        want: Want<'_>,
-        out: &mut Response,
-    ) -> Result<bool, ExchangeError> {
+    async fn exchange(&mut self, request: &[u8], want: Want<'_>, out: &mut Response) -> Result<bool, ExchangeError> {
         out.status = 0;
         out.bytes_in = 0;
         out.body.clear();
@@ -240,11 +207,7 @@ impl Connection {
         }
         let mut received = false;
         let (framing, mut close) = loop {
-            let parsed = if self.buf.is_empty() {
-                None
-            } else {
-                parse_head(&self.buf, want, out)?
-            };
+            let parsed = if self.buf.is_empty() { None } else { parse_head(&self.buf, want, out)? };
             match parsed {
                 Some((head_len, framing, close)) => {
                     self.buf.advance(head_len);
@@ -303,11 +266,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn line(
-        &mut self,
-        received: &mut bool,
-        out: &mut Response,
-    ) -> Result<usize, ExchangeError> {
+    async fn line(&mut self, received: &mut bool, out: &mut Response) -> Result<usize, ExchangeError> {
         loop {
             if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 out.bytes_in += i as u64 + 2;
@@ -320,19 +279,12 @@ impl Connection {
         }
     }
 
-    async fn read_chunked(
-        &mut self,
-        keep: bool,
-        out: &mut Response,
-        received: &mut bool,
-    ) -> Result<(), ExchangeError> {
+    async fn read_chunked(&mut self, keep: bool, out: &mut Response, received: &mut bool) -> Result<(), ExchangeError> {
         loop {
             let end = self.line(received, out).await?;
-            let size_text =
-                std::str::from_utf8(&self.buf[..end]).map_err(|_| ExchangeError::Malformed)?;
+            let size_text = std::str::from_utf8(&self.buf[..end]).map_err(|_| ExchangeError::Malformed)?;
             let size_text = size_text.split(';').next().unwrap_or("").trim();
-            let size =
-                usize::from_str_radix(size_text, 16).map_err(|_| ExchangeError::Malformed)?;
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| ExchangeError::Malformed)?;
             self.buf.advance(end + 2);
             if size == 0 {
                 // Trailer fields, then the empty line that ends the message.
@@ -351,11 +303,7 @@ impl Connection {
 }
 
 /// Parses a complete response head, or says it needs more bytes.
-fn parse_head(
-    buf: &[u8],
-    want: Want<'_>,
-    out: &mut Response,
-) -> Result<Option<(usize, Framing, bool)>, ExchangeError> {
+fn parse_head(buf: &[u8], want: Want<'_>, out: &mut Response) -> Result<Option<(usize, Framing, bool)>, ExchangeError> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut response = httparse::Response::new(&mut headers);
     let head_len = match response.parse(buf) {
@@ -372,24 +320,13 @@ fn parse_head(
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
             let text = std::str::from_utf8(h.value).map_err(|_| ExchangeError::Malformed)?;
-            length = Some(
-                text.trim()
-                    .parse::<usize>()
-                    .map_err(|_| ExchangeError::Malformed)?,
-            );
+            length = Some(text.trim().parse::<usize>().map_err(|_| ExchangeError::Malformed)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h
-                .value
-                .windows(7)
-                .any(|w| w.eq_ignore_ascii_case(b"chunked"));
+            chunked = h.value.windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case("connection") {
             if h.value.windows(5).any(|w| w.eq_ignore_ascii_case(b"close")) {
                 close = true;
-            } else if h
-                .value
-                .windows(10)
-                .any(|w| w.eq_ignore_ascii_case(b"keep-alive"))
-            {
+            } else if h.value.windows(10).any(|w| w.eq_ignore_ascii_case(b"keep-alive")) {
                 close = false;
             }
         } else if name.eq_ignore_ascii_case("server-timing") {
@@ -402,21 +339,19 @@ fn parse_head(
         }
         if !want.headers.is_empty() {
             if let Some(w) = want.headers.iter().find(|w| w.eq_ignore_ascii_case(name)) {
-                out.headers
-                    .insert(w.clone(), String::from_utf8_lossy(h.value).into_owned());
+                out.headers.insert(w.clone(), String::from_utf8_lossy(h.value).into_owned());
             }
         }
     }
-    let framing =
-        if want.head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-            Framing::None
-        } else if chunked {
-            Framing::Chunked
-        } else if let Some(n) = length {
-            Framing::Length(n)
-        } else {
-            Framing::UntilClose
-        };
+    let framing = if want.head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        Framing::None
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
     Ok(Some((head_len, framing, close)))
 }
 
@@ -463,15 +398,9 @@ mod tests {
     fn parse(raw: &[u8]) -> (Response, Option<(usize, bool)>) {
         let mut out = Response::default();
         let wanted = ["etag".to_string()];
-        let want = Want {
-            body: true,
-            headers: &wanted,
-            head_request: false,
-        };
+        let want = Want { body: true, headers: &wanted, head_request: false };
         let r = match parse_head(raw, want, &mut out) {
-            Ok(Some((n, framing, close))) => {
-                Some((n, matches!(framing, Framing::Chunked) || close))
-            }
+            Ok(Some((n, framing, close))) => Some((n, matches!(framing, Framing::Chunked) || close)),
             Ok(None) => None,
             Err(_) => Some((usize::MAX, true)),
         };
@@ -497,14 +426,7 @@ mod tests {
     #[test]
     fn serialises_requests() {
         let mut out = Vec::new();
-        write_request(
-            &mut out,
-            "POST",
-            b"/v1/users",
-            "127.0.0.1:80",
-            &[("X-A".into(), b"1".to_vec())],
-            Some(b"{}"),
-        );
+        write_request(&mut out, "POST", b"/v1/users", "127.0.0.1:80", &[("X-A".into(), b"1".to_vec())], Some(b"{}"));
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "POST /v1/users HTTP/1.1\r\nHost: 127.0.0.1:80\r\nUser-Agent: strata-bench\r\nX-A: 1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"

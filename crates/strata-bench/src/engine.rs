@@ -70,23 +70,14 @@ impl RunContext {
     ) -> Self {
         let mut static_requests = Vec::new();
         let mut wanted_headers = Vec::new();
-        let no_vars = Vars {
-            run: &run_id,
-            seq: 0,
-            worker: 0,
-            rand: 0,
-            user: None,
-            captured: Vec::new(),
-        };
+        let no_vars = Vars { run: &run_id, seq: 0, worker: 0, rand: 0, user: None, captured: Vec::new() };
         for flow in &scenario.flows {
             let mut statics = Vec::new();
             let mut wanted = Vec::new();
             for step in &flow.steps {
                 statics.push(if step.is_static() {
                     let mut buf = Vec::new();
-                    render_request(step, &target, &no_vars, &mut buf, &mut Vec::new())
-                        .ok()
-                        .map(|_| buf)
+                    render_request(step, &target, &no_vars, &mut buf, &mut Vec::new()).ok().map(|_| buf)
                 } else {
                     None
                 });
@@ -142,14 +133,7 @@ fn render_request(
         }
         None => None,
     };
-    write_request(
-        out,
-        &step.method,
-        scratch,
-        &target.authority,
-        &headers,
-        body.as_deref(),
-    );
+    write_request(out, &step.method, scratch, &target.authority, &headers, body.as_deref());
     Ok(())
 }
 
@@ -174,11 +158,7 @@ impl IntervalFigures {
         Self {
             requests: stats.requests,
             errors: stats.error_count(),
-            rps: if seconds > 0.0 {
-                (stats.requests as f64 / seconds * 10.0).round() / 10.0
-            } else {
-                0.0
-            },
+            rps: if seconds > 0.0 { (stats.requests as f64 / seconds * 10.0).round() / 10.0 } else { 0.0 },
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,
             p50_us: s.p50_us,
@@ -197,6 +177,9 @@ pub struct SecondSample {
     pub t_s: f64,
     /// The open model's offered rate at the end of the interval; `None` for the closed model.
     pub offered_rps: Option<f64>,
+    /// Iterations (flows) whose first step completed in this interval; the open model's
+    /// offered rate is in iterations per second (requests per second for one-step flows).
+    pub iterations: u64,
     pub total: IntervalFigures,
     /// In [`Scenario::endpoints`] order.
     pub endpoints: Vec<IntervalFigures>,
@@ -234,18 +217,8 @@ pub async fn run_phase(
 ) -> PhaseResult {
     let endpoints = ctx.scenario.endpoints.len();
     let (connections, schedule, span) = match &model {
-        Model::Closed {
-            connections,
-            duration,
-        } => (*connections, None, warmup + *duration),
-        Model::Open {
-            schedule,
-            connections,
-        } => (
-            *connections,
-            Some(schedule.clone()),
-            schedule.total_duration(),
-        ),
+        Model::Closed { connections, duration } => (*connections, None, warmup + *duration),
+        Model::Open { schedule, connections } => (*connections, Some(schedule.clone()), schedule.total_duration()),
     };
     let connections = connections.max(1);
     let shards = connections.min(4 * crate::resources::cores()).max(1);
@@ -269,11 +242,8 @@ pub async fn run_phase(
     }
 
     let mut client_sampler = ProcessSampler::new(None);
-    let mut target_samplers: Vec<ProcessSampler> = ctx
-        .watch_pids
-        .iter()
-        .map(|&p| ProcessSampler::new(Some(p)))
-        .collect();
+    let mut target_samplers: Vec<ProcessSampler> =
+        ctx.watch_pids.iter().map(|&p| ProcessSampler::new(Some(p))).collect();
     let mut totals = StatsSet::new(endpoints);
     let mut spare = StatsSet::new(endpoints);
     let mut series = Vec::new();
@@ -281,10 +251,7 @@ pub async fn run_phase(
     let mut last_tick = shared.measure_from;
     let hard_stop = shared.hard_stop;
     if !warmup.is_zero() {
-        progress.update(&format!(
-            "{label}warming up for {:.0}s",
-            warmup.as_secs_f64()
-        ));
+        progress.update(&format!("{label}warming up for {:.0}s", warmup.as_secs_f64()));
     }
 
     let timed_out = {
@@ -326,11 +293,7 @@ pub async fn run_phase(
             series.push(sample);
         }
     }
-    PhaseResult {
-        totals,
-        series,
-        measured: end.saturating_duration_since(shared.measure_from),
-    }
+    PhaseResult { totals, series, measured: end.saturating_duration_since(shared.measure_from) }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -348,25 +311,15 @@ fn collect(
     shared.recorder.drain_into(&mut interval, spare);
     let seconds = to.saturating_duration_since(from).as_secs_f64();
     totals.merge(&interval);
-    let offered_rps = shared
-        .schedule
-        .as_ref()
-        .map(|s| (s.rate_at(to.saturating_duration_since(shared.start)) * 10.0).round() / 10.0);
+    let offered_rps =
+        shared.schedule.as_ref().map(|s| (s.rate_at(to.saturating_duration_since(shared.start)) * 10.0).round() / 10.0);
     SecondSample {
-        t_s: ((to
-            .saturating_duration_since(shared.measure_from)
-            .as_secs_f64()
-            + time_offset)
-            * 1000.0)
-            .round()
+        t_s: ((to.saturating_duration_since(shared.measure_from).as_secs_f64() + time_offset) * 1000.0).round()
             / 1000.0,
         offered_rps,
+        iterations: interval.iterations,
         total: IntervalFigures::from(&interval.total(), seconds),
-        endpoints: interval
-            .endpoints
-            .iter()
-            .map(|e| IntervalFigures::from(e, seconds))
-            .collect(),
+        endpoints: interval.endpoints.iter().map(|e| IntervalFigures::from(e, seconds)).collect(),
         client: client.sample(),
         targets: targets.iter_mut().map(ProcessSampler::sample).collect(),
     }
@@ -374,19 +327,9 @@ fn collect(
 
 fn status_line(label: &str, s: &SecondSample, totals: &StatsSet, span: Duration) -> String {
     let all = totals.total();
-    let error_pct = if all.requests > 0 {
-        all.error_count() as f64 * 100.0 / all.requests as f64
-    } else {
-        0.0
-    };
-    let offered = s
-        .offered_rps
-        .map(|r| format!(" (offered {r:.0})"))
-        .unwrap_or_default();
-    let cpu = s
-        .client
-        .map(|c| format!("  client cpu {:.0}%", c.cpu_pct))
-        .unwrap_or_default();
+    let error_pct = if all.requests > 0 { all.error_count() as f64 * 100.0 / all.requests as f64 } else { 0.0 };
+    let offered = s.offered_rps.map(|r| format!(" (offered {r:.0})")).unwrap_or_default();
+    let cpu = s.client.map(|c| format!("  client cpu {:.0}%", c.cpu_pct)).unwrap_or_default();
     format!(
         "{label}{:>5.0}s/{:.0}s  {:>9.0} req/s{offered}  p99 {:>8}  errors {} ({error_pct:.2}%){cpu}",
         s.t_s,
@@ -414,9 +357,7 @@ async fn worker(shared: Arc<Shared>, id: usize) {
         id,
         client: Client::new(ctx.target.addr, ctx.timeout),
         rng: Rng::new(
-            0x9e37_79b9
-                ^ (id as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)
-                ^ u64::from(ctx.run_id.len() as u32),
+            0x9e37_79b9 ^ (id as u64).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ u64::from(ctx.run_id.len() as u32),
         ),
         request: Vec::with_capacity(512),
         scratch: Vec::with_capacity(256),
@@ -430,8 +371,7 @@ async fn worker(shared: Arc<Shared>, id: usize) {
                 break;
             }
             let flow = ctx.scenario.pick(state.rng.next_u64());
-            let failure =
-                run_iteration(&shared, &mut state, flow, now, now >= shared.measure_from).await;
+            let failure = run_iteration(&shared, &mut state, flow, now, now >= shared.measure_from).await;
             if failure == Some(Failure::Connect) {
                 // Without a pause a refused connection turns the loop into a busy spin.
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -453,17 +393,16 @@ async fn worker(shared: Arc<Shared>, id: usize) {
             let sent_at = Instant::now();
             let lag_us = sent_at.saturating_duration_since(intended).as_micros() as u64;
             let late = lag_us > LATE_THRESHOLD_US;
-            let measured_from = if already_due || late {
-                intended
-            } else {
-                sent_at
-            };
+            let measured_from = if already_due || late { intended } else { sent_at };
             let record = intended >= shared.measure_from;
             if record {
                 let mut s = shared.recorder.shard(id).lock();
                 s.schedule.max_lag_us = s.schedule.max_lag_us.max(lag_us);
                 if late {
                     s.schedule.late_sends += 1;
+                    if already_due {
+                        s.schedule.queued_sends += 1;
+                    }
                 }
             }
             let flow = ctx.scenario.pick(state.rng.next_u64());
@@ -482,17 +421,8 @@ async fn run_iteration(
 ) -> Option<Failure> {
     let ctx = &shared.ctx;
     let seq = ctx.seq.fetch_add(1, Ordering::Relaxed);
-    let user = if ctx.users.is_empty() {
-        None
-    } else {
-        Some(&ctx.users[(seq as usize) % ctx.users.len()])
-    };
-    let flow_index = ctx
-        .scenario
-        .flows
-        .iter()
-        .position(|f| std::ptr::eq(f, flow))
-        .unwrap_or(0);
+    let user = if ctx.users.is_empty() { None } else { Some(&ctx.users[(seq as usize) % ctx.users.len()]) };
+    let flow_index = ctx.scenario.flows.iter().position(|f| std::ptr::eq(f, flow)).unwrap_or(0);
     state.captured.clear();
     let mut vars = Vars {
         run: &ctx.run_id,
@@ -510,13 +440,8 @@ async fn run_iteration(
         let request: &[u8] = match &ctx.static_requests[flow_index][i] {
             Some(bytes) => bytes,
             None => {
-                if let Err(_missing) = render_request(
-                    step,
-                    &ctx.target,
-                    &vars,
-                    &mut state.request,
-                    &mut state.scratch,
-                ) {
+                if let Err(_missing) = render_request(step, &ctx.target, &vars, &mut state.request, &mut state.scratch)
+                {
                     if record {
                         let mut s = shared.recorder.shard(state.id).lock();
                         s.endpoints[step.endpoint].requests += 1;
@@ -533,27 +458,17 @@ async fn run_iteration(
             head_request: step.method == "HEAD",
         };
         let sent_at = Instant::now();
-        let start = if i == 0 {
-            first_start.min(sent_at)
-        } else {
-            sent_at
-        };
+        let start = if i == 0 { first_start.min(sent_at) } else { sent_at };
         let result = state.client.send(request, want, &mut state.response).await;
         let done = Instant::now();
         let mut ok = result.is_ok() && step.is_success(state.response.status);
         let mut capture_failed = false;
-        if ok && !step.captures.is_empty() {
-            if extract_captures(
-                step,
-                &state.response.body,
-                &state.response.headers,
-                &mut vars.captured,
-            )
-            .is_err()
-            {
-                ok = false;
-                capture_failed = true;
-            }
+        if ok
+            && !step.captures.is_empty()
+            && extract_captures(step, &state.response.body, &state.response.headers, &mut vars.captured).is_err()
+        {
+            ok = false;
+            capture_failed = true;
         }
         if record {
             let mut s = shared.recorder.shard(state.id).lock();
@@ -565,8 +480,7 @@ async fn run_iteration(
             e.bytes_out += request.len() as u64;
             match result {
                 Ok(()) => {
-                    e.latency
-                        .record_us(done.saturating_duration_since(start).as_micros() as u64);
+                    e.latency.record_us(done.saturating_duration_since(start).as_micros() as u64);
                     e.bytes_in += state.response.bytes_in;
                     if !state.response.server_timing.is_empty() {
                         e.record_server_timing(&state.response.server_timing);

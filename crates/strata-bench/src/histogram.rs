@@ -72,35 +72,19 @@ impl LatencyHistogram {
     }
 
     pub fn max_us(&self) -> u64 {
-        if self.inner.is_empty() {
-            0
-        } else {
-            self.inner.max()
-        }
+        if self.inner.is_empty() { 0 } else { self.inner.max() }
     }
 
     pub fn min_us(&self) -> u64 {
-        if self.inner.is_empty() {
-            0
-        } else {
-            self.inner.min()
-        }
+        if self.inner.is_empty() { 0 } else { self.inner.min() }
     }
 
     pub fn mean_us(&self) -> f64 {
-        if self.inner.is_empty() {
-            0.0
-        } else {
-            self.inner.mean()
-        }
+        if self.inner.is_empty() { 0.0 } else { self.inner.mean() }
     }
 
     pub fn stdev_us(&self) -> f64 {
-        if self.inner.is_empty() {
-            0.0
-        } else {
-            self.inner.stdev()
-        }
+        if self.inner.is_empty() { 0.0 } else { self.inner.stdev() }
     }
 
     pub fn summary(&self) -> LatencySummary {
@@ -135,16 +119,10 @@ impl LatencyHistogram {
                     continue;
                 }
                 previous = p;
-                points.push(PercentilePoint {
-                    percentile: p,
-                    latency_us: self.inner.value_at_percentile(p),
-                });
+                points.push(PercentilePoint { percentile: p, latency_us: self.inner.value_at_percentile(p) });
             }
         }
-        points.push(PercentilePoint {
-            percentile: 100.0,
-            latency_us: self.max_us(),
-        });
+        points.push(PercentilePoint { percentile: 100.0, latency_us: self.max_us() });
         points
     }
 }
@@ -232,10 +210,7 @@ mod tests {
                 let exact = samples[rank - 1];
                 let got = h.percentile_us(p);
                 let tolerance = (exact as f64 * 0.001).ceil() as u64 + 1;
-                assert!(
-                    got.abs_diff(exact) <= tolerance,
-                    "p{p} n={n}: got {got}, exact {exact}"
-                );
+                assert!(got.abs_diff(exact) <= tolerance, "p{p} n={n}: got {got}, exact {exact}");
             }
         }
     }

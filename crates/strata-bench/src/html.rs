@@ -7,9 +7,7 @@ use std::fmt::Write as _;
 use crate::progress::{fmt_bytes, fmt_us};
 use crate::report::Report;
 
-const COLORS: [&str; 8] = [
-    "#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04",
-];
+const COLORS: [&str; 8] = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563", "#ca8a04"];
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 280.0;
 const LEFT: f64 = 72.0;
@@ -47,7 +45,7 @@ pub enum XAxis {
 
 /// Round tick spacing (1, 2 or 5 × 10ⁿ) giving about `target` ticks over `span`.
 pub fn nice_step(span: f64, target: usize) -> f64 {
-    if !(span > 0.0) || !span.is_finite() {
+    if span.is_nan() || span <= 0.0 || !span.is_finite() {
         return 1.0;
     }
     let raw = span / target.max(1) as f64;
@@ -66,11 +64,7 @@ pub fn nice_step(span: f64, target: usize) -> f64 {
 }
 
 pub fn nines(percentile: f64) -> f64 {
-    if percentile >= 100.0 {
-        5.0
-    } else {
-        (-(1.0 - percentile / 100.0).log10()).min(5.0)
-    }
+    if percentile >= 100.0 { 5.0 } else { (-(1.0 - percentile / 100.0).log10()).min(5.0) }
 }
 
 fn fmt_tick(v: f64) -> String {
@@ -90,19 +84,10 @@ fn fmt_tick(v: f64) -> String {
 }
 
 /// A line chart as inline SVG.
-pub fn line_chart(
-    title: &str,
-    x_label: &str,
-    y_label: &str,
-    x_axis: XAxis,
-    series: &[Series],
-) -> String {
+pub fn line_chart(title: &str, x_label: &str, y_label: &str, x_axis: XAxis, series: &[Series]) -> String {
     let mut svg = String::new();
-    let all: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|s| s.points.iter().copied())
-        .filter(|p| p.0.is_finite() && p.1.is_finite())
-        .collect();
+    let all: Vec<(f64, f64)> =
+        series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
     let _ = write!(
         svg,
         r#"<figure><svg class="plot" role="img" aria-label="{t}" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" xmlns="http://www.w3.org/2000/svg"><text x="{LEFT}" y="18" class="title">{t}</text>"#,
@@ -218,11 +203,7 @@ pub fn line_chart(
             .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
             .collect();
         if points.len() == 1 {
-            let _ = write!(
-                svg,
-                r#"<circle cx="{}" r="3" fill="{color}"/>"#,
-                points[0].replace(',', "\" cy=\"")
-            );
+            let _ = write!(svg, r#"<circle cx="{}" r="3" fill="{color}"/>"#, points[0].replace(',', "\" cy=\""));
         }
         let _ = write!(
             svg,
@@ -285,8 +266,7 @@ pub fn render(r: &Report) -> String {
         c.model,
         match (c.model, &c.stages, c.rate) {
             (_, Some(s), _) => format!("stages {}", escape(s)),
-            ("open", None, Some(rate)) =>
-                format!("{rate} req/s offered, up to {} connections", c.connections),
+            ("open", None, Some(rate)) => format!("{rate} req/s offered, up to {} connections", c.connections),
             _ => format!("{} connections", c.connections),
         },
         r.measured_s,
@@ -295,12 +275,13 @@ pub fn render(r: &Report) -> String {
         escape(&c.run_id)
     );
     if r.client.generator_bound {
-        h.push_str("<p class=\"warn\">⚠ The generator was the bottleneck (its CPU was saturated or it fell behind schedule): these figures describe the client, not the server.</p>");
+        h.push_str("<p class=\"warn\">⚠ The generator was the bottleneck (its CPU was saturated): these figures describe the client, not the server.</p>");
+    }
+    if let Some(w) = crate::report::schedule_warning(r) {
+        let _ = write!(h, "<p class=\"warn\">⚠ {}</p>", escape(&w));
     }
     if !r.slo.is_empty() {
-        h.push_str(
-            "<h2>Objectives</h2><table><tr><th>objective</th><th>result</th><th>actual</th></tr>",
-        );
+        h.push_str("<h2>Objectives</h2><table><tr><th>objective</th><th>result</th><th>actual</th></tr>");
         for s in &r.slo {
             let _ = write!(
                 h,
@@ -316,11 +297,7 @@ pub fn render(r: &Report) -> String {
 
     h.push_str("<h2>Endpoints</h2><table><tr><th>endpoint</th><th>requests</th><th>req/s</th><th>errors</th><th>p50</th><th>p90</th><th>p99</th><th>p99.9</th><th>max</th><th>bytes in</th><th>bytes out</th><th>Server-Timing (mean ms)</th></tr>");
     for e in r.endpoints.iter().chain(std::iter::once(&r.totals)) {
-        let timing: Vec<String> = e
-            .server_timing_ms
-            .iter()
-            .map(|(k, v)| format!("{} {v:.3}", escape(k)))
-            .collect();
+        let timing: Vec<String> = e.server_timing_ms.iter().map(|(k, v)| format!("{} {v:.3}", escape(k))).collect();
         let _ = write!(
             h,
             "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{} ({:.2}%)</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -341,19 +318,15 @@ pub fn render(r: &Report) -> String {
     }
     h.push_str("</table>");
     if !r.totals.errors_by_kind.is_empty() {
-        let kinds: Vec<String> = r
-            .totals
-            .errors_by_kind
-            .iter()
-            .map(|(k, v)| format!("{k}: {v}"))
-            .collect();
+        let kinds: Vec<String> = r.totals.errors_by_kind.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let _ = write!(h, "<p>Errors by kind: {}</p>", escape(&kinds.join(", ")));
     }
     if let Some(s) = &r.schedule {
         let _ = write!(
             h,
-            "<p>Schedule: {} late sends (&gt;2 ms behind), max lag {}, {} never sent.</p>",
+            "<p>Schedule: {} late sends (&gt;2 ms behind; {} waited for a free connection), max lag {}, {} never sent.</p>",
             s.late_sends,
+            s.queued_sends,
             fmt_us(s.max_lag_us),
             s.unsent
         );
@@ -361,69 +334,35 @@ pub fn render(r: &Report) -> String {
 
     let ts = &r.timeseries;
     h.push_str("<h2>Throughput and latency over time</h2>");
-    let mut throughput = vec![Series {
-        name: "achieved req/s".into(),
-        points: ts.iter().map(|s| (s.t_s, s.total.rps)).collect(),
-    }];
-    if ts.iter().any(|s| s.offered_rps.is_some()) {
+    let mut throughput =
+        vec![Series { name: "achieved req/s".into(), points: ts.iter().map(|s| (s.t_s, s.total.rps)).collect() }];
+    let multi_step = r.iterations > 0 && r.totals.requests > r.iterations + r.iterations / 10;
+    if multi_step {
         throughput.push(Series {
-            name: "offered req/s".into(),
-            points: ts
-                .iter()
-                .filter_map(|s| s.offered_rps.map(|o| (s.t_s, o)))
-                .collect(),
+            name: "iterations/s".into(),
+            points: ts.iter().map(|s| (s.t_s, s.iterations as f64)).collect(),
         });
     }
-    throughput.push(Series {
-        name: "errors/s".into(),
-        points: ts.iter().map(|s| (s.t_s, s.total.errors as f64)).collect(),
-    });
-    h.push_str(&line_chart(
-        "Throughput",
-        "seconds",
-        "requests per second",
-        XAxis::Seconds,
-        &throughput,
-    ));
+    if ts.iter().any(|s| s.offered_rps.is_some()) {
+        throughput.push(Series {
+            name: if multi_step { "offered iterations/s" } else { "offered req/s" }.into(),
+            points: ts.iter().filter_map(|s| s.offered_rps.map(|o| (s.t_s, o))).collect(),
+        });
+    }
+    throughput
+        .push(Series { name: "errors/s".into(), points: ts.iter().map(|s| (s.t_s, s.total.errors as f64)).collect() });
+    h.push_str(&line_chart("Throughput", "seconds", "requests per second", XAxis::Seconds, &throughput));
     let latency = vec![
-        Series {
-            name: "p50".into(),
-            points: ts
-                .iter()
-                .map(|s| (s.t_s, s.total.p50_us as f64 / 1e3))
-                .collect(),
-        },
-        Series {
-            name: "p99".into(),
-            points: ts
-                .iter()
-                .map(|s| (s.t_s, s.total.p99_us as f64 / 1e3))
-                .collect(),
-        },
-        Series {
-            name: "max".into(),
-            points: ts
-                .iter()
-                .map(|s| (s.t_s, s.total.max_us as f64 / 1e3))
-                .collect(),
-        },
+        Series { name: "p50".into(), points: ts.iter().map(|s| (s.t_s, s.total.p50_us as f64 / 1e3)).collect() },
+        Series { name: "p99".into(), points: ts.iter().map(|s| (s.t_s, s.total.p99_us as f64 / 1e3)).collect() },
+        Series { name: "max".into(), points: ts.iter().map(|s| (s.t_s, s.total.max_us as f64 / 1e3)).collect() },
     ];
-    h.push_str(&line_chart(
-        "Latency per second",
-        "seconds",
-        "milliseconds",
-        XAxis::Seconds,
-        &latency,
-    ));
+    h.push_str(&line_chart("Latency per second", "seconds", "milliseconds", XAxis::Seconds, &latency));
 
     h.push_str("<h2>Latency distribution</h2>");
     let mut dist = vec![Series {
         name: "all".into(),
-        points: r
-            .latency_distribution
-            .iter()
-            .map(|p| (nines(p.percentile), p.latency_us as f64 / 1e3))
-            .collect(),
+        points: r.latency_distribution.iter().map(|p| (nines(p.percentile), p.latency_us as f64 / 1e3)).collect(),
     }];
     if r.endpoints.len() > 1 {
         for e in r.endpoints.iter().take(COLORS.len() - 1) {
@@ -438,73 +377,36 @@ pub fn render(r: &Report) -> String {
             });
         }
     }
-    h.push_str(&line_chart(
-        "Latency by percentile",
-        "percentile",
-        "milliseconds",
-        XAxis::Nines,
-        &dist,
-    ));
+    h.push_str(&line_chart("Latency by percentile", "percentile", "milliseconds", XAxis::Nines, &dist));
 
     h.push_str("<h2>Resources</h2>");
     let mut cpu = vec![Series {
         name: "client".into(),
-        points: ts
-            .iter()
-            .filter_map(|s| s.client.map(|c| (s.t_s, c.cpu_pct)))
-            .collect(),
+        points: ts.iter().filter_map(|s| s.client.map(|c| (s.t_s, c.cpu_pct))).collect(),
     }];
     let mut rss = vec![Series {
         name: "client".into(),
-        points: ts
-            .iter()
-            .filter_map(|s| s.client.map(|c| (s.t_s, c.rss_bytes as f64 / 1048576.0)))
-            .collect(),
+        points: ts.iter().filter_map(|s| s.client.map(|c| (s.t_s, c.rss_bytes as f64 / 1048576.0))).collect(),
     }];
     for (i, t) in r.targets.iter().enumerate() {
         cpu.push(Series {
             name: format!("pid {}", t.pid),
-            points: ts
-                .iter()
-                .filter_map(|s| {
-                    s.targets
-                        .get(i)
-                        .copied()
-                        .flatten()
-                        .map(|p| (s.t_s, p.cpu_pct))
-                })
-                .collect(),
+            points: ts.iter().filter_map(|s| s.targets.get(i).copied().flatten().map(|p| (s.t_s, p.cpu_pct))).collect(),
         });
         rss.push(Series {
             name: format!("pid {}", t.pid),
             points: ts
                 .iter()
-                .filter_map(|s| {
-                    s.targets
-                        .get(i)
-                        .copied()
-                        .flatten()
-                        .map(|p| (s.t_s, p.rss_bytes as f64 / 1048576.0))
-                })
+                .filter_map(|s| s.targets.get(i).copied().flatten().map(|p| (s.t_s, p.rss_bytes as f64 / 1048576.0)))
                 .collect(),
         });
     }
-    h.push_str(&line_chart(
-        "CPU (100% = one core)",
-        "seconds",
-        "CPU %",
-        XAxis::Seconds,
-        &cpu,
-    ));
-    h.push_str(&line_chart(
-        "Resident memory",
-        "seconds",
-        "MiB",
-        XAxis::Seconds,
-        &rss,
-    ));
+    h.push_str(&line_chart("CPU (100% = one core)", "seconds", "CPU %", XAxis::Seconds, &cpu));
+    h.push_str(&line_chart("Resident memory", "seconds", "MiB", XAxis::Seconds, &rss));
     if !r.targets.is_empty() {
-        h.push_str("<table><tr><th>process</th><th>cpu mean</th><th>cpu max</th><th>rss max</th><th>threads max</th></tr>");
+        h.push_str(
+            "<table><tr><th>process</th><th>cpu mean</th><th>cpu max</th><th>rss max</th><th>threads max</th></tr>",
+        );
         let _ = write!(
             h,
             "<tr><td>client (strata bench)</td><td>{:.0}%</td><td>{:.0}%</td><td>{}</td><td></td></tr>",
@@ -529,36 +431,17 @@ pub fn render(r: &Report) -> String {
     if let Some(f) = &r.find_max {
         h.push_str("<h2>Find max</h2>");
         let series = vec![
-            Series {
-                name: "offered".into(),
-                points: f
-                    .steps
-                    .iter()
-                    .map(|s| (s.offered_rps, s.offered_rps))
-                    .collect(),
-            },
+            Series { name: "offered".into(), points: f.steps.iter().map(|s| (s.offered_rps, s.offered_rps)).collect() },
             Series {
                 name: "achieved".into(),
-                points: f
-                    .steps
-                    .iter()
-                    .map(|s| (s.offered_rps, s.achieved_rps))
-                    .collect(),
+                points: f.steps.iter().map(|s| (s.offered_rps, s.achieved_rps)).collect(),
             },
         ];
-        h.push_str(&line_chart(
-            "Achieved vs offered load",
-            "offered req/s",
-            "req/s",
-            XAxis::Linear,
-            &series,
-        ));
+        h.push_str(&line_chart("Achieved vs offered load", "offered req/s", "req/s", XAxis::Linear, &series));
         let _ = write!(
             h,
             "<p>Knee: <b>{}</b> ({})</p>",
-            f.knee_rps
-                .map(|k| format!("{k:.1} req/s"))
-                .unwrap_or_else(|| "none".into()),
+            f.knee_rps.map(|k| format!("{k:.1} req/s")).unwrap_or_else(|| "none".into()),
             escape(&f.stop_reason)
         );
     }
@@ -567,10 +450,7 @@ pub fn render(r: &Report) -> String {
         h.push_str("<h2>Server metrics during the run</h2>");
         if s.available {
             h.push_str("<table><tr><th>route</th><th>method</th><th>status</th><th>requests</th><th>mean</th><th>p50</th><th>p99</th></tr>");
-            let ms = |v: Option<f64>| {
-                v.map(|v| format!("{v:.3} ms"))
-                    .unwrap_or_else(|| "–".into())
-            };
+            let ms = |v: Option<f64>| v.map(|v| format!("{v:.3} ms")).unwrap_or_else(|| "–".into());
             for route in &s.routes {
                 let _ = write!(
                     h,
@@ -600,18 +480,11 @@ pub fn render(r: &Report) -> String {
                 h.push_str("</table>");
             }
         } else {
-            let _ = write!(
-                h,
-                "<p>Unavailable: {}</p>",
-                escape(s.error.as_deref().unwrap_or("unknown"))
-            );
+            let _ = write!(h, "<p>Unavailable: {}</p>", escape(s.error.as_deref().unwrap_or("unknown")));
         }
     }
-    let _ = write!(
-        h,
-        "<p class=\"meta\">schema {} · strata-bench {}</p></body></html>\n",
-        r.schema, r.generator_version
-    );
+    let _ =
+        writeln!(h, "<p class=\"meta\">schema {} · strata-bench {}</p></body></html>", r.schema, r.generator_version);
     h
 }
 
@@ -643,14 +516,8 @@ mod tests {
             "y",
             XAxis::Seconds,
             &[
-                Series {
-                    name: "a&b".into(),
-                    points: vec![(0.0, 1.0), (1.0, 2.0)],
-                },
-                Series {
-                    name: "c".into(),
-                    points: vec![(0.0, 3.0), (1.0, 0.5)],
-                },
+                Series { name: "a&b".into(), points: vec![(0.0, 1.0), (1.0, 2.0)] },
+                Series { name: "c".into(), points: vec![(0.0, 3.0), (1.0, 0.5)] },
             ],
         );
         assert!(svg.contains("&lt;t&gt;") && svg.contains("a&amp;b"));

@@ -59,10 +59,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for s in report.slo.iter().filter(|s| !s.passed) {
-        eprintln!(
-            "SLO violated: {} (actual {})",
-            s.objective, s.actual_display
-        );
+        eprintln!("SLO violated: {} (actual {})", s.objective, s.actual_display);
     }
     Ok(ExitCode::from(EXIT_SLO_VIOLATED))
 }
@@ -74,12 +71,10 @@ pub fn write_outputs(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.csv {
-        std::fs::write(path, report::csv(report))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report::csv(report)).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.html {
-        std::fs::write(path, html::render(report))
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, html::render(report)).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
@@ -112,10 +107,9 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
             path: path.clone(),
             headers: args.headers.clone(),
             body: match &args.body_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("reading --body-file {}", f.display()))?,
-                ),
+                Some(f) => {
+                    Some(std::fs::read_to_string(f).with_context(|| format!("reading --body-file {}", f.display()))?)
+                }
                 None => None,
             },
         }),
@@ -132,35 +126,18 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         }
     }
 
-    let started = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    let started = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     // Unique per run so registered emails never collide with an earlier run's.
     let run_id = format!("{:x}{:x}", started.as_millis(), std::process::id() & 0xffff);
     let mut progress = Progress::new(args.quiet);
 
-    let metrics_before = if args.no_metrics {
-        None
-    } else {
-        Some(metrics::scrape(&target, args.timeout).await)
-    };
+    let metrics_before = if args.no_metrics { None } else { Some(metrics::scrape(&target, args.timeout).await) };
 
     let users = if scenario.needs_users() {
         if args.users == 0 {
-            bail!(
-                "scenario `{}` needs seeded users: --users must be at least 1",
-                scenario.name
-            );
+            bail!("scenario `{}` needs seeded users: --users must be at least 1", scenario.name);
         }
-        seed::seed_users(
-            &target,
-            &run_id,
-            args.users,
-            args.seed_concurrency,
-            args.timeout,
-            &mut progress,
-        )
-        .await?
+        seed::seed_users(&target, &run_id, args.users, args.seed_concurrency, args.timeout, &mut progress).await?
     } else {
         Vec::new()
     };
@@ -177,11 +154,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     ));
 
     let open = args.rate.is_some() || args.stages.is_some() || args.find_max;
-    let connections = args.connections.unwrap_or(if open {
-        DEFAULT_OPEN_CONNECTIONS
-    } else {
-        DEFAULT_CLOSED_CONNECTIONS
-    });
+    let connections =
+        args.connections.unwrap_or(if open { DEFAULT_OPEN_CONNECTIONS } else { DEFAULT_CLOSED_CONNECTIONS });
 
     let (totals, series, measured, find_max) = if args.find_max {
         find_max(&args, &ctx, connections, &objectives, &mut progress).await
@@ -189,44 +163,26 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         let model = if let Some(stages) = &args.stages {
             let stages = schedule::parse_stages(stages)?;
             Model::Open {
-                schedule: Schedule::from_points(args.rate.unwrap_or(0.0), &stages)
-                    .with_warmup(args.warmup),
+                schedule: Schedule::from_points(args.rate.unwrap_or(0.0), &stages).with_warmup(args.warmup),
                 connections,
             }
         } else if let Some(rate) = args.rate {
-            Model::Open {
-                schedule: Schedule::constant(rate, args.duration).with_warmup(args.warmup),
-                connections,
-            }
+            Model::Open { schedule: Schedule::constant(rate, args.duration).with_warmup(args.warmup), connections }
         } else {
-            Model::Closed {
-                connections,
-                duration: args.duration,
-            }
+            Model::Closed { connections, duration: args.duration }
         };
-        let PhaseResult {
-            totals,
-            series,
-            measured,
-        } = run_phase(Arc::clone(&ctx), model, args.warmup, 0.0, &mut progress, "").await;
+        let PhaseResult { totals, series, measured } =
+            run_phase(Arc::clone(&ctx), model, args.warmup, 0.0, &mut progress, "").await;
         (totals, series, measured, None)
     };
     progress.finish();
 
     let server = match metrics_before {
         None => None,
-        Some(Err(e)) => Some(metrics::ServerMetrics {
-            available: false,
-            error: Some(e),
-            ..Default::default()
-        }),
+        Some(Err(e)) => Some(metrics::ServerMetrics { available: false, error: Some(e), ..Default::default() }),
         Some(Ok(before)) => Some(match metrics::scrape(&target, args.timeout).await {
             Ok(after) => metrics::diff(&before, &after),
-            Err(e) => metrics::ServerMetrics {
-                available: false,
-                error: Some(e),
-                ..Default::default()
-            },
+            Err(e) => metrics::ServerMetrics { available: false, error: Some(e), ..Default::default() },
         }),
     };
 
@@ -238,11 +194,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         connections,
         stages: args.stages.clone(),
         find_max: args.find_max,
-        duration_s: if args.stages.is_some() {
-            measured.as_secs_f64()
-        } else {
-            args.duration.as_secs_f64()
-        },
+        duration_s: if args.stages.is_some() { measured.as_secs_f64() } else { args.duration.as_secs_f64() },
         warmup_s: args.warmup.as_secs_f64(),
         timeout_s: args.timeout.as_secs_f64(),
         users: ctx.users.len(),
@@ -258,10 +210,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         find_max,
     };
     let mut report = report::build(inputs, &totals, series, measured.as_secs_f64());
-    report.slo = objectives
-        .iter()
-        .map(|o| o.evaluate(&report.totals, &report.endpoints))
-        .collect();
+    report.slo = objectives.iter().map(|o| o.evaluate(&report.totals, &report.endpoints)).collect();
     report.passed = report.slo.iter().all(|s| s.passed);
     Ok(report)
 }
@@ -276,12 +225,7 @@ async fn find_max(
     connections: usize,
     objectives: &[slo::Objective],
     progress: &mut Progress,
-) -> (
-    StatsSet,
-    Vec<engine::SecondSample>,
-    Duration,
-    Option<FindMaxReport>,
-) {
+) -> (StatsSet, Vec<engine::SecondSample>, Duration, Option<FindMaxReport>) {
     let p99_bound = args
         .find_max_p99
         .or_else(|| {
@@ -299,19 +243,12 @@ async fn find_max(
     let mut steps: Vec<FindMaxStep> = Vec::new();
     let mut stop_reason = format!("stopped after {FIND_MAX_STEPS} steps without finding the limit");
     for step in 0..FIND_MAX_STEPS {
-        let warmup = if step == 0 {
-            args.warmup
-        } else {
-            Duration::ZERO
-        };
+        let warmup = if step == 0 { args.warmup } else { Duration::ZERO };
         let schedule = Schedule::constant(rate, args.duration).with_warmup(warmup);
         let label = format!("[find-max step {} @ {rate:.0} req/s] ", step + 1);
         let phase = run_phase(
             Arc::clone(ctx),
-            Model::Open {
-                schedule,
-                connections,
-            },
+            Model::Open { schedule, connections },
             warmup,
             measured.as_secs_f64(),
             progress,
@@ -320,34 +257,20 @@ async fn find_max(
         .await;
         let all = phase.totals.total();
         let seconds = phase.measured.as_secs_f64().max(1e-9);
-        // Throughput is what *completed* inside the step, from the per-second series: requests
+        // The schedule offers iterations (requests, for one-step flows), so iterations have to
+        // keep up. Throughput is what *completed* inside the step, from the per-second series: requests
         // still queued at the end finish during the drain and must not count as keeping up.
         let window_end = measured.as_secs_f64() + seconds + 0.25;
-        let completed: u64 = phase
-            .series
-            .iter()
-            .filter(|s| s.t_s <= window_end)
-            .map(|s| s.total.requests.saturating_sub(s.total.errors))
-            .sum();
+        let completed: u64 = phase.series.iter().filter(|s| s.t_s <= window_end).map(|s| s.iterations).sum();
         let achieved = completed as f64 / seconds;
-        let error_rate = if all.requests > 0 {
-            all.error_count() as f64 / all.requests as f64
-        } else {
-            0.0
-        };
+        let error_rate = if all.requests > 0 { all.error_count() as f64 / all.requests as f64 } else { 0.0 };
         let p99 = all.latency.percentile_us(99.0);
         let mut reasons = Vec::new();
         if achieved < 0.9 * rate {
-            reasons.push(format!(
-                "throughput {achieved:.0} req/s fell below 90% of the offered {rate:.0}"
-            ));
+            reasons.push(format!("throughput {achieved:.0} req/s fell below 90% of the offered {rate:.0}"));
         }
         if p99 > p99_bound_us {
-            reasons.push(format!(
-                "p99 {} crossed {}",
-                progress::fmt_us(p99),
-                progress::fmt_us(p99_bound_us)
-            ));
+            reasons.push(format!("p99 {} crossed {}", progress::fmt_us(p99), progress::fmt_us(p99_bound_us)));
         }
         if error_rate > 0.01 {
             reasons.push(format!("errors {:.2}% above 1%", error_rate * 100.0));
@@ -365,11 +288,7 @@ async fn find_max(
             "{label}achieved {achieved:.0} req/s, p99 {}, errors {:.2}% → {}",
             progress::fmt_us(p99),
             error_rate * 100.0,
-            if passed {
-                "ok".to_string()
-            } else {
-                reasons.join("; ")
-            }
+            if passed { "ok".to_string() } else { reasons.join("; ") }
         ));
         totals.merge(&phase.totals);
         series.extend(phase.series);
@@ -385,15 +304,5 @@ async fn find_max(
         .filter(|s| s.passed)
         .map(|s| s.achieved_rps)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    (
-        totals,
-        series,
-        measured,
-        Some(FindMaxReport {
-            p99_bound_us,
-            steps,
-            knee_rps: knee,
-            stop_reason,
-        }),
-    )
+    (totals, series, measured, Some(FindMaxReport { p99_bound_us, steps, knee_rps: knee, stop_reason }))
 }

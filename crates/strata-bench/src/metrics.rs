@@ -9,10 +9,13 @@ use serde::Serialize;
 
 use crate::client::{Client, Response, Target, Want, write_request};
 
+/// A sample's metric name, sorted labels and value.
+pub type Sample = (String, Vec<(String, String)>, f64);
+
 /// One scrape: series key (`name{sorted labels}`) → (name, labels, value).
 #[derive(Clone, Debug, Default)]
 pub struct Scrape {
-    pub series: BTreeMap<String, (String, Vec<(String, String)>, f64)>,
+    pub series: BTreeMap<String, Sample>,
 }
 
 /// Parses the Prometheus text exposition format (comments and timestamps ignored).
@@ -33,7 +36,7 @@ pub fn parse_prometheus(text: &str) -> Scrape {
     scrape
 }
 
-fn parse_line(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+fn parse_line(line: &str) -> Option<Sample> {
     let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
     let name = line[..name_end].to_string();
     let mut rest = &line[name_end..];
@@ -123,34 +126,21 @@ struct HistogramDelta {
     buckets: Vec<(f64, f64)>,
 }
 
-fn histogram_deltas(
-    before: &Scrape,
-    after: &Scrape,
-    family: &str,
-) -> BTreeMap<Vec<(String, String)>, HistogramDelta> {
+fn histogram_deltas(before: &Scrape, after: &Scrape, family: &str) -> BTreeMap<Vec<(String, String)>, HistogramDelta> {
     let mut out: BTreeMap<Vec<(String, String)>, HistogramDelta> = BTreeMap::new();
     for (key, (name, labels, value)) in &after.series {
         let Some(suffix) = name.strip_prefix(family) else {
             continue;
         };
         let delta = value - before.series.get(key).map_or(0.0, |s| s.2);
-        let group: Vec<(String, String)> =
-            labels.iter().filter(|(k, _)| k != "le").cloned().collect();
+        let group: Vec<(String, String)> = labels.iter().filter(|(k, _)| k != "le").cloned().collect();
         let entry = out.entry(group).or_default();
         match suffix {
             "_count" => entry.count = delta,
             "_sum" => entry.sum = delta,
             "_bucket" => {
-                let le = labels
-                    .iter()
-                    .find(|(k, _)| k == "le")
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("+Inf");
-                let bound = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().unwrap_or(f64::INFINITY)
-                };
+                let le = labels.iter().find(|(k, _)| k == "le").map(|(_, v)| v.as_str()).unwrap_or("+Inf");
+                let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
                 entry.buckets.push((bound, delta));
             }
             _ => {}
@@ -175,11 +165,7 @@ pub fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
                 return Some(previous.0);
             }
             let in_bucket = cumulative - previous.1;
-            let fraction = if in_bucket > 0.0 {
-                (rank - previous.1) / in_bucket
-            } else {
-                1.0
-            };
+            let fraction = if in_bucket > 0.0 { (rank - previous.1) / in_bucket } else { 1.0 };
             return Some(previous.0 + (bound - previous.0) * fraction);
         }
         previous = (bound, cumulative);
@@ -188,11 +174,7 @@ pub fn bucket_quantile(q: f64, buckets: &[(f64, f64)]) -> Option<f64> {
 }
 
 fn label(labels: &[(String, String)], key: &str) -> String {
-    labels
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default()
+    labels.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()).unwrap_or_default()
 }
 
 fn ms(seconds: Option<f64>) -> Option<f64> {
@@ -247,12 +229,7 @@ pub fn diff(before: &Scrape, after: &Scrape) -> ServerMetrics {
     }
     routes.sort_by(|a, b| b.requests.total_cmp(&a.requests));
     db.sort_by(|a, b| b.queries.total_cmp(&a.queries));
-    ServerMetrics {
-        available: true,
-        error: None,
-        routes,
-        db,
-    }
+    ServerMetrics { available: true, error: None, routes, db }
 }
 
 /// GETs `/metrics` from the target.
@@ -260,24 +237,10 @@ pub async fn scrape(target: &Target, timeout: Duration) -> Result<Scrape, String
     let mut client = Client::new(target.addr, timeout);
     let mut request = Vec::new();
     let path = format!("{}/metrics", target.base_path);
-    write_request(
-        &mut request,
-        "GET",
-        path.as_bytes(),
-        &target.authority,
-        &[],
-        None,
-    );
+    write_request(&mut request, "GET", path.as_bytes(), &target.authority, &[], None);
     let mut response = Response::default();
     client
-        .send(
-            &request,
-            Want {
-                body: true,
-                ..Want::default()
-            },
-            &mut response,
-        )
+        .send(&request, Want { body: true, ..Want::default() }, &mut response)
         .await
         .map_err(|f| format!("GET {path}: {f:?}"))?;
     if response.status != 200 {
@@ -314,11 +277,7 @@ strata_http_requests_total{route="/odd \"q\", x",method="GET",status="200"} 5 17
     #[test]
     fn parses_labels_with_escapes_and_timestamps() {
         let s = parse_prometheus(AFTER);
-        let odd = s
-            .series
-            .values()
-            .find(|(n, _, _)| n == "strata_http_requests_total")
-            .expect("parsed");
+        let odd = s.series.values().find(|(n, _, _)| n == "strata_http_requests_total").expect("parsed");
         assert_eq!(label(&odd.1, "route"), "/odd \"q\", x");
         assert_eq!(odd.2, 5.0);
     }
@@ -335,24 +294,13 @@ strata_http_requests_total{route="/odd \"q\", x",method="GET",status="200"} 5 17
         assert_eq!(r.p99_ms, Some(9.82));
         assert_eq!(
             m.db,
-            vec![ServerDbOp {
-                op: "user_by_id".into(),
-                queries: 100.0,
-                mean_ms: Some(2.0),
-                p99_ms: None
-            }]
+            vec![ServerDbOp { op: "user_by_id".into(), queries: 100.0, mean_ms: Some(2.0), p99_ms: None }]
         );
     }
 
     #[test]
     fn quantile_in_the_infinite_bucket_is_the_last_finite_bound() {
-        assert_eq!(
-            bucket_quantile(0.99, &[(0.1, 1.0), (f64::INFINITY, 100.0)]),
-            Some(0.1)
-        );
-        assert_eq!(
-            bucket_quantile(0.5, &[(1.0, 0.0), (f64::INFINITY, 0.0)]),
-            None
-        );
+        assert_eq!(bucket_quantile(0.99, &[(0.1, 1.0), (f64::INFINITY, 100.0)]), Some(0.1));
+        assert_eq!(bucket_quantile(0.5, &[(1.0, 0.0), (f64::INFINITY, 0.0)]), None);
     }
 }

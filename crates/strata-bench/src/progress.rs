@@ -11,11 +11,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
-        Self {
-            tty: std::io::stderr().is_terminal(),
-            quiet,
-            dirty: false,
-        }
+        Self { tty: std::io::stderr().is_terminal(), quiet, dirty: false }
     }
 
     pub fn is_tty(&self) -> bool {
@@ -57,11 +53,7 @@ impl Progress {
 
 /// `[#######.....]`, `width` cells.
 pub fn bar(done: usize, total: usize, width: usize) -> String {
-    let filled = if total == 0 {
-        width
-    } else {
-        (done * width / total).min(width)
-    };
+    let filled = (done * width).checked_div(total).map_or(width, |f| f.min(width));
     format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
 }
 
@@ -84,11 +76,7 @@ pub fn fmt_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes}B") } else { format!("{value:.1}{}", UNITS[unit]) }
 }
 
 #[cfg(test)]

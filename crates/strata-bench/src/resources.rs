@@ -37,10 +37,7 @@ fn read_raw(pid: Option<u32>) -> Option<Raw> {
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
     let field = |key: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
     Some(Raw {
         cpu_ticks: utime + stime,
@@ -79,11 +76,7 @@ impl ProcessSampler {
             None => 0.0,
         };
         self.last = Some((now, raw.cpu_ticks));
-        Some(ResourcePoint {
-            cpu_pct: (cpu_pct * 10.0).round() / 10.0,
-            rss_bytes: raw.rss_bytes,
-            threads: raw.threads,
-        })
+        Some(ResourcePoint { cpu_pct: (cpu_pct * 10.0).round() / 10.0, rss_bytes: raw.rss_bytes, threads: raw.threads })
     }
 }
 
@@ -92,9 +85,7 @@ pub fn process_exists(pid: u32) -> bool {
 }
 
 pub fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 #[cfg(test)]

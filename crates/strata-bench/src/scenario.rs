@@ -38,15 +38,9 @@ impl Template {
                 pieces.push(Piece::Literal(rest[..start].to_string()));
             }
             let after = &rest[start + 2..];
-            let end = after
-                .find('}')
-                .with_context(|| format!("unclosed `${{` in `{text}`"))?;
+            let end = after.find('}').with_context(|| format!("unclosed `${{` in `{text}`"))?;
             let name = after[..end].trim();
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 bail!("`${{{name}}}` in `{text}` is not a variable name");
             }
             pieces.push(Piece::Var(name.to_string()));
@@ -59,9 +53,7 @@ impl Template {
     }
 
     pub fn literal(text: &str) -> Self {
-        Self {
-            pieces: vec![Piece::Literal(text.to_string())],
-        }
+        Self { pieces: vec![Piece::Literal(text.to_string())] }
     }
 
     pub fn is_static(&self) -> bool {
@@ -137,9 +129,7 @@ impl Vars<'_> {
                 &number
             }
             seeded => {
-                let user = self
-                    .user
-                    .ok_or_else(|| format!("`${{{seeded}}}` needs a seeded user"))?;
+                let user = self.user.ok_or_else(|| format!("`${{{seeded}}}` needs a seeded user"))?;
                 match seeded {
                     "email" => &user.email,
                     "password" => &user.password,
@@ -192,23 +182,15 @@ impl Step {
     }
 
     pub fn needs_body(&self) -> bool {
-        self.captures
-            .iter()
-            .any(|c| matches!(c.source, CaptureSource::Body(_)))
+        self.captures.iter().any(|c| matches!(c.source, CaptureSource::Body(_)))
     }
 
     pub fn is_success(&self, status: u16) -> bool {
-        if self.expect.is_empty() {
-            (200..400).contains(&status)
-        } else {
-            self.expect.contains(&status)
-        }
+        if self.expect.is_empty() { (200..400).contains(&status) } else { self.expect.contains(&status) }
     }
 
     fn templates(&self) -> impl Iterator<Item = &Template> {
-        std::iter::once(&self.path)
-            .chain(self.headers.iter().map(|(_, v)| v))
-            .chain(self.body.iter())
+        std::iter::once(&self.path).chain(self.headers.iter().map(|(_, v)| v)).chain(self.body.iter())
     }
 }
 
@@ -230,10 +212,7 @@ pub struct Scenario {
 impl Scenario {
     /// Whether some flow that can be picked uses a seeded user's values.
     pub fn needs_users(&self) -> bool {
-        self.flows
-            .iter()
-            .filter(|f| f.weight > 0)
-            .any(flow_needs_users)
+        self.flows.iter().filter(|f| f.weight > 0).any(flow_needs_users)
     }
 
     pub fn total_weight(&self) -> u64 {
@@ -259,18 +238,11 @@ impl Scenario {
         for (name, _) in mix {
             if !self.flows.iter().any(|f| &f.name == name) {
                 let known: Vec<&str> = self.flows.iter().map(|f| f.name.as_str()).collect();
-                bail!(
-                    "--mix names flow `{name}`, but scenario `{}` has only {}",
-                    self.name,
-                    known.join(", ")
-                );
+                bail!("--mix names flow `{name}`, but scenario `{}` has only {}", self.name, known.join(", "));
             }
         }
         for flow in &mut self.flows {
-            flow.weight = mix
-                .iter()
-                .find(|(n, _)| n == &flow.name)
-                .map_or(0, |(_, w)| *w);
+            flow.weight = mix.iter().find(|(n, _)| n == &flow.name).map_or(0, |(_, w)| *w);
         }
         if self.total_weight() == 0 {
             bail!("--mix gives every flow weight 0");
@@ -346,16 +318,10 @@ pub fn parse_toml(text: &str, default_name: &str) -> anyhow::Result<Scenario> {
     let name = file.name.unwrap_or_else(|| default_name.to_string());
     let mut flows_in = file.flow;
     if !file.step.is_empty() {
-        flows_in.push(FlowFile {
-            name: name.clone(),
-            weight: 1,
-            step: file.step,
-        });
+        flows_in.push(FlowFile { name: name.clone(), weight: 1, step: file.step });
     }
     if flows_in.is_empty() {
-        bail!(
-            "scenario `{name}` has no steps: add [[step]] tables, or [[flow]] tables with [[flow.step]]"
-        );
+        bail!("scenario `{name}` has no steps: add [[step]] tables, or [[flow]] tables with [[flow.step]]");
     }
     let mut endpoints: Vec<String> = Vec::new();
     let mut flows = Vec::new();
@@ -363,12 +329,11 @@ pub fn parse_toml(text: &str, default_name: &str) -> anyhow::Result<Scenario> {
         let mut steps = Vec::new();
         let mut captured: Vec<String> = Vec::new();
         for s in f.step {
-            let step = compile_step(s, &mut endpoints)
-                .with_context(|| format!("scenario `{name}`, flow `{}`", f.name))?;
+            let step =
+                compile_step(s, &mut endpoints).with_context(|| format!("scenario `{name}`, flow `{}`", f.name))?;
             for var in step.templates().flat_map(Template::vars) {
-                let known = BUILTIN_VARS.contains(&var)
-                    || SEEDED_VARS.contains(&var)
-                    || captured.iter().any(|c| c == var);
+                let known =
+                    BUILTIN_VARS.contains(&var) || SEEDED_VARS.contains(&var) || captured.iter().any(|c| c == var);
                 if !known {
                     bail!(
                         "scenario `{name}`, flow `{}`, step `{}`: `${{{var}}}` is neither built in ({}), a seeded-user value ({}), nor captured by an earlier step",
@@ -385,17 +350,9 @@ pub fn parse_toml(text: &str, default_name: &str) -> anyhow::Result<Scenario> {
         if steps.is_empty() {
             bail!("scenario `{name}`, flow `{}` has no steps", f.name);
         }
-        flows.push(Flow {
-            name: f.name,
-            weight: f.weight,
-            steps,
-        });
+        flows.push(Flow { name: f.name, weight: f.weight, steps });
     }
-    let scenario = Scenario {
-        name,
-        flows,
-        endpoints,
-    };
+    let scenario = Scenario { name, flows, endpoints };
     if scenario.total_weight() == 0 {
         bail!("scenario `{}`: every flow has weight 0", scenario.name);
     }
@@ -412,11 +369,7 @@ fn compile_step(s: StepFile, endpoints: &mut Vec<String>) -> anyhow::Result<Step
     }
     let mut headers = Vec::new();
     for (k, v) in s.headers {
-        if k.is_empty()
-            || !k
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
             bail!("step `{}`: `{k}` is not a header name", s.name);
         }
         headers.push((k, Template::parse(&v)?));
@@ -425,19 +378,13 @@ fn compile_step(s: StepFile, endpoints: &mut Vec<String>) -> anyhow::Result<Step
     for (var, from) in s.capture {
         let source = if let Some(pointer) = from.strip_prefix("body:") {
             if !(pointer.is_empty() || pointer.starts_with('/')) {
-                bail!(
-                    "step `{}`: capture `{var}`: a JSON pointer starts with / (got `{pointer}`)",
-                    s.name
-                );
+                bail!("step `{}`: capture `{var}`: a JSON pointer starts with / (got `{pointer}`)", s.name);
             }
             CaptureSource::Body(pointer.to_string())
         } else if let Some(header) = from.strip_prefix("header:") {
             CaptureSource::Header(header.trim().to_ascii_lowercase())
         } else {
-            bail!(
-                "step `{}`: capture `{var}` = `{from}`: use \"body:/json/pointer\" or \"header:name\"",
-                s.name
-            );
+            bail!("step `{}`: capture `{var}` = `{from}`: use \"body:/json/pointer\" or \"header:name\"", s.name);
         };
         captures.push(Capture { var, source });
     }
@@ -461,26 +408,14 @@ fn compile_step(s: StepFile, endpoints: &mut Vec<String>) -> anyhow::Result<Step
 }
 
 pub fn load_file(path: &Path) -> anyhow::Result<Scenario> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading scenario {}", path.display()))?;
-    let stem = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("custom");
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading scenario {}", path.display()))?;
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("custom");
     parse_toml(&text, stem).with_context(|| format!("in {}", path.display()))
 }
 
 // ---- built-in scenarios ---------------------------------------------------------------------
 
-pub const BUILTIN_NAMES: [&str; 7] = [
-    "session-check",
-    "get-user",
-    "login",
-    "register",
-    "mixed",
-    "journey",
-    "http",
-];
+pub const BUILTIN_NAMES: [&str; 7] = ["session-check", "get-user", "login", "register", "mixed", "journey", "http"];
 
 const SESSION_CHECK: &str = r#"
 [[step]]
@@ -628,10 +563,7 @@ pub fn resolve(name: &str, http: Option<&HttpRequestSpec>) -> anyhow::Result<Sce
     if path.exists() {
         return load_file(path);
     }
-    bail!(
-        "unknown scenario `{name}`: use one of {} or the path of a TOML scenario file",
-        BUILTIN_NAMES.join(", ")
-    )
+    bail!("unknown scenario `{name}`: use one of {} or the path of a TOML scenario file", BUILTIN_NAMES.join(", "))
 }
 
 fn http_scenario(spec: &HttpRequestSpec) -> anyhow::Result<Scenario> {
@@ -640,9 +572,7 @@ fn http_scenario(spec: &HttpRequestSpec) -> anyhow::Result<Scenario> {
     }
     let mut headers = BTreeMap::new();
     for h in &spec.headers {
-        let (k, v) = h
-            .split_once(':')
-            .with_context(|| format!("--header `{h}`: expected 'Name: value'"))?;
+        let (k, v) = h.split_once(':').with_context(|| format!("--header `{h}`: expected 'Name: value'"))?;
         headers.insert(k.trim().to_string(), v.trim().to_string());
     }
     let file = StepFile {
@@ -658,11 +588,7 @@ fn http_scenario(spec: &HttpRequestSpec) -> anyhow::Result<Scenario> {
     let step = compile_step(file, &mut endpoints)?;
     Ok(Scenario {
         name: "http".to_string(),
-        flows: vec![Flow {
-            name: "http".to_string(),
-            weight: 1,
-            steps: vec![step],
-        }],
+        flows: vec![Flow { name: "http".to_string(), weight: 1, steps: vec![step] }],
         endpoints,
     })
 }
@@ -677,27 +603,21 @@ pub fn extract_captures(
     let mut json: Option<serde_json::Value> = None;
     for capture in &step.captures {
         let value = match &capture.source {
-            CaptureSource::Header(name) => headers.get(name).cloned().ok_or_else(|| {
-                format!(
-                    "capture `{}`: no `{name}` header in the response",
-                    capture.var
-                )
-            })?,
+            CaptureSource::Header(name) => headers
+                .get(name)
+                .cloned()
+                .ok_or_else(|| format!("capture `{}`: no `{name}` header in the response", capture.var))?,
             CaptureSource::Body(pointer) => {
                 if json.is_none() {
-                    json = Some(serde_json::from_slice(body).map_err(|e| {
-                        format!("capture `{}`: body is not JSON: {e}", capture.var)
-                    })?);
+                    json = Some(
+                        serde_json::from_slice(body)
+                            .map_err(|e| format!("capture `{}`: body is not JSON: {e}", capture.var))?,
+                    );
                 }
                 let found = json
                     .as_ref()
                     .and_then(|j| j.pointer(pointer))
-                    .ok_or_else(|| {
-                        format!(
-                            "capture `{}`: nothing at `{pointer}` in the response body",
-                            capture.var
-                        )
-                    })?;
+                    .ok_or_else(|| format!("capture `{}`: nothing at `{pointer}` in the response body", capture.var))?;
                 match found {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
@@ -714,31 +634,16 @@ mod tests {
     use super::*;
 
     fn vars<'a>(user: Option<&'a SeedUser>) -> Vars<'a> {
-        Vars {
-            run: "r1",
-            seq: 42,
-            worker: 3,
-            rand: 0xab,
-            user,
-            captured: Vec::new(),
-        }
+        Vars { run: "r1", seq: 42, worker: 3, rand: 0xab, user, captured: Vec::new() }
     }
 
     #[test]
     fn templates_render_builtins_seeded_and_captured_values() {
-        let user = SeedUser {
-            email: "a@b.c".into(),
-            token: "tok".into(),
-            ..SeedUser::default()
-        };
+        let user = SeedUser { email: "a@b.c".into(), token: "tok".into(), ..SeedUser::default() };
         let mut v = vars(Some(&user));
         v.captured.push(("token".into(), "captured".into()));
-        let t =
-            Template::parse("/x/${run}/${seq}?w=${worker}&e=${email}&t=${token}").expect("valid");
-        assert_eq!(
-            t.render(&v).expect("renders"),
-            "/x/r1/42?w=3&e=a@b.c&t=captured"
-        );
+        let t = Template::parse("/x/${run}/${seq}?w=${worker}&e=${email}&t=${token}").expect("valid");
+        assert_eq!(t.render(&v).expect("renders"), "/x/r1/42?w=3&e=a@b.c&t=captured");
         assert!(Template::parse("${unclosed").is_err());
         assert!(Template::parse("${bad name}").is_err());
         assert!(Template::parse("plain $ sign").expect("valid").is_static());
@@ -747,30 +652,16 @@ mod tests {
     #[test]
     fn missing_values_are_reported_by_name() {
         let v = vars(None);
-        let err = Template::parse("${token}")
-            .expect("valid")
-            .render(&v)
-            .expect_err("no user");
+        let err = Template::parse("${token}").expect("valid").render(&v).expect_err("no user");
         assert!(err.contains("token"), "{err}");
     }
 
     #[test]
     fn every_builtin_parses_and_knows_if_it_needs_users() {
-        let http = HttpRequestSpec {
-            method: "GET".into(),
-            path: "/healthz".into(),
-            ..Default::default()
-        };
+        let http = HttpRequestSpec { method: "GET".into(), path: "/healthz".into(), ..Default::default() };
         let needs: Vec<(&str, bool)> = BUILTIN_NAMES
             .iter()
-            .map(|n| {
-                (
-                    *n,
-                    resolve(n, Some(&http))
-                        .expect("builtin parses")
-                        .needs_users(),
-                )
-            })
+            .map(|n| (*n, resolve(n, Some(&http)).expect("builtin parses").needs_users()))
             .collect();
         assert_eq!(
             needs,
@@ -785,18 +676,13 @@ mod tests {
             ]
         );
         let journey = resolve("journey", None).expect("parses");
-        assert_eq!(
-            journey.endpoints,
-            ["register", "login", "who-am-i", "update-user", "logout"]
-        );
+        assert_eq!(journey.endpoints, ["register", "login", "who-am-i", "update-user", "logout"]);
     }
 
     #[test]
     fn mix_overrides_weights_and_can_drop_the_need_for_users() {
         let mut mixed = resolve("mixed", None).expect("parses");
-        mixed
-            .apply_mix(&[("register".into(), 1)])
-            .expect("valid mix");
+        mixed.apply_mix(&[("register".into(), 1)]).expect("valid mix");
         assert!(!mixed.needs_users());
         assert!(mixed.apply_mix(&[("nope".into(), 1)]).is_err());
         assert!(mixed.apply_mix(&[("login".into(), 0)]).is_err());
@@ -817,14 +703,9 @@ mod tests {
 
     #[test]
     fn toml_rejects_unknown_variables_and_bad_captures() {
-        let err =
-            parse_toml("[[step]]\nname='a'\npath='/x/${nope}'\n", "t").expect_err("unknown var");
+        let err = parse_toml("[[step]]\nname='a'\npath='/x/${nope}'\n", "t").expect_err("unknown var");
         assert!(format!("{err:#}").contains("nope"), "{err:#}");
-        let err = parse_toml(
-            "[[step]]\nname='a'\npath='/x'\ncapture={v='json:/x'}\n",
-            "t",
-        )
-        .expect_err("bad capture");
+        let err = parse_toml("[[step]]\nname='a'\npath='/x'\ncapture={v='json:/x'}\n", "t").expect_err("bad capture");
         assert!(format!("{err:#}").contains("body:"), "{err:#}");
         assert!(parse_toml("name='empty'\n", "t").is_err());
         assert!(parse_toml("[[step]]\nname='a'\npath='/x'\nbogus=1\n", "t").is_err());
@@ -832,8 +713,7 @@ mod tests {
 
     #[test]
     fn the_example_scenario_file_parses() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../bench/scenarios/profile-refresh.toml");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/scenarios/profile-refresh.toml");
         let s = load_file(&path).expect("example parses");
         assert!(s.needs_users());
         assert!(s.flows.len() >= 2);
@@ -846,21 +726,9 @@ mod tests {
         let mut headers = HashMap::new();
         headers.insert("etag".to_string(), "\"1\"".to_string());
         let mut out = Vec::new();
-        extract_captures(
-            register,
-            br#"{"id":"0190-abc","version":1}"#,
-            &headers,
-            &mut out,
-        )
-        .expect("captures");
+        extract_captures(register, br#"{"id":"0190-abc","version":1}"#, &headers, &mut out).expect("captures");
         out.sort();
-        assert_eq!(
-            out,
-            vec![
-                ("etag".into(), "\"1\"".into()),
-                ("user_id".into(), "0190-abc".into())
-            ]
-        );
+        assert_eq!(out, vec![("etag".into(), "\"1\"".into()), ("user_id".into(), "0190-abc".into())]);
         let err = extract_captures(register, b"{}", &headers, &mut Vec::new()).expect_err("no id");
         assert!(err.contains("/id"), "{err}");
     }

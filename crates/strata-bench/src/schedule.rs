@@ -21,22 +21,15 @@ pub struct Stage {
 pub fn parse_stages(text: &str) -> anyhow::Result<Vec<Stage>> {
     let mut stages = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (rate, duration) = part
-            .split_once(':')
-            .with_context(|| format!("stage `{part}`: expected RATE:DURATION, e.g. 1000:10s"))?;
-        let target_rps: f64 = rate
-            .trim()
-            .parse()
-            .with_context(|| format!("stage `{part}`: `{rate}` is not a rate"))?;
+        let (rate, duration) =
+            part.split_once(':').with_context(|| format!("stage `{part}`: expected RATE:DURATION, e.g. 1000:10s"))?;
+        let target_rps: f64 = rate.trim().parse().with_context(|| format!("stage `{part}`: `{rate}` is not a rate"))?;
         if !target_rps.is_finite() || target_rps < 0.0 {
             bail!("stage `{part}`: the rate must be a non-negative number");
         }
-        let duration = crate::args::parse_duration(duration.trim())
-            .map_err(|e| anyhow::anyhow!("stage `{part}`: {e}"))?;
-        stages.push(Stage {
-            target_rps,
-            duration,
-        });
+        let duration =
+            crate::args::parse_duration(duration.trim()).map_err(|e| anyhow::anyhow!("stage `{part}`: {e}"))?;
+        stages.push(Stage { target_rps, duration });
     }
     if stages.is_empty() {
         bail!("--stages needs at least one RATE:DURATION stage");
@@ -70,13 +63,7 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn constant(rps: f64, duration: Duration) -> Self {
-        Self::from_points(
-            rps,
-            &[Stage {
-                target_rps: rps,
-                duration,
-            }],
-        )
+        Self::from_points(rps, &[Stage { target_rps: rps, duration }])
     }
 
     /// Stages ramp from `start_rps` (the first stage from it, each later one from the previous
@@ -97,11 +84,7 @@ impl Schedule {
             from = segment.to_rps;
             segments.push(segment);
         }
-        Self {
-            segments,
-            total_s: t,
-            total_count: count,
-        }
+        Self { segments, total_s: t, total_count: count }
     }
 
     /// Prefixes `warmup` at a constant rate (the rate the schedule starts at, or the first
@@ -115,14 +98,12 @@ impl Schedule {
             Some(s) => s.to_rps,
             None => 0.0,
         };
-        let mut stages = vec![Stage {
-            target_rps: rate,
-            duration: warmup,
-        }];
-        stages.extend(self.segments.iter().map(|s| Stage {
-            target_rps: s.to_rps,
-            duration: Duration::from_secs_f64(s.duration_s),
-        }));
+        let mut stages = vec![Stage { target_rps: rate, duration: warmup }];
+        stages.extend(
+            self.segments
+                .iter()
+                .map(|s| Stage { target_rps: s.to_rps, duration: Duration::from_secs_f64(s.duration_s) }),
+        );
         let first_from = self.segments.first().map_or(rate, |s| s.from_rps);
         // The warm-up segment is flat at `rate`; the original first segment keeps its own start.
         let mut out = Self::from_points(rate, &stages);
@@ -150,11 +131,7 @@ impl Schedule {
     pub fn total_requests(&self) -> u64 {
         // Ticket n is due at N⁻¹(n); tickets 0..ceil(total) fall inside [0, total).
         let c = self.total_count;
-        if c <= 0.0 {
-            0
-        } else {
-            (c - 1e-9).ceil().max(0.0) as u64
-        }
+        if c <= 0.0 { 0 } else { (c - 1e-9).ceil().max(0.0) as u64 }
     }
 
     /// The offered rate at `t`.
@@ -162,11 +139,7 @@ impl Schedule {
         let t = t.as_secs_f64();
         for s in &self.segments {
             if t < s.start_s + s.duration_s {
-                let f = if s.duration_s > 0.0 {
-                    (t - s.start_s) / s.duration_s
-                } else {
-                    0.0
-                };
+                let f = if s.duration_s > 0.0 { (t - s.start_s) / s.duration_s } else { 0.0 };
                 return s.from_rps + (s.to_rps - s.from_rps) * f;
             }
         }
@@ -181,10 +154,7 @@ impl Schedule {
             return None;
         }
         // Segments are few (a handful of stages), so a scan beats a search.
-        let s = self
-            .segments
-            .iter()
-            .find(|s| n < s.count_before + s.count() - 1e-9)?;
+        let s = self.segments.iter().find(|s| n < s.count_before + s.count() - 1e-9)?;
         let m = n - s.count_before;
         let a = (s.to_rps - s.from_rps) / (2.0 * s.duration_s);
         // Solve a·τ² + from·τ = m for τ ≥ 0 in the form that stays exact when a → 0 and when
@@ -192,9 +162,7 @@ impl Schedule {
         let disc = (s.from_rps * s.from_rps + 4.0 * a * m).max(0.0);
         let denom = s.from_rps + disc.sqrt();
         let tau = if denom > 0.0 { 2.0 * m / denom } else { 0.0 };
-        Some(Duration::from_secs_f64(
-            s.start_s + tau.clamp(0.0, s.duration_s),
-        ))
+        Some(Duration::from_secs_f64(s.start_s + tau.clamp(0.0, s.duration_s)))
     }
 }
 
@@ -209,10 +177,7 @@ mod tests {
         assert_eq!(s.total_requests(), 2000);
         for n in [0u64, 1, 7, 999, 1000, 1999] {
             let due = s.due(n).expect("inside the schedule");
-            assert!(
-                (due.as_secs_f64() - n as f64 / 1000.0).abs() < 1e-9,
-                "n={n} {due:?}"
-            );
+            assert!((due.as_secs_f64() - n as f64 / 1000.0).abs() < 1e-9, "n={n} {due:?}");
         }
         assert_eq!(s.due(2000), None);
     }
@@ -221,13 +186,7 @@ mod tests {
     fn parses_stages() {
         let st = parse_stages("1000:10s, 5000:30s,0:500ms").expect("valid");
         assert_eq!(st.len(), 3);
-        assert_eq!(
-            st[1],
-            Stage {
-                target_rps: 5000.0,
-                duration: Duration::from_secs(30)
-            }
-        );
+        assert_eq!(st[1], Stage { target_rps: 5000.0, duration: Duration::from_secs(30) });
         assert_eq!(st[2].duration, Duration::from_millis(500));
         assert!(parse_stages("").is_err());
         assert!(parse_stages("100").is_err());
@@ -238,13 +197,7 @@ mod tests {
     #[test]
     fn ramp_from_zero_offers_the_triangle_area() {
         // 0 → 100 rps over 10 s: 500 requests, the first at t=0, spaced ever closer.
-        let s = Schedule::from_points(
-            0.0,
-            &[Stage {
-                target_rps: 100.0,
-                duration: Duration::from_secs(10),
-            }],
-        );
+        let s = Schedule::from_points(0.0, &[Stage { target_rps: 100.0, duration: Duration::from_secs(10) }]);
         assert_eq!(s.total_requests(), 500);
         assert_eq!(s.due(0), Some(Duration::ZERO));
         // N(t) = 5 t², so ticket 125 is due at t = 5 s.
@@ -255,18 +208,11 @@ mod tests {
 
     #[test]
     fn warmup_prefix_runs_at_the_starting_rate() {
-        let s =
-            Schedule::constant(200.0, Duration::from_secs(1)).with_warmup(Duration::from_secs(1));
+        let s = Schedule::constant(200.0, Duration::from_secs(1)).with_warmup(Duration::from_secs(1));
         assert_eq!(s.total_requests(), 400);
         assert!((s.due(200).expect("inside").as_secs_f64() - 1.0).abs() < 1e-9);
-        let ramp = Schedule::from_points(
-            0.0,
-            &[Stage {
-                target_rps: 100.0,
-                duration: Duration::from_secs(2),
-            }],
-        )
-        .with_warmup(Duration::from_secs(1));
+        let ramp = Schedule::from_points(0.0, &[Stage { target_rps: 100.0, duration: Duration::from_secs(2) }])
+            .with_warmup(Duration::from_secs(1));
         // Warm-up at the first target (100 rps for 1 s), then the 0 → 100 ramp (100 requests).
         assert_eq!(ramp.total_requests(), 200);
     }
@@ -279,11 +225,7 @@ mod tests {
         for _case in 0..300 {
             let stages: Vec<Stage> = (0..1 + rng.below(4))
                 .map(|_| Stage {
-                    target_rps: if rng.below(5) == 0 {
-                        0.0
-                    } else {
-                        rng.below(3_000) as f64
-                    },
+                    target_rps: if rng.below(5) == 0 { 0.0 } else { rng.below(3_000) as f64 },
                     duration: Duration::from_millis(1 + rng.below(3_000)),
                 })
                 .collect();
@@ -301,19 +243,11 @@ mod tests {
                     .sum()
             };
             let total = s.total_requests();
-            assert!(
-                (total as f64 - integral).abs() <= 1.0 + 1e-6,
-                "total {total} vs {integral}"
-            );
+            assert!((total as f64 - integral).abs() <= 1.0 + 1e-6, "total {total} vs {integral}");
             let mut previous = Duration::ZERO;
             for n in 0..total {
-                let due = s
-                    .due(n)
-                    .unwrap_or_else(|| panic!("ticket {n} of {total} has no due time: {stages:?}"));
-                assert!(
-                    due + Duration::from_nanos(2) >= previous,
-                    "n={n} went backwards"
-                );
+                let due = s.due(n).unwrap_or_else(|| panic!("ticket {n} of {total} has no due time: {stages:?}"));
+                assert!(due + Duration::from_nanos(2) >= previous, "n={n} went backwards");
                 assert!(due <= s.total_duration() + Duration::from_nanos(2));
                 previous = due;
             }
@@ -329,27 +263,15 @@ mod tests {
         for _case in 0..50 {
             let r0 = rng.below(1_000) as f64;
             let r1 = rng.below(1_000) as f64;
-            let s = Schedule::from_points(
-                r0,
-                &[Stage {
-                    target_rps: r1,
-                    duration: Duration::from_secs(4),
-                }],
-            );
-            let dues: Vec<f64> = (0..s.total_requests())
-                .filter_map(|n| s.due(n))
-                .map(|d| d.as_secs_f64())
-                .collect();
+            let s = Schedule::from_points(r0, &[Stage { target_rps: r1, duration: Duration::from_secs(4) }]);
+            let dues: Vec<f64> = (0..s.total_requests()).filter_map(|n| s.due(n)).map(|d| d.as_secs_f64()).collect();
             for w in 0..4 {
                 let (a, b) = (w as f64, w as f64 + 1.0);
                 let in_window = dues.iter().filter(|&&t| t >= a && t < b).count() as f64;
                 let ra = r0 + (r1 - r0) * a / 4.0;
                 let rb = r0 + (r1 - r0) * b / 4.0;
                 let expected = (ra + rb) / 2.0;
-                assert!(
-                    (in_window - expected).abs() <= 1.0 + 1e-6,
-                    "window {w}: {in_window} vs {expected}"
-                );
+                assert!((in_window - expected).abs() <= 1.0 + 1e-6, "window {w}: {in_window} vs {expected}");
             }
         }
     }

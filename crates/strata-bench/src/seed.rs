@@ -22,31 +22,13 @@ async fn post_json(
 ) -> Result<(), String> {
     let mut request = Vec::with_capacity(256);
     let full = format!("{}{path}", target.base_path);
-    write_request(
-        &mut request,
-        "POST",
-        full.as_bytes(),
-        &target.authority,
-        &[],
-        Some(body.as_bytes()),
-    );
+    write_request(&mut request, "POST", full.as_bytes(), &target.authority, &[], Some(body.as_bytes()));
     client
-        .send(
-            &request,
-            Want {
-                body: true,
-                headers: wanted,
-                head_request: false,
-            },
-            out,
-        )
+        .send(&request, Want { body: true, headers: wanted, head_request: false }, out)
         .await
         .map_err(|f| format!("POST {path}: {f:?}"))?;
     if out.status != 201 {
-        let snippet: String = String::from_utf8_lossy(&out.body)
-            .chars()
-            .take(200)
-            .collect();
+        let snippet: String = String::from_utf8_lossy(&out.body).chars().take(200).collect();
         return Err(format!("POST {path} answered {} {snippet}", out.status));
     }
     Ok(())
@@ -60,19 +42,12 @@ fn json_str(body: &[u8], pointer: &str) -> Option<String> {
     }
 }
 
-async fn seed_one(
-    client: &mut Client,
-    target: &Target,
-    run_id: &str,
-    i: usize,
-) -> Result<SeedUser, String> {
+async fn seed_one(client: &mut Client, target: &Target, run_id: &str, i: usize) -> Result<SeedUser, String> {
     let email = format!("seed-{run_id}-{i}@bench.strata.test");
     let password = format!("Seed-pass-{run_id}");
     let mut response = Response::default();
     let wanted = ["etag".to_string()];
-    let body =
-        serde_json::json!({ "email": email, "name": format!("Seed {i}"), "password": password })
-            .to_string();
+    let body = serde_json::json!({ "email": email, "name": format!("Seed {i}"), "password": password }).to_string();
     post_json(client, target, "/v1/users", &body, &wanted, &mut response).await?;
     let id = json_str(&response.body, "/id").ok_or("POST /v1/users: no `id` in the response")?;
     let etag = response
@@ -83,15 +58,8 @@ async fn seed_one(
         .unwrap_or_default();
     let body = serde_json::json!({ "email": email, "password": password }).to_string();
     post_json(client, target, "/v1/sessions", &body, &[], &mut response).await?;
-    let token = json_str(&response.body, "/token")
-        .ok_or("POST /v1/sessions: no `token` in the response")?;
-    Ok(SeedUser {
-        email,
-        password,
-        id,
-        token,
-        etag,
-    })
+    let token = json_str(&response.body, "/token").ok_or("POST /v1/sessions: no `token` in the response")?;
+    Ok(SeedUser { email, password, id, token, etag })
 }
 
 /// Creates `count` users with a session each, `concurrency` at a time, showing a progress bar.
@@ -109,12 +77,7 @@ pub async fn seed_users(
     let first_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..concurrency.clamp(1, count.max(1)) {
-        let (next, done, results, first_error) = (
-            next.clone(),
-            done.clone(),
-            results.clone(),
-            first_error.clone(),
-        );
+        let (next, done, results, first_error) = (next.clone(), done.clone(), results.clone(), first_error.clone());
         let (target, run_id) = (target.clone(), run_id.to_string());
         tasks.spawn(async move {
             let mut client = Client::new(target.addr, timeout);
@@ -147,11 +110,7 @@ pub async fn seed_users(
         }
         let d = done.load(Ordering::Relaxed);
         // Plain (non-TTY) output prints every 10% only, to keep logs short.
-        let step = if progress.is_tty() {
-            1
-        } else {
-            (count / 10).max(1)
-        };
+        let step = if progress.is_tty() { 1 } else { (count / 10).max(1) };
         if last_printed == usize::MAX || d / step != last_printed / step {
             progress.update(&format!("seeding users {} {d}/{count}", bar(d, count, 30)));
             last_printed = d;
@@ -161,20 +120,9 @@ pub async fn seed_users(
         progress.finish();
         bail!("seeding users through the API failed: {e}");
     }
-    let users: Vec<SeedUser> = std::mem::take(&mut *results.lock())
-        .into_iter()
-        .flatten()
-        .collect();
-    progress.update(&format!(
-        "seeding users {} {}/{count}",
-        bar(users.len(), count, 30),
-        users.len()
-    ));
+    let users: Vec<SeedUser> = std::mem::take(&mut *results.lock()).into_iter().flatten().collect();
+    progress.update(&format!("seeding users {} {}/{count}", bar(users.len(), count, 30), users.len()));
     progress.finish();
-    progress.say(&format!(
-        "seeded {} users with sessions in {:.1}s",
-        users.len(),
-        started.elapsed().as_secs_f64()
-    ));
+    progress.say(&format!("seeded {} users with sessions in {:.1}s", users.len(), started.elapsed().as_secs_f64()));
     Ok(users)
 }

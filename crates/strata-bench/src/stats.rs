@@ -107,9 +107,8 @@ impl EndpointStats {
             if name.is_empty() {
                 continue;
             }
-            let Some(dur) = parts
-                .find_map(|p| p.trim().strip_prefix("dur="))
-                .and_then(|d| d.trim().parse::<f64>().ok())
+            let Some(dur) =
+                parts.find_map(|p| p.trim().strip_prefix("dur=")).and_then(|d| d.trim().parse::<f64>().ok())
             else {
                 continue;
             };
@@ -118,11 +117,7 @@ impl EndpointStats {
                     t.total_ms += dur;
                     t.count += 1;
                 }
-                None => self.server_timing.push(TimingSum {
-                    name: name.to_string(),
-                    total_ms: dur,
-                    count: 1,
-                }),
+                None => self.server_timing.push(TimingSum { name: name.to_string(), total_ms: dur, count: 1 }),
             }
         }
     }
@@ -161,6 +156,10 @@ impl EndpointStats {
 pub struct ScheduleStats {
     /// Requests sent more than [`LATE_THRESHOLD_US`] after their intended start.
     pub late_sends: u64,
+    /// Of those, the sends whose time had already come when a connection freed up: every
+    /// connection was busy (a slow server, or too few `--connections`). The rest woke late
+    /// (the generator was short of CPU).
+    pub queued_sends: u64,
     /// The worst lateness seen, µs.
     pub max_lag_us: u64,
     /// Scheduled requests never sent because the run's hard stop came first.
@@ -174,6 +173,7 @@ pub const LATE_THRESHOLD_US: u64 = 2_000;
 impl ScheduleStats {
     pub fn merge(&mut self, other: &ScheduleStats) {
         self.late_sends += other.late_sends;
+        self.queued_sends += other.queued_sends;
         self.max_lag_us = self.max_lag_us.max(other.max_lag_us);
         self.unsent += other.unsent;
     }
@@ -189,17 +189,12 @@ pub struct StatsSet {
 
 impl StatsSet {
     pub fn new(endpoints: usize) -> Self {
-        Self {
-            endpoints: vec![EndpointStats::default(); endpoints],
-            iterations: 0,
-            schedule: ScheduleStats::default(),
-        }
+        Self { endpoints: vec![EndpointStats::default(); endpoints], iterations: 0, schedule: ScheduleStats::default() }
     }
 
     pub fn merge(&mut self, other: &StatsSet) {
         if self.endpoints.len() < other.endpoints.len() {
-            self.endpoints
-                .resize(other.endpoints.len(), EndpointStats::default());
+            self.endpoints.resize(other.endpoints.len(), EndpointStats::default());
         }
         for (a, b) in self.endpoints.iter_mut().zip(other.endpoints.iter()) {
             a.merge(b);
@@ -234,12 +229,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(endpoints: usize, shards: usize) -> Self {
-        Self {
-            shards: (0..shards.max(1))
-                .map(|_| Mutex::new(StatsSet::new(endpoints)))
-                .collect(),
-            endpoints,
-        }
+        Self { shards: (0..shards.max(1)).map(|_| Mutex::new(StatsSet::new(endpoints))).collect(), endpoints }
     }
 
     pub fn shard(&self, worker: usize) -> &Mutex<StatsSet> {
@@ -272,28 +262,11 @@ mod tests {
         let mut e = EndpointStats::default();
         e.record_server_timing("app;dur=2.0, db;dur=0.5, hash;desc=\"argon2\";dur=30");
         e.record_server_timing("app;dur=4, db;dur=1.5, junk, cache;desc=miss");
-        let get = |n: &str| {
-            e.server_timing
-                .iter()
-                .find(|t| t.name == n)
-                .cloned()
-                .expect("present")
-        };
-        assert_eq!(
-            get("app"),
-            TimingSum {
-                name: "app".into(),
-                total_ms: 6.0,
-                count: 2
-            }
-        );
+        let get = |n: &str| e.server_timing.iter().find(|t| t.name == n).cloned().expect("present");
+        assert_eq!(get("app"), TimingSum { name: "app".into(), total_ms: 6.0, count: 2 });
         assert_eq!(get("db").total_ms, 2.0);
         assert_eq!(get("hash").count, 1);
-        assert!(
-            e.server_timing
-                .iter()
-                .all(|t| t.name != "junk" && t.name != "cache")
-        );
+        assert!(e.server_timing.iter().all(|t| t.name != "junk" && t.name != "cache"));
     }
 
     fn random_set(rng: &mut Rng, endpoints: usize) -> StatsSet {
@@ -313,6 +286,7 @@ mod tests {
         s.iterations = rng.below(100);
         s.schedule = ScheduleStats {
             late_sends: rng.below(10),
+            queued_sends: rng.below(5),
             max_lag_us: rng.below(10_000),
             unsent: rng.below(3),
         };
@@ -323,19 +297,9 @@ mod tests {
         s.endpoints
             .iter()
             .map(|e| {
-                let mut t: Vec<_> = e
-                    .server_timing
-                    .iter()
-                    .map(|t| (t.name.clone(), t.total_ms, t.count))
-                    .collect();
+                let mut t: Vec<_> = e.server_timing.iter().map(|t| (t.name.clone(), t.total_ms, t.count)).collect();
                 t.sort_by(|a, b| a.0.cmp(&b.0));
-                (
-                    e.requests,
-                    e.errors.to_vec(),
-                    e.bytes_in,
-                    format!("{:?}{t:?}", e.latency.summary()),
-                    e.latency.len(),
-                )
+                (e.requests, e.errors.to_vec(), e.bytes_in, format!("{:?}{t:?}", e.latency.summary()), e.latency.len())
             })
             .collect()
     }
@@ -347,11 +311,7 @@ mod tests {
         let mut rng = Rng::new(2024);
         for _case in 0..60 {
             let n = 1 + rng.below(4) as usize;
-            let (a, b, c) = (
-                random_set(&mut rng, n),
-                random_set(&mut rng, n),
-                random_set(&mut rng, n),
-            );
+            let (a, b, c) = (random_set(&mut rng, n), random_set(&mut rng, n), random_set(&mut rng, n));
             let mut left = a.clone();
             left.merge(&b);
             left.merge(&c);

@@ -90,9 +90,7 @@ struct Shared {
 }
 
 pub async fn spawn(options: MockOptions) -> MockServer {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
     serve(listener, options).await
 }
 
@@ -118,12 +116,7 @@ pub async fn serve(listener: TcpListener, options: MockOptions) -> MockServer {
             });
         }
     });
-    MockServer {
-        addr,
-        requests,
-        state,
-        task,
-    }
+    MockServer { addr, requests, state, task }
 }
 
 struct Request {
@@ -221,16 +214,14 @@ fn user_json(u: &User) -> serde_json::Value {
 
 fn respond(shared: &Shared, req: &Request, started: Instant, out: &mut Vec<u8>) {
     let mut state = shared.state.lock();
-    let token = req
-        .authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .map(str::to_string);
+    let token = req.authorization.as_deref().and_then(|a| a.strip_prefix("Bearer ")).map(str::to_string);
     let session_user = token.as_ref().and_then(|t| state.sessions.get(t).cloned());
-    let body: serde_json::Value =
-        serde_json::from_slice(&req.body).unwrap_or(serde_json::Value::Null);
+    let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap_or(serde_json::Value::Null);
     let path = req.path.split('?').next().unwrap_or("");
-    let (route, status, payload, etag, chunked): (&str, u16, String, Option<u64>, bool) = match (req.method.as_str(), path) {
+    let (route, status, payload, etag, chunked): (&str, u16, String, Option<u64>, bool) = match (
+        req.method.as_str(),
+        path,
+    ) {
         ("GET", "/healthz") => ("/healthz", 200, r#"{"status":"ok"}"#.to_string(), None, false),
         ("GET", "/chunked") => ("/chunked", 200, "hello, chunked world".to_string(), None, true),
         ("GET", "/metrics") => {
@@ -240,34 +231,52 @@ fn respond(shared: &Shared, req: &Request, started: Instant, out: &mut Vec<u8>) 
                 let mut cumulative = 0;
                 for (i, le) in BUCKETS.iter().enumerate() {
                     cumulative += s.buckets[i];
-                    text.push_str(&format!("strata_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}\n"));
+                    text.push_str(&format!(
+                        "strata_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}\n"
+                    ));
                 }
-                text.push_str(&format!("strata_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n", s.count));
+                text.push_str(&format!(
+                    "strata_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n",
+                    s.count
+                ));
                 text.push_str(&format!("strata_http_request_duration_seconds_sum{{{labels}}} {}\n", s.sum));
                 text.push_str(&format!("strata_http_request_duration_seconds_count{{{labels}}} {}\n", s.count));
                 text.push_str(&format!("strata_http_requests_total{{{labels}}} {}\n", s.count));
             }
             let lookups = state.routes.iter().filter(|(k, _)| k.0 != "/healthz").map(|(_, s)| s.count).sum::<u64>();
-            text.push_str(&format!("strata_db_query_duration_seconds_sum{{op=\"user_lookup\"}} {}\n", lookups as f64 * 0.0001));
+            text.push_str(&format!(
+                "strata_db_query_duration_seconds_sum{{op=\"user_lookup\"}} {}\n",
+                lookups as f64 * 0.0001
+            ));
             text.push_str(&format!("strata_db_query_duration_seconds_count{{op=\"user_lookup\"}} {lookups}\n"));
             ("/metrics", 200, text, None, false)
         }
-        ("POST", "/v1/users") => match (json_field(&body, "email"), json_field(&body, "name"), json_field(&body, "password")) {
-            (Some(email), Some(name), Some(password)) => {
-                if state.by_email.contains_key(&email) {
-                    ("/v1/users", 409, r#"{"title":"email taken"}"#.to_string(), None, false)
-                } else {
-                    state.next_id += 1;
-                    let user = User { id: format!("u{:08x}", state.next_id), email: email.clone(), name, password, version: 1 };
-                    state.by_email.insert(email, user.id.clone());
-                    state.users.insert(user.id.clone(), user.clone());
-                    ("/v1/users", 201, user_json(&user).to_string(), Some(1), false)
+        ("POST", "/v1/users") => {
+            match (json_field(&body, "email"), json_field(&body, "name"), json_field(&body, "password")) {
+                (Some(email), Some(name), Some(password)) => {
+                    if state.by_email.contains_key(&email) {
+                        ("/v1/users", 409, r#"{"title":"email taken"}"#.to_string(), None, false)
+                    } else {
+                        state.next_id += 1;
+                        let user = User {
+                            id: format!("u{:08x}", state.next_id),
+                            email: email.clone(),
+                            name,
+                            password,
+                            version: 1,
+                        };
+                        state.by_email.insert(email, user.id.clone());
+                        state.users.insert(user.id.clone(), user.clone());
+                        ("/v1/users", 201, user_json(&user).to_string(), Some(1), false)
+                    }
                 }
+                _ => ("/v1/users", 422, r#"{"title":"invalid"}"#.to_string(), None, false),
             }
-            _ => ("/v1/users", 422, r#"{"title":"invalid"}"#.to_string(), None, false),
-        },
+        }
         ("POST", "/v1/sessions") => {
-            let found = json_field(&body, "email").and_then(|e| state.by_email.get(&e).cloned()).and_then(|id| state.users.get(&id).cloned());
+            let found = json_field(&body, "email")
+                .and_then(|e| state.by_email.get(&e).cloned())
+                .and_then(|id| state.users.get(&id).cloned());
             match found {
                 Some(u) if json_field(&body, "password").as_deref() == Some(u.password.as_str()) => {
                     state.next_id += 1;
@@ -283,7 +292,8 @@ fn respond(shared: &Shared, req: &Request, started: Instant, out: &mut Vec<u8>) 
             Some(u) => (
                 "/v1/sessions/current",
                 200,
-                serde_json::json!({"session": {"expires_at": "2030-01-01T00:00:00Z"}, "user": user_json(&u)}).to_string(),
+                serde_json::json!({"session": {"expires_at": "2030-01-01T00:00:00Z"}, "user": user_json(&u)})
+                    .to_string(),
                 None,
                 false,
             ),
@@ -329,16 +339,10 @@ fn respond(shared: &Shared, req: &Request, started: Instant, out: &mut Vec<u8>) 
     };
     let elapsed = started.elapsed().as_secs_f64();
     if route != "/metrics" {
-        let s = state
-            .routes
-            .entry((route.to_string(), req.method.clone(), status))
-            .or_default();
+        let s = state.routes.entry((route.to_string(), req.method.clone(), status)).or_default();
         s.count += 1;
         s.sum += elapsed;
-        let i = BUCKETS
-            .iter()
-            .position(|b| elapsed <= *b)
-            .unwrap_or(BUCKETS.len());
+        let i = BUCKETS.iter().position(|b| elapsed <= *b).unwrap_or(BUCKETS.len());
         s.buckets[i] += 1;
     }
     drop(state);

@@ -35,46 +35,21 @@ async fn writes_json_csv_and_html_and_passes_slos() {
         "--html",
         html.to_str().expect("utf8"),
     ]);
-    assert_eq!(
-        strata_bench::run(args).await.expect("run"),
-        ExitCode::SUCCESS
-    );
+    assert_eq!(strata_bench::run(args).await.expect("run"), ExitCode::SUCCESS);
 
     let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
-            .expect("valid json");
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written")).expect("valid json");
     assert_eq!(report["schema"], "strata-bench/1");
     assert_eq!(report["totals"]["requests"], 600);
     assert_eq!(report["endpoints"][0]["name"], "GET /healthz");
-    assert!(
-        report["timeseries"]
-            .as_array()
-            .is_some_and(|t| t.len() >= 2)
-    );
-    assert!(
-        report["latency_distribution"]
-            .as_array()
-            .is_some_and(|d| d.len() > 20)
-    );
+    assert!(report["timeseries"].as_array().is_some_and(|t| t.len() >= 2));
+    assert!(report["latency_distribution"].as_array().is_some_and(|d| d.len() > 20));
     assert_eq!(report["targets"][0]["pid"], std::process::id());
-    assert!(
-        report["targets"][0]["rss_max_bytes"]
-            .as_u64()
-            .is_some_and(|r| r > 0)
-    );
-    assert!(
-        report["slo"]
-            .as_array()
-            .is_some_and(|s| s.len() == 3 && s.iter().all(|o| o["passed"] == true))
-    );
+    assert!(report["targets"][0]["rss_max_bytes"].as_u64().is_some_and(|r| r > 0));
+    assert!(report["slo"].as_array().is_some_and(|s| s.len() == 3 && s.iter().all(|o| o["passed"] == true)));
     // The server saw exactly what the client sent, and said so in /metrics.
-    let routes = report["server"]["routes"]
-        .as_array()
-        .expect("server routes");
-    let health = routes
-        .iter()
-        .find(|r| r["route"] == "/healthz")
-        .expect("/healthz route");
+    let routes = report["server"]["routes"].as_array().expect("server routes");
+    let health = routes.iter().find(|r| r["route"] == "/healthz").expect("/healthz route");
     assert_eq!(health["requests"], 600.0);
     assert_eq!(report["endpoints"][0]["server_timing_ms"]["db"], 0.01);
 
@@ -85,21 +60,13 @@ async fn writes_json_csv_and_html_and_passes_slos() {
     let csv_requests: u64 = rows
         .iter()
         .filter(|r| r.contains(",all,"))
-        .map(|r| {
-            r.split(',')
-                .nth(3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
+        .map(|r| r.split(',').nth(3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
         .sum();
     assert_eq!(csv_requests, 600, "the per-second rows add up to the total");
 
     let page = std::fs::read_to_string(&html).expect("html written");
     assert!(page.matches("<svg class=\"plot\"").count() >= 5);
-    assert!(
-        !page.contains("src=\"http") && !page.contains("href=\"http"),
-        "the page must be self-contained"
-    );
+    assert!(!page.contains("src=\"http") && !page.contains("href=\"http"), "the page must be self-contained");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -122,17 +89,9 @@ async fn violated_slo_exits_non_zero_and_is_named() {
         "--no-metrics",
         "--quiet",
     ]);
-    assert_eq!(
-        strata_bench::run(args.clone()).await.expect("run"),
-        ExitCode::from(strata_bench::EXIT_SLO_VIOLATED)
-    );
+    assert_eq!(strata_bench::run(args.clone()).await.expect("run"), ExitCode::from(strata_bench::EXIT_SLO_VIOLATED));
     let report = strata_bench::execute(args).await.expect("run");
-    let failed: Vec<&str> = report
-        .slo
-        .iter()
-        .filter(|s| !s.passed)
-        .map(|s| s.objective.as_str())
-        .collect();
+    let failed: Vec<&str> = report.slo.iter().filter(|s| !s.passed).map(|s| s.objective.as_str()).collect();
     assert_eq!(failed, ["rps>1000000"]);
     assert!(!report.passed);
 }
@@ -143,11 +102,8 @@ async fn http_scenario_sends_method_headers_and_body() {
     let dir = std::env::temp_dir().join(format!("strata-bench-body-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let body = dir.join("body.json");
-    std::fs::write(
-        &body,
-        r#"{"email":"x-${seq}@bench.strata.test","name":"X","password":"Long-enough-1"}"#,
-    )
-    .expect("write body");
+    std::fs::write(&body, r#"{"email":"x-${seq}@bench.strata.test","name":"X","password":"Long-enough-1"}"#)
+        .expect("write body");
     let report = strata_bench::execute(bench_args(&[
         "--target",
         &server.url(),
@@ -171,15 +127,7 @@ async fn http_scenario_sends_method_headers_and_body() {
     .await
     .expect("run");
     assert_eq!(report.totals.requests, 25);
-    assert_eq!(
-        report.totals.errors, 0,
-        "{:?}",
-        report.totals.errors_by_kind
-    );
-    assert_eq!(
-        server.users(),
-        25,
-        "each POST created a distinct user through ${{seq}}"
-    );
+    assert_eq!(report.totals.errors, 0, "{:?}", report.totals.errors_by_kind);
+    assert_eq!(server.users(), 25, "each POST created a distinct user through ${{seq}}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,17 +23,9 @@ async fn journey_feeds_each_step_from_the_previous_response() {
     .await
     .expect("run");
     let names: Vec<&str> = report.endpoints.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["register", "login", "who-am-i", "update-user", "logout"]
-    );
+    assert_eq!(names, ["register", "login", "who-am-i", "update-user", "logout"]);
     for e in &report.endpoints {
-        assert_eq!(
-            (e.name.as_str(), e.requests, e.errors),
-            (e.name.as_str(), 40, 0),
-            "{:?}",
-            e.errors_by_kind
-        );
+        assert_eq!((e.name.as_str(), e.requests, e.errors), (e.name.as_str(), 40, 0), "{:?}", e.errors_by_kind);
     }
     assert_eq!(report.iterations, 40);
     // The PATCH only succeeds with the ETag captured from registration and the login token.
@@ -63,11 +55,7 @@ async fn session_check_seeds_users_then_uses_their_tokens() {
     assert_eq!(server.users(), 25);
     assert_eq!(report.config.users, 25);
     assert!(report.totals.requests > 0);
-    assert_eq!(
-        report.totals.errors, 0,
-        "{:?}",
-        report.totals.errors_by_kind
-    );
+    assert_eq!(report.totals.errors, 0, "{:?}", report.totals.errors_by_kind);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,31 +79,19 @@ async fn mixed_follows_configured_weights() {
     ]))
     .await
     .expect("run");
-    let count = |n: &str| {
-        report
-            .endpoints
-            .iter()
-            .find(|e| e.name == n)
-            .map_or(0, |e| e.requests)
-    };
+    let count = |n: &str| report.endpoints.iter().find(|e| e.name == n).map_or(0, |e| e.requests);
     assert_eq!(count("session-check") + count("get-user"), 400);
     assert_eq!(count("login") + count("register"), 0);
     // 3:1 picked at random (seeded per worker): well within ±10 percentage points.
     let share = count("session-check") as f64 / 400.0;
-    assert!(
-        (0.65..=0.85).contains(&share),
-        "session-check share {share}"
-    );
+    assert!((0.65..=0.85).contains(&share), "session-check share {share}");
     assert_eq!(report.totals.errors, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn toml_scenario_file_runs() {
     let server = spawn(MockOptions::default()).await;
-    let file = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../bench/scenarios/profile-refresh.toml"
-    );
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/scenarios/profile-refresh.toml");
     let report = strata_bench::execute(bench_args(&[
         "--target",
         &server.url(),
@@ -136,11 +112,7 @@ async fn toml_scenario_file_runs() {
         report.totals.errors,
         0,
         "{:?}",
-        report
-            .endpoints
-            .iter()
-            .map(|e| (&e.name, &e.errors_by_kind))
-            .collect::<Vec<_>>()
+        report.endpoints.iter().map(|e| (&e.name, &e.errors_by_kind)).collect::<Vec<_>>()
     );
     assert_eq!(report.iterations, 100);
     assert!(report.endpoints.len() >= 3);
@@ -166,21 +138,13 @@ async fn chunked_responses_are_framed() {
     .await
     .expect("run");
     assert_eq!(report.totals.requests, 50);
-    assert_eq!(
-        report.totals.errors, 0,
-        "{:?}",
-        report.totals.errors_by_kind
-    );
+    assert_eq!(report.totals.errors, 0, "{:?}", report.totals.errors_by_kind);
     assert!(report.totals.bytes_in > 50 * 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unanswered_requests_time_out_and_the_run_still_ends() {
-    let server = spawn(MockOptions {
-        black_hole: true,
-        ..MockOptions::default()
-    })
-    .await;
+    let server = spawn(MockOptions { black_hole: true, ..MockOptions::default() }).await;
     let started = Instant::now();
     let report = strata_bench::execute(bench_args(&[
         "--target",
@@ -201,13 +165,7 @@ async fn unanswered_requests_time_out_and_the_run_still_ends() {
     .await
     .expect("run");
     assert!(
-        report
-            .totals
-            .errors_by_kind
-            .get("timeout")
-            .copied()
-            .unwrap_or(0)
-            >= 2,
+        report.totals.errors_by_kind.get("timeout").copied().unwrap_or(0) >= 2,
         "{:?}",
         report.totals.errors_by_kind
     );
@@ -238,15 +196,7 @@ async fn refused_connections_are_counted_as_connect_errors() {
     ]))
     .await
     .expect("run");
-    assert!(
-        report
-            .totals
-            .errors_by_kind
-            .get("connect")
-            .copied()
-            .unwrap_or(0)
-            >= 1
-    );
+    assert!(report.totals.errors_by_kind.get("connect").copied().unwrap_or(0) >= 1);
     assert!(report.server.as_ref().is_some_and(|s| !s.available));
     let err = strata_bench::execute(bench_args(&[
         "--target",

@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Core API benchmark: builds release, starts Strata per backend, seeds users through the
+# API, and measures with wrk: GET /healthz (the HTTP ceiling of this binary on this
+# machine), GET /v1/sessions/current, GET /v1/users/{id}, POST /v1/sessions, POST /v1/users.
+# Also measures the single-core argon2id verify time (the login ceiling = cores / verify).
+# Prints a markdown report on stdout; progress goes to stderr.
+#
+#   bench/core.sh                       # sqlite and postgres, 10 s per run
+#   DURATION=30 BACKENDS=sqlite bench/core.sh
+#
+# Needs: wrk (apt-get install wrk), curl; for postgres, psql and the local server.
+# Targets 127.0.0.1 only; every run is bounded by DURATION.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+BACKENDS=${BACKENDS:-"sqlite postgres"}
+USERS=${USERS:-200}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-2}
+PORT=${PORT:-18181}
+PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
+BASE="http://127.0.0.1:$PORT"
+PASSWORD="bench password 1"
+
+say() { echo "[bench] $*" >&2; }
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
+command -v curl >/dev/null || { echo "curl not found" >&2; exit 1; }
+
+say "building release"
+cargo build --release -q -p strata -p strata-core --example hash_cost
+BIN=target/release/strata
+HASH_COST=$(target/release/examples/hash_cost)
+VERIFY_MS=$(echo "$HASH_COST" | sed -n 's/argon2id_verify_ms=//p')
+LOGIN_CEILING=$(echo "$HASH_COST" | sed -n 's/login_ceiling_rps=//p')
+CORES=$(nproc)
+CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
+MEM=$(free -g | awk '/Mem:/ {print $2}')
+
+WORK=$(mktemp -d)
+SERVER_PID=""
+PG_SCHEMA=""
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  [ -n "$PG_SCHEMA" ] && psql -q "$PG_ADMIN_URL" -c "DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# run_wrk NAME SCRIPT [ARG] → "rps p50 p99 non2xx"
+run_wrk() {
+  local path=$1 script=${2:-} arg=${3:-} out
+  if [ -n "$script" ]; then
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$script" "$BASE$path" -- "$arg")
+  else
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$BASE$path")
+  fi
+  local rps p50 p99 bad
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
+  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
+  bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
+  echo "$rps $p50 $p99 ${bad:-0}"
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }'; }
+
+REPORT="$WORK/report.md"
+{
+  echo "### Core API — $(date -u +%Y-%m-%d)"
+  echo
+  echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM. wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s per row, on the same machine as the server."
+  echo "argon2id verify (m=19 MiB, t=2, p=1), one core: **${VERIFY_MS} ms** → login ceiling $CORES ÷ verify = **${LOGIN_CEILING} req/s**."
+  echo
+  echo "| backend | endpoint | req/s | p50 | p99 | non-2xx | ratio |"
+  echo "|---|---|---:|---:|---:|---:|---|"
+} > "$REPORT"
+
+for backend in $BACKENDS; do
+  case $backend in
+    sqlite) URL="sqlite://$WORK/bench.db" ;;
+    postgres)
+      PG_SCHEMA="strata_bench_$$"
+      psql -q "$PG_ADMIN_URL" -c "CREATE SCHEMA $PG_SCHEMA" >/dev/null
+      URL="$PG_ADMIN_URL?options=-csearch_path%3D$PG_SCHEMA" ;;
+    *) echo "unknown backend $backend" >&2; exit 1 ;;
+  esac
+  say "$backend: starting strata"
+  STRATA_DATABASE_URL="$URL" STRATA_LOG_LEVEL=warn STRATA_THROTTLE_CLIENT_MAX_FAILURES=1000000 \
+    "$BIN" serve --listen "127.0.0.1:$PORT" > "$WORK/server.out" 2> "$WORK/server.err" &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do curl -sf "$BASE/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -sf "$BASE/readyz" >/dev/null || { cat "$WORK/server.err" >&2; exit 1; }
+
+  say "$backend: seeding $USERS users"
+  seq 1 "$USERS" | xargs -P "$CORES" -I{} curl -sf -o /dev/null "$BASE/v1/users" \
+    -H 'content-type: application/json' \
+    -d "{\"email\":\"u{}-$backend@bench.example\",\"name\":\"Bench {}\",\"password\":\"$PASSWORD\"}"
+  seq 1 "$USERS" | xargs -P "$CORES" -I{} curl -sf "$BASE/v1/sessions" \
+    -H 'content-type: application/json' \
+    -d "{\"email\":\"u{}-$backend@bench.example\",\"password\":\"$PASSWORD\"}" > "$WORK/logins.json"
+  # One JSON object per line would be nicer; token and id are the only fields we need.
+  grep -o '"token":"[^"]*"' "$WORK/logins.json" | cut -d'"' -f4 > "$WORK/tokens.txt"
+  grep -o '"user":{"id":"[^"]*"' "$WORK/logins.json" | cut -d'"' -f6 > "$WORK/ids.txt"
+  paste -d' ' "$WORK/ids.txt" "$WORK/tokens.txt" > "$WORK/id_tokens.txt"
+  seq 1 "$USERS" | sed "s/.*/u&-$backend@bench.example/" > "$WORK/emails.txt"
+  [ "$(wc -l < "$WORK/tokens.txt")" -eq "$USERS" ] || { echo "seeding failed" >&2; exit 1; }
+
+  say "$backend: GET /healthz"
+  read -r h_rps h_p50 h_p99 h_bad <<< "$(run_wrk /healthz)"
+  say "$backend: GET /v1/sessions/current"
+  read -r s_rps s_p50 s_p99 s_bad <<< "$(run_wrk /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt")"
+  say "$backend: GET /v1/users/{id}"
+  read -r u_rps u_p50 u_p99 u_bad <<< "$(run_wrk /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt")"
+  say "$backend: POST /v1/sessions"
+  read -r l_rps l_p50 l_p99 l_bad <<< "$(run_wrk /v1/sessions bench/wrk/login.lua "$WORK/emails.txt")"
+  say "$backend: POST /v1/users"
+  read -r r_rps r_p50 r_p99 r_bad <<< "$(run_wrk /v1/users bench/wrk/register.lua)"
+
+  {
+    echo "| $backend | GET /healthz | $h_rps | $h_p50 | $h_p99 | $h_bad | baseline |"
+    echo "| $backend | GET /v1/sessions/current | $s_rps | $s_p50 | $s_p99 | $s_bad | $(ratio "$s_rps" "$h_rps") of /healthz |"
+    echo "| $backend | GET /v1/users/{id} | $u_rps | $u_p50 | $u_p99 | $u_bad | $(ratio "$u_rps" "$h_rps") of /healthz |"
+    echo "| $backend | POST /v1/sessions | $l_rps | $l_p50 | $l_p99 | $l_bad | $(ratio "$l_rps" "$LOGIN_CEILING") of login ceiling |"
+    echo "| $backend | POST /v1/users | $r_rps | $r_p50 | $r_p99 | $r_bad | $(ratio "$r_rps" "$LOGIN_CEILING") of login ceiling |"
+  } >> "$REPORT"
+
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+  if [ -n "$PG_SCHEMA" ]; then psql -q "$PG_ADMIN_URL" -c "DROP SCHEMA $PG_SCHEMA CASCADE" >/dev/null; PG_SCHEMA=""; fi
+done
+
+echo >> "$REPORT"
+echo "Goals: session check ≥ 40% of /healthz on SQLite; login ≥ 90% of the login ceiling." >> "$REPORT"
+cat "$REPORT"
