@@ -258,9 +258,11 @@ async fn migrate(client: &mut deadpool_postgres::Client) -> Result<(), RepoError
     let tx = client.transaction().await.map_err(pg_err)?;
     // Two instances starting together must not both apply migration 1. The lock is per
     // schema, so instances (or tests) using different schemas of one database do not wait
-    // for each other; it is released when the transaction ends, even on a crash.
+    // for each other; it is released when the transaction ends, even on a crash. Migrations
+    // may outlast the per-query statement_timeout: MIGRATION_TIMEOUT bounds them instead.
     tx.batch_execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended('strata_migrate:' || coalesce(current_schema(), ''), 0));
+        "SET LOCAL statement_timeout = 0;
+         SELECT pg_advisory_xact_lock(hashtextextended('strata_migrate:' || coalesce(current_schema(), ''), 0));
          CREATE TABLE IF NOT EXISTS schema_migrations (
              version bigint PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL);",
     )
@@ -292,6 +294,18 @@ impl PostgresStore {
             RepoError::Internal(format!("invalid PostgreSQL URL {}: {}", crate::redact_url(&options.url), describe(&e)))
         })?;
         pg_config.connect_timeout(options.connect_timeout);
+        // The server gives up on a statement soon after the caller does, instead of running
+        // on for nobody while holding locks and a pooled connection. The extra second lets
+        // the caller's own timeout fire first, so callers see one kind of timeout error.
+        if !pg_config.get_options().is_some_and(|o| o.contains("statement_timeout")) {
+            let millis = options.query_timeout.saturating_add(Duration::from_secs(1)).as_millis();
+            let limit = format!("-c statement_timeout={millis}");
+            let combined = match pg_config.get_options() {
+                Some(existing) => format!("{existing} {limit}"),
+                None => limit,
+            };
+            pg_config.options(combined);
+        }
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("strata");
         }
