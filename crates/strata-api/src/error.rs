@@ -30,9 +30,13 @@ pub struct Problem {
     pub field: Option<String>,
 }
 
-/// An error on its way to the client.
+/// An error on its way to the client. Boxed: handlers return `Result<_, ApiError>`, and a
+/// one-pointer error keeps the success path's values small.
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorParts>);
+
+#[derive(Debug)]
+pub struct ErrorParts {
     pub status: StatusCode,
     pub code: &'static str,
     pub title: &'static str,
@@ -40,12 +44,18 @@ pub struct ApiError {
     pub field: Option<String>,
     pub retry_after: Option<Duration>,
     pub www_authenticate: Option<&'static str>,
-    pub allow: Option<&'static str>,
+}
+
+impl std::ops::Deref for ApiError {
+    type Target = ErrorParts;
+    fn deref(&self) -> &ErrorParts {
+        &self.0
+    }
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        ApiError {
+        ApiError(Box::new(ErrorParts {
             status,
             code,
             title,
@@ -53,12 +63,16 @@ impl ApiError {
             field: None,
             retry_after: None,
             www_authenticate: None,
-            allow: None,
-        }
+        }))
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
-        self.field = Some(field.into());
+        self.0.field = Some(field.into());
+        self
+    }
+
+    fn retry_after(mut self, wait: Duration) -> Self {
+        self.0.retry_after = Some(wait);
         self
     }
 
@@ -116,7 +130,7 @@ impl ApiError {
             ),
         };
         let mut e = ApiError::new(StatusCode::UNAUTHORIZED, code, "Unauthenticated", detail).field("Authorization");
-        e.www_authenticate = Some(challenge);
+        e.0.www_authenticate = Some(challenge);
         e
     }
 }
@@ -138,19 +152,18 @@ impl From<AppError> for ApiError {
             AppError::AccountDisabled => {
                 ApiError::new(S::FORBIDDEN, "account_disabled", "Forbidden", "this account is disabled")
             }
-            AppError::Throttled { retry_after } => {
-                let mut e = ApiError::new(
-                    S::TOO_MANY_REQUESTS,
-                    "too_many_attempts",
-                    "Too many requests",
-                    "too many failed logins for this account or address; retry later",
-                );
-                e.retry_after = Some(retry_after);
-                e
-            }
+            AppError::Throttled { retry_after } => ApiError::new(
+                S::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "Too many requests",
+                "too many failed logins for this account or address; retry later",
+            )
+            .retry_after(retry_after),
             AppError::Unauthenticated(p) => ApiError::unauthenticated(p),
             AppError::Forbidden(why) => ApiError::new(S::FORBIDDEN, "forbidden", "Forbidden", why),
-            AppError::NotFound(what) => ApiError::new(S::NOT_FOUND, "not_found", "Not found", format!("{what} not found")),
+            AppError::NotFound(what) => {
+                ApiError::new(S::NOT_FOUND, "not_found", "Not found", format!("{what} not found"))
+            }
             AppError::EmailTaken => {
                 ApiError::new(S::CONFLICT, "email_taken", "Conflict", "an account with this email already exists")
                     .field("email")
@@ -169,26 +182,22 @@ impl From<AppError> for ApiError {
                 "this Idempotency-Key was used for a different request",
             )
             .field("Idempotency-Key"),
-            AppError::Overloaded { retry_after } => {
-                let mut e = ApiError::new(
-                    S::SERVICE_UNAVAILABLE,
-                    "overloaded",
-                    "Service overloaded",
-                    "too many password operations in flight; retry shortly",
-                );
-                e.retry_after = Some(retry_after);
-                e
-            }
+            AppError::Overloaded { retry_after } => ApiError::new(
+                S::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Service overloaded",
+                "too many password operations in flight; retry shortly",
+            )
+            .retry_after(retry_after),
             AppError::Unavailable(msg) => {
                 tracing::warn!(error = %msg, "dependency unavailable");
-                let mut e = ApiError::new(
+                ApiError::new(
                     S::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "Service unavailable",
                     "a backing service is unavailable; retry shortly",
-                );
-                e.retry_after = Some(Duration::from_secs(1));
-                e
+                )
+                .retry_after(Duration::from_secs(1))
             }
             AppError::Internal(msg) => {
                 // Internals are logged for operators and never shown to clients.
@@ -201,26 +210,24 @@ impl From<AppError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let parts = *self.0;
         let body = Problem {
-            type_uri: format!("urn:strata:problem:{}", self.code),
-            title: self.title,
-            status: self.status.as_u16(),
-            detail: self.detail,
-            code: self.code,
-            field: self.field,
+            type_uri: format!("urn:strata:problem:{}", parts.code),
+            title: parts.title,
+            status: parts.status.as_u16(),
+            detail: parts.detail,
+            code: parts.code,
+            field: parts.field,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        let mut res = (self.status, bytes).into_response();
+        let mut res = (parts.status, bytes).into_response();
         let h = res.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        if let Some(wait) = self.retry_after {
+        if let Some(wait) = parts.retry_after {
             h.insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs().max(1)));
         }
-        if let Some(challenge) = self.www_authenticate {
+        if let Some(challenge) = parts.www_authenticate {
             h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-        }
-        if let Some(allow) = self.allow {
-            h.insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         res
     }

@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 
-
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
@@ -50,11 +49,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             .field("body")
         };
         // Refuse early on the declared length, before reading anything.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
@@ -149,7 +145,9 @@ impl FromRequestParts<AppState> for PathUserId {
 pub struct IfMatch(pub Version);
 
 pub fn parse_if_match(parts: &Parts) -> Result<Option<Version>, ApiError> {
-    let Some(raw) = parts.headers.get(header::IF_MATCH) else { return Ok(None) };
+    let Some(raw) = parts.headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
     let malformed = || {
         ApiError::bad_request(
             "malformed_if_match",
@@ -200,7 +198,9 @@ impl FromRequestParts<AppState> for IdempotencyKeyHeader {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        let Some(raw) = parts.headers.get("idempotency-key") else { return Ok(IdempotencyKeyHeader(None)) };
+        let Some(raw) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKeyHeader(None));
+        };
         let text = raw.to_str().map_err(|_| {
             ApiError::bad_request("invalid_idempotency_key", "Idempotency-Key", "Idempotency-Key must be ASCII")
         })?;
@@ -256,8 +256,8 @@ impl FromRequestParts<AppState> for CurrentSession {
 }
 
 async fn authenticate(state: &AppState, token: &str) -> Result<(Session, User), ApiError> {
-    let token = SessionToken::parse(token)
-        .ok_or(strata_core::error::AppError::Unauthenticated(TokenProblem::Malformed))?;
+    let token =
+        SessionToken::parse(token).ok_or(strata_core::error::AppError::Unauthenticated(TokenProblem::Malformed))?;
     Ok(state.accounts.authenticate(&token).await?)
 }
 
@@ -296,4 +296,3 @@ pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, S
     }
     Ok(out)
 }
-

@@ -94,7 +94,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<He
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), state.accounts.store().ping()).await;
     match ping {
         Ok(Ok(())) => (StatusCode::OK, axum::Json(Health { status: "ok", database: Some("ok") })),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "not_ready", database: Some("unreachable") })),
+        _ => {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "not_ready", database: Some("unreachable") }))
+        }
     }
 }
 

@@ -110,7 +110,10 @@ mod tests {
         m.observe_http("/v1/users/{id}", "GET", 200, Duration::from_micros(300));
         m.observe("user_by_id", Duration::from_micros(40), Ok(()));
         let text = m.render(PoolStats { size: 3, idle: 2, waiting: 0 }, 0);
-        assert!(text.contains(r#"strata_http_requests_total{route="/v1/users/{id}",method="GET",status="200"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"strata_http_requests_total{route="/v1/users/{id}",method="GET",status="200"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("strata_http_request_duration_seconds_bucket"));
         assert!(text.contains(r#"strata_db_query_duration_seconds_count{op="user_by_id",outcome="ok"} 1"#));
         assert!(text.contains(r#"strata_db_pool_connections{state="size"} 3"#));

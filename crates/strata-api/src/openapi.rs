@@ -16,9 +16,8 @@ impl Modify for BearerAuth {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
         let mut scheme = Http::new(HttpAuthScheme::Bearer);
-        scheme.description = Some(
-            "A session token from POST /v1/sessions, or the configured admin token (STRATA_ADMIN_TOKEN).".into(),
-        );
+        scheme.description =
+            Some("A session token from POST /v1/sessions, or the configured admin token (STRATA_ADMIN_TOKEN).".into());
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
     }
 }

@@ -11,7 +11,9 @@ use strata_core::domain::{DisplayName, Email, Password, Role, User, UserId, User
 use strata_core::service::{Registration, UserChanges};
 
 use crate::AppState;
-use crate::dto::{CreateUserRequest, LoginRequest, LoginResponse, UpdateUserRequest, UserBody, UserList, WhoAmI, rfc3339};
+use crate::dto::{
+    CreateUserRequest, LoginRequest, LoginResponse, UpdateUserRequest, UserBody, UserList, WhoAmI, rfc3339,
+};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{
     Caller, ClientAddr, CurrentSession, IdempotencyKeyHeader, IfMatch, JsonBody, OptionalIfMatch, PathUserId,
@@ -160,7 +162,8 @@ fn encode_cursor(id: UserId) -> String {
 }
 
 fn decode_cursor(text: &str) -> Result<UserId, ApiError> {
-    let bad = || ApiError::bad_request("invalid_cursor", "cursor", "cursor must be a next_cursor value from a previous page");
+    let bad =
+        || ApiError::bad_request("invalid_cursor", "cursor", "cursor must be a next_cursor value from a previous page");
     let mut raw = [0u8; 17];
     let n = URL_SAFE_NO_PAD.decode_slice(text, &mut raw).map_err(|_| bad())?;
     if n != 17 || raw[0] != CURSOR_VERSION {

@@ -58,11 +58,7 @@ impl Email {
             return Err(ValidationError::new(field, "invalid_email", "email must contain '@'"));
         };
         if local.is_empty() || local.chars().count() > 64 {
-            return Err(ValidationError::new(
-                field,
-                "invalid_email",
-                "the part before '@' must be 1 to 64 characters",
-            ));
+            return Err(ValidationError::new(field, "invalid_email", "the part before '@' must be 1 to 64 characters"));
         }
         if let Some(c) = local.chars().find(|c| "\"(),:;<>[\\]@".contains(*c)) {
             return Err(ValidationError::new(
@@ -244,9 +240,9 @@ macro_rules! uuid_id {
                 $name(Uuid::now_v7())
             }
             pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-                Uuid::try_parse(raw).map($name).map_err(|_| {
-                    ValidationError::new($field, "invalid_uuid", format!("{} must be a UUID", $field))
-                })
+                Uuid::try_parse(raw)
+                    .map($name)
+                    .map_err(|_| ValidationError::new($field, "invalid_uuid", format!("{} must be a UUID", $field)))
             }
             pub fn from_uuid(id: Uuid) -> Self {
                 $name(id)
@@ -313,11 +309,7 @@ impl UserStatus {
         match raw {
             "active" => Ok(UserStatus::Active),
             "disabled" => Ok(UserStatus::Disabled),
-            _ => Err(ValidationError::new(
-                "status",
-                "invalid_value",
-                "status must be \"active\" or \"disabled\"",
-            )),
+            _ => Err(ValidationError::new("status", "invalid_value", "status must be \"active\" or \"disabled\"")),
         }
     }
 }
@@ -507,8 +499,18 @@ mod tests {
     #[test]
     fn email_rejects_bad_shapes() {
         for bad in [
-            "", "plain", "@example.com", "a@", "a@b", "a b@c.com", "a@-x.com", "a@x..com", "a\u{0}@x.com",
-            ".a@x.com", "a..b@x.com", "a\"b@x.com",
+            "",
+            "plain",
+            "@example.com",
+            "a@",
+            "a@b",
+            "a b@c.com",
+            "a@-x.com",
+            "a@x..com",
+            "a\u{0}@x.com",
+            ".a@x.com",
+            "a..b@x.com",
+            "a\"b@x.com",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be rejected");
         }
@@ -551,7 +553,13 @@ mod tests {
         assert_eq!(text.len(), 46);
         let parsed = SessionToken::parse(&text).unwrap();
         assert!(parsed.hash().ct_eq(&token.hash()));
-        for bad in ["", "st_", "xx_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", &text[..45], "st_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"] {
+        for bad in [
+            "",
+            "st_",
+            "xx_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            &text[..45],
+            "st_!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!",
+        ] {
             assert!(SessionToken::parse(bad).is_none(), "{bad:?}");
         }
     }

@@ -130,11 +130,14 @@ impl PasswordHasher {
         let permit = self.permits.clone().acquire_owned().await;
         self.queued.fetch_sub(1, Ordering::AcqRel);
         let permit = permit.map_err(|_| overloaded())?;
-        let (joined, _) = timing::measure(Component::Hash, tokio::task::spawn_blocking(move || {
-            let out = work();
-            drop(permit);
-            out
-        }))
+        let (joined, _) = timing::measure(
+            Component::Hash,
+            tokio::task::spawn_blocking(move || {
+                let out = work();
+                drop(permit);
+                out
+            }),
+        )
         .await;
         joined.map_err(|e| AppError::Internal(format!("hashing task failed: {e}")))
     }
@@ -173,12 +176,14 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_beyond_queue_bound() {
-        let hasher = Arc::new(PasswordHasher::new(HasherSettings {
-            params: HashParams { memory_kib: 64, iterations: 1, parallelism: 1 },
-            concurrency: 1,
-            max_queue: 0,
-        })
-        .unwrap());
+        let hasher = Arc::new(
+            PasswordHasher::new(HasherSettings {
+                params: HashParams { memory_kib: 64, iterations: 1, parallelism: 1 },
+                concurrency: 1,
+                max_queue: 0,
+            })
+            .unwrap(),
+        );
         let pw = Password::parse_new("correct horse battery").unwrap();
         assert!(matches!(hasher.hash(&pw).await, Err(AppError::Overloaded { .. })));
     }

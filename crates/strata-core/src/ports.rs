@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Session, SessionId, Timestamp, TokenHash, User,
-    UserId, Version,
+    Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Session, SessionId, Timestamp, TokenHash, User, UserId,
+    Version,
 };
 use crate::error::RepoError;
 
@@ -15,9 +15,14 @@ use crate::error::RepoError;
 pub enum SessionRevocation {
     None,
     /// All of the user's sessions (account disabled, or an admin changed the password).
-    All { at: Timestamp },
+    All {
+        at: Timestamp,
+    },
     /// All but the one making the change (a user changing their own password stays logged in).
-    AllExcept { keep: SessionId, at: Timestamp },
+    AllExcept {
+        keep: SessionId,
+        at: Timestamp,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -170,12 +170,8 @@ impl Accounts {
             created_at: now,
             updated_at: now,
         };
-        let record = key.as_ref().map(|k| IdempotencyRecord {
-            key: k.clone(),
-            fingerprint,
-            user_id: user.id,
-            created_at: now,
-        });
+        let record =
+            key.as_ref().map(|k| IdempotencyRecord { key: k.clone(), fingerprint, user_id: user.id, created_at: now });
         let event = user_event("user.created", &user, now);
         match self.db("create_user", self.store.create_user(&user, record.as_ref(), &event)).await {
             Ok(()) => Ok(Registered { user, replayed: false }),

@@ -6,7 +6,7 @@
 //! most N× the budget; a shared store can replace this later without touching callers.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -66,9 +66,7 @@ impl LoginThrottle {
     }
 
     fn shard<'a>(&self, shards: &'a [Shard; SHARDS], key: &str) -> &'a Shard {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &shards[(h.finish() as usize) % SHARDS]
+        &shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
     /// `Err(retry_after)` when either key is locked out.

@@ -81,13 +81,15 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn Store>, RepoError
 }
 
 /// The URL with any password replaced, for logs and `strata config show`.
+/// (Hand-rolled: a full URL parser would pull Unicode tables into the build for one use.)
 pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("REDACTED"));
-            parsed.to_string()
-        }
-        _ => raw.to_owned(),
+    let Some((scheme, rest)) = raw.split_once("://") else { return raw.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else { return raw.to_owned() };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:REDACTED@{host}{tail}"),
+        None => raw.to_owned(),
     }
 }
 
@@ -127,5 +129,7 @@ mod tests {
     fn redacts_passwords_only() {
         assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:REDACTED@h:5432/db");
         assert_eq!(redact_url("sqlite://data/strata.db"), "sqlite://data/strata.db");
+        assert_eq!(redact_url("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(redact_url("postgres://u:p@ss@h/db?x=@"), "postgres://u:REDACTED@h/db?x=@");
     }
 }

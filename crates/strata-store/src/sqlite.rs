@@ -76,7 +76,8 @@ const MIGRATIONS: &[Migration] = &[Migration {
 const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at";
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE id = ?1";
+    pub const USER_BY_ID: &str =
+        "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE id = ?1";
     pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE email = ?1";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
          u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
@@ -118,9 +119,8 @@ impl ReaderPool {
 }
 
 fn sqlite_path(url: &str) -> Result<PathBuf, RepoError> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .ok_or_else(|| RepoError::Internal(format!("not a sqlite:// URL: {url}")))?;
+    let rest =
+        url.strip_prefix("sqlite://").ok_or_else(|| RepoError::Internal(format!("not a sqlite:// URL: {url}")))?;
     let rest = rest.split('?').next().unwrap_or(rest);
     if rest.is_empty() {
         return Err(RepoError::Internal("sqlite:// URL needs a file path, e.g. sqlite://data/strata.db".into()));
@@ -133,10 +133,11 @@ fn open_writer(path: &Path) -> Result<Connection, RepoError> {
     // WAL lets readers proceed during writes; synchronous=NORMAL in WAL mode never corrupts
     // the database and loses at most the last transactions on power loss (not on crash).
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
+        // busy_timeout first: switching to WAL needs a lock another opener may hold.
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
-         PRAGMA busy_timeout = 5000;
          PRAGMA temp_store = MEMORY;",
     )
     .map_err(|e| unavailable("configure writer", e))?;
@@ -168,7 +169,10 @@ fn map_err(e: rusqlite::Error) -> RepoError {
             ErrorCode::ConstraintViolation if msg.contains("idempotency_keys.key") => {
                 return RepoError::IdempotencyKeyTaken;
             }
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked | ErrorCode::CannotOpen | ErrorCode::SystemIoFailure => {
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure => {
                 return RepoError::Unavailable(format!("sqlite: {e}"));
             }
             _ => {}
@@ -350,7 +354,12 @@ impl UserRepository for SqliteStore {
             if let Some(rec) = &idempotency {
                 tx.execute(
                     "INSERT INTO idempotency_keys (key, fingerprint, user_id, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![rec.key.as_str(), rec.fingerprint.as_slice(), rec.user_id.as_bytes().as_slice(), rec.created_at.0],
+                    params![
+                        rec.key.as_str(),
+                        rec.fingerprint.as_slice(),
+                        rec.user_id.as_bytes().as_slice(),
+                        rec.created_at.0
+                    ],
                 )
                 .map_err(map_err)?;
             }
@@ -376,11 +385,15 @@ impl UserRepository for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
-        self.read(|c| c.prepare_cached(sql::USER_BY_ID)?.query_row([id.as_bytes().as_slice()], |r| user_from_row(r, 0)).optional())
+        self.read(|c| {
+            c.prepare_cached(sql::USER_BY_ID)?.query_row([id.as_bytes().as_slice()], |r| user_from_row(r, 0)).optional()
+        })
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
-        self.read(|c| c.prepare_cached(sql::USER_BY_EMAIL)?.query_row([email.as_str()], |r| user_from_row(r, 0)).optional())
+        self.read(|c| {
+            c.prepare_cached(sql::USER_BY_EMAIL)?.query_row([email.as_str()], |r| user_from_row(r, 0)).optional()
+        })
     }
 
     async fn update_user(

@@ -38,9 +38,7 @@ impl Backend {
 }
 
 fn required(backend: Backend) -> bool {
-    std::env::var("STRATA_REQUIRE_BACKENDS")
-        .map(|v| v.split(',').any(|b| b.trim() == backend.name()))
-        .unwrap_or(false)
+    std::env::var("STRATA_REQUIRE_BACKENDS").map(|v| v.split(',').any(|b| b.trim() == backend.name())).unwrap_or(false)
 }
 
 /// Writes straight to the process's stderr: the test harness captures `eprintln!` of
@@ -81,28 +79,18 @@ fn fresh_sqlite() -> TestDb {
 async fn fresh_postgres() -> Result<TestDb, String> {
     let admin_url = std::env::var("STRATA_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
     let schema = unique_name();
-    let (client, conn) = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio_postgres::connect(&admin_url, tokio_postgres::NoTls),
-    )
-    .await
-    .map_err(|_| format!("connecting to {admin_url} timed out"))?
-    .map_err(|e| format!("cannot connect to {admin_url}: {e}"))?;
+    let (client, conn) =
+        tokio::time::timeout(Duration::from_secs(3), tokio_postgres::connect(&admin_url, tokio_postgres::NoTls))
+            .await
+            .map_err(|_| format!("connecting to {admin_url} timed out"))?
+            .map_err(|e| format!("cannot connect to {admin_url}: {e}"))?;
     let driver = tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE SCHEMA {schema}"))
-        .await
-        .map_err(|e| format!("create schema: {e}"))?;
+    client.batch_execute(&format!("CREATE SCHEMA {schema}")).await.map_err(|e| format!("create schema: {e}"))?;
     drop(client);
     let _ = driver.await;
     let sep = if admin_url.contains('?') { '&' } else { '?' };
     let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
-    Ok(TestDb {
-        backend: Backend::Postgres,
-        url,
-        cleanup: Some(Cleanup::Postgres { admin_url, schema }),
-        _dir: None,
-    })
+    Ok(TestDb { backend: Backend::Postgres, url, cleanup: Some(Cleanup::Postgres { admin_url, schema }), _dir: None })
 }
 
 async fn fresh_mysql() -> Result<TestDb, String> {
@@ -114,18 +102,11 @@ async fn fresh_mysql() -> Result<TestDb, String> {
         .await
         .map_err(|_| format!("connecting to {admin_url} timed out"))?
         .map_err(|e| format!("cannot connect to {admin_url}: {e}"))?;
-    conn.query_drop(format!("CREATE DATABASE {database}"))
-        .await
-        .map_err(|e| format!("create database: {e}"))?;
+    conn.query_drop(format!("CREATE DATABASE {database}")).await.map_err(|e| format!("create database: {e}"))?;
     let _ = conn.disconnect().await;
     let base = admin_url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin_url);
     let url = format!("{base}/{database}");
-    Ok(TestDb {
-        backend: Backend::Mysql,
-        url,
-        cleanup: Some(Cleanup::Mysql { admin_url, database }),
-        _dir: None,
-    })
+    Ok(TestDb { backend: Backend::Mysql, url, cleanup: Some(Cleanup::Mysql { admin_url, database }), _dir: None })
 }
 
 impl Drop for TestDb {

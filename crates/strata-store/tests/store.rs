@@ -5,6 +5,8 @@
 //! MySQL tests are skipped with a visible line when their server is unreachable, unless
 //! `STRATA_REQUIRE_BACKENDS` names them (CI), in which case they fail.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -263,7 +265,14 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
         assert!(names.contains(&required), "{} did not explain {required}", store.backend());
     }
     for plan in &plans {
-        assert!(plan.uses_index, "{} {}: not served by an index:\n{}\n{}", store.backend(), plan.name, plan.sql, plan.plan);
+        assert!(
+            plan.uses_index,
+            "{} {}: not served by an index:\n{}\n{}",
+            store.backend(),
+            plan.name,
+            plan.sql,
+            plan.plan
+        );
     }
     // The plans name the indexes we created for them (in each engine's own words).
     let plan_of = |name: &str| &plans.iter().find(|p| p.name == name).unwrap().plan;
@@ -319,4 +328,183 @@ async fn sqlite_migrations_are_idempotent_and_concurrent_safe() {
     let u = user("m@example.com", "M");
     create(&*a, &u).await;
     assert_eq!(b.user_by_id(u.id).await.unwrap(), Some(u));
+}
+
+/// PostgreSQL and MySQL specifics: migration locking between instances, error mapping,
+/// pool figures, racing idempotent retries.
+mod server_backends {
+    use super::*;
+
+    async fn two_instances_migrate_together(backend: Backend) {
+        let Some(db) = fresh(backend, "concurrent migrations").await else { return };
+        let opts = StoreOptions::new(db.url.clone());
+        let (a, b) = tokio::join!(connect(&opts), connect(&opts));
+        let (a, b) = (a.expect("first migrator"), b.expect("second migrator"));
+        // A restart finds nothing left to apply.
+        let c = connect(&opts).await.expect("migrating again");
+        let u = user("m@example.com", "M");
+        create(&*a, &u).await;
+        assert_eq!(b.user_by_id(u.id).await.unwrap(), Some(u.clone()));
+        assert_eq!(c.user_by_id(u.id).await.unwrap(), Some(u));
+    }
+
+    async fn unreachable_server_is_unavailable(backend: Backend) {
+        // Port 1 is never a database: the connection is refused at once.
+        let url = match backend {
+            Backend::Postgres => "postgres://postgres@127.0.0.1:1/test",
+            _ => "mysql://root@127.0.0.1:1/test",
+        };
+        let mut opts = StoreOptions::new(url);
+        opts.connect_timeout = Duration::from_secs(2);
+        match connect(&opts).await {
+            Err(RepoError::Unavailable(_)) => {}
+            Err(other) => panic!("{}: expected Unavailable, got {other:?}", backend.name()),
+            Ok(_) => panic!("{}: connected to port 1", backend.name()),
+        }
+    }
+
+    /// A call stuck behind another session's row lock gives up after `query_timeout` with
+    /// Unavailable, and leaves nothing half-written behind.
+    async fn timed_out_calls_are_unavailable(backend: Backend) {
+        let Some((db, store)) = store_for(backend, "query timeouts").await else { return };
+        let u = user("slow@example.com", "Slow");
+        create(&*store, &u).await;
+        let mut opts = StoreOptions::new(db.url.clone());
+        opts.migrate = false;
+        opts.query_timeout = Duration::from_millis(300);
+        let impatient = connect(&opts).await.expect("connect");
+        let mut next = u.clone();
+        next.name = DisplayName::parse("Never").unwrap();
+        next.version = Version(2);
+        let lock = "SELECT id FROM users FOR UPDATE";
+        let outcome = match backend {
+            Backend::Postgres => {
+                let (mut client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+                let driver = tokio::spawn(conn);
+                let holder = client.transaction().await.unwrap();
+                holder.batch_execute(lock).await.unwrap();
+                let outcome = impatient
+                    .update_user(&next, Version(1), SessionRevocation::None, &event("user.updated", u.id))
+                    .await;
+                holder.rollback().await.unwrap();
+                drop(client);
+                let _ = driver.await;
+                outcome
+            }
+            _ => {
+                use mysql_async::prelude::Queryable as _;
+                let mut conn = mysql_async::Conn::from_url(&db.url).await.unwrap();
+                let mut holder = conn.start_transaction(mysql_async::TxOpts::default()).await.unwrap();
+                holder.query_drop(lock).await.unwrap();
+                let outcome = impatient
+                    .update_user(&next, Version(1), SessionRevocation::None, &event("user.updated", u.id))
+                    .await;
+                holder.rollback().await.unwrap();
+                conn.disconnect().await.unwrap();
+                outcome
+            }
+        };
+        match outcome {
+            Err(RepoError::Unavailable(msg)) => assert!(msg.contains("timed out"), "{msg}"),
+            other => panic!("{}: expected a timeout, got {other:?}", backend.name()),
+        }
+        // The abandoned update never lands, and both stores keep working.
+        assert_eq!(store.user_by_id(u.id).await.unwrap(), Some(u.clone()));
+        assert_eq!(impatient.user_by_id(u.id).await.unwrap(), Some(u));
+    }
+
+    /// A row the adapter did not write (an unknown role) is an internal error, not a panic
+    /// and not a silently wrong user.
+    async fn corrupt_rows_are_internal_errors(backend: Backend) {
+        let Some((db, store)) = store_for(backend, "corrupt rows").await else { return };
+        let u = user("corrupt@example.com", "Corrupt");
+        create(&*store, &u).await;
+        let sql = "UPDATE users SET role = 'superuser'";
+        match backend {
+            Backend::Postgres => {
+                let (client, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+                let driver = tokio::spawn(conn);
+                client.batch_execute(sql).await.unwrap();
+                drop(client);
+                let _ = driver.await;
+            }
+            _ => {
+                use mysql_async::prelude::Queryable as _;
+                let mut conn = mysql_async::Conn::from_url(&db.url).await.unwrap();
+                conn.query_drop(sql).await.unwrap();
+                conn.disconnect().await.unwrap();
+            }
+        }
+        assert!(matches!(store.user_by_id(u.id).await, Err(RepoError::Internal(_))));
+        assert!(matches!(store.user_by_email(&u.email).await, Err(RepoError::Internal(_))));
+    }
+
+    async fn pool_stats_count_connections(backend: Backend) {
+        let Some((_db, store)) = store_for(backend, "pool stats").await else { return };
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move { create(&*store, &user(&format!("pool{i}@example.com"), "Pool")).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let stats = store.pool_stats();
+        assert!(stats.size >= 1, "{stats:?}");
+        assert!(stats.idle <= stats.size, "{stats:?}");
+        assert_eq!(stats.waiting, 0, "{stats:?}");
+    }
+
+    /// Concurrent retries of one create (same key, same email): exactly one creates, every
+    /// other one hears "key taken" (so the service replays it), never "email taken" or a
+    /// deadlock.
+    async fn racing_retries_create_once(backend: Backend) {
+        let Some((_db, store)) = store_for(backend, "racing retries").await else { return };
+        let key = IdempotencyKey::parse("race-key").unwrap();
+        let attempts: Vec<_> = (0..8)
+            .map(|_| {
+                let store = store.clone();
+                let u = user("retry@example.com", "Retry");
+                let record =
+                    IdempotencyRecord { key: key.clone(), fingerprint: [1; 32], user_id: u.id, created_at: T0 };
+                tokio::spawn(async move { store.create_user(&u, Some(&record), &event("user.created", u.id)).await })
+            })
+            .collect();
+        let mut created = 0;
+        for attempt in attempts {
+            match attempt.await.unwrap() {
+                Ok(()) => created += 1,
+                Err(e) => assert_eq!(e, RepoError::IdempotencyKeyTaken, "{}", backend.name()),
+            }
+        }
+        assert_eq!(created, 1);
+    }
+
+    macro_rules! on_servers {
+        ($($case:ident),* $(,)?) => {
+            $(
+                mod $case {
+                    use super::*;
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn postgres() {
+                        super::$case(Backend::Postgres).await;
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn mysql() {
+                        super::$case(Backend::Mysql).await;
+                    }
+                }
+            )*
+        };
+    }
+
+    on_servers!(
+        two_instances_migrate_together,
+        unreachable_server_is_unavailable,
+        timed_out_calls_are_unavailable,
+        corrupt_rows_are_internal_errors,
+        pool_stats_count_connections,
+        racing_retries_create_once,
+    );
 }

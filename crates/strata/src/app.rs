@@ -53,7 +53,8 @@ impl Application {
             ready: Arc::new(AtomicBool::new(false)),
             body_limit: config.http.body_limit_bytes,
         };
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
         Ok(Application { listener, local_addr, state, config })
     }

@@ -168,11 +168,15 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_LISTEN", "listen", |c, v| Ok(c.listen = parse(v)?)),
     ("STRATA_DATABASE_URL", "database.url", |c, v| Ok(c.database.url = v.to_owned())),
     ("STRATA_DATABASE_MAX_CONNECTIONS", "database.max_connections", |c, v| Ok(c.database.max_connections = parse(v)?)),
-    ("STRATA_DATABASE_QUERY_TIMEOUT_MS", "database.query_timeout_ms", |c, v| Ok(c.database.query_timeout_ms = parse(v)?)),
+    ("STRATA_DATABASE_QUERY_TIMEOUT_MS", "database.query_timeout_ms", |c, v| {
+        Ok(c.database.query_timeout_ms = parse(v)?)
+    }),
     ("STRATA_DATABASE_CONNECT_TIMEOUT_MS", "database.connect_timeout_ms", |c, v| {
         Ok(c.database.connect_timeout_ms = parse(v)?)
     }),
-    ("STRATA_DATABASE_MIGRATE_ON_START", "database.migrate_on_start", |c, v| Ok(c.database.migrate_on_start = parse(v)?)),
+    ("STRATA_DATABASE_MIGRATE_ON_START", "database.migrate_on_start", |c, v| {
+        Ok(c.database.migrate_on_start = parse(v)?)
+    }),
     ("STRATA_ADMIN_TOKEN", "auth.admin_token", |c, v| {
         Ok(c.auth.admin_token = Some(v.to_owned()).filter(|t| !t.is_empty()))
     }),
@@ -180,7 +184,9 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_PASSWORD_MEMORY_KIB", "password.memory_kib", |c, v| Ok(c.password.memory_kib = parse(v)?)),
     ("STRATA_PASSWORD_ITERATIONS", "password.iterations", |c, v| Ok(c.password.iterations = parse(v)?)),
     ("STRATA_PASSWORD_PARALLELISM", "password.parallelism", |c, v| Ok(c.password.parallelism = parse(v)?)),
-    ("STRATA_PASSWORD_HASH_CONCURRENCY", "password.hash_concurrency", |c, v| Ok(c.password.hash_concurrency = parse(v)?)),
+    ("STRATA_PASSWORD_HASH_CONCURRENCY", "password.hash_concurrency", |c, v| {
+        Ok(c.password.hash_concurrency = parse(v)?)
+    }),
     ("STRATA_PASSWORD_HASH_QUEUE", "password.hash_queue", |c, v| Ok(c.password.hash_queue = parse(v)?)),
     ("STRATA_THROTTLE_ACCOUNT_MAX_FAILURES", "throttle.account_max_failures", |c, v| {
         Ok(c.throttle.account_max_failures = parse(v)?)
@@ -191,7 +197,9 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_THROTTLE_CLIENT_MAX_FAILURES", "throttle.client_max_failures", |c, v| {
         Ok(c.throttle.client_max_failures = parse(v)?)
     }),
-    ("STRATA_THROTTLE_CLIENT_WINDOW_SECS", "throttle.client_window_secs", |c, v| Ok(c.throttle.client_window_secs = parse(v)?)),
+    ("STRATA_THROTTLE_CLIENT_WINDOW_SECS", "throttle.client_window_secs", |c, v| {
+        Ok(c.throttle.client_window_secs = parse(v)?)
+    }),
     ("STRATA_HTTP_BODY_LIMIT_BYTES", "http.body_limit_bytes", |c, v| Ok(c.http.body_limit_bytes = parse(v)?)),
     ("STRATA_HTTP_DRAIN_DELAY_MS", "http.drain_delay_ms", |c, v| Ok(c.http.drain_delay_ms = parse(v)?)),
     ("STRATA_HTTP_SHUTDOWN_GRACE_SECS", "http.shutdown_grace_secs", |c, v| Ok(c.http.shutdown_grace_secs = parse(v)?)),
@@ -208,7 +216,8 @@ impl Config {
         };
         for (var, key, set) in ENV_VARS {
             if let Some(value) = env.get(*var) {
-                set(&mut config, value).map_err(|e| format!("{var} (overrides {key}): invalid value {value:?}: {e}"))?;
+                set(&mut config, value)
+                    .map_err(|e| format!("{var} (overrides {key}): invalid value {value:?}: {e}"))?;
             }
         }
         config.validate()?;
@@ -248,7 +257,8 @@ impl Config {
 
     pub fn hasher_settings(&self) -> strata_core::password::HasherSettings {
         let defaults = strata_core::password::HasherSettings::default();
-        let concurrency = if self.password.hash_concurrency == 0 { defaults.concurrency } else { self.password.hash_concurrency };
+        let concurrency =
+            if self.password.hash_concurrency == 0 { defaults.concurrency } else { self.password.hash_concurrency };
         strata_core::password::HasherSettings {
             params: strata_core::password::HashParams {
                 memory_kib: self.password.memory_kib,
@@ -305,7 +315,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file() {
-        let file = "listen = \"0.0.0.0:9000\"\n[database]\nurl = \"postgres://u:pw@db/strata\"\n[log]\nformat = \"json\"\n";
+        let file =
+            "listen = \"0.0.0.0:9000\"\n[database]\nurl = \"postgres://u:pw@db/strata\"\n[log]\nformat = \"json\"\n";
         let c = Config::load(Some(file), &env(&[("STRATA_LISTEN", "127.0.0.1:7000")])).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(c.database.url, "postgres://u:pw@db/strata");
@@ -330,7 +341,10 @@ mod tests {
     fn show_redacts_secrets() {
         let c = Config::load(
             None,
-            &env(&[("STRATA_DATABASE_URL", "postgres://u:hunter2@db/x"), ("STRATA_ADMIN_TOKEN", "super-secret-admin-token")]),
+            &env(&[
+                ("STRATA_DATABASE_URL", "postgres://u:hunter2@db/x"),
+                ("STRATA_ADMIN_TOKEN", "super-secret-admin-token"),
+            ]),
         )
         .unwrap();
         let shown = c.redacted_toml();

@@ -2,6 +2,8 @@
 //! HTTP, once per backend. PostgreSQL and MySQL are skipped visibly when unreachable,
 //! unless `STRATA_REQUIRE_BACKENDS` names them (CI).
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,7 +124,9 @@ impl TestApp {
     }
 
     async fn register(&self, email: &str, name: &str) -> Value {
-        let r = self.json(Method::POST, "/v1/users", None, &json!({"email": email, "name": name, "password": PASSWORD})).await;
+        let r = self
+            .json(Method::POST, "/v1/users", None, &json!({"email": email, "name": name, "password": PASSWORD}))
+            .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         r.body
     }
@@ -161,7 +165,14 @@ impl TestApp {
 }
 
 async fn register_login_whoami_logout(app: TestApp) {
-    let r = app.json(Method::POST, "/v1/users", None, &json!({"email": " Ada@Example.COM ", "name": "Ada", "password": PASSWORD})).await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/users",
+            None,
+            &json!({"email": " Ada@Example.COM ", "name": "Ada", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let id = r.body["id"].as_str().unwrap().to_owned();
     assert_eq!(r.header("location"), format!("/v1/users/{id}"));
@@ -189,7 +200,8 @@ async fn register_login_whoami_logout(app: TestApp) {
     assert!(timing.contains("app;dur=") && timing.contains("db;dur="), "{timing}");
     assert!(!me.header("x-request-id").is_empty());
 
-    let r = app.send(Method::DELETE, "/v1/sessions/current", &[("authorization", &format!("Bearer {token}"))], None).await;
+    let r =
+        app.send(Method::DELETE, "/v1/sessions/current", &[("authorization", &format!("Bearer {token}"))], None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     app.get("/v1/sessions/current", Some(&token)).await.assert_problem(401, "token_revoked", Some("Authorization"));
     app.stop().await;
@@ -197,7 +209,14 @@ async fn register_login_whoami_logout(app: TestApp) {
 
 async fn duplicate_email_conflicts(app: TestApp) {
     app.register("dup@example.com", "One").await;
-    let r = app.json(Method::POST, "/v1/users", None, &json!({"email": "DUP@example.com", "name": "Two", "password": PASSWORD})).await;
+    let r = app
+        .json(
+            Method::POST,
+            "/v1/users",
+            None,
+            &json!({"email": "DUP@example.com", "name": "Two", "password": PASSWORD}),
+        )
+        .await;
     r.assert_problem(409, "email_taken", Some("email"));
     app.stop().await;
 }
@@ -301,13 +320,18 @@ async fn access_rules(app: TestApp) {
     app.get(&missing, Some(ADMIN)).await.assert_problem(404, "not_found", None);
 
     // Promote Alice; as an admin user she may now read Bob.
-    let r = app.send(
-        Method::PATCH,
-        &alice_path,
-        &[("content-type", "application/json"), ("authorization", &format!("Bearer {ADMIN}")), ("if-match", "\"1\"")],
-        Some(Bytes::from(json!({"role": "admin"}).to_string())),
-    )
-    .await;
+    let r = app
+        .send(
+            Method::PATCH,
+            &alice_path,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {ADMIN}")),
+                ("if-match", "\"1\""),
+            ],
+            Some(Bytes::from(json!({"role": "admin"}).to_string())),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["role"], "admin");
     assert_eq!(app.get(&bob_path, Some(&alice_token)).await.status, StatusCode::OK);
@@ -372,13 +396,18 @@ async fn delete_revokes_sessions(app: TestApp) {
 async fn disabled_accounts_lose_access(app: TestApp) {
     let (user, token) = app.user_with_token("dis@example.com").await;
     let path = format!("/v1/users/{}", user["id"].as_str().unwrap());
-    let r = app.send(
-        Method::PATCH,
-        &path,
-        &[("content-type", "application/json"), ("authorization", &format!("Bearer {ADMIN}")), ("if-match", "\"1\"")],
-        Some(Bytes::from(json!({"status": "disabled"}).to_string())),
-    )
-    .await;
+    let r = app
+        .send(
+            Method::PATCH,
+            &path,
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {ADMIN}")),
+                ("if-match", "\"1\""),
+            ],
+            Some(Bytes::from(json!({"status": "disabled"}).to_string())),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     app.get("/v1/sessions/current", Some(&token)).await.assert_problem(401, "token_revoked", None);
     app.login("dis@example.com", PASSWORD).await.assert_problem(403, "account_disabled", None);
@@ -397,7 +426,9 @@ async fn sessions_expire(app: TestApp) {
 async fn cursor_pagination(app: TestApp) {
     let mut created = Vec::new();
     for i in 0..12 {
-        created.push(app.register(&format!("p{i:02}@example.com"), &format!("P{i}")).await["id"].as_str().unwrap().to_owned());
+        created.push(
+            app.register(&format!("p{i:02}@example.com"), &format!("P{i}")).await["id"].as_str().unwrap().to_owned(),
+        );
     }
     let mut seen = Vec::new();
     let mut path = "/v1/users?limit=5".to_owned();
@@ -461,17 +492,37 @@ async fn bad_input_gets_problems_and_writes_nothing(app: TestApp) {
         ("[1,2]".into(), 422, "invalid_type", Some("body")),
         ("\"just a string\"".into(), 422, "invalid_type", Some("body")),
         (r#"{"email":"a@b.co","name":"n"}"#.into(), 422, "missing_field", Some("password")),
-        (r#"{"email":"a@b.co","name":"n","password":"pppppppp","admin":true}"#.into(), 422, "unknown_field", Some("admin")),
-        (r#"{"email":"a@b.co","name":"n","password":"pppppppp","name":"m"}"#.into(), 422, "duplicate_field", Some("name")),
+        (
+            r#"{"email":"a@b.co","name":"n","password":"pppppppp","admin":true}"#.into(),
+            422,
+            "unknown_field",
+            Some("admin"),
+        ),
+        (
+            r#"{"email":"a@b.co","name":"n","password":"pppppppp","name":"m"}"#.into(),
+            422,
+            "duplicate_field",
+            Some("name"),
+        ),
         (r#"{"email":"a@b.co","name":42,"password":"pppppppp"}"#.into(), 422, "invalid_type", Some("name")),
         (r#"{"email":null,"name":"n","password":"pppppppp"}"#.into(), 422, "invalid_type", Some("email")),
         (r#"{"email":"not-an-email","name":"n","password":"pppppppp"}"#.into(), 422, "invalid_email", Some("email")),
         (r#"{"email":"a@b.co","name":"","password":"pppppppp"}"#.into(), 422, "required", Some("name")),
         (r#"{"email":"a@b.co","name":"   ","password":"pppppppp"}"#.into(), 422, "required", Some("name")),
         (format!(r#"{{"email":"a@b.co","name":"{long}","password":"pppppppp"}}"#), 422, "too_long", Some("name")),
-        (r#"{"email":"a@b.co","name":"bell\u0007","password":"pppppppp"}"#.into(), 422, "invalid_character", Some("name")),
+        (
+            r#"{"email":"a@b.co","name":"bell\u0007","password":"pppppppp"}"#.into(),
+            422,
+            "invalid_character",
+            Some("name"),
+        ),
         (r#"{"email":"a@b.co","name":"n","password":"short"}"#.into(), 422, "too_short", Some("password")),
-        (format!(r#"{{"email":"a@b.co","name":"n","password":"{}"}}"#, "p".repeat(257)), 422, "too_long", Some("password")),
+        (
+            format!(r#"{{"email":"a@b.co","name":"n","password":"{}"}}"#, "p".repeat(257)),
+            422,
+            "too_long",
+            Some("password"),
+        ),
         // Hostile nesting is refused at the first level, before any recursion.
         (format!(r#"{{"email":{}1{}}}"#, "[".repeat(5000), "]".repeat(5000)), 422, "invalid_type", Some("email")),
     ];
@@ -481,15 +532,22 @@ async fn bad_input_gets_problems_and_writes_nothing(app: TestApp) {
         r.assert_problem(*status, code, *field);
     }
     // Invalid UTF-8 inside a JSON string.
-    let r = app.send(Method::POST, "/v1/users", &[json_ct], Some(Bytes::from_static(b"{\"email\":\"\xff\xfe\"}"))).await;
+    let r =
+        app.send(Method::POST, "/v1/users", &[json_ct], Some(Bytes::from_static(b"{\"email\":\"\xff\xfe\"}"))).await;
     r.assert_problem(400, "malformed_json", Some("body"));
 
     // Content type and size.
     let body = Bytes::from(json!({"email": "a@b.co", "name": "n", "password": PASSWORD}).to_string());
-    app.send(Method::POST, "/v1/users", &[("content-type", "text/plain")], Some(body.clone()))
-        .await
-        .assert_problem(415, "unsupported_media_type", Some("Content-Type"));
-    app.send(Method::POST, "/v1/users", &[], Some(body.clone())).await.assert_problem(415, "unsupported_media_type", None);
+    app.send(Method::POST, "/v1/users", &[("content-type", "text/plain")], Some(body.clone())).await.assert_problem(
+        415,
+        "unsupported_media_type",
+        Some("Content-Type"),
+    );
+    app.send(Method::POST, "/v1/users", &[], Some(body.clone())).await.assert_problem(
+        415,
+        "unsupported_media_type",
+        None,
+    );
     let huge = format!(r#"{{"email":"a@b.co","name":"n","password":"{}"}}"#, "p".repeat(20_000));
     post(&huge).await.assert_problem(413, "body_too_large", Some("body"));
     // Oversized without Content-Length (chunked): caught while reading.
@@ -508,30 +566,49 @@ async fn bad_input_gets_problems_and_writes_nothing(app: TestApp) {
     app.get("/v1/sessions/current", Some("garbage")).await.assert_problem(401, "malformed_token", None);
     let forged = format!("st_{}", "A".repeat(43));
     app.get("/v1/sessions/current", Some(&forged)).await.assert_problem(401, "invalid_token", None);
-    app.send(Method::GET, "/v1/sessions/current", &[("authorization", "Basic dTpw")], None)
-        .await
-        .assert_problem(401, "malformed_token", None);
-    app.send(Method::GET, "/v1/sessions/current", &[("authorization", "Bearer")], None)
-        .await
-        .assert_problem(401, "malformed_token", None);
+    app.send(Method::GET, "/v1/sessions/current", &[("authorization", "Basic dTpw")], None).await.assert_problem(
+        401,
+        "malformed_token",
+        None,
+    );
+    app.send(Method::GET, "/v1/sessions/current", &[("authorization", "Bearer")], None).await.assert_problem(
+        401,
+        "malformed_token",
+        None,
+    );
 
     // Paths, headers, routes, methods.
     app.get("/v1/users/not-a-uuid", Some(ADMIN)).await.assert_problem(400, "invalid_uuid", Some("id"));
     app.get("/v1/users/%27%20OR%201=1", Some(ADMIN)).await.assert_problem(400, "invalid_uuid", Some("id"));
     let patch_headers = [json_ct, ("authorization", bearer.as_str()), ("if-match", "\"1\"")];
-    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from("{}"))).await.assert_problem(422, "empty_patch", Some("body"));
-    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"name":null}"#)))
-        .await
-        .assert_problem(422, "invalid_type", Some("name"));
-    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"status":"root"}"#)))
-        .await
-        .assert_problem(422, "invalid_value", Some("status"));
-    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"status":"disabled"}"#)))
-        .await
-        .assert_problem(403, "forbidden", None);
-    app.send(Method::PATCH, &me, &[json_ct, ("authorization", bearer.as_str()), ("if-match", "\"\"")], Some(Bytes::from("{}")))
-        .await
-        .assert_problem(400, "malformed_if_match", Some("If-Match"));
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from("{}"))).await.assert_problem(
+        422,
+        "empty_patch",
+        Some("body"),
+    );
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"name":null}"#))).await.assert_problem(
+        422,
+        "invalid_type",
+        Some("name"),
+    );
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"status":"root"}"#))).await.assert_problem(
+        422,
+        "invalid_value",
+        Some("status"),
+    );
+    app.send(Method::PATCH, &me, &patch_headers, Some(Bytes::from(r#"{"status":"disabled"}"#))).await.assert_problem(
+        403,
+        "forbidden",
+        None,
+    );
+    app.send(
+        Method::PATCH,
+        &me,
+        &[json_ct, ("authorization", bearer.as_str()), ("if-match", "\"\"")],
+        Some(Bytes::from("{}")),
+    )
+    .await
+    .assert_problem(400, "malformed_if_match", Some("If-Match"));
     let long_key = "k".repeat(300);
     app.send(Method::POST, "/v1/users", &[json_ct, ("idempotency-key", &long_key)], Some(body.clone()))
         .await
@@ -556,7 +633,10 @@ async fn operations_endpoints(app: TestApp) {
     let m = app.get("/metrics", None).await;
     let text = String::from_utf8_lossy(&m.raw);
     assert!(m.header("content-type").starts_with("text/plain"));
-    assert!(text.contains(r#"strata_http_requests_total{route="/v1/sessions",method="POST",status="201"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"strata_http_requests_total{route="/v1/sessions",method="POST",status="201"} 1"#),
+        "{text}"
+    );
     assert!(text.contains("strata_http_request_duration_seconds_bucket{"));
     assert!(text.contains(r#"strata_db_query_duration_seconds_count{op="user_by_email",outcome="ok"}"#));
     assert!(text.contains(r#"strata_db_pool_connections{state="size"}"#));
