@@ -275,6 +275,13 @@ impl Accounts {
         if !actor.may_act_on(id) {
             return Err(AppError::Forbidden("you may only read your own account"));
         }
+        // Reading yourself: authentication loaded this very row in this request; a second
+        // query would return the same thing at twice the cost.
+        if let Actor::User { user, .. } = actor
+            && user.id == id
+        {
+            return Ok((**user).clone());
+        }
         self.db("user_by_id", self.store.user_by_id(id)).await?.ok_or(AppError::NotFound("user"))
     }
 

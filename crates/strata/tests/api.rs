@@ -614,7 +614,9 @@ async fn bad_input_gets_problems_and_writes_nothing(app: TestApp) {
         .await
         .assert_problem(400, "invalid_idempotency_key", Some("Idempotency-Key"));
     app.get("/v1/nope", None).await.assert_problem(404, "route_not_found", None);
-    app.send(Method::PUT, "/v1/sessions", &[], None).await.assert_problem(405, "method_not_allowed", None);
+    let r = app.send(Method::PUT, "/v1/sessions", &[], None).await;
+    r.assert_problem(405, "method_not_allowed", None);
+    assert_eq!(r.header("allow"), "POST");
 
     // Nothing above created or changed anything.
     let list = app.get("/v1/users", Some(ADMIN)).await;
@@ -754,6 +756,21 @@ fn binary_serves_and_stops_on_sigterm() {
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn migrate_command_prepares_the_database() {
+    let dir = strata_store::testing::TempDir::new();
+    let db = dir.path.join("m.db");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("migrate")
+        .env("STRATA_DATABASE_URL", format!("sqlite://{}", db.display()))
+        .env("STRATA_LOG_LEVEL", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is migrated"));
+    assert!(db.exists());
 }
 
 #[test]
