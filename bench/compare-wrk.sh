@@ -66,6 +66,11 @@ for round in $(seq 1 "$ROUNDS"); do
     "${bench[@]}" --target "$URL" --scenario http --path "$PATH_UNDER_TEST" --connections "$CONNECTIONS" \
         --duration "${DURATION}s" --no-metrics --quiet --json "$work/bench.json" >/dev/null
     bench_rps=$(awk '/"totals"/ {t=1} t && /"rps"/ {gsub(/[,]/, "", $2); print $2; exit}' "$work/bench.json")
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+        echo "the target server died; its log:" >&2
+        cat "$work/server.log" >&2
+        exit 2
+    fi
     echo "round $round: wrk ${wrk_rps} req/s, strata bench ${bench_rps} req/s"
     wrk_total=$(awk -v a="$wrk_total" -v b="$wrk_rps" 'BEGIN {print a + b}')
     bench_total=$(awk -v a="$bench_total" -v b="$bench_rps" 'BEGIN {print a + b}')

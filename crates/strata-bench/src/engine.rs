@@ -264,7 +264,8 @@ pub async fn run_phase(
                 _ = tokio::time::sleep_until(next_tick) => {
                     let now = Instant::now();
                     let sample = collect(&shared, &mut totals, &mut spare, last_tick, now, time_offset, &mut client_sampler, &mut target_samplers);
-                    progress.update(&status_line(label, &sample, &totals, shared.end.saturating_duration_since(shared.measure_from)));
+                    let span = shared.end.saturating_duration_since(shared.measure_from);
+                    progress.update(&status_line(label, &sample, &totals, span, time_offset));
                     series.push(sample);
                     last_tick = now;
                     next_tick += Duration::from_secs(1);
@@ -325,14 +326,20 @@ fn collect(
     }
 }
 
-fn status_line(label: &str, s: &SecondSample, totals: &StatsSet, span: Duration) -> String {
+fn status_line(label: &str, s: &SecondSample, totals: &StatsSet, span: Duration, time_offset: f64) -> String {
+    let elapsed = s.t_s - time_offset;
     let all = totals.total();
     let error_pct = if all.requests > 0 { all.error_count() as f64 * 100.0 / all.requests as f64 } else { 0.0 };
-    let offered = s.offered_rps.map(|r| format!(" (offered {r:.0})")).unwrap_or_default();
+    let past_end = elapsed > span.as_secs_f64() + 0.5;
+    let offered = match s.offered_rps {
+        _ if past_end => " (draining in-flight requests)".to_string(),
+        Some(r) => format!(" (offered {r:.0})"),
+        None => String::new(),
+    };
     let cpu = s.client.map(|c| format!("  client cpu {:.0}%", c.cpu_pct)).unwrap_or_default();
     format!(
         "{label}{:>5.0}s/{:.0}s  {:>9.0} req/s{offered}  p99 {:>8}  errors {} ({error_pct:.2}%){cpu}",
-        s.t_s,
+        elapsed,
         span.as_secs_f64(),
         s.total.rps,
         fmt_us(s.total.p99_us),

@@ -131,8 +131,6 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let run_id = format!("{:x}{:x}", started.as_millis(), std::process::id() & 0xffff);
     let mut progress = Progress::new(args.quiet);
 
-    let metrics_before = if args.no_metrics { None } else { Some(metrics::scrape(&target, args.timeout).await) };
-
     let users = if scenario.needs_users() {
         if args.users == 0 {
             bail!("scenario `{}` needs seeded users: --users must be at least 1", scenario.name);
@@ -141,6 +139,9 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     } else {
         Vec::new()
     };
+
+    // Scraped after seeding, so the server-side figures cover the measured load only.
+    let metrics_before = if args.no_metrics { None } else { Some(metrics::scrape(&target, args.timeout).await) };
 
     let endpoint_names = scenario.endpoints.clone();
     let scenario_name = scenario.name.clone();

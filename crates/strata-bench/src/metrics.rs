@@ -185,7 +185,8 @@ fn ms(seconds: Option<f64>) -> Option<f64> {
 pub fn diff(before: &Scrape, after: &Scrape) -> ServerMetrics {
     let mut routes = Vec::new();
     for (labels, h) in histogram_deltas(before, after, HTTP_HISTOGRAM) {
-        if h.count <= 0.0 {
+        // The generator's own scrape is not part of the load.
+        if h.count <= 0.0 || label(&labels, "route") == "/metrics" {
             continue;
         }
         routes.push(ServerRoute {
