@@ -138,10 +138,12 @@ fn render_request(
 }
 
 /// The figures of one endpoint (or all) over one interval.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct IntervalFigures {
     pub requests: u64,
     pub errors: u64,
+    /// Only the kinds that occurred, as in the run totals.
+    pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
     pub rps: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -158,6 +160,11 @@ impl IntervalFigures {
         Self {
             requests: stats.requests,
             errors: stats.error_count(),
+            errors_by_kind: ErrorKind::ALL
+                .iter()
+                .filter(|k| stats.errors_of(**k) > 0)
+                .map(|k| (k.name(), stats.errors_of(*k)))
+                .collect(),
             rps: if seconds > 0.0 { (stats.requests as f64 / seconds * 10.0).round() / 10.0 } else { 0.0 },
             bytes_in: stats.bytes_in,
             bytes_out: stats.bytes_out,
@@ -241,14 +248,9 @@ pub async fn run_phase(
         set.spawn(async move { worker(shared, id).await });
     }
 
-    let mut client_sampler = ProcessSampler::new(None);
-    let mut target_samplers: Vec<ProcessSampler> =
-        ctx.watch_pids.iter().map(|&p| ProcessSampler::new(Some(p))).collect();
-    let mut totals = StatsSet::new(endpoints);
-    let mut spare = StatsSet::new(endpoints);
+    let mut collector = Collector::new(&shared, endpoints, time_offset);
     let mut series = Vec::new();
     let mut next_tick = shared.measure_from + Duration::from_secs(1);
-    let mut last_tick = shared.measure_from;
     let hard_stop = shared.hard_stop;
     if !warmup.is_zero() {
         progress.update(&format!("{label}warming up for {:.0}s", warmup.as_secs_f64()));
@@ -263,11 +265,10 @@ pub async fn run_phase(
                 _ = tokio::time::sleep_until(hard_stop) => break true,
                 _ = tokio::time::sleep_until(next_tick) => {
                     let now = Instant::now();
-                    let sample = collect(&shared, &mut totals, &mut spare, last_tick, now, time_offset, &mut client_sampler, &mut target_samplers);
+                    let sample = collector.tick(&shared, now);
                     let span = shared.end.saturating_duration_since(shared.measure_from);
-                    progress.update(&status_line(label, &sample, &totals, span, time_offset));
+                    progress.update(&status_line(label, &sample, &collector.totals, span, time_offset));
                     series.push(sample);
-                    last_tick = now;
                     next_tick += Duration::from_secs(1);
                 }
             }
@@ -279,50 +280,91 @@ pub async fn run_phase(
         while set.join_next().await.is_some() {}
     }
     let now = Instant::now();
-    if now.saturating_duration_since(last_tick) > Duration::from_millis(1) || series.is_empty() {
-        let sample = collect(
-            &shared,
-            &mut totals,
-            &mut spare,
-            last_tick,
-            now,
+    collector.finish(&shared, now, &mut series);
+    PhaseResult { totals: collector.totals, series, measured: end.saturating_duration_since(shared.measure_from) }
+}
+
+/// Turns the shards' records into per-second samples and run totals.
+struct Collector {
+    totals: StatsSet,
+    spare: StatsSet,
+    /// The last interval's raw statistics, kept so a short final interval can be folded into it.
+    previous: Option<(Instant, StatsSet)>,
+    last_tick: Instant,
+    time_offset: f64,
+    client: ProcessSampler,
+    targets: Vec<ProcessSampler>,
+}
+
+/// A final interval shorter than this is folded into the previous second: on its own, a few
+/// requests over a few milliseconds would plot as an absurd rate.
+const SHORTEST_INTERVAL: Duration = Duration::from_millis(250);
+
+impl Collector {
+    fn new(shared: &Shared, endpoints: usize, time_offset: f64) -> Self {
+        Self {
+            totals: StatsSet::new(endpoints),
+            spare: StatsSet::new(endpoints),
+            previous: None,
+            last_tick: shared.measure_from,
             time_offset,
-            &mut client_sampler,
-            &mut target_samplers,
-        );
+            client: ProcessSampler::new(None),
+            targets: shared.ctx.watch_pids.iter().map(|&p| ProcessSampler::new(Some(p))).collect(),
+        }
+    }
+
+    fn drain(&mut self, shared: &Shared) -> StatsSet {
+        let mut interval = StatsSet::new(self.totals.endpoints.len());
+        shared.recorder.drain_into(&mut interval, &mut self.spare);
+        self.totals.merge(&interval);
+        interval
+    }
+
+    fn figures(&self, shared: &Shared, interval: &StatsSet, from: Instant, to: Instant) -> SecondSample {
+        let seconds = to.saturating_duration_since(from).as_secs_f64();
+        let offered_rps = shared
+            .schedule
+            .as_ref()
+            .map(|s| (s.rate_at(to.saturating_duration_since(shared.start)) * 10.0).round() / 10.0);
+        let t = to.saturating_duration_since(shared.measure_from).as_secs_f64() + self.time_offset;
+        SecondSample {
+            t_s: (t * 1000.0).round() / 1000.0,
+            offered_rps,
+            iterations: interval.iterations,
+            total: IntervalFigures::from(&interval.total(), seconds),
+            endpoints: interval.endpoints.iter().map(|e| IntervalFigures::from(e, seconds)).collect(),
+            client: None,
+            targets: Vec::new(),
+        }
+    }
+
+    /// One regular tick: a new sample with fresh resource readings.
+    fn tick(&mut self, shared: &Shared, to: Instant) -> SecondSample {
+        let interval = self.drain(shared);
+        let mut sample = self.figures(shared, &interval, self.last_tick, to);
+        sample.client = self.client.sample();
+        sample.targets = self.targets.iter_mut().map(ProcessSampler::sample).collect();
+        self.previous = Some((self.last_tick, interval));
+        self.last_tick = to;
+        sample
+    }
+
+    /// The last drain, once every worker is done; nothing recorded is left behind.
+    fn finish(&mut self, shared: &Shared, to: Instant, series: &mut Vec<SecondSample>) {
+        let short = to.saturating_duration_since(self.last_tick) < SHORTEST_INTERVAL;
+        if short && !series.is_empty() {
+            let interval = self.drain(shared);
+            if let (Some((from, mut previous)), Some(last)) = (self.previous.take(), series.last_mut()) {
+                previous.merge(&interval);
+                let merged = self.figures(shared, &previous, from, to);
+                *last = SecondSample { client: last.client, targets: std::mem::take(&mut last.targets), ..merged };
+            }
+            return;
+        }
+        let sample = self.tick(shared, to);
         if sample.total.requests > 0 || series.is_empty() {
             series.push(sample);
         }
-    }
-    PhaseResult { totals, series, measured: end.saturating_duration_since(shared.measure_from) }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn collect(
-    shared: &Shared,
-    totals: &mut StatsSet,
-    spare: &mut StatsSet,
-    from: Instant,
-    to: Instant,
-    time_offset: f64,
-    client: &mut ProcessSampler,
-    targets: &mut [ProcessSampler],
-) -> SecondSample {
-    let mut interval = StatsSet::new(totals.endpoints.len());
-    shared.recorder.drain_into(&mut interval, spare);
-    let seconds = to.saturating_duration_since(from).as_secs_f64();
-    totals.merge(&interval);
-    let offered_rps =
-        shared.schedule.as_ref().map(|s| (s.rate_at(to.saturating_duration_since(shared.start)) * 10.0).round() / 10.0);
-    SecondSample {
-        t_s: ((to.saturating_duration_since(shared.measure_from).as_secs_f64() + time_offset) * 1000.0).round()
-            / 1000.0,
-        offered_rps,
-        iterations: interval.iterations,
-        total: IntervalFigures::from(&interval.total(), seconds),
-        endpoints: interval.endpoints.iter().map(|e| IntervalFigures::from(e, seconds)).collect(),
-        client: client.sample(),
-        targets: targets.iter_mut().map(ProcessSampler::sample).collect(),
     }
 }
 

@@ -113,6 +113,41 @@ async fn stages_offer_the_integral_of_the_rate() {
     assert!(offered.first().is_some_and(|&r| r >= 350.0), "{offered:?}");
 }
 
+/// Every scheduled request is counted exactly once, in the totals and in the time series,
+/// however close to a tick of the collector the last ones finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scheduled_request_is_counted_once() {
+    let server = spawn(MockOptions::default()).await;
+    for _ in 0..3 {
+        let report = strata_bench::execute(bench_args(&[
+            "--target",
+            &server.url(),
+            "--scenario",
+            "http",
+            "--path",
+            "/healthz",
+            "--rate",
+            "3000",
+            "--duration",
+            "1s",
+            "--no-metrics",
+            "--quiet",
+        ]))
+        .await
+        .expect("run");
+        assert_eq!(report.totals.requests, 3000);
+        assert_eq!(report.iterations, 3000);
+        let in_series: u64 = report.timeseries.iter().map(|s| s.total.requests).sum();
+        assert_eq!(in_series, 3000);
+        // No sliver of an interval turned into an absurd per-second rate.
+        assert!(
+            report.timeseries.iter().all(|s| s.total.rps < 6000.0),
+            "{:?}",
+            report.timeseries.iter().map(|s| (s.t_s, s.total.rps)).collect::<Vec<_>>()
+        );
+    }
+}
+
 /// Warm-up requests are sent but not recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmup_is_not_measured() {

@@ -59,6 +59,37 @@ async fn session_check_seeds_users_then_uses_their_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_request_builtins_run_clean() {
+    let server = spawn(MockOptions::default()).await;
+    for scenario in ["get-user", "login", "register"] {
+        let report = strata_bench::execute(bench_args(&[
+            "--target",
+            &server.url(),
+            "--scenario",
+            scenario,
+            "--users",
+            "5",
+            "--rate",
+            "50",
+            "--duration",
+            "500ms",
+            "--no-metrics",
+            "--quiet",
+        ]))
+        .await
+        .expect("run");
+        assert_eq!(report.endpoints.len(), 1);
+        assert_eq!(report.endpoints[0].name, scenario);
+        assert_eq!(
+            (report.totals.requests, report.totals.errors),
+            (25, 0),
+            "{scenario}: {:?}",
+            report.totals.errors_by_kind
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_follows_configured_weights() {
     let server = spawn(MockOptions::default()).await;
     let report = strata_bench::execute(bench_args(&[
