@@ -1,15 +1,19 @@
 //! Strata's domain and application layer.
 //!
 //! Domain types that parse once ([`domain`]), the errors services answer with ([`error`]),
-//! the ports adapters implement ([`ports`]) and the services built on them ([`service`]).
+//! the ports adapters implement ([`ports`]) and the services built on them ([`service`]),
+//! with their caching policy ([`auth_cache`], over the byte-level `Cache` port) and a
+//! single-flight utility ([`singleflight`]).
 //!
 //! Architecture invariant: this crate knows nothing of HTTP, SQL, caches or brokers. It
 //! must not depend on axum, a database driver or a metrics library.
 
+pub mod auth_cache;
 pub mod domain;
 pub mod error;
 pub mod password;
 pub mod ports;
 pub mod service;
+pub mod singleflight;
 pub mod throttle;
 pub mod timing;

@@ -166,3 +166,76 @@ pub struct NoopObserver;
 impl StoreObserver for NoopObserver {
     fn observe(&self, _: &'static str, _: std::time::Duration, _: Result<(), &RepoError>) {}
 }
+
+/// Why a cache call did not answer. Callers treat every cache error as a miss: the cache
+/// is an accelerator, never the source of truth, so no request fails because of it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    /// Down, refused, timed out, or its circuit breaker is open.
+    #[error("cache unavailable: {0}")]
+    Unavailable(String),
+    /// It answered something we cannot read (protocol error, foreign value).
+    #[error("cache protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A byte-level cache (in-process, Redis, Memcached or tiers of them; see strata-cache).
+/// What is cached, under which key and when it is invalidated is decided by the account
+/// service, which encodes values itself; adapters only move bytes.
+///
+/// Fill/invalidate races: a reader that missed, read the database and then fills could
+/// write a value that a concurrent writer has just invalidated. Adapters prevent it in two
+/// ways, and every adapter passes the same conformance suite for both:
+/// - `fill` takes the [`Cache::generation`] read *before* the database read, and an adapter
+///   with an in-process tier skips the fill if any invalidation (local or broadcast by
+///   another instance) happened since;
+/// - `invalidate` leaves a short-lived tombstone in shared tiers and `fill` never
+///   overwrites an existing entry (Redis `SET NX`, Memcached `add`), so a late fill from
+///   another instance cannot resurrect an invalidated value.
+#[async_trait]
+pub trait Cache: Send + Sync {
+    /// A short description for logs and the startup banner, secrets redacted.
+    fn describe(&self) -> String;
+
+    /// A counter that moves on every invalidation this instance learns of.
+    fn generation(&self) -> u64;
+
+    /// `Ok(None)` on a miss (absent, expired, tombstoned or not trusted).
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
+
+    /// Stores `value` for `ttl` unless the key exists (a value or a tombstone) or
+    /// `generation` is stale. `Ok(true)` if stored.
+    async fn fill(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: std::time::Duration,
+        generation: u64,
+    ) -> Result<bool, CacheError>;
+
+    /// Removes the keys from every tier, and tells other instances to drop them from
+    /// their in-process tiers. Returns once the shared tier has been updated (or failed).
+    async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError>;
+}
+
+/// Receives cache events, so the HTTP layer can export metrics without the core or the
+/// adapters depending on a metrics library. Label values are static or bounded by
+/// configuration (endpoints).
+pub trait CacheObserver: Send + Sync {
+    /// The account service's view: `kind` is `session` or `user`; `outcome` is `hit`,
+    /// `negative_hit`, `miss` or `error`.
+    fn lookup(&self, kind: &'static str, outcome: &'static str);
+
+    /// One tier's view: `tier` is `l1` or `l2`; `op` is `get`, `fill`, `invalidate` or
+    /// `remote_invalidate`; `outcome` is `hit`, `miss`, `ok`, `skipped` or `error`.
+    fn tier(&self, tier: &'static str, op: &'static str, outcome: &'static str);
+
+    /// An endpoint's circuit breaker opened (`degraded`) or closed again.
+    fn endpoint(&self, endpoint: &str, degraded: bool);
+}
+
+impl CacheObserver for NoopObserver {
+    fn lookup(&self, _: &'static str, _: &'static str) {}
+    fn tier(&self, _: &'static str, _: &'static str, _: &'static str) {}
+    fn endpoint(&self, _: &str, _: bool) {}
+}

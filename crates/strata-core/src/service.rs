@@ -1,5 +1,10 @@
 //! The account service: registration, login, session checks, profile changes. Business
 //! rules live here and nowhere else; the HTTP layer only parses and renders.
+//!
+//! With a cache attached ([`Accounts::with_cache`]), session checks and user reads go
+//! cache → single-flight → database, and every change that could make a cached value wrong
+//! (logout, update, password change, disable, delete) invalidates synchronously, after its
+//! transaction commits and before the call returns.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -7,13 +12,14 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::auth_cache::{AuthCache, CacheSettings, Cached, session_key, user_key};
 use crate::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, Role, Session, SessionId,
-    SessionToken, Timestamp, User, UserId, UserStatus, Version,
+    SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use crate::error::{AppError, RepoError, TokenProblem, ValidationError};
 use crate::password::PasswordHasher;
-use crate::ports::{Clock, SessionRevocation, Store, StoreObserver, UserListQuery};
+use crate::ports::{Cache, CacheObserver, Clock, SessionRevocation, Store, StoreObserver, UserListQuery};
 use crate::throttle::LoginThrottle;
 use crate::timing::{self, Component};
 
@@ -114,6 +120,7 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     observer: Arc<dyn StoreObserver>,
     settings: AccountSettings,
+    cache: Option<AuthCache>,
 }
 
 impl Accounts {
@@ -125,7 +132,23 @@ impl Accounts {
         observer: Arc<dyn StoreObserver>,
         settings: AccountSettings,
     ) -> Self {
-        Accounts { store, hasher, throttle, clock, observer, settings }
+        Accounts { store, hasher, throttle, clock, observer, settings, cache: None }
+    }
+
+    /// Puts a cache in front of session checks and user reads. Without one, every read
+    /// goes to the database.
+    pub fn with_cache(
+        mut self,
+        cache: Arc<dyn Cache>,
+        settings: CacheSettings,
+        observer: Arc<dyn CacheObserver>,
+    ) -> Self {
+        self.cache = Some(AuthCache::new(cache, settings, observer));
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<dyn Cache>> {
+        self.cache.as_ref().map(|c| &c.cache)
     }
 
     pub fn settings(&self) -> &AccountSettings {
@@ -245,7 +268,7 @@ impl Accounts {
     /// The hot path: who holds this token?
     pub async fn authenticate(&self, token: &SessionToken) -> Result<(Session, User), AppError> {
         let hash = token.hash();
-        let found = self.db("session_with_user", self.store.session_with_user(&hash)).await?;
+        let found = self.session_with_user(&hash).await?;
         let Some((session, user)) = found else {
             return Err(AppError::Unauthenticated(TokenProblem::Unknown));
         };
@@ -268,7 +291,111 @@ impl Accounts {
         let now = self.clock.now();
         let event = session_event("session.revoked", session, now);
         self.db("revoke_session", self.store.revoke_session(session.id, now, &event)).await?;
+        if let Some(cache) = &self.cache {
+            cache.invalidate(&[session_key(&session.token_hash)]).await;
+        }
         Ok(())
+    }
+
+    /// Session and user by token hash: cache, then one database read per key however many
+    /// requests miss at once.
+    async fn session_with_user(&self, hash: &TokenHash) -> Result<Option<(Session, User)>, RepoError> {
+        let Some(cache) = &self.cache else {
+            return self.db("session_with_user", self.store.session_with_user(hash)).await;
+        };
+        let key = session_key(hash);
+        match cache.get("session", &key).await {
+            Some(Cached::Session(session, user)) => {
+                cache.observer.lookup("session", "hit");
+                return Ok(Some((session, user)));
+            }
+            Some(Cached::Absent) => {
+                cache.observer.lookup("session", "negative_hit");
+                return Ok(None);
+            }
+            _ => {}
+        }
+        cache
+            .sessions
+            .run(hash, || async {
+                // Read before the database, so a change committed meanwhile voids the fill.
+                let generation = cache.cache.generation();
+                // The flight we missed may have filled the key just before we joined.
+                match cache.get("session", &key).await {
+                    Some(Cached::Session(session, user)) => return Ok(Some((session, user))),
+                    Some(Cached::Absent) => return Ok(None),
+                    _ => {}
+                }
+                cache.observer.lookup("session", "miss");
+                let found = self.db("session_with_user", self.store.session_with_user(hash)).await?;
+                match &found {
+                    Some((session, user)) => {
+                        let ttl = cache.session_ttl(session, self.clock.now());
+                        cache.fill(&key, &Cached::Session(session.clone(), user.clone()), ttl, generation).await;
+                    }
+                    None => cache.fill(&key, &Cached::Absent, cache.settings.negative_ttl, generation).await,
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    /// A user by id, through the cache like [`Self::session_with_user`].
+    async fn user_by_id_cached(&self, id: UserId) -> Result<Option<User>, RepoError> {
+        let Some(cache) = &self.cache else {
+            return self.db("user_by_id", self.store.user_by_id(id)).await;
+        };
+        let key = user_key(id);
+        match cache.get("user", &key).await {
+            Some(Cached::User(user)) => {
+                cache.observer.lookup("user", "hit");
+                return Ok(Some(user));
+            }
+            Some(Cached::Absent) => {
+                cache.observer.lookup("user", "negative_hit");
+                return Ok(None);
+            }
+            _ => {}
+        }
+        cache
+            .users
+            .run(&id, || async {
+                let generation = cache.cache.generation();
+                match cache.get("user", &key).await {
+                    Some(Cached::User(user)) => return Ok(Some(user)),
+                    Some(Cached::Absent) => return Ok(None),
+                    _ => {}
+                }
+                cache.observer.lookup("user", "miss");
+                let found = self.db("user_by_id", self.store.user_by_id(id)).await?;
+                match &found {
+                    Some(user) => cache.fill(&key, &Cached::User(user.clone()), cache.settings.ttl, generation).await,
+                    None => cache.fill(&key, &Cached::Absent, cache.settings.negative_ttl, generation).await,
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    /// After a committed change to a user: the user entry and every cached session of
+    /// theirs (each embeds the user row, and some were just revoked) must go. The sessions'
+    /// keys come from the store: only sessions that were alive until this change matter,
+    /// since a cached dead session is refused whatever user it carries.
+    async fn forget_user(&self, id: UserId, sessions: Result<Vec<Session>, RepoError>, now: Timestamp) {
+        let Some(cache) = &self.cache else { return };
+        let mut keys = vec![user_key(id)];
+        match sessions {
+            Ok(sessions) => keys.extend(
+                sessions
+                    .iter()
+                    .filter(|s| s.revoked_at.is_none_or(|at| at >= now) && s.expires_at > now)
+                    .map(|s| session_key(&s.token_hash)),
+            ),
+            Err(e) => {
+                tracing::warn!(user_id = %id, error = %e, "cannot list sessions to invalidate; they age out of the cache")
+            }
+        }
+        cache.invalidate(&keys).await;
     }
 
     pub async fn get_user(&self, actor: &Actor, id: UserId) -> Result<User, AppError> {
@@ -282,7 +409,7 @@ impl Accounts {
         {
             return Ok((**user).clone());
         }
-        self.db("user_by_id", self.store.user_by_id(id)).await?.ok_or(AppError::NotFound("user"))
+        self.user_by_id_cached(id).await?.ok_or(AppError::NotFound("user"))
     }
 
     pub async fn update_user(
@@ -337,6 +464,12 @@ impl Accounts {
         next.updated_at = now;
         let event = user_event("user.updated", &next, now);
         self.db("update_user", self.store.update_user(&next, expected, revoke, &event)).await?;
+        if self.cache.is_some() {
+            // Listed after the commit: a session created before it is in the list, one
+            // created after it reads the new row.
+            let sessions = self.db("sessions_of_user", self.store.sessions_of_user(id)).await;
+            self.forget_user(id, sessions, now).await;
+        }
         Ok(next)
     }
 
@@ -352,7 +485,15 @@ impl Accounts {
             payload: serde_json::json!({ "user_id": id.to_string() }).to_string(),
             created_at: now,
         };
+        // The sessions disappear with the user (cascade), so their keys are read first.
+        let sessions = match self.cache {
+            Some(_) => Some(self.db("sessions_of_user", self.store.sessions_of_user(id)).await),
+            None => None,
+        };
         self.db("delete_user", self.store.delete_user(id, expected, &event)).await?;
+        if let Some(sessions) = sessions {
+            self.forget_user(id, sessions, now).await;
+        }
         Ok(())
     }
 

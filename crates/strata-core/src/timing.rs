@@ -1,4 +1,4 @@
-//! Per-request time accounting by component (database, password hashing, later cache and
+//! Per-request time accounting by component (database, password hashing, cache, later
 //! broker). The HTTP layer opens a scope per request and turns the totals into a
 //! `Server-Timing` header; the services record into whatever scope they run in, and
 //! outside a scope recording is a no-op.
@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 pub enum Component {
     Db,
     Hash,
+    /// Calls to the cache port (every tier together).
+    Cache,
 }
 
 /// Accumulated microseconds per component for one request.
@@ -19,6 +21,7 @@ pub enum Component {
 pub struct Timings {
     db_micros: AtomicU64,
     hash_micros: AtomicU64,
+    cache_micros: AtomicU64,
 }
 
 impl Timings {
@@ -26,6 +29,7 @@ impl Timings {
         match component {
             Component::Db => &self.db_micros,
             Component::Hash => &self.hash_micros,
+            Component::Cache => &self.cache_micros,
         }
     }
 
@@ -72,8 +76,10 @@ mod tests {
             record(Component::Db, Duration::from_micros(1500));
             record(Component::Db, Duration::from_micros(500));
             record(Component::Hash, Duration::from_micros(7));
+            record(Component::Cache, Duration::from_micros(3));
         })
         .await;
+        assert_eq!(timings.get(Component::Cache), Duration::from_micros(3));
         assert_eq!(timings.get(Component::Db), Duration::from_micros(2000));
         assert_eq!(timings.get(Component::Hash), Duration::from_micros(7));
     }
