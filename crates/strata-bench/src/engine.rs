@@ -182,7 +182,8 @@ impl IntervalFigures {
 pub struct SecondSample {
     /// Seconds since measurement started, at the end of this interval.
     pub t_s: f64,
-    /// The open model's offered rate at the end of the interval; `None` for the closed model.
+    /// The open model's mean offered rate over the interval (0 once the schedule has ended);
+    /// `None` for the closed model.
     pub offered_rps: Option<f64>,
     /// Iterations (flows) whose first step completed in this interval; the open model's
     /// offered rate is in iterations per second (requests per second for one-step flows).
@@ -322,10 +323,13 @@ impl Collector {
 
     fn figures(&self, shared: &Shared, interval: &StatsSet, from: Instant, to: Instant) -> SecondSample {
         let seconds = to.saturating_duration_since(from).as_secs_f64();
-        let offered_rps = shared
-            .schedule
-            .as_ref()
-            .map(|s| (s.rate_at(to.saturating_duration_since(shared.start)) * 10.0).round() / 10.0);
+        let offered_rps = shared.schedule.as_ref().map(|s| {
+            let rate = s.offered_between(
+                from.saturating_duration_since(shared.start),
+                to.saturating_duration_since(shared.start),
+            );
+            (rate * 10.0).round() / 10.0
+        });
         let t = to.saturating_duration_since(shared.measure_from).as_secs_f64() + self.time_offset;
         SecondSample {
             t_s: (t * 1000.0).round() / 1000.0,

@@ -265,6 +265,8 @@ pub fn render(r: &Report) -> String {
         escape(&c.target),
         c.model,
         match (c.model, &c.stages, c.rate) {
+            _ if c.find_max =>
+                format!("find-max from {} req/s, up to {} connections", c.rate.unwrap_or(100.0), c.connections),
             (_, Some(s), _) => format!("stages {}", escape(s)),
             ("open", None, Some(rate)) => format!("{rate} req/s offered, up to {} connections", c.connections),
             _ => format!("{} connections", c.connections),

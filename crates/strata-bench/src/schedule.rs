@@ -146,6 +146,27 @@ impl Schedule {
         0.0
     }
 
+    /// How many requests are due in `[0, t)`: the integral of the rate.
+    pub fn count_until(&self, t: Duration) -> f64 {
+        let t = t.as_secs_f64();
+        let mut count = 0.0;
+        for s in &self.segments {
+            if t <= s.start_s {
+                break;
+            }
+            let tau = (t - s.start_s).min(s.duration_s);
+            let a = if s.duration_s > 0.0 { (s.to_rps - s.from_rps) / (2.0 * s.duration_s) } else { 0.0 };
+            count = s.count_before + s.from_rps * tau + a * tau * tau;
+        }
+        count
+    }
+
+    /// The mean offered rate over `[from, to)`.
+    pub fn offered_between(&self, from: Duration, to: Duration) -> f64 {
+        let seconds = to.saturating_sub(from).as_secs_f64();
+        if seconds <= 0.0 { 0.0 } else { (self.count_until(to) - self.count_until(from)) / seconds }
+    }
+
     /// When ticket `n` (0-based) is due, as an offset from the schedule start; `None` once the
     /// schedule is exhausted.
     pub fn due(&self, n: u64) -> Option<Duration> {
@@ -180,6 +201,15 @@ mod tests {
             assert!((due.as_secs_f64() - n as f64 / 1000.0).abs() < 1e-9, "n={n} {due:?}");
         }
         assert_eq!(s.due(2000), None);
+    }
+
+    #[test]
+    fn counts_follow_the_integral() {
+        let s = Schedule::from_points(0.0, &[Stage { target_rps: 100.0, duration: Duration::from_secs(10) }]);
+        assert!((s.count_until(Duration::from_secs(5)) - 125.0).abs() < 1e-9);
+        assert!((s.count_until(Duration::from_secs(60)) - 500.0).abs() < 1e-9);
+        assert!((s.offered_between(Duration::from_secs(4), Duration::from_secs(6)) - 50.0).abs() < 1e-9);
+        assert_eq!(s.offered_between(Duration::from_secs(11), Duration::from_secs(12)), 0.0);
     }
 
     #[test]
