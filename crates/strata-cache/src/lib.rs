@@ -181,8 +181,10 @@ impl Target {
                 if !params.is_empty() {
                     return Err("memcache://: takes no parameters".into());
                 }
-                let servers =
-                    authority.split(',').map(|s| host_port(s.trim(), "memcached server")).collect::<Result<Vec<_>, _>>()?;
+                let servers = authority
+                    .split(',')
+                    .map(|s| host_port(s.trim(), "memcached server"))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Ok(Target::Memcache { servers })
             }
             other => Err(format!("unknown cache scheme {other:?} (memory, redis, memcache, none)")),
@@ -208,7 +210,14 @@ pub fn open(
         Target::None => return Ok(None),
         Target::Memory(memory) => Arc::new(MemoryCache::new(memory, observer)),
         Target::Redis { primary, replicas, credentials } => {
-            let redis = redis::RedisCache::new(&primary, &replicas, &credentials, options, instance_id.clone(), observer.clone());
+            let redis = redis::RedisCache::new(
+                &primary,
+                &replicas,
+                &credentials,
+                options,
+                instance_id.clone(),
+                observer.clone(),
+            );
             match l1(observer.clone()) {
                 None => redis,
                 Some((memory, ttl)) => {
@@ -258,8 +267,10 @@ mod tests {
                 credentials: None
             }
         );
-        assert!(matches!(Target::parse("redis://:pw@h:1").unwrap(),
-            Target::Redis { credentials: Some(Credentials { user: None, .. }), .. }));
+        assert!(matches!(
+            Target::parse("redis://:pw@h:1").unwrap(),
+            Target::Redis { credentials: Some(Credentials { user: None, .. }), .. }
+        ));
         assert_eq!(
             Target::parse("memcache://a:1,b:2").unwrap(),
             Target::Memcache { servers: vec!["a:1".into(), "b:2".into()] }

@@ -122,7 +122,11 @@ fn ms(d: Duration) -> Vec<u8> {
 impl Cache for RedisCache {
     fn describe(&self) -> String {
         let replicas: Vec<&str> = self.replicas.iter().map(|r| r.addr()).collect();
-        format!("redis {} (replicas: {})", self.primary.addr(), if replicas.is_empty() { "none".into() } else { replicas.join(", ") })
+        format!(
+            "redis {} (replicas: {})",
+            self.primary.addr(),
+            if replicas.is_empty() { "none".into() } else { replicas.join(", ") }
+        )
     }
 
     /// Fill races are settled by tombstones and `NX` in Redis itself.

@@ -50,7 +50,10 @@ pub fn tombstone() -> Vec<u8> {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Unwrapped<'a> {
-    Value { written_ms: u64, payload: &'a [u8] },
+    Value {
+        written_ms: u64,
+        payload: &'a [u8],
+    },
     Tombstone,
     /// Not ours, or another envelope version: a miss.
     Foreign,
@@ -85,7 +88,9 @@ impl Shield {
             return None;
         }
         match unwrap(&stored) {
-            Unwrapped::Value { written_ms, payload } if written_ms > self.distrust_before_ms.load(Ordering::Acquire) => {
+            Unwrapped::Value { written_ms, payload }
+                if written_ms > self.distrust_before_ms.load(Ordering::Acquire) =>
+            {
                 Some(payload.to_vec())
             }
             _ => None,

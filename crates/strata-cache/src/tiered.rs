@@ -30,7 +30,12 @@ pub struct Tiered {
 }
 
 impl Tiered {
-    pub fn new(l1: Arc<MemoryCache>, l2: Arc<dyn Cache>, l1_ttl: Duration, subscribed: Option<Arc<AtomicBool>>) -> Self {
+    pub fn new(
+        l1: Arc<MemoryCache>,
+        l2: Arc<dyn Cache>,
+        l1_ttl: Duration,
+        subscribed: Option<Arc<AtomicBool>>,
+    ) -> Self {
         Tiered { l1, l2, l1_ttl, subscribed }
     }
 

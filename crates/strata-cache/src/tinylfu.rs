@@ -145,7 +145,8 @@ impl TinyLfu {
                 self.unlink(index);
                 self.push_front(index, Region::Protected);
                 // The protected segment overflows into probation, not out of the cache.
-                while !self.protected_limit.fits(self.protected.len, self.protected.weight) && self.protected.tail != NIL
+                while !self.protected_limit.fits(self.protected.len, self.protected.weight)
+                    && self.protected.tail != NIL
                 {
                     let demoted = self.protected.tail;
                     self.unlink(demoted);
@@ -174,7 +175,8 @@ impl TinyLfu {
             return false;
         }
         let key: Arc<str> = Arc::from(key);
-        let node = Node { key: key.clone(), value, weight, expires, hash, region: Region::Window, prev: NIL, next: NIL };
+        let node =
+            Node { key: key.clone(), value, weight, expires, hash, region: Region::Window, prev: NIL, next: NIL };
         let index = match self.free.pop() {
             Some(i) => {
                 self.nodes[i] = node;
