@@ -100,6 +100,9 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     if args.find_max && !(args.find_max_growth > 1.0 && args.find_max_growth.is_finite()) {
         bail!("--find-max-growth must be more than 1");
     }
+    if args.scenario != "http" && (args.path.is_some() || !args.headers.is_empty() || args.body_file.is_some()) {
+        bail!("--path, --header and --body-file describe the `http` scenario; add --scenario http");
+    }
     let target = engine_target(&args.target).await?;
     let http_spec = match &args.path {
         Some(path) => Some(scenario::HttpRequestSpec {
