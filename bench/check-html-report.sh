@@ -6,6 +6,7 @@
 # $OUT_DIR (default bench/out/html-check) for a human to look at.
 #
 #   bench/check-html-report.sh            # fails loudly if chromium is missing
+#   REPORT=run.html bench/check-html-report.sh   # check an existing report instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,22 +27,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --quiet -p strata-bench --examples
-examples=target/debug/examples
+if [ -n "${REPORT:-}" ]; then
+    cp "$REPORT" "$OUT_DIR/report.html"
+else
+    cargo build --quiet -p strata-bench --examples
+    examples=target/debug/examples
 
-"$examples/mock-server" 127.0.0.1:0 >"$OUT_DIR/server.log" 2>&1 &
-server_pid=$!
-url=""
-for _ in $(seq 1 100); do
-    url=$(sed -n 's/^listening on //p' "$OUT_DIR/server.log")
-    [ -n "$url" ] && break
-    sleep 0.1
-done
-[ -n "$url" ] || { echo "FAIL: the mock server did not start" >&2; cat "$OUT_DIR/server.log" >&2; exit 1; }
+    "$examples/mock-server" 127.0.0.1:0 >"$OUT_DIR/server.log" 2>&1 &
+    server_pid=$!
+    url=""
+    for _ in $(seq 1 100); do
+        url=$(sed -n 's/^listening on //p' "$OUT_DIR/server.log")
+        [ -n "$url" ] && break
+        sleep 0.1
+    done
+    [ -n "$url" ] || { echo "FAIL: the mock server did not start" >&2; cat "$OUT_DIR/server.log" >&2; exit 1; }
 
-"$examples/bench-cli" --target "$url" --scenario journey --rate 40 --duration 4s --warmup 1s \
-    --watch-pid "$server_pid" --slo "p99<10s,errors<1%" --quiet \
-    --html "$OUT_DIR/report.html" --json "$OUT_DIR/report.json" --csv "$OUT_DIR/report.csv" >"$OUT_DIR/summary.txt"
+    "$examples/bench-cli" --target "$url" --scenario journey --rate 40 --duration 4s --warmup 1s \
+        --watch-pid "$server_pid" --slo "p99<10s,errors<1%" --quiet \
+        --html "$OUT_DIR/report.html" --json "$OUT_DIR/report.json" --csv "$OUT_DIR/report.csv" >"$OUT_DIR/summary.txt"
+fi
 
 flags=(--headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update
     --disable-sync --no-first-run --user-data-dir="$profile" --disable-extensions
