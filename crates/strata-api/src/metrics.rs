@@ -1,6 +1,7 @@
 //! Prometheus metrics. Label values are `&'static str` from closed sets (our routes, HTTP
-//! methods, storage operations), so recording allocates nothing and an attacker probing
-//! random paths cannot grow the series count.
+//! methods, storage operations, cache tiers and outcomes) or bounded by configuration
+//! (cache endpoints), so recording allocates nothing and an attacker probing random paths
+//! cannot grow the series count.
 
 use std::time::Duration;
 
@@ -10,8 +11,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use strata_core::error::RepoError;
-use strata_core::ports::{PoolStats, StoreObserver};
+
+use parking_lot::Mutex;
+use strata_core::ports::{CacheObserver, PoolStats, StoreObserver};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
@@ -31,6 +35,24 @@ struct PoolLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLookupLabels {
+    kind: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheTierLabels {
+    tier: &'static str,
+    op: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheEndpointLabels {
+    endpoint: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -45,6 +67,11 @@ pub struct Metrics {
     db_duration: HistogramFamily<DbLabels>,
     db_pool: Family<PoolLabels, Gauge>,
     hash_queue: Gauge,
+    cache_lookups: Family<CacheLookupLabels, Counter>,
+    cache_tier_ops: Family<CacheTierLabels, Counter>,
+    cache_endpoint_degraded: Family<CacheEndpointLabels, Gauge>,
+    cache_degraded: Gauge,
+    degraded_endpoints: Mutex<HashMap<String, bool>>,
 }
 
 impl Default for Metrics {
@@ -66,7 +93,43 @@ impl Metrics {
         registry.register("db_query_duration_seconds", "Storage call latency by operation", db_duration.clone());
         registry.register("db_pool_connections", "Storage connections by state", db_pool.clone());
         registry.register("password_hash_queue", "Requests waiting for a password hashing slot", hash_queue.clone());
-        Metrics { registry, http_requests, http_duration, db_duration, db_pool, hash_queue }
+        let cache_lookups = Family::<CacheLookupLabels, Counter>::default();
+        let cache_tier_ops = Family::<CacheTierLabels, Counter>::default();
+        let cache_endpoint_degraded = Family::<CacheEndpointLabels, Gauge>::default();
+        let cache_degraded = Gauge::default();
+        registry.register(
+            "cache_lookups",
+            "Session and user lookups by cache outcome (hit, negative_hit, miss = database read, error)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "cache_tier_operations",
+            "Cache operations per tier (l1, l2) and outcome",
+            cache_tier_ops.clone(),
+        );
+        registry.register(
+            "cache_endpoint_degraded",
+            "1 while a cache server's circuit breaker is open or probing",
+            cache_endpoint_degraded.clone(),
+        );
+        registry.register(
+            "cache_degraded",
+            "Cache servers currently degraded (0 = healthy; requests are served from the database meanwhile)",
+            cache_degraded.clone(),
+        );
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            db_duration,
+            db_pool,
+            hash_queue,
+            cache_lookups,
+            cache_tier_ops,
+            cache_endpoint_degraded,
+            cache_degraded,
+            degraded_endpoints: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn observe_http(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
@@ -100,6 +163,25 @@ impl StoreObserver for Metrics {
     }
 }
 
+impl CacheObserver for Metrics {
+    fn lookup(&self, kind: &'static str, outcome: &'static str) {
+        self.cache_lookups.get_or_create(&CacheLookupLabels { kind, outcome }).inc();
+    }
+
+    fn tier(&self, tier: &'static str, op: &'static str, outcome: &'static str) {
+        self.cache_tier_ops.get_or_create(&CacheTierLabels { tier, op, outcome }).inc();
+    }
+
+    fn endpoint(&self, endpoint: &str, degraded: bool) {
+        self.cache_endpoint_degraded
+            .get_or_create(&CacheEndpointLabels { endpoint: endpoint.to_owned() })
+            .set(i64::from(degraded));
+        let mut all = self.degraded_endpoints.lock();
+        all.insert(endpoint.to_owned(), degraded);
+        self.cache_degraded.set(all.values().filter(|d| **d).count() as i64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +199,22 @@ mod tests {
         assert!(text.contains("strata_http_request_duration_seconds_bucket"));
         assert!(text.contains(r#"strata_db_query_duration_seconds_count{op="user_by_id",outcome="ok"} 1"#));
         assert!(text.contains(r#"strata_db_pool_connections{state="size"} 3"#));
+    }
+
+    #[test]
+    fn renders_cache_metrics() {
+        let m = Metrics::new();
+        m.lookup("session", "hit");
+        m.lookup("session", "hit");
+        m.tier("l2", "get", "error");
+        m.endpoint("redis primary 127.0.0.1:6379", true);
+        m.endpoint("redis replica 127.0.0.1:6380", false);
+        let text = m.render(PoolStats::default(), 0);
+        assert!(text.contains(r#"strata_cache_lookups_total{kind="session",outcome="hit"} 2"#), "{text}");
+        assert!(text.contains(r#"strata_cache_tier_operations_total{tier="l2",op="get",outcome="error"} 1"#));
+        assert!(text.contains(r#"strata_cache_endpoint_degraded{endpoint="redis primary 127.0.0.1:6379"} 1"#));
+        assert!(text.contains("strata_cache_degraded 1"), "{text}");
+        m.endpoint("redis primary 127.0.0.1:6379", false);
+        assert!(m.render(PoolStats::default(), 0).contains("strata_cache_degraded 0"));
     }
 }

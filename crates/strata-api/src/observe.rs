@@ -75,10 +75,17 @@ pub async fn observe(State(state): State<AppState>, req: Request, next: Next) ->
     let total = started.elapsed();
     let db = timings.get(Component::Db);
     let hash = timings.get(Component::Hash);
-    let app = total.saturating_sub(db).saturating_sub(hash);
+    let cache = timings.get(Component::Cache);
+    let app = total.saturating_sub(db).saturating_sub(hash).saturating_sub(cache);
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    let server_timing =
-        format!("app;dur={:.3}, db;dur={:.3}, hash;dur={:.3}, total;dur={:.3}", ms(app), ms(db), ms(hash), ms(total));
+    let server_timing = format!(
+        "app;dur={:.3}, cache;dur={:.3}, db;dur={:.3}, hash;dur={:.3}, total;dur={:.3}",
+        ms(app),
+        ms(cache),
+        ms(db),
+        ms(hash),
+        ms(total)
+    );
     let status = res.status().as_u16();
     let headers = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&server_timing) {

@@ -38,7 +38,7 @@ impl Application {
             session_ttl: Duration::from_secs(config.auth.session_ttl_secs),
             ..AccountSettings::default()
         };
-        let accounts = Accounts::new(
+        let mut accounts = Accounts::new(
             store,
             Arc::new(hasher),
             LoginThrottle::new(config.throttle_settings()),
@@ -46,6 +46,13 @@ impl Application {
             metrics.clone(),
             settings,
         );
+        // Never connects here: a cache server that is down at startup is a degraded
+        // cache, not a failed start.
+        let cache = strata_cache::open(&config.cache.url, &config.cache_options(), metrics.clone())
+            .map_err(|e| anyhow::anyhow!("cache.url: {e}"))?;
+        if let Some(cache) = cache {
+            accounts = accounts.with_cache(cache, config.cache_settings(), metrics.clone());
+        }
         let state = AppState {
             accounts: Arc::new(accounts),
             metrics,
@@ -63,10 +70,16 @@ impl Application {
         self.local_addr
     }
 
+    /// The account service this application serves (tests inspect its cache).
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.state.accounts
+    }
+
     /// One line for humans: where we listen and what we run on.
     pub fn banner(&self) -> String {
+        let cache = self.state.accounts.cache().map_or_else(|| "none".to_owned(), |c| c.describe());
         format!(
-            "strata listening on http://{} (database: {})",
+            "strata listening on http://{} (database: {}, cache: {cache})",
             self.local_addr,
             strata_store::redact_url(&self.config.database.url)
         )

@@ -20,6 +20,7 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub cache: CacheConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -74,6 +75,27 @@ pub struct HttpConfig {
     pub shutdown_grace_secs: u64,
 }
 
+/// The cache in front of session checks and user reads (see ARCHITECTURE.md, Caching).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// `memory://[?entries=N&mb=N]`, `redis://HOST:PORT[?replica=HOST:PORT…]`,
+    /// `memcache://HOST:PORT[,HOST:PORT…]` or `none://`.
+    pub url: String,
+    /// In-process tier in front of Redis/Memcached: `off`, or `entries=N,mb=N,ttl_ms=N`.
+    pub l1: String,
+    pub ttl_secs: u64,
+    pub negative_ttl_secs: u64,
+    /// TTLs are shortened by a random 0…jitter_percent %.
+    pub jitter_percent: u8,
+    /// Deadline of one call to a cache server.
+    pub timeout_ms: u64,
+    /// Consecutive failures that open a server's circuit breaker …
+    pub breaker_failures: u32,
+    /// … and how long it stays open before one probe call.
+    pub breaker_open_ms: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -93,6 +115,7 @@ impl Default for Config {
             throttle: ThrottleConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            cache: CacheConfig::default(),
         }
     }
 }
@@ -144,6 +167,23 @@ impl Default for ThrottleConfig {
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig { body_limit_bytes: strata_api::DEFAULT_BODY_LIMIT, drain_delay_ms: 0, shutdown_grace_secs: 30 }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        let settings = strata_core::auth_cache::CacheSettings::default();
+        let options = strata_cache::CacheOptions::default();
+        CacheConfig {
+            url: "memory://".into(),
+            l1: "off".into(),
+            ttl_secs: settings.ttl.as_secs(),
+            negative_ttl_secs: settings.negative_ttl.as_secs(),
+            jitter_percent: (settings.jitter * 100.0) as u8,
+            timeout_ms: options.timeout.as_millis() as u64,
+            breaker_failures: options.breaker.failures,
+            breaker_open_ms: options.breaker.open_for.as_millis() as u64,
+        }
     }
 }
 
@@ -203,6 +243,14 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_HTTP_BODY_LIMIT_BYTES", "http.body_limit_bytes", |c, v| Ok(c.http.body_limit_bytes = parse(v)?)),
     ("STRATA_HTTP_DRAIN_DELAY_MS", "http.drain_delay_ms", |c, v| Ok(c.http.drain_delay_ms = parse(v)?)),
     ("STRATA_HTTP_SHUTDOWN_GRACE_SECS", "http.shutdown_grace_secs", |c, v| Ok(c.http.shutdown_grace_secs = parse(v)?)),
+    ("STRATA_CACHE_URL", "cache.url", |c, v| Ok(c.cache.url = v.to_owned())),
+    ("STRATA_CACHE_L1", "cache.l1", |c, v| Ok(c.cache.l1 = v.to_owned())),
+    ("STRATA_CACHE_TTL_SECS", "cache.ttl_secs", |c, v| Ok(c.cache.ttl_secs = parse(v)?)),
+    ("STRATA_CACHE_NEGATIVE_TTL_SECS", "cache.negative_ttl_secs", |c, v| Ok(c.cache.negative_ttl_secs = parse(v)?)),
+    ("STRATA_CACHE_JITTER_PERCENT", "cache.jitter_percent", |c, v| Ok(c.cache.jitter_percent = parse(v)?)),
+    ("STRATA_CACHE_TIMEOUT_MS", "cache.timeout_ms", |c, v| Ok(c.cache.timeout_ms = parse(v)?)),
+    ("STRATA_CACHE_BREAKER_FAILURES", "cache.breaker_failures", |c, v| Ok(c.cache.breaker_failures = parse(v)?)),
+    ("STRATA_CACHE_BREAKER_OPEN_MS", "cache.breaker_open_ms", |c, v| Ok(c.cache.breaker_open_ms = parse(v)?)),
     ("STRATA_LOG_FORMAT", "log.format", |c, v| Ok(c.log.format = v.to_owned())),
     ("STRATA_LOG_LEVEL", "log.level", |c, v| Ok(c.log.level = v.to_owned())),
 ];
@@ -241,9 +289,47 @@ impl Config {
         if self.http.body_limit_bytes < 1024 {
             return Err("http.body_limit_bytes must be at least 1024".into());
         }
+        strata_cache::Target::parse(&self.cache.url).map_err(|e| format!("cache.url: {e}"))?;
+        strata_cache::L1Options::parse(&self.cache.l1).map_err(|e| format!("cache.l1: {e}"))?;
+        if self.cache.ttl_secs == 0 || self.cache.negative_ttl_secs == 0 {
+            return Err("cache.ttl_secs and cache.negative_ttl_secs must be positive".into());
+        }
+        if self.cache.jitter_percent > 100 {
+            return Err("cache.jitter_percent must be at most 100".into());
+        }
+        if self.cache.timeout_ms == 0 || self.cache.breaker_failures == 0 || self.cache.breaker_open_ms == 0 {
+            return Err("cache.timeout_ms, cache.breaker_failures and cache.breaker_open_ms must be positive".into());
+        }
         strata_core::password::PasswordHasher::new(self.hasher_settings())
             .map(|_| ())
             .map_err(|e| format!("password: {e}"))
+    }
+
+    /// What the account service caches and for how long.
+    pub fn cache_settings(&self) -> strata_core::auth_cache::CacheSettings {
+        use std::time::Duration;
+        strata_core::auth_cache::CacheSettings {
+            ttl: Duration::from_secs(self.cache.ttl_secs),
+            negative_ttl: Duration::from_secs(self.cache.negative_ttl_secs),
+            jitter: f64::from(self.cache.jitter_percent) / 100.0,
+        }
+    }
+
+    /// How the cache adapters behave. Validated by `load`, so the L1 spec parses here.
+    pub fn cache_options(&self) -> strata_cache::CacheOptions {
+        use std::time::Duration;
+        strata_cache::CacheOptions {
+            timeout: Duration::from_millis(self.cache.timeout_ms),
+            breaker: strata_cache::BreakerOptions {
+                failures: self.cache.breaker_failures,
+                open_for: Duration::from_millis(self.cache.breaker_open_ms),
+            },
+            // A tombstone must outlive the slowest read-then-fill it guards against: a
+            // database read at its timeout plus a cache call.
+            tombstone_ttl: Duration::from_millis(self.database.query_timeout_ms.saturating_mul(2).max(1000)),
+            l1: strata_cache::L1Options::parse(&self.cache.l1).ok().flatten(),
+            ..strata_cache::CacheOptions::default()
+        }
     }
 
     pub fn store_options(&self) -> strata_store::StoreOptions {
@@ -290,6 +376,7 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = strata_store::redact_url(&shown.database.url);
+        shown.cache.url = strata_store::redact_url(&shown.cache.url);
         if shown.auth.admin_token.is_some() {
             shown.auth.admin_token = Some("<redacted>".into());
         }
@@ -335,6 +422,10 @@ mod tests {
         assert!(e.contains("admin_token"), "{e}");
         let e = Config::load(None, &env(&[("STRATA_PASSWORD_MEMORY_KIB", "1")])).unwrap_err();
         assert!(e.contains("password"), "{e}");
+        let e = Config::load(None, &env(&[("STRATA_CACHE_URL", "redis://nohost")])).unwrap_err();
+        assert!(e.contains("cache.url"), "{e}");
+        let e = Config::load(None, &env(&[("STRATA_CACHE_L1", "entries=lots")])).unwrap_err();
+        assert!(e.contains("cache.l1"), "{e}");
     }
 
     #[test]
@@ -344,11 +435,12 @@ mod tests {
             &env(&[
                 ("STRATA_DATABASE_URL", "postgres://u:hunter2@db/x"),
                 ("STRATA_ADMIN_TOKEN", "super-secret-admin-token"),
+                ("STRATA_CACHE_URL", "redis://:cachepw@127.0.0.1:6379"),
             ]),
         )
         .unwrap();
         let shown = c.redacted_toml();
-        assert!(!shown.contains("hunter2") && !shown.contains("super-secret"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("super-secret") && !shown.contains("cachepw"), "{shown}");
         assert!(shown.contains("<redacted>"));
         // What `config show` prints is itself a valid config file.
         assert!(toml::from_str::<Config>(&shown).is_ok());

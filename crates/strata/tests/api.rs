@@ -798,3 +798,7 @@ fn bad_configuration_fails_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("database.url") && err.contains("oracle"), "{err}");
 }
+
+/// Cache behaviour end to end: single-flight, failures, cross-instance staleness.
+#[path = "api/cache.rs"]
+mod cache;
