@@ -62,8 +62,7 @@ impl Resp {
 }
 
 fn test_config(url: &str) -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
+    let mut c = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
     c.database.url = url.to_owned();
     c.auth.admin_token = Some(ADMIN.to_owned());
     // Cheap hashing keeps the suite fast; the OWASP defaults are unit-tested in core.
