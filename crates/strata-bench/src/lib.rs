@@ -33,7 +33,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 pub use args::BenchArgs;
+pub use engine::{IntervalFigures, SecondSample};
+pub use metrics::{ServerDbOp, ServerMetrics, ServerRoute};
 pub use report::Report;
+pub use resources::ResourcePoint;
+pub use stats::ScheduleStats;
 
 use engine::{Model, PhaseResult, RunContext, run_phase};
 use progress::Progress;
@@ -79,7 +83,9 @@ pub fn write_outputs(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the benchmark and returns its report without printing the summary or writing files.
+/// Runs the benchmark and returns its report without printing the summary or writing files
+/// (the live progress line still goes to stderr unless `quiet`). This is what tests and other
+/// tools embed; `run` is this plus the outputs and the exit status.
 pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let objectives = match &args.slo {
         Some(text) => slo::parse(text)?,
