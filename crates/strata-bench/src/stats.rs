@@ -154,7 +154,7 @@ impl EndpointStats {
 /// How well an open-model run kept to its schedule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ScheduleStats {
-    /// Requests sent more than [`LATE_THRESHOLD_US`] after their intended start.
+    /// Iterations sent more than 2 ms (`LATE_THRESHOLD_US`) after their intended start.
     pub late_sends: u64,
     /// Of those, the sends whose time had already come when a connection freed up: every
     /// connection was busy (a slow server, or too few `--connections`). The rest woke late
