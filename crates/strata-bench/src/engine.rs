@@ -409,9 +409,8 @@ async fn worker(shared: Arc<Shared>, id: usize) {
     let mut state = WorkerState {
         id,
         client: Client::new(ctx.target.addr, ctx.timeout),
-        rng: Rng::new(
-            0x9e37_79b9 ^ (id as u64).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ u64::from(ctx.run_id.len() as u32),
-        ),
+        // Seeded by worker id only, so a given worker picks the same flow sequence every run.
+        rng: Rng::new(0x9e37_79b9 ^ (id as u64).wrapping_mul(0x2545_f491_4f6c_dd1d)),
         request: Vec::with_capacity(512),
         scratch: Vec::with_capacity(256),
         response: Response::default(),
@@ -497,6 +496,9 @@ async fn run_iteration(
                 {
                     if record {
                         let mut s = shared.recorder.shard(state.id).lock();
+                        if i == 0 {
+                            s.iterations += 1;
+                        }
                         s.endpoints[step.endpoint].requests += 1;
                         s.endpoints[step.endpoint].record_error(ErrorKind::Capture);
                     }
