@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -197,6 +198,8 @@ pub struct SecondSample {
 }
 
 pub struct PhaseResult {
+    /// The phase was cut short by the stop signal; `measured` ends where it was.
+    pub interrupted: bool,
     pub totals: StatsSet,
     pub series: Vec<SecondSample>,
     /// The measured window (warm-up excluded), the denominator of every rate.
@@ -212,6 +215,8 @@ struct Shared {
     end: Instant,
     hard_stop: Instant,
     schedule: Option<Schedule>,
+    /// Becomes true when the user interrupts the run: no new work starts after that.
+    stop: watch::Receiver<bool>,
 }
 
 /// Runs one phase to completion. `time_offset` shifts the time series (for multi-phase runs).
@@ -222,6 +227,7 @@ pub async fn run_phase(
     time_offset: f64,
     progress: &mut Progress,
     label: &str,
+    stop: watch::Receiver<bool>,
 ) -> PhaseResult {
     let endpoints = ctx.scenario.endpoints.len();
     let (connections, schedule, span) = match &model {
@@ -241,7 +247,10 @@ pub async fn run_phase(
         end,
         hard_stop: end + ctx.timeout,
         schedule,
+        stop: stop.clone(),
     });
+    let mut stop = stop;
+    let mut stopped_at: Option<Instant> = None;
 
     let mut set = JoinSet::new();
     for id in 0..connections {
@@ -263,6 +272,12 @@ pub async fn run_phase(
         loop {
             tokio::select! {
                 _ = &mut all_done => break false,
+                Ok(()) = stop.changed(), if stopped_at.is_none() => {
+                    if *stop.borrow() {
+                        stopped_at = Some(Instant::now());
+                        progress.say(&format!("{label}interrupted: finishing in-flight requests, then reporting"));
+                    }
+                }
                 _ = tokio::time::sleep_until(hard_stop) => break true,
                 _ = tokio::time::sleep_until(next_tick) => {
                     let now = Instant::now();
@@ -282,7 +297,18 @@ pub async fn run_phase(
     }
     let now = Instant::now();
     collector.finish(&shared, now, &mut series);
-    PhaseResult { totals: collector.totals, series, measured: end.saturating_duration_since(shared.measure_from) }
+    if stopped_at.is_none() && *stop.borrow() {
+        // The workers saw the stop and finished before the loop above did; they stop within
+        // moments of it, so now is when it happened, near enough.
+        stopped_at = Some(now);
+    }
+    let measured_until = stopped_at.map_or(end, |at| at.min(end));
+    PhaseResult {
+        interrupted: stopped_at.is_some(),
+        totals: collector.totals,
+        series,
+        measured: measured_until.saturating_duration_since(shared.measure_from),
+    }
 }
 
 /// Turns the shards' records into per-second samples and run totals.
@@ -416,10 +442,11 @@ async fn worker(shared: Arc<Shared>, id: usize) {
         response: Response::default(),
         captured: Vec::new(),
     };
+    let mut stop = shared.stop.clone();
     match &shared.schedule {
         None => loop {
             let now = Instant::now();
-            if now >= shared.end {
+            if now >= shared.end || *stop.borrow() {
                 break;
             }
             let flow = ctx.scenario.pick(state.rng.next_u64());
@@ -438,9 +465,15 @@ async fn worker(shared: Arc<Shared>, id: usize) {
                 shared.recorder.shard(id).lock().schedule.unsent += 1;
                 continue;
             }
+            if *stop.borrow() {
+                break;
+            }
             let already_due = taken_at >= intended;
             if !already_due {
-                tokio::time::sleep_until(intended).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(intended) => {}
+                    Ok(()) = stop.changed() => if *stop.borrow() { break },
+                }
             }
             let sent_at = Instant::now();
             let lag_us = sent_at.saturating_duration_since(intended).as_micros() as u64;

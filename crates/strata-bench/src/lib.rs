@@ -55,8 +55,9 @@ const DEFAULT_CLOSED_CONNECTIONS: usize = 10;
 const FIND_MAX_STEPS: usize = 30;
 
 /// Runs `strata bench` and prints its summary; the exit code is non-zero when an SLO failed.
+/// Ctrl-C stops the load early and still reports what was measured (a second one quits).
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let report = execute(args.clone()).await?;
+    let report = execute_until(args.clone(), interrupted()).await?;
     print!("{}", report::summary_text(&report));
     write_outputs(&args, &report)?;
     if report.passed {
@@ -66,6 +67,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("SLO violated: {} (actual {})", s.objective, s.actual_display);
     }
     Ok(ExitCode::from(EXIT_SLO_VIOLATED))
+}
+
+/// Resolves at the first Ctrl-C; from then on a second one ends the process at once.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        // No signal handling available: never interrupt.
+        std::future::pending::<()>().await;
+    }
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
 }
 
 /// Writes the --json, --csv and --html files a run asked for.
@@ -87,6 +101,27 @@ pub fn write_outputs(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
 /// (the live progress line still goes to stderr unless `quiet`). This is what tests and other
 /// tools embed; `run` is this plus the outputs and the exit status.
 pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
+    execute_until(args, std::future::pending()).await
+}
+
+/// [`execute`], stopping early (and reporting what was measured so far) when `stop` resolves.
+pub async fn execute_until<F>(args: BenchArgs, stop: F) -> anyhow::Result<Report>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+        // Keep the sender alive so receivers do not mistake its drop for a change.
+        std::future::pending::<()>().await;
+    });
+    let result = execute_inner(args, stop_rx).await;
+    watcher.abort();
+    result
+}
+
+async fn execute_inner(args: BenchArgs, stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<Report> {
     let objectives = match &args.slo {
         Some(text) => slo::parse(text)?,
         None => Vec::new(),
@@ -144,7 +179,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         if args.users == 0 {
             bail!("scenario `{}` needs seeded users: --users must be at least 1", scenario.name);
         }
-        seed::seed_users(&target, &run_id, args.users, args.seed_concurrency, args.timeout, &mut progress).await?
+        seed::seed_users(&target, &run_id, args.users, args.seed_concurrency, args.timeout, &mut progress, stop.clone())
+            .await?
     } else {
         Vec::new()
     };
@@ -167,8 +203,8 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
     let connections =
         args.connections.unwrap_or(if open { DEFAULT_OPEN_CONNECTIONS } else { DEFAULT_CLOSED_CONNECTIONS });
 
-    let (totals, series, measured, find_max) = if args.find_max {
-        find_max(&args, &ctx, connections, &objectives, &mut progress).await
+    let (totals, series, measured, find_max, interrupted) = if args.find_max {
+        find_max(&args, &ctx, connections, &objectives, &mut progress, &stop).await
     } else {
         let model = if let Some(stages) = &args.stages {
             let stages = schedule::parse_stages(stages)?;
@@ -181,9 +217,9 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         } else {
             Model::Closed { connections, duration: args.duration }
         };
-        let PhaseResult { totals, series, measured } =
-            run_phase(Arc::clone(&ctx), model, args.warmup, 0.0, &mut progress, "").await;
-        (totals, series, measured, None)
+        let PhaseResult { totals, series, measured, interrupted } =
+            run_phase(Arc::clone(&ctx), model, args.warmup, 0.0, &mut progress, "", stop.clone()).await;
+        (totals, series, measured, None, interrupted)
     };
     progress.finish();
 
@@ -220,6 +256,7 @@ pub async fn execute(args: BenchArgs) -> anyhow::Result<Report> {
         find_max,
     };
     let mut report = report::build(inputs, &totals, series, measured.as_secs_f64());
+    report.interrupted = interrupted;
     report.slo = objectives.iter().map(|o| o.evaluate(&report.totals, &report.endpoints)).collect();
     report.passed = report.slo.iter().all(|s| s.passed);
     Ok(report)
@@ -235,7 +272,8 @@ async fn find_max(
     connections: usize,
     objectives: &[slo::Objective],
     progress: &mut Progress,
-) -> (StatsSet, Vec<engine::SecondSample>, Duration, Option<FindMaxReport>) {
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> (StatsSet, Vec<engine::SecondSample>, Duration, Option<FindMaxReport>, bool) {
     let p99_bound = args
         .find_max_p99
         .or_else(|| {
@@ -251,6 +289,7 @@ async fn find_max(
     let mut series = Vec::new();
     let mut measured = Duration::ZERO;
     let mut steps: Vec<FindMaxStep> = Vec::new();
+    let mut interrupted = false;
     let mut stop_reason = format!("stopped after {FIND_MAX_STEPS} steps without finding the limit");
     for step in 0..FIND_MAX_STEPS {
         let warmup = if step == 0 { args.warmup } else { Duration::ZERO };
@@ -263,8 +302,19 @@ async fn find_max(
             measured.as_secs_f64(),
             progress,
             &label,
+            stop.clone(),
         )
         .await;
+        if phase.interrupted {
+            // A cut-short step says nothing about whether that rate holds: keep its
+            // measurements, judge nothing.
+            totals.merge(&phase.totals);
+            series.extend(phase.series);
+            measured += phase.measured;
+            stop_reason = "interrupted".to_string();
+            interrupted = true;
+            break;
+        }
         let all = phase.totals.total();
         let seconds = phase.measured.as_secs_f64().max(1e-9);
         // The schedule offers iterations (requests, for one-step flows), so iterations have to
@@ -314,5 +364,5 @@ async fn find_max(
         .filter(|s| s.passed)
         .map(|s| s.achieved_rps)
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
-    (totals, series, measured, Some(FindMaxReport { p99_bound_us, steps, knee_rps: knee, stop_reason }))
+    (totals, series, measured, Some(FindMaxReport { p99_bound_us, steps, knee_rps: knee, stop_reason }), interrupted)
 }

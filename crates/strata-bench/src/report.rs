@@ -148,6 +148,8 @@ pub struct Report {
     pub slo: Vec<SloResult>,
     /// False when an SLO was violated.
     pub passed: bool,
+    /// The run was stopped early (Ctrl-C); `measured_s` ends where it stopped.
+    pub interrupted: bool,
 }
 
 /// Everything needed to build a report besides the measurements.
@@ -216,6 +218,7 @@ pub fn build(inputs: ReportInputs, totals: &StatsSet, series: Vec<SecondSample>,
         find_max: inputs.find_max,
         slo: Vec::new(),
         passed: true,
+        interrupted: false,
     }
 }
 
@@ -236,7 +239,13 @@ pub fn summary_text(r: &Report) -> String {
         }
         _ => format!("closed model, {} connections", c.connections),
     };
-    let _ = writeln!(out, "\nstrata bench: scenario `{}` against {}", c.scenario, c.target);
+    let _ = writeln!(
+        out,
+        "\nstrata bench: scenario `{}` against {}{}",
+        c.scenario,
+        c.target,
+        if r.interrupted { " (interrupted)" } else { "" }
+    );
     let _ = writeln!(
         out,
         "{load}; measured {:.1}s (warm-up {:.1}s); {} iterations\n",

@@ -70,6 +70,7 @@ pub async fn seed_users(
     concurrency: usize,
     timeout: Duration,
     progress: &mut Progress,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<SeedUser>> {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
@@ -106,6 +107,11 @@ pub async fn seed_users(
     loop {
         tokio::select! {
             joined = tasks.join_next() => if joined.is_none() { break },
+            Ok(()) = stop.changed() => if *stop.borrow() {
+                tasks.abort_all();
+                progress.finish();
+                bail!("interrupted while seeding users");
+            },
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
         let d = done.load(Ordering::Relaxed);

@@ -217,3 +217,27 @@ async fn find_max_stops_at_the_knee() {
     let knee = f.knee_rps.expect("a knee");
     assert!((45.0..=210.0).contains(&knee), "knee {knee}");
 }
+
+/// An interrupted run stops early in both models — including workers asleep on tickets due far
+/// in the future — and still reports what it measured, over the time it actually ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupting_a_run_stops_it_and_still_reports() {
+    let server = spawn(MockOptions::default()).await;
+    for model in [["--rate", "20"], ["--connections", "2"]] {
+        let started = std::time::Instant::now();
+        let mut line = vec!["--target", server.url().leak(), "--scenario", "http", "--path", "/healthz"];
+        line.extend(model);
+        line.extend(["--duration", "60s", "--no-metrics", "--quiet"]);
+        let report = strata_bench::execute_until(bench_args(&line), tokio::time::sleep(Duration::from_millis(1500)))
+            .await
+            .expect("run");
+        assert!(report.interrupted, "{model:?}");
+        assert!(started.elapsed() < Duration::from_secs(15), "{model:?} took {:?}", started.elapsed());
+        assert!((1.4..5.0).contains(&report.measured_s), "{model:?}: measured {}", report.measured_s);
+        assert!(report.totals.requests > 0 && report.totals.errors == 0, "{model:?}");
+        if model[0] == "--rate" {
+            // 20 req/s for the ~1.5 s it ran, not 60 s worth.
+            assert!((25..=45).contains(&report.totals.requests), "{}", report.totals.requests);
+        }
+    }
+}
