@@ -15,8 +15,13 @@ struct Cli {
     args: BenchArgs,
 }
 
-/// Parses a `strata bench` command line (without the program name).
+/// Parses a `strata bench` command line (without the program name). The project's tests only
+/// ever load this machine's loopback: any other target is a bug in the test.
 pub fn bench_args(line: &[&str]) -> BenchArgs {
+    if let Some(i) = line.iter().position(|a| *a == "--target") {
+        let target = line.get(i + 1).copied().unwrap_or("");
+        assert!(target.starts_with("http://127."), "tests target 127.0.0.0/8 only, not {target}");
+    }
     Cli::try_parse_from(std::iter::once("strata-bench").chain(line.iter().copied()))
         .expect("valid bench arguments")
         .args
