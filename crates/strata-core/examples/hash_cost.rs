@@ -1,45 +1,52 @@
-//! Cost of argon2id verifies with the production defaults: single-core time per verify (so
-//! the naive login ceiling is `cores / verify time`) and the measured rate with one verify
-//! per core running at once (what the machine really sustains: SMT siblings and memory
-//! bandwidth can make it less than linear).
+//! Cost of argon2id verifies with the production defaults, computed the way the server does
+//! (one reused memory buffer per thread): single-core time per verify (so the naive login
+//! ceiling is `cores / verify time`) and the measured rate with one verify per core running
+//! at once (what the machine really sustains: shared caches and memory bandwidth can make
+//! it less than linear).
 //! Run with `cargo run --release -p strata-core --example hash_cost`.
 
 use std::time::Instant;
 
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use strata_core::password::HashParams;
 
 fn argon2() -> Argon2<'static> {
     let p = HashParams::default();
-    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, None).expect("params");
+    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).expect("params");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
-fn verify_many(phc: &str, rounds: u32) {
-    let hash = PasswordHash::new(phc).expect("phc");
+fn verify_many(expected: &[u8; 32], rounds: u32) {
+    let argon2 = argon2();
+    let mut memory = vec![Block::default(); argon2.params().block_count()];
     for _ in 0..rounds {
-        assert!(argon2().verify_password(b"correct horse battery staple", &hash).is_ok());
+        let mut out = [0u8; 32];
+        argon2
+            .hash_password_into_with_memory(
+                b"correct horse battery staple",
+                b"sixteen byte salt",
+                &mut out,
+                &mut memory,
+            )
+            .expect("hash");
+        assert_eq!(&out, expected);
     }
 }
 
 fn main() {
-    let phc = argon2()
-        .hash_password(b"correct horse battery staple", &SaltString::generate(&mut OsRng))
-        .expect("hash")
-        .to_string();
+    let mut expected = [0u8; 32];
+    argon2().hash_password_into(b"correct horse battery staple", b"sixteen byte salt", &mut expected).expect("hash");
     let rounds = 40;
-    verify_many(&phc, 3); // warm up
+    verify_many(&expected, 3); // warm up
     let started = Instant::now();
-    verify_many(&phc, rounds);
+    verify_many(&expected, rounds);
     let per_verify = started.elapsed().as_secs_f64() / f64::from(rounds);
 
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let started = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..cores {
-            s.spawn(|| verify_many(&phc, rounds));
+            s.spawn(|| verify_many(&expected, rounds));
         }
     });
     let parallel_rps = f64::from(rounds) * cores as f64 / started.elapsed().as_secs_f64();
