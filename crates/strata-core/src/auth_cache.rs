@@ -219,6 +219,32 @@ impl Reader<'_> {
     }
 }
 
+/// How one kind of cached value maps to and from a cache entry.
+pub(crate) struct Kind<T> {
+    /// Metrics label.
+    pub(crate) name: &'static str,
+    unwrap: fn(Cached) -> Option<T>,
+    wrap: fn(&T) -> Cached,
+}
+
+pub(crate) const SESSION: Kind<(Session, User)> = Kind {
+    name: "session",
+    unwrap: |c| match c {
+        Cached::Session(session, user) => Some((session, user)),
+        _ => None,
+    },
+    wrap: |(session, user)| Cached::Session(session.clone(), user.clone()),
+};
+
+pub(crate) const USER: Kind<User> = Kind {
+    name: "user",
+    unwrap: |c| match c {
+        Cached::User(user) => Some(user),
+        _ => None,
+    },
+    wrap: |user| Cached::User(user.clone()),
+};
+
 /// The service's handle on the cache port: encoding, timing, metrics and single-flight.
 pub(crate) struct AuthCache {
     pub(crate) cache: Arc<dyn Cache>,
@@ -269,6 +295,56 @@ impl AuthCache {
         timing::record(Component::Cache, started.elapsed());
         if let Err(e) = out {
             tracing::warn!(error = %e, keys = keys.len(), "cache invalidation failed; entries age out");
+        }
+    }
+
+    /// Read-through for one kind of value: a hit or negative hit answers at once; misses of
+    /// one key share a single `load`, whose result fills the cache unless an invalidation
+    /// happened while it ran.
+    pub(crate) async fn read_through<K, T, F, Fut>(
+        &self,
+        kind: &Kind<T>,
+        key: &str,
+        flight: &SingleFlight<K, Result<Option<T>, RepoError>>,
+        flight_key: &K,
+        ttl: impl Fn(&T) -> Duration,
+        load: F,
+    ) -> Result<Option<T>, RepoError>
+    where
+        K: Eq + std::hash::Hash + Clone,
+        T: Clone,
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>, RepoError>>,
+    {
+        if let Some(found) = self.lookup(kind, key).await {
+            self.observer.lookup(kind.name, if found.is_some() { "hit" } else { "negative_hit" });
+            return Ok(found);
+        }
+        flight
+            .run(flight_key, || async {
+                // Read before the database, so a change committed meanwhile voids the fill.
+                let generation = self.cache.generation();
+                // The flight we missed may have filled the key just before we joined.
+                if let Some(found) = self.lookup(kind, key).await {
+                    return Ok(found);
+                }
+                self.observer.lookup(kind.name, "miss");
+                let found = load().await?;
+                match &found {
+                    Some(value) => self.fill(key, &(kind.wrap)(value), ttl(value), generation).await,
+                    None => self.fill(key, &Cached::Absent, self.settings.negative_ttl, generation).await,
+                }
+                Ok(found)
+            })
+            .await
+    }
+
+    /// `Some(Some(v))` for a hit, `Some(None)` for a negative hit, `None` for a miss (an
+    /// entry of another kind under this key counts as a miss).
+    async fn lookup<T>(&self, kind: &Kind<T>, key: &str) -> Option<Option<T>> {
+        match self.get(kind.name, key).await? {
+            Cached::Absent => Some(None),
+            other => (kind.unwrap)(other).map(Some),
         }
     }
 

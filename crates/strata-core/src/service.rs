@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::auth_cache::{AuthCache, CacheSettings, Cached, session_key, user_key};
+use crate::auth_cache::{AuthCache, CacheSettings, SESSION, USER, session_key, user_key};
 use crate::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, Role, Session, SessionId,
     SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version,
@@ -303,41 +303,9 @@ impl Accounts {
         let Some(cache) = &self.cache else {
             return self.db("session_with_user", self.store.session_with_user(hash)).await;
         };
-        let key = session_key(hash);
-        match cache.get("session", &key).await {
-            Some(Cached::Session(session, user)) => {
-                cache.observer.lookup("session", "hit");
-                return Ok(Some((session, user)));
-            }
-            Some(Cached::Absent) => {
-                cache.observer.lookup("session", "negative_hit");
-                return Ok(None);
-            }
-            _ => {}
-        }
-        cache
-            .sessions
-            .run(hash, || async {
-                // Read before the database, so a change committed meanwhile voids the fill.
-                let generation = cache.cache.generation();
-                // The flight we missed may have filled the key just before we joined.
-                match cache.get("session", &key).await {
-                    Some(Cached::Session(session, user)) => return Ok(Some((session, user))),
-                    Some(Cached::Absent) => return Ok(None),
-                    _ => {}
-                }
-                cache.observer.lookup("session", "miss");
-                let found = self.db("session_with_user", self.store.session_with_user(hash)).await?;
-                match &found {
-                    Some((session, user)) => {
-                        let ttl = cache.session_ttl(session, self.clock.now());
-                        cache.fill(&key, &Cached::Session(session.clone(), user.clone()), ttl, generation).await;
-                    }
-                    None => cache.fill(&key, &Cached::Absent, cache.settings.negative_ttl, generation).await,
-                }
-                Ok(found)
-            })
-            .await
+        let ttl = |(session, _): &(Session, User)| cache.session_ttl(session, self.clock.now());
+        let load = || self.db("session_with_user", self.store.session_with_user(hash));
+        cache.read_through(&SESSION, &session_key(hash), &cache.sessions, hash, ttl, load).await
     }
 
     /// A user by id, through the cache like [`Self::session_with_user`].
@@ -345,36 +313,8 @@ impl Accounts {
         let Some(cache) = &self.cache else {
             return self.db("user_by_id", self.store.user_by_id(id)).await;
         };
-        let key = user_key(id);
-        match cache.get("user", &key).await {
-            Some(Cached::User(user)) => {
-                cache.observer.lookup("user", "hit");
-                return Ok(Some(user));
-            }
-            Some(Cached::Absent) => {
-                cache.observer.lookup("user", "negative_hit");
-                return Ok(None);
-            }
-            _ => {}
-        }
-        cache
-            .users
-            .run(&id, || async {
-                let generation = cache.cache.generation();
-                match cache.get("user", &key).await {
-                    Some(Cached::User(user)) => return Ok(Some(user)),
-                    Some(Cached::Absent) => return Ok(None),
-                    _ => {}
-                }
-                cache.observer.lookup("user", "miss");
-                let found = self.db("user_by_id", self.store.user_by_id(id)).await?;
-                match &found {
-                    Some(user) => cache.fill(&key, &Cached::User(user.clone()), cache.settings.ttl, generation).await,
-                    None => cache.fill(&key, &Cached::Absent, cache.settings.negative_ttl, generation).await,
-                }
-                Ok(found)
-            })
-            .await
+        let load = || self.db("user_by_id", self.store.user_by_id(id));
+        cache.read_through(&USER, &user_key(id), &cache.users, &id, |_| cache.settings.ttl, load).await
     }
 
     /// After a committed change to a user: the user entry and every cached session of
