@@ -17,6 +17,8 @@
 # bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 DURATION=${DURATION:-5}
 BACKENDS=${BACKENDS:-"sqlite postgres"}
@@ -84,21 +86,6 @@ start_server() {
   curl -sf "$BASE/readyz" >/dev/null || { cat "$WORK/server.err" >&2; exit 1; }
 }
 
-# run_wrk PATH [SCRIPT ARG] → "rps p50 p99 non2xx"
-run_wrk() {
-  local path=$1 script=${2:-} arg=${3:-} out
-  if [ -n "$script" ]; then
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$script" "$BASE$path" -- "$arg")
-  else
-    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"${DURATION}s" --latency "$BASE$path")
-  fi
-  local rps p50 p99 bad
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1 == "50%" {print $2}')
-  p99=$(echo "$out" | awk '$1 == "99%" {print $2}')
-  bad=$(echo "$out" | awk '/Non-2xx/ {print $5}')
-  echo "$rps $p50 $p99 ${bad:-0}"
-}
 
 # lookups KIND → "hits total" so far, from /metrics
 lookups() {
@@ -108,7 +95,6 @@ lookups() {
     END { printf "%d %d\n", hits, total }'
 }
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.0f%%", 100 * a / b; else print "n/a" }'; }
 
 # measure BACKEND MODE KIND PATH SCRIPT FILE
 measure() {

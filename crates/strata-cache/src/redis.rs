@@ -148,17 +148,7 @@ impl Cache for RedisCache {
                 }
             }
         }
-        match result {
-            Ok(stored) => {
-                let value = self.shield.accept(key, stored);
-                self.observer.tier("l2", "get", if value.is_some() { "hit" } else { "miss" });
-                Ok(value)
-            }
-            Err(e) => {
-                self.observer.tier("l2", "get", "error");
-                Err(e)
-            }
-        }
+        self.shield.finish_get(key, result, &*self.observer)
     }
 
     async fn fill(&self, key: &str, value: Vec<u8>, ttl: Duration, _generation: u64) -> Result<bool, CacheError> {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use strata_core::ports::Cache;
+use strata_core::ports::{Cache, CacheError, CacheObserver};
 
 const MAGIC: u8 = 0xC5;
 const ENVELOPE_VERSION: u8 = 1;
@@ -82,6 +82,27 @@ pub struct Shield {
 
 impl Shield {
     /// The payload a shared-tier read may use, if any.
+    /// An L2 read as callers see it: the stored bytes through [`Shield::accept`], with the
+    /// outcome counted (shared by the Redis and Memcached adapters).
+    pub fn finish_get(
+        &self,
+        key: &str,
+        read: Result<Option<Vec<u8>>, CacheError>,
+        observer: &dyn CacheObserver,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        match read {
+            Ok(stored) => {
+                let value = self.accept(key, stored);
+                observer.tier("l2", "get", if value.is_some() { "hit" } else { "miss" });
+                Ok(value)
+            }
+            Err(e) => {
+                observer.tier("l2", "get", "error");
+                Err(e)
+            }
+        }
+    }
+
     pub fn accept(&self, key: &str, stored: Option<Vec<u8>>) -> Option<Vec<u8>> {
         let stored = stored?;
         if self.is_pending(key) {
