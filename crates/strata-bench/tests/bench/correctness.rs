@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::bench_args;
 use crate::mock_server::{MockOptions, spawn};
+use crate::{bench_args, run_quiet};
 
 const STALL: Duration = Duration::from_millis(100);
 const STALL_EVERY: u64 = 200;
@@ -92,20 +92,8 @@ async fn open_model_reports_stalls_that_a_closed_model_hides() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stages_offer_the_integral_of_the_rate() {
     let server = spawn(MockOptions::default()).await;
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
-        &server.url(),
-        "--scenario",
-        "http",
-        "--path",
-        "/healthz",
-        "--stages",
-        "400:1s,400:500ms",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+    let report =
+        run_quiet(&server.url(), &["--scenario", "http", "--path", "/healthz", "--stages", "400:1s,400:500ms"]).await;
     assert_eq!(report.totals.requests, 400);
     assert_eq!(report.config.model, "open");
     assert!((report.measured_s - 1.5).abs() < 1e-6);
@@ -121,22 +109,11 @@ async fn stages_offer_the_integral_of_the_rate() {
 async fn every_scheduled_request_is_counted_once() {
     let server = spawn(MockOptions::default()).await;
     for _ in 0..3 {
-        let report = strata_bench::execute(bench_args(&[
-            "--target",
+        let report = run_quiet(
             &server.url(),
-            "--scenario",
-            "http",
-            "--path",
-            "/healthz",
-            "--rate",
-            "3000",
-            "--duration",
-            "1s",
-            "--no-metrics",
-            "--quiet",
-        ]))
-        .await
-        .expect("run");
+            &["--scenario", "http", "--path", "/healthz", "--rate", "3000", "--duration", "1s"],
+        )
+        .await;
         assert_eq!(report.totals.requests, 3000);
         assert_eq!(report.iterations, 3000);
         let in_series: u64 = report.timeseries.iter().map(|s| s.total.requests).sum();
@@ -156,24 +133,11 @@ async fn every_scheduled_request_is_counted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmup_is_not_measured() {
     let server = spawn(MockOptions::default()).await;
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
+    let report = run_quiet(
         &server.url(),
-        "--scenario",
-        "http",
-        "--path",
-        "/healthz",
-        "--rate",
-        "200",
-        "--duration",
-        "1s",
-        "--warmup",
-        "500ms",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+        &["--scenario", "http", "--path", "/healthz", "--rate", "200", "--duration", "1s", "--warmup", "500ms"],
+    )
+    .await;
     assert_eq!(report.totals.requests, 200);
     assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 300);
 }
@@ -184,31 +148,29 @@ async fn warmup_is_not_measured() {
 async fn find_max_stops_at_the_knee() {
     let server =
         spawn(MockOptions { stall_every: 1, stall_for: Duration::from_millis(5), ..MockOptions::default() }).await;
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
+    let report = run_quiet(
         &server.url(),
-        "--scenario",
-        "http",
-        "--path",
-        "/healthz",
-        "--find-max",
-        "--rate",
-        "50",
-        "--find-max-growth",
-        "2",
-        "--find-max-p99",
-        "2s",
-        "--duration",
-        "1s",
-        "--connections",
-        "16",
-        "--timeout",
-        "3s",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+        &[
+            "--scenario",
+            "http",
+            "--path",
+            "/healthz",
+            "--find-max",
+            "--rate",
+            "50",
+            "--find-max-growth",
+            "2",
+            "--find-max-p99",
+            "2s",
+            "--duration",
+            "1s",
+            "--connections",
+            "16",
+            "--timeout",
+            "3s",
+        ],
+    )
+    .await;
     let f = report.find_max.expect("find-max report");
     eprintln!("{:#?}", f.steps);
     assert!(f.steps.len() >= 2 && f.steps.len() <= 4, "{:?}", f.steps);

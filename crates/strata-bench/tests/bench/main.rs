@@ -26,3 +26,12 @@ pub fn bench_args(line: &[&str]) -> BenchArgs {
         .expect("valid bench arguments")
         .args
 }
+
+/// Runs `strata bench` against a test server with `args`, without scraping `/metrics` and
+/// without the progress line: the shape most tests need.
+pub async fn run_quiet(target: &str, args: &[&str]) -> strata_bench::Report {
+    let mut line = vec!["--target", target];
+    line.extend_from_slice(args);
+    line.extend(["--no-metrics", "--quiet"]);
+    strata_bench::execute(bench_args(&line)).await.expect("run")
+}

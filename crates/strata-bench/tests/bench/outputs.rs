@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use crate::bench_args;
 use crate::mock_server::{MockOptions, spawn};
+use crate::{bench_args, run_quiet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_json_csv_and_html_and_passes_slos() {
@@ -104,28 +104,26 @@ async fn http_scenario_sends_method_headers_and_body() {
     let body = dir.join("body.json");
     std::fs::write(&body, r#"{"email":"x-${seq}@bench.strata.test","name":"X","password":"Long-enough-1"}"#)
         .expect("write body");
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
+    let report = run_quiet(
         &server.url(),
-        "--scenario",
-        "http",
-        "--method",
-        "POST",
-        "--path",
-        "/v1/users",
-        "--header",
-        "X-Test: 1",
-        "--body-file",
-        body.to_str().expect("utf8"),
-        "--rate",
-        "50",
-        "--duration",
-        "500ms",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+        &[
+            "--scenario",
+            "http",
+            "--method",
+            "POST",
+            "--path",
+            "/v1/users",
+            "--header",
+            "X-Test: 1",
+            "--body-file",
+            body.to_str().expect("utf8"),
+            "--rate",
+            "50",
+            "--duration",
+            "500ms",
+        ],
+    )
+    .await;
     assert_eq!(report.totals.requests, 25);
     assert_eq!(report.totals.errors, 0, "{:?}", report.totals.errors_by_kind);
     assert_eq!(server.users(), 25, "each POST created a distinct user through ${{seq}}");

@@ -2,26 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bench_args;
 use crate::mock_server::{MockOptions, spawn};
+use crate::{bench_args, run_quiet};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journey_feeds_each_step_from_the_previous_response() {
     let server = spawn(MockOptions::default()).await;
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
-        &server.url(),
-        "--scenario",
-        "journey",
-        "--rate",
-        "40",
-        "--duration",
-        "1s",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+    let report = run_quiet(&server.url(), &["--scenario", "journey", "--rate", "40", "--duration", "1s"]).await;
     let names: Vec<&str> = report.endpoints.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["register", "login", "who-am-i", "update-user", "logout"]);
     for e in &report.endpoints {
@@ -36,22 +23,11 @@ async fn journey_feeds_each_step_from_the_previous_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_check_seeds_users_then_uses_their_tokens() {
     let server = spawn(MockOptions::default()).await;
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
+    let report = run_quiet(
         &server.url(),
-        "--scenario",
-        "session-check",
-        "--users",
-        "25",
-        "--connections",
-        "2",
-        "--duration",
-        "500ms",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+        &["--scenario", "session-check", "--users", "25", "--connections", "2", "--duration", "500ms"],
+    )
+    .await;
     assert_eq!(server.users(), 25);
     assert_eq!(report.config.users, 25);
     assert!(report.totals.requests > 0);
@@ -62,22 +38,9 @@ async fn session_check_seeds_users_then_uses_their_tokens() {
 async fn single_request_builtins_run_clean() {
     let server = spawn(MockOptions::default()).await;
     for scenario in ["get-user", "login", "register"] {
-        let report = strata_bench::execute(bench_args(&[
-            "--target",
-            &server.url(),
-            "--scenario",
-            scenario,
-            "--users",
-            "5",
-            "--rate",
-            "50",
-            "--duration",
-            "500ms",
-            "--no-metrics",
-            "--quiet",
-        ]))
-        .await
-        .expect("run");
+        let report =
+            run_quiet(&server.url(), &["--scenario", scenario, "--users", "5", "--rate", "50", "--duration", "500ms"])
+                .await;
         assert_eq!(report.endpoints.len(), 1);
         assert_eq!(report.endpoints[0].name, scenario);
         assert_eq!(
@@ -92,24 +55,22 @@ async fn single_request_builtins_run_clean() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_follows_configured_weights() {
     let server = spawn(MockOptions::default()).await;
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
+    let report = run_quiet(
         &server.url(),
-        "--scenario",
-        "mixed",
-        "--mix",
-        "session-check=3,get-user=1",
-        "--users",
-        "10",
-        "--rate",
-        "400",
-        "--duration",
-        "1s",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+        &[
+            "--scenario",
+            "mixed",
+            "--mix",
+            "session-check=3,get-user=1",
+            "--users",
+            "10",
+            "--rate",
+            "400",
+            "--duration",
+            "1s",
+        ],
+    )
+    .await;
     let count = |n: &str| report.endpoints.iter().find(|e| e.name == n).map_or(0, |e| e.requests);
     assert_eq!(count("session-check") + count("get-user"), 400);
     assert_eq!(count("login") + count("register"), 0);
@@ -123,22 +84,8 @@ async fn mixed_follows_configured_weights() {
 async fn toml_scenario_file_runs() {
     let server = spawn(MockOptions::default()).await;
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/scenarios/profile-refresh.toml");
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
-        &server.url(),
-        "--scenario",
-        file,
-        "--users",
-        "8",
-        "--rate",
-        "100",
-        "--duration",
-        "1s",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+    let report =
+        run_quiet(&server.url(), &["--scenario", file, "--users", "8", "--rate", "100", "--duration", "1s"]).await;
     assert_eq!(
         report.totals.errors,
         0,
@@ -152,22 +99,9 @@ async fn toml_scenario_file_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_responses_are_framed() {
     let server = spawn(MockOptions::default()).await;
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
-        &server.url(),
-        "--scenario",
-        "http",
-        "--path",
-        "/chunked",
-        "--rate",
-        "100",
-        "--duration",
-        "500ms",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+    let report =
+        run_quiet(&server.url(), &["--scenario", "http", "--path", "/chunked", "--rate", "100", "--duration", "500ms"])
+            .await;
     assert_eq!(report.totals.requests, 50);
     assert_eq!(report.totals.errors, 0, "{:?}", report.totals.errors_by_kind);
     assert!(report.totals.bytes_in > 50 * 20);
@@ -177,24 +111,22 @@ async fn chunked_responses_are_framed() {
 async fn unanswered_requests_time_out_and_the_run_still_ends() {
     let server = spawn(MockOptions { black_hole: true, ..MockOptions::default() }).await;
     let started = Instant::now();
-    let report = strata_bench::execute(bench_args(&[
-        "--target",
+    let report = run_quiet(
         &server.url(),
-        "--scenario",
-        "http",
-        "--path",
-        "/healthz",
-        "--connections",
-        "2",
-        "--duration",
-        "300ms",
-        "--timeout",
-        "200ms",
-        "--no-metrics",
-        "--quiet",
-    ]))
-    .await
-    .expect("run");
+        &[
+            "--scenario",
+            "http",
+            "--path",
+            "/healthz",
+            "--connections",
+            "2",
+            "--duration",
+            "300ms",
+            "--timeout",
+            "200ms",
+        ],
+    )
+    .await;
     assert!(
         report.totals.errors_by_kind.get("timeout").copied().unwrap_or(0) >= 2,
         "{:?}",
