@@ -41,9 +41,7 @@ done
 say "building release"
 cargo build --release -q -p strata
 BIN=target/release/strata
-CORES=$(nproc)
-CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
-MEM=$(free -g | awk '/Mem:/ {print $2}')
+machine_facts
 
 WORK=$(mktemp -d)
 SERVER_PID=""
@@ -70,7 +68,7 @@ kill_redis() {
 cleanup() {
   stop_server
   kill_redis
-  [ -n "$PG_SCHEMA" ] && psql -q "$PG_ADMIN_URL" -c "DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
+  drop_schema
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -82,8 +80,7 @@ start_server() {
     STRATA_PASSWORD_MEMORY_KIB=4096 STRATA_PASSWORD_ITERATIONS=1 \
     "$BIN" serve --listen "127.0.0.1:$PORT" > "$WORK/server.out" 2> "$WORK/server.err" &
   SERVER_PID=$!
-  for _ in $(seq 1 100); do curl -sf "$BASE/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  curl -sf "$BASE/readyz" >/dev/null || { cat "$WORK/server.err" >&2; exit 1; }
+  wait_ready
 }
 
 
@@ -120,25 +117,11 @@ REPORT="$WORK/report.md"
 } > "$REPORT"
 
 for backend in $BACKENDS; do
-  case $backend in
-    sqlite) URL="sqlite://$WORK/bench.db" ;;
-    postgres)
-      PG_SCHEMA="strata_cache_bench_$$"
-      psql -q "$PG_ADMIN_URL" -c "CREATE SCHEMA $PG_SCHEMA" >/dev/null
-      URL="$PG_ADMIN_URL?options=-csearch_path%3D$PG_SCHEMA" ;;
-    *) echo "unknown backend $backend" >&2; exit 1 ;;
-  esac
+  database_url "$backend" "strata_cache_bench_$$"
   start_server "none://" "off"
   say "$backend: seeding $USERS users"
-  seq 1 "$USERS" | xargs -P "$CORES" -I{} curl -sf -o /dev/null "$BASE/v1/users" \
-    -H 'content-type: application/json' \
-    -d "{\"email\":\"c{}-$backend@bench.example\",\"name\":\"Bench {}\",\"password\":\"$PASSWORD\"}"
-  seq 1 "$USERS" | xargs -P "$CORES" -I{} curl -sf "$BASE/v1/sessions" \
-    -H 'content-type: application/json' \
-    -d "{\"email\":\"c{}-$backend@bench.example\",\"password\":\"$PASSWORD\"}" > "$WORK/logins.json"
-  grep -o '"token":"[^"]*"' "$WORK/logins.json" | cut -d'"' -f4 > "$WORK/tokens.txt"
-  grep -o '"user":{"id":"[^"]*"' "$WORK/logins.json" | cut -d'"' -f6 | sed "s/\$/ $ADMIN/" > "$WORK/id_admin.txt"
-  [ "$(wc -l < "$WORK/tokens.txt")" -eq "$USERS" ] || { echo "seeding failed" >&2; exit 1; }
+  seed_users "c-$backend-"
+  sed "s/\$/ $ADMIN/" "$WORK/ids.txt" > "$WORK/id_admin.txt"
   say "$backend: GET /healthz"
   read -r HEALTHZ h_p50 h_p99 h_bad <<< "$(run_wrk /healthz)"
   echo "| $backend | — | GET /healthz | $HEALTHZ | $h_p50 | $h_p99 | $h_bad | — | baseline |" >> "$REPORT"
@@ -163,7 +146,7 @@ for backend in $BACKENDS; do
     stop_server
     kill_redis
   done
-  if [ -n "$PG_SCHEMA" ]; then psql -q "$PG_ADMIN_URL" -c "DROP SCHEMA $PG_SCHEMA CASCADE" >/dev/null; PG_SCHEMA=""; fi
+  drop_schema
 done
 
 echo >> "$REPORT"

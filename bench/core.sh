@@ -39,16 +39,14 @@ HASH_COST=$(target/release/examples/hash_cost)
 VERIFY_MS=$(echo "$HASH_COST" | sed -n 's/argon2id_verify_ms=//p')
 LOGIN_CEILING=$(echo "$HASH_COST" | sed -n 's/login_ceiling_rps=//p')
 PARALLEL_VERIFY=$(echo "$HASH_COST" | sed -n 's/parallel_verify_rps=//p')
-CORES=$(nproc)
-CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
-MEM=$(free -g | awk '/Mem:/ {print $2}')
+machine_facts
 
 WORK=$(mktemp -d)
 SERVER_PID=""
 PG_SCHEMA=""
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
-  [ -n "$PG_SCHEMA" ] && psql -q "$PG_ADMIN_URL" -c "DROP SCHEMA IF EXISTS $PG_SCHEMA CASCADE" >/dev/null 2>&1 || true
+  drop_schema
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -68,34 +66,16 @@ REPORT="$WORK/report.md"
 } > "$REPORT"
 
 for backend in $BACKENDS; do
-  case $backend in
-    sqlite) URL="sqlite://$WORK/bench.db" ;;
-    postgres)
-      PG_SCHEMA="strata_bench_$$"
-      psql -q "$PG_ADMIN_URL" -c "CREATE SCHEMA $PG_SCHEMA" >/dev/null
-      URL="$PG_ADMIN_URL?options=-csearch_path%3D$PG_SCHEMA" ;;
-    *) echo "unknown backend $backend" >&2; exit 1 ;;
-  esac
+  database_url "$backend" "strata_bench_$$"
   say "$backend: starting strata"
   STRATA_DATABASE_URL="$URL" STRATA_CACHE_URL="$CACHE" STRATA_LOG_LEVEL=warn STRATA_THROTTLE_CLIENT_MAX_FAILURES=1000000 \
     "$BIN" serve --listen "127.0.0.1:$PORT" > "$WORK/server.out" 2> "$WORK/server.err" &
   SERVER_PID=$!
-  for _ in $(seq 1 100); do curl -sf "$BASE/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-  curl -sf "$BASE/readyz" >/dev/null || { cat "$WORK/server.err" >&2; exit 1; }
+  wait_ready
 
   say "$backend: seeding $USERS users"
-  seq 1 "$USERS" | xargs -P "$CORES" -I{} curl -sf -o /dev/null "$BASE/v1/users" \
-    -H 'content-type: application/json' \
-    -d "{\"email\":\"u{}-$backend@bench.example\",\"name\":\"Bench {}\",\"password\":\"$PASSWORD\"}"
-  seq 1 "$USERS" | xargs -P "$CORES" -I{} curl -sf "$BASE/v1/sessions" \
-    -H 'content-type: application/json' \
-    -d "{\"email\":\"u{}-$backend@bench.example\",\"password\":\"$PASSWORD\"}" > "$WORK/logins.json"
-  # One JSON object per line would be nicer; token and id are the only fields we need.
-  grep -o '"token":"[^"]*"' "$WORK/logins.json" | cut -d'"' -f4 > "$WORK/tokens.txt"
-  grep -o '"user":{"id":"[^"]*"' "$WORK/logins.json" | cut -d'"' -f6 > "$WORK/ids.txt"
+  seed_users "u-$backend-"
   paste -d' ' "$WORK/ids.txt" "$WORK/tokens.txt" > "$WORK/id_tokens.txt"
-  seq 1 "$USERS" | sed "s/.*/u&-$backend@bench.example/" > "$WORK/emails.txt"
-  [ "$(wc -l < "$WORK/tokens.txt")" -eq "$USERS" ] || { echo "seeding failed" >&2; exit 1; }
 
   say "$backend: GET /healthz"
   read -r h_rps h_p50 h_p99 h_bad <<< "$(run_wrk /healthz)"
@@ -117,7 +97,7 @@ for backend in $BACKENDS; do
   } >> "$REPORT"
 
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
-  if [ -n "$PG_SCHEMA" ]; then psql -q "$PG_ADMIN_URL" -c "DROP SCHEMA $PG_SCHEMA CASCADE" >/dev/null; PG_SCHEMA=""; fi
+  drop_schema
 done
 
 echo >> "$REPORT"
