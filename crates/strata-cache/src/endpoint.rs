@@ -16,7 +16,7 @@ use strata_core::ports::{CacheError, CacheObserver};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
-use crate::breaker::{Breaker, BreakerOptions, Transition};
+use crate::breaker::{Breaker, BreakerOptions, State, Transition};
 
 pub type Conn = BufStream<TcpStream>;
 
@@ -65,6 +65,12 @@ impl Endpoint {
 
     pub fn is_degraded(&self) -> bool {
         self.breaker.is_degraded()
+    }
+
+    /// Calls are refused now; false again once the open period ends (half-open: a probe
+    /// may go out).
+    pub fn is_open(&self) -> bool {
+        self.breaker.state() == State::Open
     }
 
     pub async fn connect(&self) -> io::Result<Conn> {

@@ -133,6 +133,10 @@ fn store_command(out: &mut Vec<u8>, verb: &str, key: &str, value: &[u8], ttl: Du
 
 #[async_trait]
 impl Cache for MemcacheCache {
+    fn available(&self) -> bool {
+        self.servers.iter().any(|s| !s.is_open())
+    }
+
     fn describe(&self) -> String {
         let servers: Vec<&str> = self.servers.iter().map(|s| s.addr()).collect();
         format!("memcached {}", servers.join(","))

@@ -120,6 +120,10 @@ fn ms(d: Duration) -> Vec<u8> {
 
 #[async_trait]
 impl Cache for RedisCache {
+    fn available(&self) -> bool {
+        !self.primary.is_open() || self.replicas.iter().any(|r| !r.is_open())
+    }
+
     fn describe(&self) -> String {
         let replicas: Vec<&str> = self.replicas.iter().map(|r| r.addr()).collect();
         format!(

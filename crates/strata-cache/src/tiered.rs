@@ -59,6 +59,10 @@ impl Cache for Tiered {
         self.l1.current_generation()
     }
 
+    fn available(&self) -> bool {
+        self.l1_usable() || self.l2.available()
+    }
+
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError> {
         let usable = self.l1_usable();
         if usable && let Some(v) = self.l1.lookup(key) {

@@ -316,6 +316,10 @@ impl AuthCache {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Option<T>, RepoError>>,
     {
+        if !self.cache.available() {
+            self.observer.lookup(kind.name, "bypass");
+            return load().await;
+        }
         if let Some(found) = self.lookup(kind, key).await {
             self.observer.lookup(kind.name, if found.is_some() { "hit" } else { "negative_hit" });
             return Ok(found);

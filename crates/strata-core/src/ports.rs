@@ -200,6 +200,14 @@ pub trait Cache: Send + Sync {
     /// A counter that moves on every invalidation this instance learns of.
     fn generation(&self) -> u64;
 
+    /// False while every server a read could use is known down (circuit open). Callers
+    /// then skip the cache outright: a call the breaker would refuse still costs an error
+    /// to build and count, and with the cache dead that cost lands on every request.
+    /// Turns true again when a breaker's open period ends, so its probe can go out.
+    fn available(&self) -> bool {
+        true
+    }
+
     /// `Ok(None)` on a miss (absent, expired, tombstoned or not trusted).
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, CacheError>;
 
@@ -223,7 +231,7 @@ pub trait Cache: Send + Sync {
 /// configuration (endpoints).
 pub trait CacheObserver: Send + Sync {
     /// The account service's view: `kind` is `session` or `user`; `outcome` is `hit`,
-    /// `negative_hit`, `miss` or `error`.
+    /// `negative_hit`, `miss`, `error` or `bypass` (cache unavailable, not asked).
     fn lookup(&self, kind: &'static str, outcome: &'static str);
 
     /// One tier's view: `tier` is `l1` or `l2`; `op` is `get`, `fill`, `invalidate` or

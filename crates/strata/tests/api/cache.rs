@@ -283,6 +283,9 @@ async fn redis_failures_never_fail_requests() {
     let m = app.get("/metrics", None).await;
     let text = String::from_utf8_lossy(&m.raw).into_owned();
     assert!(metric(&text, "strata_cache_degraded") >= 1, "{text}");
+    // With every breaker open, requests skip the cache instead of paying for refused calls.
+    let bypassed = r#"strata_cache_lookups_total{kind="session",outcome="bypass"}"#;
+    assert!(metric(&text, bypassed) > 0, "{text}");
     let r = app.get("/v1/sessions/current", Some(&token)).await;
     assert!(r.header("server-timing").contains("cache;dur="), "{}", r.header("server-timing"));
 
