@@ -196,15 +196,7 @@ impl Cache for MemcacheCache {
                 store_reply(conn).await
             })
             .await;
-        self.observer.tier(
-            "l2",
-            "fill",
-            match stored {
-                Ok(true) => "ok",
-                Ok(false) => "skipped",
-                Err(_) => "error",
-            },
-        );
+        shield::count_fill(&stored, &*self.observer);
         stored
     }
 

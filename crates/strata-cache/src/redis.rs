@@ -172,15 +172,7 @@ impl Cache for RedisCache {
                 }
             })
             .await;
-        self.observer.tier(
-            "l2",
-            "fill",
-            match stored {
-                Ok(true) => "ok",
-                Ok(false) => "skipped",
-                Err(_) => "error",
-            },
-        );
+        shield::count_fill(&stored, &*self.observer);
         stored
     }
 

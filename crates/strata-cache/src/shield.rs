@@ -72,6 +72,16 @@ pub fn unwrap(bytes: &[u8]) -> Unwrapped<'_> {
     }
 }
 
+/// Counts an L2 fill's outcome (shared by the Redis and Memcached adapters).
+pub fn count_fill(stored: &Result<bool, CacheError>, observer: &dyn CacheObserver) {
+    let outcome = match stored {
+        Ok(true) => "ok",
+        Ok(false) => "skipped",
+        Err(_) => "error",
+    };
+    observer.tier("l2", "fill", outcome);
+}
+
 #[derive(Default)]
 pub struct Shield {
     pending: Mutex<HashSet<String>>,
