@@ -55,8 +55,8 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             return Err(too_large());
         }
         let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-            // The only error with a length-limit source is the limit; others are I/O.
-            if std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit")) {
+            // The limit surfaces as the error's source; anything else is I/O.
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
                 too_large()
             } else {
                 ApiError::bad_request("body_unreadable", "body", "the request body could not be read")

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::domain::{
     DisplayName, Email, PasswordHash, Role, Session, SessionId, Timestamp, TokenHash, User, UserId, UserStatus, Version,
@@ -261,9 +261,7 @@ impl AuthCache {
 
     /// A cache read; errors and undecodable values are misses (errors are counted).
     pub(crate) async fn get(&self, kind: &'static str, key: &str) -> Option<Cached> {
-        let started = Instant::now();
-        let got = self.cache.get(key).await;
-        timing::record(Component::Cache, started.elapsed());
+        let (got, _) = timing::measure(Component::Cache, self.cache.get(key)).await;
         match got {
             Ok(Some(bytes)) => decode(&bytes),
             Ok(None) => None,
@@ -276,9 +274,9 @@ impl AuthCache {
     }
 
     pub(crate) async fn fill(&self, key: &str, value: &Cached, ttl: Duration, generation: u64) {
-        let started = Instant::now();
-        let out = self.cache.fill(key, encode(value), self.jittered(ttl), generation).await;
-        timing::record(Component::Cache, started.elapsed());
+        let (out, _) =
+            timing::measure(Component::Cache, self.cache.fill(key, encode(value), self.jittered(ttl), generation))
+                .await;
         if let Err(e) = out {
             tracing::debug!(error = %e, "cache fill failed");
         }
@@ -290,9 +288,7 @@ impl AuthCache {
         if keys.is_empty() {
             return;
         }
-        let started = Instant::now();
-        let out = self.cache.invalidate(keys).await;
-        timing::record(Component::Cache, started.elapsed());
+        let (out, _) = timing::measure(Component::Cache, self.cache.invalidate(keys)).await;
         if let Err(e) = out {
             tracing::warn!(error = %e, keys = keys.len(), "cache invalidation failed; entries age out");
         }

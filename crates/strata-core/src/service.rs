@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -165,10 +165,7 @@ impl Accounts {
 
     /// Runs one storage call, charging its time to the request and reporting it.
     async fn db<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, RepoError>>) -> Result<T, RepoError> {
-        let started = Instant::now();
-        let out = fut.await;
-        let elapsed = started.elapsed();
-        timing::record(Component::Db, elapsed);
+        let (out, elapsed) = timing::measure(Component::Db, fut).await;
         self.observer.observe(op, elapsed, out.as_ref().map(|_| ()));
         out
     }
