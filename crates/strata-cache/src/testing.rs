@@ -13,20 +13,8 @@ use std::time::Duration;
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_MEMCACHE_URL: &str = "memcache://127.0.0.1:11211";
 
-pub fn required(backend: &str) -> bool {
-    std::env::var("STRATA_REQUIRE_BACKENDS").map(|v| v.split(',').any(|b| b.trim() == backend)).unwrap_or(false)
-}
-
-/// Writes to the real stderr, past the test harness's capture.
-pub fn announce_skip(what: &str, backend: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED {what} on {backend}: {why}");
-}
-
 fn unusable(what: &str, backend: &str, why: String) -> Option<String> {
-    if required(backend) {
-        panic!("{backend} is required (STRATA_REQUIRE_BACKENDS) but unusable: {why}");
-    }
-    announce_skip(what, backend, &why);
+    strata_core::testing::unusable(what, backend, &why);
     None
 }
 

@@ -15,5 +15,7 @@ pub mod password;
 pub mod ports;
 pub mod service;
 pub mod singleflight;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod throttle;
 pub mod timing;

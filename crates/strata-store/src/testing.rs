@@ -7,7 +7,6 @@
 //! When a server is unreachable the test is skipped with a line on the terminal, unless
 //! `STRATA_REQUIRE_BACKENDS` names it (CI sets `postgres,mysql`), in which case it fails.
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use crate::Backend;
@@ -37,16 +36,6 @@ impl Backend {
     }
 }
 
-fn required(backend: Backend) -> bool {
-    std::env::var("STRATA_REQUIRE_BACKENDS").map(|v| v.split(',').any(|b| b.trim() == backend.name())).unwrap_or(false)
-}
-
-/// Writes straight to the process's stderr: the test harness captures `eprintln!` of
-/// passing tests, and a skipped backend must be visible.
-pub fn announce_skip(what: &str, backend: &str, why: &str) {
-    let _ = writeln!(std::io::stderr(), "\nSKIPPED {what} on {backend}: {why}");
-}
-
 fn unique_name() -> String {
     format!("strata_t_{}", uuid::Uuid::new_v4().simple())
 }
@@ -60,11 +49,8 @@ pub async fn fresh(backend: Backend, what: &str) -> Option<TestDb> {
     };
     match result {
         Ok(db) => Some(db),
-        Err(why) if required(backend) => {
-            panic!("{} is required (STRATA_REQUIRE_BACKENDS) but unusable: {why}", backend.name())
-        }
         Err(why) => {
-            announce_skip(what, backend.name(), &why);
+            strata_core::testing::unusable(what, backend.name(), &why);
             None
         }
     }
