@@ -647,6 +647,10 @@ async fn operations_endpoints(app: TestApp) {
     for route in strata_api::observe::ROUTES {
         assert!(doc.body["paths"].get(*route).is_some(), "{route} missing from OpenAPI");
     }
+    // And the converse: a new route must get its own metrics label, not "unmatched".
+    for path in doc.body["paths"].as_object().unwrap().keys() {
+        assert!(strata_api::observe::ROUTES.contains(&path.as_str()), "{path} missing from observe::ROUTES");
+    }
     // Every operation documents its problem responses.
     for (path, item) in doc.body["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
