@@ -230,20 +230,20 @@ impl Accounts {
     /// `client` identifies the caller's address for per-client throttling.
     pub async fn login(&self, email: &Email, password: &Password, client: &str) -> Result<LoggedIn, AppError> {
         let now = self.clock.now();
-        self.throttle.check(email.as_str(), client, now).map_err(|retry_after| AppError::Throttled { retry_after })?;
-        let user = self.db("user_by_email", self.store.user_by_email(email)).await?;
-        // Unknown emails still pay for a verify, against a decoy hash, so that timing does
-        // not reveal which emails have accounts.
-        let hash = user.as_ref().map_or(self.hasher.decoy(), |u| &u.password_hash);
-        let ok = self.hasher.verify(password, hash).await?;
-        let user = match user {
-            Some(user) if ok => user,
-            _ => {
-                self.throttle.record_failure(email.as_str(), client, self.clock.now());
-                return Err(AppError::InvalidCredentials);
+        self.throttle
+            .reserve(email.as_str(), client, now)
+            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        let user = match self.verify_login(email, password).await {
+            Ok(Some(user)) => user,
+            // A wrong guess keeps its reservation: it is the failure being counted.
+            Ok(None) => return Err(AppError::InvalidCredentials),
+            // Nothing was verified (storage down, hashing pool full): not a guess.
+            Err(e) => {
+                self.throttle.refund(email.as_str(), client, self.clock.now());
+                return Err(e);
             }
         };
-        self.throttle.record_success(email.as_str());
+        self.throttle.succeeded(email.as_str(), client, self.clock.now());
         if user.status != UserStatus::Active {
             return Err(AppError::AccountDisabled);
         }
@@ -260,6 +260,16 @@ impl Accounts {
         let event = session_event("session.created", &session, now);
         self.db("create_session", self.store.create_session(&session, &event)).await?;
         Ok(LoggedIn { token, session, user })
+    }
+
+    /// The user whose password this is, `None` for a wrong email or password.
+    async fn verify_login(&self, email: &Email, password: &Password) -> Result<Option<User>, AppError> {
+        let user = self.db("user_by_email", self.store.user_by_email(email)).await?;
+        // Unknown emails still pay for a verify, against a decoy hash, so that timing does
+        // not reveal which emails have accounts.
+        let hash = user.as_ref().map_or(self.hasher.decoy(), |u| &u.password_hash);
+        let ok = self.hasher.verify(password, hash).await?;
+        Ok(user.filter(|_| ok))
     }
 
     /// The hot path: who holds this token?

@@ -1,9 +1,15 @@
-//! Login throttling: failed attempts are counted per account and per client address in
-//! fixed windows; once a key reaches its limit, logins for it are refused until its window
-//! ends, even with the right password (otherwise the lock would be an oracle).
+//! Login throttling: attempts are counted per account and per client address in fixed
+//! windows; once a key reaches its limit, logins for it are refused until its window ends,
+//! even with the right password (otherwise the lock would be an oracle).
+//!
+//! An attempt is a *reservation*: it is counted, under the same lock that checks the
+//! limit, before the password is verified, and given back only when the attempt turns out
+//! not to be a wrong guess (a correct password, or a failure before verification). So at
+//! any concurrency no more than `max_failures` wrong guesses per window are ever verified:
+//! a burst of concurrent guesses cannot all pass the check before the first is recorded.
 //!
 //! State is per instance and bounded in memory. Behind N instances an attacker gets at
-//! most N× the budget; a shared store can replace this later without touching callers.
+//! most N× the budget until a shared store backs the counters.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -69,40 +75,50 @@ impl LoginThrottle {
         &shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    /// `Err(retry_after)` when either key is locked out.
-    pub fn check(&self, account: &str, client: &str, now: Timestamp) -> Result<(), Duration> {
-        let a = self.blocked_for(&self.accounts, account, self.settings.per_account, now);
-        let c = self.blocked_for(&self.clients, client, self.settings.per_client, now);
-        match a.max(c) {
-            Some(wait) => Err(wait),
-            None => Ok(()),
+    /// Takes one attempt from both budgets, or `Err(retry_after)` when either is spent.
+    /// Check and count happen under both shard locks (always account first, then client,
+    /// so two reservations cannot deadlock), which is what makes the budget hold under
+    /// concurrency. A reservation stands as a failure unless [`Self::refund`] or
+    /// [`Self::succeeded`] gives it back.
+    pub fn reserve(&self, account: &str, client: &str, now: Timestamp) -> Result<(), Duration> {
+        let mut accounts = self.shard(&self.accounts, account).lock();
+        let mut clients = self.shard(&self.clients, client).lock();
+        let a = blocked_for(&accounts, account, self.settings.per_account, now);
+        let c = blocked_for(&clients, client, self.settings.per_client, now);
+        if let Some(wait) = a.max(c) {
+            return Err(wait);
+        }
+        self.bump(&mut accounts, account, self.settings.per_account, now);
+        self.bump(&mut clients, client, self.settings.per_client, now);
+        Ok(())
+    }
+
+    /// Gives a reservation back: the attempt was not a wrong guess (it failed before any
+    /// password was verified).
+    pub fn refund(&self, account: &str, client: &str, now: Timestamp) {
+        self.unbump(&self.accounts, account, self.settings.per_account, now);
+        self.unbump(&self.clients, client, self.settings.per_client, now);
+    }
+
+    /// A correct password clears the account's count and returns the client's reservation
+    /// (the client's earlier failures stay: one good password must not reset a spraying
+    /// client's budget).
+    pub fn succeeded(&self, account: &str, client: &str, now: Timestamp) {
+        self.shard(&self.accounts, account).lock().remove(account);
+        self.unbump(&self.clients, client, self.settings.per_client, now);
+    }
+
+    fn unbump(&self, shards: &[Shard; SHARDS], key: &str, limit: Limit, now: Timestamp) {
+        let mut map = self.shard(shards, key).lock();
+        // A reservation taken in a window that has since ended is gone with that window.
+        if let Some(w) = map.get_mut(key)
+            && now < w.started.plus(limit.window)
+        {
+            w.failures = w.failures.saturating_sub(1);
         }
     }
 
-    pub fn record_failure(&self, account: &str, client: &str, now: Timestamp) {
-        self.bump(&self.accounts, account, self.settings.per_account, now);
-        self.bump(&self.clients, client, self.settings.per_client, now);
-    }
-
-    /// A successful login clears the account's count (not the client's: one good password
-    /// must not reset a spraying client's budget).
-    pub fn record_success(&self, account: &str) {
-        self.shard(&self.accounts, account).lock().remove(account);
-    }
-
-    fn blocked_for(&self, shards: &[Shard; SHARDS], key: &str, limit: Limit, now: Timestamp) -> Option<Duration> {
-        let map = self.shard(shards, key).lock();
-        let w = map.get(key)?;
-        let end = w.started.plus(limit.window);
-        (w.failures >= limit.max_failures && now < end).then(|| {
-            // Round up so a client that waits exactly Retry-After seconds is let through.
-            let micros = (end.micros() - now.micros()).max(0) as u64;
-            Duration::from_secs(micros.div_ceil(1_000_000).max(1))
-        })
-    }
-
-    fn bump(&self, shards: &[Shard; SHARDS], key: &str, limit: Limit, now: Timestamp) {
-        let mut map = self.shard(shards, key).lock();
+    fn bump(&self, map: &mut HashMap<String, Window>, key: &str, limit: Limit, now: Timestamp) {
         if map.len() >= self.settings.max_keys_per_shard && !map.contains_key(key) {
             map.retain(|_, w| now < w.started.plus(limit.window));
             if map.len() >= self.settings.max_keys_per_shard
@@ -117,6 +133,16 @@ impl LoginThrottle {
         }
         w.failures = w.failures.saturating_add(1);
     }
+}
+
+fn blocked_for(map: &HashMap<String, Window>, key: &str, limit: Limit, now: Timestamp) -> Option<Duration> {
+    let w = map.get(key)?;
+    let end = w.started.plus(limit.window);
+    (w.failures >= limit.max_failures && now < end).then(|| {
+        // Round up so a client that waits exactly Retry-After seconds is let through.
+        let micros = (end.micros() - now.micros()).max(0) as u64;
+        Duration::from_secs(micros.div_ceil(1_000_000).max(1))
+    })
 }
 
 #[cfg(test)]
@@ -137,42 +163,79 @@ mod tests {
     fn locks_account_after_limit_until_window_ends() {
         let t = LoginThrottle::new(settings());
         for _ in 0..3 {
-            assert!(t.check("a@x.io", "1.1.1.1", T0).is_ok());
-            t.record_failure("a@x.io", "1.1.1.1", T0);
+            assert!(t.reserve("a@x.io", "1.1.1.1", T0).is_ok());
         }
-        assert_eq!(t.check("a@x.io", "2.2.2.2", T0), Err(Duration::from_secs(60)));
+        assert_eq!(t.reserve("a@x.io", "2.2.2.2", T0), Err(Duration::from_secs(60)));
         let later = T0.plus(Duration::from_secs(59));
-        assert_eq!(t.check("a@x.io", "2.2.2.2", later), Err(Duration::from_secs(1)));
-        assert!(t.check("a@x.io", "2.2.2.2", T0.plus(Duration::from_secs(60))).is_ok());
+        assert_eq!(t.reserve("a@x.io", "2.2.2.2", later), Err(Duration::from_secs(1)));
+        assert!(t.reserve("a@x.io", "2.2.2.2", T0.plus(Duration::from_secs(60))).is_ok());
     }
 
     #[test]
     fn locks_client_across_accounts() {
         let t = LoginThrottle::new(settings());
         for i in 0..5 {
-            t.record_failure(&format!("u{i}@x.io"), "9.9.9.9", T0);
+            t.reserve(&format!("u{i}@x.io"), "9.9.9.9", T0).unwrap();
         }
-        assert!(t.check("fresh@x.io", "9.9.9.9", T0).is_err());
-        assert!(t.check("fresh@x.io", "8.8.8.8", T0).is_ok());
+        assert!(t.reserve("fresh@x.io", "9.9.9.9", T0).is_err());
+        assert!(t.reserve("fresh@x.io", "8.8.8.8", T0).is_ok());
     }
 
     #[test]
     fn success_clears_account_only() {
         let t = LoginThrottle::new(settings());
         for _ in 0..2 {
-            t.record_failure("a@x.io", "1.1.1.1", T0);
+            t.reserve("a@x.io", "1.1.1.1", T0).unwrap();
         }
-        t.record_success("a@x.io");
-        t.record_failure("a@x.io", "1.1.1.1", T0);
-        t.record_failure("a@x.io", "1.1.1.1", T0);
-        assert!(t.check("a@x.io", "1.1.1.1", T0).is_ok());
+        t.reserve("a@x.io", "1.1.1.1", T0).unwrap();
+        t.succeeded("a@x.io", "1.1.1.1", T0);
+        t.reserve("a@x.io", "1.1.1.1", T0).unwrap();
+        t.reserve("a@x.io", "1.1.1.1", T0).unwrap();
+        // Account: cleared by the success, 2 since. Client: 2 + 2 = 4 of 5 (the success refunded).
+        assert!(t.reserve("a@x.io", "1.1.1.1", T0).is_ok());
+        assert!(t.reserve("b@x.io", "1.1.1.1", T0).is_err());
+    }
+
+    #[test]
+    fn refund_returns_the_attempt_to_both_budgets() {
+        let t = LoginThrottle::new(settings());
+        for _ in 0..10 {
+            t.reserve("a@x.io", "1.1.1.1", T0).unwrap();
+            t.refund("a@x.io", "1.1.1.1", T0);
+        }
+        for _ in 0..3 {
+            t.reserve("a@x.io", "1.1.1.1", T0).unwrap();
+        }
+        assert!(t.reserve("a@x.io", "1.1.1.1", T0).is_err());
+    }
+
+    /// The defect this design closes: concurrent attempts all passing a check before any
+    /// failure was recorded. However many threads race, exactly `max_failures` reservations
+    /// are granted per window.
+    #[test]
+    fn concurrent_reservations_never_exceed_the_budget() {
+        let t = std::sync::Arc::new(LoginThrottle::new(settings()));
+        let granted = std::sync::atomic::AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            for i in 0..16 {
+                let (t, granted) = (&t, &granted);
+                scope.spawn(move || {
+                    for _ in 0..100 {
+                        if t.reserve("a@x.io", &format!("c{i}"), T0).is_ok() {
+                            granted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.into_inner(), 3);
     }
 
     #[test]
     fn memory_is_bounded() {
         let t = LoginThrottle::new(settings());
         for i in 0..10_000 {
-            t.record_failure(&format!("u{i}@x.io"), &format!("c{i}"), T0);
+            let _ = t.reserve(&format!("u{i}@x.io"), &format!("c{i}"), T0);
         }
         let total: usize = t.accounts.iter().map(|s| s.lock().len()).sum();
         assert!(total <= SHARDS * 4, "{total}");

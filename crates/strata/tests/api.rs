@@ -304,6 +304,26 @@ async fn login_failures_do_not_enumerate_and_are_throttled(app: TestApp) {
     app.stop().await;
 }
 
+/// 200 concurrent wrong guesses for one account: the throttle (3 failures per window in
+/// tests) lets no more than 3 reach password verification, whatever the interleaving.
+/// Before reservations, the check and the count were separate and most of the burst got
+/// verified (130 × 401 of 200 against a limit of 5).
+async fn concurrent_guesses_are_capped_by_the_throttle(app: TestApp) {
+    app.register("target@example.com", "Target").await;
+    let attempts = (0..200).map(|i| {
+        let app = &app;
+        async move { app.login("target@example.com", &format!("guess number {i}")).await.status.as_u16() }
+    });
+    let statuses = futures_join_all(attempts).await;
+    let verified = statuses.iter().filter(|&&s| s == 401).count();
+    let refused = statuses.iter().filter(|&&s| s == 429 || s == 503).count();
+    assert!((1..=3).contains(&verified), "{verified} wrong guesses verified: {statuses:?}");
+    assert_eq!(verified + refused, 200, "{statuses:?}");
+    // The budget is spent: the right password is refused too until the window ends.
+    app.login("target@example.com", PASSWORD).await.assert_problem(429, "too_many_attempts", None);
+    app.stop().await;
+}
+
 async fn access_rules(app: TestApp) {
     let (alice, alice_token) = app.user_with_token("alice@example.com").await;
     let (bob, _) = app.user_with_token("bob@example.com").await;
@@ -720,6 +740,7 @@ all_backends!(
     duplicate_email_conflicts,
     idempotent_create,
     login_failures_do_not_enumerate_and_are_throttled,
+    concurrent_guesses_are_capped_by_the_throttle,
     access_rules,
     patch_with_optimistic_concurrency,
     delete_revokes_sessions,
