@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use strata_core::secret::Secret;
 use strata_core::service::Accounts;
 
 pub mod dto;
@@ -34,7 +35,7 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     pub metrics: Arc<Metrics>,
     /// Static admin bearer secret, if configured.
-    pub admin_token: Option<Arc<str>>,
+    pub admin_token: Option<Secret>,
     /// False before startup completes and once shutdown begins, so load balancers drain us.
     pub ready: Arc<AtomicBool>,
     pub body_limit: usize,
@@ -42,11 +43,7 @@ pub struct AppState {
 
 impl AppState {
     pub fn is_admin_token(&self, presented: &str) -> bool {
-        use subtle::ConstantTimeEq;
-        match &self.admin_token {
-            Some(secret) => bool::from(secret.as_bytes().ct_eq(presented.as_bytes())),
-            None => false,
-        }
+        self.admin_token.as_ref().is_some_and(|secret| secret.matches(presented))
     }
 }
 

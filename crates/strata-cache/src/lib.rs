@@ -109,7 +109,7 @@ impl L1Options {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Credentials {
     pub user: Option<String>,
-    pub password: String,
+    pub password: strata_core::secret::Secret,
 }
 
 /// A parsed cache URL.
@@ -163,7 +163,7 @@ impl Target {
                             .ok_or_else(|| "redis://: credentials must be USER:PASSWORD@ or :PASSWORD@".to_owned())?;
                         Some(Credentials {
                             user: Some(user.to_owned()).filter(|u| !u.is_empty()),
-                            password: password.to_owned(),
+                            password: strata_core::secret::Secret::new(password),
                         })
                     }
                 };

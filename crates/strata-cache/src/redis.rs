@@ -43,8 +43,8 @@ pub(crate) fn handshake(credentials: &Option<Credentials>) -> Option<Vec<u8>> {
     let c = credentials.as_ref()?;
     let mut out = Vec::new();
     match &c.user {
-        Some(user) => resp::encode(&mut out, &[b"AUTH", user.as_bytes(), c.password.as_bytes()]),
-        None => resp::encode(&mut out, &[b"AUTH", c.password.as_bytes()]),
+        Some(user) => resp::encode(&mut out, &[b"AUTH", user.as_bytes(), c.password.expose().as_bytes()]),
+        None => resp::encode(&mut out, &[b"AUTH", c.password.expose().as_bytes()]),
     }
     Some(out)
 }

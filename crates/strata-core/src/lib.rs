@@ -13,6 +13,7 @@ pub mod domain;
 pub mod error;
 pub mod password;
 pub mod ports;
+pub mod secret;
 pub mod service;
 pub mod singleflight;
 #[cfg(feature = "testing")]

@@ -24,7 +24,7 @@ pub use mysql::MysqlStore;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct StoreOptions {
     pub url: String,
     /// Upper bound of pooled connections (PostgreSQL, MySQL) or reader connections (SQLite).
@@ -34,6 +34,19 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
     /// Apply pending migrations on connect.
     pub migrate: bool,
+}
+
+/// By hand, so the URL's password stays out of logs.
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("query_timeout", &self.query_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("migrate", &self.migrate)
+            .finish()
+    }
 }
 
 impl StoreOptions {
@@ -80,18 +93,7 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn Store>, RepoError
     })
 }
 
-/// The URL with any password replaced, for logs and `strata config show`.
-/// (Hand-rolled: a full URL parser would pull Unicode tables into the build for one use.)
-pub fn redact_url(raw: &str) -> String {
-    let Some((scheme, rest)) = raw.split_once("://") else { return raw.to_owned() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let Some((userinfo, host)) = authority.rsplit_once('@') else { return raw.to_owned() };
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:REDACTED@{host}{tail}"),
-        None => raw.to_owned(),
-    }
-}
+pub use strata_core::secret::redact_url;
 
 /// Runs a storage future under the configured timeout.
 pub(crate) async fn with_timeout<T>(
@@ -123,13 +125,5 @@ mod tests {
         assert_eq!(Backend::from_url("mariadb://h/db").unwrap(), Backend::Mysql);
         assert!(Backend::from_url("redis://h").is_err());
         assert!(Backend::from_url("nonsense").is_err());
-    }
-
-    #[test]
-    fn redacts_passwords_only() {
-        assert_eq!(redact_url("postgres://u:secret@h:5432/db"), "postgres://u:REDACTED@h:5432/db");
-        assert_eq!(redact_url("sqlite://data/strata.db"), "sqlite://data/strata.db");
-        assert_eq!(redact_url("mysql://root@h/db"), "mysql://root@h/db");
-        assert_eq!(redact_url("postgres://u:p@ss@h/db?x=@"), "postgres://u:REDACTED@h/db?x=@");
     }
 }

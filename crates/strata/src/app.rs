@@ -56,7 +56,7 @@ impl Application {
         let state = AppState {
             accounts: Arc::new(accounts),
             metrics,
-            admin_token: config.auth.admin_token.as_deref().map(Arc::from),
+            admin_token: config.auth.admin_token.clone(),
             ready: Arc::new(AtomicBool::new(false)),
             body_limit: config.http.body_limit_bytes,
         };

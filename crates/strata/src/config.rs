@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use strata_core::secret::Secret;
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,7 +24,7 @@ pub struct Config {
     pub cache: CacheConfig,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH`, `postgres://…` or `mysql://…`.
@@ -39,7 +40,7 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Static bearer secret with admin rights. Unset: only users with role admin are admins.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     pub session_ttl_secs: u64,
 }
 
@@ -76,7 +77,7 @@ pub struct HttpConfig {
 }
 
 /// The cache in front of session checks and user reads (see ARCHITECTURE.md, Caching).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// `memory://[?entries=N&mb=N]`, `redis://HOST:PORT[?replica=HOST:PORT…]`,
@@ -103,6 +104,35 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing filter, e.g. `info` or `strata=debug,info`.
     pub level: String,
+}
+
+// Debug by hand for the two sections that hold URLs, which may carry passwords: printed
+// through the same redaction as `config show`.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &strata_store::redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("query_timeout_ms", &self.query_timeout_ms)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("migrate_on_start", &self.migrate_on_start)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("url", &strata_store::redact_url(&self.url))
+            .field("l1", &self.l1)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("negative_ttl_secs", &self.negative_ttl_secs)
+            .field("jitter_percent", &self.jitter_percent)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_open_ms", &self.breaker_open_ms)
+            .finish()
+    }
 }
 
 impl Default for Config {
@@ -220,7 +250,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         Ok(c.database.migrate_on_start = parse(v)?)
     }),
     ("STRATA_ADMIN_TOKEN", "auth.admin_token", |c, v| {
-        Ok(c.auth.admin_token = Some(v.to_owned()).filter(|t| !t.is_empty()))
+        Ok(c.auth.admin_token = Some(v).filter(|t| !t.is_empty()).map(Secret::new))
     }),
     ("STRATA_SESSION_TTL_SECS", "auth.session_ttl_secs", |c, v| Ok(c.auth.session_ttl_secs = parse(v)?)),
     ("STRATA_PASSWORD_MEMORY_KIB", "password.memory_kib", |c, v| Ok(c.password.memory_kib = parse(v)?)),
@@ -279,7 +309,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return Err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
         }
-        if self.auth.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+        if self.auth.admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
             return Err("auth.admin_token (STRATA_ADMIN_TOKEN) must be at least 16 characters".into());
         }
         if self.auth.session_ttl_secs == 0 {
@@ -380,7 +410,7 @@ impl Config {
         shown.database.url = strata_store::redact_url(&shown.database.url);
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
         if shown.auth.admin_token.is_some() {
-            shown.auth.admin_token = Some("<redacted>".into());
+            shown.auth.admin_token = Some(Secret::new("<redacted>"));
         }
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
@@ -444,6 +474,17 @@ mod tests {
         let shown = c.redacted_toml();
         assert!(!shown.contains("hunter2") && !shown.contains("super-secret") && !shown.contains("cachepw"), "{shown}");
         assert!(shown.contains("<redacted>"));
+        // Debug output (what a `tracing` field or an error message would carry) too, and
+        // the options handed to the adapters.
+        let secrets = ["hunter2", "super-secret", "cachepw"];
+        let debugs = [
+            format!("{c:?}"),
+            format!("{:?}", c.store_options()),
+            format!("{:?}", strata_cache::Target::parse(&c.cache.url)),
+        ];
+        for (debug, secret) in debugs.iter().flat_map(|d| secrets.iter().map(move |s| (d, s))) {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
         // What `config show` prints is itself a valid config file.
         assert!(toml::from_str::<Config>(&shown).is_ok());
     }

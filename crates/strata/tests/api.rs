@@ -64,7 +64,7 @@ impl Resp {
 fn test_config(url: &str) -> Config {
     let mut c = Config { listen: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
     c.database.url = url.to_owned();
-    c.auth.admin_token = Some(ADMIN.to_owned());
+    c.auth.admin_token = Some(strata_core::secret::Secret::new(ADMIN));
     // Cheap hashing keeps the suite fast; the OWASP defaults are unit-tested in core.
     c.password.memory_kib = 256;
     c.password.iterations = 1;
@@ -826,3 +826,70 @@ fn bad_configuration_fails_with_a_clear_message() {
 /// Cache behaviour end to end: single-flight, failures, cross-instance staleness.
 #[path = "api/cache.rs"]
 mod cache;
+
+/// No configured secret, and no password or token a client sent, appears in any log line,
+/// at the most verbose level of Strata's own targets, through startup, requests, a cache
+/// that cannot be reached and shutdown.
+#[test]
+fn secrets_never_reach_the_logs() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    const ADMIN_SECRET: &str = "admin-secret-never-logged-0001";
+    const CACHE_SECRET: &str = "cache-password-never-logged";
+    const USER_PASSWORD: &str = "user-password-never-logged";
+    let dir = strata_store::testing::TempDir::new();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("STRATA_DATABASE_URL", format!("sqlite://{}/s.db", dir.path.display()))
+        .env("STRATA_ADMIN_TOKEN", ADMIN_SECRET)
+        // A closed port: the cache is down, so its errors get logged too.
+        .env("STRATA_CACHE_URL", format!("redis://:{CACHE_SECRET}@127.0.0.1:1"))
+        .env("STRATA_CACHE_L1", "off")
+        .env("STRATA_PASSWORD_MEMORY_KIB", "256")
+        .env("STRATA_PASSWORD_ITERATIONS", "1")
+        .env("STRATA_LOG_LEVEL", "strata=trace,strata_api=trace,strata_core=trace,strata_cache=trace,debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr = line.split("http://").nth(1).unwrap().split(' ').next().unwrap().to_owned();
+    let request = |req: String| {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let post = |path: &str, body: String| {
+        request(format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ))
+    };
+    let created =
+        post("/v1/users", json!({"email": "l@example.com", "name": "L", "password": USER_PASSWORD}).to_string());
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let login = post("/v1/sessions", json!({"email": "l@example.com", "password": USER_PASSWORD}).to_string());
+    assert!(login.starts_with("HTTP/1.1 201"), "{login}");
+    let token = login.split("\"token\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let wrong = post("/v1/sessions", json!({"email": "l@example.com", "password": "x".repeat(5000)}).to_string());
+    assert!(wrong.starts_with("HTTP/1.1 4"), "{wrong}");
+    for bearer in [ADMIN_SECRET, &token] {
+        let out = request(format!(
+            "GET /v1/users HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {bearer}\r\nconnection: close\r\n\r\n"
+        ));
+        assert!(out.starts_with("HTTP/1.1 "), "{out}");
+    }
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    assert!(child.wait().unwrap().success());
+    let mut logs = line;
+    stdout.read_to_string(&mut logs).unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
+    assert!(logs.lines().count() > 3, "expected verbose logs, got: {logs}");
+    for secret in [ADMIN_SECRET, CACHE_SECRET, USER_PASSWORD, &token] {
+        assert!(!logs.contains(secret), "{secret} appeared in the logs:\n{logs}");
+    }
+}
