@@ -89,7 +89,17 @@ impl Email {
                 "the domain must be a dotted host name such as example.com",
             ));
         }
-        Ok(Email(trimmed.to_lowercase()))
+        // Checked again once lower-cased: some characters grow (U+0130 'İ' is 2 bytes,
+        // its lower case "i̇" 3), and the stored, lower-cased form is what must fit.
+        let lowered = trimmed.to_lowercase();
+        if lowered.len() > EMAIL_MAX_LEN {
+            return Err(ValidationError::new(
+                field,
+                "too_long",
+                format!("email must be at most {EMAIL_MAX_LEN} bytes once lower-cased"),
+            ));
+        }
+        Ok(Email(lowered))
     }
 
     /// For values read back from our own storage, which only ever holds parsed emails.
@@ -516,6 +526,19 @@ mod tests {
         }
         let long = format!("{}@example.com", "a".repeat(250));
         assert_eq!(Email::parse(&long).unwrap_err().code, "too_long");
+    }
+
+    #[test]
+    fn email_length_is_checked_after_lower_casing() {
+        // 'İ' is 2 bytes and lower-cases to 3: 60 of them plus the domain fit in 254 bytes
+        // as given (120 + 132) but not once lower-cased (180 + 132). A domain of four
+        // 32-character labels keeps every label legal.
+        let domain = format!("{0}.{0}.{0}.{0}", "d".repeat(32)); // 131 bytes
+        let email = format!("{}@{domain}", "İ".repeat(60));
+        assert!(email.len() <= EMAIL_MAX_LEN, "{}", email.len());
+        let e = Email::parse(&email).unwrap_err();
+        assert_eq!(e.code, "too_long");
+        assert!(Email::parse(&format!("{}@{domain}", "İ".repeat(30))).is_ok());
     }
 
     #[test]

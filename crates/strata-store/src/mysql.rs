@@ -160,19 +160,36 @@ fn my_err(e: mysql_async::Error) -> RepoError {
     }
 }
 
-/// The key named by a duplicate-key error (1062), if that is what `e` is. The message
-/// ends in `for key 'users_email'` (MariaDB) or `for key 'users.users_email'` (MySQL 8);
-/// it is read from the end because the duplicate value, quoted earlier in the message,
-/// may itself contain quotes.
-fn duplicate_key(e: &mysql_async::Error) -> Option<&str> {
+/// Which of `keys` a duplicate-key error (code 1062) names; `Some(None)` for a 1062 that
+/// names none of them, `None` for any other error. Recognised by the code, never by the
+/// message's wording: that is translated (`lc_messages`: "Doppelter Eintrag 'a' für
+/// Schlüssel 'users_email'", "'a' は索引 'users_email' で重複しています"). Index names are
+/// not translated and come quoted after the duplicate value in every language, so the
+/// *last* quoted occurrence of a known name (`'users_email'`, or MySQL 8's
+/// `'users.users_email'`) wins, even when the value itself contains quotes or key names.
+fn duplicate_key<'k>(e: &mysql_async::Error, keys: &[&'k str]) -> Option<Option<&'k str>> {
     let mysql_async::Error::Server(s) = e else {
         return None;
     };
     if s.code != 1062 {
         return None;
     }
-    let key = s.message.rsplit_once(" for key ").map(|(_, k)| k.trim().trim_matches(|c| c == '\'' || c == '`'));
-    Some(key.map(|k| k.rsplit('.').next().unwrap_or(k)).unwrap_or(""))
+    let position = |key: &str| {
+        let bare = s.message.rfind(&format!("'{key}'"));
+        let qualified = s.message.rfind(&format!(".{key}'"));
+        bare.max(qualified)
+    };
+    Some(keys.iter().filter_map(|&k| position(k).map(|at| (at, k))).max().map(|(_, k)| k))
+}
+
+/// A duplicate on the users table is the email: its only other unique key is the primary
+/// key, a freshly generated UUIDv7, so a 1062 naming no known key is still the email.
+fn user_write_err(e: mysql_async::Error) -> RepoError {
+    match duplicate_key(&e, &["users_email", "PRIMARY"]) {
+        Some(Some("PRIMARY")) => my_err(e),
+        Some(_) => RepoError::EmailTaken,
+        None => my_err(e),
+    }
 }
 
 fn corrupt(what: &str, detail: impl std::fmt::Display) -> RepoError {
@@ -423,15 +440,13 @@ impl UserRepository for MysqlStore {
                         ),
                     )
                     .await
-                    .map_err(|e| match duplicate_key(&e) {
+                    // Its primary key is the only unique key of that table.
+                    .map_err(|e| match duplicate_key(&e, &[]) {
                         Some(_) => RepoError::IdempotencyKeyTaken,
                         None => my_err(e),
                     })?;
                 }
-                tx.exec_drop(sql::INSERT_USER, user_params).await.map_err(|e| match duplicate_key(&e) {
-                    Some("users_email") => RepoError::EmailTaken,
-                    _ => my_err(e),
-                })?;
+                tx.exec_drop(sql::INSERT_USER, user_params).await.map_err(user_write_err)?;
                 insert_event(&mut tx, event).await
             }
             .await;
@@ -482,10 +497,7 @@ impl UserRepository for MysqlStore {
             let mut conn = self.conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
-                tx.exec_drop(sql::UPDATE_USER, params).await.map_err(|e| match duplicate_key(&e) {
-                    Some("users_email") => RepoError::EmailTaken,
-                    _ => my_err(e),
-                })?;
+                tx.exec_drop(sql::UPDATE_USER, params).await.map_err(user_write_err)?;
                 // Matched rows, not changed rows: the pool sets CLIENT_FOUND_ROWS.
                 if tx.affected_rows() == 0 {
                     return Err(missing_or_conflict(&mut tx, user.id).await);
@@ -773,13 +785,25 @@ mod tests {
 
     #[test]
     fn names_the_duplicate_key() {
+        let keys = &["users_email", "PRIMARY"];
         let mariadb = server(1062, "Duplicate entry 'a@b.c' for key 'users_email'");
-        assert_eq!(duplicate_key(&mariadb), Some("users_email"));
+        assert_eq!(duplicate_key(&mariadb, keys), Some(Some("users_email")));
         let mysql8 = server(1062, "Duplicate entry 'x' for key 'idempotency_keys.PRIMARY'");
-        assert_eq!(duplicate_key(&mysql8), Some("PRIMARY"));
-        let tricky = server(1062, "Duplicate entry 'o'for key 'x'@b.c' for key 'users_email'");
-        assert_eq!(duplicate_key(&tricky), Some("users_email"));
-        assert_eq!(duplicate_key(&server(1213, "Deadlock found")), None);
+        assert_eq!(duplicate_key(&mysql8, keys), Some(Some("PRIMARY")));
+        let tricky = server(1062, "Duplicate entry 'o'for key 'PRIMARY'@b.c' for key 'users_email'");
+        assert_eq!(duplicate_key(&tricky, keys), Some(Some("users_email")));
+        // Other server languages (messages as MariaDB 10.11 words them).
+        for translated in [
+            "Doppelter Eintrag 'a@b.c' für Schlüssel 'users_email'",
+            "Duplicata du champ 'a@b.c' pour la clef 'users_email'",
+            "'a@b.c' は索引 'users_email' で重複しています。",
+            "Дублирующаяся запись 'a@b.c' по ключу 'users_email'",
+        ] {
+            assert_eq!(duplicate_key(&server(1062, translated), keys), Some(Some("users_email")), "{translated}");
+            assert!(matches!(user_write_err(server(1062, translated)), RepoError::EmailTaken), "{translated}");
+        }
+        assert!(matches!(user_write_err(server(1062, "?")), RepoError::EmailTaken));
+        assert_eq!(duplicate_key(&server(1213, "Deadlock found"), keys), None);
         assert!(matches!(my_err(server(1213, "Deadlock found")), RepoError::Unavailable(_)));
         assert!(matches!(my_err(server(1146, "Table doesn't exist")), RepoError::Internal(_)));
     }
