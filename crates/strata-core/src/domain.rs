@@ -497,6 +497,16 @@ pub struct OutboxEvent {
     pub created_at: Timestamp,
 }
 
+/// An outbox row as read back from storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: uuid::Uuid,
+    pub aggregate_id: uuid::Uuid,
+    pub event_type: String,
+    pub payload: String,
+    pub created_at: Timestamp,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Session, SessionId, Timestamp, TokenHash, User, UserId,
-    Version,
+    Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Session, SessionId, StoredEvent, Timestamp, TokenHash, User,
+    UserId, Version,
 };
 use crate::error::RepoError;
 
@@ -83,6 +83,13 @@ pub trait SessionRepository: Send + Sync {
     async fn sessions_of_user(&self, user_id: UserId) -> Result<Vec<Session>, RepoError>;
 }
 
+#[async_trait]
+pub trait OutboxRepository: Send + Sync {
+    /// Up to `limit` events not yet published, oldest first (id order: UUIDv7 ids are
+    /// creation order).
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError>;
+}
+
 /// How a hot-path query is executed, as reported by the engine's own EXPLAIN.
 #[derive(Clone, Debug)]
 pub struct QueryPlan {
@@ -104,7 +111,7 @@ pub struct PoolStats {
 
 /// A complete storage backend.
 #[async_trait]
-pub trait Store: UserRepository + SessionRepository {
+pub trait Store: UserRepository + SessionRepository + OutboxRepository {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend(&self) -> &'static str;
 

@@ -22,11 +22,11 @@ use mysql_async::{
 };
 use strata_core::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
-    Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use strata_core::error::RepoError;
 use strata_core::ports::{
-    PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
+    OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
 };
 use uuid::Uuid;
 
@@ -114,6 +114,8 @@ mod sql {
          FROM users WHERE email = ? AND id > ? ORDER BY id LIMIT ?";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT `key`, fingerprint, user_id, created_at FROM idempotency_keys WHERE `key` = ?";
+    pub const UNPUBLISHED_EVENTS: &str = "SELECT id, aggregate_id, event_type, payload, created_at FROM outbox \
+         WHERE published_at IS NULL ORDER BY id LIMIT ?";
 
     pub const INSERT_USER: &str = "INSERT INTO users \
          (id, email, name, password_hash, role, status, version, created_at, updated_at) \
@@ -647,6 +649,25 @@ fn plan_uses_index(rows: &[Vec<(String, String)>], ordered: bool) -> bool {
                 && key != "NULL"
                 && !(ordered && extra.contains("filesort"))
         })
+}
+
+#[async_trait]
+impl OutboxRepository for MysqlStore {
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
+        let uuid = |b: Vec<u8>| uuid::Uuid::from_slice(&b).map_err(|e| corrupt("event id", e));
+        let mut rows = self.query_rows(sql::UNPUBLISHED_EVENTS, (limit,)).await?;
+        rows.iter_mut()
+            .map(|r| {
+                Ok(StoredEvent {
+                    id: uuid(take(r, 0)?)?,
+                    aggregate_id: uuid(take(r, 1)?)?,
+                    event_type: take(r, 2)?,
+                    payload: take(r, 3)?,
+                    created_at: Timestamp(take(r, 4)?),
+                })
+            })
+            .collect()
+    }
 }
 
 #[async_trait]

@@ -16,11 +16,11 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Transaction};
 use strata_core::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
-    Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use strata_core::error::RepoError;
 use strata_core::ports::{
-    PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
+    OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -106,6 +106,8 @@ mod sql {
          FROM users WHERE email = $3 AND id > $1 ORDER BY id LIMIT $2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = $1";
+    pub const UNPUBLISHED_EVENTS: &str = "SELECT id, aggregate_id, event_type, payload, created_at FROM outbox \
+         WHERE published_at IS NULL ORDER BY id LIMIT $1";
 
     pub const INSERT_USER: &str = "INSERT INTO users \
          (id, email, name, password_hash, role, status, version, created_at, updated_at) \
@@ -590,6 +592,24 @@ fn plan_sorts(plan: &str) -> bool {
         let node = line.trim_start().trim_start_matches("->").trim_start();
         node.starts_with("Sort") || node.starts_with("Incremental Sort")
     })
+}
+
+#[async_trait]
+impl OutboxRepository for PostgresStore {
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
+        let rows = self.query_rows(sql::UNPUBLISHED_EVENTS, &[&i64::from(limit)]).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    id: get(r, 0)?,
+                    aggregate_id: get(r, 1)?,
+                    event_type: get(r, 2)?,
+                    payload: get(r, 3)?,
+                    created_at: Timestamp(get(r, 4)?),
+                })
+            })
+            .collect()
+    }
 }
 
 #[async_trait]

@@ -17,11 +17,11 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use strata_core::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
-    Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use strata_core::error::RepoError;
 use strata_core::ports::{
-    PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
+    OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
 };
 
 use crate::{Migration, StoreOptions};
@@ -87,6 +87,8 @@ mod sql {
     pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = ?1";
+    pub const UNPUBLISHED_EVENTS: &str = "SELECT id, aggregate_id, event_type, payload, created_at FROM outbox \
+         WHERE published_at IS NULL ORDER BY id LIMIT ?1";
 }
 
 pub struct SqliteStore {
@@ -552,6 +554,25 @@ fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::types::Value>
         ("list_users_by_email", sql::LIST_USERS_BY_EMAIL, vec![id, Integer(51), Text("a@example.com".into())]),
         ("idempotency_record", sql::IDEMPOTENCY_RECORD, vec![Text("k".into())]),
     ]
+}
+
+#[async_trait]
+impl OutboxRepository for SqliteStore {
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(sql::UNPUBLISHED_EVENTS)?;
+            let rows = stmt.query_map([limit], |r| {
+                Ok(StoredEvent {
+                    id: uuid::Uuid::from_bytes(blob(r, 0)?),
+                    aggregate_id: uuid::Uuid::from_bytes(blob(r, 1)?),
+                    event_type: r.get(2)?,
+                    payload: r.get(3)?,
+                    created_at: Timestamp(r.get(4)?),
+                })
+            })?;
+            rows.collect()
+        })
+    }
 }
 
 #[async_trait]

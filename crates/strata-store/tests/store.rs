@@ -92,6 +92,48 @@ async fn duplicate_email_is_rejected_atomically(store: Arc<dyn Store>) {
     assert_eq!(store.idempotency_record(&key).await.unwrap(), None);
 }
 
+/// The transactional outbox: every committed change leaves exactly its event, in commit
+/// order, with the payload given; a change that fails (conflict, stale version) leaves none.
+async fn every_committed_change_leaves_its_event(store: Arc<dyn Store>) {
+    let described =
+        |kind: &'static str, id: UserId, payload: &str| OutboxEvent { payload: payload.to_owned(), ..event(kind, id) };
+    let u = user("outbox@example.com", "Outbox");
+    let created = described("user.created", u.id, r#"{"n":1}"#);
+    store.create_user(&u, None, &created).await.unwrap();
+    // Failures write nothing.
+    let clash = user("outbox@example.com", "Clash");
+    assert!(store.create_user(&clash, None, &event("user.created", clash.id)).await.is_err());
+    let stale = User { version: Version(2), ..u.clone() };
+    assert!(
+        store.update_user(&stale, Version(7), SessionRevocation::None, &event("user.updated", u.id)).await.is_err()
+    );
+
+    let updated = described("user.updated", u.id, r#"{"n":2}"#);
+    let next = User { version: Version(2), ..u.clone() };
+    store.update_user(&next, Version(1), SessionRevocation::None, &updated).await.unwrap();
+    let (_, session) = session_for(&u);
+    let session_created =
+        OutboxEvent { aggregate_id: session.id.as_uuid(), ..described("session.created", u.id, "{}") };
+    store.create_session(&session, &session_created).await.unwrap();
+    let revoked = OutboxEvent { aggregate_id: session.id.as_uuid(), ..described("session.revoked", u.id, "{}") };
+    assert!(store.revoke_session(session.id, T0, &revoked).await.unwrap());
+    // Revoking again changes nothing, so it records nothing.
+    assert!(!store.revoke_session(session.id, T0, &event("session.revoked", u.id)).await.unwrap());
+    let deleted = described("user.deleted", u.id, "{}");
+    store.delete_user(u.id, Some(Version(2)), &deleted).await.unwrap();
+
+    let expected = [&created, &updated, &session_created, &revoked, &deleted];
+    let stored = store.unpublished_events(100).await.unwrap();
+    let summary =
+        |e: &strata_core::domain::StoredEvent| (e.id, e.aggregate_id, e.event_type.clone(), e.payload.clone());
+    assert_eq!(
+        stored.iter().map(summary).collect::<Vec<_>>(),
+        expected.iter().map(|e| (e.id, e.aggregate_id, e.event_type.to_owned(), e.payload.clone())).collect::<Vec<_>>()
+    );
+    assert!(stored.iter().all(|e| e.created_at == T0));
+    assert_eq!(store.unpublished_events(2).await.unwrap().len(), 2);
+}
+
 async fn idempotency_records(store: Arc<dyn Store>) {
     let u = user("idem@example.com", "Idem");
     let key = IdempotencyKey::parse("key-1").unwrap();
@@ -309,6 +351,7 @@ macro_rules! all_backends {
 all_backends!(
     create_and_read_back,
     duplicate_email_is_rejected_atomically,
+    every_committed_change_leaves_its_event,
     idempotency_records,
     optimistic_updates,
     concurrent_updates_one_wins,

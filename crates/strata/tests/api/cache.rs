@@ -84,6 +84,13 @@ impl strata_core::ports::SessionRepository for CountingStore {
 }
 
 #[async_trait]
+impl strata_core::ports::OutboxRepository for CountingStore {
+    async fn unpublished_events(&self, limit: u32) -> Result<Vec<strata_core::domain::StoredEvent>, RepoError> {
+        self.inner.unpublished_events(limit).await
+    }
+}
+
+#[async_trait]
 impl Store for CountingStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
