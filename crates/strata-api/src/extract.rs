@@ -1,9 +1,7 @@
 //! Request extractors. Each turns one part of a request into a domain value or a problem
 //! response that names the part at fault; handlers never see unparsed input.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
@@ -12,6 +10,7 @@ use strata_core::error::TokenProblem;
 use strata_core::service::Actor;
 
 use crate::AppState;
+use crate::client::{self, ClientIp};
 use crate::error::ApiError;
 
 /// A JSON request body: right content type, within the size limit, syntactically valid,
@@ -229,6 +228,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts).map_err(|p| ApiError::from(strata_core::error::AppError::Unauthenticated(p)))?;
         if state.is_admin_token(token) {
+            strata_core::timing::mark_authenticated();
             return Ok(Caller(Actor::System));
         }
         let (session, user) = authenticate(state, token).await?;
@@ -258,23 +258,24 @@ impl FromRequestParts<AppState> for CurrentSession {
 async fn authenticate(state: &AppState, token: &str) -> Result<(Session, User), ApiError> {
     let token =
         SessionToken::parse(token).ok_or(strata_core::error::AppError::Unauthenticated(TokenProblem::Malformed))?;
-    Ok(state.accounts.authenticate(&token).await?)
+    let found = state.accounts.authenticate(&token).await?;
+    strata_core::timing::mark_authenticated();
+    Ok(found)
 }
 
-/// The client's address for throttling: the TCP peer. (Behind a proxy this is the proxy;
-/// trusting X-Forwarded-For comes with the gateway, which will be the only proxy trusted.)
+/// The client's throttle key: its address as resolved through trusted proxies by the
+/// observe middleware, IPv6 grouped by /64 (see [`crate::client`]).
 pub struct ClientAddr(pub String);
 
 impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Self, ApiError> {
-        let addr = parts
+        let key = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".to_owned());
-        Ok(ClientAddr(addr))
+            .get::<ClientIp>()
+            .map_or_else(|| "unknown".to_owned(), |ClientIp(ip)| client::throttle_key(*ip));
+        Ok(ClientAddr(key))
     }
 }
 

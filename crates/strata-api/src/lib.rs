@@ -15,6 +15,7 @@ use axum::routing::get;
 use strata_core::secret::Secret;
 use strata_core::service::Accounts;
 
+pub mod client;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -39,6 +40,11 @@ pub struct AppState {
     /// False before startup completes and once shutdown begins, so load balancers drain us.
     pub ready: Arc<AtomicBool>,
     pub body_limit: usize,
+    /// Peers whose `Forwarded` / `X-Forwarded-For` headers are believed.
+    pub trusted_proxies: Arc<[client::Cidr]>,
+    /// Clients that always get the full `Server-Timing` split (others only once they
+    /// authenticate).
+    pub timing_detail_from: Arc<[client::Cidr]>,
 }
 
 impl AppState {

@@ -57,6 +57,8 @@ pub async fn create_user(
         password: Password::parse_new(&req.password)?,
     };
     let done = state.accounts.register(registration, key).await?;
+    // The caller chose this account's password: the split tells them nothing new.
+    strata_core::timing::mark_authenticated();
     let mut res = user_response(StatusCode::CREATED, &done.user);
     let location = format!("/v1/users/{}", done.user.id);
     if let Ok(v) = HeaderValue::from_str(&location) {
@@ -241,6 +243,7 @@ pub async fn login(
     let email = Email::parse(&req.email)?;
     let password = Password::parse_login(&req.password)?;
     let done = state.accounts.login(&email, &password, &client).await?;
+    strata_core::timing::mark_authenticated();
     let body = LoginResponse {
         token: done.token.expose(),
         expires_at: rfc3339(done.session.expires_at),

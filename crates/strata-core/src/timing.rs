@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +22,9 @@ pub struct Timings {
     db_micros: AtomicU64,
     hash_micros: AtomicU64,
     cache_micros: AtomicU64,
+    /// The caller proved who they are during this request, so the per-component split
+    /// may be shown to them (it cannot tell them anything about other accounts).
+    authenticated: AtomicBool,
 }
 
 impl Timings {
@@ -40,6 +43,10 @@ impl Timings {
     pub fn get(&self, component: Component) -> Duration {
         Duration::from_micros(self.slot(component).load(Ordering::Relaxed))
     }
+
+    pub fn authenticated(&self) -> bool {
+        self.authenticated.load(Ordering::Relaxed)
+    }
 }
 
 tokio::task_local! {
@@ -53,6 +60,12 @@ pub async fn scope<F: Future>(timings: Arc<Timings>, fut: F) -> F::Output {
 
 pub fn record(component: Component, elapsed: Duration) {
     let _ = CURRENT.try_with(|t| t.add(component, elapsed));
+}
+
+/// Marks the current request as made by a caller who authenticated (a valid session or
+/// admin token, or the right password).
+pub fn mark_authenticated() {
+    let _ = CURRENT.try_with(|t| t.authenticated.store(true, Ordering::Relaxed));
 }
 
 /// Awaits `fut` and charges its wall time to `component`.
@@ -79,6 +92,9 @@ mod tests {
             record(Component::Cache, Duration::from_micros(3));
         })
         .await;
+        assert!(!timings.authenticated());
+        scope(timings.clone(), async { mark_authenticated() }).await;
+        assert!(timings.authenticated());
         assert_eq!(timings.get(Component::Cache), Duration::from_micros(3));
         assert_eq!(timings.get(Component::Db), Duration::from_micros(2000));
         assert_eq!(timings.get(Component::Hash), Duration::from_micros(7));

@@ -59,6 +59,8 @@ impl Application {
             admin_token: config.auth.admin_token.clone(),
             ready: Arc::new(AtomicBool::new(false)),
             body_limit: config.http.body_limit_bytes,
+            trusted_proxies: config.http.trusted_proxies.clone().into(),
+            timing_detail_from: config.http.timing_detail_from.clone().into(),
         };
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use strata_api::client::{Cidr, parse_list};
 use strata_core::secret::Secret;
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -74,6 +75,12 @@ pub struct HttpConfig {
     pub drain_delay_ms: u64,
     /// Upper bound on waiting for in-flight requests after the listener closes.
     pub shutdown_grace_secs: u64,
+    /// Proxies (CIDRs) whose `Forwarded` / `X-Forwarded-For` is believed; the client is
+    /// the rightmost hop outside this list. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Clients (CIDRs) that get the full `Server-Timing` split on every response; others
+    /// get only `total` until they authenticate.
+    pub timing_detail_from: Vec<Cidr>,
 }
 
 /// The cache in front of session checks and user reads (see ARCHITECTURE.md, Caching).
@@ -196,7 +203,13 @@ impl Default for ThrottleConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { body_limit_bytes: strata_api::DEFAULT_BODY_LIMIT, drain_delay_ms: 0, shutdown_grace_secs: 30 }
+        HttpConfig {
+            body_limit_bytes: strata_api::DEFAULT_BODY_LIMIT,
+            drain_delay_ms: 0,
+            shutdown_grace_secs: 30,
+            trusted_proxies: Vec::new(),
+            timing_detail_from: Vec::new(),
+        }
     }
 }
 
@@ -275,6 +288,12 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_HTTP_BODY_LIMIT_BYTES", "http.body_limit_bytes", |c, v| Ok(c.http.body_limit_bytes = parse(v)?)),
     ("STRATA_HTTP_DRAIN_DELAY_MS", "http.drain_delay_ms", |c, v| Ok(c.http.drain_delay_ms = parse(v)?)),
     ("STRATA_HTTP_SHUTDOWN_GRACE_SECS", "http.shutdown_grace_secs", |c, v| Ok(c.http.shutdown_grace_secs = parse(v)?)),
+    ("STRATA_HTTP_TRUSTED_PROXIES", "http.trusted_proxies", |c, v| Ok(c.http.trusted_proxies = parse_list(v)?)),
+    (
+        "STRATA_HTTP_TIMING_DETAIL_FROM",
+        "http.timing_detail_from",
+        |c, v| Ok(c.http.timing_detail_from = parse_list(v)?),
+    ),
     ("STRATA_CACHE_URL", "cache.url", |c, v| Ok(c.cache.url = v.to_owned())),
     ("STRATA_CACHE_L1", "cache.l1", |c, v| Ok(c.cache.l1 = v.to_owned())),
     ("STRATA_CACHE_TTL_SECS", "cache.ttl_secs", |c, v| Ok(c.cache.ttl_secs = parse(v)?)),

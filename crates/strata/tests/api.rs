@@ -827,6 +827,10 @@ fn bad_configuration_fails_with_a_clear_message() {
 #[path = "api/cache.rs"]
 mod cache;
 
+/// Issue 7: what hostile clients can learn or do through the HTTP layer.
+#[path = "api/hardening.rs"]
+mod hardening;
+
 /// No configured secret, and no password or token a client sent, appears in any log line,
 /// at the most verbose level of Strata's own targets, through startup, requests, a cache
 /// that cannot be reached and shutdown.

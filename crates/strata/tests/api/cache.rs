@@ -358,9 +358,10 @@ async fn memcached_failures_never_fail_requests() {
 }
 
 /// Two instances sharing one database and one Redis, each with an L1: a logout or an
-/// email change on A is seen by B within the documented bound (the L1 TTL, 5 s by
-/// default; in practice one pub/sub delivery). A itself never serves the old state once
-/// the call has returned.
+/// email change on A reaches B by pub/sub. The L1 TTL here is ten minutes, far beyond how
+/// long the test polls, so expiry cannot hide a broken broadcast: only the invalidation
+/// message can make B see the change. A itself never serves the old state once the call
+/// has returned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_instances_see_changes_within_the_bound() {
     let what = "cache cross-instance staleness";
@@ -368,11 +369,12 @@ async fn other_instances_see_changes_within_the_bound() {
     let db = fresh(Backend::Sqlite, what).await.unwrap();
     let shared_db_url = db.url.clone();
     let cache_url = format!("redis://{}", redis.addr());
-    let (a, a_accounts) = spawn_cached(what, db, &cache_url, "entries=1000,ttl_ms=5000", None).await;
+    // Long enough that no entry expires while the test runs.
+    const L1: &str = "entries=1000,ttl_ms=600000";
+    let (a, a_accounts) = spawn_cached(what, db, &cache_url, L1, None).await;
     // B's own TestDb is never used: B opens A's database.
     let unused = fresh(Backend::Sqlite, what).await.unwrap();
-    let (b, b_accounts) =
-        spawn_cached(what, unused, &cache_url, "entries=1000,ttl_ms=5000", Some(&shared_db_url)).await;
+    let (b, b_accounts) = spawn_cached(what, unused, &cache_url, L1, Some(&shared_db_url)).await;
     wait_subscribed(&a_accounts).await;
     wait_subscribed(&b_accounts).await;
 
@@ -416,8 +418,7 @@ async fn other_instances_see_changes_within_the_bound() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let seen = seen.expect("B never saw the new email");
-    assert!(seen < Duration::from_secs(10), "B saw the new email after {seen:?}");
+    let seen = seen.expect("B never saw the new email: the invalidation broadcast was lost");
     eprintln!("staleness: B saw the email change after {seen:?}");
 
     // Logout on A.
@@ -434,8 +435,7 @@ async fn other_instances_see_changes_within_the_bound() {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let seen = seen.expect("B kept serving a revoked session");
-    assert!(seen < Duration::from_secs(10), "B saw the logout after {seen:?}");
+    let seen = seen.expect("B kept serving a revoked session: the invalidation broadcast was lost");
     eprintln!("staleness: B saw the logout after {seen:?}");
     a.stop().await;
     b.stop().await;
