@@ -7,22 +7,33 @@
 //! (another schema, a foreign writer, a truncated read) is a miss, never an error. Cached
 //! users never carry the password hash: a cache dump reveals no credential material, and
 //! nothing on the paths that read the cache needs the hash.
+//!
+//! The cache decides authorization (a cached session says who the caller is and what role
+//! they have), yet whoever can write to the cache servers is not trusted with that. So
+//! every value is sealed with an HMAC-SHA256 under a secret the instances share
+//! ([`CacheSigner`]), computed over the key as well as the value: a forged value, or a
+//! genuine one copied under another key (Bob's session under Alice's token), fails the
+//! check and is treated as a miss, counted as `rejected`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use hmac::{KeyInit, Mac};
+use subtle::ConstantTimeEq;
 
 use crate::domain::{
     DisplayName, Email, PasswordHash, Role, Session, SessionId, Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use crate::error::RepoError;
 use crate::ports::{Cache, CacheObserver};
+use crate::secret::Secret;
 use crate::singleflight::SingleFlight;
 use crate::timing::{self, Component};
 
 /// Bumped when the encoding changes; older or newer values then read as misses, so a
 /// rolling deploy never misreads its neighbour's entries.
-pub const SCHEMA_VERSION: u8 = 1;
+pub const SCHEMA_VERSION: u8 = 2;
 
 /// Key prefix; the digit is the key-layout version.
 const KEY_PREFIX: &str = "strata:1:";
@@ -219,6 +230,75 @@ impl Reader<'_> {
     }
 }
 
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Length of the tag appended to every cached value.
+pub const TAG_LEN: usize = 32;
+
+/// Seals cached values with an HMAC bound to their key, and checks them on the way back.
+/// Seals with the current secret; accepts the current and any previous one, so a secret
+/// is rotated by deploying `new` with `previous = [old]` everywhere, then dropping `old`
+/// once the cache TTL has passed.
+#[derive(Clone)]
+pub struct CacheSigner {
+    // Keyed once: cloning the keyed state per value skips rehashing the key.
+    current: HmacSha256,
+    previous: Vec<HmacSha256>,
+}
+
+impl std::fmt::Debug for CacheSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CacheSigner(<redacted>, {} previous)", self.previous.len())
+    }
+}
+
+impl CacheSigner {
+    pub fn new(current: &Secret, previous: &[Secret]) -> Self {
+        let keyed = |s: &Secret| keyed(s.expose().as_bytes());
+        CacheSigner { current: keyed(current), previous: previous.iter().map(keyed).collect() }
+    }
+
+    /// A random secret known to this process only: right for an in-process cache, where
+    /// no other instance needs to read the values.
+    pub fn ephemeral() -> Self {
+        let mut key = [0u8; 32];
+        key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        CacheSigner { current: keyed(&key), previous: Vec::new() }
+    }
+
+    fn tag(mac: &HmacSha256, key: &str, payload: &[u8]) -> [u8; TAG_LEN] {
+        let mut mac = mac.clone();
+        // Length-prefixed, so no (key, payload) pair can be re-split into another.
+        mac.update(&(key.len() as u64).to_be_bytes());
+        mac.update(key.as_bytes());
+        mac.update(payload);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// `payload` followed by its tag.
+    pub fn seal(&self, key: &str, mut payload: Vec<u8>) -> Vec<u8> {
+        let tag = Self::tag(&self.current, key, &payload);
+        payload.extend_from_slice(&tag);
+        payload
+    }
+
+    /// The payload of a value sealed under `key` by any accepted secret; `None` otherwise.
+    pub fn open<'a>(&self, key: &str, sealed: &'a [u8]) -> Option<&'a [u8]> {
+        let split = sealed.len().checked_sub(TAG_LEN)?;
+        let (payload, tag) = sealed.split_at(split);
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .any(|mac| bool::from(Self::tag(mac, key, payload).ct_eq(tag)))
+            .then_some(payload)
+    }
+}
+
+fn keyed(secret: &[u8]) -> HmacSha256 {
+    // HMAC takes keys of any length; the error case is unreachable.
+    <HmacSha256 as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
 /// How one kind of cached value maps to and from a cache entry.
 pub(crate) struct Kind<T> {
     /// Metrics label.
@@ -249,21 +329,42 @@ pub(crate) const USER: Kind<User> = Kind {
 pub(crate) struct AuthCache {
     pub(crate) cache: Arc<dyn Cache>,
     pub(crate) settings: CacheSettings,
+    signer: CacheSigner,
     pub(crate) observer: Arc<dyn CacheObserver>,
     pub(crate) sessions: SingleFlight<TokenHash, Result<Option<(Session, User)>, RepoError>>,
     pub(crate) users: SingleFlight<UserId, Result<Option<User>, RepoError>>,
 }
 
 impl AuthCache {
-    pub(crate) fn new(cache: Arc<dyn Cache>, settings: CacheSettings, observer: Arc<dyn CacheObserver>) -> Self {
-        AuthCache { cache, settings, observer, sessions: SingleFlight::default(), users: SingleFlight::default() }
+    pub(crate) fn new(
+        cache: Arc<dyn Cache>,
+        settings: CacheSettings,
+        signer: CacheSigner,
+        observer: Arc<dyn CacheObserver>,
+    ) -> Self {
+        AuthCache {
+            cache,
+            settings,
+            signer,
+            observer,
+            sessions: SingleFlight::default(),
+            users: SingleFlight::default(),
+        }
     }
 
-    /// A cache read; errors and undecodable values are misses (errors are counted).
+    /// A cache read; errors, forged and undecodable values are misses (errors and forgeries
+    /// are counted).
     pub(crate) async fn get(&self, kind: &'static str, key: &str) -> Option<Cached> {
         let (got, _) = timing::measure(Component::Cache, self.cache.get(key)).await;
         match got {
-            Ok(Some(bytes)) => decode(&bytes),
+            Ok(Some(bytes)) => match self.signer.open(key, &bytes) {
+                Some(payload) => decode(payload),
+                None => {
+                    self.observer.lookup(kind, "rejected");
+                    tracing::warn!(kind, "cached value failed its authentication check; ignored");
+                    None
+                }
+            },
             Ok(None) => None,
             Err(e) => {
                 self.observer.lookup(kind, "error");
@@ -274,9 +375,11 @@ impl AuthCache {
     }
 
     pub(crate) async fn fill(&self, key: &str, value: &Cached, ttl: Duration, generation: u64) {
-        let (out, _) =
-            timing::measure(Component::Cache, self.cache.fill(key, encode(value), self.jittered(ttl), generation))
-                .await;
+        let (out, _) = timing::measure(
+            Component::Cache,
+            self.cache.fill(key, self.signer.seal(key, encode(value)), self.jittered(ttl), generation),
+        )
+        .await;
         if let Err(e) = out {
             tracing::debug!(error = %e, "cache fill failed");
         }
@@ -442,6 +545,33 @@ mod tests {
     }
 
     #[test]
+    fn sealed_values_open_only_under_their_key_and_an_accepted_secret() {
+        let old = Secret::new("old secret, rotated out soon");
+        let new = Secret::new("new secret, current");
+        let signer = CacheSigner::new(&new, std::slice::from_ref(&old));
+        let payload = encode(&Cached::User(user()));
+        let sealed = signer.seal("k1", payload.clone());
+        assert_eq!(sealed.len(), payload.len() + TAG_LEN);
+        assert_eq!(signer.open("k1", &sealed), Some(payload.as_slice()));
+        // Under another key, or with any single bit flipped (the role byte included).
+        assert_eq!(signer.open("k2", &sealed), None);
+        for i in 0..sealed.len() {
+            let mut forged = sealed.clone();
+            forged[i] ^= 1;
+            assert_eq!(signer.open("k1", &forged), None, "bit flip at byte {i} accepted");
+        }
+        assert_eq!(signer.open("k1", &sealed[..TAG_LEN - 1]), None);
+        assert_eq!(signer.open("k1", &payload), None, "an unsealed value");
+        // Rotation: values sealed by the previous secret still open; unknown secrets do not.
+        let before = CacheSigner::new(&old, &[]).seal("k1", payload.clone());
+        assert_eq!(signer.open("k1", &before), Some(payload.as_slice()));
+        let stranger = CacheSigner::new(&Secret::new("somebody else's secret"), &[]).seal("k1", payload.clone());
+        assert_eq!(signer.open("k1", &stranger), None);
+        assert_eq!(CacheSigner::ephemeral().open("k1", &sealed), None);
+        assert!(!format!("{signer:?}").contains("secret"));
+    }
+
+    #[test]
     fn keys_are_distinct_and_stable() {
         let h = TokenHash([0xab; 32]);
         assert_eq!(session_key(&h), format!("strata:1:s:{}", "ab".repeat(32)));
@@ -475,6 +605,7 @@ mod tests {
         let c = AuthCache::new(
             Arc::new(Nothing),
             CacheSettings { jitter: 0.5, ..CacheSettings::default() },
+            CacheSigner::ephemeral(),
             Arc::new(crate::ports::NoopObserver),
         );
         let ttl = Duration::from_secs(100);

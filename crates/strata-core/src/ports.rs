@@ -238,7 +238,8 @@ pub trait Cache: Send + Sync {
 /// configuration (endpoints).
 pub trait CacheObserver: Send + Sync {
     /// The account service's view: `kind` is `session` or `user`; `outcome` is `hit`,
-    /// `negative_hit`, `miss`, `error` or `bypass` (cache unavailable, not asked).
+    /// `negative_hit`, `miss`, `error`, `rejected` (the value failed its HMAC check) or
+    /// `bypass` (cache unavailable, not asked).
     fn lookup(&self, kind: &'static str, outcome: &'static str);
 
     /// One tier's view: `tier` is `l1` or `l2`; `op` is `get`, `fill`, `invalidate` or

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::auth_cache::{AuthCache, CacheSettings, SESSION, USER, session_key, user_key};
+use crate::auth_cache::{AuthCache, CacheSettings, CacheSigner, SESSION, USER, session_key, user_key};
 use crate::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, Role, Session, SessionId,
     SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version,
@@ -141,9 +141,10 @@ impl Accounts {
         mut self,
         cache: Arc<dyn Cache>,
         settings: CacheSettings,
+        signer: CacheSigner,
         observer: Arc<dyn CacheObserver>,
     ) -> Self {
-        self.cache = Some(AuthCache::new(cache, settings, observer));
+        self.cache = Some(AuthCache::new(cache, settings, signer, observer));
         self
     }
 

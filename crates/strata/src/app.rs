@@ -51,7 +51,7 @@ impl Application {
         let cache = strata_cache::open(&config.cache.url, &config.cache_options(), metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache.url: {e}"))?;
         if let Some(cache) = cache {
-            accounts = accounts.with_cache(cache, config.cache_settings(), metrics.clone());
+            accounts = accounts.with_cache(cache, config.cache_settings(), config.cache_signer(), metrics.clone());
         }
         let state = AppState {
             accounts: Arc::new(accounts),

@@ -102,6 +102,13 @@ pub struct CacheConfig {
     pub breaker_failures: u32,
     /// … and how long it stays open before one probe call.
     pub breaker_open_ms: u64,
+    /// Key of the HMAC that authenticates every cached value; the same on every instance
+    /// sharing a Redis/Memcached (required there). Unset with an in-process cache: a
+    /// random key per process.
+    pub secret: Option<Secret>,
+    /// Earlier secrets still accepted when reading (rotation); values are sealed with
+    /// `secret` only.
+    pub previous_secrets: Vec<Secret>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -138,6 +145,8 @@ impl std::fmt::Debug for CacheConfig {
             .field("timeout_ms", &self.timeout_ms)
             .field("breaker_failures", &self.breaker_failures)
             .field("breaker_open_ms", &self.breaker_open_ms)
+            .field("secret", &self.secret)
+            .field("previous_secrets", &self.previous_secrets)
             .finish()
     }
 }
@@ -226,6 +235,8 @@ impl Default for CacheConfig {
             timeout_ms: options.timeout.as_millis() as u64,
             breaker_failures: options.breaker.failures,
             breaker_open_ms: options.breaker.open_for.as_millis() as u64,
+            secret: None,
+            previous_secrets: Vec::new(),
         }
     }
 }
@@ -302,6 +313,12 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_CACHE_TIMEOUT_MS", "cache.timeout_ms", |c, v| Ok(c.cache.timeout_ms = parse(v)?)),
     ("STRATA_CACHE_BREAKER_FAILURES", "cache.breaker_failures", |c, v| Ok(c.cache.breaker_failures = parse(v)?)),
     ("STRATA_CACHE_BREAKER_OPEN_MS", "cache.breaker_open_ms", |c, v| Ok(c.cache.breaker_open_ms = parse(v)?)),
+    ("STRATA_CACHE_SECRET", "cache.secret", |c, v| {
+        Ok(c.cache.secret = Some(v).filter(|s| !s.is_empty()).map(Secret::new))
+    }),
+    ("STRATA_CACHE_PREVIOUS_SECRETS", "cache.previous_secrets", |c, v| {
+        Ok(c.cache.previous_secrets = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(Secret::new).collect())
+    }),
     ("STRATA_LOG_FORMAT", "log.format", |c, v| Ok(c.log.format = v.to_owned())),
     ("STRATA_LOG_LEVEL", "log.level", |c, v| Ok(c.log.level = v.to_owned())),
 ];
@@ -340,7 +357,17 @@ impl Config {
         if self.http.body_limit_bytes < 1024 {
             return Err("http.body_limit_bytes must be at least 1024".into());
         }
-        strata_cache::Target::parse(&self.cache.url).map_err(|e| format!("cache.url: {e}"))?;
+        let target = strata_cache::Target::parse(&self.cache.url).map_err(|e| format!("cache.url: {e}"))?;
+        let shared = matches!(target, strata_cache::Target::Redis { .. } | strata_cache::Target::Memcache { .. });
+        if shared && self.cache.secret.is_none() {
+            return Err("cache.secret (STRATA_CACHE_SECRET) must be set when cache.url is a Redis or Memcached \
+                        server: instances authenticate each other's cached values with it, so that whoever can \
+                        write to the cache cannot mint sessions"
+                .into());
+        }
+        if self.cache.secret.iter().chain(&self.cache.previous_secrets).any(|s| s.expose().len() < 16) {
+            return Err("cache.secret and cache.previous_secrets must be at least 16 characters each".into());
+        }
         strata_cache::L1Options::parse(&self.cache.l1).map_err(|e| format!("cache.l1: {e}"))?;
         if self.cache.ttl_secs == 0 || self.cache.negative_ttl_secs == 0 {
             return Err("cache.ttl_secs and cache.negative_ttl_secs must be positive".into());
@@ -363,6 +390,14 @@ impl Config {
             ttl: Duration::from_secs(self.cache.ttl_secs),
             negative_ttl: Duration::from_secs(self.cache.negative_ttl_secs),
             jitter: f64::from(self.cache.jitter_percent) / 100.0,
+        }
+    }
+
+    /// What seals and checks cached values (see `cache.secret`).
+    pub fn cache_signer(&self) -> strata_core::auth_cache::CacheSigner {
+        match &self.cache.secret {
+            Some(secret) => strata_core::auth_cache::CacheSigner::new(secret, &self.cache.previous_secrets),
+            None => strata_core::auth_cache::CacheSigner::ephemeral(),
         }
     }
 
@@ -428,9 +463,14 @@ impl Config {
         let mut shown = self.clone();
         shown.database.url = strata_store::redact_url(&shown.database.url);
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
+        let redacted = || Secret::new("<redacted>");
         if shown.auth.admin_token.is_some() {
-            shown.auth.admin_token = Some(Secret::new("<redacted>"));
+            shown.auth.admin_token = Some(redacted());
         }
+        if shown.cache.secret.is_some() {
+            shown.cache.secret = Some(redacted());
+        }
+        shown.cache.previous_secrets.iter_mut().for_each(|s| *s = redacted());
         toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }
 }

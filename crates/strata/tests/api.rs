@@ -803,12 +803,15 @@ fn config_show_redacts_secrets() {
         .args(["config", "show"])
         .env("STRATA_DATABASE_URL", "postgres://app:hunter2@db.internal/strata")
         .env("STRATA_ADMIN_TOKEN", "very-secret-admin-token")
+        .env("STRATA_CACHE_URL", "redis://:cache-hunter3@127.0.0.1:6379")
+        .env("STRATA_CACHE_SECRET", "very-secret-cache-hmac-key")
+        .env("STRATA_CACHE_PREVIOUS_SECRETS", "very-secret-old-hmac-key-1,very-secret-old-hmac-key-2")
         .output()
         .unwrap();
-    assert!(out.status.success());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("postgres://app:REDACTED@db.internal/strata"), "{text}");
-    assert!(!text.contains("hunter2") && !text.contains("very-secret"), "{text}");
+    assert!(!text.contains("hunter") && !text.contains("very-secret"), "{text}");
 }
 
 #[test]
@@ -839,6 +842,7 @@ fn secrets_never_reach_the_logs() {
     use std::io::{BufRead as _, Read as _, Write as _};
     const ADMIN_SECRET: &str = "admin-secret-never-logged-0001";
     const CACHE_SECRET: &str = "cache-password-never-logged";
+    const CACHE_HMAC_KEY: &str = "cache-hmac-key-never-logged";
     const USER_PASSWORD: &str = "user-password-never-logged";
     let dir = strata_store::testing::TempDir::new();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
@@ -848,6 +852,7 @@ fn secrets_never_reach_the_logs() {
         // A closed port: the cache is down, so its errors get logged too.
         .env("STRATA_CACHE_URL", format!("redis://:{CACHE_SECRET}@127.0.0.1:1"))
         .env("STRATA_CACHE_L1", "off")
+        .env("STRATA_CACHE_SECRET", CACHE_HMAC_KEY)
         .env("STRATA_PASSWORD_MEMORY_KIB", "256")
         .env("STRATA_PASSWORD_ITERATIONS", "1")
         .env("STRATA_LOG_LEVEL", "strata=trace,strata_api=trace,strata_core=trace,strata_cache=trace,debug")
@@ -893,7 +898,7 @@ fn secrets_never_reach_the_logs() {
     stdout.read_to_string(&mut logs).unwrap();
     child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
     assert!(logs.lines().count() > 3, "expected verbose logs, got: {logs}");
-    for secret in [ADMIN_SECRET, CACHE_SECRET, USER_PASSWORD, &token] {
+    for secret in [ADMIN_SECRET, CACHE_SECRET, CACHE_HMAC_KEY, USER_PASSWORD, &token] {
         assert!(!logs.contains(secret), "{secret} appeared in the logs:\n{logs}");
     }
 }

@@ -130,7 +130,7 @@ async fn concurrent_misses_cost_one_database_read() {
             Arc::new(NoopObserver),
             AccountSettings::default(),
         )
-        .with_cache(cache, config.cache_settings(), Arc::new(NoopObserver)),
+        .with_cache(cache, config.cache_settings(), config.cache_signer(), Arc::new(NoopObserver)),
     );
     let reg = Registration {
         email: Email::parse("flight@example.com").unwrap(),
@@ -173,6 +173,9 @@ async fn concurrent_misses_cost_one_database_read() {
     assert_eq!(store.session_reads.load(Ordering::SeqCst), 2);
 }
 
+/// What every test instance seals its cached values with, as a fleet would share one.
+const SHARED_CACHE_SECRET: &str = "shared-test-cache-secret";
+
 /// An instance on SQLite with `cache_url`; its real server on port 0.
 async fn spawn_cached(
     what: &str,
@@ -184,6 +187,7 @@ async fn spawn_cached(
     let mut config = test_config(config_db_url.unwrap_or(&db.url));
     config.cache.url = cache_url.to_owned();
     config.cache.l1 = l1.to_owned();
+    config.cache.secret = Some(strata_core::secret::Secret::new(SHARED_CACHE_SECRET));
     // Generous per-call deadline: a busy 2-core test machine must not time out a healthy
     // cache; dead servers refuse connections at once anyway.
     config.cache.timeout_ms = 250;
@@ -439,4 +443,65 @@ async fn other_instances_see_changes_within_the_bound() {
     eprintln!("staleness: B saw the logout after {seen:?}");
     a.stop().await;
     b.stop().await;
+}
+
+/// One RESP command against a Redis server, as anyone who can reach it could send.
+async fn redis_command(addr: &str, args: &[&[u8]]) -> strata_cache::resp::Reply {
+    let mut conn = tokio::io::BufStream::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let mut out = Vec::new();
+    strata_cache::resp::encode(&mut out, args);
+    conn.write_all(&out).await.unwrap();
+    conn.flush().await.unwrap();
+    strata_cache::resp::read(&mut conn).await.unwrap()
+}
+
+/// Whoever can write to Redis tries to promote an ordinary user's cached session to
+/// admin, by editing the role byte in place and by writing a well-formed value of their
+/// own. Both fail the HMAC check: the session is re-read from the database (still a
+/// user), and the forgeries are counted. Before values were authenticated, the flipped
+/// byte made `GET /v1/users` answer 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_cache_values_grant_nothing() {
+    use strata_core::auth_cache::{Cached, TAG_LEN, decode, encode, session_key};
+    use strata_core::domain::Role;
+    let what = "cache forged values";
+    let Some(redis) = ServerProcess::redis(what, None) else { return };
+    let db = fresh(Backend::Sqlite, what).await.unwrap();
+    let (app, _) = spawn_cached(what, db, &format!("redis://{}", redis.addr()), "off", None).await;
+    let (_, token) = app.user_with_token("mallory@example.com").await;
+    assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
+    let key = session_key(&SessionToken::parse(&token).unwrap().hash());
+    let strata_cache::resp::Reply::Bulk(Some(stored)) = redis_command(&redis.addr(), &[b"GET", key.as_bytes()]).await
+    else {
+        panic!("the session was not cached in Redis")
+    };
+    let strata_cache::shield::Unwrapped::Value { payload, .. } = strata_cache::shield::unwrap(&stored) else {
+        panic!("not a cached value")
+    };
+    let (body, tag) = payload.split_at(payload.len() - TAG_LEN);
+    let Some(Cached::Session(session, mut user)) = decode(body) else { panic!("undecodable session value") };
+    assert_eq!(user.role, Role::User);
+    user.role = Role::Admin;
+    let promoted = encode(&Cached::Session(session, user));
+    // The role byte flipped in place (tag kept), and a fresh value with a guessed tag.
+    let flipped = [promoted.as_slice(), tag].concat();
+    let guessed = [promoted.as_slice(), &[0u8; TAG_LEN]].concat();
+    let rejected = async || {
+        let m = app.get("/metrics", None).await;
+        metric(&String::from_utf8_lossy(&m.raw), r#"strata_cache_lookups_total{kind="session",outcome="rejected"}"#)
+    };
+    for forged in [flipped, guessed] {
+        let before = rejected().await;
+        let value = strata_cache::shield::wrap(&forged);
+        redis_command(&redis.addr(), &[b"SET", key.as_bytes(), &value]).await;
+        let users = app.get("/v1/users", Some(&token)).await;
+        users.assert_problem(403, "forbidden", None);
+        let me = app.get("/v1/sessions/current", Some(&token)).await;
+        assert_eq!(me.body["user"]["role"], "user", "{}", me.body);
+        // Fills never overwrite (SET NX), so the forgery stays and is rejected on every
+        // read (twice per request: the lookup, and its re-check inside the single flight).
+        let after = rejected().await;
+        assert!(after >= before + 2, "forgeries not counted: {before} → {after}");
+    }
+    app.stop().await;
 }
