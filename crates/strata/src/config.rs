@@ -517,6 +517,10 @@ mod tests {
         assert!(e.contains("cache.url"), "{e}");
         let e = Config::load(None, &env(&[("STRATA_CACHE_L1", "entries=lots")])).unwrap_err();
         assert!(e.contains("cache.l1"), "{e}");
+        let e = Config::load(None, &env(&[("STRATA_CACHE_URL", "memcache://127.0.0.1:11211")])).unwrap_err();
+        assert!(e.contains("STRATA_CACHE_SECRET"), "a shared cache needs a secret: {e}");
+        let short = [("STRATA_CACHE_URL", "redis://127.0.0.1:6379"), ("STRATA_CACHE_SECRET", "short")];
+        assert!(Config::load(None, &env(&short)).unwrap_err().contains("16 characters"));
     }
 
     #[test]
@@ -527,19 +531,22 @@ mod tests {
                 ("STRATA_DATABASE_URL", "postgres://u:hunter2@db/x"),
                 ("STRATA_ADMIN_TOKEN", "super-secret-admin-token"),
                 ("STRATA_CACHE_URL", "redis://:cachepw@127.0.0.1:6379"),
+                ("STRATA_CACHE_SECRET", "hmac-key-secret-1"),
+                ("STRATA_CACHE_PREVIOUS_SECRETS", "hmac-key-secret-0"),
             ]),
         )
         .unwrap();
         let shown = c.redacted_toml();
-        assert!(!shown.contains("hunter2") && !shown.contains("super-secret") && !shown.contains("cachepw"), "{shown}");
+        let secrets = ["hunter2", "super-secret", "cachepw", "hmac-key-secret"];
+        assert!(secrets.iter().all(|s| !shown.contains(s)), "{shown}");
         assert!(shown.contains("<redacted>"));
         // Debug output (what a `tracing` field or an error message would carry) too, and
         // the options handed to the adapters.
-        let secrets = ["hunter2", "super-secret", "cachepw"];
         let debugs = [
             format!("{c:?}"),
             format!("{:?}", c.store_options()),
             format!("{:?}", strata_cache::Target::parse(&c.cache.url)),
+            format!("{:?}", c.cache_signer()),
         ];
         for (debug, secret) in debugs.iter().flat_map(|d| secrets.iter().map(move |s| (d, s))) {
             assert!(!debug.contains(secret), "{secret} in {debug}");
