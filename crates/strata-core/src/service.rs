@@ -3,8 +3,12 @@
 //!
 //! With a cache attached ([`Accounts::with_cache`]), session checks and user reads go
 //! cache → single-flight → database, and every change that could make a cached value wrong
-//! (logout, update, password change, disable, delete) invalidates synchronously, after its
-//! transaction commits and before the call returns.
+//! (logout, update, password change, disable, delete) invalidates after its transaction
+//! commits and before the call returns. The write and its invalidation are one unit that
+//! runs to completion on its own task ([`Accounts::commit`]): a caller that goes away
+//! mid-commit (client disconnect, request timeout) cannot leave a revoked session usable
+//! from the cache, and an outcome that is unknown (timeout, lost connection) invalidates
+//! as if the write had landed.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -120,7 +124,17 @@ pub struct Accounts {
     clock: Arc<dyn Clock>,
     observer: Arc<dyn StoreObserver>,
     settings: AccountSettings,
-    cache: Option<AuthCache>,
+    cache: Option<Arc<AuthCache>>,
+}
+
+/// What a committed write leaves stale in the cache.
+enum Stale {
+    /// These keys, known before the write.
+    Keys(Vec<String>),
+    /// A user's entry and their live sessions: listed after the commit (a session created
+    /// before it is in the list, one created after it reads the new row), or before it
+    /// when the write removes them (delete cascades).
+    User { id: UserId, sessions: Option<Result<Vec<Session>, RepoError>>, now: Timestamp },
 }
 
 impl Accounts {
@@ -144,7 +158,7 @@ impl Accounts {
         signer: CacheSigner,
         observer: Arc<dyn CacheObserver>,
     ) -> Self {
-        self.cache = Some(AuthCache::new(cache, settings, signer, observer));
+        self.cache = Some(Arc::new(AuthCache::new(cache, settings, signer, observer)));
         self
     }
 
@@ -166,9 +180,51 @@ impl Accounts {
 
     /// Runs one storage call, charging its time to the request and reporting it.
     async fn db<T>(&self, op: &'static str, fut: impl Future<Output = Result<T, RepoError>>) -> Result<T, RepoError> {
-        let (out, elapsed) = timing::measure(Component::Db, fut).await;
-        self.observer.observe(op, elapsed, out.as_ref().map(|_| ()));
-        out
+        observed_db(&*self.observer, op, fut).await
+    }
+
+    /// A write and the invalidation it calls for, spawned so that both finish even if the
+    /// caller's future is dropped; the caller awaits the outcome. The invalidation runs
+    /// when the write landed or may have landed (`Unavailable`/`Internal`: a timeout after
+    /// the server committed looks the same as one before); only answers that prove nothing
+    /// changed (conflict, not found, duplicate) skip it.
+    async fn commit<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        write: impl Future<Output = Result<T, RepoError>> + Send + 'static,
+        stale: Stale,
+    ) -> Result<T, RepoError> {
+        let (store, observer, cache) = (self.store.clone(), self.observer.clone(), self.cache.clone());
+        let unit = timing::propagate(async move {
+            let out = observed_db(&*observer, op, write).await;
+            let unchanged = matches!(
+                out,
+                Err(RepoError::VersionConflict
+                    | RepoError::NotFound
+                    | RepoError::EmailTaken
+                    | RepoError::IdempotencyKeyTaken)
+            );
+            if let Some(cache) = cache
+                && !unchanged
+            {
+                if let Err(e) = &out {
+                    tracing::warn!(op, error = %e, "write outcome unknown; invalidating as if it landed");
+                }
+                let keys = match stale {
+                    Stale::Keys(keys) => keys,
+                    Stale::User { id, sessions, now } => {
+                        let sessions = match sessions {
+                            Some(listed) => listed,
+                            None => observed_db(&*observer, "sessions_of_user", store.sessions_of_user(id)).await,
+                        };
+                        stale_user_keys(id, sessions, now)
+                    }
+                };
+                cache.invalidate(&keys).await;
+            }
+            out
+        });
+        tokio::spawn(unit).await.unwrap_or_else(|e| Err(RepoError::Internal(format!("write task failed: {e}"))))
     }
 
     pub async fn register(&self, reg: Registration, key: Option<IdempotencyKey>) -> Result<Registered, AppError> {
@@ -298,10 +354,9 @@ impl Accounts {
     pub async fn logout(&self, session: &Session) -> Result<(), AppError> {
         let now = self.clock.now();
         let event = session_event("session.revoked", session, now);
-        self.db("revoke_session", self.store.revoke_session(session.id, now, &event)).await?;
-        if let Some(cache) = &self.cache {
-            cache.invalidate(&[session_key(&session.token_hash)]).await;
-        }
+        let (store, id) = (self.store.clone(), session.id);
+        let write = async move { store.revoke_session(id, now, &event).await };
+        self.commit("revoke_session", write, Stale::Keys(vec![session_key(&session.token_hash)])).await?;
         Ok(())
     }
 
@@ -323,27 +378,6 @@ impl Accounts {
         };
         let load = || self.db("user_by_id", self.store.user_by_id(id));
         cache.read_through(&USER, &user_key(id), &cache.users, &id, |_| cache.settings.ttl, load).await
-    }
-
-    /// After a committed change to a user: the user entry and every cached session of
-    /// theirs (each embeds the user row, and some were just revoked) must go. The sessions'
-    /// keys come from the store: only sessions that were alive until this change matter,
-    /// since a cached dead session is refused whatever user it carries.
-    async fn forget_user(&self, id: UserId, sessions: Result<Vec<Session>, RepoError>, now: Timestamp) {
-        let Some(cache) = &self.cache else { return };
-        let mut keys = vec![user_key(id)];
-        match sessions {
-            Ok(sessions) => keys.extend(
-                sessions
-                    .iter()
-                    .filter(|s| s.revoked_at.is_none_or(|at| at >= now) && s.expires_at > now)
-                    .map(|s| session_key(&s.token_hash)),
-            ),
-            Err(e) => {
-                tracing::warn!(user_id = %id, error = %e, "cannot list sessions to invalidate; they age out of the cache")
-            }
-        }
-        cache.invalidate(&keys).await;
     }
 
     pub async fn get_user(&self, actor: &Actor, id: UserId) -> Result<User, AppError> {
@@ -411,13 +445,9 @@ impl Accounts {
         next.version = current.version.next();
         next.updated_at = now;
         let event = user_event("user.updated", &next, now);
-        self.db("update_user", self.store.update_user(&next, expected, revoke, &event)).await?;
-        if self.cache.is_some() {
-            // Listed after the commit: a session created before it is in the list, one
-            // created after it reads the new row.
-            let sessions = self.db("sessions_of_user", self.store.sessions_of_user(id)).await;
-            self.forget_user(id, sessions, now).await;
-        }
+        let (store, row) = (self.store.clone(), next.clone());
+        let write = async move { store.update_user(&row, expected, revoke, &event).await };
+        self.commit("update_user", write, Stale::User { id, sessions: None, now }).await?;
         Ok(next)
     }
 
@@ -438,10 +468,9 @@ impl Accounts {
             Some(_) => Some(self.db("sessions_of_user", self.store.sessions_of_user(id)).await),
             None => None,
         };
-        self.db("delete_user", self.store.delete_user(id, expected, &event)).await?;
-        if let Some(sessions) = sessions {
-            self.forget_user(id, sessions, now).await;
-        }
+        let store = self.store.clone();
+        let write = async move { store.delete_user(id, expected, &event).await };
+        self.commit("delete_user", write, Stale::User { id, sessions, now }).await?;
         Ok(())
     }
 
@@ -475,6 +504,35 @@ impl Accounts {
         };
         Ok(UserPage { items, next_after })
     }
+}
+
+async fn observed_db<T>(
+    observer: &dyn StoreObserver,
+    op: &'static str,
+    fut: impl Future<Output = Result<T, RepoError>>,
+) -> Result<T, RepoError> {
+    let (out, elapsed) = timing::measure(Component::Db, fut).await;
+    observer.observe(op, elapsed, out.as_ref().map(|_| ()));
+    out
+}
+
+/// After a change to a user: the user entry and every cached session of theirs (each
+/// embeds the user row, and some were just revoked) must go. Only sessions alive until the
+/// change matter, since a cached dead session is refused whatever user it carries.
+fn stale_user_keys(id: UserId, sessions: Result<Vec<Session>, RepoError>, now: Timestamp) -> Vec<String> {
+    let mut keys = vec![user_key(id)];
+    match sessions {
+        Ok(sessions) => keys.extend(
+            sessions
+                .iter()
+                .filter(|s| s.revoked_at.is_none_or(|at| at >= now) && s.expires_at > now)
+                .map(|s| session_key(&s.token_hash)),
+        ),
+        Err(e) => {
+            tracing::warn!(user_id = %id, error = %e, "cannot list sessions to invalidate; they age out of the cache")
+        }
+    }
+    keys
 }
 
 fn fingerprint(reg: &Registration) -> [u8; 32] {

@@ -58,6 +58,18 @@ pub async fn scope<F: Future>(timings: Arc<Timings>, fut: F) -> F::Output {
     CURRENT.scope(timings, fut).await
 }
 
+/// `fut` in the current request's scope, if there is one: for work moved onto its own
+/// task (task-locals do not follow `tokio::spawn`), so its time still counts.
+pub fn propagate<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    let current = CURRENT.try_with(Arc::clone).ok();
+    async move {
+        match current {
+            Some(timings) => CURRENT.scope(timings, fut).await,
+            None => fut.await,
+        }
+    }
+}
+
 pub fn record(component: Component, elapsed: Duration) {
     let _ = CURRENT.try_with(|t| t.add(component, elapsed));
 }

@@ -25,6 +25,15 @@ struct CountingStore {
     session_reads: AtomicUsize,
     user_reads: AtomicUsize,
     delay: Duration,
+    /// What happens after a session revocation has committed: a slow acknowledgement or a
+    /// lost one (the error a timeout after commit would give).
+    after_revoke: std::sync::Mutex<Option<AfterWrite>>,
+}
+
+#[derive(Clone, Copy)]
+enum AfterWrite {
+    Slow(Duration),
+    Lost,
 }
 
 #[async_trait]
@@ -76,7 +85,16 @@ impl strata_core::ports::SessionRepository for CountingStore {
         self.inner.session_with_user(token_hash).await
     }
     async fn revoke_session(&self, id: SessionId, at: Timestamp, event: &OutboxEvent) -> Result<bool, RepoError> {
-        self.inner.revoke_session(id, at, event).await
+        let out = self.inner.revoke_session(id, at, event).await;
+        let after = *self.after_revoke.lock().unwrap();
+        match after {
+            None => out,
+            Some(AfterWrite::Slow(d)) => {
+                tokio::time::sleep(d).await;
+                out
+            }
+            Some(AfterWrite::Lost) => Err(RepoError::Unavailable("connection lost after commit".into())),
+        }
     }
     async fn sessions_of_user(&self, user_id: UserId) -> Result<Vec<Session>, RepoError> {
         self.inner.sessions_of_user(user_id).await
@@ -106,17 +124,17 @@ impl Store for CountingStore {
     }
 }
 
-/// N concurrent misses on one token (and on one user id) cost one database read each.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_misses_cost_one_database_read() {
-    let db = fresh(Backend::Sqlite, "cache single-flight").await.unwrap();
+/// Accounts over a counting SQLite store with an in-process cache, plus a logged-in token.
+async fn counted_accounts(what: &str, delay: Duration) -> (Arc<CountingStore>, Arc<Accounts>, User, String, TestDb) {
+    let db = fresh(Backend::Sqlite, what).await.unwrap();
     let config = test_config(&db.url);
     let inner = strata::app::connect_store(&config).await.unwrap();
     let store = Arc::new(CountingStore {
         inner,
         session_reads: AtomicUsize::new(0),
         user_reads: AtomicUsize::new(0),
-        delay: Duration::from_millis(200),
+        delay,
+        after_revoke: std::sync::Mutex::new(None),
     });
     let cache = strata_cache::open("memory://", &strata_cache::CacheOptions::default(), Arc::new(NoopObserver))
         .unwrap()
@@ -139,7 +157,53 @@ async fn concurrent_misses_cost_one_database_read() {
     };
     let user = accounts.register(reg, None).await.unwrap().user;
     let login = accounts.login(&user.email, &Password::parse_login(PASSWORD).unwrap(), "test").await.unwrap();
-    let token = login.token.expose();
+    (store, accounts, user, login.token.expose(), db)
+}
+
+/// A logout whose caller goes away after the revocation committed (the handler future is
+/// dropped while the acknowledgement is slow), and one whose acknowledgement is lost: in
+/// both the cached session stops working. Before commit and invalidation were one unit,
+/// the first left the session usable from the cache for its TTL, and the second returned
+/// the error before invalidating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_the_cache_whatever_happens_to_the_caller() {
+    let (store, accounts, _, token, _db) = counted_accounts("cache revocation unit", Duration::ZERO).await;
+    let token = SessionToken::parse(&token).unwrap();
+    let (session, _) = accounts.authenticate(&token).await.unwrap();
+    let reads = store.session_reads.load(Ordering::SeqCst);
+    accounts.authenticate(&token).await.unwrap();
+    assert_eq!(store.session_reads.load(Ordering::SeqCst), reads, "the session is served from the cache");
+
+    *store.after_revoke.lock().unwrap() = Some(AfterWrite::Slow(Duration::from_millis(300)));
+    let cancelled = tokio::time::timeout(Duration::from_millis(20), accounts.logout(&session)).await;
+    assert!(cancelled.is_err(), "the logout was meant to be cut off mid-commit");
+    let mut refused = false;
+    for _ in 0..200 {
+        if accounts.authenticate(&token).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(refused, "a logout cut off after its commit left the session usable from the cache");
+
+    // The acknowledgement of a committed revocation is lost: the caller sees an error,
+    // and the cache is invalidated anyway.
+    let login = accounts
+        .login(&Email::parse("flight@example.com").unwrap(), &Password::parse_login(PASSWORD).unwrap(), "test")
+        .await
+        .unwrap();
+    let (second, _) = accounts.authenticate(&login.token).await.unwrap();
+    accounts.authenticate(&login.token).await.unwrap();
+    *store.after_revoke.lock().unwrap() = Some(AfterWrite::Lost);
+    assert!(accounts.logout(&second).await.is_err());
+    assert!(accounts.authenticate(&login.token).await.is_err(), "an ambiguous revocation was not invalidated");
+}
+
+/// N concurrent misses on one token (and on one user id) cost one database read each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_cost_one_database_read() {
+    let (store, accounts, user, token, _db) = counted_accounts("cache single-flight", Duration::from_millis(200)).await;
 
     const N: usize = 64;
     let mut tasks = Vec::new();
