@@ -16,7 +16,7 @@ use strata_core::ports::{CacheError, CacheObserver};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 
-use crate::breaker::{Breaker, BreakerOptions, State, Transition};
+use crate::breaker::{Breaker, BreakerOptions, Permit, State, Transition};
 
 pub type Conn = BufStream<TcpStream>;
 
@@ -89,11 +89,13 @@ impl Endpoint {
         Ok(conn)
     }
 
-    /// Runs `op` on a pooled connection under the deadline and the breaker.
+    /// Runs `op` on a pooled connection under the deadline and the breaker. Dropping the
+    /// returned future mid-call drops the breaker permit with it, which frees a half-open
+    /// probe slot (see [`Permit`]'s Drop).
     pub async fn call<T>(&self, op: impl AsyncFnOnce(&mut Conn) -> io::Result<T>) -> Result<T, CacheError> {
-        if !self.breaker.allow() {
+        let Some(permit) = self.breaker.allow() else {
             return Err(CacheError::Unavailable(format!("{}: circuit open", self.label)));
-        }
+        };
         let attempt = tokio::time::timeout(self.timeout, async {
             let pooled = self.idle.lock().pop();
             let mut conn = match pooled {
@@ -115,7 +117,7 @@ impl Endpoint {
             Ok(Err(e)) => Err(CacheError::Unavailable(format!("{}: {e}", self.label))),
             Err(_) => Err(CacheError::Unavailable(format!("{}: timed out after {:?}", self.label, self.timeout))),
         };
-        self.record(result.is_ok());
+        self.record(permit, result.is_ok());
         if result.is_err() {
             // A failure often means the server restarted: its other pooled connections are
             // dead too, and each would cost a failed call to discover.
@@ -124,8 +126,8 @@ impl Endpoint {
         result
     }
 
-    fn record(&self, ok: bool) {
-        match self.breaker.record(ok) {
+    fn record(&self, permit: Permit<'_>, ok: bool) {
+        match permit.record(ok) {
             Transition::Opened => {
                 tracing::warn!(endpoint = %self.label, "cache endpoint degraded; circuit open");
                 self.observer.endpoint(&self.label, true);
@@ -143,4 +145,46 @@ impl Endpoint {
 /// no longer trustworthy.
 pub fn protocol_error(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use strata_core::ports::NoopObserver;
+    use tokio::net::TcpListener;
+    use tokio::sync::Notify;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_cancelled_mid_call_does_not_wedge_the_breaker() {
+        // Connecting succeeds via the listen backlog; the server never needs to answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = Endpoint::new(
+            listener.local_addr().unwrap().to_string(),
+            "test".into(),
+            // Far beyond the test: only the caller's cancellation ends the probe.
+            Duration::from_secs(600),
+            BreakerOptions { failures: 1, open_for: Duration::from_millis(1) },
+            None,
+            Arc::new(NoopObserver),
+        );
+        assert!(endpoint.call(async |_conn: &mut Conn| Err::<(), _>(protocol_error("boom"))).await.is_err());
+        while endpoint.is_open() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+
+        let probe_started = Notify::new();
+        let probe = endpoint.call(async |_conn: &mut Conn| {
+            probe_started.notify_one();
+            std::future::pending::<io::Result<()>>().await
+        });
+        tokio::select! {
+            _ = probe => panic!("the probe never completes"),
+            // Dropping the probe here cancels it while it awaits the server.
+            _ = probe_started.notified() => {}
+        }
+
+        assert!(endpoint.call(async |_conn: &mut Conn| Ok(())).await.is_ok(), "the next call is let through");
+        assert!(!endpoint.is_degraded(), "and its success closes the breaker");
+    }
 }
