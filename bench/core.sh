@@ -68,7 +68,7 @@ REPORT="$WORK/report.md"
 for backend in $BACKENDS; do
   database_url "$backend" "strata_bench_$$"
   say "$backend: starting strata"
-  STRATA_DATABASE_URL="$URL" STRATA_CACHE_URL="$CACHE" STRATA_CACHE_SECRET=bench-cache-secret-0123 STRATA_LOG_LEVEL=warn STRATA_THROTTLE_CLIENT_MAX_FAILURES=1000000 \
+  STRATA_DATABASE_URL="$URL" STRATA_CACHE_URL="$CACHE" STRATA_CACHE_SECRET=bench-cache-secret-0123 STRATA_LOG_LEVEL=warn STRATA_THROTTLE_CLIENT_MAX_FAILURES=1000000 STRATA_THROTTLE_REGISTRATION_MAX=1000000 \
     "$BIN" serve --listen "127.0.0.1:$PORT" > "$WORK/server.out" 2> "$WORK/server.err" &
   SERVER_PID=$!
   wait_ready

@@ -26,7 +26,8 @@ pub fn rfc3339(t: Timestamp) -> String {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+// No Debug: these carry passwords.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
     /// Normalised to lower case; at most 254 bytes.
@@ -40,7 +41,7 @@ pub struct CreateUserRequest {
     pub password: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUserRequest {
     #[serde(default, deserialize_with = "present")]
@@ -56,9 +57,14 @@ pub struct UpdateUserRequest {
     /// Admins only: `active` or `disabled` (disabling ends every session).
     #[serde(default, deserialize_with = "present")]
     pub status: Option<String>,
+    /// Required when you change your own `password` or `email` (not for an admin changing
+    /// someone else): a stolen token alone cannot take the account over. Wrong guesses
+    /// count against the same throttle as logins.
+    #[serde(default, deserialize_with = "present")]
+    pub current_password: Option<String>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     #[schema(example = "ada@example.com")]

@@ -149,6 +149,13 @@ impl From<AppError> for ApiError {
             AppError::InvalidCredentials => {
                 ApiError::new(S::UNAUTHORIZED, "invalid_credentials", "Unauthenticated", "invalid email or password")
             }
+            AppError::WrongCurrentPassword => ApiError::new(
+                S::FORBIDDEN,
+                "current_password_incorrect",
+                "Current password incorrect",
+                "current_password is not this account's password",
+            )
+            .field("current_password"),
             AppError::AccountDisabled => {
                 ApiError::new(S::FORBIDDEN, "account_disabled", "Forbidden", "this account is disabled")
             }

@@ -42,12 +42,14 @@ fn user_response(status: StatusCode, user: &User) -> Response {
         (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid field, or Idempotency-Key reused with another body", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid field, or Idempotency-Key reused with another body or password", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many registrations from this address, or too many failed replays", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, description = "Overloaded or storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_user(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     IdempotencyKeyHeader(key): IdempotencyKeyHeader,
     JsonBody(req): JsonBody<CreateUserRequest>,
 ) -> ApiResult<Response> {
@@ -56,7 +58,7 @@ pub async fn create_user(
         name: DisplayName::parse(&req.name)?,
         password: Password::parse_new(&req.password)?,
     };
-    let done = state.accounts.register(registration, key).await?;
+    let done = state.accounts.register(registration, key, &client).await?;
     // The caller chose this account's password: the split tells them nothing new.
     strata_core::timing::mark_authenticated();
     let mut res = user_response(StatusCode::CREATED, &done.user);
@@ -102,7 +104,7 @@ pub async fn get_user(
         (status = 200, body = UserBody, headers(("ETag" = String))),
         (status = 400, description = "Malformed JSON, UUID or If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed, or current_password incorrect", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = "application/problem+json"),
@@ -110,11 +112,14 @@ pub async fn get_user(
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 428, description = "If-Match missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong current_password guesses for this account or address", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+        (status = 503, description = "Hashing pool saturated or storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_user(
     State(state): State<AppState>,
     Caller(actor): Caller,
+    ClientAddr(client): ClientAddr,
     PathUserId(id): PathUserId,
     IfMatch(expected): IfMatch,
     JsonBody(req): JsonBody<UpdateUserRequest>,
@@ -125,8 +130,9 @@ pub async fn update_user(
         password: req.password.as_deref().map(Password::parse_new).transpose()?,
         role: req.role.as_deref().map(Role::parse).transpose()?,
         status: req.status.as_deref().map(UserStatus::parse).transpose()?,
+        current_password: req.current_password.as_deref().map(Password::parse_login).transpose()?,
     };
-    let user = state.accounts.update_user(&actor, id, expected, changes).await?;
+    let user = state.accounts.update_user(&actor, id, expected, changes, &client).await?;
     Ok(user_response(StatusCode::OK, &user))
 }
 

@@ -350,6 +350,10 @@ impl Timestamp {
     pub fn plus(self, d: std::time::Duration) -> Self {
         Timestamp(self.0.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
     }
+
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        Timestamp(self.0.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,6 +473,17 @@ impl IdempotencyKey {
     }
     pub fn from_trusted(stored: String) -> Self {
         IdempotencyKey(stored)
+    }
+
+    /// The key as stored: bound to `scope` (the client that sent it), so that one client's
+    /// key means nothing from another, and digested, so the table holds no client input.
+    pub fn scoped(&self, scope: &str) -> IdempotencyKey {
+        use base64::Engine as _;
+        let mut h = Sha256::new();
+        h.update((scope.len() as u64).to_be_bytes());
+        h.update(scope.as_bytes());
+        h.update(self.0.as_bytes());
+        IdempotencyKey(format!("s1:{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(h.finalize())))
     }
     pub fn as_str(&self) -> &str {
         &self.0

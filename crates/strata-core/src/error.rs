@@ -60,6 +60,9 @@ pub enum AppError {
     InvalidCredentials,
     #[error("account disabled")]
     AccountDisabled,
+    /// `current_password` did not match (a re-authentication, not a login).
+    #[error("current password is wrong")]
+    WrongCurrentPassword,
     #[error("too many failed attempts")]
     Throttled { retry_after: Duration },
     #[error("unauthenticated: {0:?}")]

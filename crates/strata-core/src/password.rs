@@ -6,15 +6,20 @@
 //! `max_queue` requests wait for them, and the rest are told to come back later — while
 //! session checks keep flowing on the async workers.
 //!
+//! Jobs wait in two lanes. Logins (a user waiting to sign in) are always taken first;
+//! new hashes (registration, password change) and idempotent replays wait in a lane a
+//! quarter the size, so a sign-up flood fills its own lane and gets `503`s while logins
+//! still reach a thread after at most one hash.
+//!
 //! Each hashing thread keeps one argon2 memory buffer (19 MiB with the defaults) for its
 //! whole life. Allocating it per hash — as `Argon2::hash_password` does — cost ~1,500 page
 //! faults and a fresh zeroing per login on whatever thread ran it, about a fifth of login
 //! throughput, and spread hundreds of MiB of arenas over tokio's blocking threads. Reuse is
 //! safe: argon2 writes every block before reading it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -55,7 +60,8 @@ pub struct HasherSettings {
     pub params: HashParams,
     /// Hashing threads. Default: the number of cores.
     pub concurrency: usize,
-    /// Requests allowed to wait for a thread before new ones are refused as overloaded.
+    /// Logins allowed to wait for a thread before new ones are refused as overloaded;
+    /// new hashes get a quarter of this (at least one).
     pub max_queue: usize,
 }
 
@@ -69,10 +75,69 @@ impl Default for HasherSettings {
 /// Work for a hashing thread: runs with that thread's reusable argon2 memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
 
+/// Which queue a job waits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Verifying a password someone is signing in (or re-authenticating) with.
+    Login,
+    /// Hashing a new password, or verifying one for an idempotent replay.
+    Enrol,
+}
+
+struct Lanes {
+    login: VecDeque<Job>,
+    enrol: VecDeque<Job>,
+    closed: bool,
+}
+
+struct Queue {
+    lanes: Mutex<Lanes>,
+    ready: Condvar,
+    login_capacity: usize,
+    enrol_capacity: usize,
+    /// Waiting jobs in both lanes, readable without the lock (metrics).
+    queued: AtomicUsize,
+}
+
+impl Queue {
+    fn push(&self, lane: Lane, job: Job) -> Result<(), AppError> {
+        let mut lanes = self.lanes.lock().map_err(|_| AppError::Internal("hashing queue poisoned".into()))?;
+        if lanes.closed {
+            return Err(AppError::Internal("hashing threads are gone".into()));
+        }
+        let (queue, capacity) = match lane {
+            Lane::Login => (&mut lanes.login, self.login_capacity),
+            Lane::Enrol => (&mut lanes.enrol, self.enrol_capacity),
+        };
+        if queue.len() >= capacity {
+            return Err(AppError::Overloaded { retry_after: Duration::from_secs(1) });
+        }
+        queue.push_back(job);
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        drop(lanes);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next job, logins first; `None` once the hasher is dropped.
+    fn pop(&self) -> Option<Job> {
+        let mut lanes = self.lanes.lock().ok()?;
+        loop {
+            if let Some(job) = lanes.login.pop_front().or_else(|| lanes.enrol.pop_front()) {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                return Some(job);
+            }
+            if lanes.closed {
+                return None;
+            }
+            lanes = self.ready.wait(lanes).ok()?;
+        }
+    }
+}
+
 pub struct PasswordHasher {
     params: Params,
-    jobs: SyncSender<Job>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
     /// A real hash of a random password, verified against when the email is unknown so
     /// that "no such user" costs the same time as "wrong password".
     decoy: PasswordHash,
@@ -85,17 +150,21 @@ impl PasswordHasher {
         let decoy = hash_with(&params, uuid::Uuid::new_v4().to_string().as_bytes(), &mut memory)
             .map_err(|e| format!("argon2 self-test failed: {e}"))?;
         // The queue holds waiting jobs; the threads hold the running ones.
-        let (jobs, rx) = sync_channel::<Job>(settings.max_queue);
-        let rx = Arc::new(Mutex::new(rx));
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue {
+            lanes: Mutex::new(Lanes { login: VecDeque::new(), enrol: VecDeque::new(), closed: false }),
+            ready: Condvar::new(),
+            login_capacity: settings.max_queue,
+            enrol_capacity: (settings.max_queue / 4).max(1),
+            queued: AtomicUsize::new(0),
+        });
         for i in 0..settings.concurrency.max(1) {
-            let (rx, queued) = (rx.clone(), queued.clone());
+            let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("strata-hash-{i}"))
-                .spawn(move || worker(&rx, &queued))
+                .spawn(move || worker(&queue))
                 .map_err(|e| format!("cannot start hashing thread: {e}"))?;
         }
-        Ok(PasswordHasher { params, jobs, queued, decoy: PasswordHash::from_trusted(decoy) })
+        Ok(PasswordHasher { params, queue, decoy: PasswordHash::from_trusted(decoy) })
     }
 
     pub fn decoy(&self) -> &PasswordHash {
@@ -104,24 +173,25 @@ impl PasswordHasher {
 
     /// Requests currently waiting for a hashing thread.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.queue.queued.load(Ordering::Relaxed)
     }
 
+    /// A new hash, in the enrolment lane.
     pub async fn hash(&self, password: &Password) -> Result<PasswordHash, AppError> {
         let params = self.params.clone();
         let password = password.clone();
         let phc = self
-            .run(move |memory| hash_with(&params, password.expose().as_bytes(), memory))
+            .run(Lane::Enrol, move |memory| hash_with(&params, password.expose().as_bytes(), memory))
             .await?
             .map_err(|e| AppError::Internal(format!("argon2 hash: {e}")))?;
         Ok(PasswordHash::from_trusted(phc))
     }
 
     /// `Ok(false)` for a wrong password; errors only for overload or a corrupt stored hash.
-    pub async fn verify(&self, password: &Password, hash: &PasswordHash) -> Result<bool, AppError> {
+    pub async fn verify(&self, lane: Lane, password: &Password, hash: &PasswordHash) -> Result<bool, AppError> {
         let password = password.clone();
         let stored = hash.as_str().to_owned();
-        self.run(move |memory| verify_with(&stored, password.expose().as_bytes(), memory)).await?
+        self.run(lane, move |memory| verify_with(&stored, password.expose().as_bytes(), memory)).await?
     }
 
     /// Queues `work` for a hashing thread and awaits its result. Time spent waiting in the
@@ -129,35 +199,32 @@ impl PasswordHasher {
     /// goes, and Server-Timing must say so rather than blame "app".
     async fn run<T: Send + 'static>(
         &self,
+        lane: Lane,
         work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, AppError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |memory| {
             let _ = tx.send(work(memory));
         });
-        self.queued.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.jobs.try_send(job) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-            return Err(match e {
-                TrySendError::Full(_) => AppError::Overloaded { retry_after: Duration::from_secs(1) },
-                TrySendError::Disconnected(_) => AppError::Internal("hashing threads are gone".into()),
-            });
-        }
+        self.queue.push(lane, job)?;
         let (out, _) = timing::measure(Component::Hash, rx).await;
         out.map_err(|_| AppError::Internal("hashing thread dropped a job".into()))
     }
 }
 
-fn worker(jobs: &Mutex<Receiver<Job>>, queued: &AtomicUsize) {
+impl Drop for PasswordHasher {
+    fn drop(&mut self) {
+        if let Ok(mut lanes) = self.queue.lanes.lock() {
+            lanes.closed = true;
+        }
+        self.queue.ready.notify_all();
+    }
+}
+
+fn worker(queue: &Queue) {
     let mut memory = Vec::new();
-    loop {
-        // The lock is held only while taking a job, never while hashing.
-        let job = match jobs.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(job) = job else { return }; // the hasher was dropped
-        queued.fetch_sub(1, Ordering::Relaxed);
+    // The lock is held only while taking a job, never while hashing.
+    while let Some(job) = queue.pop() {
         job(&mut memory);
     }
 }
@@ -233,10 +300,10 @@ mod tests {
         let pw = Password::parse_new("correct horse battery").unwrap();
         let hash = hasher.hash(&pw).await.unwrap();
         assert!(hash.as_str().starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
-        assert!(hasher.verify(&pw, &hash).await.unwrap());
+        assert!(hasher.verify(Lane::Login, &pw, &hash).await.unwrap());
         let wrong = Password::parse_login("wrong horse").unwrap();
-        assert!(!hasher.verify(&wrong, &hash).await.unwrap());
-        assert!(!hasher.verify(&pw, hasher.decoy()).await.unwrap());
+        assert!(!hasher.verify(Lane::Login, &wrong, &hash).await.unwrap());
+        assert!(!hasher.verify(Lane::Login, &pw, hasher.decoy()).await.unwrap());
     }
 
     /// Our PHC strings and the reference implementation's are interchangeable both ways.
@@ -253,9 +320,9 @@ mod tests {
             .hash_password(pw.expose().as_bytes(), &SaltString::generate(&mut OsRng))
             .unwrap()
             .to_string();
-        assert!(hasher.verify(&pw, &PasswordHash::from_trusted(theirs.clone())).await.unwrap());
+        assert!(hasher.verify(Lane::Login, &pw, &PasswordHash::from_trusted(theirs.clone())).await.unwrap());
         let wrong = Password::parse_login("wrong horse").unwrap();
-        assert!(!hasher.verify(&wrong, &PasswordHash::from_trusted(theirs)).await.unwrap());
+        assert!(!hasher.verify(Lane::Login, &wrong, &PasswordHash::from_trusted(theirs)).await.unwrap());
     }
 
     #[tokio::test]
@@ -265,7 +332,7 @@ mod tests {
         for bad in ["", "plain", "$argon2id$v=19$m=64,t=1,p=1$", "$md5$x$y", "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ"]
         {
             assert!(matches!(
-                hasher.verify(&pw, &PasswordHash::from_trusted(bad.into())).await,
+                hasher.verify(Lane::Login, &pw, &PasswordHash::from_trusted(bad.into())).await,
                 Err(AppError::Internal(_))
             ));
         }
@@ -279,11 +346,11 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_beyond_queue_bound() {
-        // One thread, kept busy; a queue of one; the third request is refused.
+        // One thread, kept busy; queues of one; the third request is refused.
         let hasher = Arc::new(cheap(1, 1));
         let (release, gate) = std::sync::mpsc::channel::<()>();
         let gate = Mutex::new(gate);
-        let busy = hasher.run(move |_| {
+        let busy = hasher.run(Lane::Login, move |_| {
             let _ = gate.lock().map(|g| g.recv());
         });
         let mut busy = Box::pin(busy);
@@ -301,6 +368,43 @@ mod tests {
         release.send(()).unwrap();
         busy.await.unwrap();
         assert!(waiting.await.is_ok());
+    }
+
+    /// With the only thread busy, a sign-up flood fills its own (smaller) lane and is
+    /// refused, logins still queue, and when the thread frees up the waiting login runs
+    /// before the registrations that queued earlier.
+    #[tokio::test]
+    async fn logins_go_before_new_hashes_and_keep_their_own_room() {
+        let hasher = Arc::new(cheap(1, 8)); // login lane 8, enrol lane 2
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let mut busy = Box::pin(hasher.run(Lane::Login, move |_| {
+            let _ = gate.lock().map(|g| g.recv());
+        }));
+        assert!(futures_poll_once(&mut busy).await.is_none());
+        while hasher.queued() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let job = |lane: Lane, name: &'static str| {
+            let order = order.clone();
+            Box::pin(hasher.run(lane, move |_| order.lock().unwrap().push(name)))
+        };
+        let mut signups = vec![job(Lane::Enrol, "signup-1"), job(Lane::Enrol, "signup-2")];
+        for s in &mut signups {
+            assert!(futures_poll_once(s).await.is_none());
+        }
+        let mut third = job(Lane::Enrol, "signup-3");
+        assert!(matches!(futures_poll_once(&mut third).await, Some(Err(AppError::Overloaded { .. }))));
+        let mut login = job(Lane::Login, "login");
+        assert!(futures_poll_once(&mut login).await.is_none(), "a login is queued despite the flood");
+        release.send(()).unwrap();
+        busy.await.unwrap();
+        login.await.unwrap();
+        for s in signups {
+            s.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), ["login", "signup-1", "signup-2"]);
     }
 
     /// Polls a future once, returning its output if it was ready.

@@ -48,6 +48,9 @@ pub trait UserRepository: Send + Sync {
 
     async fn idempotency_record(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, RepoError>;
 
+    /// Deletes idempotency records created before `before`; returns how many went.
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> Result<u64, RepoError>;
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError>;
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, RepoError>;

@@ -22,7 +22,7 @@ use crate::domain::{
     SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use crate::error::{AppError, RepoError, TokenProblem, ValidationError};
-use crate::password::PasswordHasher;
+use crate::password::{Lane, PasswordHasher};
 use crate::ports::{Cache, CacheObserver, Clock, SessionRevocation, Store, StoreObserver, UserListQuery};
 use crate::throttle::LoginThrottle;
 use crate::timing::{self, Component};
@@ -30,13 +30,20 @@ use crate::timing::{self, Component};
 #[derive(Clone, Copy, Debug)]
 pub struct AccountSettings {
     pub session_ttl: Duration,
+    /// How long an idempotency key is honoured; older records are ignored and purged.
+    pub idempotency_ttl: Duration,
     pub list_default_limit: u32,
     pub list_max_limit: u32,
 }
 
 impl Default for AccountSettings {
     fn default() -> Self {
-        AccountSettings { session_ttl: Duration::from_secs(24 * 3600), list_default_limit: 50, list_max_limit: 200 }
+        AccountSettings {
+            session_ttl: Duration::from_secs(24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            list_default_limit: 50,
+            list_max_limit: 200,
+        }
     }
 }
 
@@ -99,6 +106,9 @@ pub struct UserChanges {
     pub password: Option<Password>,
     pub role: Option<Role>,
     pub status: Option<UserStatus>,
+    /// Proof for a user changing their own password or email: a stolen token alone must
+    /// not be enough to take the account over.
+    pub current_password: Option<Password>,
 }
 
 impl UserChanges {
@@ -227,10 +237,34 @@ impl Accounts {
         tokio::spawn(unit).await.unwrap_or_else(|e| Err(RepoError::Internal(format!("write task failed: {e}"))))
     }
 
-    pub async fn register(&self, reg: Registration, key: Option<IdempotencyKey>) -> Result<Registered, AppError> {
+    /// `client` is the caller's throttle key: it limits registrations per client and
+    /// scopes idempotency keys to the client that sent them.
+    pub async fn register(
+        &self,
+        reg: Registration,
+        key: Option<IdempotencyKey>,
+        client: &str,
+    ) -> Result<Registered, AppError> {
+        self.throttle
+            .reserve_registration(client, self.clock.now())
+            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        let out = self.register_reserved(reg, key.map(|k| k.scoped(client)), client).await;
+        // Refused before it cost a hash or a row: not an attempt.
+        if matches!(out, Err(AppError::Overloaded { .. } | AppError::Unavailable(_))) {
+            self.throttle.refund_registration(client, self.clock.now());
+        }
+        out
+    }
+
+    async fn register_reserved(
+        &self,
+        reg: Registration,
+        key: Option<IdempotencyKey>,
+        client: &str,
+    ) -> Result<Registered, AppError> {
         let fingerprint = fingerprint(&reg);
         if let Some(key) = &key
-            && let Some(done) = self.replay(key, &fingerprint, &reg.password).await?
+            && let Some(done) = self.replay(key, &fingerprint, &reg, client).await?
         {
             return Ok(done);
         }
@@ -250,38 +284,78 @@ impl Accounts {
         let record =
             key.as_ref().map(|k| IdempotencyRecord { key: k.clone(), fingerprint, user_id: user.id, created_at: now });
         let event = user_event("user.created", &user, now);
-        match self.db("create_user", self.store.create_user(&user, record.as_ref(), &event)).await {
-            Ok(()) => Ok(Registered { user, replayed: false }),
-            // A concurrent request with the same key may have won the race; it can trip
-            // either unique index first (email or key), so on both, answer as its retry.
-            Err(e @ (RepoError::IdempotencyKeyTaken | RepoError::EmailTaken)) => match &key {
-                Some(k) => self.replay(k, &fingerprint, &reg.password).await?.ok_or_else(|| e.into()),
-                None => Err(e.into()),
-            },
-            Err(e) => Err(e.into()),
+        let mut expired_purged = false;
+        loop {
+            match self.db("create_user", self.store.create_user(&user, record.as_ref(), &event)).await {
+                Ok(()) => return Ok(Registered { user, replayed: false }),
+                // A concurrent request with the same key may have won the race; it can trip
+                // either unique index first (email or key), so on both, answer as its retry.
+                Err(e @ (RepoError::IdempotencyKeyTaken | RepoError::EmailTaken)) => {
+                    let Some(k) = &key else { return Err(e.into()) };
+                    if let Some(done) = self.replay(k, &fingerprint, &reg, client).await? {
+                        return Ok(done);
+                    }
+                    // The key's record has expired but was not purged yet: purge, retry once.
+                    if matches!(e, RepoError::IdempotencyKeyTaken) && !expired_purged {
+                        expired_purged = true;
+                        self.purge_idempotency_keys().await?;
+                        continue;
+                    }
+                    return Err(e.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
+    /// Deletes idempotency records older than the configured lifetime; returns how many.
+    pub async fn purge_idempotency_keys(&self) -> Result<u64, AppError> {
+        let before = self.clock.now().minus(self.settings.idempotency_ttl);
+        Ok(self.db("purge_idempotency_keys", self.store.purge_idempotency_keys(before)).await?)
+    }
+
+    /// The user a faithful retry of `key` created, or `None` when there is no live record.
+    /// A replay verifies the password, so it is a login attempt as far as the throttle is
+    /// concerned: without that, replays were a free password oracle (201 vs 422).
     async fn replay(
         &self,
         key: &IdempotencyKey,
         fingerprint: &[u8; 32],
-        password: &Password,
+        reg: &Registration,
+        client: &str,
     ) -> Result<Option<Registered>, AppError> {
         let Some(record) = self.db("idempotency_record", self.store.idempotency_record(key)).await? else {
             return Ok(None);
         };
+        if self.clock.now() >= record.created_at.plus(self.settings.idempotency_ttl) {
+            return Ok(None);
+        }
         if &record.fingerprint != fingerprint {
             return Err(AppError::IdempotencyKeyReused);
         }
-        let user = self
-            .db("user_by_id", self.store.user_by_id(record.user_id))
-            .await?
-            .ok_or(AppError::IdempotencyKeyReused)?;
-        if !self.hasher.verify(password, &user.password_hash).await? {
-            return Err(AppError::IdempotencyKeyReused);
+        let account = reg.email.as_str();
+        self.throttle
+            .reserve(account, client, self.clock.now())
+            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        let verified = async {
+            let user = self.db("user_by_id", self.store.user_by_id(record.user_id)).await?;
+            let Some(user) = user else { return Ok(None) };
+            Ok::<_, AppError>(
+                self.hasher.verify(Lane::Enrol, &reg.password, &user.password_hash).await?.then_some(user),
+            )
+        };
+        match verified.await {
+            Ok(Some(user)) => {
+                self.throttle.succeeded(account, client, self.clock.now());
+                Ok(Some(Registered { user, replayed: true }))
+            }
+            // A wrong password keeps its reservation, as a failed login does.
+            Ok(None) => Err(AppError::IdempotencyKeyReused),
+            Err(e) => {
+                self.throttle.refund(account, client, self.clock.now());
+                Err(e)
+            }
         }
-        Ok(Some(Registered { user, replayed: true }))
     }
 
     /// `client` identifies the caller's address for per-client throttling.
@@ -325,7 +399,7 @@ impl Accounts {
         // Unknown emails still pay for a verify, against a decoy hash, so that timing does
         // not reveal which emails have accounts.
         let hash = user.as_ref().map_or(self.hasher.decoy(), |u| &u.password_hash);
-        let ok = self.hasher.verify(password, hash).await?;
+        let ok = self.hasher.verify(Lane::Login, password, hash).await?;
         Ok(user.filter(|_| ok))
     }
 
@@ -394,12 +468,15 @@ impl Accounts {
         self.user_by_id_cached(id).await?.ok_or(AppError::NotFound("user"))
     }
 
+    /// `client` is the caller's throttle key: re-authentication with `current_password`
+    /// draws on the same budgets as a login.
     pub async fn update_user(
         &self,
         actor: &Actor,
         id: UserId,
         expected: Version,
         changes: UserChanges,
+        client: &str,
     ) -> Result<User, AppError> {
         if !actor.may_act_on(id) {
             return Err(AppError::Forbidden("you may only change your own account"));
@@ -414,6 +491,10 @@ impl Accounts {
         // Checked before hashing a new password, so a stale request costs no argon2 time.
         if current.version != expected {
             return Err(AppError::VersionMismatch);
+        }
+        let own_credentials = changes.password.is_some() || changes.email.is_some();
+        if own_credentials && matches!(actor, Actor::User { user, .. } if user.id == id) {
+            self.reauthenticate(&current, changes.current_password.as_ref(), client).await?;
         }
         let now = self.clock.now();
         let mut next = current.clone();
@@ -449,6 +530,34 @@ impl Accounts {
         let write = async move { store.update_user(&row, expected, revoke, &event).await };
         self.commit("update_user", write, Stale::User { id, sessions: None, now }).await?;
         Ok(next)
+    }
+
+    /// The current password of `user`, checked like a login: reserved against the
+    /// account's and the client's budgets, refunded when it was no wrong guess.
+    async fn reauthenticate(&self, user: &User, presented: Option<&Password>, client: &str) -> Result<(), AppError> {
+        let Some(password) = presented else {
+            return Err(ValidationError::new(
+                "current_password",
+                "current_password_required",
+                "changing your own password or email needs current_password",
+            )
+            .into());
+        };
+        let account = user.email.as_str();
+        self.throttle
+            .reserve(account, client, self.clock.now())
+            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        match self.hasher.verify(Lane::Login, password, &user.password_hash).await {
+            Ok(true) => {
+                self.throttle.succeeded(account, client, self.clock.now());
+                Ok(())
+            }
+            Ok(false) => Err(AppError::WrongCurrentPassword),
+            Err(e) => {
+                self.throttle.refund(account, client, self.clock.now());
+                Err(e)
+            }
+        }
     }
 
     pub async fn delete_user(&self, actor: &Actor, id: UserId, expected: Option<Version>) -> Result<(), AppError> {

@@ -8,6 +8,9 @@
 //! any concurrency no more than `max_failures` wrong guesses per window are ever verified:
 //! a burst of concurrent guesses cannot all pass the check before the first is recorded.
 //!
+//! Registrations are throttled per client too, counting every attempt (a new account costs
+//! a hash and a row whatever happens next).
+//!
 //! State is per instance and bounded in memory. Behind N instances an attacker gets at
 //! most N× the budget until a shared store backs the counters.
 
@@ -29,6 +32,8 @@ pub struct Limit {
 pub struct ThrottleSettings {
     pub per_account: Limit,
     pub per_client: Limit,
+    /// Registration attempts per client address (`max_failures` counts attempts here).
+    pub registrations_per_client: Limit,
     /// Tracked keys per shard before expired ones are swept and, failing that, the oldest
     /// dropped: a spray over millions of emails cannot grow memory without bound.
     pub max_keys_per_shard: usize,
@@ -39,6 +44,7 @@ impl Default for ThrottleSettings {
         ThrottleSettings {
             per_account: Limit { max_failures: 5, window: Duration::from_secs(300) },
             per_client: Limit { max_failures: 50, window: Duration::from_secs(300) },
+            registrations_per_client: Limit { max_failures: 20, window: Duration::from_secs(600) },
             max_keys_per_shard: 16_384,
         }
     }
@@ -58,6 +64,7 @@ pub struct LoginThrottle {
     settings: ThrottleSettings,
     accounts: [Shard; SHARDS],
     clients: [Shard; SHARDS],
+    registrations: [Shard; SHARDS],
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -67,6 +74,7 @@ impl LoginThrottle {
             settings,
             accounts: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             clients: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            registrations: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             hasher: Default::default(),
         }
     }
@@ -91,6 +99,22 @@ impl LoginThrottle {
         self.bump(&mut accounts, account, self.settings.per_account, now);
         self.bump(&mut clients, client, self.settings.per_client, now);
         Ok(())
+    }
+
+    /// Takes one registration attempt from the client's budget, or `Err(retry_after)`.
+    pub fn reserve_registration(&self, client: &str, now: Timestamp) -> Result<(), Duration> {
+        let limit = self.settings.registrations_per_client;
+        let mut map = self.shard(&self.registrations, client).lock();
+        if let Some(wait) = blocked_for(&map, client, limit, now) {
+            return Err(wait);
+        }
+        self.bump(&mut map, client, limit, now);
+        Ok(())
+    }
+
+    /// Gives a registration attempt back (it was refused before costing anything).
+    pub fn refund_registration(&self, client: &str, now: Timestamp) {
+        self.unbump(&self.registrations, client, self.settings.registrations_per_client, now);
     }
 
     /// Gives a reservation back: the attempt was not a wrong guess (it failed before any
@@ -153,8 +177,23 @@ mod tests {
         ThrottleSettings {
             per_account: Limit { max_failures: 3, window: Duration::from_secs(60) },
             per_client: Limit { max_failures: 5, window: Duration::from_secs(60) },
+            registrations_per_client: Limit { max_failures: 2, window: Duration::from_secs(60) },
             max_keys_per_shard: 4,
         }
+    }
+
+    #[test]
+    fn registrations_are_limited_per_client() {
+        let t = LoginThrottle::new(settings());
+        assert!(t.reserve_registration("1.1.1.1", T0).is_ok());
+        assert!(t.reserve_registration("1.1.1.1", T0).is_ok());
+        assert_eq!(t.reserve_registration("1.1.1.1", T0), Err(Duration::from_secs(60)));
+        assert!(t.reserve_registration("2.2.2.2", T0).is_ok(), "another client is unaffected");
+        t.refund_registration("1.1.1.1", T0);
+        assert!(t.reserve_registration("1.1.1.1", T0).is_ok(), "a refunded attempt is given back");
+        assert!(t.reserve_registration("1.1.1.1", T0.plus(Duration::from_secs(60))).is_ok());
+        // Logins are a separate budget.
+        assert!(t.reserve("a@x.io", "1.1.1.1", T0).is_ok());
     }
 
     const T0: Timestamp = Timestamp(1_000_000_000_000);

@@ -469,6 +469,15 @@ impl UserRepository for MysqlStore {
         }))
     }
 
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> Result<u64, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            conn.exec_drop("DELETE FROM idempotency_keys WHERE created_at < ?", (before.0,)).await.map_err(my_err)?;
+            Ok(conn.affected_rows())
+        })
+        .await
+    }
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
         self.query_user(sql::USER_BY_ID, (id.as_bytes().as_slice(),)).await
     }

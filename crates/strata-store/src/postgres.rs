@@ -434,6 +434,14 @@ impl UserRepository for PostgresStore {
         }))
     }
 
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> Result<u64, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let client = self.client().await?;
+            client.execute("DELETE FROM idempotency_keys WHERE created_at < $1", &[&before.0]).await.map_err(pg_err)
+        })
+        .await
+    }
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
         self.query_user(sql::USER_BY_ID, &[&id.as_uuid()]).await
     }

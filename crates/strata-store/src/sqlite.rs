@@ -386,6 +386,14 @@ impl UserRepository for SqliteStore {
         })
     }
 
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> Result<u64, RepoError> {
+        self.write(move |tx| {
+            let gone = tx.execute("DELETE FROM idempotency_keys WHERE created_at < ?1", [before.0]).map_err(map_err)?;
+            Ok(gone as u64)
+        })
+        .await
+    }
+
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
         self.read(|c| {
             c.prepare_cached(sql::USER_BY_ID)?.query_row([id.as_bytes().as_slice()], |r| user_from_row(r, 0)).optional()

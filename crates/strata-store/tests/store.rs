@@ -146,6 +146,19 @@ async fn idempotency_records(store: Arc<dyn Store>) {
     let err = store.create_user(&other, Some(&reuse), &event("user.created", other.id)).await.unwrap_err();
     assert_eq!(err, RepoError::IdempotencyKeyTaken);
     assert_eq!(store.user_by_id(other.id).await.unwrap(), None);
+
+    // Purging removes records created strictly before the cut-off, and only those.
+    let later = IdempotencyRecord {
+        key: IdempotencyKey::parse("key-2").unwrap(),
+        created_at: T0.plus(std::time::Duration::from_secs(10)),
+        ..reuse
+    };
+    store.create_user(&other, Some(&later), &event("user.created", other.id)).await.unwrap();
+    assert_eq!(store.purge_idempotency_keys(T0).await.unwrap(), 0);
+    assert_eq!(store.purge_idempotency_keys(T0.plus(std::time::Duration::from_secs(1))).await.unwrap(), 1);
+    assert_eq!(store.idempotency_record(&key).await.unwrap(), None);
+    assert_eq!(store.idempotency_record(&later.key).await.unwrap(), Some(later));
+    assert!(store.user_by_id(u.id).await.unwrap().is_some(), "the user stays");
 }
 
 async fn optimistic_updates(store: Arc<dyn Store>) {

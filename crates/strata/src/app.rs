@@ -36,6 +36,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let settings = AccountSettings {
             session_ttl: Duration::from_secs(config.auth.session_ttl_secs),
+            idempotency_ttl: Duration::from_secs(config.auth.idempotency_ttl_secs),
             ..AccountSettings::default()
         };
         let mut accounts = Accounts::new(
@@ -94,6 +95,7 @@ impl Application {
         let ready = state.ready.clone();
         let drain_delay = Duration::from_millis(config.http.drain_delay_ms);
         let grace = Duration::from_secs(config.http.shutdown_grace_secs);
+        spawn_purger(state.accounts.clone());
         let app = strata_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_ready = ready.clone();
@@ -121,6 +123,23 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Purges expired idempotency records hourly, for as long as the service lives (the task
+/// holds only a weak reference). Instances purge independently: the delete is idempotent.
+fn spawn_purger(accounts: Arc<Accounts>) {
+    let accounts = Arc::downgrade(&accounts);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            every.tick().await;
+            let Some(accounts) = accounts.upgrade() else { return };
+            match accounts.purge_idempotency_keys().await {
+                Ok(n) => tracing::debug!(purged = n, "expired idempotency keys purged"),
+                Err(e) => tracing::warn!(error = %e, "cannot purge expired idempotency keys; retrying in an hour"),
+            }
+        }
+    });
 }
 
 pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {

@@ -43,6 +43,8 @@ pub struct AuthConfig {
     /// Static bearer secret with admin rights. Unset: only users with role admin are admins.
     pub admin_token: Option<Secret>,
     pub session_ttl_secs: u64,
+    /// How long an `Idempotency-Key` is honoured; older records are purged hourly.
+    pub idempotency_ttl_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -64,6 +66,9 @@ pub struct ThrottleConfig {
     pub account_window_secs: u64,
     pub client_max_failures: u32,
     pub client_window_secs: u64,
+    /// Registration attempts per client address per window.
+    pub registration_max: u32,
+    pub registration_window_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -181,7 +186,7 @@ impl Default for DatabaseConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { admin_token: None, session_ttl_secs: 24 * 3600 }
+        AuthConfig { admin_token: None, session_ttl_secs: 24 * 3600, idempotency_ttl_secs: 24 * 3600 }
     }
 }
 
@@ -206,6 +211,8 @@ impl Default for ThrottleConfig {
             account_window_secs: t.per_account.window.as_secs(),
             client_max_failures: t.per_client.max_failures,
             client_window_secs: t.per_client.window.as_secs(),
+            registration_max: t.registrations_per_client.max_failures,
+            registration_window_secs: t.registrations_per_client.window.as_secs(),
         }
     }
 }
@@ -277,6 +284,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         Ok(c.auth.admin_token = Some(v).filter(|t| !t.is_empty()).map(Secret::new))
     }),
     ("STRATA_SESSION_TTL_SECS", "auth.session_ttl_secs", |c, v| Ok(c.auth.session_ttl_secs = parse(v)?)),
+    ("STRATA_IDEMPOTENCY_TTL_SECS", "auth.idempotency_ttl_secs", |c, v| Ok(c.auth.idempotency_ttl_secs = parse(v)?)),
     ("STRATA_PASSWORD_MEMORY_KIB", "password.memory_kib", |c, v| Ok(c.password.memory_kib = parse(v)?)),
     ("STRATA_PASSWORD_ITERATIONS", "password.iterations", |c, v| Ok(c.password.iterations = parse(v)?)),
     ("STRATA_PASSWORD_PARALLELISM", "password.parallelism", |c, v| Ok(c.password.parallelism = parse(v)?)),
@@ -295,6 +303,12 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     }),
     ("STRATA_THROTTLE_CLIENT_WINDOW_SECS", "throttle.client_window_secs", |c, v| {
         Ok(c.throttle.client_window_secs = parse(v)?)
+    }),
+    ("STRATA_THROTTLE_REGISTRATION_MAX", "throttle.registration_max", |c, v| {
+        Ok(c.throttle.registration_max = parse(v)?)
+    }),
+    ("STRATA_THROTTLE_REGISTRATION_WINDOW_SECS", "throttle.registration_window_secs", |c, v| {
+        Ok(c.throttle.registration_window_secs = parse(v)?)
     }),
     ("STRATA_HTTP_BODY_LIMIT_BYTES", "http.body_limit_bytes", |c, v| Ok(c.http.body_limit_bytes = parse(v)?)),
     ("STRATA_HTTP_DRAIN_DELAY_MS", "http.drain_delay_ms", |c, v| Ok(c.http.drain_delay_ms = parse(v)?)),
@@ -348,8 +362,8 @@ impl Config {
         if self.auth.admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
             return Err("auth.admin_token (STRATA_ADMIN_TOKEN) must be at least 16 characters".into());
         }
-        if self.auth.session_ttl_secs == 0 {
-            return Err("auth.session_ttl_secs must be positive".into());
+        if self.auth.session_ttl_secs == 0 || self.auth.idempotency_ttl_secs == 0 {
+            return Err("auth.session_ttl_secs and auth.idempotency_ttl_secs must be positive".into());
         }
         if self.database.max_connections == 0 {
             return Err("database.max_connections must be positive".into());
@@ -453,6 +467,10 @@ impl Config {
             per_client: Limit {
                 max_failures: self.throttle.client_max_failures,
                 window: Duration::from_secs(self.throttle.client_window_secs),
+            },
+            registrations_per_client: Limit {
+                max_failures: self.throttle.registration_max,
+                window: Duration::from_secs(self.throttle.registration_window_secs),
             },
             ..ThrottleSettings::default()
         }

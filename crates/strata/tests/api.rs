@@ -70,6 +70,7 @@ fn test_config(url: &str) -> Config {
     c.password.iterations = 1;
     c.throttle.account_max_failures = 3;
     c.throttle.client_max_failures = 1000;
+    c.throttle.registration_max = 100_000;
     c.auth.session_ttl_secs = 3600;
     c
 }
@@ -377,9 +378,24 @@ async fn patch_with_optimistic_concurrency(app: TestApp) {
     patch(Some("\"abc\""), json!({"name": "X"})).await.assert_problem(400, "malformed_if_match", Some("If-Match"));
     patch(Some("\"7\""), json!({"name": "X"})).await.assert_problem(412, "version_mismatch", Some("If-Match"));
     patch(Some("\"1\""), json!({"role": "admin"})).await.assert_problem(403, "forbidden", None);
-    patch(Some("\"1\""), json!({"email": "TAKEN@example.com"})).await.assert_problem(409, "email_taken", Some("email"));
+    // Your own email or password needs your current password; a name does not.
+    patch(Some("\"1\""), json!({"email": "x@example.com"})).await.assert_problem(
+        422,
+        "current_password_required",
+        Some("current_password"),
+    );
+    patch(Some("\"1\""), json!({"password": "a brand new password", "current_password": "not it at all"}))
+        .await
+        .assert_problem(403, "current_password_incorrect", Some("current_password"));
+    patch(Some("\"1\""), json!({"email": "TAKEN@example.com", "current_password": PASSWORD})).await.assert_problem(
+        409,
+        "email_taken",
+        Some("email"),
+    );
 
-    let ok = patch(Some("\"1\""), json!({"name": "Renamed ✓", "email": "new@example.com"})).await;
+    let ok =
+        patch(Some("\"1\""), json!({"name": "Renamed ✓", "email": "new@example.com", "current_password": PASSWORD}))
+            .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(ok.header("etag"), "\"2\"");
     assert_eq!(ok.body["name"], "Renamed ✓");
@@ -389,7 +405,8 @@ async fn patch_with_optimistic_concurrency(app: TestApp) {
 
     // Password change: other sessions end, this one stays, the old password stops working.
     let other = app.login("new@example.com", PASSWORD).await.body["token"].as_str().unwrap().to_owned();
-    let changed = patch(Some("W/\"2\""), json!({"password": "a brand new password"})).await;
+    let changed =
+        patch(Some("W/\"2\""), json!({"password": "a brand new password", "current_password": PASSWORD})).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
     assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
     app.get("/v1/sessions/current", Some(&other)).await.assert_problem(401, "token_revoked", None);

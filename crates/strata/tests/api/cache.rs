@@ -49,6 +49,9 @@ impl strata_core::ports::UserRepository for CountingStore {
     async fn idempotency_record(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, RepoError> {
         self.inner.idempotency_record(key).await
     }
+    async fn purge_idempotency_keys(&self, before: Timestamp) -> Result<u64, RepoError> {
+        self.inner.purge_idempotency_keys(before).await
+    }
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
         self.user_reads.fetch_add(1, Ordering::SeqCst);
         tokio::time::sleep(self.delay).await;
@@ -155,7 +158,7 @@ async fn counted_accounts(what: &str, delay: Duration) -> (Arc<CountingStore>, A
         name: strata_core::domain::DisplayName::parse("Flight").unwrap(),
         password: Password::parse_new(PASSWORD).unwrap(),
     };
-    let user = accounts.register(reg, None).await.unwrap().user;
+    let user = accounts.register(reg, None, "test").await.unwrap().user;
     let login = accounts.login(&user.email, &Password::parse_login(PASSWORD).unwrap(), "test").await.unwrap();
     (store, accounts, user, login.token.expose(), db)
 }
@@ -470,7 +473,7 @@ async fn other_instances_see_changes_within_the_bound() {
                 ("authorization", &format!("Bearer {token}")),
                 ("if-match", "\"1\""),
             ],
-            Some(Bytes::from(json!({"email": "fresh@example.com"}).to_string())),
+            Some(Bytes::from(json!({"email": "fresh@example.com", "current_password": PASSWORD}).to_string())),
         )
         .await;
     assert_eq!(patch.status, StatusCode::OK, "{}", patch.body);
