@@ -4,6 +4,7 @@
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use strata_core::domain::{IdempotencyKey, Session, SessionToken, User, UserId, Version};
 use strata_core::error::TokenProblem;
@@ -37,32 +38,70 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             )
             .field("Content-Type"));
         }
-        let limit = state.body_limit;
-        let too_large = || {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "Payload too large",
-                format!("the request body must be at most {limit} bytes"),
-            )
-            .field("body")
-        };
-        // Refuse early on the declared length, before reading anything.
+        // Declared beyond what we would even drain: refuse without reading.
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(too_large());
+        if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+            return Err(too_large(state.body_limit));
         }
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
-            // The limit surfaces as the error's source; anything else is I/O.
-            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-                too_large()
-            } else {
-                ApiError::bad_request("body_unreadable", "body", "the request body could not be read")
-            }
-        })?;
+        let bytes = read_body(req.into_body(), state.body_limit, state.body_read_timeout).await?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// How much of an oversized body is read and thrown away so that the `413` reaches the
+/// client: a client that writes its whole body before reading gets a connection reset
+/// instead of the answer if the server closes with unread data (nginx lingers likewise).
+/// Beyond this the connection is closed anyway.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The body, at most `limit` bytes, received within `timeout`. An oversized body is
+/// drained (up to [`DRAIN_LIMIT`], within the same time) before the `413` is returned.
+async fn read_body(mut body: axum::body::Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt as _;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = bytes::BytesMut::new();
+    let mut received = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(Some(Ok(frame))) => frame,
+            Ok(None) => break,
+            Ok(Some(Err(_))) => {
+                return Err(ApiError::bad_request("body_unreadable", "body", "the request body could not be read"));
+            }
+            Err(_) if received > limit => break,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "Request timeout",
+                    format!("the request body did not arrive within {} ms", timeout.as_millis()),
+                )
+                .field("body"));
+            }
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        received = received.saturating_add(data.len());
+        if received <= limit {
+            buf.extend_from_slice(&data);
+        } else if received > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if received > limit {
+        return Err(too_large(limit));
+    }
+    Ok(buf.freeze())
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "Payload too large",
+        format!("the request body must be at most {limit} bytes"),
+    )
+    .field("body")
 }
 
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod observe;
 pub mod openapi;
 pub mod routes;
+pub mod server;
 
 use crate::dto::Health;
 use crate::error::ApiError;
@@ -40,6 +41,8 @@ pub struct AppState {
     /// False before startup completes and once shutdown begins, so load balancers drain us.
     pub ready: Arc<AtomicBool>,
     pub body_limit: usize,
+    /// Bound on receiving a request body once its head has arrived.
+    pub body_read_timeout: std::time::Duration,
     /// Peers whose `Forwarded` / `X-Forwarded-For` headers are believed.
     pub trusted_proxies: Arc<[client::Cidr]>,
     /// Clients that always get the full `Server-Timing` split (others only once they

@@ -49,6 +49,11 @@ struct CacheTierLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheEndpointLabels {
     endpoint: String,
 }
@@ -72,6 +77,9 @@ pub struct Metrics {
     cache_endpoint_degraded: Family<CacheEndpointLabels, Gauge>,
     cache_degraded: Gauge,
     degraded_endpoints: Mutex<HashMap<String, bool>>,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    connection_timeouts: Family<PhaseLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,7 +125,24 @@ impl Metrics {
             "Cache servers currently degraded (0 = healthy; requests are served from the database meanwhile)",
             cache_degraded.clone(),
         );
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
+        let connection_timeouts = Family::<PhaseLabels, Counter>::default();
+        registry.register("http_connections_open", "Client connections currently open", connections_open.clone());
+        registry.register(
+            "http_connections_refused",
+            "Connections answered 503 and closed because http.max_connections were open",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "http_connection_timeouts",
+            "Connections closed by a timeout, by phase (header = request head too slow, idle = keep-alive idle)",
+            connection_timeouts.clone(),
+        );
         Metrics {
+            connections_open,
+            connections_refused,
+            connection_timeouts,
             registry,
             http_requests,
             http_duration,
@@ -130,6 +155,22 @@ impl Metrics {
             cache_degraded,
             degraded_endpoints: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    pub fn connection_timed_out(&self, phase: &'static str) {
+        self.connection_timeouts.get_or_create(&PhaseLabels { phase }).inc();
     }
 
     pub fn observe_http(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {

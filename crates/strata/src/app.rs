@@ -60,6 +60,7 @@ impl Application {
             admin_token: config.auth.admin_token.clone(),
             ready: Arc::new(AtomicBool::new(false)),
             body_limit: config.http.body_limit_bytes,
+            body_read_timeout: Duration::from_millis(config.http.body_read_timeout_ms),
             trusted_proxies: config.http.trusted_proxies.clone().into(),
             timing_detail_from: config.http.timing_detail_from.clone().into(),
         };
@@ -96,7 +97,8 @@ impl Application {
         let drain_delay = Duration::from_millis(config.http.drain_delay_ms);
         let grace = Duration::from_secs(config.http.shutdown_grace_secs);
         spawn_purger(state.accounts.clone());
-        let app = strata_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let metrics = state.metrics.clone();
+        let app = strata_api::router(state);
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_ready = ready.clone();
         let stop_accepting = async move {
@@ -107,15 +109,15 @@ impl Application {
             let _ = draining_tx.send(());
         };
         ready.store(true, Ordering::Release);
-        let server = axum::serve(listener, app).with_graceful_shutdown(stop_accepting);
-        let server = tokio::spawn(async move { server.await });
+        let server = strata_api::server::serve(listener, app, config.server_limits(), metrics, stop_accepting);
+        let server = tokio::spawn(server);
         tokio::pin!(server);
         // Wait for the server to finish on its own, or bound the drain once it has begun.
         tokio::select! {
-            res = &mut server => res.context("server task")?.context("server")?,
+            res = &mut server => res.context("server task")?,
             _ = draining_rx => {
                 match tokio::time::timeout(grace, &mut server).await {
-                    Ok(res) => res.context("server task")?.context("server")?,
+                    Ok(res) => res.context("server task")?,
                     Err(_) => tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting"),
                 }
             }

@@ -80,6 +80,14 @@ pub struct HttpConfig {
     pub drain_delay_ms: u64,
     /// Upper bound on waiting for in-flight requests after the listener closes.
     pub shutdown_grace_secs: u64,
+    /// A request head must arrive within this, from accept or from its first byte.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive within this once its head has (else `408`).
+    pub body_read_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this.
+    pub keep_alive_timeout_ms: u64,
+    /// Open connections beyond which new ones get `503` and are closed.
+    pub max_connections: usize,
     /// Proxies (CIDRs) whose `Forwarded` / `X-Forwarded-For` is believed; the client is
     /// the rightmost hop outside this list. Empty: the TCP peer is the client.
     pub trusted_proxies: Vec<Cidr>,
@@ -223,6 +231,10 @@ impl Default for HttpConfig {
             body_limit_bytes: strata_api::DEFAULT_BODY_LIMIT,
             drain_delay_ms: 0,
             shutdown_grace_secs: 30,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
+            keep_alive_timeout_ms: 75_000,
+            max_connections: 10_000,
             trusted_proxies: Vec::new(),
             timing_detail_from: Vec::new(),
         }
@@ -313,6 +325,16 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_HTTP_BODY_LIMIT_BYTES", "http.body_limit_bytes", |c, v| Ok(c.http.body_limit_bytes = parse(v)?)),
     ("STRATA_HTTP_DRAIN_DELAY_MS", "http.drain_delay_ms", |c, v| Ok(c.http.drain_delay_ms = parse(v)?)),
     ("STRATA_HTTP_SHUTDOWN_GRACE_SECS", "http.shutdown_grace_secs", |c, v| Ok(c.http.shutdown_grace_secs = parse(v)?)),
+    ("STRATA_HTTP_HEADER_READ_TIMEOUT_MS", "http.header_read_timeout_ms", |c, v| {
+        Ok(c.http.header_read_timeout_ms = parse(v)?)
+    }),
+    ("STRATA_HTTP_BODY_READ_TIMEOUT_MS", "http.body_read_timeout_ms", |c, v| {
+        Ok(c.http.body_read_timeout_ms = parse(v)?)
+    }),
+    ("STRATA_HTTP_KEEP_ALIVE_TIMEOUT_MS", "http.keep_alive_timeout_ms", |c, v| {
+        Ok(c.http.keep_alive_timeout_ms = parse(v)?)
+    }),
+    ("STRATA_HTTP_MAX_CONNECTIONS", "http.max_connections", |c, v| Ok(c.http.max_connections = parse(v)?)),
     ("STRATA_HTTP_TRUSTED_PROXIES", "http.trusted_proxies", |c, v| Ok(c.http.trusted_proxies = parse_list(v)?)),
     (
         "STRATA_HTTP_TIMING_DETAIL_FROM",
@@ -371,6 +393,15 @@ impl Config {
         if self.http.body_limit_bytes < 1024 {
             return Err("http.body_limit_bytes must be at least 1024".into());
         }
+        let h = &self.http;
+        if h.header_read_timeout_ms == 0 || h.body_read_timeout_ms == 0 || h.keep_alive_timeout_ms == 0 {
+            return Err(
+                "http.header_read_timeout_ms, body_read_timeout_ms and keep_alive_timeout_ms must be positive".into()
+            );
+        }
+        if h.max_connections == 0 {
+            return Err("http.max_connections must be positive".into());
+        }
         let target = strata_cache::Target::parse(&self.cache.url).map_err(|e| format!("cache.url: {e}"))?;
         let shared = matches!(target, strata_cache::Target::Redis { .. } | strata_cache::Target::Memcache { .. });
         if shared && self.cache.secret.is_none() {
@@ -404,6 +435,16 @@ impl Config {
             ttl: Duration::from_secs(self.cache.ttl_secs),
             negative_ttl: Duration::from_secs(self.cache.negative_ttl_secs),
             jitter: f64::from(self.cache.jitter_percent) / 100.0,
+        }
+    }
+
+    /// The server loop's connection limits.
+    pub fn server_limits(&self) -> strata_api::server::ServerLimits {
+        use std::time::Duration;
+        strata_api::server::ServerLimits {
+            header_read: Duration::from_millis(self.http.header_read_timeout_ms),
+            keep_alive_idle: Duration::from_millis(self.http.keep_alive_timeout_ms),
+            max_connections: self.http.max_connections,
         }
     }
 
