@@ -23,6 +23,7 @@ use std::time::Duration;
 use strata_core::ports::{Cache, CacheObserver};
 
 pub mod breaker;
+pub mod counters;
 pub mod endpoint;
 pub mod memcache;
 pub mod memory;
@@ -194,6 +195,28 @@ impl Target {
 
 /// Opens the cache a URL names; `None` for `none://`. Never connects eagerly: a cache
 /// server that is down at startup is just a degraded cache.
+/// Shared throttle counters for `throttle.url`: empty means per instance (`None`); a
+/// `redis://` URL (replicas are not used: counting needs the primary) means shared.
+pub fn open_counters(
+    url: &str,
+    options: &CacheOptions,
+    observer: Arc<dyn CacheObserver>,
+) -> Result<Option<Arc<dyn strata_core::throttle::SharedCounters>>, String> {
+    if url.trim().is_empty() {
+        return Ok(None);
+    }
+    match Target::parse(url)? {
+        Target::Redis { primary, credentials, .. } => Ok(Some(Arc::new(counters::RedisCounters::new(
+            &primary,
+            &credentials,
+            options.timeout,
+            options.breaker,
+            observer,
+        )))),
+        _ => Err("must be a redis:// URL, or empty for per-instance counters".into()),
+    }
+}
+
 pub fn open(
     url: &str,
     options: &CacheOptions,

@@ -99,7 +99,7 @@ impl RedisCache {
     }
 }
 
-async fn command(conn: &mut Conn, args: &[&[u8]]) -> io::Result<Reply> {
+pub(crate) async fn command(conn: &mut Conn, args: &[&[u8]]) -> io::Result<Reply> {
     let mut out = Vec::with_capacity(64);
     resp::encode(&mut out, args);
     conn.write_all(&out).await?;

@@ -24,7 +24,7 @@ use crate::domain::{
 use crate::error::{AppError, RepoError, TokenProblem, ValidationError};
 use crate::password::{Lane, PasswordHasher};
 use crate::ports::{Cache, CacheObserver, Clock, SessionRevocation, Store, StoreObserver, UserListQuery};
-use crate::throttle::LoginThrottle;
+use crate::throttle::Throttle;
 use crate::timing::{self, Component};
 
 #[derive(Clone, Copy, Debug)]
@@ -130,7 +130,7 @@ pub struct UserPage {
 pub struct Accounts {
     store: Arc<dyn Store>,
     hasher: Arc<PasswordHasher>,
-    throttle: LoginThrottle,
+    throttle: Throttle,
     clock: Arc<dyn Clock>,
     observer: Arc<dyn StoreObserver>,
     settings: AccountSettings,
@@ -151,7 +151,7 @@ impl Accounts {
     pub fn new(
         store: Arc<dyn Store>,
         hasher: Arc<PasswordHasher>,
-        throttle: LoginThrottle,
+        throttle: Throttle,
         clock: Arc<dyn Clock>,
         observer: Arc<dyn StoreObserver>,
         settings: AccountSettings,
@@ -247,11 +247,12 @@ impl Accounts {
     ) -> Result<Registered, AppError> {
         self.throttle
             .reserve_registration(client, self.clock.now())
+            .await
             .map_err(|retry_after| AppError::Throttled { retry_after })?;
         let out = self.register_reserved(reg, key.map(|k| k.scoped(client)), client).await;
         // Refused before it cost a hash or a row: not an attempt.
         if matches!(out, Err(AppError::Overloaded { .. } | AppError::Unavailable(_))) {
-            self.throttle.refund_registration(client, self.clock.now());
+            self.throttle.refund_registration(client, self.clock.now()).await;
         }
         out
     }
@@ -336,6 +337,7 @@ impl Accounts {
         let account = reg.email.as_str();
         self.throttle
             .reserve(account, client, self.clock.now())
+            .await
             .map_err(|retry_after| AppError::Throttled { retry_after })?;
         let verified = async {
             let user = self.db("user_by_id", self.store.user_by_id(record.user_id)).await?;
@@ -346,13 +348,13 @@ impl Accounts {
         };
         match verified.await {
             Ok(Some(user)) => {
-                self.throttle.succeeded(account, client, self.clock.now());
+                self.throttle.succeeded(account, client, self.clock.now()).await;
                 Ok(Some(Registered { user, replayed: true }))
             }
             // A wrong password keeps its reservation, as a failed login does.
             Ok(None) => Err(AppError::IdempotencyKeyReused),
             Err(e) => {
-                self.throttle.refund(account, client, self.clock.now());
+                self.throttle.refund(account, client, self.clock.now()).await;
                 Err(e)
             }
         }
@@ -363,6 +365,7 @@ impl Accounts {
         let now = self.clock.now();
         self.throttle
             .reserve(email.as_str(), client, now)
+            .await
             .map_err(|retry_after| AppError::Throttled { retry_after })?;
         let user = match self.verify_login(email, password).await {
             Ok(Some(user)) => user,
@@ -370,11 +373,11 @@ impl Accounts {
             Ok(None) => return Err(AppError::InvalidCredentials),
             // Nothing was verified (storage down, hashing pool full): not a guess.
             Err(e) => {
-                self.throttle.refund(email.as_str(), client, self.clock.now());
+                self.throttle.refund(email.as_str(), client, self.clock.now()).await;
                 return Err(e);
             }
         };
-        self.throttle.succeeded(email.as_str(), client, self.clock.now());
+        self.throttle.succeeded(email.as_str(), client, self.clock.now()).await;
         if user.status != UserStatus::Active {
             return Err(AppError::AccountDisabled);
         }
@@ -546,15 +549,16 @@ impl Accounts {
         let account = user.email.as_str();
         self.throttle
             .reserve(account, client, self.clock.now())
+            .await
             .map_err(|retry_after| AppError::Throttled { retry_after })?;
         match self.hasher.verify(Lane::Login, password, &user.password_hash).await {
             Ok(true) => {
-                self.throttle.succeeded(account, client, self.clock.now());
+                self.throttle.succeeded(account, client, self.clock.now()).await;
                 Ok(())
             }
             Ok(false) => Err(AppError::WrongCurrentPassword),
             Err(e) => {
-                self.throttle.refund(account, client, self.clock.now());
+                self.throttle.refund(account, client, self.clock.now()).await;
                 Err(e)
             }
         }

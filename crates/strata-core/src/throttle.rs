@@ -11,16 +11,21 @@
 //! Registrations are throttled per client too, counting every attempt (a new account costs
 //! a hash and a row whatever happens next).
 //!
-//! State is per instance and bounded in memory. Behind N instances an attacker gets at
-//! most N× the budget until a shared store backs the counters.
+//! [`LoginThrottle`] keeps the counters in this instance, bounded in memory. [`Throttle`]
+//! is what the service uses: with [`SharedCounters`] configured (Redis), the counters live
+//! there and every instance draws on one budget, reserved atomically by the store itself;
+//! when the store cannot be reached, the instance falls back to its local counters (a
+//! per-instance budget, never none) and says so in the log.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::domain::Timestamp;
+use crate::ports::CacheError;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Limit {
@@ -167,6 +172,139 @@ fn blocked_for(map: &HashMap<String, Window>, key: &str, limit: Limit, now: Time
         let micros = (end.micros() - now.micros()).max(0) as u64;
         Duration::from_secs(micros.div_ceil(1_000_000).max(1))
     })
+}
+
+/// One counter of a reservation: its key in the shared store and its limit.
+#[derive(Clone, Copy, Debug)]
+pub struct Counter<'a> {
+    pub key: &'a str,
+    pub limit: Limit,
+}
+
+/// Counters shared by every instance (port; the Redis adapter is in strata-cache).
+#[async_trait::async_trait]
+pub trait SharedCounters: Send + Sync {
+    fn describe(&self) -> String;
+
+    /// Atomically: when every counter is below its limit, adds one to each (a counter's
+    /// window starts with its first count) and returns `None`; otherwise changes nothing
+    /// and returns how long until the fullest blocking window ends.
+    async fn reserve(&self, counters: &[Counter<'_>]) -> Result<Option<Duration>, CacheError>;
+
+    /// Takes one back from each counter that is above zero.
+    async fn release(&self, counters: &[Counter<'_>]) -> Result<(), CacheError>;
+
+    /// Forgets a counter.
+    async fn clear(&self, key: &str) -> Result<(), CacheError>;
+}
+
+/// The service's throttle: shared counters when configured, this instance's otherwise
+/// and whenever the shared store fails.
+pub struct Throttle {
+    local: LoginThrottle,
+    shared: Option<Arc<dyn SharedCounters>>,
+}
+
+const SHARED_PREFIX: &str = "strata:throttle:1:";
+
+/// Emails are personal data: the shared store sees a digest.
+fn account_key(account: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(account.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{SHARED_PREFIX}a:{hex}")
+}
+
+impl Throttle {
+    pub fn local(settings: ThrottleSettings) -> Self {
+        Throttle { local: LoginThrottle::new(settings), shared: None }
+    }
+
+    pub fn with_shared(mut self, shared: Arc<dyn SharedCounters>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    pub fn describe(&self) -> String {
+        self.shared.as_ref().map_or_else(|| "per instance".to_owned(), |s| s.describe())
+    }
+
+    fn login_keys(&self, account: &str, client: &str) -> (String, String) {
+        (account_key(account), format!("{SHARED_PREFIX}c:{client}"))
+    }
+
+    fn degraded(e: &CacheError) {
+        tracing::warn!(error = %e, "shared throttle counters unavailable; using this instance's");
+    }
+
+    /// See [`LoginThrottle::reserve`].
+    pub async fn reserve(&self, account: &str, client: &str, now: Timestamp) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            let (a, c) = self.login_keys(account, client);
+            let s = &self.local.settings;
+            let counters = [Counter { key: &a, limit: s.per_account }, Counter { key: &c, limit: s.per_client }];
+            match shared.reserve(&counters).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                Err(e) => Self::degraded(&e),
+            }
+        }
+        self.local.reserve(account, client, now)
+    }
+
+    /// See [`LoginThrottle::refund`].
+    pub async fn refund(&self, account: &str, client: &str, now: Timestamp) {
+        if let Some(shared) = &self.shared {
+            let (a, c) = self.login_keys(account, client);
+            let s = &self.local.settings;
+            let counters = [Counter { key: &a, limit: s.per_account }, Counter { key: &c, limit: s.per_client }];
+            match shared.release(&counters).await {
+                Ok(()) => return,
+                Err(e) => Self::degraded(&e),
+            }
+        }
+        self.local.refund(account, client, now)
+    }
+
+    /// See [`LoginThrottle::succeeded`].
+    pub async fn succeeded(&self, account: &str, client: &str, now: Timestamp) {
+        if let Some(shared) = &self.shared {
+            let (a, c) = self.login_keys(account, client);
+            let counters = [Counter { key: &c, limit: self.local.settings.per_client }];
+            match async { shared.clear(&a).await.and(shared.release(&counters).await) }.await {
+                Ok(()) => return,
+                Err(e) => Self::degraded(&e),
+            }
+        }
+        self.local.succeeded(account, client, now)
+    }
+
+    /// See [`LoginThrottle::reserve_registration`].
+    pub async fn reserve_registration(&self, client: &str, now: Timestamp) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            let key = format!("{SHARED_PREFIX}r:{client}");
+            let counters = [Counter { key: &key, limit: self.local.settings.registrations_per_client }];
+            match shared.reserve(&counters).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                Err(e) => Self::degraded(&e),
+            }
+        }
+        self.local.reserve_registration(client, now)
+    }
+
+    /// See [`LoginThrottle::refund_registration`].
+    pub async fn refund_registration(&self, client: &str, now: Timestamp) {
+        if let Some(shared) = &self.shared {
+            let key = format!("{SHARED_PREFIX}r:{client}");
+            let counters = [Counter { key: &key, limit: self.local.settings.registrations_per_client }];
+            match shared.release(&counters).await {
+                Ok(()) => return,
+                Err(e) => Self::degraded(&e),
+            }
+        }
+        self.local.refund_registration(client, now)
+    }
 }
 
 #[cfg(test)]

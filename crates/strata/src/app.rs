@@ -12,7 +12,7 @@ use strata_api::{AppState, Metrics};
 use strata_core::password::PasswordHasher;
 use strata_core::ports::{Clock, Store, SystemClock};
 use strata_core::service::{AccountSettings, Accounts};
-use strata_core::throttle::LoginThrottle;
+use strata_core::throttle::Throttle;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -39,14 +39,14 @@ impl Application {
             idempotency_ttl: Duration::from_secs(config.auth.idempotency_ttl_secs),
             ..AccountSettings::default()
         };
-        let mut accounts = Accounts::new(
-            store,
-            Arc::new(hasher),
-            LoginThrottle::new(config.throttle_settings()),
-            clock,
-            metrics.clone(),
-            settings,
-        );
+        let mut throttle = Throttle::local(config.throttle_settings());
+        if let Some(shared) =
+            strata_cache::open_counters(&config.throttle.url, &config.cache_options(), metrics.clone())
+                .map_err(|e| anyhow::anyhow!("throttle.url: {e}"))?
+        {
+            throttle = throttle.with_shared(shared);
+        }
+        let mut accounts = Accounts::new(store, Arc::new(hasher), throttle, clock, metrics.clone(), settings);
         // Never connects here: a cache server that is down at startup is a degraded
         // cache, not a failed start.
         let cache = strata_cache::open(&config.cache.url, &config.cache_options(), metrics.clone())

@@ -69,6 +69,9 @@ pub struct ThrottleConfig {
     /// Registration attempts per client address per window.
     pub registration_max: u32,
     pub registration_window_secs: u64,
+    /// Where the counters live: empty for this instance's memory, or `redis://…` so that
+    /// every instance shares one budget.
+    pub url: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -221,6 +224,7 @@ impl Default for ThrottleConfig {
             client_window_secs: t.per_client.window.as_secs(),
             registration_max: t.registrations_per_client.max_failures,
             registration_window_secs: t.registrations_per_client.window.as_secs(),
+            url: String::new(),
         }
     }
 }
@@ -316,6 +320,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_THROTTLE_CLIENT_WINDOW_SECS", "throttle.client_window_secs", |c, v| {
         Ok(c.throttle.client_window_secs = parse(v)?)
     }),
+    ("STRATA_THROTTLE_URL", "throttle.url", |c, v| Ok(c.throttle.url = v.to_owned())),
     ("STRATA_THROTTLE_REGISTRATION_MAX", "throttle.registration_max", |c, v| {
         Ok(c.throttle.registration_max = parse(v)?)
     }),
@@ -414,6 +419,11 @@ impl Config {
             return Err("cache.secret and cache.previous_secrets must be at least 16 characters each".into());
         }
         strata_cache::L1Options::parse(&self.cache.l1).map_err(|e| format!("cache.l1: {e}"))?;
+        if !self.throttle.url.trim().is_empty()
+            && !matches!(strata_cache::Target::parse(&self.throttle.url), Ok(strata_cache::Target::Redis { .. }))
+        {
+            return Err("throttle.url must be a redis:// URL, or empty for per-instance counters".into());
+        }
         if self.cache.ttl_secs == 0 || self.cache.negative_ttl_secs == 0 {
             return Err("cache.ttl_secs and cache.negative_ttl_secs must be positive".into());
         }
@@ -522,6 +532,7 @@ impl Config {
         let mut shown = self.clone();
         shown.database.url = strata_store::redact_url(&shown.database.url);
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
+        shown.throttle.url = strata_store::redact_url(&shown.throttle.url);
         let redacted = || Secret::new("<redacted>");
         if shown.auth.admin_token.is_some() {
             shown.auth.admin_token = Some(redacted());

@@ -146,7 +146,7 @@ async fn counted_accounts(what: &str, delay: Duration) -> (Arc<CountingStore>, A
         Accounts::new(
             store.clone(),
             Arc::new(strata_core::password::PasswordHasher::new(config.hasher_settings()).unwrap()),
-            strata_core::throttle::LoginThrottle::new(config.throttle_settings()),
+            strata_core::throttle::Throttle::local(config.throttle_settings()),
             Arc::new(SystemClock),
             Arc::new(NoopObserver),
             AccountSettings::default(),
@@ -250,6 +250,7 @@ async fn spawn_cached(
     cache_url: &str,
     l1: &str,
     config_db_url: Option<&str>,
+    tweak: impl FnOnce(&mut Config),
 ) -> (TestApp, Arc<Accounts>) {
     let mut config = test_config(config_db_url.unwrap_or(&db.url));
     config.cache.url = cache_url.to_owned();
@@ -260,6 +261,7 @@ async fn spawn_cached(
     config.cache.timeout_ms = 250;
     config.cache.breaker_failures = 3;
     config.cache.breaker_open_ms = 200;
+    tweak(&mut config);
     let app = Application::build_with_clock(config, Arc::new(SystemClock)).await.expect(what);
     let accounts = app.accounts().clone();
     let addr = app.local_addr();
@@ -329,7 +331,7 @@ async fn redis_failures_never_fail_requests() {
     replica.wait_replica_synced().unwrap();
     let db = fresh(Backend::Sqlite, what).await.unwrap();
     let url = format!("redis://{}?replica={}", primary.addr(), replica.addr());
-    let (app, _) = spawn_cached(what, db, &url, "off", None).await;
+    let (app, _) = spawn_cached(what, db, &url, "off", None, |_| {}).await;
     let app = Arc::new(app);
     let (_, token) = app.user_with_token("fail@example.com").await;
     assert_eq!(stream_of_session_checks(&app, &token, 4, 25).await, 0);
@@ -393,7 +395,7 @@ async fn memcached_failures_never_fail_requests() {
     let what = "cache memcached failure e2e";
     let Some(mut server) = ServerProcess::memcached(what) else { return };
     let db = fresh(Backend::Sqlite, what).await.unwrap();
-    let (app, _) = spawn_cached(what, db, &format!("memcache://{}", server.addr()), "ttl_ms=500", None).await;
+    let (app, _) = spawn_cached(what, db, &format!("memcache://{}", server.addr()), "ttl_ms=500", None, |_| {}).await;
     let app = Arc::new(app);
     let (_, token) = app.user_with_token("mc@example.com").await;
     assert_eq!(stream_of_session_checks(&app, &token, 4, 25).await, 0);
@@ -442,10 +444,10 @@ async fn other_instances_see_changes_within_the_bound() {
     let cache_url = format!("redis://{}", redis.addr());
     // Long enough that no entry expires while the test runs.
     const L1: &str = "entries=1000,ttl_ms=600000";
-    let (a, a_accounts) = spawn_cached(what, db, &cache_url, L1, None).await;
+    let (a, a_accounts) = spawn_cached(what, db, &cache_url, L1, None, |_| {}).await;
     // B's own TestDb is never used: B opens A's database.
     let unused = fresh(Backend::Sqlite, what).await.unwrap();
-    let (b, b_accounts) = spawn_cached(what, unused, &cache_url, L1, Some(&shared_db_url)).await;
+    let (b, b_accounts) = spawn_cached(what, unused, &cache_url, L1, Some(&shared_db_url), |_| {}).await;
     wait_subscribed(&a_accounts).await;
     wait_subscribed(&b_accounts).await;
 
@@ -534,7 +536,7 @@ async fn forged_cache_values_grant_nothing() {
     let what = "cache forged values";
     let Some(redis) = ServerProcess::redis(what, None) else { return };
     let db = fresh(Backend::Sqlite, what).await.unwrap();
-    let (app, _) = spawn_cached(what, db, &format!("redis://{}", redis.addr()), "off", None).await;
+    let (app, _) = spawn_cached(what, db, &format!("redis://{}", redis.addr()), "off", None, |_| {}).await;
     let (_, token) = app.user_with_token("mallory@example.com").await;
     assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
     let key = session_key(&SessionToken::parse(&token).unwrap().hash());
@@ -570,5 +572,54 @@ async fn forged_cache_values_grant_nothing() {
         let after = rejected().await;
         assert!(after >= before + 2, "forgeries not counted: {before} → {after}");
     }
+    app.stop().await;
+}
+
+/// Two instances, one database, throttle counters in one Redis: 200 concurrent wrong
+/// guesses for one account, half sent to each instance, get no more than the account's
+/// budget (3 in tests) verified in all. With per-instance counters each instance would
+/// grant its own 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_one_throttle_budget() {
+    let what = "throttle shared across instances";
+    let Some(redis) = ServerProcess::redis(what, None) else { return };
+    let db = fresh(Backend::Sqlite, what).await.unwrap();
+    let shared_db_url = db.url.clone();
+    let throttle_url = format!("redis://{}", redis.addr());
+    let shared = |c: &mut Config| c.throttle.url = throttle_url.clone();
+    let (a, _) = spawn_cached(what, db, "memory://", "off", None, shared).await;
+    let unused = fresh(Backend::Sqlite, what).await.unwrap();
+    let (b, _) = spawn_cached(what, unused, "memory://", "off", Some(&shared_db_url), shared).await;
+    a.register("shared@example.com", "Shared").await;
+    let attempts = (0..200).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        async move { app.login("shared@example.com", &format!("guess number {i}")).await.status.as_u16() }
+    });
+    let statuses = futures_join_all(attempts).await;
+    let verified = statuses.iter().filter(|&&s| s == 401).count();
+    assert!((1..=3).contains(&verified), "{verified} wrong guesses verified across two instances: {statuses:?}");
+    assert!(statuses.iter().all(|s| [401, 429, 503].contains(s)), "{statuses:?}");
+    for app in [&a, &b] {
+        app.login("shared@example.com", PASSWORD).await.assert_problem(429, "too_many_attempts", None);
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// With the shared store unreachable, each instance still throttles with its own
+/// counters: degraded to a per-instance budget, never to none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_throttle_store_falls_back_to_local_counters() {
+    let what = "throttle store down";
+    let db = fresh(Backend::Sqlite, what).await.unwrap();
+    let port = strata_cache::testing::spare_port();
+    let (app, _) =
+        spawn_cached(what, db, "memory://", "off", None, |c| c.throttle.url = format!("redis://127.0.0.1:{port}"))
+            .await;
+    app.register("local@example.com", "Local").await;
+    for _ in 0..3 {
+        app.login("local@example.com", "wrong password").await.assert_problem(401, "invalid_credentials", None);
+    }
+    app.login("local@example.com", PASSWORD).await.assert_problem(429, "too_many_attempts", None);
     app.stop().await;
 }
