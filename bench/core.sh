@@ -9,6 +9,7 @@
 #   DURATION=30 BACKENDS=sqlite bench/core.sh
 #   CACHE=memory:// bench/core.sh       # default none://: measure the storage path itself
 #                                       # (bench/cache.sh compares cache shapes)
+#   BIN=/path/to/old/strata bench/core.sh   # measure another build (before/after a change)
 #
 # Needs: wrk (apt-get install wrk), curl; for postgres, psql and the local server.
 # Targets 127.0.0.1 only; every run is bounded by DURATION.
@@ -33,8 +34,9 @@ command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2;
 command -v curl >/dev/null || { echo "curl not found" >&2; exit 1; }
 
 say "building release"
-cargo build --release -q -p strata -p strata-core --example hash_cost
-BIN=target/release/strata
+cargo build --release -q -p strata
+cargo build --release -q -p strata-core --example hash_cost
+BIN=${BIN:-target/release/strata}
 HASH_COST=$(target/release/examples/hash_cost)
 VERIFY_MS=$(echo "$HASH_COST" | sed -n 's/argon2id_verify_ms=//p')
 LOGIN_CEILING=$(echo "$HASH_COST" | sed -n 's/login_ceiling_rps=//p')
@@ -57,6 +59,7 @@ REPORT="$WORK/report.md"
 {
   echo "### Core API — $(date -u +%Y-%m-%d)"
   echo
+  echo "Binary: \`$BIN\`."
   echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM. wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s per row, on the same machine as the server. Cache: \`$CACHE\`."
   echo "argon2id verify (m=19 MiB, t=2, p=1), one core: **${VERIFY_MS} ms** → login ceiling $CORES ÷ verify = **${LOGIN_CEILING} req/s**;"
   echo "measured with one verify per core at once: **${PARALLEL_VERIFY} req/s** (what the machine really sustains)."
