@@ -1,20 +1,33 @@
 //! SQLite adapter: the embedded default.
 //!
 //! SQLite allows one writer at a time and, in WAL mode, any number of readers that never
-//! wait for it. So writes go through a single connection on tokio's blocking pool, while
-//! reads take a connection from a pool of read-only connections and run *inline* on the
-//! calling worker: a point query from the page cache costs a few microseconds, less than
-//! handing it to another thread and back. The reader pool grows to the number of threads
-//! that read at once (the async workers) and no further.
+//! wait for it. So writes go through a single connection on tokio's blocking pool, and
+//! reads through reader threads, each with its own read-only connection, started as
+//! concurrent reads need them, at most `max_connections`. Neither runs on an async worker:
+//! SQLite calls block, and a slow one (a cold page cache, a runaway query) must not stall
+//! every other request on that worker. Reads have threads of their own rather than
+//! `spawn_blocking` because they are the hot path: under load, a queue to reader threads
+//! keeps ~85% of the inline rate of session reads, where the blocking pool's per-task
+//! hand-off cut it to about a fifth.
+//!
+//! Every call is bounded by `query_timeout`, like the other adapters' calls. A caller that
+//! times out *abandons* its call: a running statement is interrupted
+//! (`sqlite3_interrupt`), and a write checks for abandonment right before committing and
+//! rolls back instead, which also covers an interrupt that landed between two statements
+//! (SQLite drops those). The caller and the thread running the call settle the race there
+//! under one lock: either the call was abandoned and never commits, or its commit had begun,
+//! and the caller waits for the commit's real outcome rather than report a timeout that
+//! might be a lie.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
-use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use parking_lot::{Condvar, Mutex};
+use rusqlite::{
+    Connection, ErrorCode, InterruptHandle, OpenFlags, OptionalExtension, Row, TransactionBehavior, params,
+};
 use strata_core::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
     StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
@@ -93,30 +106,196 @@ mod sql {
 
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
-    readers: Arc<ReaderPool>,
+    readers: ReaderThreads,
     query_timeout: Duration,
 }
 
-struct ReaderPool {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    opened: AtomicU64,
+/// One storage call as its two sides see it: the caller, which gives up at the deadline,
+/// and the thread running it on a connection.
+#[derive(Default)]
+struct Call {
+    inner: Mutex<CallInner>,
 }
 
-impl ReaderPool {
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T, RepoError>) -> Result<T, RepoError> {
-        let conn = self.idle.lock().pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => {
-                let c = open_reader(&self.path)?;
-                self.opened.fetch_add(1, Ordering::Relaxed);
-                c
+#[derive(Default)]
+struct CallInner {
+    stage: Stage,
+    /// The connection running the call while it runs. Cleared before the connection is
+    /// released, under the same lock as `abandon`'s interrupt, so an interrupt can never
+    /// reach the next call on that connection.
+    running_on: Option<InterruptHandle>,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    #[default]
+    Running,
+    Committing,
+    Abandoned,
+}
+
+impl Call {
+    /// Marks the call as running on the connection behind `interrupt`; refused when the
+    /// caller gave up while the call waited for a thread or a connection.
+    fn start(&self, interrupt: InterruptHandle) -> Result<Started<'_>, RepoError> {
+        let mut inner = self.inner.lock();
+        if inner.stage == Stage::Abandoned {
+            return Err(abandoned());
+        }
+        inner.running_on = Some(interrupt);
+        Ok(Started { call: self })
+    }
+
+    /// The point of no return of a write: false when the caller already gave up.
+    fn begin_commit(&self) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.stage == Stage::Abandoned {
+            return false;
+        }
+        inner.stage = Stage::Committing;
+        true
+    }
+
+    /// The caller's side at the deadline. False when the commit has begun: its outcome is
+    /// then the answer.
+    fn abandon(&self) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.stage == Stage::Committing {
+            return false;
+        }
+        inner.stage = Stage::Abandoned;
+        if let Some(connection) = &inner.running_on {
+            connection.interrupt();
+        }
+        true
+    }
+}
+
+/// The call holds its connection; dropping this, before the connection is released,
+/// detaches it.
+struct Started<'a> {
+    call: &'a Call,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.call.inner.lock().running_on = None;
+    }
+}
+
+/// Abandons a read whose caller went away, so it stops holding a connection and a thread.
+/// Writes have no such guard: a write whose caller is gone may still commit (the service
+/// runs writes in tasks that outlive their callers); only a reported timeout abandons one.
+struct AbandonOnDrop<'a>(&'a Call);
+
+impl Drop for AbandonOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
+/// The result of a call whose caller already gave up; nobody reads it.
+fn abandoned() -> RepoError {
+    RepoError::Unavailable("sqlite call abandoned by its caller".into())
+}
+
+/// A read handed to a reader thread: its connection, or the error opening it.
+type ReadJob = Box<dyn FnOnce(Result<&Connection, &RepoError>) + Send>;
+
+/// The reader threads and their queue. Dropping this lets the threads finish what is
+/// queued and exit, closing their connections.
+struct ReaderThreads {
+    path: PathBuf,
+    max_threads: usize,
+    queue: Arc<ReadQueue>,
+}
+
+struct ReadQueue {
+    state: Mutex<ReadQueueState>,
+    job_queued: Condvar,
+}
+
+#[derive(Default)]
+struct ReadQueueState {
+    jobs: std::collections::VecDeque<ReadJob>,
+    threads: usize,
+    idle: usize,
+    closed: bool,
+}
+
+impl ReaderThreads {
+    fn new(path: PathBuf, max_threads: usize) -> Self {
+        let queue = ReadQueue { state: Mutex::new(ReadQueueState::default()), job_queued: Condvar::new() };
+        ReaderThreads { path, max_threads: max_threads.max(1), queue: Arc::new(queue) }
+    }
+
+    fn submit(&self, job: ReadJob) -> Result<(), RepoError> {
+        let mut state = self.queue.state.lock();
+        // Queued reads beyond the idle threads' number would wait for a busy one.
+        if state.jobs.len() >= state.idle && state.threads < self.max_threads {
+            let (queue, path) = (self.queue.clone(), self.path.clone());
+            std::thread::Builder::new()
+                .name("sqlite-reader".into())
+                .spawn(move || serve_reads(&queue, &path))
+                .map_err(|e| RepoError::Unavailable(format!("sqlite reader thread: {e}")))?;
+            state.threads += 1;
+        }
+        state.jobs.push_back(job);
+        drop(state);
+        self.queue.job_queued.notify_one();
+        Ok(())
+    }
+
+    /// (threads, idle threads).
+    fn counts(&self) -> (usize, usize) {
+        let state = self.queue.state.lock();
+        (state.threads, state.idle)
+    }
+}
+
+impl Drop for ReaderThreads {
+    fn drop(&mut self) {
+        self.queue.state.lock().closed = true;
+        self.queue.job_queued.notify_all();
+    }
+}
+
+/// A reader thread's life: open a connection, then run queued reads until the store is
+/// dropped. A thread that cannot open its connection hands the error to every queued read,
+/// so it surfaces at once as their error rather than as timeouts, and exits; the next read
+/// starts another thread and tries again.
+fn serve_reads(queue: &ReadQueue, path: &Path) {
+    struct Leaving<'a>(&'a ReadQueue);
+    impl Drop for Leaving<'_> {
+        // Also on a panic in a read, so the thread count stays true.
+        fn drop(&mut self) {
+            self.0.state.lock().threads -= 1;
+        }
+    }
+    let _leaving = Leaving(queue);
+    let conn = match open_reader(path) {
+        Ok(conn) => conn,
+        Err(e) => {
+            let jobs = std::mem::take(&mut queue.state.lock().jobs);
+            for job in jobs {
+                job(Err(&e));
             }
-        };
-        let out = f(&conn);
-        self.idle.lock().push(conn);
-        out
+            return;
+        }
+    };
+    let mut state = queue.state.lock();
+    loop {
+        if let Some(job) = state.jobs.pop_front() {
+            drop(state);
+            job(Ok(&conn));
+            state = queue.state.lock();
+        } else if state.closed {
+            return;
+        } else {
+            state.idle += 1;
+            queue.job_queued.wait(&mut state);
+            state.idle -= 1;
+        }
     }
 }
 
@@ -289,7 +468,7 @@ impl SqliteStore {
         let (writer, path) = writer;
         Ok(SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
-            readers: Arc::new(ReaderPool { path, idle: Mutex::new(Vec::new()), opened: AtomicU64::new(0) }),
+            readers: ReaderThreads::new(path, options.max_connections),
             query_timeout: options.query_timeout,
         })
     }
@@ -300,30 +479,67 @@ impl SqliteStore {
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, RepoError> + Send + 'static,
     ) -> Result<T, RepoError> {
         let writer = self.writer.clone();
+        let call = Arc::new(Call::default());
+        let running = call.clone();
         let task = tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock();
+            let _started = running.start(conn.get_interrupt_handle())?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
             let out = f(&tx)?;
+            if !running.begin_commit() {
+                // Dropping `tx` rolls back.
+                return Err(abandoned());
+            }
             tx.commit().map_err(map_err)?;
             Ok(out)
         });
-        crate::with_timeout(self.query_timeout, async {
-            task.await.map_err(|e| RepoError::Internal(format!("sqlite write task: {e}")))?
+        self.bounded(&call, async { task.await.map_err(|e| RepoError::Internal(format!("sqlite write task: {e}")))? })
+            .await
+    }
+
+    /// Runs `f` on a reader thread's connection.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, RepoError> {
+        let call = Arc::new(Call::default());
+        let _abandon_if_dropped = AbandonOnDrop(&call);
+        let (reply, replied) = tokio::sync::oneshot::channel();
+        let running = call.clone();
+        self.readers.submit(Box::new(move |conn| {
+            let out = conn.map_err(RepoError::clone).and_then(|conn| {
+                let _started = running.start(conn.get_interrupt_handle())?;
+                f(conn).map_err(map_err)
+            });
+            let _ = reply.send(out);
+        }))?;
+        self.bounded(&call, async {
+            replied.await.map_err(|_| RepoError::Internal("sqlite reader thread dropped a read".into()))?
         })
         .await
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, RepoError> {
-        self.readers.with(|conn| f(conn).map_err(map_err))
+    /// Awaits `task` under the query timeout, abandoning `call` when it fires.
+    async fn bounded<T>(&self, call: &Call, task: impl Future<Output = Result<T, RepoError>>) -> Result<T, RepoError> {
+        let mut task = std::pin::pin!(task);
+        // The inner Ok marks "finished in time", so the only Err is with_timeout's own,
+        // the error every adapter reports for a timeout.
+        match crate::with_timeout(self.query_timeout, async { Ok((&mut task).await) }).await {
+            Ok(finished) => finished,
+            Err(timed_out) => {
+                if call.abandon() {
+                    return Err(timed_out);
+                }
+                task.await
+            }
+        }
     }
+}
 
-    fn read_users(&self, sql: &'static str, params: impl rusqlite::Params) -> Result<Vec<User>, RepoError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(sql)?;
-            let rows = stmt.query_map(params, |r| user_from_row(r, 0))?;
-            rows.collect()
-        })
-    }
+fn users(c: &Connection, sql: &'static str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<User>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map(params, |r| user_from_row(r, 0))?;
+    rows.collect()
 }
 
 #[async_trait]
@@ -372,9 +588,10 @@ impl UserRepository for SqliteStore {
     }
 
     async fn idempotency_record(&self, key: &IdempotencyKey) -> Result<Option<IdempotencyRecord>, RepoError> {
-        self.read(|c| {
+        let key = key.as_str().to_owned();
+        self.read(move |c| {
             c.prepare_cached(sql::IDEMPOTENCY_RECORD)?
-                .query_row([key.as_str()], |r| {
+                .query_row([key], |r| {
                     Ok(IdempotencyRecord {
                         key: IdempotencyKey::from_trusted(r.get(0)?),
                         fingerprint: blob(r, 1)?,
@@ -384,6 +601,7 @@ impl UserRepository for SqliteStore {
                 })
                 .optional()
         })
+        .await
     }
 
     async fn purge_idempotency_keys(&self, before: Timestamp) -> Result<u64, RepoError> {
@@ -395,15 +613,16 @@ impl UserRepository for SqliteStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
-        self.read(|c| {
+        self.read(move |c| {
             c.prepare_cached(sql::USER_BY_ID)?.query_row([id.as_bytes().as_slice()], |r| user_from_row(r, 0)).optional()
         })
+        .await
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
-        self.read(|c| {
-            c.prepare_cached(sql::USER_BY_EMAIL)?.query_row([email.as_str()], |r| user_from_row(r, 0)).optional()
-        })
+        let email = email.as_str().to_owned();
+        self.read(move |c| c.prepare_cached(sql::USER_BY_EMAIL)?.query_row([email], |r| user_from_row(r, 0)).optional())
+            .await
     }
 
     async fn update_user(
@@ -482,10 +701,12 @@ impl UserRepository for SqliteStore {
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError> {
         let after = query.after.map(|id| *id.as_bytes()).unwrap_or([0u8; 16]);
         let limit = i64::from(query.limit);
-        match &query.email {
-            Some(email) => self.read_users(sql::LIST_USERS_BY_EMAIL, params![after.as_slice(), limit, email.as_str()]),
-            None => self.read_users(sql::LIST_USERS_PAGE, params![after.as_slice(), limit]),
-        }
+        let email = query.email.as_ref().map(|email| email.as_str().to_owned());
+        self.read(move |c| match email {
+            Some(email) => users(c, sql::LIST_USERS_BY_EMAIL, params![after.as_slice(), limit, email]),
+            None => users(c, sql::LIST_USERS_PAGE, params![after.as_slice(), limit]),
+        })
+        .await
     }
 }
 
@@ -516,11 +737,13 @@ impl SessionRepository for SqliteStore {
     }
 
     async fn session_with_user(&self, token_hash: &TokenHash) -> Result<Option<(Session, User)>, RepoError> {
-        self.read(|c| {
+        let token_hash = token_hash.0;
+        self.read(move |c| {
             c.prepare_cached(sql::SESSION_WITH_USER)?
-                .query_row([token_hash.0.as_slice()], |r| Ok((session_from_row(r)?, user_from_row(r, 6)?)))
+                .query_row([token_hash.as_slice()], |r| Ok((session_from_row(r)?, user_from_row(r, 6)?)))
                 .optional()
         })
+        .await
     }
 
     async fn revoke_session(&self, id: SessionId, at: Timestamp, event: &OutboxEvent) -> Result<bool, RepoError> {
@@ -541,11 +764,12 @@ impl SessionRepository for SqliteStore {
     }
 
     async fn sessions_of_user(&self, user_id: UserId) -> Result<Vec<Session>, RepoError> {
-        self.read(|c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(sql::SESSIONS_OF_USER)?;
             let rows = stmt.query_map([user_id.as_bytes().as_slice()], session_from_row)?;
             rows.collect()
         })
+        .await
     }
 }
 
@@ -567,7 +791,7 @@ fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::types::Value>
 #[async_trait]
 impl OutboxRepository for SqliteStore {
     async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
-        self.read(|c| {
+        self.read(move |c| {
             let mut stmt = c.prepare_cached(sql::UNPUBLISHED_EVENTS)?;
             let rows = stmt.query_map([limit], |r| {
                 Ok(StoredEvent {
@@ -580,6 +804,7 @@ impl OutboxRepository for SqliteStore {
             })?;
             rows.collect()
         })
+        .await
     }
 }
 
@@ -590,18 +815,25 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), RepoError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
     async fn explain_hot_paths(&self) -> Result<Vec<QueryPlan>, RepoError> {
-        hot_queries()
+        let plans = self
+            .read(|c| {
+                hot_queries()
+                    .into_iter()
+                    .map(|(name, sql, args)| {
+                        let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                        let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
+                        Ok((name, sql, rows.collect::<rusqlite::Result<Vec<String>>>()?))
+                    })
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        plans
             .into_iter()
-            .map(|(name, sql, args)| {
-                let lines: Vec<String> = self.read(|c| {
-                    let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                    let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;
-                    rows.collect()
-                })?;
+            .map(|(name, sql, lines)| {
                 // "SEARCH t USING INDEX/PRIMARY KEY" is an index lookup; a bare "SCAN t" is
                 // a full table walk.
                 let uses_index = !lines.is_empty()
@@ -613,8 +845,109 @@ impl Store for SqliteStore {
     }
 
     fn pool_stats(&self) -> PoolStats {
-        let idle = self.readers.idle.lock().len() as u64;
+        let (readers, idle) = self.readers.counts();
         // +1: the writer.
-        PoolStats { size: self.readers.opened.load(Ordering::Relaxed) + 1, idle, waiting: 0 }
+        PoolStats { size: readers as u64 + 1, idle: idle as u64, waiting: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::TempDir;
+
+    /// Counts to 10^9: minutes of work unless interrupted.
+    const RUNAWAY: &str =
+        "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 1000000000) SELECT count(*) FROM c";
+
+    /// A store whose calls time out after 100 ms, with one reader connection, so a read
+    /// that kept its connection after timing out would starve the next one.
+    async fn impatient_store(dir: &TempDir) -> SqliteStore {
+        let url = format!("sqlite://{}", dir.path.join("strata.db").display());
+        let options =
+            StoreOptions { query_timeout: Duration::from_millis(100), max_connections: 1, ..StoreOptions::new(url) };
+        SqliteStore::open(&options).await.unwrap()
+    }
+
+    fn assert_timed_out<T: std::fmt::Debug>(outcome: Result<T, RepoError>) {
+        match outcome {
+            Err(RepoError::Unavailable(msg)) => assert!(msg.contains("timed out"), "{msg}"),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+
+    fn insert_key(tx: &rusqlite::Transaction<'_>, key: &str) -> Result<(), RepoError> {
+        tx.execute(
+            "INSERT INTO idempotency_keys (key, fingerprint, user_id, created_at) VALUES (?1, ?2, ?3, 0)",
+            params![key, [0u8; 32].as_slice(), [0u8; 16].as_slice()],
+        )
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn keys(store: &SqliteStore) -> Vec<String> {
+        store
+            .read(|c| {
+                c.prepare("SELECT key FROM idempotency_keys ORDER BY key")?.query_map([], |r| r.get(0))?.collect()
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_runaway_read_is_interrupted_at_the_deadline() {
+        let dir = TempDir::new();
+        let store = impatient_store(&dir).await;
+        assert_timed_out(store.read(|c| c.query_row(RUNAWAY, [], |r| r.get::<_, i64>(0))).await);
+        // Interrupted, it gave its only connection back for the next read.
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_read_whose_caller_went_away_is_interrupted() {
+        let dir = TempDir::new();
+        let store = impatient_store(&dir).await;
+        let runaway = store.read(|c| c.query_row(RUNAWAY, [], |r| r.get::<_, i64>(0)));
+        // The caller's own, shorter deadline drops the read mid-flight.
+        assert!(tokio::time::timeout(Duration::from_millis(20), runaway).await.is_err());
+        store.ping().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_write_interrupted_at_the_deadline_is_rolled_back() {
+        let dir = TempDir::new();
+        let store = impatient_store(&dir).await;
+        let outcome = store
+            .write(|tx| {
+                insert_key(tx, "abandoned")?;
+                tx.query_row(RUNAWAY, [], |r| r.get::<_, i64>(0)).map_err(map_err)
+            })
+            .await;
+        assert_timed_out(outcome);
+        // The single writer is free again for the next write, and nothing of the first one
+        // is left.
+        store.write(|tx| insert_key(tx, "next")).await.unwrap();
+        assert_eq!(keys(&store).await, ["next"]);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_timed_out_between_statements_never_commits() {
+        let dir = TempDir::new();
+        let store = impatient_store(&dir).await;
+        let (resume, paused) = std::sync::mpsc::channel::<()>();
+        let outcome = store
+            .write(move |tx| {
+                insert_key(tx, "abandoned")?;
+                // No statement runs while the caller times out, so there is nothing to
+                // interrupt: only the check before committing can stop this write.
+                let _ = paused.recv();
+                Ok(())
+            })
+            .await;
+        assert_timed_out(outcome);
+        resume.send(()).unwrap();
+        // Writes are serial: once the next one is done, the abandoned one has finished.
+        store.write(|tx| insert_key(tx, "next")).await.unwrap();
+        assert_eq!(keys(&store).await, ["next"]);
     }
 }
