@@ -316,8 +316,11 @@ impl Accounts {
     }
 
     /// The user a faithful retry of `key` created, or `None` when there is no live record.
-    /// A replay verifies the password, so it is a login attempt as far as the throttle is
-    /// concerned: without that, replays were a free password oracle (201 vs 422).
+    /// A replay verifies the password, so it draws on the client's failure budget: without
+    /// that, replays were a free password oracle (201 vs 422). Only the client's: keys are
+    /// scoped to the client, so every guess through one comes from that client, and the
+    /// small per-account budget would refuse a burst of concurrent faithful retries (each
+    /// holds a reservation while it verifies).
     async fn replay(
         &self,
         key: &IdempotencyKey,
@@ -334,9 +337,8 @@ impl Accounts {
         if &record.fingerprint != fingerprint {
             return Err(AppError::IdempotencyKeyReused);
         }
-        let account = reg.email.as_str();
         self.throttle
-            .reserve(account, client, self.clock.now())
+            .reserve_client(client, self.clock.now())
             .await
             .map_err(|retry_after| AppError::Throttled { retry_after })?;
         let verified = async {
@@ -348,13 +350,13 @@ impl Accounts {
         };
         match verified.await {
             Ok(Some(user)) => {
-                self.throttle.succeeded(account, client, self.clock.now()).await;
+                self.throttle.refund_client(client, self.clock.now()).await;
                 Ok(Some(Registered { user, replayed: true }))
             }
             // A wrong password keeps its reservation, as a failed login does.
             Ok(None) => Err(AppError::IdempotencyKeyReused),
             Err(e) => {
-                self.throttle.refund(account, client, self.clock.now()).await;
+                self.throttle.refund_client(client, self.clock.now()).await;
                 Err(e)
             }
         }

@@ -106,6 +106,22 @@ impl LoginThrottle {
         Ok(())
     }
 
+    /// Takes one attempt from the client's budget only, or `Err(retry_after)`.
+    pub fn reserve_client(&self, client: &str, now: Timestamp) -> Result<(), Duration> {
+        let limit = self.settings.per_client;
+        let mut map = self.shard(&self.clients, client).lock();
+        if let Some(wait) = blocked_for(&map, client, limit, now) {
+            return Err(wait);
+        }
+        self.bump(&mut map, client, limit, now);
+        Ok(())
+    }
+
+    /// Gives back a reservation taken by [`Self::reserve_client`].
+    pub fn refund_client(&self, client: &str, now: Timestamp) {
+        self.unbump(&self.clients, client, self.settings.per_client, now);
+    }
+
     /// Takes one registration attempt from the client's budget, or `Err(retry_after)`.
     pub fn reserve_registration(&self, client: &str, now: Timestamp) -> Result<(), Duration> {
         let limit = self.settings.registrations_per_client;
@@ -277,6 +293,33 @@ impl Throttle {
             }
         }
         self.local.succeeded(account, client, now)
+    }
+
+    /// See [`LoginThrottle::reserve_client`].
+    pub async fn reserve_client(&self, client: &str, now: Timestamp) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared {
+            let key = format!("{SHARED_PREFIX}c:{client}");
+            let counters = [Counter { key: &key, limit: self.local.settings.per_client }];
+            match shared.reserve(&counters).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(wait)) => return Err(wait),
+                Err(e) => Self::degraded(&e),
+            }
+        }
+        self.local.reserve_client(client, now)
+    }
+
+    /// See [`LoginThrottle::refund_client`].
+    pub async fn refund_client(&self, client: &str, now: Timestamp) {
+        if let Some(shared) = &self.shared {
+            let key = format!("{SHARED_PREFIX}c:{client}");
+            let counters = [Counter { key: &key, limit: self.local.settings.per_client }];
+            match shared.release(&counters).await {
+                Ok(()) => return,
+                Err(e) => Self::degraded(&e),
+            }
+        }
+        self.local.refund_client(client, now)
     }
 
     /// See [`LoginThrottle::reserve_registration`].

@@ -135,7 +135,11 @@ async fn registrations_are_throttled_per_client() {
 /// eternal, and a replay was an unthrottled password oracle (201 vs 422).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_are_scoped_throttled_and_expire() {
-    let app = sqlite_app("hardening idempotency", behind_proxy).await;
+    let app = sqlite_app("hardening idempotency", |c| {
+        behind_proxy(c);
+        c.throttle.client_max_failures = 3;
+    })
+    .await;
     let key = "key-0001";
     let first = register_from(&app, "203.0.113.1", "idem@example.com", PASSWORD, Some(key)).await;
     assert_eq!(first.status, StatusCode::CREATED);
@@ -145,15 +149,18 @@ async fn idempotency_keys_are_scoped_throttled_and_expire() {
     // The same key from elsewhere is another key: no replay, no oracle; the email exists.
     let elsewhere = register_from(&app, "198.51.100.9", "idem@example.com", PASSWORD, Some(key)).await;
     elsewhere.assert_problem(409, "email_taken", Some("email"));
-    // Guessing the password through replays: 3 wrong guesses (the account budget in
-    // tests), then refused even with the right password, like a login.
+    // Guessing the password through replays: 3 wrong guesses (the client budget here),
+    // then this client is refused even with the right password, like after failed logins.
     for guess in ["guess one!", "guess two!", "guess three"] {
         let r = register_from(&app, "203.0.113.1", "idem@example.com", guess, Some(key)).await;
         r.assert_problem(422, "idempotency_key_reused", None);
     }
     let locked = register_from(&app, "203.0.113.1", "idem@example.com", PASSWORD, Some(key)).await;
     locked.assert_problem(429, "too_many_attempts", None);
-    app.login("idem@example.com", PASSWORD).await.assert_problem(429, "too_many_attempts", None);
+    let login = json!({"email": "idem@example.com", "password": PASSWORD}).to_string();
+    let headers = [("content-type", "application/json"), ("x-forwarded-for", "203.0.113.1")];
+    let same_client = app.send(Method::POST, "/v1/sessions", &headers, Some(Bytes::from(login))).await;
+    same_client.assert_problem(429, "too_many_attempts", None);
     // A day later the key is expired: reusing it for another account is a new create.
     app.clock.advance(Duration::from_secs(24 * 3600 + 1));
     let reused = register_from(&app, "203.0.113.1", "second@example.com", PASSWORD, Some(key)).await;
