@@ -54,7 +54,7 @@ impl Application {
         if let Some(cache) = cache {
             accounts = accounts.with_cache(cache, config.cache_settings(), config.cache_signer(), metrics.clone());
         }
-        let state = AppState {
+        let state = AppState::new(strata_api::StateInner {
             accounts: Arc::new(accounts),
             metrics,
             admin_token: config.auth.admin_token.clone(),
@@ -63,7 +63,7 @@ impl Application {
             body_read_timeout: Duration::from_millis(config.http.body_read_timeout_ms),
             trusted_proxies: config.http.trusted_proxies.clone().into(),
             timing_detail_from: config.http.timing_detail_from.clone().into(),
-        };
+        });
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
