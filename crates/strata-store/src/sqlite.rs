@@ -313,16 +313,25 @@ fn open_writer(path: &Path) -> Result<Connection, RepoError> {
     let conn = Connection::open(path).map_err(|e| unavailable("open", e))?;
     // WAL lets readers proceed during writes; synchronous=NORMAL in WAL mode never corrupts
     // the database and loses at most the last transactions on power loss (not on crash).
-    conn.execute_batch(
-        // busy_timeout first: switching to WAL needs a lock another opener may hold.
-        "PRAGMA busy_timeout = 5000;
+    // busy_timeout first: switching to WAL needs a lock another opener may hold. SQLite
+    // answers BUSY without consulting the busy handler when waiting could deadlock (two
+    // openers switching at once), so that case is retried here.
+    let configure = "PRAGMA busy_timeout = 5000;
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA foreign_keys = ON;
-         PRAGMA temp_store = MEMORY;",
-    )
-    .map_err(|e| unavailable("configure writer", e))?;
-    Ok(conn)
+         PRAGMA temp_store = MEMORY;";
+    let mut attempt = 0;
+    loop {
+        match conn.execute_batch(configure) {
+            Ok(()) => return Ok(conn),
+            Err(e) if attempt < 20 && e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            Err(e) => return Err(unavailable("configure writer", e)),
+        }
+    }
 }
 
 fn open_reader(path: &Path) -> Result<Connection, RepoError> {
