@@ -245,109 +245,115 @@ impl Throttle {
         self.shared.as_ref().map_or_else(|| "per instance".to_owned(), |s| s.describe())
     }
 
-    fn login_keys(&self, account: &str, client: &str) -> (String, String) {
-        (account_key(account), format!("{SHARED_PREFIX}c:{client}"))
+    /// The shared store's answer to a reservation; `None` when there is no store or it
+    /// failed, so the caller uses the local counters.
+    async fn shared_reserve(&self, counters: &[Counter<'_>]) -> Option<Result<(), Duration>> {
+        match self.shared.as_ref()?.reserve(counters).await {
+            Ok(None) => Some(Ok(())),
+            Ok(Some(wait)) => Some(Err(wait)),
+            Err(e) => {
+                degraded(&e);
+                None
+            }
+        }
     }
 
-    fn degraded(e: &CacheError) {
-        tracing::warn!(error = %e, "shared throttle counters unavailable; using this instance's");
+    /// Whether the shared store took the release (and `clear`, if given); false sends the
+    /// caller to the local counters.
+    async fn shared_release(&self, counters: &[Counter<'_>], clear: Option<&str>) -> bool {
+        let Some(shared) = &self.shared else { return false };
+        let cleared = match clear {
+            Some(key) => shared.clear(key).await,
+            None => Ok(()),
+        };
+        match cleared.and(shared.release(counters).await) {
+            Ok(()) => true,
+            Err(e) => {
+                degraded(&e);
+                false
+            }
+        }
+    }
+
+    fn client_key(client: &str) -> String {
+        format!("{SHARED_PREFIX}c:{client}")
+    }
+
+    fn registration_key(client: &str) -> String {
+        format!("{SHARED_PREFIX}r:{client}")
     }
 
     /// See [`LoginThrottle::reserve`].
     pub async fn reserve(&self, account: &str, client: &str, now: Timestamp) -> Result<(), Duration> {
-        if let Some(shared) = &self.shared {
-            let (a, c) = self.login_keys(account, client);
-            let s = &self.local.settings;
-            let counters = [Counter { key: &a, limit: s.per_account }, Counter { key: &c, limit: s.per_client }];
-            match shared.reserve(&counters).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(wait)) => return Err(wait),
-                Err(e) => Self::degraded(&e),
-            }
+        let (a, c) = (account_key(account), Self::client_key(client));
+        let s = &self.local.settings;
+        let counters = [Counter { key: &a, limit: s.per_account }, Counter { key: &c, limit: s.per_client }];
+        match self.shared_reserve(&counters).await {
+            Some(answer) => answer,
+            None => self.local.reserve(account, client, now),
         }
-        self.local.reserve(account, client, now)
     }
 
     /// See [`LoginThrottle::refund`].
     pub async fn refund(&self, account: &str, client: &str, now: Timestamp) {
-        if let Some(shared) = &self.shared {
-            let (a, c) = self.login_keys(account, client);
-            let s = &self.local.settings;
-            let counters = [Counter { key: &a, limit: s.per_account }, Counter { key: &c, limit: s.per_client }];
-            match shared.release(&counters).await {
-                Ok(()) => return,
-                Err(e) => Self::degraded(&e),
-            }
+        let (a, c) = (account_key(account), Self::client_key(client));
+        let s = &self.local.settings;
+        let counters = [Counter { key: &a, limit: s.per_account }, Counter { key: &c, limit: s.per_client }];
+        if !self.shared_release(&counters, None).await {
+            self.local.refund(account, client, now);
         }
-        self.local.refund(account, client, now)
     }
 
     /// See [`LoginThrottle::succeeded`].
     pub async fn succeeded(&self, account: &str, client: &str, now: Timestamp) {
-        if let Some(shared) = &self.shared {
-            let (a, c) = self.login_keys(account, client);
-            let counters = [Counter { key: &c, limit: self.local.settings.per_client }];
-            match async { shared.clear(&a).await.and(shared.release(&counters).await) }.await {
-                Ok(()) => return,
-                Err(e) => Self::degraded(&e),
-            }
+        let (a, c) = (account_key(account), Self::client_key(client));
+        let counters = [Counter { key: &c, limit: self.local.settings.per_client }];
+        if !self.shared_release(&counters, Some(&a)).await {
+            self.local.succeeded(account, client, now);
         }
-        self.local.succeeded(account, client, now)
     }
 
     /// See [`LoginThrottle::reserve_client`].
     pub async fn reserve_client(&self, client: &str, now: Timestamp) -> Result<(), Duration> {
-        if let Some(shared) = &self.shared {
-            let key = format!("{SHARED_PREFIX}c:{client}");
-            let counters = [Counter { key: &key, limit: self.local.settings.per_client }];
-            match shared.reserve(&counters).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(wait)) => return Err(wait),
-                Err(e) => Self::degraded(&e),
-            }
+        let key = Self::client_key(client);
+        let counters = [Counter { key: &key, limit: self.local.settings.per_client }];
+        match self.shared_reserve(&counters).await {
+            Some(answer) => answer,
+            None => self.local.reserve_client(client, now),
         }
-        self.local.reserve_client(client, now)
     }
 
     /// See [`LoginThrottle::refund_client`].
     pub async fn refund_client(&self, client: &str, now: Timestamp) {
-        if let Some(shared) = &self.shared {
-            let key = format!("{SHARED_PREFIX}c:{client}");
-            let counters = [Counter { key: &key, limit: self.local.settings.per_client }];
-            match shared.release(&counters).await {
-                Ok(()) => return,
-                Err(e) => Self::degraded(&e),
-            }
+        let key = Self::client_key(client);
+        let counters = [Counter { key: &key, limit: self.local.settings.per_client }];
+        if !self.shared_release(&counters, None).await {
+            self.local.refund_client(client, now);
         }
-        self.local.refund_client(client, now)
     }
 
     /// See [`LoginThrottle::reserve_registration`].
     pub async fn reserve_registration(&self, client: &str, now: Timestamp) -> Result<(), Duration> {
-        if let Some(shared) = &self.shared {
-            let key = format!("{SHARED_PREFIX}r:{client}");
-            let counters = [Counter { key: &key, limit: self.local.settings.registrations_per_client }];
-            match shared.reserve(&counters).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(wait)) => return Err(wait),
-                Err(e) => Self::degraded(&e),
-            }
+        let key = Self::registration_key(client);
+        let counters = [Counter { key: &key, limit: self.local.settings.registrations_per_client }];
+        match self.shared_reserve(&counters).await {
+            Some(answer) => answer,
+            None => self.local.reserve_registration(client, now),
         }
-        self.local.reserve_registration(client, now)
     }
 
     /// See [`LoginThrottle::refund_registration`].
     pub async fn refund_registration(&self, client: &str, now: Timestamp) {
-        if let Some(shared) = &self.shared {
-            let key = format!("{SHARED_PREFIX}r:{client}");
-            let counters = [Counter { key: &key, limit: self.local.settings.registrations_per_client }];
-            match shared.release(&counters).await {
-                Ok(()) => return,
-                Err(e) => Self::degraded(&e),
-            }
+        let key = Self::registration_key(client);
+        let counters = [Counter { key: &key, limit: self.local.settings.registrations_per_client }];
+        if !self.shared_release(&counters, None).await {
+            self.local.refund_registration(client, now);
         }
-        self.local.refund_registration(client, now)
     }
+}
+
+fn degraded(e: &CacheError) {
+    tracing::warn!(error = %e, "shared throttle counters unavailable; using this instance's");
 }
 
 #[cfg(test)]
