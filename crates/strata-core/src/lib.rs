@@ -11,6 +11,7 @@
 pub mod auth_cache;
 pub mod domain;
 pub mod error;
+pub mod events;
 pub mod password;
 pub mod ports;
 pub mod secret;

@@ -258,3 +258,41 @@ impl CacheObserver for NoopObserver {
     fn tier(&self, _: &'static str, _: &'static str, _: &'static str) {}
     fn endpoint(&self, _: &str, _: bool) {}
 }
+
+/// A message broker carrying [`crate::events::Event`]s (see strata-events for the
+/// adapters: in-process, NATS JetStream, RabbitMQ, MQTT 5, Redis Streams, Kafka). Every
+/// adapter passes the same conformance suite.
+#[async_trait]
+pub trait EventBus: Send + Sync {
+    /// A short description for logs and the startup banner, secrets redacted.
+    fn describe(&self) -> String;
+
+    /// Returns once the broker has durably accepted every event (publisher confirm, PUBACK,
+    /// JetStream ack, XADD reply, Kafka ack). Events with the same `subject` are accepted in
+    /// the order given. On error some may have been accepted: the caller re-sends the whole
+    /// batch, and adapters whose broker deduplicates by message id (JetStream `Nats-Msg-Id`,
+    /// Kafka's idempotent producer within a session) pass the event id to it; consumers
+    /// deduplicate by event id in any case.
+    async fn publish(&self, events: &[crate::events::Event]) -> Result<(), crate::events::BusError>;
+
+    /// Starts receiving. See [`crate::events::Consumer`] for the delivery semantics.
+    async fn subscribe(
+        &self,
+        consumer: crate::events::Consumer<'_>,
+    ) -> Result<Box<dyn Subscription>, crate::events::BusError>;
+}
+
+#[async_trait]
+pub trait Subscription: Send {
+    /// Up to `max` deliveries, waiting at most `wait` for the first. An empty batch on
+    /// timeout. Within one subscription, events of one subject arrive in publish order
+    /// (a redelivery may repeat an earlier one).
+    async fn fetch(
+        &mut self,
+        max: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<crate::events::Delivery>, crate::events::BusError>;
+
+    /// Acknowledges deliveries: the group will not see them again. A no-op for broadcast.
+    async fn ack(&mut self, deliveries: &[crate::events::Delivery]) -> Result<(), crate::events::BusError>;
+}
