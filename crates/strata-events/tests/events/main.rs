@@ -6,6 +6,11 @@
 //! events. Broker URLs can be overridden with `STRATA_TEST_<BACKEND>_URL`.
 
 mod conformance;
+// Broker-specific tests; `nats` and `redis_stream` are the suite's module names.
+#[path = "nats.rs"]
+mod nats_broker;
+#[path = "redis_stream.rs"]
+mod redis_stream_broker;
 
 use std::sync::Arc;
 
@@ -36,7 +41,6 @@ async fn broker(backend: &str, default_url: &str, options: BusOptions) -> Option
     }
 }
 
-#[allow(dead_code)]
 async fn nats(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("nats", "nats://127.0.0.1:4222", options).await
 }
@@ -48,7 +52,6 @@ async fn amqp(options: BusOptions) -> Option<Arc<dyn EventBus>> {
 async fn mqtt(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("mqtt", "mqtt://127.0.0.1:1883", options).await
 }
-#[allow(dead_code)]
 async fn redis_stream(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("redis-stream", "redis-stream://127.0.0.1:6379", options).await
 }
@@ -58,8 +61,8 @@ async fn kafka(options: BusOptions) -> Option<Arc<dyn EventBus>> {
 }
 
 conformance::suite!(memory, crate::memory);
-// conformance::suite!(nats, crate::nats); // enabled with its adapter
+conformance::suite!(nats, crate::nats);
 // conformance::suite!(amqp, crate::amqp); // enabled with its adapter
 // conformance::suite!(mqtt, crate::mqtt); // enabled with its adapter
-// conformance::suite!(redis_stream, crate::redis_stream); // enabled with its adapter
+conformance::suite!(redis_stream, crate::redis_stream);
 // conformance::suite!(kafka, crate::kafka); // enabled with its adapter
