@@ -127,6 +127,50 @@ pub struct UserList {
     pub next_cursor: Option<String>,
 }
 
+/// One audit log entry: an event as it happened.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEntryBody {
+    /// The event id (also the CloudEvents `id` and the webhook id).
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    /// Short event type, e.g. `user.updated`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The user the event is about (the nil UUID for events about no account).
+    #[schema(value_type = String, format = Uuid)]
+    pub subject: String,
+    /// Who acted: `{"type": "user" | "admin" | "anonymous", "id": …}`.
+    #[schema(value_type = Object)]
+    pub actor: serde_json::Value,
+    #[schema(format = DateTime)]
+    pub time: String,
+    /// The event's data, as in the CloudEvent.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+impl From<&strata_core::domain::AuditEntry> for AuditEntryBody {
+    fn from(e: &strata_core::domain::AuditEntry) -> Self {
+        // Both were written by the audit listener as JSON; a row that is not is shown as text.
+        let json = |s: &str| serde_json::from_str(s).unwrap_or_else(|_| serde_json::Value::String(s.to_owned()));
+        AuditEntryBody {
+            id: e.id.to_string(),
+            event_type: e.event_type.clone(),
+            subject: e.subject.to_string(),
+            actor: json(&e.actor),
+            time: rfc3339(e.time),
+            data: json(&e.data),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditList {
+    pub items: Vec<AuditEntryBody>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`, or for readiness `not_ready`.

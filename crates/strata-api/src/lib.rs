@@ -15,6 +15,7 @@ use axum::routing::get;
 use strata_core::secret::Secret;
 use strata_core::service::Accounts;
 
+pub mod asyncapi;
 pub mod client;
 pub mod dto;
 pub mod error;
@@ -82,11 +83,28 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
         .route("/v1/sessions", post(routes::login))
         .route("/v1/sessions/current", g(routes::current_session).delete(routes::logout))
+        .route("/v1/audit", g(routes::list_audit))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
+        .route("/asyncapi.json", get(asyncapi_json))
         .route("/docs", get(docs))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
+        .with_state(state)
+}
+
+/// What a `worker` instance serves: health, readiness, metrics and the documents, so that
+/// it can be probed and scraped like an API instance.
+pub fn operations_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/asyncapi.json", get(asyncapi_json))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
@@ -132,6 +150,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<He
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let text = state.metrics.render(state.accounts.store().pool_stats(), state.accounts.hasher().queued());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// The AsyncAPI 3.0 document of every event Strata publishes.
+#[utoipa::path(get, path = "/asyncapi.json", tag = "operations", responses(
+    (status = 200, description = "AsyncAPI 3.0 document", content_type = "application/json", body = Object),
+))]
+pub async fn asyncapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], asyncapi::json()).into_response()
 }
 
 /// This API's OpenAPI 3.1 document.

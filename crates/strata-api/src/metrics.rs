@@ -54,6 +54,17 @@ struct PhaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerNameLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheEndpointLabels {
     endpoint: String,
 }
@@ -80,6 +91,14 @@ pub struct Metrics {
     connections_open: Gauge,
     connections_refused: Counter,
     connection_timeouts: Family<PhaseLabels, Counter>,
+    events_published: Counter,
+    events_publish_failures: Counter,
+    events_publish_duration: Histogram,
+    outbox_backlog: Gauge,
+    outbox_backlog_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    relay_partitions: Gauge,
+    listener_events: Family<ListenerLabels, Counter>,
+    listener_lag: HistogramFamily<ListenerNameLabels>,
 }
 
 impl Default for Metrics {
@@ -139,7 +158,56 @@ impl Metrics {
             "Connections closed by a timeout, by phase (header = request head too slow, idle = keep-alive idle)",
             connection_timeouts.clone(),
         );
+        let events_published = Counter::default();
+        let events_publish_failures = Counter::default();
+        let events_publish_duration = latency_histogram();
+        let outbox_backlog = Gauge::default();
+        let outbox_backlog_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let relay_partitions = Gauge::default();
+        let listener_events = Family::<ListenerLabels, Counter>::default();
+        let listener_lag =
+            HistogramFamily::<ListenerNameLabels>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("events_published", "Outbox events published to the event bus", events_published.clone());
+        registry.register(
+            "events_publish_failures",
+            "Publish attempts the event bus refused or did not confirm (retried with backoff)",
+            events_publish_failures.clone(),
+        );
+        registry.register(
+            "events_publish_duration_seconds",
+            "Time to publish one outbox batch and have the broker confirm it",
+            events_publish_duration.clone(),
+        );
+        registry.register("outbox_backlog", "Outbox rows not yet published", outbox_backlog.clone());
+        registry.register(
+            "outbox_backlog_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none)",
+            outbox_backlog_age.clone(),
+        );
+        registry.register(
+            "relay_partitions",
+            "Outbox partitions this instance's relay holds",
+            relay_partitions.clone(),
+        );
+        registry.register(
+            "listener_events",
+            "Events handled by each listener, by outcome (applied, failed = redelivered later)",
+            listener_events.clone(),
+        );
+        registry.register(
+            "listener_lag_seconds",
+            "Per batch, time from the oldest event's commit to its listener applying it",
+            listener_lag.clone(),
+        );
         Metrics {
+            events_published,
+            events_publish_failures,
+            events_publish_duration,
+            outbox_backlog,
+            outbox_backlog_age,
+            relay_partitions,
+            listener_events,
+            listener_lag,
             connections_open,
             connections_refused,
             connection_timeouts,
@@ -220,6 +288,36 @@ impl CacheObserver for Metrics {
         let mut all = self.degraded_endpoints.lock();
         all.insert(endpoint.to_owned(), degraded);
         self.cache_degraded.set(all.values().filter(|d| **d).count() as i64);
+    }
+}
+
+impl strata_core::relay::RelayObserver for Metrics {
+    fn published(&self, events: usize, elapsed: Duration) {
+        self.events_published.inc_by(events as u64);
+        self.events_publish_duration.observe(elapsed.as_secs_f64());
+    }
+
+    fn publish_failed(&self, _: &strata_core::events::BusError) {
+        self.events_publish_failures.inc();
+    }
+
+    fn backlog(&self, backlog: strata_core::domain::Backlog, now: strata_core::domain::Timestamp) {
+        self.outbox_backlog.set(backlog.count as i64);
+        let age = backlog.oldest.map_or(0.0, |t| (now.micros() - t.micros()).max(0) as f64 / 1e6);
+        self.outbox_backlog_age.set(age);
+    }
+
+    fn partitions_held(&self, count: usize) {
+        self.relay_partitions.set(count as i64);
+    }
+}
+
+impl strata_core::worker::ListenerObserver for Metrics {
+    fn batch(&self, listener: &'static str, outcome: &'static str, events: usize, lag: Duration) {
+        self.listener_events.get_or_create(&ListenerLabels { listener, outcome }).inc_by(events as u64);
+        if outcome == "applied" {
+            self.listener_lag.get_or_create(&ListenerNameLabels { listener }).observe(lag.as_secs_f64());
+        }
     }
 }
 

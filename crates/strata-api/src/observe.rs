@@ -22,10 +22,12 @@ pub const ROUTES: &[&str] = &[
     "/v1/users/{id}",
     "/v1/sessions",
     "/v1/sessions/current",
+    "/v1/audit",
     "/healthz",
     "/readyz",
     "/metrics",
     "/openapi.json",
+    "/asyncapi.json",
     "/docs",
 ];
 

@@ -6,7 +6,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::dto::{
-    CreateUserRequest, Health, LoginRequest, LoginResponse, SessionBody, UpdateUserRequest, UserBody, UserList, WhoAmI,
+    AuditEntryBody, AuditList, CreateUserRequest, Health, LoginRequest, LoginResponse, SessionBody, UpdateUserRequest,
+    UserBody, UserList, WhoAmI,
 };
 use crate::error::Problem;
 
@@ -37,20 +38,23 @@ impl Modify for BearerAuth {
         crate::routes::login,
         crate::routes::current_session,
         crate::routes::logout,
+        crate::routes::list_audit,
         crate::healthz,
         crate::readyz,
         crate::metrics,
         crate::openapi_json,
+        crate::asyncapi_json,
         crate::docs,
     ),
     components(schemas(
         CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,
-        Health, Problem
+        AuditEntryBody, AuditList, Health, Problem
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Login, who-am-I, logout"),
+        (name = "audit", description = "The audit log of every event"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
     )
 )]

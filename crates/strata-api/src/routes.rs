@@ -7,12 +7,13 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use strata_core::domain::{DisplayName, Email, Password, Role, User, UserId, UserStatus};
+use strata_core::domain::{AuditQuery, DisplayName, Email, Password, Role, User, UserId, UserStatus, parse_rfc3339};
 use strata_core::service::{Registration, UserChanges};
 
 use crate::AppState;
 use crate::dto::{
-    CreateUserRequest, LoginRequest, LoginResponse, UpdateUserRequest, UserBody, UserList, WhoAmI, rfc3339,
+    AuditEntryBody, AuditList, CreateUserRequest, LoginRequest, LoginResponse, UpdateUserRequest, UserBody, UserList,
+    WhoAmI, rfc3339,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{
@@ -162,14 +163,15 @@ pub async fn delete_user(
 
 const CURSOR_VERSION: u8 = 1;
 
-fn encode_cursor(id: UserId) -> String {
+/// An opaque page cursor carrying the last id of the previous page.
+pub(crate) fn encode_cursor(id: &[u8; 16]) -> String {
     let mut raw = [0u8; 17];
     raw[0] = CURSOR_VERSION;
-    raw[1..].copy_from_slice(id.as_bytes());
+    raw[1..].copy_from_slice(id);
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_cursor(text: &str) -> Result<UserId, ApiError> {
+pub(crate) fn decode_cursor(text: &str) -> Result<[u8; 16], ApiError> {
     let bad =
         || ApiError::bad_request("invalid_cursor", "cursor", "cursor must be a next_cursor value from a previous page");
     let mut raw = [0u8; 17];
@@ -179,7 +181,7 @@ fn decode_cursor(text: &str) -> Result<UserId, ApiError> {
     }
     let mut id = [0u8; 16];
     id.copy_from_slice(&raw[1..]);
-    Ok(UserId::from_bytes(id))
+    Ok(id)
 }
 
 /// List users in a stable order (admins only), with cursor pagination.
@@ -214,14 +216,69 @@ pub async fn list_users(
                 })?;
                 limit = Some(n);
             }
-            "cursor" => after = Some(decode_cursor(&v)?),
+            "cursor" => after = Some(UserId::from_bytes(decode_cursor(&v)?)),
             _ => email = Some(Email::parse(&v)?),
         }
     }
     let page = state.accounts.list_users(&actor, after, limit, email).await?;
     Ok(Json(UserList {
         items: page.items.iter().map(UserBody::from).collect(),
-        next_cursor: page.next_after.map(encode_cursor),
+        next_cursor: page.next_after.map(|id| encode_cursor(id.as_bytes())),
+    }))
+}
+
+/// The audit log (admins only): every event, oldest first, with cursor pagination.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit",
+    params(
+        ("user_id" = Option<String>, Query, format = Uuid, description = "Only events about this user"),
+        ("type" = Option<String>, Query, description = "Only this event type, e.g. `user.updated`"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only events at or after this RFC 3339 time"),
+        ("limit" = Option<u32>, Query, description = "1–200, default 50"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, body = AuditList),
+        (status = 400, description = "Bad limit, cursor, user_id, since or unknown parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown event type", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_audit(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<AuditList>> {
+    let mut q = AuditQuery::default();
+    for (k, v) in query_pairs(query.as_deref(), &["user_id", "type", "since", "limit", "cursor"])? {
+        match k.as_str() {
+            "user_id" => {
+                q.subject = Some(
+                    v.parse()
+                        .map_err(|_| ApiError::bad_request("invalid_user_id", "user_id", "user_id must be a UUID"))?,
+                )
+            }
+            "type" => q.event_type = Some(v),
+            "since" => {
+                q.since = Some(parse_rfc3339(&v).ok_or_else(|| {
+                    ApiError::bad_request("invalid_since", "since", "since must be an RFC 3339 date-time")
+                })?)
+            }
+            "limit" => {
+                let max = state.accounts.settings().list_max_limit;
+                q.limit = v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                    ApiError::bad_request("invalid_limit", "limit", format!("limit must be an integer from 1 to {max}"))
+                })?;
+            }
+            _ => q.after = Some(uuid::Uuid::from_bytes(decode_cursor(&v)?)),
+        }
+    }
+    let page = state.accounts.list_audit(&actor, q).await?;
+    Ok(Json(AuditList {
+        items: page.items.iter().map(AuditEntryBody::from).collect(),
+        next_cursor: page.next_after.map(|id| encode_cursor(id.as_bytes())),
     }))
 }
 
@@ -297,7 +354,7 @@ mod tests {
     #[test]
     fn cursor_round_trip_and_garbage() {
         let id = UserId::generate();
-        assert_eq!(decode_cursor(&encode_cursor(id)).unwrap(), id);
+        assert_eq!(decode_cursor(&encode_cursor(id.as_bytes())).unwrap(), *id.as_bytes());
         for bad in ["", "abc", "!!!!", &URL_SAFE_NO_PAD.encode([2u8; 17]), &URL_SAFE_NO_PAD.encode([1u8; 18])] {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }

@@ -543,11 +543,15 @@ pub struct IdempotencyRecord {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxEvent {
     pub id: uuid::Uuid,
+    /// The user the event is about (or [`uuid::Uuid::nil`] for events about no account,
+    /// such as a throttled login for an unknown email). Orders and partitions the events.
     pub aggregate_id: uuid::Uuid,
     pub event_type: &'static str,
     /// JSON object describing the change (never secrets).
     pub payload: String,
     pub created_at: Timestamp,
+    /// W3C trace context of the request, when tracing is on.
+    pub traceparent: Option<String>,
 }
 
 /// An outbox row as read back from storage.
@@ -558,6 +562,96 @@ pub struct StoredEvent {
     pub event_type: String,
     pub payload: String,
     pub created_at: Timestamp,
+    /// The aggregate's counter, assigned under its lock in the writing transaction: 1, 2, …
+    /// in commit order.
+    pub sequence: u64,
+    pub traceparent: Option<String>,
+}
+
+/// How many partitions the outbox is split into for relays: each relay holds leases on a
+/// share of them, and an aggregate's events all fall into one.
+pub const OUTBOX_PARTITIONS: u16 = 16;
+
+/// The outbox partition of an aggregate: its id's last byte (random in UUIDv7 and v4).
+pub fn outbox_partition(aggregate: uuid::Uuid) -> u16 {
+    u16::from(aggregate.as_bytes()[15]) % OUTBOX_PARTITIONS
+}
+
+/// A row of the relay coordination table: a lease on one outbox partition
+/// (`partition:N`, see [`partition_lease`]) or a relay's membership heartbeat
+/// (`member:OWNER`), which lets relays that hold nothing yet count towards the fair share.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelayLease {
+    pub name: String,
+    /// Empty when never held.
+    pub owner: String,
+    pub expires_at: Timestamp,
+}
+
+/// The lease name of an outbox partition.
+pub fn partition_lease(partition: u16) -> String {
+    format!("partition:{partition}")
+}
+
+impl RelayLease {
+    /// The partition this lease is for, if it is a partition lease.
+    pub fn partition(&self) -> Option<u16> {
+        self.name.strip_prefix("partition:")?.parse().ok()
+    }
+
+    /// The relay this row is a heartbeat of, if it is one.
+    pub fn member(&self) -> Option<&str> {
+        self.name.strip_prefix("member:")
+    }
+}
+
+/// Unpublished outbox rows: how many, and when the oldest was written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub count: u64,
+    pub oldest: Option<Timestamp>,
+}
+
+/// One audit log entry: an event as the audit listener recorded it. `id` is the event id,
+/// so a redelivered event is recorded once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: uuid::Uuid,
+    pub event_type: String,
+    /// The aggregate id.
+    pub subject: uuid::Uuid,
+    /// JSON object: `{"type": "user"|"admin"|"system", "id": …}`.
+    pub actor: String,
+    pub time: Timestamp,
+    /// The event's data (JSON object).
+    pub data: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub subject: Option<uuid::Uuid>,
+    pub event_type: Option<String>,
+    pub since: Option<Timestamp>,
+    /// Exclusive lower bound on the id (the cursor): entries come in id order, which for
+    /// UUIDv7 event ids is the order they happened in.
+    pub after: Option<uuid::Uuid>,
+    pub limit: u32,
+}
+
+impl AuditQuery {
+    /// A lower bound on the ids of entries at or after `since`: the smallest UUIDv7 made a
+    /// minute before it. An event's id is made after its time is taken, so ids below this
+    /// cannot match; the minute covers clocks read in a different order (and test clocks
+    /// that run ahead). Lets an index on `(…, id)` start there; `time >= since` stays the
+    /// exact filter.
+    pub fn id_floor(&self) -> uuid::Uuid {
+        let ms = self.since.map_or(0, |t| (t.micros().max(0) / 1000 - 60_000).max(0) as u64);
+        let floor = uuid::Uuid::from_u128(u128::from(ms & 0xFFFF_FFFF_FFFF) << 80);
+        match self.after {
+            Some(after) if after > floor => after,
+            _ => floor,
+        }
+    }
 }
 
 #[cfg(test)]

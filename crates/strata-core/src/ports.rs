@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Session, SessionId, StoredEvent, Timestamp, TokenHash, User,
-    UserId, Version,
+    AuditEntry, AuditQuery, Backlog, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease, Session,
+    SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
 };
 use crate::error::RepoError;
 
@@ -88,9 +88,52 @@ pub trait SessionRepository: Send + Sync {
 
 #[async_trait]
 pub trait OutboxRepository: Send + Sync {
-    /// Up to `limit` events not yet published, oldest first (id order: UUIDv7 ids are
-    /// creation order).
-    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError>;
+    /// Writes an event that goes with no other change (a failed or throttled login), with
+    /// its aggregate's next sequence number like every other outbox row.
+    async fn record_event(&self, event: &OutboxEvent) -> Result<(), RepoError>;
+
+    /// Unpublished events of the given partitions, at most `limit`: the aggregates with
+    /// the oldest unpublished rows first, and for each of them all its unpublished rows (up
+    /// to the limit) in sequence order. Never a later event of an aggregate without the
+    /// earlier unpublished ones: a row's sequence is assigned under the aggregate's lock,
+    /// so if sequence n+1 is visible, n committed before it. (Polling `id > last_seen`
+    /// would lose rows that commit out of id order; unpublished rows are looked up by flag.)
+    async fn pending_events(&self, partitions: &[u16], limit: u32) -> Result<Vec<StoredEvent>, RepoError>;
+
+    async fn mark_published(&self, ids: &[uuid::Uuid], at: Timestamp) -> Result<(), RepoError>;
+
+    /// Deletes up to `limit` rows published before `before`; returns how many went.
+    async fn prune_published(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError>;
+
+    async fn outbox_backlog(&self) -> Result<Backlog, RepoError>;
+
+    /// Every row of the coordination table: one lease per partition (created by the
+    /// migrations) and one heartbeat per relay.
+    async fn relay_leases(&self) -> Result<Vec<RelayLease>, RepoError>;
+
+    /// Takes or renews a partition lease if it is free, expired at `now`, or already
+    /// `owner`'s. `true` if `owner` now holds it until `until`.
+    async fn claim_lease(&self, name: &str, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool, RepoError>;
+
+    /// Gives a lease up if `owner` holds it, so another relay can take it at once.
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), RepoError>;
+
+    /// Records that relay `owner` is alive until `until` (`member:OWNER`), and forgets
+    /// relays whose heartbeat ended before `forget_before`. `until == Timestamp(0)` leaves.
+    async fn relay_heartbeat(&self, owner: &str, until: Timestamp, forget_before: Timestamp) -> Result<(), RepoError>;
+}
+
+#[async_trait]
+pub trait AuditRepository: Send + Sync {
+    /// Appends entries; an id already present is skipped (a redelivered event). Returns
+    /// how many were new.
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<u64, RepoError>;
+
+    /// Entries matching the query in id order, at most `query.limit`.
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, RepoError>;
+
+    /// Deletes up to `limit` entries older than `before`; returns how many went.
+    async fn prune_audit(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError>;
 }
 
 /// How a hot-path query is executed, as reported by the engine's own EXPLAIN.
@@ -114,7 +157,7 @@ pub struct PoolStats {
 
 /// A complete storage backend.
 #[async_trait]
-pub trait Store: UserRepository + SessionRepository + OutboxRepository {
+pub trait Store: UserRepository + SessionRepository + OutboxRepository + AuditRepository {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend(&self) -> &'static str;
 

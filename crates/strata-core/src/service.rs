@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use crate::auth_cache::{AuthCache, CacheSettings, CacheSigner, SESSION, USER, session_key, user_key};
 use crate::domain::{
-    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, Role, Session, SessionId,
-    SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    AuditEntry, AuditQuery, DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, Role,
+    Session, SessionId, SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version, rfc3339,
 };
 use crate::error::{AppError, RepoError, TokenProblem, ValidationError};
 use crate::password::{Lane, PasswordHasher};
@@ -121,14 +121,52 @@ impl UserChanges {
     }
 }
 
+pub struct AuditPage {
+    pub items: Vec<AuditEntry>,
+    /// Id of the last item when more may follow.
+    pub next_after: Option<uuid::Uuid>,
+}
+
 pub struct UserPage {
     pub items: Vec<User>,
     /// Id of the last item when more may follow.
     pub next_after: Option<UserId>,
 }
 
+/// Remembers when `login.throttled` was last recorded per email and client.
+#[derive(Default)]
+struct ThrottledEvents(parking_lot::Mutex<std::collections::HashMap<(String, String), Timestamp>>);
+
+impl ThrottledEvents {
+    /// Bound on remembered pairs: past it, the oldest windows are forgotten (at worst one
+    /// extra event per pair).
+    const CAP: usize = 10_000;
+
+    fn first_in_window(&self, email: &str, client: &str, now: Timestamp, window: Duration) -> bool {
+        let mut seen = self.0.lock();
+        if seen.len() >= Self::CAP {
+            seen.retain(|_, until| *until > now);
+            if seen.len() >= Self::CAP {
+                seen.clear();
+            }
+        }
+        let key = (email.to_owned(), client.to_owned());
+        match seen.get(&key) {
+            Some(until) if *until > now => false,
+            _ => {
+                seen.insert(key, now.plus(window.max(Duration::from_secs(1))));
+                true
+            }
+        }
+    }
+}
+
 pub struct Accounts {
     store: Arc<dyn Store>,
+    throttled_events: ThrottledEvents,
+    /// Woken after every write that left an outbox row, so the relay publishes it now
+    /// instead of at its next poll.
+    relay_waker: Option<Arc<tokio::sync::Notify>>,
     hasher: Arc<PasswordHasher>,
     throttle: Throttle,
     clock: Arc<dyn Clock>,
@@ -156,7 +194,17 @@ impl Accounts {
         observer: Arc<dyn StoreObserver>,
         settings: AccountSettings,
     ) -> Self {
-        Accounts { store, hasher, throttle, clock, observer, settings, cache: None }
+        Accounts {
+            store,
+            throttled_events: ThrottledEvents::default(),
+            relay_waker: None,
+            hasher,
+            throttle,
+            clock,
+            observer,
+            settings,
+            cache: None,
+        }
     }
 
     /// Puts a cache in front of session checks and user reads. Without one, every read
@@ -170,6 +218,18 @@ impl Accounts {
     ) -> Self {
         self.cache = Some(Arc::new(AuthCache::new(cache, settings, signer, observer)));
         self
+    }
+
+    /// Wakes the outbox relay after each write (see [`crate::relay::Relay::waker`]).
+    pub fn with_relay_waker(mut self, waker: Arc<tokio::sync::Notify>) -> Self {
+        self.relay_waker = Some(waker);
+        self
+    }
+
+    fn wake_relay(&self) {
+        if let Some(w) = &self.relay_waker {
+            w.notify_one();
+        }
     }
 
     pub fn cache(&self) -> Option<&Arc<dyn Cache>> {
@@ -234,7 +294,10 @@ impl Accounts {
             }
             out
         });
-        tokio::spawn(unit).await.unwrap_or_else(|e| Err(RepoError::Internal(format!("write task failed: {e}"))))
+        let out =
+            tokio::spawn(unit).await.unwrap_or_else(|e| Err(RepoError::Internal(format!("write task failed: {e}"))));
+        self.wake_relay();
+        out
     }
 
     /// `client` is the caller's throttle key: it limits registrations per client and
@@ -284,11 +347,15 @@ impl Accounts {
         };
         let record =
             key.as_ref().map(|k| IdempotencyRecord { key: k.clone(), fingerprint, user_id: user.id, created_at: now });
-        let event = user_event("user.created", &user, now);
+        let data = serde_json::json!({ "user": user_json(&user) });
+        let event = event("user.created", user.id.as_uuid(), EventActor::User(user.id), data, now);
         let mut expired_purged = false;
         loop {
             match self.db("create_user", self.store.create_user(&user, record.as_ref(), &event)).await {
-                Ok(()) => return Ok(Registered { user, replayed: false }),
+                Ok(()) => {
+                    self.wake_relay();
+                    return Ok(Registered { user, replayed: false });
+                }
                 // A concurrent request with the same key may have won the race; it can trip
                 // either unique index first (email or key), so on both, answer as its retry.
                 Err(e @ (RepoError::IdempotencyKeyTaken | RepoError::EmailTaken)) => {
@@ -365,14 +432,19 @@ impl Accounts {
     /// `client` identifies the caller's address for per-client throttling.
     pub async fn login(&self, email: &Email, password: &Password, client: &str) -> Result<LoggedIn, AppError> {
         let now = self.clock.now();
-        self.throttle
-            .reserve(email.as_str(), client, now)
-            .await
-            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        if let Err(retry_after) = self.throttle.reserve(email.as_str(), client, now).await {
+            self.login_throttled(email, client, retry_after, now);
+            return Err(AppError::Throttled { retry_after });
+        }
         let user = match self.verify_login(email, password).await {
-            Ok(Some(user)) => user,
+            Ok(Ok(user)) => user,
             // A wrong guess keeps its reservation: it is the failure being counted.
-            Ok(None) => return Err(AppError::InvalidCredentials),
+            Ok(Err(known)) => {
+                if let Some(user) = known {
+                    self.login_failed(&user, "wrong_password", client, now);
+                }
+                return Err(AppError::InvalidCredentials);
+            }
             // Nothing was verified (storage down, hashing pool full): not a guess.
             Err(e) => {
                 self.throttle.refund(email.as_str(), client, self.clock.now()).await;
@@ -381,6 +453,7 @@ impl Accounts {
         };
         self.throttle.succeeded(email.as_str(), client, self.clock.now()).await;
         if user.status != UserStatus::Active {
+            self.login_failed(&user, "account_disabled", client, now);
             return Err(AppError::AccountDisabled);
         }
         let now = self.clock.now();
@@ -393,19 +466,71 @@ impl Accounts {
             expires_at: now.plus(self.settings.session_ttl),
             revoked_at: None,
         };
-        let event = session_event("session.created", &session, now);
+        let data = serde_json::json!({ "session": session_json(&session) });
+        let event = event("session.created", user.id.as_uuid(), EventActor::User(user.id), data, now);
         self.db("create_session", self.store.create_session(&session, &event)).await?;
+        self.wake_relay();
         Ok(LoggedIn { token, session, user })
     }
 
-    /// The user whose password this is, `None` for a wrong email or password.
-    async fn verify_login(&self, email: &Email, password: &Password) -> Result<Option<User>, AppError> {
+    /// `Ok(user)` when the password is theirs; otherwise `Err` with the account the email
+    /// belongs to, if any.
+    async fn verify_login(&self, email: &Email, password: &Password) -> Result<Result<User, Option<User>>, AppError> {
         let user = self.db("user_by_email", self.store.user_by_email(email)).await?;
         // Unknown emails still pay for a verify, against a decoy hash, so that timing does
         // not reveal which emails have accounts.
         let hash = user.as_ref().map_or(self.hasher.decoy(), |u| &u.password_hash);
         let ok = self.hasher.verify(Lane::Login, password, hash).await?;
-        Ok(user.filter(|_| ok))
+        Ok(match user {
+            Some(user) if ok => Ok(user),
+            other => Err(other),
+        })
+    }
+
+    /// Records `login.failed` for an existing account, off the request's path: the answer
+    /// does not wait for it, and a failure to record is logged, not returned. Unknown emails
+    /// leave no event (they would let anyone grow the outbox with made-up addresses); the
+    /// throttle and `login.throttled` cover guessing at them.
+    fn login_failed(&self, user: &User, reason: &'static str, client: &str, now: Timestamp) {
+        let data = serde_json::json!({ "user": user_json(user), "reason": reason, "client": client });
+        let event = event("login.failed", user.id.as_uuid(), EventActor::User(user.id), data, now);
+        self.record_in_background(event);
+    }
+
+    /// Records `login.throttled` at most once per email and client per throttle window,
+    /// so an attack that is being refused does not turn into a stream of writes.
+    fn login_throttled(&self, email: &Email, client: &str, retry_after: Duration, now: Timestamp) {
+        if !self.throttled_events.first_in_window(email.as_str(), client, now, retry_after) {
+            return;
+        }
+        let (store, observer, waker) = (self.store.clone(), self.observer.clone(), self.relay_waker.clone());
+        let (email, client) = (email.clone(), client.to_owned());
+        tokio::spawn(async move {
+            let user = observed_db(&*observer, "user_by_email", store.user_by_email(&email)).await.ok().flatten();
+            let aggregate = user.as_ref().map_or(uuid::Uuid::nil(), |u| u.id.as_uuid());
+            let actor = user.as_ref().map_or(EventActor::Anonymous, |u| EventActor::User(u.id));
+            let data = serde_json::json!({
+                "email": email.as_str(),
+                "user": user.as_ref().map(user_json),
+                "client": client,
+                "retry_after_secs": retry_after.as_secs(),
+            });
+            let event = event("login.throttled", aggregate, actor, data, now);
+            match observed_db(&*observer, "record_event", store.record_event(&event)).await {
+                Ok(()) => waker.iter().for_each(|w| w.notify_one()),
+                Err(e) => tracing::warn!(error = %e, "cannot record login.throttled"),
+            }
+        });
+    }
+
+    fn record_in_background(&self, event: OutboxEvent) {
+        let (store, observer, waker) = (self.store.clone(), self.observer.clone(), self.relay_waker.clone());
+        tokio::spawn(async move {
+            match observed_db(&*observer, "record_event", store.record_event(&event)).await {
+                Ok(()) => waker.iter().for_each(|w| w.notify_one()),
+                Err(e) => tracing::warn!(event_type = event.event_type, error = %e, "cannot record event"),
+            }
+        });
     }
 
     /// The hot path: who holds this token?
@@ -432,7 +557,9 @@ impl Accounts {
 
     pub async fn logout(&self, session: &Session) -> Result<(), AppError> {
         let now = self.clock.now();
-        let event = session_event("session.revoked", session, now);
+        let data = serde_json::json!({ "session": session_json(session), "reason": "logout" });
+        let actor = EventActor::User(session.user_id);
+        let event = event("session.revoked", session.user_id.as_uuid(), actor, data, now);
         let (store, id) = (self.store.clone(), session.id);
         let write = async move { store.revoke_session(id, now, &event).await };
         self.commit("revoke_session", write, Stale::Keys(vec![session_key(&session.token_hash)])).await?;
@@ -530,7 +657,23 @@ impl Accounts {
         }
         next.version = current.version.next();
         next.updated_at = now;
-        let event = user_event("user.updated", &next, now);
+        let changed: Vec<&str> = [
+            ("email", current.email != next.email),
+            ("name", current.name != next.name),
+            ("password", changes.password.is_some()),
+            ("role", current.role != next.role),
+            ("status", current.status != next.status),
+        ]
+        .into_iter()
+        .filter_map(|(field, differs)| differs.then_some(field))
+        .collect();
+        let revoked = match revoke {
+            SessionRevocation::None => "none",
+            SessionRevocation::All { .. } => "all",
+            SessionRevocation::AllExcept { .. } => "all_but_current",
+        };
+        let data = serde_json::json!({ "user": user_json(&next), "changed": changed, "sessions_revoked": revoked });
+        let event = event("user.updated", id.as_uuid(), EventActor::of(actor, id), data, now);
         let (store, row) = (self.store.clone(), next.clone());
         let write = async move { store.update_user(&row, expected, revoke, &event).await };
         self.commit("update_user", write, Stale::User { id, sessions: None, now }).await?;
@@ -571,13 +714,14 @@ impl Accounts {
             return Err(AppError::Forbidden("you may only delete your own account"));
         }
         let now = self.clock.now();
-        let event = OutboxEvent {
-            id: uuid::Uuid::now_v7(),
-            aggregate_id: id.as_uuid(),
-            event_type: "user.deleted",
-            payload: serde_json::json!({ "user_id": id.to_string() }).to_string(),
-            created_at: now,
-        };
+        // Read first so the event carries the account as it was; the delete itself is
+        // still guarded by `expected` when the caller gave one.
+        let user = self.db("user_by_id", self.store.user_by_id(id)).await?.ok_or(AppError::NotFound("user"))?;
+        if expected.is_some_and(|v| v != user.version) {
+            return Err(AppError::VersionMismatch);
+        }
+        let data = serde_json::json!({ "user": user_json(&user) });
+        let event = event("user.deleted", id.as_uuid(), EventActor::of(actor, id), data, now);
         // The sessions disappear with the user (cascade), so their keys are read first.
         let sessions = match self.cache {
             Some(_) => Some(self.db("sessions_of_user", self.store.sessions_of_user(id)).await),
@@ -587,6 +731,36 @@ impl Accounts {
         let write = async move { store.delete_user(id, expected, &event).await };
         self.commit("delete_user", write, Stale::User { id, sessions, now }).await?;
         Ok(())
+    }
+
+    /// The audit log, for admins: entries in event order after the cursor.
+    pub async fn list_audit(&self, actor: &Actor, mut query: AuditQuery) -> Result<AuditPage, AppError> {
+        if !actor.is_admin() {
+            return Err(AppError::Forbidden("reading the audit log requires an admin"));
+        }
+        let limit = if query.limit == 0 { self.settings.list_default_limit } else { query.limit };
+        if limit > self.settings.list_max_limit {
+            return Err(ValidationError::new(
+                "limit",
+                "out_of_range",
+                format!("limit must be between 1 and {}", self.settings.list_max_limit),
+            )
+            .into());
+        }
+        if let Some(t) = &query.event_type
+            && !crate::events::is_event_type(t)
+        {
+            return Err(ValidationError::new("type", "unknown_event_type", format!("unknown event type {t:?}")).into());
+        }
+        query.limit = limit + 1;
+        let mut items = self.db("audit_entries", self.store.audit_entries(&query)).await?;
+        let next_after = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(AuditPage { items, next_after })
     }
 
     pub async fn list_users(
@@ -658,33 +832,72 @@ fn fingerprint(reg: &Registration) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn user_event(event_type: &'static str, user: &User, now: Timestamp) -> OutboxEvent {
-    OutboxEvent {
-        id: uuid::Uuid::now_v7(),
-        aggregate_id: user.id.as_uuid(),
-        event_type,
-        payload: serde_json::json!({
-            "user_id": user.id.to_string(),
-            "email": user.email.as_str(),
-            "version": user.version.0,
-            "status": user.status.as_str(),
-            "role": user.role.as_str(),
-        })
-        .to_string(),
-        created_at: now,
+/// The user as the API shows it; events never carry the hash.
+fn user_json(user: &User) -> serde_json::Value {
+    serde_json::json!({
+        "id": user.id.to_string(),
+        "email": user.email.as_str(),
+        "name": user.name.as_str(),
+        "role": user.role.as_str(),
+        "status": user.status.as_str(),
+        "version": user.version.0,
+        "created_at": rfc3339(user.created_at),
+        "updated_at": rfc3339(user.updated_at),
+    })
+}
+
+fn session_json(session: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "id": session.id.to_string(),
+        "user_id": session.user_id.to_string(),
+        "created_at": rfc3339(session.created_at),
+        "expires_at": rfc3339(session.expires_at),
+    })
+}
+
+/// Who acted, as events record it: the user themself, an admin (a user with the role,
+/// or the admin token), or Strata itself.
+#[derive(Clone, Copy)]
+enum EventActor {
+    User(UserId),
+    Admin(Option<UserId>),
+    /// Someone not signed in, about no account (a throttled login for an unknown email).
+    Anonymous,
+}
+
+impl EventActor {
+    fn of(actor: &Actor, subject: UserId) -> Self {
+        match actor {
+            Actor::System => EventActor::Admin(None),
+            Actor::User { user, .. } if user.id == subject => EventActor::User(user.id),
+            Actor::User { user, .. } => EventActor::Admin(Some(user.id)),
+        }
+    }
+
+    fn json(self) -> serde_json::Value {
+        match self {
+            EventActor::User(id) => serde_json::json!({ "type": "user", "id": id.to_string() }),
+            EventActor::Admin(Some(id)) => serde_json::json!({ "type": "admin", "id": id.to_string() }),
+            EventActor::Admin(None) => serde_json::json!({ "type": "admin", "id": null, "via": "admin_token" }),
+            EventActor::Anonymous => serde_json::json!({ "type": "anonymous" }),
+        }
     }
 }
 
-fn session_event(event_type: &'static str, session: &Session, now: Timestamp) -> OutboxEvent {
+fn event(
+    event_type: &'static str,
+    aggregate: uuid::Uuid,
+    actor: EventActor,
+    mut data: serde_json::Value,
+    now: Timestamp,
+) -> OutboxEvent {
+    data["actor"] = actor.json();
     OutboxEvent {
         id: uuid::Uuid::now_v7(),
-        aggregate_id: session.user_id.as_uuid(),
+        aggregate_id: aggregate,
         event_type,
-        payload: serde_json::json!({
-            "session_id": session.id.to_string(),
-            "user_id": session.user_id.to_string(),
-        })
-        .to_string(),
+        payload: data.to_string(),
         created_at: now,
+        traceparent: None,
     }
 }

@@ -15,12 +15,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime, Transaction};
 use strata_core::domain::{
-    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
-    StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    AuditEntry, AuditQuery, Backlog, DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash,
+    RelayLease, Role, Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    outbox_partition,
 };
 use strata_core::error::RepoError;
 use strata_core::ports::{
-    OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
+    AuditRepository, OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store,
+    UserListQuery, UserRepository,
 };
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
@@ -28,12 +30,13 @@ use uuid::Uuid;
 
 use crate::{Migration, StoreOptions};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users, sessions, idempotency keys, outbox",
-    // Constraint and index names match the other backends (users_email,
-    // sessions_token_hash, sessions_user_id) so EXPLAIN output reads the same everywhere.
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users, sessions, idempotency keys, outbox",
+        // Constraint and index names match the other backends (users_email,
+        // sessions_token_hash, sessions_user_id) so EXPLAIN output reads the same everywhere.
+        sql: "
         CREATE TABLE users (
             id            uuid PRIMARY KEY,
             email         text NOT NULL CONSTRAINT users_email UNIQUE,
@@ -80,7 +83,54 @@ const MIGRATIONS: &[Migration] = &[Migration {
         -- as the backlog however large the table grows.
         CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "event relay: per-aggregate sequences, partitions and leases; audit log",
+        sql: "
+        ALTER TABLE outbox ADD COLUMN sequence bigint NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN partition smallint NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN traceparent text;
+        -- Rows from before this migration: partition as strata_core::domain::outbox_partition
+        -- computes it (the id's last byte mod 16), sequence = their order by id.
+        UPDATE outbox SET partition = get_byte(uuid_send(aggregate_id), 15) % 16;
+        UPDATE outbox o SET sequence = r.n FROM
+            (SELECT id, row_number() OVER (PARTITION BY aggregate_id ORDER BY id) AS n FROM outbox) r
+            WHERE o.id = r.id;
+        CREATE INDEX outbox_pending_aggregate ON outbox (aggregate_id, sequence) WHERE published_at IS NULL;
+        CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
+
+        -- One row per aggregate holding its last sequence number. Bumping it row-locks the
+        -- aggregate until commit, which is what makes sequence order commit order.
+        CREATE TABLE outbox_sequences (
+            aggregate_id uuid PRIMARY KEY,
+            last         bigint NOT NULL
+        );
+        INSERT INTO outbox_sequences (aggregate_id, last)
+            SELECT aggregate_id, max(sequence) FROM outbox GROUP BY aggregate_id;
+
+        -- Partition leases (partition:N) and relay heartbeats (member:OWNER).
+        CREATE TABLE relay_leases (
+            name       text PRIMARY KEY,
+            owner      text NOT NULL,
+            expires_at bigint NOT NULL
+        );
+        INSERT INTO relay_leases (name, owner, expires_at)
+            SELECT 'partition:' || n, '', 0 FROM generate_series(0, 15) n;
+
+        CREATE TABLE audit_log (
+            id         uuid PRIMARY KEY,
+            event_type varchar(64) NOT NULL,
+            subject    uuid NOT NULL,
+            actor      text NOT NULL,
+            time       bigint NOT NULL,
+            data       text NOT NULL
+        );
+        CREATE INDEX audit_subject ON audit_log (subject, id);
+        CREATE INDEX audit_type ON audit_log (event_type, id);
+    ",
+    },
+];
 
 /// How long connect may spend migrating: longer than a query, because another instance
 /// may hold the migration lock while it applies the same migrations.
@@ -106,16 +156,25 @@ mod sql {
          FROM users WHERE email = $3 AND id > $1 ORDER BY id LIMIT $2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = $1";
-    pub const UNPUBLISHED_EVENTS: &str = "SELECT id, aggregate_id, event_type, payload, created_at FROM outbox \
-         WHERE published_at IS NULL ORDER BY id LIMIT $1";
+    /// The aggregates with the oldest unpublished rows in the given partitions (step 1 of
+    /// `pending_events`), from the partial index in id order.
+    pub const PENDING_AGGREGATES: &str = "SELECT aggregate_id FROM outbox \
+         WHERE published_at IS NULL AND partition = ANY($1) ORDER BY id LIMIT $2";
+    /// Step 2: all unpublished rows of those aggregates, each aggregate's in sequence order.
+    pub const PENDING_EVENTS: &str = "SELECT id, aggregate_id, event_type, payload, created_at, sequence, traceparent \
+         FROM outbox WHERE published_at IS NULL AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence LIMIT $2";
 
     pub const INSERT_USER: &str = "INSERT INTO users \
          (id, email, name, password_hash, role, status, version, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     pub const INSERT_IDEMPOTENCY: &str =
         "INSERT INTO idempotency_keys (key, fingerprint, user_id, created_at) VALUES ($1, $2, $3, $4)";
-    pub const INSERT_EVENT: &str =
-        "INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at) VALUES ($1, $2, $3, $4, $5)";
+    /// Bumps the aggregate's sequence (row-locking it until commit) and writes the row with
+    /// it, in one round trip.
+    pub const INSERT_EVENT: &str = "WITH s AS (INSERT INTO outbox_sequences (aggregate_id, last) VALUES ($2, 1) \
+         ON CONFLICT (aggregate_id) DO UPDATE SET last = outbox_sequences.last + 1 RETURNING last) \
+         INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at, sequence, partition, traceparent) \
+         SELECT $1, $2, $3, $4, $5, s.last, $6, $7 FROM s";
     pub const UPDATE_USER: &str = "UPDATE users SET email = $2, name = $3, password_hash = $4, role = $5, status = $6, \
          version = $7, updated_at = $8 WHERE id = $1 AND version = $9";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = $1";
@@ -236,7 +295,15 @@ async fn insert_event(tx: &Transaction<'_>, event: &OutboxEvent) -> Result<(), R
     execute(
         tx,
         sql::INSERT_EVENT,
-        &[&event.id, &event.aggregate_id, &event.event_type, &event.payload, &event.created_at.0],
+        &[
+            &event.id,
+            &event.aggregate_id,
+            &event.event_type,
+            &event.payload,
+            &event.created_at.0,
+            &(outbox_partition(event.aggregate_id) as i16),
+            &event.traceparent,
+        ],
     )
     .await
     .map(drop)
@@ -602,21 +669,199 @@ fn plan_sorts(plan: &str) -> bool {
     })
 }
 
+fn stored_event(r: &Row) -> Result<StoredEvent, RepoError> {
+    let sequence: i64 = get(r, 5)?;
+    Ok(StoredEvent {
+        id: get(r, 0)?,
+        aggregate_id: get(r, 1)?,
+        event_type: get(r, 2)?,
+        payload: get(r, 3)?,
+        created_at: Timestamp(get(r, 4)?),
+        sequence: u64::try_from(sequence).map_err(|_| corrupt("sequence", sequence))?,
+        traceparent: get(r, 6)?,
+    })
+}
+
+fn audit_entry(r: &Row) -> Result<AuditEntry, RepoError> {
+    Ok(AuditEntry {
+        id: get(r, 0)?,
+        event_type: get(r, 1)?,
+        subject: get(r, 2)?,
+        actor: get(r, 3)?,
+        time: Timestamp(get(r, 4)?),
+        data: get(r, 5)?,
+    })
+}
+
+impl PostgresStore {
+    /// One statement outside any explicit transaction.
+    async fn execute_one(&self, sql: &'static str, params: &Params<'_>) -> Result<u64, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(sql).await.map_err(pg_err)?;
+            client.execute(&stmt, params).await.map_err(pg_err)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl OutboxRepository for PostgresStore {
-    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
-        let rows = self.query_rows(sql::UNPUBLISHED_EVENTS, &[&i64::from(limit)]).await?;
+    async fn record_event(&self, event: &OutboxEvent) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            insert_event(&tx, event).await?;
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn pending_events(&self, partitions: &[u16], limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
+        if partitions.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let partitions: Vec<i16> = partitions.iter().map(|p| *p as i16).collect();
+        let limit = i64::from(limit);
+        let rows = self.query_rows(sql::PENDING_AGGREGATES, &[&partitions, &limit]).await?;
+        let mut aggregates: Vec<Uuid> = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let id: Uuid = get(r, 0)?;
+            if !aggregates.contains(&id) {
+                aggregates.push(id);
+            }
+        }
+        if aggregates.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.query_rows(sql::PENDING_EVENTS, &[&aggregates, &limit]).await?.iter().map(stored_event).collect()
+    }
+
+    async fn mark_published(&self, ids: &[Uuid], at: Timestamp) -> Result<(), RepoError> {
+        let ids = ids.to_vec();
+        self.execute_one("UPDATE outbox SET published_at = $2 WHERE id = ANY($1)", &[&ids, &at.0]).await.map(drop)
+    }
+
+    async fn prune_published(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        self.execute_one(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < $1 LIMIT $2)",
+            &[&before.0, &i64::from(limit)],
+        )
+        .await
+    }
+
+    async fn outbox_backlog(&self) -> Result<Backlog, RepoError> {
+        let rows =
+            self.query_rows("SELECT count(*), min(created_at) FROM outbox WHERE published_at IS NULL", &[]).await?;
+        let Some(r) = rows.first() else { return Ok(Backlog::default()) };
+        let count: i64 = get(r, 0)?;
+        Ok(Backlog { count: count as u64, oldest: get::<Option<i64>>(r, 1)?.map(Timestamp) })
+    }
+
+    async fn relay_leases(&self) -> Result<Vec<RelayLease>, RepoError> {
+        let rows = self.query_rows("SELECT name, owner, expires_at FROM relay_leases ORDER BY name", &[]).await?;
         rows.iter()
-            .map(|r| {
-                Ok(StoredEvent {
-                    id: get(r, 0)?,
-                    aggregate_id: get(r, 1)?,
-                    event_type: get(r, 2)?,
-                    payload: get(r, 3)?,
-                    created_at: Timestamp(get(r, 4)?),
-                })
-            })
+            .map(|r| Ok(RelayLease { name: get(r, 0)?, owner: get(r, 1)?, expires_at: Timestamp(get(r, 2)?) }))
             .collect()
+    }
+
+    async fn claim_lease(&self, name: &str, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool, RepoError> {
+        self.execute_one(
+            "UPDATE relay_leases SET owner = $2, expires_at = $3 WHERE name = $1 AND (owner = $2 OR expires_at < $4)",
+            &[&name, &owner, &until.0, &now.0],
+        )
+        .await
+        .map(|n| n == 1)
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), RepoError> {
+        self.execute_one(
+            "UPDATE relay_leases SET owner = '', expires_at = 0 WHERE name = $1 AND owner = $2",
+            &[&name, &owner],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn relay_heartbeat(&self, owner: &str, until: Timestamp, forget_before: Timestamp) -> Result<(), RepoError> {
+        self.execute_one(
+            "INSERT INTO relay_leases (name, owner, expires_at) VALUES ('member:' || $1, $1, $2) \
+             ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at",
+            &[&owner, &until.0],
+        )
+        .await?;
+        self.execute_one("DELETE FROM relay_leases WHERE name LIKE 'member:%' AND expires_at < $1", &[&forget_before.0])
+            .await
+            .map(drop)
+    }
+}
+
+#[async_trait]
+impl AuditRepository for PostgresStore {
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<u64, RepoError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        // One statement for the batch: arrays unnested into rows.
+        let ids: Vec<Uuid> = entries.iter().map(|e| e.id).collect();
+        let types: Vec<&str> = entries.iter().map(|e| e.event_type.as_str()).collect();
+        let subjects: Vec<Uuid> = entries.iter().map(|e| e.subject).collect();
+        let actors: Vec<&str> = entries.iter().map(|e| e.actor.as_str()).collect();
+        let times: Vec<i64> = entries.iter().map(|e| e.time.0).collect();
+        let data: Vec<&str> = entries.iter().map(|e| e.data.as_str()).collect();
+        self.execute_one(
+            "INSERT INTO audit_log (id, event_type, subject, actor, time, data) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[], $5::bigint[], $6::text[]) \
+             ON CONFLICT (id) DO NOTHING",
+            &[&ids, &types, &subjects, &actors, &times, &data],
+        )
+        .await
+    }
+
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, RepoError> {
+        // One statement per filter shape, so each is planned on its own index (subject,
+        // type, or the primary key) instead of one generic plan for all.
+        let floor = query.id_floor();
+        let limit = i64::from(query.limit);
+        let since = query.since.map_or(i64::MIN, |t| t.0);
+        let rows = match (&query.subject, &query.event_type) {
+            (Some(subject), event_type) => {
+                self.query_rows(
+                    "SELECT id, event_type, subject, actor, time, data FROM audit_log \
+                     WHERE subject = $1 AND id > $2 AND time >= $3 AND ($4::text IS NULL OR event_type = $4) \
+                     ORDER BY id LIMIT $5",
+                    &[subject, &floor, &since, event_type, &limit],
+                )
+                .await?
+            }
+            (None, Some(event_type)) => {
+                self.query_rows(
+                    "SELECT id, event_type, subject, actor, time, data FROM audit_log \
+                     WHERE event_type = $1 AND id > $2 AND time >= $3 ORDER BY id LIMIT $4",
+                    &[event_type, &floor, &since, &limit],
+                )
+                .await?
+            }
+            (None, None) => {
+                self.query_rows(
+                    "SELECT id, event_type, subject, actor, time, data FROM audit_log \
+                     WHERE id > $1 AND time >= $2 ORDER BY id LIMIT $3",
+                    &[&floor, &since, &limit],
+                )
+                .await?
+            }
+        };
+        rows.iter().map(audit_entry).collect()
+    }
+
+    async fn prune_audit(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        let floor = AuditQuery { since: Some(before), ..AuditQuery::default() }.id_floor();
+        self.execute_one(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE id < $1 LIMIT $2)",
+            &[&floor, &i64::from(limit)],
+        )
+        .await
     }
 }
 

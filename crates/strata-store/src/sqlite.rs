@@ -29,20 +29,23 @@ use rusqlite::{
     Connection, ErrorCode, InterruptHandle, OpenFlags, OptionalExtension, Row, TransactionBehavior, params,
 };
 use strata_core::domain::{
-    DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
-    StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
+    AuditEntry, AuditQuery, Backlog, DisplayName, Email, IdempotencyKey, IdempotencyRecord, OUTBOX_PARTITIONS,
+    OutboxEvent, PasswordHash, RelayLease, Role, Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId,
+    UserStatus, Version, outbox_partition,
 };
 use strata_core::error::RepoError;
 use strata_core::ports::{
-    OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store, UserListQuery, UserRepository,
+    AuditRepository, OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store,
+    UserListQuery, UserRepository,
 };
 
 use crate::{Migration, StoreOptions};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "users, sessions, idempotency keys, outbox",
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "users, sessions, idempotency keys, outbox",
+        sql: "
         CREATE TABLE users (
             id            BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
             email         TEXT NOT NULL,
@@ -84,7 +87,55 @@ const MIGRATIONS: &[Migration] = &[Migration {
         ) WITHOUT ROWID;
         CREATE INDEX outbox_unpublished ON outbox (id) WHERE published_at IS NULL;
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        name: "event relay: per-aggregate sequences, partitions and leases; audit log",
+        sql: "
+        ALTER TABLE outbox ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN partition INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN traceparent TEXT;
+        -- Rows from before this migration: partition = low nibble of the id's last byte
+        -- (see strata_core::domain::outbox_partition), sequence = their order by id.
+        UPDATE outbox SET partition = instr('0123456789ABCDEF', substr(hex(substr(aggregate_id, 16, 1)), 2, 1)) - 1;
+        UPDATE outbox SET sequence = r.n FROM
+            (SELECT id, row_number() OVER (PARTITION BY aggregate_id ORDER BY id) AS n FROM outbox) AS r
+            WHERE outbox.id = r.id;
+        CREATE INDEX outbox_pending_aggregate ON outbox (aggregate_id, sequence) WHERE published_at IS NULL;
+        CREATE INDEX outbox_published ON outbox (published_at) WHERE published_at IS NOT NULL;
+
+        -- One row per aggregate holding its last sequence number. Bumping it locks the
+        -- aggregate for the rest of the transaction, which is what makes sequence order
+        -- commit order.
+        CREATE TABLE outbox_sequences (
+            aggregate_id BLOB PRIMARY KEY NOT NULL,
+            last         INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        INSERT INTO outbox_sequences (aggregate_id, last)
+            SELECT aggregate_id, max(sequence) FROM outbox GROUP BY aggregate_id;
+
+        -- Partition leases (partition:N) and relay heartbeats (member:OWNER).
+        CREATE TABLE relay_leases (
+            name       TEXT PRIMARY KEY NOT NULL,
+            owner      TEXT NOT NULL,
+            expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        WITH RECURSIVE p(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM p WHERE n < 15)
+            INSERT INTO relay_leases (name, owner, expires_at) SELECT 'partition:' || n, '', 0 FROM p;
+
+        CREATE TABLE audit_log (
+            id         BLOB PRIMARY KEY NOT NULL,
+            event_type TEXT NOT NULL,
+            subject    BLOB NOT NULL,
+            actor      TEXT NOT NULL,
+            time       INTEGER NOT NULL,
+            data       TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX audit_subject ON audit_log (subject, id);
+        CREATE INDEX audit_type ON audit_log (event_type, id);
+    ",
+    },
+];
 
 const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at";
 
@@ -100,8 +151,10 @@ mod sql {
     pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = ?1";
-    pub const UNPUBLISHED_EVENTS: &str = "SELECT id, aggregate_id, event_type, payload, created_at FROM outbox \
-         WHERE published_at IS NULL ORDER BY id LIMIT ?1";
+    /// The aggregates with the oldest unpublished rows (step 1 of `pending_events`).
+    pub const PENDING_AGGREGATES: &str =
+        "SELECT aggregate_id, partition FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?1";
+    pub const EVENT_COLUMNS: &str = "id, aggregate_id, event_type, payload, created_at, sequence, traceparent";
 }
 
 pub struct SqliteStore {
@@ -435,17 +488,58 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
+/// Bumps the aggregate's sequence (locking it: SQLite has one writer anyway) and writes the
+/// row with it.
 fn insert_event(tx: &rusqlite::Transaction<'_>, event: &OutboxEvent) -> rusqlite::Result<usize> {
+    let aggregate = event.aggregate_id.as_bytes().as_slice();
+    let sequence: i64 = tx
+        .prepare_cached(
+            "INSERT INTO outbox_sequences (aggregate_id, last) VALUES (?1, 1) \
+             ON CONFLICT (aggregate_id) DO UPDATE SET last = last + 1 RETURNING last",
+        )?
+        .query_row([aggregate], |r| r.get(0))?;
     tx.prepare_cached(
-        "INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at, sequence, partition, traceparent) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
     .execute(params![
         event.id.as_bytes().as_slice(),
-        event.aggregate_id.as_bytes().as_slice(),
+        aggregate,
         event.event_type,
         event.payload,
-        event.created_at.0
+        event.created_at.0,
+        sequence,
+        outbox_partition(event.aggregate_id),
+        event.traceparent,
     ])
+}
+
+fn stored_event(r: &Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        aggregate_id: uuid::Uuid::from_bytes(blob(r, 1)?),
+        event_type: r.get(2)?,
+        payload: r.get(3)?,
+        created_at: Timestamp(r.get(4)?),
+        sequence: r.get::<_, i64>(5)? as u64,
+        traceparent: r.get(6)?,
+    })
+}
+
+fn audit_entry(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        event_type: r.get(1)?,
+        subject: uuid::Uuid::from_bytes(blob(r, 2)?),
+        actor: r.get(3)?,
+        time: Timestamp(r.get(4)?),
+        data: r.get(5)?,
+    })
+}
+
+/// `?N, ?N+1, …` for an IN list of `count` values starting at placeholder `from`.
+fn placeholders(from: usize, count: usize) -> String {
+    (from..from + count).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
 }
 
 /// After an UPDATE/DELETE guarded by version touched no row: was it the version or the row?
@@ -799,19 +893,210 @@ fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::types::Value>
 
 #[async_trait]
 impl OutboxRepository for SqliteStore {
-    async fn unpublished_events(&self, limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
+    async fn record_event(&self, event: &OutboxEvent) -> Result<(), RepoError> {
+        let event = event.clone();
+        self.write(move |tx| insert_event(tx, &event).map(drop).map_err(map_err)).await
+    }
+
+    async fn pending_events(&self, partitions: &[u16], limit: u32) -> Result<Vec<StoredEvent>, RepoError> {
+        let wanted: Vec<u16> = partitions.to_vec();
         self.read(move |c| {
-            let mut stmt = c.prepare_cached(sql::UNPUBLISHED_EVENTS)?;
-            let rows = stmt.query_map([limit], |r| {
-                Ok(StoredEvent {
-                    id: uuid::Uuid::from_bytes(blob(r, 0)?),
-                    aggregate_id: uuid::Uuid::from_bytes(blob(r, 1)?),
-                    event_type: r.get(2)?,
-                    payload: r.get(3)?,
-                    created_at: Timestamp(r.get(4)?),
-                })
+            if wanted.is_empty() || limit == 0 {
+                return Ok(Vec::new());
+            }
+            // Scanned in id order from the partial index, other partitions skipped: with
+            // relays sharing the partitions that reads about relays × limit rows.
+            let mut aggregates: Vec<[u8; 16]> = Vec::new();
+            {
+                let mut stmt = c.prepare_cached(sql::PENDING_AGGREGATES)?;
+                let mut rows = stmt.query([limit.saturating_mul(OUTBOX_PARTITIONS as u32)])?;
+                while let Some(r) = rows.next()? {
+                    let partition: i64 = r.get(1)?;
+                    let id: [u8; 16] = blob(r, 0)?;
+                    if wanted.contains(&(partition as u16)) && !aggregates.contains(&id) {
+                        aggregates.push(id);
+                        if aggregates.len() >= limit as usize {
+                            break;
+                        }
+                    }
+                }
+            }
+            if aggregates.is_empty() {
+                return Ok(Vec::new());
+            }
+            let q = format!(
+                "SELECT {} FROM outbox WHERE published_at IS NULL AND aggregate_id IN ({}) \
+                 ORDER BY aggregate_id, sequence LIMIT ?1",
+                sql::EVENT_COLUMNS,
+                placeholders(2, aggregates.len())
+            );
+            let mut stmt = c.prepare(&q)?;
+            let mut values: Vec<rusqlite::types::Value> = vec![rusqlite::types::Value::Integer(i64::from(limit))];
+            values.extend(aggregates.iter().map(|a| rusqlite::types::Value::Blob(a.to_vec())));
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), stored_event)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn mark_published(&self, ids: &[uuid::Uuid], at: Timestamp) -> Result<(), RepoError> {
+        let ids = ids.to_vec();
+        self.write(move |tx| {
+            let mut stmt = tx.prepare_cached("UPDATE outbox SET published_at = ?2 WHERE id = ?1").map_err(map_err)?;
+            for id in &ids {
+                stmt.execute(params![id.as_bytes().as_slice(), at.0]).map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_published(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM outbox WHERE id IN \
+                 (SELECT id FROM outbox WHERE published_at IS NOT NULL AND published_at < ?1 LIMIT ?2)",
+                params![before.0, limit],
+            )
+            .map(|n| n as u64)
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn outbox_backlog(&self) -> Result<Backlog, RepoError> {
+        self.read(|c| {
+            c.query_row("SELECT count(*), min(created_at) FROM outbox WHERE published_at IS NULL", [], |r| {
+                Ok(Backlog { count: r.get::<_, i64>(0)? as u64, oldest: r.get::<_, Option<i64>>(1)?.map(Timestamp) })
+            })
+        })
+        .await
+    }
+
+    async fn relay_leases(&self) -> Result<Vec<RelayLease>, RepoError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT name, owner, expires_at FROM relay_leases ORDER BY name")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(RelayLease { name: r.get(0)?, owner: r.get(1)?, expires_at: Timestamp(r.get(2)?) })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn claim_lease(&self, name: &str, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool, RepoError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "UPDATE relay_leases SET owner = ?2, expires_at = ?3 \
+                 WHERE name = ?1 AND (owner = ?2 OR expires_at < ?4)",
+            )
+            .and_then(|mut s| s.execute(params![name, owner, until.0, now.0]))
+            .map(|n| n == 1)
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), RepoError> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE relay_leases SET owner = '', expires_at = 0 WHERE name = ?1 AND owner = ?2",
+                params![name, owner],
+            )
+            .map(drop)
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn relay_heartbeat(&self, owner: &str, until: Timestamp, forget_before: Timestamp) -> Result<(), RepoError> {
+        let owner = owner.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO relay_leases (name, owner, expires_at) VALUES ('member:' || ?1, ?1, ?2) \
+                 ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at",
+                params![owner, until.0],
+            )
+            .map_err(map_err)?;
+            tx.execute(
+                "DELETE FROM relay_leases WHERE name LIKE 'member:%' AND expires_at < ?1",
+                params![forget_before.0],
+            )
+            .map(drop)
+            .map_err(map_err)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl AuditRepository for SqliteStore {
+    async fn append_audit(&self, entries: &[AuditEntry]) -> Result<u64, RepoError> {
+        let entries = entries.to_vec();
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO audit_log (id, event_type, subject, actor, time, data) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
+                )
+                .map_err(map_err)?;
+            let mut added = 0;
+            for e in &entries {
+                added += stmt
+                    .execute(params![
+                        e.id.as_bytes().as_slice(),
+                        e.event_type,
+                        e.subject.as_bytes().as_slice(),
+                        e.actor,
+                        e.time.0,
+                        e.data
+                    ])
+                    .map_err(map_err)? as u64;
+            }
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn audit_entries(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, RepoError> {
+        let query = query.clone();
+        self.read(move |c| {
+            use rusqlite::types::Value;
+            let mut sql =
+                String::from("SELECT id, event_type, subject, actor, time, data FROM audit_log WHERE id > ?1");
+            let mut values = vec![Value::Blob(query.id_floor().as_bytes().to_vec())];
+            if let Some(subject) = query.subject {
+                values.push(Value::Blob(subject.as_bytes().to_vec()));
+                sql.push_str(&format!(" AND subject = ?{}", values.len()));
+            }
+            if let Some(t) = &query.event_type {
+                values.push(Value::Text(t.clone()));
+                sql.push_str(&format!(" AND event_type = ?{}", values.len()));
+            }
+            if let Some(since) = query.since {
+                values.push(Value::Integer(since.0));
+                sql.push_str(&format!(" AND time >= ?{}", values.len()));
+            }
+            values.push(Value::Integer(i64::from(query.limit)));
+            sql.push_str(&format!(" ORDER BY id LIMIT ?{}", values.len()));
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), audit_entry)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn prune_audit(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        let floor = AuditQuery { since: Some(before), ..AuditQuery::default() }.id_floor();
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE id < ?1 LIMIT ?2)",
+                params![floor.as_bytes().as_slice(), limit],
+            )
+            .map(|n| n as u64)
+            .map_err(map_err)
         })
         .await
     }

@@ -48,7 +48,12 @@ fn event(kind: &'static str, aggregate: UserId) -> OutboxEvent {
         event_type: kind,
         payload: "{}".into(),
         created_at: T0,
+        traceparent: None,
     }
+}
+
+fn all_partitions() -> Vec<u16> {
+    (0..strata_core::domain::OUTBOX_PARTITIONS).collect()
 }
 
 fn session_for(user: &User) -> (SessionToken, Session) {
@@ -112,10 +117,12 @@ async fn every_committed_change_leaves_its_event(store: Arc<dyn Store>) {
     let next = User { version: Version(2), ..u.clone() };
     store.update_user(&next, Version(1), SessionRevocation::None, &updated).await.unwrap();
     let (_, session) = session_for(&u);
-    let session_created =
-        OutboxEvent { aggregate_id: session.id.as_uuid(), ..described("session.created", u.id, "{}") };
+    let session_created = OutboxEvent {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+        ..described("session.created", u.id, "{}")
+    };
     store.create_session(&session, &session_created).await.unwrap();
-    let revoked = OutboxEvent { aggregate_id: session.id.as_uuid(), ..described("session.revoked", u.id, "{}") };
+    let revoked = described("session.revoked", u.id, "{}");
     assert!(store.revoke_session(session.id, T0, &revoked).await.unwrap());
     // Revoking again changes nothing, so it records nothing.
     assert!(!store.revoke_session(session.id, T0, &event("session.revoked", u.id)).await.unwrap());
@@ -123,15 +130,213 @@ async fn every_committed_change_leaves_its_event(store: Arc<dyn Store>) {
     store.delete_user(u.id, Some(Version(2)), &deleted).await.unwrap();
 
     let expected = [&created, &updated, &session_created, &revoked, &deleted];
-    let stored = store.unpublished_events(100).await.unwrap();
-    let summary =
-        |e: &strata_core::domain::StoredEvent| (e.id, e.aggregate_id, e.event_type.clone(), e.payload.clone());
+    let stored = store.pending_events(&all_partitions(), 100).await.unwrap();
+    let summary = |e: &strata_core::domain::StoredEvent| {
+        (e.id, e.aggregate_id, e.event_type.clone(), e.payload.clone(), e.sequence, e.traceparent.clone())
+    };
     assert_eq!(
         stored.iter().map(summary).collect::<Vec<_>>(),
-        expected.iter().map(|e| (e.id, e.aggregate_id, e.event_type.to_owned(), e.payload.clone())).collect::<Vec<_>>()
+        expected
+            .iter()
+            .zip(1..)
+            .map(|(e, seq)| (
+                e.id,
+                e.aggregate_id,
+                e.event_type.to_owned(),
+                e.payload.clone(),
+                seq,
+                e.traceparent.clone()
+            ))
+            .collect::<Vec<_>>()
     );
     assert!(stored.iter().all(|e| e.created_at == T0));
-    assert_eq!(store.unpublished_events(2).await.unwrap().len(), 2);
+    assert_eq!(store.pending_events(&all_partitions(), 2).await.unwrap().len(), 2);
+    // Only the partitions asked for.
+    let mine = strata_core::domain::outbox_partition(u.id.as_uuid());
+    let others: Vec<u16> = all_partitions().into_iter().filter(|p| *p != mine).collect();
+    assert!(store.pending_events(&others, 100).await.unwrap().is_empty());
+    assert_eq!(store.pending_events(&[mine], 100).await.unwrap().len(), 5);
+}
+
+/// Concurrent writers to one aggregate: the sequence numbers are 1..n without gaps, and
+/// their order is the order the changes committed in (each update's version is its
+/// predecessor's + 1, so version order is commit order).
+async fn sequences_follow_commit_order(store: Arc<dyn Store>) {
+    let u = user("seq@example.com", "Seq");
+    create(&*store, &u).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (writer, base) = (store.clone(), u.clone());
+        tasks.push(tokio::spawn(async move {
+            let store = writer;
+            let mut done = 0;
+            while done < 5 {
+                let current = store.user_by_id(base.id).await.unwrap().unwrap();
+                let next = User { version: current.version.next(), ..current.clone() };
+                let e = OutboxEvent {
+                    payload: format!(r#"{{"version":{}}}"#, next.version.0),
+                    ..event("user.updated", base.id)
+                };
+                match store.update_user(&next, current.version, SessionRevocation::None, &e).await {
+                    Ok(()) => done += 1,
+                    Err(RepoError::VersionConflict | RepoError::Unavailable(_)) => {}
+                    Err(other) => panic!("{other}"),
+                }
+            }
+        }));
+        // Events with no other change interleave with the updates.
+        store.record_event(&event("login.failed", u.id)).await.unwrap();
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored = store.pending_events(&all_partitions(), 1000).await.unwrap();
+    assert_eq!(stored.len(), 1 + 40 + 8);
+    assert_eq!(stored.iter().map(|e| e.sequence).collect::<Vec<_>>(), (1..=49).collect::<Vec<_>>());
+    let versions: Vec<u64> = stored
+        .iter()
+        .filter(|e| e.event_type == "user.updated")
+        .map(|e| serde_json::from_str::<serde_json::Value>(&e.payload).unwrap()["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (2..=41).collect::<Vec<_>>(), "sequence order is commit order");
+}
+
+/// The classic relay bug: polling `id > last_seen` loses a row whose id is older than one
+/// already published (ids are made before commit). Unpublished rows are found by flag.
+async fn rows_committed_out_of_id_order_are_not_lost(store: Arc<dyn Store>) {
+    let (a, b) = (user("a@example.com", "A"), user("b@example.com", "B"));
+    let early = event("login.failed", a.id); // the smaller id…
+    let late = event("login.failed", b.id);
+    store.record_event(&late).await.unwrap(); // …commits second
+    let first = store.pending_events(&all_partitions(), 100).await.unwrap();
+    assert_eq!(first.iter().map(|e| e.id).collect::<Vec<_>>(), vec![late.id]);
+    store.mark_published(&[late.id], T0).await.unwrap();
+    store.record_event(&early).await.unwrap();
+    let second = store.pending_events(&all_partitions(), 100).await.unwrap();
+    assert_eq!(second.iter().map(|e| e.id).collect::<Vec<_>>(), vec![early.id]);
+    assert_eq!(store.outbox_backlog().await.unwrap().count, 1);
+}
+
+async fn published_rows_leave_the_backlog_and_are_pruned(store: Arc<dyn Store>) {
+    let u = user("prune@example.com", "Prune");
+    create(&*store, &u).await;
+    for i in 0..4 {
+        let e = OutboxEvent { created_at: T0.plus(Duration::from_secs(i)), ..event("login.failed", u.id) };
+        store.record_event(&e).await.unwrap();
+    }
+    let backlog = store.outbox_backlog().await.unwrap();
+    assert_eq!((backlog.count, backlog.oldest), (5, Some(T0)));
+    let pending: Vec<uuid::Uuid> =
+        store.pending_events(&all_partitions(), 100).await.unwrap().iter().map(|e| e.id).collect();
+    store.mark_published(&pending[..3], T0).await.unwrap();
+    store.mark_published(&pending[3..], T0.plus(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(store.outbox_backlog().await.unwrap(), strata_core::domain::Backlog { count: 0, oldest: None });
+    assert!(store.pending_events(&all_partitions(), 100).await.unwrap().is_empty());
+    assert_eq!(store.prune_published(T0.plus(Duration::from_secs(1)), 2).await.unwrap(), 2);
+    assert_eq!(store.prune_published(T0.plus(Duration::from_secs(1)), 100).await.unwrap(), 1);
+    assert_eq!(store.prune_published(T0.plus(Duration::from_secs(1)), 100).await.unwrap(), 0);
+    // Pruning never touches the sequence: the next event still follows the last.
+    store.record_event(&event("login.failed", u.id)).await.unwrap();
+    assert_eq!(store.pending_events(&all_partitions(), 10).await.unwrap()[0].sequence, 6);
+}
+
+async fn relay_leases_are_exclusive_until_they_expire(store: Arc<dyn Store>) {
+    use strata_core::domain::partition_lease;
+    let leases = store.relay_leases().await.unwrap();
+    let mut partitions: Vec<u16> = leases.iter().filter_map(|l| l.partition()).collect();
+    partitions.sort();
+    assert_eq!(partitions, all_partitions());
+    assert!(leases.iter().all(|l| l.owner.is_empty()));
+    let p3 = partition_lease(3);
+    let later = T0.plus(Duration::from_secs(10));
+    let much_later = later.plus(Duration::from_secs(20));
+    assert!(store.claim_lease(&p3, "relay-a", T0, later).await.unwrap());
+    assert!(!store.claim_lease(&p3, "relay-b", T0, later).await.unwrap(), "held by a");
+    assert!(store.claim_lease(&p3, "relay-a", T0, later).await.unwrap(), "a renews, even to the same expiry");
+    let after_expiry = later.plus(Duration::from_secs(1));
+    assert!(store.claim_lease(&p3, "relay-b", after_expiry, much_later).await.unwrap(), "expired: b takes it");
+    assert!(!store.claim_lease(&p3, "relay-a", later, later).await.unwrap());
+    store.release_lease(&p3, "relay-a").await.unwrap(); // not a's: no effect
+    let holder =
+        |leases: Vec<strata_core::domain::RelayLease>| leases.into_iter().find(|l| l.name == p3).unwrap().owner;
+    assert_eq!(holder(store.relay_leases().await.unwrap()), "relay-b");
+    store.release_lease(&p3, "relay-b").await.unwrap();
+    assert!(store.claim_lease(&p3, "relay-a", T0, later).await.unwrap(), "released: free at once");
+
+    // Heartbeats: one row per relay, renewed in place, forgotten once long dead.
+    store.relay_heartbeat("relay-a", later, T0).await.unwrap();
+    store.relay_heartbeat("relay-b", later, T0).await.unwrap();
+    store.relay_heartbeat("relay-a", much_later, T0).await.unwrap();
+    let members = |leases: Vec<strata_core::domain::RelayLease>| {
+        let mut m: Vec<(String, Timestamp)> =
+            leases.iter().filter_map(|l| l.member().map(|m| (m.to_owned(), l.expires_at))).collect();
+        m.sort();
+        m
+    };
+    assert_eq!(
+        members(store.relay_leases().await.unwrap()),
+        vec![("relay-a".to_owned(), much_later), ("relay-b".to_owned(), later)]
+    );
+    store.relay_heartbeat("relay-a", much_later, after_expiry).await.unwrap();
+    assert_eq!(members(store.relay_leases().await.unwrap()), vec![("relay-a".to_owned(), much_later)]);
+}
+
+async fn the_audit_log_records_each_event_once(store: Arc<dyn Store>) {
+    use strata_core::domain::{AuditEntry, AuditQuery};
+    let (alice, bob) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let entry = |subject, kind: &str, i: i64| AuditEntry {
+        id: uuid::Uuid::now_v7(),
+        event_type: kind.to_owned(),
+        subject,
+        actor: r#"{"type":"user"}"#.into(),
+        time: Timestamp(T0.0 + i * 1_000_000),
+        data: format!(r#"{{"i":{i},"text":"ü \" '"}}"#),
+    };
+    let entries: Vec<AuditEntry> = (0..10)
+        .map(|i| entry(if i % 2 == 0 { alice } else { bob }, if i < 5 { "user.updated" } else { "session.created" }, i))
+        .collect();
+    assert_eq!(store.append_audit(&entries[..6]).await.unwrap(), 6);
+    // A redelivered batch overlapping the first: only the new ones count.
+    assert_eq!(store.append_audit(&entries[4..]).await.unwrap(), 4);
+    let q = |f: &dyn Fn(&mut AuditQuery)| {
+        let mut q = AuditQuery { limit: 100, ..AuditQuery::default() };
+        f(&mut q);
+        q
+    };
+    let ids = |v: Vec<AuditEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    let all = store.audit_entries(&q(&|_| {})).await.unwrap();
+    assert_eq!(all, entries, "everything, in id order, unchanged");
+    let of_alice = ids(store.audit_entries(&q(&|q| q.subject = Some(alice))).await.unwrap());
+    assert_eq!(of_alice, entries.iter().filter(|e| e.subject == alice).map(|e| e.id).collect::<Vec<_>>());
+    let sessions = ids(store.audit_entries(&q(&|q| q.event_type = Some("session.created".into()))).await.unwrap());
+    assert_eq!(sessions, entries[5..].iter().map(|e| e.id).collect::<Vec<_>>());
+    let both = ids(store
+        .audit_entries(&q(&|q| {
+            q.subject = Some(bob);
+            q.event_type = Some("user.updated".into());
+        }))
+        .await
+        .unwrap());
+    assert_eq!(both, vec![entries[1].id, entries[3].id]);
+    let since = ids(store.audit_entries(&q(&|q| q.since = Some(Timestamp(T0.0 + 7_000_000)))).await.unwrap());
+    assert_eq!(since, entries[7..].iter().map(|e| e.id).collect::<Vec<_>>());
+    // Cursor pagination visits everyone once.
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.audit_entries(&AuditQuery { after, limit: 3, ..AuditQuery::default() }).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.id);
+        seen.extend(page.into_iter().map(|e| e.id));
+    }
+    assert_eq!(seen, entries.iter().map(|e| e.id).collect::<Vec<_>>());
+    // Retention goes by the ids' time: everything made before now.
+    let now = Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64);
+    assert_eq!(store.prune_audit(now.plus(Duration::from_secs(120)), 4).await.unwrap(), 4);
+    assert_eq!(store.audit_entries(&q(&|_| {})).await.unwrap().len(), 6);
+    assert_eq!(store.prune_audit(now.minus(Duration::from_secs(3600)), 100).await.unwrap(), 0);
 }
 
 async fn idempotency_records(store: Arc<dyn Store>) {
@@ -365,6 +570,11 @@ all_backends!(
     create_and_read_back,
     duplicate_email_is_rejected_atomically,
     every_committed_change_leaves_its_event,
+    sequences_follow_commit_order,
+    rows_committed_out_of_id_order_are_not_lost,
+    published_rows_leave_the_backlog_and_are_pruned,
+    relay_leases_are_exclusive_until_they_expire,
+    the_audit_log_records_each_event_once,
     idempotency_records,
     optimistic_updates,
     concurrent_updates_one_wins,

@@ -10,9 +10,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use strata_api::{AppState, Metrics};
 use strata_core::password::PasswordHasher;
-use strata_core::ports::{Clock, Store, SystemClock};
+use strata_core::ports::{Clock, EventBus, Store, SystemClock};
+use strata_core::relay::Relay;
 use strata_core::service::{AccountSettings, Accounts};
 use strata_core::throttle::Throttle;
+use strata_core::worker::{AuditListener, Listener, run_listener};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -22,6 +24,15 @@ pub struct Application {
     local_addr: SocketAddr,
     state: AppState,
     config: Config,
+    worker: Option<Worker>,
+}
+
+/// The event side of a process (roles `worker` and `all`).
+struct Worker {
+    bus: Arc<dyn EventBus>,
+    relay: Relay,
+    listeners: Vec<Arc<dyn Listener>>,
+    clock: Arc<dyn Clock>,
 }
 
 impl Application {
@@ -46,7 +57,32 @@ impl Application {
         {
             throttle = throttle.with_shared(shared);
         }
-        let mut accounts = Accounts::new(store, Arc::new(hasher), throttle, clock, metrics.clone(), settings);
+        let mut accounts =
+            Accounts::new(store.clone(), Arc::new(hasher), throttle, clock.clone(), metrics.clone(), settings);
+        let worker = if config.role.runs_worker() {
+            let bus = strata_events::open(&config.events.url, &config.bus_options())
+                .await
+                .map_err(|e| anyhow::anyhow!("events.url: {e}"))?;
+            let relay = Relay::new(
+                store.clone(),
+                bus.clone(),
+                clock.clone(),
+                metrics.clone(),
+                config.relay_settings(),
+                relay_owner(),
+            );
+            if config.role.runs_api() {
+                accounts = accounts.with_relay_waker(relay.waker());
+            }
+            let audit = AuditListener::new(
+                store.clone(),
+                clock.clone(),
+                Duration::from_secs(config.events.audit_retention_secs),
+            );
+            Some(Worker { bus, relay, listeners: vec![Arc::new(audit)], clock: clock.clone() })
+        } else {
+            None
+        };
         // Never connects here: a cache server that is down at startup is a degraded
         // cache, not a failed start.
         let cache = strata_cache::open(&config.cache.url, &config.cache_options(), metrics.clone())
@@ -67,7 +103,7 @@ impl Application {
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        Ok(Application { listener, local_addr, state, config })
+        Ok(Application { listener, local_addr, state, config, worker })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -82,8 +118,14 @@ impl Application {
     /// One line for humans: where we listen and what we run on.
     pub fn banner(&self) -> String {
         let cache = self.state.accounts.cache().map_or_else(|| "none".to_owned(), |c| c.describe());
+        let events = self.worker.as_ref().map_or_else(|| "published by a worker".to_owned(), |w| w.bus.describe());
+        let role = match self.config.role {
+            crate::config::Role::All => "api + worker",
+            crate::config::Role::Api => "api",
+            crate::config::Role::Worker => "worker",
+        };
         format!(
-            "strata listening on http://{} (database: {}, cache: {cache})",
+            "strata listening on http://{} (role: {role}, database: {}, cache: {cache}, events: {events})",
             self.local_addr,
             strata_store::redact_url(&self.config.database.url)
         )
@@ -92,13 +134,15 @@ impl Application {
     /// Serves until `shutdown` resolves, then: readiness false, a drain delay for load
     /// balancers to notice, stop accepting, and wait (bounded) for in-flight requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Application { listener, state, config, .. } = self;
+        let Application { listener, state, config, worker, .. } = self;
         let ready = state.ready.clone();
         let drain_delay = Duration::from_millis(config.http.drain_delay_ms);
         let grace = Duration::from_secs(config.http.shutdown_grace_secs);
         spawn_purger(state.accounts.clone());
         let metrics = state.metrics.clone();
-        let app = strata_api::router(state);
+        let (stop_worker, worker_stopping) = tokio::sync::watch::channel(false);
+        let worker_tasks = worker.map(|w| w.spawn(metrics.clone(), worker_stopping)).unwrap_or_default();
+        let app = if config.role.runs_api() { strata_api::router(state) } else { strata_api::operations_router(state) };
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_ready = ready.clone();
         let stop_accepting = async move {
@@ -122,9 +166,49 @@ impl Application {
                 }
             }
         }
+        // The relay gives its leases up and listeners stop between batches; what they
+        // leave undone is redelivered to whoever runs next.
+        let _ = stop_worker.send(true);
+        let finish = futures_join(worker_tasks);
+        if tokio::time::timeout(grace, finish).await.is_err() {
+            tracing::warn!("worker tasks did not stop in time; exiting");
+        }
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+impl Worker {
+    fn spawn(
+        self,
+        metrics: Arc<Metrics>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = vec![tokio::spawn(self.relay.run(shutdown.clone()))];
+        for listener in self.listeners {
+            let (bus, clock, observer) = (self.bus.clone(), self.clock.clone(), metrics.clone());
+            tasks.push(tokio::spawn(run_listener(bus, listener, clock, observer, shutdown.clone())));
+        }
+        tasks
+    }
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// A name unique to this process among relays sharing a database: host, pid, random.
+fn relay_owner() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "strata".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}-{}", std::process::id(), &suffix[..8])
 }
 
 /// Purges expired idempotency records hourly, for as long as the service lives (the task

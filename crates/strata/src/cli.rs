@@ -29,6 +29,10 @@ pub enum Command {
         /// Address to listen on (overrides `listen` and STRATA_LISTEN).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// What to run (overrides `role` and STRATA_ROLE): `all` (API and worker), `api`,
+        /// or `worker` (outbox relay and event listeners; health and metrics over HTTP).
+        #[arg(long, value_enum)]
+        role: Option<crate::config::Role>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -69,10 +73,13 @@ pub async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve { listen, role } => {
             let mut config = load_config(cli.config.as_ref())?;
             if let Some(addr) = listen {
                 config.listen = addr;
+            }
+            if let Some(role) = role {
+                config.role = role;
             }
             crate::telemetry::init(&config.log)?;
             let app = Application::build(config).await?;

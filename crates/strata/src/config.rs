@@ -23,6 +23,97 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub cache: CacheConfig,
+    /// `all` (API and worker in one process), `api` or `worker`.
+    pub role: Role,
+    pub events: EventsConfig,
+}
+
+/// What a process runs (`strata serve --role`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The HTTP API and the worker.
+    All,
+    /// The HTTP API only; a worker elsewhere publishes its events.
+    Api,
+    /// The outbox relay and the event listeners; serves health and metrics only.
+    Worker,
+}
+
+impl Role {
+    pub fn runs_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+    pub fn runs_worker(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "all" => Ok(Role::All),
+            "api" => Ok(Role::Api),
+            "worker" => Ok(Role::Worker),
+            other => Err(format!("unknown role {other:?} (expected all, api or worker)")),
+        }
+    }
+}
+
+/// The outbox relay, the event bus and the listeners (see ARCHITECTURE.md, Events).
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `memory://` (in-process), `nats://HOST:PORT`, `amqp://USER:PASS@HOST:PORT/VHOST`,
+    /// `mqtt://HOST:PORT`, `redis-stream://HOST:PORT` or `kafka://HOST:PORT[,…]`.
+    pub url: String,
+    /// The CloudEvents `source` of every event.
+    pub source: String,
+    /// Prefix of streams, topics, exchanges and keys on the broker.
+    pub namespace: String,
+    /// Outbox rows per publish.
+    pub batch: u32,
+    /// How often the relay looks for rows written by other instances.
+    pub poll_interval_ms: u64,
+    /// How long a delivered event may go unacknowledged before it is redelivered.
+    pub ack_wait_ms: u64,
+    /// How long published outbox rows are kept.
+    pub retention_secs: u64,
+    /// How long audit log entries are kept.
+    pub audit_retention_secs: u64,
+}
+
+impl std::fmt::Debug for EventsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsConfig")
+            .field("url", &strata_events::redact_url(&self.url))
+            .field("source", &self.source)
+            .field("namespace", &self.namespace)
+            .field("batch", &self.batch)
+            .field("poll_interval_ms", &self.poll_interval_ms)
+            .field("ack_wait_ms", &self.ack_wait_ms)
+            .field("retention_secs", &self.retention_secs)
+            .field("audit_retention_secs", &self.audit_retention_secs)
+            .finish()
+    }
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        let relay = strata_core::relay::RelaySettings::default();
+        let bus = strata_core::events::BusOptions::default();
+        EventsConfig {
+            url: "memory://".into(),
+            source: relay.source,
+            namespace: bus.namespace,
+            batch: relay.batch,
+            poll_interval_ms: relay.poll_interval.as_millis() as u64,
+            ack_wait_ms: bus.ack_wait.as_millis() as u64,
+            retention_secs: relay.retention.as_secs(),
+            audit_retention_secs: 90 * 24 * 3600,
+        }
+    }
 }
 
 #[derive(Clone, PartialEq, Deserialize, Serialize)]
@@ -178,6 +269,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             log: LogConfig::default(),
             cache: CacheConfig::default(),
+            role: Role::All,
+            events: EventsConfig::default(),
         }
     }
 }
@@ -362,6 +455,17 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     }),
     ("STRATA_LOG_FORMAT", "log.format", |c, v| Ok(c.log.format = v.to_owned())),
     ("STRATA_LOG_LEVEL", "log.level", |c, v| Ok(c.log.level = v.to_owned())),
+    ("STRATA_ROLE", "role", |c, v| Ok(c.role = parse(v)?)),
+    ("STRATA_EVENTS_URL", "events.url", |c, v| Ok(c.events.url = v.to_owned())),
+    ("STRATA_EVENTS_SOURCE", "events.source", |c, v| Ok(c.events.source = v.to_owned())),
+    ("STRATA_EVENTS_NAMESPACE", "events.namespace", |c, v| Ok(c.events.namespace = v.to_owned())),
+    ("STRATA_EVENTS_BATCH", "events.batch", |c, v| Ok(c.events.batch = parse(v)?)),
+    ("STRATA_EVENTS_POLL_INTERVAL_MS", "events.poll_interval_ms", |c, v| Ok(c.events.poll_interval_ms = parse(v)?)),
+    ("STRATA_EVENTS_ACK_WAIT_MS", "events.ack_wait_ms", |c, v| Ok(c.events.ack_wait_ms = parse(v)?)),
+    ("STRATA_EVENTS_RETENTION_SECS", "events.retention_secs", |c, v| Ok(c.events.retention_secs = parse(v)?)),
+    ("STRATA_EVENTS_AUDIT_RETENTION_SECS", "events.audit_retention_secs", |c, v| {
+        Ok(c.events.audit_retention_secs = parse(v)?)
+    }),
 ];
 
 impl Config {
@@ -424,6 +528,25 @@ impl Config {
         {
             return Err("throttle.url must be a redis:// URL, or empty for per-instance counters".into());
         }
+        let scheme = self.events.url.split_once("://").map(|(s, _)| s).unwrap_or("");
+        if !matches!(scheme, "memory" | "nats" | "amqp" | "amqps" | "mqtt" | "mqtts" | "redis-stream" | "kafka") {
+            return Err(format!(
+                "events.url (STRATA_EVENTS_URL) must be memory://, nats://, amqp://, mqtt://, redis-stream:// or kafka://, not {:?}",
+                strata_events::redact_url(&self.events.url)
+            ));
+        }
+        let e = &self.events;
+        if e.batch == 0 || e.batch > 10_000 {
+            return Err("events.batch must be from 1 to 10000".into());
+        }
+        if e.poll_interval_ms == 0 || e.ack_wait_ms == 0 || e.retention_secs == 0 || e.audit_retention_secs == 0 {
+            return Err(
+                "events.poll_interval_ms, ack_wait_ms, retention_secs and audit_retention_secs must be positive".into(),
+            );
+        }
+        if e.namespace.is_empty() || !e.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err("events.namespace must be non-empty letters, digits, '-' or '_'".into());
+        }
         if self.cache.ttl_secs == 0 || self.cache.negative_ttl_secs == 0 {
             return Err("cache.ttl_secs and cache.negative_ttl_secs must be positive".into());
         }
@@ -436,6 +559,27 @@ impl Config {
         strata_core::password::PasswordHasher::new(self.hasher_settings())
             .map(|_| ())
             .map_err(|e| format!("password: {e}"))
+    }
+
+    /// The relay's settings.
+    pub fn relay_settings(&self) -> strata_core::relay::RelaySettings {
+        use std::time::Duration;
+        strata_core::relay::RelaySettings {
+            source: self.events.source.clone(),
+            batch: self.events.batch,
+            poll_interval: Duration::from_millis(self.events.poll_interval_ms),
+            retention: Duration::from_secs(self.events.retention_secs),
+            ..strata_core::relay::RelaySettings::default()
+        }
+    }
+
+    /// How the event bus adapters behave.
+    pub fn bus_options(&self) -> strata_core::events::BusOptions {
+        strata_core::events::BusOptions {
+            namespace: self.events.namespace.clone(),
+            ack_wait: std::time::Duration::from_millis(self.events.ack_wait_ms),
+            ..strata_core::events::BusOptions::default()
+        }
     }
 
     /// What the account service caches and for how long.
@@ -533,6 +677,7 @@ impl Config {
         shown.database.url = strata_store::redact_url(&shown.database.url);
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
         shown.throttle.url = strata_store::redact_url(&shown.throttle.url);
+        shown.events.url = strata_events::redact_url(&shown.events.url);
         let redacted = || Secret::new("<redacted>");
         if shown.auth.admin_token.is_some() {
             shown.auth.admin_token = Some(redacted());

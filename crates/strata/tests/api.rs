@@ -783,19 +783,30 @@ fn binary_serves_and_stops_on_sigterm() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave the server running (it would hold the test
+    // harness's output pipe open and hang `cargo test`).
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let mut child = KillOnDrop(child);
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
     assert!(line.starts_with("strata listening on http://127.0.0.1:"), "{line}");
-    assert!(line.contains("database: sqlite"), "{line}");
+    assert!(line.contains("role: api + worker, database: sqlite"), "{line}");
     let addr = line.split("http://").nth(1).unwrap().split(' ').next().unwrap().to_owned();
     let mut s = std::net::TcpStream::connect(&addr).unwrap();
     std::io::Write::write_all(&mut s, b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     std::io::Read::read_to_string(&mut s, &mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let killed = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(killed.success());
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
 
@@ -850,6 +861,10 @@ mod cache;
 /// Issue 7: what hostile clients can learn or do through the HTTP layer.
 #[path = "api/hardening.rs"]
 mod hardening;
+
+/// Issue 9: the outbox relay, the bus, the listeners and the audit log.
+#[path = "api/events.rs"]
+mod events;
 
 /// No configured secret, and no password or token a client sent, appears in any log line,
 /// at the most verbose level of Strata's own targets, through startup, requests, a cache

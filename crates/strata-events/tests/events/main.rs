@@ -6,7 +6,13 @@
 //! events. Broker URLs can be overridden with `STRATA_TEST_<BACKEND>_URL`.
 
 mod conformance;
-// Broker-specific tests; `nats` and `redis_stream` are the suite's module names.
+// Broker-specific tests; the plain names are the conformance suite's modules.
+#[path = "amqp.rs"]
+mod amqp_broker;
+#[path = "kafka.rs"]
+mod kafka_broker;
+#[path = "mqtt.rs"]
+mod mqtt_broker;
 #[path = "nats.rs"]
 mod nats_broker;
 #[path = "redis_stream.rs"]
@@ -23,7 +29,6 @@ async fn memory(options: BusOptions) -> Option<Arc<dyn EventBus>> {
 
 /// Opens `default_url` (or the override) if something listens on its port; otherwise
 /// reports the backend as unusable (a failure when CI requires it).
-#[allow(dead_code)] // until the adapters land
 async fn broker(backend: &str, default_url: &str, options: BusOptions) -> Option<Arc<dyn EventBus>> {
     let var = format!("STRATA_TEST_{}_URL", backend.to_uppercase().replace('-', "_"));
     let url = std::env::var(&var).unwrap_or_else(|_| default_url.to_owned());
@@ -44,25 +49,22 @@ async fn broker(backend: &str, default_url: &str, options: BusOptions) -> Option
 async fn nats(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("nats", "nats://127.0.0.1:4222", options).await
 }
-#[allow(dead_code)]
 async fn amqp(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("amqp", "amqp://guest:guest@127.0.0.1:5672/%2f", options).await
 }
-#[allow(dead_code)]
 async fn mqtt(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("mqtt", "mqtt://127.0.0.1:1883", options).await
 }
 async fn redis_stream(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("redis-stream", "redis-stream://127.0.0.1:6379", options).await
 }
-#[allow(dead_code)]
 async fn kafka(options: BusOptions) -> Option<Arc<dyn EventBus>> {
     broker("kafka", "kafka://127.0.0.1:9092", options).await
 }
 
 conformance::suite!(memory, crate::memory);
 conformance::suite!(nats, crate::nats);
-// conformance::suite!(amqp, crate::amqp); // enabled with its adapter
-// conformance::suite!(mqtt, crate::mqtt); // enabled with its adapter
+conformance::suite!(amqp, crate::amqp);
+conformance::suite!(mqtt, crate::mqtt);
 conformance::suite!(redis_stream, crate::redis_stream);
-// conformance::suite!(kafka, crate::kafka); // enabled with its adapter
+conformance::suite!(kafka, crate::kafka);

@@ -106,8 +106,52 @@ impl strata_core::ports::SessionRepository for CountingStore {
 
 #[async_trait]
 impl strata_core::ports::OutboxRepository for CountingStore {
-    async fn unpublished_events(&self, limit: u32) -> Result<Vec<strata_core::domain::StoredEvent>, RepoError> {
-        self.inner.unpublished_events(limit).await
+    async fn record_event(&self, event: &OutboxEvent) -> Result<(), RepoError> {
+        self.inner.record_event(event).await
+    }
+    async fn pending_events(
+        &self,
+        partitions: &[u16],
+        limit: u32,
+    ) -> Result<Vec<strata_core::domain::StoredEvent>, RepoError> {
+        self.inner.pending_events(partitions, limit).await
+    }
+    async fn mark_published(&self, ids: &[uuid::Uuid], at: Timestamp) -> Result<(), RepoError> {
+        self.inner.mark_published(ids, at).await
+    }
+    async fn prune_published(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        self.inner.prune_published(before, limit).await
+    }
+    async fn outbox_backlog(&self) -> Result<strata_core::domain::Backlog, RepoError> {
+        self.inner.outbox_backlog().await
+    }
+    async fn relay_leases(&self) -> Result<Vec<strata_core::domain::RelayLease>, RepoError> {
+        self.inner.relay_leases().await
+    }
+    async fn claim_lease(&self, name: &str, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool, RepoError> {
+        self.inner.claim_lease(name, owner, now, until).await
+    }
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<(), RepoError> {
+        self.inner.release_lease(name, owner).await
+    }
+    async fn relay_heartbeat(&self, owner: &str, until: Timestamp, forget: Timestamp) -> Result<(), RepoError> {
+        self.inner.relay_heartbeat(owner, until, forget).await
+    }
+}
+
+#[async_trait]
+impl strata_core::ports::AuditRepository for CountingStore {
+    async fn append_audit(&self, entries: &[strata_core::domain::AuditEntry]) -> Result<u64, RepoError> {
+        self.inner.append_audit(entries).await
+    }
+    async fn audit_entries(
+        &self,
+        query: &strata_core::domain::AuditQuery,
+    ) -> Result<Vec<strata_core::domain::AuditEntry>, RepoError> {
+        self.inner.audit_entries(query).await
+    }
+    async fn prune_audit(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        self.inner.prune_audit(before, limit).await
     }
 }
 
