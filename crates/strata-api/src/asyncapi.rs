@@ -46,6 +46,16 @@ fn describe(event_type: &str) -> (&'static str, Value) {
                 "retry_after_secs": { "type": "integer", "minimum": 0 },
             }),
         ),
+        "webhook.endpoint.disabled" => (
+            "A webhook endpoint was disabled automatically: it answered 410 Gone, or every delivery to it failed for days. The subject is the endpoint id.",
+            json!({
+                "endpoint": {
+                    "type": "object",
+                    "properties": { "id": { "type": "string", "format": "uuid" }, "url": { "type": "string", "format": "uri" } },
+                },
+                "reason": { "type": "string" },
+            }),
+        ),
         _ => ("", json!({})),
     }
 }

@@ -178,3 +178,187 @@ pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database: Option<&'static str>,
 }
+
+// Webhooks.
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookRequest {
+    /// `http://` or `https://`, no credentials or fragment, at most 2048 bytes. Addresses in
+    /// private, loopback, link-local and other special ranges are refused unless allowed by
+    /// `STRATA_WEBHOOKS_ALLOWED_NETWORKS`.
+    #[schema(example = "https://hooks.example.com/strata")]
+    pub url: String,
+    /// Short event types, e.g. `["user.created", "user.deleted"]`.
+    pub events: Vec<String>,
+    /// Up to 500 characters.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Deliveries per second to this endpoint, 1–10000, default 50.
+    #[serde(default)]
+    pub rate_limit: Option<u32>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhookRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub rate_limit: Option<u32>,
+    /// `true` re-enables an endpoint (also one disabled by a 410 or by failing for days).
+    #[serde(default, deserialize_with = "present")]
+    pub enabled: Option<bool>,
+}
+
+/// A webhook endpoint. `secret` is only present when it was just created or rotated.
+#[derive(Serialize, ToSchema)]
+pub struct WebhookBody {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub description: String,
+    pub enabled: bool,
+    /// Why it is disabled: by an admin, the endpoint answered 410, or it failed for days.
+    pub disabled_reason: Option<String>,
+    pub rate_limit: u32,
+    /// Since when every attempt has failed; `null` while healthy.
+    #[schema(format = DateTime)]
+    pub failing_since: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+    /// The Standard Webhooks signing secret (`whsec_…`), shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// After a rotation: until when deliveries are also signed with the previous secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
+    pub previous_secret_expires_at: Option<String>,
+}
+
+impl WebhookBody {
+    pub fn new(e: &strata_core::webhooks::WebhookEndpoint, with_secret: bool) -> Self {
+        WebhookBody {
+            id: e.id.to_string(),
+            url: e.url.as_str().to_owned(),
+            events: e.events.clone(),
+            description: e.description.clone(),
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason.clone(),
+            rate_limit: e.rate_limit,
+            failing_since: e.failing_since.map(rfc3339),
+            created_at: rfc3339(e.created_at),
+            updated_at: rfc3339(e.updated_at),
+            secret: with_secret.then(|| e.secrets.first().map(|s| s.key.clone())).flatten(),
+            previous_secret_expires_at: with_secret
+                .then(|| e.secrets.get(1).and_then(|s| s.expires_at).map(rfc3339))
+                .flatten(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct WebhookList {
+    pub items: Vec<WebhookBody>,
+}
+
+/// One event for one endpoint.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryBody {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    /// The event id: also the `webhook-id` and `ce-id` headers.
+    #[schema(value_type = String, format = Uuid)]
+    pub event_id: String,
+    pub event_type: String,
+    /// `pending`, `delivered` or `failed` (dead-lettered: replayable).
+    pub status: &'static str,
+    pub attempts: u32,
+    /// When the next attempt is due (pending only).
+    #[schema(format = DateTime)]
+    pub next_attempt_at: Option<String>,
+    /// The status code of the last answer.
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+impl From<&strata_core::webhooks::WebhookDelivery> for DeliveryBody {
+    fn from(d: &strata_core::webhooks::WebhookDelivery) -> Self {
+        DeliveryBody {
+            id: d.id.to_string(),
+            event_id: d.event.id.to_string(),
+            event_type: d.event.event_type.clone(),
+            status: d.status.as_str(),
+            attempts: d.attempts,
+            next_attempt_at: (d.status == strata_core::webhooks::DeliveryStatus::Pending)
+                .then(|| rfc3339(d.next_attempt_at)),
+            last_status: d.last_status,
+            last_error: d.last_error.clone(),
+            created_at: rfc3339(d.created_at),
+            updated_at: rfc3339(d.updated_at),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub items: Vec<DeliveryBody>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AttemptBody {
+    pub attempt: u32,
+    #[schema(format = DateTime)]
+    pub time: String,
+    /// The answer's status code; `null` when there was none (refused, timed out, …).
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: u32,
+}
+
+impl From<&strata_core::webhooks::WebhookAttempt> for AttemptBody {
+    fn from(a: &strata_core::webhooks::WebhookAttempt) -> Self {
+        AttemptBody {
+            attempt: a.attempt,
+            time: rfc3339(a.at),
+            status: a.status,
+            error: a.error.clone(),
+            duration_ms: a.duration_ms,
+        }
+    }
+}
+
+/// A delivery with its attempt log.
+#[derive(Serialize, ToSchema)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: DeliveryBody,
+    pub attempt_log: Vec<AttemptBody>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// Replay every failed delivery created at or after this RFC 3339 time.
+    #[schema(format = DateTime)]
+    pub since: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReplayResponse {
+    /// How many deliveries are due again.
+    pub replayed: u64,
+}

@@ -25,6 +25,7 @@ pub mod observe;
 pub mod openapi;
 pub mod routes;
 pub mod server;
+pub mod webhook_routes;
 
 use crate::dto::Health;
 use crate::error::ApiError;
@@ -55,6 +56,7 @@ impl std::ops::Deref for AppState {
 
 pub struct StateInner {
     pub accounts: Arc<Accounts>,
+    pub webhooks: Arc<strata_core::webhook_admin::WebhookAdmin>,
     pub metrics: Arc<Metrics>,
     /// Static admin bearer secret, if configured.
     pub admin_token: Option<Secret>,
@@ -78,12 +80,21 @@ impl StateInner {
 
 pub fn router(state: AppState) -> Router {
     use axum::routing::{get as g, post};
+
+    use crate::webhook_routes as wh;
     Router::new()
         .route("/v1/users", post(routes::create_user).get(routes::list_users))
         .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
         .route("/v1/sessions", post(routes::login))
         .route("/v1/sessions/current", g(routes::current_session).delete(routes::logout))
         .route("/v1/audit", g(routes::list_audit))
+        .route("/v1/webhooks", post(wh::create_webhook).get(wh::list_webhooks))
+        .route("/v1/webhooks/{id}", g(wh::get_webhook).patch(wh::update_webhook).delete(wh::delete_webhook))
+        .route("/v1/webhooks/{id}/rotate-secret", post(wh::rotate_secret))
+        .route("/v1/webhooks/{id}/replay", post(wh::replay_failed))
+        .route("/v1/webhooks/{id}/deliveries", g(wh::list_deliveries))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}", g(wh::get_delivery))
+        .route("/v1/webhooks/{id}/deliveries/{delivery_id}/replay", post(wh::replay_delivery))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -65,6 +65,11 @@ struct ListenerNameLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheEndpointLabels {
     endpoint: String,
 }
@@ -99,6 +104,8 @@ pub struct Metrics {
     relay_partitions: Gauge,
     listener_events: Family<ListenerLabels, Counter>,
     listener_lag: HistogramFamily<ListenerNameLabels>,
+    webhook_attempts: Family<OutcomeLabels, Counter>,
+    webhook_duration: Histogram,
 }
 
 impl Default for Metrics {
@@ -199,7 +206,21 @@ impl Metrics {
             "Per batch, time from the oldest event's commit to its listener applying it",
             listener_lag.clone(),
         );
+        let webhook_attempts = Family::<OutcomeLabels, Counter>::default();
+        let webhook_duration = latency_histogram();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts by outcome (delivered, retry, failed = dead-lettered or 410, rate_limited = postponed)",
+            webhook_attempts.clone(),
+        );
+        registry.register(
+            "webhook_attempt_duration_seconds",
+            "Time from connect to the endpoint's answer, per attempt",
+            webhook_duration.clone(),
+        );
         Metrics {
+            webhook_attempts,
+            webhook_duration,
             events_published,
             events_publish_failures,
             events_publish_duration,
@@ -317,6 +338,15 @@ impl strata_core::worker::ListenerObserver for Metrics {
         self.listener_events.get_or_create(&ListenerLabels { listener, outcome }).inc_by(events as u64);
         if outcome == "applied" {
             self.listener_lag.get_or_create(&ListenerNameLabels { listener }).observe(lag.as_secs_f64());
+        }
+    }
+}
+
+impl strata_core::webhooks::WebhookObserver for Metrics {
+    fn attempt(&self, outcome: &'static str, duration: Duration) {
+        self.webhook_attempts.get_or_create(&OutcomeLabels { outcome }).inc();
+        if outcome != "rate_limited" {
+            self.webhook_duration.observe(duration.as_secs_f64());
         }
     }
 }

@@ -6,8 +6,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::dto::{
-    AuditEntryBody, AuditList, CreateUserRequest, Health, LoginRequest, LoginResponse, SessionBody, UpdateUserRequest,
-    UserBody, UserList, WhoAmI,
+    AttemptBody, AuditEntryBody, AuditList, CreateUserRequest, CreateWebhookRequest, DeliveryBody, DeliveryDetail,
+    DeliveryList, Health, LoginRequest, LoginResponse, ReplayRequest, ReplayResponse, SessionBody, UpdateUserRequest,
+    UpdateWebhookRequest, UserBody, UserList, WebhookBody, WebhookList, WhoAmI,
 };
 use crate::error::Problem;
 
@@ -39,6 +40,16 @@ impl Modify for BearerAuth {
         crate::routes::current_session,
         crate::routes::logout,
         crate::routes::list_audit,
+        crate::webhook_routes::create_webhook,
+        crate::webhook_routes::list_webhooks,
+        crate::webhook_routes::get_webhook,
+        crate::webhook_routes::update_webhook,
+        crate::webhook_routes::delete_webhook,
+        crate::webhook_routes::rotate_secret,
+        crate::webhook_routes::list_deliveries,
+        crate::webhook_routes::get_delivery,
+        crate::webhook_routes::replay_delivery,
+        crate::webhook_routes::replay_failed,
         crate::healthz,
         crate::readyz,
         crate::metrics,
@@ -48,13 +59,15 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,
-        AuditEntryBody, AuditList, Health, Problem
+        AuditEntryBody, AuditList, CreateWebhookRequest, UpdateWebhookRequest, WebhookBody, WebhookList, DeliveryBody,
+        DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Login, who-am-I, logout"),
         (name = "audit", description = "The audit log of every event"),
+        (name = "webhooks", description = "Signed, durable event deliveries over HTTP (Standard Webhooks, CloudEvents binary mode)"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
     )
 )]

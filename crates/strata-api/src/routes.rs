@@ -209,13 +209,7 @@ pub async fn list_users(
     let (mut limit, mut after, mut email) = (None, None, None);
     for (k, v) in query_pairs(query.as_deref(), &["limit", "cursor", "email"])? {
         match k.as_str() {
-            "limit" => {
-                let max = state.accounts.settings().list_max_limit;
-                let n: u32 = v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-                    ApiError::bad_request("invalid_limit", "limit", format!("limit must be an integer from 1 to {max}"))
-                })?;
-                limit = Some(n);
-            }
+            "limit" => limit = Some(list_limit(&state, &v)?),
             "cursor" => after = Some(UserId::from_bytes(decode_cursor(&v)?)),
             _ => email = Some(Email::parse(&v)?),
         }
@@ -266,12 +260,7 @@ pub async fn list_audit(
                     ApiError::bad_request("invalid_since", "since", "since must be an RFC 3339 date-time")
                 })?)
             }
-            "limit" => {
-                let max = state.accounts.settings().list_max_limit;
-                q.limit = v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-                    ApiError::bad_request("invalid_limit", "limit", format!("limit must be an integer from 1 to {max}"))
-                })?;
-            }
+            "limit" => q.limit = list_limit(&state, &v)?,
             _ => q.after = Some(uuid::Uuid::from_bytes(decode_cursor(&v)?)),
         }
     }
@@ -345,6 +334,14 @@ pub async fn current_session(current: CurrentSession) -> Json<WhoAmI> {
 pub async fn logout(State(state): State<AppState>, current: CurrentSession) -> ApiResult<StatusCode> {
     state.accounts.logout(&current.session).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A list's `limit` parameter: 1 to the configured maximum.
+pub(crate) fn list_limit(state: &AppState, v: &str) -> Result<u32, ApiError> {
+    let max = state.accounts.settings().list_max_limit;
+    v.parse().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+        ApiError::bad_request("invalid_limit", "limit", format!("limit must be an integer from 1 to {max}"))
+    })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "session.revoked",
     "login.failed",
     "login.throttled",
+    "webhook.endpoint.disabled",
 ];
 
 /// Whether `t` is one of [`EVENT_TYPES`].

@@ -9,6 +9,7 @@
 //! must not depend on axum, a database driver or a metrics library.
 
 pub mod auth_cache;
+pub mod cidr;
 pub mod domain;
 pub mod error;
 pub mod events;
@@ -22,4 +23,6 @@ pub mod singleflight;
 pub mod testing;
 pub mod throttle;
 pub mod timing;
+pub mod webhook_admin;
+pub mod webhooks;
 pub mod worker;

@@ -9,6 +9,7 @@ use crate::domain::{
     SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
 };
 use crate::error::RepoError;
+use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 /// Which sessions an update must revoke in the same transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +124,76 @@ pub trait OutboxRepository: Send + Sync {
     async fn relay_heartbeat(&self, owner: &str, until: Timestamp, forget_before: Timestamp) -> Result<(), RepoError>;
 }
 
+/// Webhook endpoints, their deliveries and the attempt log.
+#[async_trait]
+pub trait WebhookRepository: Send + Sync {
+    async fn create_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), RepoError>;
+
+    async fn webhook_endpoint(&self, id: uuid::Uuid) -> Result<Option<WebhookEndpoint>, RepoError>;
+
+    /// Every endpoint, in id (creation) order.
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, RepoError>;
+
+    /// Replaces the endpoint's row, and records `event` (if any) in the outbox in the same
+    /// transaction. `NotFound` if it is gone.
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError>;
+
+    /// Deletes the endpoint with its deliveries and attempts; false if there was none.
+    async fn delete_webhook_endpoint(&self, id: uuid::Uuid) -> Result<bool, RepoError>;
+
+    /// Inserts deliveries, skipping any whose (endpoint, event id) is already there (a
+    /// redelivered event) or whose endpoint is gone; returns how many were added.
+    async fn enqueue_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<u64, RepoError>;
+
+    /// Claims up to `limit` pending deliveries due at `now`, oldest due first, by moving
+    /// their `next_attempt_at` to `lease_until` only where it has not moved since it was
+    /// read: two dispatchers never claim the same delivery within one lease. Returned as
+    /// claimed (with the new `next_attempt_at`).
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, RepoError>;
+
+    /// Stores the delivery's new state (status, attempts, next due time, last result) and
+    /// appends `attempt` to the log, in one transaction.
+    async fn record_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Option<&WebhookAttempt>,
+    ) -> Result<(), RepoError>;
+
+    async fn webhook_delivery(
+        &self,
+        endpoint_id: uuid::Uuid,
+        id: uuid::Uuid,
+    ) -> Result<Option<WebhookDelivery>, RepoError>;
+
+    /// One endpoint's deliveries in id order after the cursor.
+    async fn webhook_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<WebhookDelivery>, RepoError>;
+
+    /// A delivery's attempts, oldest first.
+    async fn webhook_attempts(&self, delivery_id: uuid::Uuid) -> Result<Vec<WebhookAttempt>, RepoError>;
+
+    /// Makes a delivery that is not pending due again at `now` with a fresh set of
+    /// attempts (its attempt log stays); false if there is none or it is pending.
+    async fn replay_delivery(&self, endpoint_id: uuid::Uuid, id: uuid::Uuid, now: Timestamp)
+    -> Result<bool, RepoError>;
+
+    /// The same for every failed delivery of the endpoint created at or after `since`.
+    async fn replay_failed_deliveries(
+        &self,
+        endpoint_id: uuid::Uuid,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, RepoError>;
+}
+
 #[async_trait]
 pub trait AuditRepository: Send + Sync {
     /// Appends entries; an id already present is skipped (a redelivered event). Returns
@@ -157,7 +228,7 @@ pub struct PoolStats {
 
 /// A complete storage backend.
 #[async_trait]
-pub trait Store: UserRepository + SessionRepository + OutboxRepository + AuditRepository {
+pub trait Store: UserRepository + SessionRepository + OutboxRepository + AuditRepository + WebhookRepository {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend(&self) -> &'static str;
 

@@ -57,7 +57,7 @@ pub enum Actor {
 }
 
 impl Actor {
-    fn is_admin(&self) -> bool {
+    pub fn is_admin(&self) -> bool {
         match self {
             Actor::System => true,
             Actor::User { user, .. } => user.is_admin(),

@@ -19,6 +19,7 @@ mod postgres;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod webhook_rows;
 
 pub use mysql::MysqlStore;
 pub use postgres::PostgresStore;

@@ -32,6 +32,10 @@ use strata_core::ports::{
 };
 use uuid::Uuid;
 
+use strata_core::ports::WebhookRepository;
+use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
+
+use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
 
 /// Statements are separated by `;` (and contain none otherwise): the text protocol runs
@@ -136,6 +140,61 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (id),
             KEY audit_subject (subject, id),
             KEY audit_type (event_type, id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+    ",
+    },
+    Migration {
+        version: 3,
+        name: "webhooks: endpoints, deliveries, attempt log",
+        // Re-runnable like migration 2: tables IF NOT EXISTS, nothing else.
+        sql: "
+        CREATE TABLE IF NOT EXISTS webhook_endpoints (
+            id              BINARY(16) NOT NULL,
+            url             TEXT CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            events          TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            description     TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            enabled         BOOLEAN NOT NULL,
+            disabled_reason TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            secrets         TEXT CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            rate_limit      BIGINT NOT NULL,
+            failing_since   BIGINT NULL,
+            created_at      BIGINT NOT NULL,
+            updated_at      BIGINT NOT NULL,
+            PRIMARY KEY (id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS webhook_deliveries (
+            id              BINARY(16) NOT NULL,
+            endpoint_id     BINARY(16) NOT NULL,
+            event_id        VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            event           MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            status          VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            attempts        BIGINT NOT NULL,
+            next_attempt_at BIGINT NOT NULL,
+            last_status     BIGINT NULL,
+            last_error      TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            created_at      BIGINT NOT NULL,
+            updated_at      BIGINT NOT NULL,
+            PRIMARY KEY (id),
+            UNIQUE KEY webhook_deliveries_event (endpoint_id, event_id),
+            KEY webhook_deliveries_endpoint (endpoint_id, id),
+            KEY webhook_deliveries_due (status, next_attempt_at),
+            CONSTRAINT webhook_deliveries_endpoint_fk FOREIGN KEY (endpoint_id)
+                REFERENCES webhook_endpoints (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS webhook_attempts (
+            id          BIGINT NOT NULL AUTO_INCREMENT,
+            delivery_id BINARY(16) NOT NULL,
+            attempt     BIGINT NOT NULL,
+            at          BIGINT NOT NULL,
+            status      BIGINT NULL,
+            error       TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            duration_ms BIGINT NOT NULL,
+            PRIMARY KEY (id),
+            KEY webhook_attempts_delivery (delivery_id, id),
+            CONSTRAINT webhook_attempts_delivery_fk FOREIGN KEY (delivery_id)
+                REFERENCES webhook_deliveries (id) ON DELETE CASCADE
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },
@@ -979,6 +1038,382 @@ impl AuditRepository for MysqlStore {
         self.execute_one(
             "DELETE FROM audit_log WHERE id < ? ORDER BY id LIMIT ?".into(),
             vec![Value::Bytes(floor.as_bytes().to_vec()), Value::UInt(u64::from(limit))],
+        )
+        .await
+    }
+}
+
+fn uuid_value(id: Uuid) -> Value {
+    Value::Bytes(id.as_bytes().to_vec())
+}
+
+fn endpoint_from_row(r: &mut Row) -> Result<WebhookEndpoint, RepoError> {
+    EndpointRow {
+        id: Uuid::from_bytes(take(r, 0)?),
+        url: take(r, 1)?,
+        events: take(r, 2)?,
+        description: take(r, 3)?,
+        enabled: take(r, 4)?,
+        disabled_reason: take(r, 5)?,
+        secrets: take(r, 6)?,
+        rate_limit: take(r, 7)?,
+        failing_since: take(r, 8)?,
+        created_at: take(r, 9)?,
+        updated_at: take(r, 10)?,
+    }
+    .into_domain()
+    .map_err(|e| corrupt("webhook endpoint", e))
+}
+
+fn delivery_from_row(r: &mut Row) -> Result<WebhookDelivery, RepoError> {
+    DeliveryRow {
+        id: Uuid::from_bytes(take(r, 0)?),
+        endpoint_id: Uuid::from_bytes(take(r, 1)?),
+        event_id: take(r, 2)?,
+        event: take(r, 3)?,
+        status: take(r, 4)?,
+        attempts: take(r, 5)?,
+        next_attempt_at: take(r, 6)?,
+        last_status: take(r, 7)?,
+        last_error: take(r, 8)?,
+        created_at: take(r, 9)?,
+        updated_at: take(r, 10)?,
+    }
+    .into_domain()
+    .map_err(|e| corrupt("webhook delivery", e))
+}
+
+fn attempt_from_row(r: &mut Row) -> Result<WebhookAttempt, RepoError> {
+    let attempt: i64 = take(r, 1)?;
+    let status: Option<i64> = take(r, 3)?;
+    let duration: i64 = take(r, 5)?;
+    Ok(WebhookAttempt {
+        delivery_id: Uuid::from_bytes(take(r, 0)?),
+        attempt: u32::try_from(attempt).map_err(|_| corrupt("webhook attempt", attempt))?,
+        at: Timestamp(take(r, 2)?),
+        status: status.map(u16::try_from).transpose().map_err(|_| corrupt("webhook attempt status", "range"))?,
+        error: take(r, 4)?,
+        duration_ms: u32::try_from(duration).map_err(|_| corrupt("webhook attempt duration", duration))?,
+    })
+}
+
+/// The endpoint's columns after the id, then the id: the UPDATE's parameter order.
+fn endpoint_values(r: EndpointRow) -> Vec<Value> {
+    vec![
+        r.url.into(),
+        r.events.into(),
+        r.description.into(),
+        r.enabled.into(),
+        r.disabled_reason.into(),
+        r.secrets.into(),
+        r.rate_limit.into(),
+        r.failing_since.into(),
+        r.created_at.into(),
+        r.updated_at.into(),
+        uuid_value(r.id),
+    ]
+}
+
+#[async_trait]
+impl WebhookRepository for MysqlStore {
+    async fn create_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), RepoError> {
+        self.execute_one(
+            "INSERT INTO webhook_endpoints (url, events, description, enabled, disabled_reason, secrets, rate_limit, \
+             failing_since, created_at, updated_at, id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                .into(),
+            endpoint_values(EndpointRow::from_domain(endpoint)),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn webhook_endpoint(&self, id: Uuid) -> Result<Option<WebhookEndpoint>, RepoError> {
+        self.query_row(
+            concat!("SELECT ", endpoint_columns!(), " FROM webhook_endpoints WHERE id = ?"),
+            (id.as_bytes().as_slice(),),
+        )
+        .await?
+        .map(|mut r| endpoint_from_row(&mut r))
+        .transpose()
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, RepoError> {
+        self.query_rows(concat!("SELECT ", endpoint_columns!(), " FROM webhook_endpoints ORDER BY id"), ())
+            .await?
+            .iter_mut()
+            .map(endpoint_from_row)
+            .collect()
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError> {
+        let values = endpoint_values(EndpointRow::from_domain(endpoint));
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                tx.exec_drop(
+                    "UPDATE webhook_endpoints SET url = ?, events = ?, description = ?, enabled = ?, \
+                     disabled_reason = ?, secrets = ?, rate_limit = ?, failing_since = ?, created_at = ?, \
+                     updated_at = ? WHERE id = ?",
+                    Params::Positional(values),
+                )
+                .await
+                .map_err(my_err)?;
+                // CLIENT_FOUND_ROWS: an unchanged row still counts as matched.
+                if tx.affected_rows() == 0 {
+                    return Err(RepoError::NotFound);
+                }
+                match event {
+                    Some(event) => insert_event(&mut tx, event).await,
+                    None => Ok(()),
+                }
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn delete_webhook_endpoint(&self, id: Uuid) -> Result<bool, RepoError> {
+        // Deliveries and their attempts go with it (ON DELETE CASCADE).
+        self.execute_one("DELETE FROM webhook_endpoints WHERE id = ?".into(), vec![uuid_value(id)]).await.map(|n| n > 0)
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<u64, RepoError> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<DeliveryRow> = deliveries.iter().map(DeliveryRow::from_domain).collect();
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let mut added = 0;
+                for r in rows {
+                    // With CLIENT_FOUND_ROWS a skipped duplicate counts as affected, so a
+                    // redelivered event is recognised by looking first.
+                    let present: Option<i64> = tx
+                        .exec_first(
+                            "SELECT 1 FROM webhook_deliveries WHERE endpoint_id = ? AND event_id = ?",
+                            (r.endpoint_id.as_bytes().as_slice(), r.event_id.as_str()),
+                        )
+                        .await
+                        .map_err(my_err)?;
+                    if present.is_some() {
+                        continue;
+                    }
+                    // Selecting from the endpoint skips a deleted one and share-locks a live
+                    // one against deletion until commit.
+                    tx.exec_drop(
+                        concat!(
+                            "INSERT INTO webhook_deliveries (",
+                            delivery_columns!(),
+                            ") SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM webhook_endpoints WHERE id = ? \
+                             ON DUPLICATE KEY UPDATE webhook_deliveries.id = webhook_deliveries.id"
+                        ),
+                        Params::Positional(vec![
+                            uuid_value(r.id),
+                            uuid_value(r.endpoint_id),
+                            r.event_id.into(),
+                            r.event.into(),
+                            r.status.into(),
+                            r.attempts.into(),
+                            r.next_attempt_at.into(),
+                            r.last_status.into(),
+                            r.last_error.into(),
+                            r.created_at.into(),
+                            r.updated_at.into(),
+                            uuid_value(r.endpoint_id),
+                        ]),
+                    )
+                    .await
+                    .map_err(my_err)?;
+                    added += tx.affected_rows();
+                }
+                Ok(added)
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, RepoError> {
+        // MySQL cannot UPDATE a table it selects from in a subquery, so: lock the due rows
+        // (SKIP LOCKED: concurrent dispatchers take disjoint rows), then move them.
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let mut rows: Vec<Row> = tx
+                    .exec(
+                        concat!(
+                            "SELECT ",
+                            delivery_columns!(),
+                            " FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ? \
+                             ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED"
+                        ),
+                        (now.0, limit),
+                    )
+                    .await
+                    .map_err(my_err)?;
+                let mut claimed = rows.iter_mut().map(delivery_from_row).collect::<Result<Vec<_>, _>>()?;
+                if claimed.is_empty() {
+                    return Ok(claimed);
+                }
+                let sql = format!(
+                    "UPDATE webhook_deliveries SET next_attempt_at = ? WHERE id IN ({})",
+                    in_list(claimed.len())
+                );
+                let mut params = vec![Value::Int(lease_until.0)];
+                params.extend(claimed.iter().map(|d| uuid_value(d.id)));
+                tx.exec_drop(sql, Params::Positional(params)).await.map_err(my_err)?;
+                for d in &mut claimed {
+                    d.next_attempt_at = lease_until;
+                }
+                Ok(claimed)
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Option<&WebhookAttempt>,
+    ) -> Result<(), RepoError> {
+        let r = DeliveryRow::from_domain(delivery);
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                tx.exec_drop(
+                    "UPDATE webhook_deliveries SET status = ?, attempts = ?, next_attempt_at = ?, last_status = ?, \
+                     last_error = ?, updated_at = ? WHERE id = ?",
+                    Params::Positional(vec![
+                        r.status.into(),
+                        r.attempts.into(),
+                        r.next_attempt_at.into(),
+                        r.last_status.into(),
+                        r.last_error.into(),
+                        r.updated_at.into(),
+                        uuid_value(r.id),
+                    ]),
+                )
+                .await
+                .map_err(my_err)?;
+                // Gone with its endpoint meanwhile: nothing to log against.
+                if let (1.., Some(a)) = (tx.affected_rows(), attempt) {
+                    tx.exec_drop(
+                        concat!("INSERT INTO webhook_attempts (", attempt_columns!(), ") VALUES (?, ?, ?, ?, ?, ?)"),
+                        (
+                            a.delivery_id.as_bytes().as_slice(),
+                            a.attempt,
+                            a.at.0,
+                            a.status,
+                            a.error.as_deref(),
+                            a.duration_ms,
+                        ),
+                    )
+                    .await
+                    .map_err(my_err)?;
+                }
+                Ok(())
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn webhook_delivery(&self, endpoint_id: Uuid, id: Uuid) -> Result<Option<WebhookDelivery>, RepoError> {
+        self.query_row(
+            concat!("SELECT ", delivery_columns!(), " FROM webhook_deliveries WHERE id = ? AND endpoint_id = ?"),
+            (id.as_bytes().as_slice(), endpoint_id.as_bytes().as_slice()),
+        )
+        .await?
+        .map(|mut r| delivery_from_row(&mut r))
+        .transpose()
+    }
+
+    async fn webhook_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<WebhookDelivery>, RepoError> {
+        let after = query.after.unwrap_or(Uuid::nil());
+        let mut rows = match query.status {
+            None => {
+                self.query_rows(
+                    concat!(
+                        "SELECT ",
+                        delivery_columns!(),
+                        " FROM webhook_deliveries WHERE endpoint_id = ? AND id > ? ORDER BY id LIMIT ?"
+                    ),
+                    (query.endpoint_id.as_bytes().as_slice(), after.as_bytes().as_slice(), query.limit),
+                )
+                .await?
+            }
+            Some(status) => {
+                self.query_rows(
+                    concat!(
+                        "SELECT ",
+                        delivery_columns!(),
+                        " FROM webhook_deliveries WHERE endpoint_id = ? AND id > ? AND status = ? ORDER BY id LIMIT ?"
+                    ),
+                    (
+                        query.endpoint_id.as_bytes().as_slice(),
+                        after.as_bytes().as_slice(),
+                        status.as_str(),
+                        query.limit,
+                    ),
+                )
+                .await?
+            }
+        };
+        rows.iter_mut().map(delivery_from_row).collect()
+    }
+
+    async fn webhook_attempts(&self, delivery_id: Uuid) -> Result<Vec<WebhookAttempt>, RepoError> {
+        self.query_rows(
+            concat!("SELECT ", attempt_columns!(), " FROM webhook_attempts WHERE delivery_id = ? ORDER BY id"),
+            (delivery_id.as_bytes().as_slice(),),
+        )
+        .await?
+        .iter_mut()
+        .map(attempt_from_row)
+        .collect()
+    }
+
+    async fn replay_delivery(&self, endpoint_id: Uuid, id: Uuid, now: Timestamp) -> Result<bool, RepoError> {
+        self.execute_one(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? \
+             WHERE id = ? AND endpoint_id = ? AND status <> 'pending'"
+                .into(),
+            vec![Value::Int(now.0), Value::Int(now.0), uuid_value(id), uuid_value(endpoint_id)],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn replay_failed_deliveries(
+        &self,
+        endpoint_id: Uuid,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, RepoError> {
+        self.execute_one(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?, updated_at = ? \
+             WHERE endpoint_id = ? AND status = 'failed' AND created_at >= ?"
+                .into(),
+            vec![Value::Int(now.0), Value::Int(now.0), uuid_value(endpoint_id), Value::Int(since.0)],
         )
         .await
     }

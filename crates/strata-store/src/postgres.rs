@@ -28,6 +28,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
+use strata_core::ports::WebhookRepository;
+use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
+
+use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
 
 const MIGRATIONS: &[Migration] = &[
@@ -128,6 +132,55 @@ const MIGRATIONS: &[Migration] = &[
         );
         CREATE INDEX audit_subject ON audit_log (subject, id);
         CREATE INDEX audit_type ON audit_log (event_type, id);
+    ",
+    },
+    Migration {
+        version: 3,
+        name: "webhooks: endpoints, deliveries, attempt log",
+        sql: "
+        CREATE TABLE webhook_endpoints (
+            id              uuid PRIMARY KEY,
+            url             text NOT NULL,
+            events          text NOT NULL,
+            description     text NOT NULL,
+            enabled         boolean NOT NULL,
+            disabled_reason text,
+            secrets         text NOT NULL,
+            rate_limit      bigint NOT NULL,
+            failing_since   bigint,
+            created_at      bigint NOT NULL,
+            updated_at      bigint NOT NULL
+        );
+
+        CREATE TABLE webhook_deliveries (
+            id              uuid PRIMARY KEY,
+            endpoint_id     uuid NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+            event_id        text NOT NULL,
+            event           text NOT NULL,
+            status          varchar(16) NOT NULL,
+            attempts        bigint NOT NULL,
+            next_attempt_at bigint NOT NULL,
+            last_status     bigint,
+            last_error      text,
+            created_at      bigint NOT NULL,
+            updated_at      bigint NOT NULL,
+            -- A redelivered event is one delivery per endpoint, not two.
+            CONSTRAINT webhook_deliveries_event UNIQUE (endpoint_id, event_id)
+        );
+        CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+        CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+
+        -- Own key: attempt numbers restart when a delivery is replayed.
+        CREATE TABLE webhook_attempts (
+            id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            delivery_id uuid NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+            attempt     bigint NOT NULL,
+            at          bigint NOT NULL,
+            status      bigint,
+            error       text,
+            duration_ms bigint NOT NULL
+        );
+        CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
     ",
     },
 ];
@@ -860,6 +913,344 @@ impl AuditRepository for PostgresStore {
         self.execute_one(
             "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE id < $1 LIMIT $2)",
             &[&floor, &i64::from(limit)],
+        )
+        .await
+    }
+}
+
+fn endpoint_from_row(r: &Row) -> Result<WebhookEndpoint, RepoError> {
+    EndpointRow {
+        id: get(r, 0)?,
+        url: get(r, 1)?,
+        events: get(r, 2)?,
+        description: get(r, 3)?,
+        enabled: get(r, 4)?,
+        disabled_reason: get(r, 5)?,
+        secrets: get(r, 6)?,
+        rate_limit: get(r, 7)?,
+        failing_since: get(r, 8)?,
+        created_at: get(r, 9)?,
+        updated_at: get(r, 10)?,
+    }
+    .into_domain()
+    .map_err(|e| corrupt("webhook endpoint", e))
+}
+
+fn delivery_from_row(r: &Row) -> Result<WebhookDelivery, RepoError> {
+    DeliveryRow {
+        id: get(r, 0)?,
+        endpoint_id: get(r, 1)?,
+        event_id: get(r, 2)?,
+        event: get(r, 3)?,
+        status: get(r, 4)?,
+        attempts: get(r, 5)?,
+        next_attempt_at: get(r, 6)?,
+        last_status: get(r, 7)?,
+        last_error: get(r, 8)?,
+        created_at: get(r, 9)?,
+        updated_at: get(r, 10)?,
+    }
+    .into_domain()
+    .map_err(|e| corrupt("webhook delivery", e))
+}
+
+fn attempt_from_row(r: &Row) -> Result<WebhookAttempt, RepoError> {
+    let attempt: i64 = get(r, 1)?;
+    let status: Option<i64> = get(r, 3)?;
+    let duration: i64 = get(r, 5)?;
+    Ok(WebhookAttempt {
+        delivery_id: get(r, 0)?,
+        attempt: u32::try_from(attempt).map_err(|_| corrupt("webhook attempt", attempt))?,
+        at: Timestamp(get(r, 2)?),
+        status: status.map(u16::try_from).transpose().map_err(|_| corrupt("webhook attempt status", "range"))?,
+        error: get(r, 4)?,
+        duration_ms: u32::try_from(duration).map_err(|_| corrupt("webhook attempt duration", duration))?,
+    })
+}
+
+/// Foreign key violation (23503): the endpoint went away mid-statement.
+fn foreign_key_violation(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| c.code() == "23503")
+}
+
+const UPDATE_ENDPOINT: &str = "UPDATE webhook_endpoints SET url = $2, events = $3, description = $4, enabled = $5, \
+     disabled_reason = $6, secrets = $7, rate_limit = $8, failing_since = $9, created_at = $10, updated_at = $11 \
+     WHERE id = $1";
+
+#[async_trait]
+impl WebhookRepository for PostgresStore {
+    async fn create_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), RepoError> {
+        let r = EndpointRow::from_domain(endpoint);
+        self.execute_one(
+            concat!(
+                "INSERT INTO webhook_endpoints (",
+                endpoint_columns!(),
+                ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            ),
+            &[
+                &r.id,
+                &r.url,
+                &r.events,
+                &r.description,
+                &r.enabled,
+                &r.disabled_reason,
+                &r.secrets,
+                &r.rate_limit,
+                &r.failing_since,
+                &r.created_at,
+                &r.updated_at,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn webhook_endpoint(&self, id: Uuid) -> Result<Option<WebhookEndpoint>, RepoError> {
+        self.query_row(concat!("SELECT ", endpoint_columns!(), " FROM webhook_endpoints WHERE id = $1"), &[&id])
+            .await?
+            .as_ref()
+            .map(endpoint_from_row)
+            .transpose()
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, RepoError> {
+        self.query_rows(concat!("SELECT ", endpoint_columns!(), " FROM webhook_endpoints ORDER BY id"), &[])
+            .await?
+            .iter()
+            .map(endpoint_from_row)
+            .collect()
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError> {
+        let r = EndpointRow::from_domain(endpoint);
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let n = execute(
+                &tx,
+                UPDATE_ENDPOINT,
+                &[
+                    &r.id,
+                    &r.url,
+                    &r.events,
+                    &r.description,
+                    &r.enabled,
+                    &r.disabled_reason,
+                    &r.secrets,
+                    &r.rate_limit,
+                    &r.failing_since,
+                    &r.created_at,
+                    &r.updated_at,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+            if n == 0 {
+                return Err(RepoError::NotFound);
+            }
+            if let Some(event) = event {
+                insert_event(&tx, event).await?;
+            }
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn delete_webhook_endpoint(&self, id: Uuid) -> Result<bool, RepoError> {
+        // Deliveries and their attempts go with it (ON DELETE CASCADE).
+        self.execute_one("DELETE FROM webhook_endpoints WHERE id = $1", &[&id]).await.map(|n| n > 0)
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<u64, RepoError> {
+        if deliveries.is_empty() {
+            return Ok(0);
+        }
+        let rows: Vec<DeliveryRow> = deliveries.iter().map(DeliveryRow::from_domain).collect();
+        // Row by row in one transaction: a batch `unnest` would fail as a whole on one
+        // endpoint deleted meanwhile.
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let mut added = 0;
+            for r in &rows {
+                let outcome = execute(
+                    &tx,
+                    concat!(
+                        "INSERT INTO webhook_deliveries (",
+                        delivery_columns!(),
+                        ") SELECT $1::uuid, $2::uuid, $3::text, $4::text, $5::text, $6::bigint, $7::bigint, \
+                         $8::bigint, $9::text, $10::bigint, $11::bigint \
+                         WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = $2) ON CONFLICT DO NOTHING"
+                    ),
+                    &[
+                        &r.id,
+                        &r.endpoint_id,
+                        &r.event_id,
+                        &r.event,
+                        &r.status,
+                        &r.attempts,
+                        &r.next_attempt_at,
+                        &r.last_status,
+                        &r.last_error,
+                        &r.created_at,
+                        &r.updated_at,
+                    ],
+                )
+                .await;
+                match outcome {
+                    Ok(n) => added += n,
+                    // Deleted between the EXISTS and the insert: the batch is void, so
+                    // report it as transient and let the listener's redelivery retry it.
+                    Err(e) if foreign_key_violation(&e) => {
+                        return Err(RepoError::Unavailable(format!("postgres: {}", describe(&e))));
+                    }
+                    Err(e) => return Err(pg_err(e)),
+                }
+            }
+            tx.commit().await.map_err(pg_err)?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, RepoError> {
+        // SKIP LOCKED: concurrent dispatchers take disjoint rows instead of queueing.
+        self.query_rows(
+            concat!(
+                "UPDATE webhook_deliveries SET next_attempt_at = $2 WHERE id IN \
+                 (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $1 \
+                  ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+                delivery_columns!()
+            ),
+            &[&now.0, &lease_until.0, &i64::from(limit)],
+        )
+        .await?
+        .iter()
+        .map(delivery_from_row)
+        .collect()
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Option<&WebhookAttempt>,
+    ) -> Result<(), RepoError> {
+        let r = DeliveryRow::from_domain(delivery);
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let updated = execute(
+                &tx,
+                "UPDATE webhook_deliveries SET status = $2, attempts = $3, next_attempt_at = $4, last_status = $5, \
+                 last_error = $6, updated_at = $7 WHERE id = $1",
+                &[&r.id, &r.status, &r.attempts, &r.next_attempt_at, &r.last_status, &r.last_error, &r.updated_at],
+            )
+            .await
+            .map_err(pg_err)?;
+            // Gone with its endpoint meanwhile: nothing to log against.
+            if let (1.., Some(a)) = (updated, attempt) {
+                execute(
+                    &tx,
+                    concat!("INSERT INTO webhook_attempts (", attempt_columns!(), ") VALUES ($1, $2, $3, $4, $5, $6)"),
+                    &[
+                        &a.delivery_id,
+                        &i64::from(a.attempt),
+                        &a.at.0,
+                        &a.status.map(i64::from),
+                        &a.error,
+                        &i64::from(a.duration_ms),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn webhook_delivery(&self, endpoint_id: Uuid, id: Uuid) -> Result<Option<WebhookDelivery>, RepoError> {
+        self.query_row(
+            concat!("SELECT ", delivery_columns!(), " FROM webhook_deliveries WHERE id = $1 AND endpoint_id = $2"),
+            &[&id, &endpoint_id],
+        )
+        .await?
+        .as_ref()
+        .map(delivery_from_row)
+        .transpose()
+    }
+
+    async fn webhook_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<WebhookDelivery>, RepoError> {
+        let after = query.after.unwrap_or(Uuid::nil());
+        let limit = i64::from(query.limit);
+        let rows = match query.status {
+            None => {
+                self.query_rows(
+                    concat!(
+                        "SELECT ",
+                        delivery_columns!(),
+                        " FROM webhook_deliveries WHERE endpoint_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+                    ),
+                    &[&query.endpoint_id, &after, &limit],
+                )
+                .await?
+            }
+            Some(status) => {
+                self.query_rows(
+                    concat!(
+                        "SELECT ",
+                        delivery_columns!(),
+                        " FROM webhook_deliveries WHERE endpoint_id = $1 AND id > $2 AND status = $4 \
+                         ORDER BY id LIMIT $3"
+                    ),
+                    &[&query.endpoint_id, &after, &limit, &status.as_str()],
+                )
+                .await?
+            }
+        };
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn webhook_attempts(&self, delivery_id: Uuid) -> Result<Vec<WebhookAttempt>, RepoError> {
+        self.query_rows(
+            concat!("SELECT ", attempt_columns!(), " FROM webhook_attempts WHERE delivery_id = $1 ORDER BY id"),
+            &[&delivery_id],
+        )
+        .await?
+        .iter()
+        .map(attempt_from_row)
+        .collect()
+    }
+
+    async fn replay_delivery(&self, endpoint_id: Uuid, id: Uuid, now: Timestamp) -> Result<bool, RepoError> {
+        self.execute_one(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $3, updated_at = $3 \
+             WHERE id = $1 AND endpoint_id = $2 AND status <> 'pending'",
+            &[&id, &endpoint_id, &now.0],
+        )
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn replay_failed_deliveries(
+        &self,
+        endpoint_id: Uuid,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, RepoError> {
+        self.execute_one(
+            "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = $3, updated_at = $3 \
+             WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2",
+            &[&endpoint_id, &since.0, &now.0],
         )
         .await
     }

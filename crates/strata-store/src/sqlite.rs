@@ -39,6 +39,10 @@ use strata_core::ports::{
     UserListQuery, UserRepository,
 };
 
+use strata_core::ports::WebhookRepository;
+use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
+
+use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
 
 const MIGRATIONS: &[Migration] = &[
@@ -133,6 +137,55 @@ const MIGRATIONS: &[Migration] = &[
         ) WITHOUT ROWID;
         CREATE INDEX audit_subject ON audit_log (subject, id);
         CREATE INDEX audit_type ON audit_log (event_type, id);
+    ",
+    },
+    Migration {
+        version: 3,
+        name: "webhooks: endpoints, deliveries, attempt log",
+        sql: "
+        CREATE TABLE webhook_endpoints (
+            id              BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            url             TEXT NOT NULL,
+            events          TEXT NOT NULL,
+            description     TEXT NOT NULL,
+            enabled         INTEGER NOT NULL,
+            disabled_reason TEXT,
+            secrets         TEXT NOT NULL,
+            rate_limit      INTEGER NOT NULL,
+            failing_since   INTEGER,
+            created_at      INTEGER NOT NULL,
+            updated_at      INTEGER NOT NULL
+        ) WITHOUT ROWID;
+
+        CREATE TABLE webhook_deliveries (
+            id              BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            endpoint_id     BLOB NOT NULL REFERENCES webhook_endpoints (id) ON DELETE CASCADE,
+            event_id        TEXT NOT NULL,
+            event           TEXT NOT NULL,
+            status          TEXT NOT NULL,
+            attempts        INTEGER NOT NULL,
+            next_attempt_at INTEGER NOT NULL,
+            last_status     INTEGER,
+            last_error      TEXT,
+            created_at      INTEGER NOT NULL,
+            updated_at      INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        -- A redelivered event is one delivery per endpoint, not two.
+        CREATE UNIQUE INDEX webhook_deliveries_event ON webhook_deliveries (endpoint_id, event_id);
+        CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+        CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+
+        -- Own key: attempt numbers restart when a delivery is replayed.
+        CREATE TABLE webhook_attempts (
+            id          INTEGER PRIMARY KEY,
+            delivery_id BLOB NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+            attempt     INTEGER NOT NULL,
+            at          INTEGER NOT NULL,
+            status      INTEGER,
+            error       TEXT,
+            duration_ms INTEGER NOT NULL
+        );
+        CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
     ",
     },
 ];
@@ -1097,6 +1150,329 @@ impl AuditRepository for SqliteStore {
             )
             .map(|n| n as u64)
             .map_err(map_err)
+        })
+        .await
+    }
+}
+
+fn endpoint_from_row(r: &Row<'_>) -> rusqlite::Result<WebhookEndpoint> {
+    EndpointRow {
+        id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        url: r.get(1)?,
+        events: r.get(2)?,
+        description: r.get(3)?,
+        enabled: r.get(4)?,
+        disabled_reason: r.get(5)?,
+        secrets: r.get(6)?,
+        rate_limit: r.get(7)?,
+        failing_since: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+    }
+    .into_domain()
+    .map_err(|e| corrupt(&e))
+}
+
+fn delivery_from_row(r: &Row<'_>) -> rusqlite::Result<WebhookDelivery> {
+    DeliveryRow {
+        id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        endpoint_id: uuid::Uuid::from_bytes(blob(r, 1)?),
+        event_id: r.get(2)?,
+        event: r.get(3)?,
+        status: r.get(4)?,
+        attempts: r.get(5)?,
+        next_attempt_at: r.get(6)?,
+        last_status: r.get(7)?,
+        last_error: r.get(8)?,
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+    }
+    .into_domain()
+    .map_err(|e| corrupt(&e))
+}
+
+fn attempt_from_row(r: &Row<'_>) -> rusqlite::Result<WebhookAttempt> {
+    Ok(WebhookAttempt {
+        delivery_id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        attempt: r.get(1)?,
+        at: Timestamp(r.get(2)?),
+        status: r.get(3)?,
+        error: r.get(4)?,
+        duration_ms: r.get(5)?,
+    })
+}
+
+fn write_endpoint(tx: &rusqlite::Transaction<'_>, sql: &str, e: &WebhookEndpoint) -> rusqlite::Result<usize> {
+    let r = EndpointRow::from_domain(e);
+    tx.prepare_cached(sql)?.execute(params![
+        r.id.as_bytes().as_slice(),
+        r.url,
+        r.events,
+        r.description,
+        r.enabled,
+        r.disabled_reason,
+        r.secrets,
+        r.rate_limit,
+        r.failing_since,
+        r.created_at,
+        r.updated_at
+    ])
+}
+
+#[async_trait]
+impl WebhookRepository for SqliteStore {
+    async fn create_webhook_endpoint(&self, endpoint: &WebhookEndpoint) -> Result<(), RepoError> {
+        let endpoint = endpoint.clone();
+        self.write(move |tx| {
+            let sql = concat!(
+                "INSERT INTO webhook_endpoints (",
+                endpoint_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            );
+            write_endpoint(tx, sql, &endpoint).map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_endpoint(&self, id: uuid::Uuid) -> Result<Option<WebhookEndpoint>, RepoError> {
+        self.read(move |c| {
+            c.prepare_cached(concat!("SELECT ", endpoint_columns!(), " FROM webhook_endpoints WHERE id = ?1"))?
+                .query_row([id.as_bytes().as_slice()], endpoint_from_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, RepoError> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare_cached(concat!("SELECT ", endpoint_columns!(), " FROM webhook_endpoints ORDER BY id"))?;
+            let rows = stmt.query_map([], endpoint_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn update_webhook_endpoint(
+        &self,
+        endpoint: &WebhookEndpoint,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError> {
+        let endpoint = endpoint.clone();
+        let event = event.cloned();
+        self.write(move |tx| {
+            let sql = "UPDATE webhook_endpoints SET url = ?2, events = ?3, description = ?4, enabled = ?5, \
+                       disabled_reason = ?6, secrets = ?7, rate_limit = ?8, failing_since = ?9, created_at = ?10, \
+                       updated_at = ?11 WHERE id = ?1";
+            if write_endpoint(tx, sql, &endpoint).map_err(map_err)? == 0 {
+                return Err(RepoError::NotFound);
+            }
+            if let Some(event) = &event {
+                insert_event(tx, event).map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_webhook_endpoint(&self, id: uuid::Uuid) -> Result<bool, RepoError> {
+        self.write(move |tx| {
+            // Deliveries and their attempts go with it (ON DELETE CASCADE).
+            let n = tx.execute("DELETE FROM webhook_endpoints WHERE id = ?1", [id.as_bytes().as_slice()]);
+            Ok(n.map_err(map_err)? > 0)
+        })
+        .await
+    }
+
+    async fn enqueue_deliveries(&self, deliveries: &[WebhookDelivery]) -> Result<u64, RepoError> {
+        let rows: Vec<DeliveryRow> = deliveries.iter().map(DeliveryRow::from_domain).collect();
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(concat!(
+                    "INSERT INTO webhook_deliveries (",
+                    delivery_columns!(),
+                    ") \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11 \
+                     WHERE EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?2) ON CONFLICT DO NOTHING"
+                ))
+                .map_err(map_err)?;
+            let mut added = 0;
+            for r in &rows {
+                added += stmt
+                    .execute(params![
+                        r.id.as_bytes().as_slice(),
+                        r.endpoint_id.as_bytes().as_slice(),
+                        r.event_id,
+                        r.event,
+                        r.status,
+                        r.attempts,
+                        r.next_attempt_at,
+                        r.last_status,
+                        r.last_error,
+                        r.created_at,
+                        r.updated_at
+                    ])
+                    .map_err(map_err)? as u64;
+            }
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, RepoError> {
+        // One writer: reading and moving the due rows in one statement is the claim.
+        self.write(move |tx| {
+            let mut stmt = tx
+                .prepare_cached(concat!(
+                    "UPDATE webhook_deliveries SET next_attempt_at = ?2 WHERE id IN \
+                     (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?1 \
+                      ORDER BY next_attempt_at LIMIT ?3) RETURNING ",
+                    delivery_columns!()
+                ))
+                .map_err(map_err)?;
+            let rows = stmt.query_map(params![now.0, lease_until.0, limit], delivery_from_row).map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn record_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+        attempt: Option<&WebhookAttempt>,
+    ) -> Result<(), RepoError> {
+        let r = DeliveryRow::from_domain(delivery);
+        let attempt = attempt.cloned();
+        self.write(move |tx| {
+            let updated = tx
+                .prepare_cached(
+                    "UPDATE webhook_deliveries SET status = ?2, attempts = ?3, next_attempt_at = ?4, \
+                     last_status = ?5, last_error = ?6, updated_at = ?7 WHERE id = ?1",
+                )
+                .map_err(map_err)?
+                .execute(params![
+                    r.id.as_bytes().as_slice(),
+                    r.status,
+                    r.attempts,
+                    r.next_attempt_at,
+                    r.last_status,
+                    r.last_error,
+                    r.updated_at
+                ])
+                .map_err(map_err)?;
+            // Gone with its endpoint meanwhile: nothing to log against.
+            if let (1.., Some(a)) = (updated, &attempt) {
+                tx.prepare_cached(concat!(
+                    "INSERT INTO webhook_attempts (",
+                    attempt_columns!(),
+                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                ))
+                .map_err(map_err)?
+                .execute(params![
+                    a.delivery_id.as_bytes().as_slice(),
+                    a.attempt,
+                    a.at.0,
+                    a.status,
+                    a.error,
+                    a.duration_ms
+                ])
+                .map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn webhook_delivery(
+        &self,
+        endpoint_id: uuid::Uuid,
+        id: uuid::Uuid,
+    ) -> Result<Option<WebhookDelivery>, RepoError> {
+        self.read(move |c| {
+            c.prepare_cached(concat!(
+                "SELECT ",
+                delivery_columns!(),
+                " FROM webhook_deliveries WHERE id = ?1 AND endpoint_id = ?2"
+            ))?
+            .query_row(params![id.as_bytes().as_slice(), endpoint_id.as_bytes().as_slice()], delivery_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn webhook_deliveries(&self, query: &DeliveryQuery) -> Result<Vec<WebhookDelivery>, RepoError> {
+        let q = query.clone();
+        self.read(move |c| {
+            let after = q.after.unwrap_or(uuid::Uuid::nil());
+            let status = q.status.map(|s| s.as_str());
+            let mut stmt = c.prepare_cached(concat!(
+                "SELECT ",
+                delivery_columns!(),
+                " FROM webhook_deliveries WHERE endpoint_id = ?1 AND id > ?2 \
+                 AND (?3 IS NULL OR status = ?3) ORDER BY id LIMIT ?4"
+            ))?;
+            let rows = stmt.query_map(
+                params![q.endpoint_id.as_bytes().as_slice(), after.as_bytes().as_slice(), status, q.limit],
+                delivery_from_row,
+            )?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn webhook_attempts(&self, delivery_id: uuid::Uuid) -> Result<Vec<WebhookAttempt>, RepoError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(concat!(
+                "SELECT ",
+                attempt_columns!(),
+                " FROM webhook_attempts WHERE delivery_id = ?1 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([delivery_id.as_bytes().as_slice()], attempt_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn replay_delivery(
+        &self,
+        endpoint_id: uuid::Uuid,
+        id: uuid::Uuid,
+        now: Timestamp,
+    ) -> Result<bool, RepoError> {
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
+                     updated_at = ?3 WHERE id = ?1 AND endpoint_id = ?2 AND status <> 'pending'",
+                    params![id.as_bytes().as_slice(), endpoint_id.as_bytes().as_slice(), now.0],
+                )
+                .map_err(map_err)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn replay_failed_deliveries(
+        &self,
+        endpoint_id: uuid::Uuid,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, RepoError> {
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE webhook_deliveries SET status = 'pending', attempts = 0, next_attempt_at = ?3, \
+                     updated_at = ?3 WHERE endpoint_id = ?1 AND status = 'failed' AND created_at >= ?2",
+                    params![endpoint_id.as_bytes().as_slice(), since.0, now.0],
+                )
+                .map_err(map_err)?;
+            Ok(n as u64)
         })
         .await
     }

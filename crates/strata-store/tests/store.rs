@@ -339,6 +339,179 @@ async fn the_audit_log_records_each_event_once(store: Arc<dyn Store>) {
     assert_eq!(store.prune_audit(now.minus(Duration::from_secs(3600)), 100).await.unwrap(), 0);
 }
 
+fn endpoint(url: &str) -> strata_core::webhooks::WebhookEndpoint {
+    use strata_core::webhooks::{WebhookEndpoint, WebhookSecret, WebhookUrl};
+    WebhookEndpoint {
+        id: uuid::Uuid::now_v7(),
+        url: WebhookUrl::parse(url).unwrap(),
+        events: vec!["user.created".into(), "session.created".into()],
+        description: "CRM sync — ü \" '".into(),
+        enabled: true,
+        disabled_reason: None,
+        secrets: vec![
+            WebhookSecret::generate(),
+            WebhookSecret { expires_at: Some(T0.plus(Duration::from_secs(60))), ..WebhookSecret::generate() },
+        ],
+        rate_limit: 25,
+        failing_since: None,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn delivery(endpoint_id: uuid::Uuid, event_id: uuid::Uuid, due: Timestamp) -> strata_core::webhooks::WebhookDelivery {
+    use strata_core::events::Event;
+    use strata_core::webhooks::{DeliveryStatus, WebhookDelivery};
+    WebhookDelivery {
+        id: uuid::Uuid::now_v7(),
+        endpoint_id,
+        event: Event {
+            id: event_id,
+            source: "/strata".into(),
+            event_type: "user.created".into(),
+            time: T0,
+            subject: uuid::Uuid::now_v7().to_string(),
+            sequence: 1,
+            traceparent: None,
+            data: r#"{"email":"a@example.com","name":"ü"}"#.into(),
+        },
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        next_attempt_at: due,
+        last_status: None,
+        last_error: None,
+        created_at: due,
+        updated_at: due,
+    }
+}
+
+async fn webhook_endpoints_round_trip(store: Arc<dyn Store>) {
+    let a = endpoint("https://hooks.example.com/strata?tenant=1");
+    let b = endpoint("http://[2001:db8::1]:8080/");
+    store.create_webhook_endpoint(&a).await.unwrap();
+    store.create_webhook_endpoint(&b).await.unwrap();
+    assert_eq!(store.webhook_endpoint(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.webhook_endpoints().await.unwrap(), vec![a.clone(), b.clone()]);
+    assert_eq!(store.webhook_endpoint(uuid::Uuid::now_v7()).await.unwrap(), None);
+
+    // An update with an event writes both, in one transaction.
+    let mut changed = a.clone();
+    changed.enabled = false;
+    changed.disabled_reason = Some("answered 410 Gone".into());
+    changed.failing_since = Some(T0);
+    changed.secrets.truncate(1);
+    let disabled = OutboxEvent { aggregate_id: a.id, ..event("webhook.endpoint.disabled", UserId::from_uuid(a.id)) };
+    store.update_webhook_endpoint(&changed, Some(&disabled)).await.unwrap();
+    assert_eq!(store.webhook_endpoint(a.id).await.unwrap(), Some(changed.clone()));
+    let pending = store.pending_events(&all_partitions(), 100).await.unwrap();
+    assert_eq!(pending.iter().map(|e| e.id).collect::<Vec<_>>(), vec![disabled.id]);
+    store.update_webhook_endpoint(&b, None).await.unwrap();
+
+    let gone = endpoint("https://gone.example.com/");
+    assert!(matches!(store.update_webhook_endpoint(&gone, None).await, Err(RepoError::NotFound)));
+    assert!(store.delete_webhook_endpoint(a.id).await.unwrap());
+    assert!(!store.delete_webhook_endpoint(a.id).await.unwrap());
+    assert_eq!(store.webhook_endpoints().await.unwrap(), vec![b]);
+}
+
+async fn webhook_deliveries_are_queued_once_and_claimed_once(store: Arc<dyn Store>) {
+    use strata_core::webhooks::{DeliveryQuery, DeliveryStatus, WebhookAttempt};
+    let ep = endpoint("https://hooks.example.com/");
+    store.create_webhook_endpoint(&ep).await.unwrap();
+    let t = |s: u64| T0.plus(Duration::from_secs(s));
+    let events: Vec<uuid::Uuid> = (0..4).map(|_| uuid::Uuid::now_v7()).collect();
+    let batch: Vec<_> = events.iter().enumerate().map(|(i, e)| delivery(ep.id, *e, t(i as u64))).collect();
+    assert_eq!(store.enqueue_deliveries(&batch).await.unwrap(), 4);
+    // A redelivered event (new delivery id, same event) and an endpoint that is gone add nothing.
+    let again = [delivery(ep.id, events[0], t(0)), delivery(uuid::Uuid::now_v7(), events[1], t(0))];
+    assert_eq!(store.enqueue_deliveries(&again).await.unwrap(), 0);
+    assert_eq!(store.enqueue_deliveries(&[]).await.unwrap(), 0);
+
+    // Due at t(1): the first two, oldest first, moved to the lease.
+    let claimed = store.claim_due_deliveries(t(1), t(100), 10).await.unwrap();
+    let mut ids: Vec<_> = claimed.iter().map(|d| d.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![batch[0].id, batch[1].id]);
+    assert!(claimed.iter().all(|d| d.next_attempt_at == t(100)));
+    assert_eq!(
+        claimed.iter().find(|d| d.id == batch[0].id).unwrap().event,
+        batch[0].event,
+        "the event survives storage"
+    );
+    // Leased: nobody else gets them; two claimers racing split the rest without overlap.
+    let (x, y) =
+        tokio::join!(store.claim_due_deliveries(t(5), t(100), 10), store.claim_due_deliveries(t(5), t(100), 10));
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let mut raced: Vec<_> = x.iter().chain(&y).map(|d| d.id).collect();
+    raced.sort();
+    assert_eq!(raced, vec![batch[2].id, batch[3].id], "each claimed once");
+    assert!(store.claim_due_deliveries(t(99), t(200), 10).await.unwrap().is_empty());
+    // A lease that runs out (a dispatcher died) makes the delivery due again.
+    assert_eq!(store.claim_due_deliveries(t(100), t(200), 1).await.unwrap().len(), 1);
+
+    // Outcomes and their log.
+    let mut d = claimed.iter().find(|d| d.id == batch[0].id).unwrap().clone();
+    for (n, status) in [(1, Some(503)), (2, None), (3, Some(204))] {
+        d.attempts = n;
+        d.last_status = status;
+        d.last_error = status.is_none().then(|| "connection closed before the response".to_owned());
+        d.status = if status == Some(204) { DeliveryStatus::Delivered } else { DeliveryStatus::Pending };
+        d.next_attempt_at = t(300 + u64::from(n));
+        d.updated_at = t(n.into());
+        let attempt = WebhookAttempt {
+            delivery_id: d.id,
+            attempt: n,
+            at: t(n.into()),
+            status,
+            error: d.last_error.clone(),
+            duration_ms: 12 * n,
+        };
+        store.record_delivery(&d, Some(&attempt)).await.unwrap();
+    }
+    assert_eq!(store.webhook_delivery(ep.id, d.id).await.unwrap(), Some(d.clone()));
+    assert_eq!(store.webhook_delivery(uuid::Uuid::now_v7(), d.id).await.unwrap(), None, "scoped to its endpoint");
+    let log = store.webhook_attempts(d.id).await.unwrap();
+    assert_eq!(
+        log.iter().map(|a| (a.attempt, a.status)).collect::<Vec<_>>(),
+        vec![(1, Some(503)), (2, None), (3, Some(204))]
+    );
+    assert_eq!(log[1].error.as_deref(), Some("connection closed before the response"));
+
+    let mut failed = claimed.iter().find(|d| d.id == batch[1].id).unwrap().clone();
+    failed.status = DeliveryStatus::Failed;
+    failed.attempts = 7;
+    store.record_delivery(&failed, None).await.unwrap();
+
+    // Listing: cursor pages and the status filter.
+    let q = |status, after, limit| DeliveryQuery { endpoint_id: ep.id, status, after, limit };
+    let all: Vec<_> = store.webhook_deliveries(&q(None, None, 100)).await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(all, batch.iter().map(|d| d.id).collect::<Vec<_>>());
+    let page2 = store.webhook_deliveries(&q(None, Some(batch[1].id), 1)).await.unwrap();
+    assert_eq!(page2.iter().map(|d| d.id).collect::<Vec<_>>(), vec![batch[2].id]);
+    let only_failed = store.webhook_deliveries(&q(Some(DeliveryStatus::Failed), None, 100)).await.unwrap();
+    assert_eq!(only_failed.iter().map(|d| d.id).collect::<Vec<_>>(), vec![batch[1].id]);
+
+    // Replay: not while pending; a delivered or failed one starts over, its log kept.
+    assert!(!store.replay_delivery(ep.id, batch[2].id, t(400)).await.unwrap());
+    assert!(!store.replay_delivery(uuid::Uuid::now_v7(), d.id, t(400)).await.unwrap());
+    assert!(store.replay_delivery(ep.id, d.id, t(400)).await.unwrap());
+    let replayed = store.webhook_delivery(ep.id, d.id).await.unwrap().unwrap();
+    assert_eq!((replayed.status, replayed.attempts, replayed.next_attempt_at), (DeliveryStatus::Pending, 0, t(400)));
+    assert_eq!(store.webhook_attempts(d.id).await.unwrap().len(), 3);
+    assert_eq!(store.replay_failed_deliveries(ep.id, t(2), t(400)).await.unwrap(), 0, "created before `since`");
+    assert_eq!(store.replay_failed_deliveries(ep.id, t(1), t(400)).await.unwrap(), 1);
+    assert_eq!(store.replay_failed_deliveries(ep.id, t(1), t(400)).await.unwrap(), 0, "pending now");
+
+    // Deleting the endpoint takes its deliveries and attempts along; a late outcome is a no-op.
+    assert!(store.delete_webhook_endpoint(ep.id).await.unwrap());
+    assert_eq!(store.webhook_delivery(ep.id, d.id).await.unwrap(), None);
+    assert!(store.webhook_attempts(d.id).await.unwrap().is_empty());
+    let late =
+        WebhookAttempt { delivery_id: d.id, attempt: 1, at: t(500), status: Some(200), error: None, duration_ms: 1 };
+    store.record_delivery(&d, Some(&late)).await.unwrap();
+    assert!(store.claim_due_deliveries(t(10_000), t(20_000), 10).await.unwrap().is_empty());
+}
+
 async fn idempotency_records(store: Arc<dyn Store>) {
     let u = user("idem@example.com", "Idem");
     let key = IdempotencyKey::parse("key-1").unwrap();
@@ -575,6 +748,8 @@ all_backends!(
     published_rows_leave_the_backlog_and_are_pruned,
     relay_leases_are_exclusive_until_they_expire,
     the_audit_log_records_each_event_once,
+    webhook_endpoints_round_trip,
+    webhook_deliveries_are_queued_once_and_claimed_once,
     idempotency_records,
     optimistic_updates,
     concurrent_updates_one_wins,

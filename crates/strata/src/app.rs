@@ -14,6 +14,8 @@ use strata_core::ports::{Clock, EventBus, Store, SystemClock};
 use strata_core::relay::Relay;
 use strata_core::service::{AccountSettings, Accounts};
 use strata_core::throttle::Throttle;
+use strata_core::webhook_admin::WebhookAdmin;
+use strata_core::webhooks::{Dispatcher, WebhookListener};
 use strata_core::worker::{AuditListener, Listener, run_listener};
 use tokio::net::TcpListener;
 
@@ -32,6 +34,7 @@ struct Worker {
     bus: Arc<dyn EventBus>,
     relay: Relay,
     listeners: Vec<Arc<dyn Listener>>,
+    dispatcher: Arc<Dispatcher>,
     clock: Arc<dyn Clock>,
 }
 
@@ -79,7 +82,23 @@ impl Application {
                 clock.clone(),
                 Duration::from_secs(config.events.audit_retention_secs),
             );
-            Some(Worker { bus, relay, listeners: vec![Arc::new(audit)], clock: clock.clone() })
+            let sender = strata_webhooks::HttpSender::new(config.webhook_policy())
+                .map_err(|e| anyhow::anyhow!("webhooks: {e}"))?;
+            let dispatcher = Dispatcher::new(
+                store.clone(),
+                clock.clone(),
+                Arc::new(sender),
+                metrics.clone(),
+                config.webhook_settings(),
+            );
+            let webhooks = WebhookListener::new(store.clone(), clock.clone(), dispatcher.waker());
+            Some(Worker {
+                bus,
+                relay,
+                listeners: vec![Arc::new(audit), Arc::new(webhooks)],
+                dispatcher,
+                clock: clock.clone(),
+            })
         } else {
             None
         };
@@ -90,8 +109,16 @@ impl Application {
         if let Some(cache) = cache {
             accounts = accounts.with_cache(cache, config.cache_settings(), config.cache_signer(), metrics.clone());
         }
+        let webhooks = WebhookAdmin::new(
+            store.clone(),
+            clock.clone(),
+            config.webhook_policy(),
+            config.webhook_settings().rotation_overlap,
+            settings.list_max_limit,
+        );
         let state = AppState::new(strata_api::StateInner {
             accounts: Arc::new(accounts),
+            webhooks: Arc::new(webhooks),
             metrics,
             admin_token: config.auth.admin_token.clone(),
             ready: Arc::new(AtomicBool::new(false)),
@@ -184,7 +211,8 @@ impl Worker {
         metrics: Arc<Metrics>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = vec![tokio::spawn(self.relay.run(shutdown.clone()))];
+        let mut tasks =
+            vec![tokio::spawn(self.relay.run(shutdown.clone())), tokio::spawn(self.dispatcher.run(shutdown.clone()))];
         for listener in self.listeners {
             let (bus, clock, observer) = (self.bus.clone(), self.clock.clone(), metrics.clone());
             tasks.push(tokio::spawn(run_listener(bus, listener, clock, observer, shutdown.clone())));

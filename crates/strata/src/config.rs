@@ -26,6 +26,40 @@ pub struct Config {
     /// `all` (API and worker in one process), `api` or `worker`.
     pub role: Role,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+/// Webhook deliveries (see ARCHITECTURE.md, Webhooks).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Networks in private, loopback, link-local and other special ranges that deliveries
+    /// may reach anyway (e.g. `10.20.0.0/16` for an internal receiver). Empty: none.
+    pub allowed_networks: Vec<Cidr>,
+    /// Seconds between attempts; one more attempt than entries.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Per request, connect to last byte.
+    pub timeout_ms: u64,
+    /// Deliveries in flight at once, all endpoints together.
+    pub concurrency: usize,
+    /// An endpoint whose deliveries have only failed for this long is disabled.
+    pub disable_after_secs: u64,
+    /// How long the previous secret keeps signing after a rotation.
+    pub rotation_overlap_secs: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        let d = strata_core::webhooks::WebhookSettings::default();
+        WebhooksConfig {
+            allowed_networks: Vec::new(),
+            retry_schedule_secs: d.schedule.iter().map(|s| s.as_secs()).collect(),
+            timeout_ms: d.timeout.as_millis() as u64,
+            concurrency: d.concurrency,
+            disable_after_secs: d.disable_after.as_secs(),
+            rotation_overlap_secs: d.rotation_overlap.as_secs(),
+        }
+    }
 }
 
 /// What a process runs (`strata serve --role`).
@@ -271,6 +305,7 @@ impl Default for Config {
             cache: CacheConfig::default(),
             role: Role::All,
             events: EventsConfig::default(),
+            webhooks: WebhooksConfig::default(),
         }
     }
 }
@@ -466,6 +501,21 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_EVENTS_AUDIT_RETENTION_SECS", "events.audit_retention_secs", |c, v| {
         Ok(c.events.audit_retention_secs = parse(v)?)
     }),
+    ("STRATA_WEBHOOKS_ALLOWED_NETWORKS", "webhooks.allowed_networks", |c, v| {
+        Ok(c.webhooks.allowed_networks = parse_list(v)?)
+    }),
+    ("STRATA_WEBHOOKS_RETRY_SCHEDULE_SECS", "webhooks.retry_schedule_secs", |c, v| {
+        Ok(c.webhooks.retry_schedule_secs =
+            v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse).collect::<Result<_, _>>()?)
+    }),
+    ("STRATA_WEBHOOKS_TIMEOUT_MS", "webhooks.timeout_ms", |c, v| Ok(c.webhooks.timeout_ms = parse(v)?)),
+    ("STRATA_WEBHOOKS_CONCURRENCY", "webhooks.concurrency", |c, v| Ok(c.webhooks.concurrency = parse(v)?)),
+    ("STRATA_WEBHOOKS_DISABLE_AFTER_SECS", "webhooks.disable_after_secs", |c, v| {
+        Ok(c.webhooks.disable_after_secs = parse(v)?)
+    }),
+    ("STRATA_WEBHOOKS_ROTATION_OVERLAP_SECS", "webhooks.rotation_overlap_secs", |c, v| {
+        Ok(c.webhooks.rotation_overlap_secs = parse(v)?)
+    }),
 ];
 
 impl Config {
@@ -547,6 +597,13 @@ impl Config {
         if e.namespace.is_empty() || !e.namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err("events.namespace must be non-empty letters, digits, '-' or '_'".into());
         }
+        let w = &self.webhooks;
+        if w.retry_schedule_secs.len() > 20 {
+            return Err("webhooks.retry_schedule_secs has at most 20 entries".into());
+        }
+        if w.timeout_ms == 0 || w.concurrency == 0 || w.disable_after_secs == 0 {
+            return Err("webhooks.timeout_ms, concurrency and disable_after_secs must be positive".into());
+        }
         if self.cache.ttl_secs == 0 || self.cache.negative_ttl_secs == 0 {
             return Err("cache.ttl_secs and cache.negative_ttl_secs must be positive".into());
         }
@@ -571,6 +628,24 @@ impl Config {
             retention: Duration::from_secs(self.events.retention_secs),
             ..strata_core::relay::RelaySettings::default()
         }
+    }
+
+    /// How webhook deliveries are made.
+    pub fn webhook_settings(&self) -> strata_core::webhooks::WebhookSettings {
+        use std::time::Duration;
+        let w = &self.webhooks;
+        strata_core::webhooks::WebhookSettings {
+            schedule: w.retry_schedule_secs.iter().map(|s| Duration::from_secs(*s)).collect(),
+            timeout: Duration::from_millis(w.timeout_ms),
+            concurrency: w.concurrency,
+            disable_after: Duration::from_secs(w.disable_after_secs),
+            rotation_overlap: Duration::from_secs(w.rotation_overlap_secs),
+            ..strata_core::webhooks::WebhookSettings::default()
+        }
+    }
+
+    pub fn webhook_policy(&self) -> strata_core::webhooks::NetworkPolicy {
+        strata_core::webhooks::NetworkPolicy { allowed: self.webhooks.allowed_networks.clone() }
     }
 
     /// How the event bus adapters behave.

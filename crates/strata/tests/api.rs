@@ -866,6 +866,10 @@ mod hardening;
 #[path = "api/events.rs"]
 mod events;
 
+/// Issue 9: webhook endpoints, signed durable deliveries, replays and the SSRF policy.
+#[path = "api/webhooks.rs"]
+mod webhooks;
+
 /// No configured secret, and no password or token a client sent, appears in any log line,
 /// at the most verbose level of Strata's own targets, through startup, requests, a cache
 /// that cannot be reached and shutdown.

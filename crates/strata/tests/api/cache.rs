@@ -16,6 +16,7 @@ use strata_core::domain::{
 use strata_core::error::RepoError;
 use strata_core::ports::{NoopObserver, PoolStats, QueryPlan, SessionRevocation, Store, UserListQuery};
 use strata_core::service::{AccountSettings, Accounts, Actor, Registration};
+use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 use super::*;
 
@@ -152,6 +153,64 @@ impl strata_core::ports::AuditRepository for CountingStore {
     }
     async fn prune_audit(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
         self.inner.prune_audit(before, limit).await
+    }
+}
+
+/// Webhooks pass straight through.
+#[async_trait]
+impl strata_core::ports::WebhookRepository for CountingStore {
+    async fn create_webhook_endpoint(&self, e: &WebhookEndpoint) -> Result<(), RepoError> {
+        self.inner.create_webhook_endpoint(e).await
+    }
+    async fn webhook_endpoint(&self, id: uuid::Uuid) -> Result<Option<WebhookEndpoint>, RepoError> {
+        self.inner.webhook_endpoint(id).await
+    }
+    async fn webhook_endpoints(&self) -> Result<Vec<WebhookEndpoint>, RepoError> {
+        self.inner.webhook_endpoints().await
+    }
+    async fn update_webhook_endpoint(&self, e: &WebhookEndpoint, event: Option<&OutboxEvent>) -> Result<(), RepoError> {
+        self.inner.update_webhook_endpoint(e, event).await
+    }
+    async fn delete_webhook_endpoint(&self, id: uuid::Uuid) -> Result<bool, RepoError> {
+        self.inner.delete_webhook_endpoint(id).await
+    }
+    async fn enqueue_deliveries(&self, d: &[WebhookDelivery]) -> Result<u64, RepoError> {
+        self.inner.enqueue_deliveries(d).await
+    }
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, RepoError> {
+        self.inner.claim_due_deliveries(now, lease_until, limit).await
+    }
+    async fn record_delivery(&self, d: &WebhookDelivery, a: Option<&WebhookAttempt>) -> Result<(), RepoError> {
+        self.inner.record_delivery(d, a).await
+    }
+    async fn webhook_delivery(
+        &self,
+        endpoint: uuid::Uuid,
+        id: uuid::Uuid,
+    ) -> Result<Option<WebhookDelivery>, RepoError> {
+        self.inner.webhook_delivery(endpoint, id).await
+    }
+    async fn webhook_deliveries(&self, q: &DeliveryQuery) -> Result<Vec<WebhookDelivery>, RepoError> {
+        self.inner.webhook_deliveries(q).await
+    }
+    async fn webhook_attempts(&self, delivery: uuid::Uuid) -> Result<Vec<WebhookAttempt>, RepoError> {
+        self.inner.webhook_attempts(delivery).await
+    }
+    async fn replay_delivery(&self, endpoint: uuid::Uuid, id: uuid::Uuid, now: Timestamp) -> Result<bool, RepoError> {
+        self.inner.replay_delivery(endpoint, id, now).await
+    }
+    async fn replay_failed_deliveries(
+        &self,
+        endpoint: uuid::Uuid,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, RepoError> {
+        self.inner.replay_failed_deliveries(endpoint, since, now).await
     }
 }
 
