@@ -603,12 +603,18 @@ impl Dispatcher {
         let mut failures = 0u32;
         while !*shutdown.borrow() {
             let free = permits.available_permits();
-            let claimed = if free == 0 {
-                Ok(Vec::new())
-            } else {
-                let now = self.clock.now();
-                self.store.claim_due_deliveries(now, now.plus(self.settings.lease), free.min(256) as u32).await
-            };
+            if free == 0 {
+                // Every slot busy: go on as soon as one frees up. (Sleeping the poll
+                // interval here capped a busy dispatcher at `concurrency` per interval.)
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => drop(p),
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let now = self.clock.now();
+            let claimed =
+                self.store.claim_due_deliveries(now, now.plus(self.settings.lease), free.min(256) as u32).await;
             let claimed = match claimed {
                 Ok(c) => {
                     failures = 0;
