@@ -23,6 +23,7 @@ use std::time::Duration;
 use strata_core::ports::{Cache, CacheObserver};
 
 pub mod breaker;
+pub mod bus;
 pub mod counters;
 pub mod endpoint;
 pub mod memcache;
@@ -222,6 +223,17 @@ pub fn open(
     options: &CacheOptions,
     observer: Arc<dyn CacheObserver>,
 ) -> Result<Option<Arc<dyn Cache>>, String> {
+    open_with_bus(url, options, observer, None)
+}
+
+/// As [`open`]; `bus` (if any) carries L1 invalidations between instances for a shared
+/// tier that has no broadcast of its own (Memcached with an L1, see [`bus`]).
+pub fn open_with_bus(
+    url: &str,
+    options: &CacheOptions,
+    observer: Arc<dyn CacheObserver>,
+    bus: Option<Arc<dyn strata_core::ports::EventBus>>,
+) -> Result<Option<Arc<dyn Cache>>, String> {
     let l1 = |observer: Arc<dyn CacheObserver>| {
         options.l1.map(|l1| {
             let memory = MemoryOptions { max_entries: l1.entries, max_bytes: l1.bytes, max_ttl: Some(l1.ttl) };
@@ -263,9 +275,21 @@ pub fn open(
         }
         Target::Memcache { servers } => {
             let memcache = memcache::MemcacheCache::new(&servers, options, observer.clone());
-            match l1(observer) {
-                None => memcache,
-                Some((memory, ttl)) => Arc::new(Tiered::new(memory, memcache, ttl, None)),
+            match (l1(observer.clone()), bus) {
+                (None, _) => memcache,
+                (Some((memory, ttl)), None) => Arc::new(Tiered::new(memory, memcache, ttl, None)),
+                (Some((memory, ttl)), Some(bus)) => {
+                    let subscribed = Arc::new(AtomicBool::new(false));
+                    bus::spawn_subscriber(
+                        bus.clone(),
+                        instance_id.clone(),
+                        Arc::downgrade(&memory),
+                        subscribed.clone(),
+                        observer,
+                    );
+                    let broadcast = bus::BusBroadcast::new(bus, instance_id, ttl);
+                    Arc::new(Tiered::new(memory, memcache, ttl, Some(subscribed)).with_broadcast(broadcast))
+                }
             }
         }
     };

@@ -8,8 +8,9 @@
 //! generation check that makes this hold).
 //!
 //! With Redis, other instances hear the broadcast and drop the keys from their L1; while
-//! this instance's subscriber is disconnected its L1 is bypassed entirely. With Memcached
-//! there is no broadcast, and other instances' L1 entries live out their (short) TTL.
+//! this instance's subscriber is disconnected its L1 is bypassed entirely. Memcached has no
+//! broadcast: with an event bus the invalidations ride that instead ([`crate::bus`], same
+//! rules); without one, other instances' L1 entries live out their (short) TTL.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,8 @@ pub struct Tiered {
     /// `Some` when L1 depends on a broadcast subscriber: L1 is usable only while it is
     /// connected.
     subscribed: Option<Arc<AtomicBool>>,
+    /// Sends invalidations to other instances when L2 does not (Memcached).
+    broadcast: Option<crate::bus::BusBroadcast>,
 }
 
 impl Tiered {
@@ -36,7 +39,13 @@ impl Tiered {
         l1_ttl: Duration,
         subscribed: Option<Arc<AtomicBool>>,
     ) -> Self {
-        Tiered { l1, l2, l1_ttl, subscribed }
+        Tiered { l1, l2, l1_ttl, subscribed, broadcast: None }
+    }
+
+    /// Invalidations also go out on the event bus.
+    pub fn with_broadcast(mut self, broadcast: crate::bus::BusBroadcast) -> Self {
+        self.broadcast = Some(broadcast);
+        self
     }
 
     fn l1_usable(&self) -> bool {
@@ -51,7 +60,11 @@ impl Tiered {
 #[async_trait]
 impl Cache for Tiered {
     fn describe(&self) -> String {
-        let bus = if self.subscribed.is_some() { "pub/sub invalidation" } else { "no broadcast" };
+        let bus = match (&self.subscribed, &self.broadcast) {
+            (Some(_), Some(_)) => "invalidation over the event bus",
+            (Some(_), None) => "pub/sub invalidation",
+            (None, _) => "no broadcast",
+        };
         format!("tiered: L1 {} ttl {:?}, L2 {} ({bus})", self.l1.describe(), self.l1_ttl, self.l2.describe())
     }
 
@@ -93,6 +106,9 @@ impl Cache for Tiered {
     async fn invalidate(&self, keys: &[String]) -> Result<(), CacheError> {
         let shared = self.l2.invalidate(keys).await;
         self.l1.remove(keys);
+        if let Some(b) = &self.broadcast {
+            b.publish(keys);
+        }
         shared
     }
 }

@@ -36,6 +36,11 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     pub lease_ttl: Duration,
     pub max_backoff: Duration,
+    /// After a wake-up, how long to let more commits gather before reading the outbox. One
+    /// read, publish and mark per commit would cost the database more transactions than
+    /// the writes themselves (on SQLite's single writer, API writes fell to 63 % with
+    /// events on); a few milliseconds turn them into batches.
+    pub coalesce: Duration,
     /// How long published rows are kept.
     pub retention: Duration,
 }
@@ -48,6 +53,7 @@ impl Default for RelaySettings {
             poll_interval: Duration::from_millis(50),
             lease_ttl: Duration::from_secs(10),
             max_backoff: Duration::from_secs(30),
+            coalesce: Duration::from_millis(5),
             retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
@@ -171,7 +177,7 @@ impl Relay {
             let wake = self.wake.notified();
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = wake, if failures == 0 => {}
+                _ = wake, if failures == 0 => tokio::time::sleep(self.settings.coalesce).await,
                 _ = shutdown.changed() => {}
             }
         }

@@ -104,7 +104,8 @@ impl Application {
         };
         // Never connects here: a cache server that is down at startup is a degraded
         // cache, not a failed start.
-        let cache = strata_cache::open(&config.cache.url, &config.cache_options(), metrics.clone())
+        let cache_bus = cache_invalidation_bus(&config).await?;
+        let cache = strata_cache::open_with_bus(&config.cache.url, &config.cache_options(), metrics.clone(), cache_bus)
             .map_err(|e| anyhow::anyhow!("cache.url: {e}"))?;
         if let Some(cache) = cache {
             accounts = accounts.with_cache(cache, config.cache_settings(), config.cache_signer(), metrics.clone());
@@ -282,4 +283,23 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
+}
+
+/// The bus that carries L1 invalidations between instances when the shared tier has no
+/// broadcast of its own: Memcached with an L1, on a real broker (an in-process bus reaches
+/// no other instance). Its own namespace (`<events.namespace>-cache`), so domain listeners
+/// never see these messages. Every role opens it: API instances are the ones caching.
+async fn cache_invalidation_bus(config: &Config) -> anyhow::Result<Option<Arc<dyn EventBus>>> {
+    let memcached = config.cache.url.trim_start().starts_with("memcache://");
+    if !memcached || config.cache_options().l1.is_none() || config.events.url.starts_with("memory://") {
+        return Ok(None);
+    }
+    let options = strata_core::events::BusOptions {
+        namespace: format!("{}-cache", config.events.namespace),
+        ..config.bus_options()
+    };
+    let bus = strata_events::open(&config.events.url, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!("events.url (cache invalidation): {e}"))?;
+    Ok(Some(bus))
 }

@@ -542,15 +542,45 @@ async fn memcached_failures_never_fail_requests() {
 async fn other_instances_see_changes_within_the_bound() {
     let what = "cache cross-instance staleness";
     let Some(redis) = ServerProcess::redis(what, None) else { return };
+    cross_instance_freshness(what, &format!("redis://{}", redis.addr()), |_| {}).await;
+}
+
+/// The same with Memcached, which has no broadcast: the invalidations ride the event bus
+/// (NATS here), so the bound is the same as with Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memcached_instances_invalidate_over_the_event_bus() {
+    let what = "cache cross-instance staleness over the bus";
+    let nats = std::env::var("STRATA_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(nats.trim_start_matches("nats://").trim_end_matches('/')),
+    )
+    .await;
+    if !matches!(reachable, Ok(Ok(_))) {
+        strata_core::testing::unusable(what, "nats", &format!("nothing listens at {nats}"));
+        return;
+    }
+    let Some(memcached) = ServerProcess::memcached(what) else { return };
+    // A namespace per run: no other test's invalidations in the way.
+    let namespace = format!("cachetest{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    cross_instance_freshness(what, &format!("memcache://{}", memcached.addr()), |c| {
+        c.events.url = nats.clone();
+        c.events.namespace = namespace.clone();
+    })
+    .await;
+}
+
+/// Two instances on one database and one shared cache, each with an L1: a change made
+/// through one is seen by the other promptly (the broadcast), not after the L1 TTL.
+async fn cross_instance_freshness(what: &str, cache_url: &str, tweak: impl Fn(&mut Config)) {
     let db = fresh(Backend::Sqlite, what).await.unwrap();
     let shared_db_url = db.url.clone();
-    let cache_url = format!("redis://{}", redis.addr());
     // Long enough that no entry expires while the test runs.
     const L1: &str = "entries=1000,ttl_ms=600000";
-    let (a, a_accounts) = spawn_cached(what, db, &cache_url, L1, None, |_| {}).await;
+    let (a, a_accounts) = spawn_cached(what, db, cache_url, L1, None, &tweak).await;
     // B's own TestDb is never used: B opens A's database.
     let unused = fresh(Backend::Sqlite, what).await.unwrap();
-    let (b, b_accounts) = spawn_cached(what, unused, &cache_url, L1, Some(&shared_db_url), |_| {}).await;
+    let (b, b_accounts) = spawn_cached(what, unused, cache_url, L1, Some(&shared_db_url), &tweak).await;
     wait_subscribed(&a_accounts).await;
     wait_subscribed(&b_accounts).await;
 
