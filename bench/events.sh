@@ -64,7 +64,9 @@ url_of() {
     amqp) echo "amqp://guest:guest@127.0.0.1:5672/%2f" ;;
     mqtt) echo "mqtt://127.0.0.1:1883" ;;
     redis-stream) echo "redis-stream://127.0.0.1:6379" ;;
-    kafka) echo "kafka://127.0.0.1:$KAFKA_PORT" ;;
+    # tansu holds every fetch for the full wait: 500 ms (librdkafka's default) would be
+    # most of the latency measured. Kafka itself answers fetches as soon as data arrives.
+    kafka) echo "kafka://127.0.0.1:$KAFKA_PORT?fetch_wait_ms=10" ;;
   esac
 }
 port_of() { case $1 in nats) echo 4222 ;; amqp) echo 5672 ;; mqtt) echo 1883 ;; redis-stream) echo 6379 ;; kafka) echo "$KAFKA_PORT" ;; *) echo "" ;; esac; }

@@ -123,6 +123,43 @@ fn build() -> Value {
             }),
         );
     }
+    // The L1 cache invalidation channel (Memcached deployments with an L1; see strata-cache's
+    // `bus` module): instances to instances, not part of the outbox.
+    let t = strata_core::events::CACHE_INVALIDATED;
+    let name = camel(t);
+    messages.insert(
+        name.clone(),
+        json!({
+            "name": t,
+            "title": format!("{TYPE_PREFIX}{t}"),
+            "summary": "Cache keys an instance invalidated; every other instance drops them from its in-process (L1) cache. The subject is the sending instance's id (its own messages are skipped). Keys are cache keys (SHA-256 hashes of session tokens, user ids), never a token.",
+            "contentType": "application/json",
+            "headers": { "$ref": "#/components/schemas/CloudEventHeaders" },
+            "payload": {
+                "type": "object",
+                "properties": { "keys": { "type": "array", "items": { "type": "string" } } },
+                "required": ["keys"],
+            },
+        }),
+    );
+    channels.insert(
+        name.clone(),
+        json!({
+            "address": format!("strata-cache.events.{t}"),
+            "title": t,
+            "description": "L1 invalidations, on the namespace `<events.namespace>-cache` of the broker in events.url (default `strata-cache`: NATS stream `STRATA-CACHE_EVENTS`, Kafka topic `strata-cache.events`, RabbitMQ exchange `strata-cache.events`, MQTT `strata-cache/events/cache/invalidated`, Redis stream `strata-cache:events`), read by every instance's broadcast subscription. Used only with a Memcached cache and an L1; Redis deployments use Redis pub/sub instead.",
+            "messages": { name.clone(): { "$ref": format!("#/components/messages/{name}") } },
+        }),
+    );
+    operations.insert(
+        "publishCacheInvalidated".into(),
+        json!({
+            "action": "send",
+            "channel": { "$ref": format!("#/channels/{name}") },
+            "summary": "Tell other instances which cache keys to drop.",
+            "messages": [{ "$ref": format!("#/channels/{name}/messages/{name}") }],
+        }),
+    );
     json!({
         "asyncapi": "3.0.0",
         "info": {
@@ -217,6 +254,7 @@ mod tests {
             assert_eq!(doc["components"]["messages"][&name]["name"], *t);
             assert!(doc["components"]["messages"][&name]["summary"].as_str().is_some_and(|s| !s.is_empty()), "{t}");
         }
-        assert_eq!(doc["operations"].as_object().unwrap().len(), strata_core::events::EVENT_TYPES.len());
+        assert_eq!(doc["operations"].as_object().unwrap().len(), strata_core::events::EVENT_TYPES.len() + 1);
+        assert_eq!(doc["channels"]["cacheInvalidated"]["address"], "strata-cache.events.cache.invalidated");
     }
 }

@@ -18,7 +18,7 @@ use strata_core::ports::{CacheObserver, Clock, EventBus, SystemClock};
 
 use crate::memory::MemoryCache;
 
-pub const EVENT_TYPE: &str = "cache.invalidated";
+pub use strata_core::events::CACHE_INVALIDATED as EVENT_TYPE;
 const SOURCE: &str = "/strata/cache";
 
 /// Publishes this instance's invalidations.

@@ -15,6 +15,10 @@ use crate::domain::{Timestamp, rfc3339};
 /// The CloudEvents `type` prefix: `user.created` travels as `dev.strata.user.created`.
 pub const TYPE_PREFIX: &str = "dev.strata.";
 
+/// Not a domain event: L1 cache invalidations between instances, on a namespace of their
+/// own (`<namespace>-cache`) and never in the outbox, the audit log or a webhook.
+pub const CACHE_INVALIDATED: &str = "cache.invalidated";
+
 /// Every short event type Strata emits, for the AsyncAPI document, webhook subscription
 /// validation and the audit filter.
 pub const EVENT_TYPES: &[&str] = &[
