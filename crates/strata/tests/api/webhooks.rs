@@ -398,6 +398,22 @@ async fn gone_disables_and_failed_deliveries_replay(app: TestApp) {
     }
     // While disabled, new events are not queued for it; replay is refused until re-enabled.
     app.register("while-disabled@example.com", "W").await;
+    // Re-enabling before the webhooks listener saw that event would queue it after all:
+    // wait until it has applied all three events so far (two user.created, the disable).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let m = app.get("/metrics", None).await;
+        let applied = String::from_utf8_lossy(&m.raw)
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"strata_listener_events_total{listener="webhooks",outcome="applied"} "#))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if applied >= 3.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the webhooks listener applied only {applied} events");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let r = app
         .json(
             Method::POST,
