@@ -110,7 +110,9 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let client = client::client_ip(peer, req.headers(), &state.trusted_proxies);
     req.extensions_mut().insert(ClientIp(client));
     let detail_for_client = state.timing_detail_from.iter().any(|c| c.contains(client));
-    let timings = Arc::new(Timings::default());
+    let traceparent =
+        req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(timing::parse_traceparent);
+    let timings = Arc::new(Timings::with_traceparent(traceparent));
     let mut res = timing::scope(timings.clone(), next.run(req)).await;
 
     let total = started.elapsed();

@@ -898,6 +898,6 @@ fn event(
         event_type,
         payload: data.to_string(),
         created_at: now,
-        traceparent: None,
+        traceparent: crate::timing::traceparent(),
     }
 }

@@ -1,7 +1,9 @@
 //! Per-request time accounting by component (database, password hashing, cache, later
 //! broker). The HTTP layer opens a scope per request and turns the totals into a
 //! `Server-Timing` header; the services record into whatever scope they run in, and
-//! outside a scope recording is a no-op.
+//! outside a scope recording is a no-op. The scope also carries the request's W3C trace
+//! context, so the events a request causes name it (`traceparent`), even from work moved
+//! onto its own task ([`propagate`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,9 +27,15 @@ pub struct Timings {
     /// The caller proved who they are during this request, so the per-component split
     /// may be shown to them (it cannot tell them anything about other accounts).
     authenticated: AtomicBool,
+    /// The caller's `traceparent`, when it sent a valid one.
+    traceparent: Option<String>,
 }
 
 impl Timings {
+    pub fn with_traceparent(traceparent: Option<String>) -> Timings {
+        Timings { traceparent, ..Timings::default() }
+    }
+
     fn slot(&self, component: Component) -> &AtomicU64 {
         match component {
             Component::Db => &self.db_micros,
@@ -70,6 +78,33 @@ pub fn propagate<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     }
 }
 
+/// The current request's trace context, if it has one.
+pub fn traceparent() -> Option<String> {
+    CURRENT.try_with(|t| t.traceparent.clone()).ok().flatten()
+}
+
+/// A W3C `traceparent` header value, if well-formed: `VV-<32 hex>-<16 hex>-<2 hex>`,
+/// lower-case, version not `ff`, ids not all zero; version `00` exactly that long, later
+/// versions may append fields. Anything else is ignored, as the specification asks.
+pub fn parse_traceparent(value: &str) -> Option<String> {
+    let b = value.as_bytes();
+    let hex = |s: &[u8]| !s.is_empty() && s.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
+    let zero = |s: &[u8]| s.iter().all(|c| *c == b'0');
+    let ok = b.len() >= 55
+        && hex(&b[0..2])
+        && &b[0..2] != b"ff"
+        && b[2] == b'-'
+        && hex(&b[3..35])
+        && !zero(&b[3..35])
+        && b[35] == b'-'
+        && hex(&b[36..52])
+        && !zero(&b[36..52])
+        && b[52] == b'-'
+        && hex(&b[53..55])
+        && (b.len() == 55 || (&b[0..2] != b"00" && b[55] == b'-'));
+    ok.then(|| value[..55].to_owned())
+}
+
 pub fn record(component: Component, elapsed: Duration) {
     let _ = CURRENT.try_with(|t| t.add(component, elapsed));
 }
@@ -110,5 +145,36 @@ mod tests {
         assert_eq!(timings.get(Component::Cache), Duration::from_micros(3));
         assert_eq!(timings.get(Component::Db), Duration::from_micros(2000));
         assert_eq!(timings.get(Component::Hash), Duration::from_micros(7));
+    }
+
+    #[tokio::test]
+    async fn the_scope_carries_the_trace_context() {
+        assert_eq!(traceparent(), None);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+        let seen = scope(Arc::new(Timings::with_traceparent(Some(tp.clone()))), async {
+            tokio::spawn(propagate(async { traceparent() })).await.unwrap()
+        })
+        .await;
+        assert_eq!(seen, Some(tp));
+    }
+
+    #[test]
+    fn traceparent_is_taken_only_when_well_formed() {
+        let good = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(parse_traceparent(good).as_deref(), Some(good));
+        let future = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra";
+        assert_eq!(parse_traceparent(future).as_deref(), Some(&future[..55]));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7_01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
     }
 }

@@ -200,7 +200,20 @@ async fn deliveries_are_signed_and_interoperable(app: TestApp) {
     assert_eq!(shown.status, StatusCode::OK);
     assert!(shown.body.get("secret").is_none() && !shown.raw.windows(6).any(|w| w == b"whsec_"), "{}", shown.body);
 
-    let user = app.register("hooked@example.com", "Hooked").await;
+    // The request's trace context travels with the event it causes.
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let created = app
+        .send(
+            Method::POST,
+            "/v1/users",
+            &[("content-type", "application/json"), ("traceparent", traceparent)],
+            Some(Bytes::from(
+                json!({"email": "hooked@example.com", "name": "Hooked", "password": PASSWORD}).to_string(),
+            )),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let user = created.body;
     let got = rx.wait_for(1).await;
     assert_eq!(got.len(), 1, "one delivery: login events are not subscribed");
     let req = &got[0];
@@ -210,6 +223,7 @@ async fn deliveries_are_signed_and_interoperable(app: TestApp) {
     assert_eq!(req.headers["ce-specversion"], "1.0");
     assert_eq!(req.headers["ce-subject"], user["id"].as_str().unwrap());
     assert_eq!(req.headers["webhook-id"], req.headers["ce-id"], "one id everywhere");
+    assert_eq!(req.headers["ce-traceparent"], traceparent);
     let body: Value = serde_json::from_str(&req.body).unwrap();
     assert_eq!(body["user"]["email"], "hooked@example.com");
     assert!(!req.body.contains("argon2") && !req.body.contains(PASSWORD));
