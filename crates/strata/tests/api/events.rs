@@ -321,3 +321,115 @@ async fn a_broker_outage_and_lost_confirmations_lose_and_double_nothing() {
     relay.await.unwrap();
     listener.await.unwrap();
 }
+
+/// A private nats-server with JetStream on a spare loopback port, its store in a
+/// temporary directory that outlives restarts (as a real deployment's disk does).
+struct PrivateNats {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateNats {
+    fn start(what: &str) -> Option<PrivateNats> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let dir = std::env::temp_dir().join(format!("strata-nats-{}", uuid::Uuid::now_v7().simple()));
+        let mut nats = PrivateNats { port, dir, child: None };
+        if let Err(e) = nats.run() {
+            strata_core::testing::unusable(what, "nats", &format!("cannot start nats-server: {e}"));
+            return None;
+        }
+        Some(nats)
+    }
+
+    fn run(&mut self) -> std::io::Result<()> {
+        let child = std::process::Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        // Bounded wait for the port.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::io::Error::other("nats-server did not open its port"))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The broker process is stopped for a while (60 s, or STRATA_TEST_BROKER_OUTAGE_SECS)
+/// during a stream of API writes: no request fails or waits for it, and once it is back
+/// every event reaches the audit log exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_broker_outage_costs_the_api_nothing() {
+    let what = "events real broker outage";
+    let outage = Duration::from_secs(
+        std::env::var("STRATA_TEST_BROKER_OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60),
+    );
+    let Some(mut nats) = PrivateNats::start(what) else { return };
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let Some(app) = spawn(Backend::Sqlite, what, |c| c.events.url = url.clone()).await else { return };
+    // Writes at a steady pace, before, during and after the outage: 120 in all.
+    let mut emails = Vec::new();
+    let pace = outage / 80;
+    let register = |n: usize| {
+        let email = format!("outage{n}@example.com");
+        let app = &app;
+        async move {
+            let r = app
+                .json(Method::POST, "/v1/users", None, &json!({"email": email, "name": "O", "password": PASSWORD}))
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "write {n} failed during the outage: {}", r.body);
+            email
+        }
+    };
+    for n in 0..20 {
+        emails.push(register(n).await);
+        tokio::time::sleep(pace).await;
+    }
+    nats.stop();
+    let stopped = tokio::time::Instant::now();
+    let mut n = 20;
+    while stopped.elapsed() < outage && n < 100 {
+        emails.push(register(n).await);
+        n += 1;
+        tokio::time::sleep(pace).await;
+    }
+    nats.run().expect("restart nats-server");
+    for n in n..n + 20 {
+        emails.push(register(n).await);
+    }
+    // Everything arrives (the relay's backoff is at most 30 s), and only once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let items = loop {
+        let r = app.get("/v1/audit?type=user.created&limit=200", Some(ADMIN)).await;
+        let items = r.body["items"].as_array().cloned().unwrap_or_default();
+        if items.len() >= emails.len() || tokio::time::Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let recorded: Vec<&str> = items.iter().filter_map(|i| i["data"]["user"]["email"].as_str()).collect();
+    assert_eq!(recorded.len(), emails.len(), "each write's event recorded exactly once");
+    let unique: HashSet<&str> = recorded.iter().copied().collect();
+    assert_eq!(unique, emails.iter().map(String::as_str).collect::<HashSet<_>>());
+    app.stop().await;
+}
