@@ -356,6 +356,24 @@ pub struct WebhookDelivery {
     pub updated_at: Timestamp,
 }
 
+impl WebhookDelivery {
+    /// A new delivery of `event` to the endpoint, due at `now`.
+    pub fn new(endpoint_id: uuid::Uuid, event: Event, now: Timestamp) -> WebhookDelivery {
+        WebhookDelivery {
+            id: uuid::Uuid::now_v7(),
+            endpoint_id,
+            event,
+            status: DeliveryStatus::Pending,
+            attempts: 0,
+            next_attempt_at: now,
+            last_status: None,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 /// One try at a delivery, as logged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookAttempt {
@@ -522,18 +540,7 @@ impl Listener for WebhookListener {
         let mut rows = Vec::new();
         for e in events {
             for ep in endpoints.iter().filter(|ep| ep.wants(&e.event_type)) {
-                rows.push(WebhookDelivery {
-                    id: uuid::Uuid::now_v7(),
-                    endpoint_id: ep.id,
-                    event: e.clone(),
-                    status: DeliveryStatus::Pending,
-                    attempts: 0,
-                    next_attempt_at: now,
-                    last_status: None,
-                    last_error: None,
-                    created_at: now,
-                    updated_at: now,
-                });
+                rows.push(WebhookDelivery::new(ep.id, e.clone(), now));
             }
         }
         if rows.is_empty() {

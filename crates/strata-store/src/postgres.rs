@@ -973,6 +973,23 @@ fn foreign_key_violation(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|c| c.code() == "23503")
 }
 
+/// The endpoint's columns as `$1…$11` of INSERT and UPDATE, in `endpoint_columns!()` order.
+fn endpoint_params(r: &EndpointRow) -> [&(dyn ToSql + Sync); 11] {
+    [
+        &r.id,
+        &r.url,
+        &r.events,
+        &r.description,
+        &r.enabled,
+        &r.disabled_reason,
+        &r.secrets,
+        &r.rate_limit,
+        &r.failing_since,
+        &r.created_at,
+        &r.updated_at,
+    ]
+}
+
 const UPDATE_ENDPOINT: &str = "UPDATE webhook_endpoints SET url = $2, events = $3, description = $4, enabled = $5, \
      disabled_reason = $6, secrets = $7, rate_limit = $8, failing_since = $9, created_at = $10, updated_at = $11 \
      WHERE id = $1";
@@ -987,19 +1004,7 @@ impl WebhookRepository for PostgresStore {
                 endpoint_columns!(),
                 ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             ),
-            &[
-                &r.id,
-                &r.url,
-                &r.events,
-                &r.description,
-                &r.enabled,
-                &r.disabled_reason,
-                &r.secrets,
-                &r.rate_limit,
-                &r.failing_since,
-                &r.created_at,
-                &r.updated_at,
-            ],
+            &endpoint_params(&r),
         )
         .await
         .map(drop)
@@ -1030,25 +1035,7 @@ impl WebhookRepository for PostgresStore {
         crate::with_timeout(self.query_timeout, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg_err)?;
-            let n = execute(
-                &tx,
-                UPDATE_ENDPOINT,
-                &[
-                    &r.id,
-                    &r.url,
-                    &r.events,
-                    &r.description,
-                    &r.enabled,
-                    &r.disabled_reason,
-                    &r.secrets,
-                    &r.rate_limit,
-                    &r.failing_since,
-                    &r.created_at,
-                    &r.updated_at,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+            let n = execute(&tx, UPDATE_ENDPOINT, &endpoint_params(&r)).await.map_err(pg_err)?;
             if n == 0 {
                 return Err(RepoError::NotFound);
             }

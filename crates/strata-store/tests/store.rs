@@ -361,28 +361,18 @@ fn endpoint(url: &str) -> strata_core::webhooks::WebhookEndpoint {
 
 fn delivery(endpoint_id: uuid::Uuid, event_id: uuid::Uuid, due: Timestamp) -> strata_core::webhooks::WebhookDelivery {
     use strata_core::events::Event;
-    use strata_core::webhooks::{DeliveryStatus, WebhookDelivery};
-    WebhookDelivery {
-        id: uuid::Uuid::now_v7(),
-        endpoint_id,
-        event: Event {
-            id: event_id,
-            source: "/strata".into(),
-            event_type: "user.created".into(),
-            time: T0,
-            subject: uuid::Uuid::now_v7().to_string(),
-            sequence: 1,
-            traceparent: None,
-            data: r#"{"email":"a@example.com","name":"ü"}"#.into(),
-        },
-        status: DeliveryStatus::Pending,
-        attempts: 0,
-        next_attempt_at: due,
-        last_status: None,
-        last_error: None,
-        created_at: due,
-        updated_at: due,
-    }
+    use strata_core::webhooks::WebhookDelivery;
+    let event = Event {
+        id: event_id,
+        source: "/strata".into(),
+        event_type: "user.created".into(),
+        time: T0,
+        subject: uuid::Uuid::now_v7().to_string(),
+        sequence: 1,
+        traceparent: None,
+        data: r#"{"email":"a@example.com","name":"ü"}"#.into(),
+    };
+    WebhookDelivery::new(endpoint_id, event, due)
 }
 
 async fn webhook_endpoints_round_trip(store: Arc<dyn Store>) {

@@ -226,8 +226,8 @@ async fn receiver() -> (String, Arc<AtomicU64>) {
 
 async fn webhooks(count: u64) {
     use strata_core::webhooks::{
-        DeliveryStatus, Dispatcher, NetworkPolicy, WebhookDelivery, WebhookEndpoint, WebhookSecret, WebhookSender,
-        WebhookSettings, WebhookUrl, request_for,
+        Dispatcher, NetworkPolicy, WebhookDelivery, WebhookEndpoint, WebhookSecret, WebhookSender, WebhookSettings,
+        WebhookUrl, request_for,
     };
     let (_dir, store) = store().await;
     let (url, received) = receiver().await;
@@ -249,10 +249,8 @@ async fn webhooks(count: u64) {
         updated_at: now,
     };
     store.create_webhook_endpoint(&endpoint).await.unwrap();
-    let delivery = |i: u64| WebhookDelivery {
-        id: uuid::Uuid::now_v7(),
-        endpoint_id: endpoint.id,
-        event: Event {
+    let delivery = |i: u64| {
+        let event = Event {
             id: uuid::Uuid::now_v7(),
             source: "/strata-bench".into(),
             event_type: "login.failed".into(),
@@ -261,14 +259,8 @@ async fn webhooks(count: u64) {
             sequence: i + 1,
             traceparent: None,
             data: format!(r#"{{"n":{i},"actor":{{"type":"system"}}}}"#),
-        },
-        status: DeliveryStatus::Pending,
-        attempts: 0,
-        next_attempt_at: now,
-        last_status: None,
-        last_error: None,
-        created_at: now,
-        updated_at: now,
+        };
+        WebhookDelivery::new(endpoint.id, event, now)
     };
 
     // Baseline: the same requests straight through the sender, same concurrency.
