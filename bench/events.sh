@@ -7,7 +7,8 @@
 #  2. webhook deliveries/s to a local receiver, durable (store → dispatcher → HTTP) against
 #     bare sender requests at the same concurrency.
 #  3. the API's write throughput (PATCH /v1/users/{id}, wrk) with events off (--role api:
-#     outbox rows written, nothing relays them) and on (--role all with NATS).
+#     outbox rows written, nothing relays them) and on (--role all, with the in-process bus
+#     and with NATS).
 #
 #   bench/events.sh                                  # every broker reachable, 5 s per run
 #   BROKERS="memory nats" DURATION=10 bench/events.sh
@@ -137,14 +138,21 @@ if port_open 4222; then
     echo "| events | req/s | p50 | p99 | non-2xx | of events off |"
     echo "|---|---:|---:|---:|---:|---:|"
   } >> "$WORK/report.md"
-  start_server api memory://
-  say "seeding $USERS users"
-  seed_users "e-"
   export WRK_THREADS=$THREADS
   OFF=""
-  for mode in "off (--role api)" "on (--role all, NATS)"; do
+  # "in-process" runs the relay and every listener in the API process on the memory:// bus: the
+  # worker's own cost. "NATS" adds the broker, a separate process on the same cores. Each mode
+  # gets a fresh database with the same users, so no run relays (or audits) another's backlog.
+  for mode in "off (--role api)" "on (--role all, in-process bus)" "on (--role all, NATS)"; do
     stop_server
-    case $mode in off*) start_server api memory:// ;; *) start_server all nats://127.0.0.1:4222 ;; esac
+    rm -f "$WORK"/api.db*
+    case $mode in
+      off*) start_server api memory:// ;;
+      *in-process*) start_server all memory:// ;;
+      *) start_server all nats://127.0.0.1:4222 ;;
+    esac
+    say "seeding $USERS users"
+    seed_users "e-"
     # Each user's current version (the ETag the first PATCH needs), as of now.
     paste -d' ' "$WORK/ids.txt" "$WORK/tokens.txt" | while read -r id token; do
       v=$(curl -sf "$BASE/v1/users/$id" -H "authorization: Bearer $token" | grep -o '"version":[0-9]*' | cut -d: -f2)
