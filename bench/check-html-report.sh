@@ -31,7 +31,7 @@ if [ -n "${REPORT:-}" ]; then
     cp "$REPORT" "$OUT_DIR/report.html"
 else
     cargo build --quiet -p strata-bench --examples
-    examples=target/debug/examples
+    examples=${CARGO_TARGET_DIR:-target}/debug/examples
 
     "$examples/mock-server" 127.0.0.1:0 >"$OUT_DIR/server.log" 2>&1 &
     server_pid=$!
