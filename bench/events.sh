@@ -12,6 +12,7 @@
 #
 #   bench/events.sh                                  # every broker reachable, 5 s per run
 #   BROKERS="memory nats" DURATION=10 bench/events.sh
+#   BROKERS=" " WEBHOOKS=0 STRATA_BIN=/tmp/old/strata bench/events.sh   # API writes only, another build
 #
 # Brokers are the machine's services on their default ports (see README); Kafka is a private
 # tansu on KAFKA_PORT with in-memory storage, from the CI tools cache (.ci/kafka.sh builds it):
@@ -41,7 +42,7 @@ for tool in wrk curl; do command -v "$tool" >/dev/null || { echo "$tool not foun
 
 say "building release"
 cargo build --release -q -p strata --bin strata --example events_bench
-BIN=target/release/strata
+BIN=${STRATA_BIN:-target/release/strata}
 EB=target/release/examples/events_bench
 machine_facts
 
@@ -109,6 +110,7 @@ for broker in $BROKERS; do
   echo "| $broker | $eps | $(ratio "$eps" "$BASELINE") | $(field "$lat" events_per_s) | $(field "$lat" p50_ms) ms | $(field "$lat" p99_ms) ms | $(field "$lat" max_ms) ms | $(( $(field "$max" duplicates) + $(field "$lat" duplicates) )) |" >> "$WORK/report.md"
 done
 
+if [ "$WEBHOOKS" -gt 0 ]; then
 say "webhooks: $WEBHOOKS deliveries"
 wh=$("$EB" webhooks "$WEBHOOKS")
 {
@@ -120,6 +122,7 @@ wh=$("$EB" webhooks "$WEBHOOKS")
   echo "| bare HttpSender requests (baseline) | $(field "$wh" raw_per_s) | — |"
   echo "| durable: queued in SQLite, claimed, sent, recorded | $(field "$wh" deliveries_per_s) | $(field "$wh" ratio) |"
 } >> "$WORK/report.md"
+fi
 
 # API writes with events off and on.
 start_server() {
