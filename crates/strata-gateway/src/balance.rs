@@ -103,10 +103,15 @@ impl UpstreamSet {
             Algorithm::RoundRobin => candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()],
             Algorithm::Weighted => self.smooth_wrr(&candidates, now),
             Algorithm::LeastConn => {
-                let load = |i: usize| self.upstreams[i].in_flight() as f64 / self.upstreams[i].effective_weight(now);
-                let least = candidates.iter().map(|&i| load(i)).fold(f64::INFINITY, f64::min);
+                // One reading per upstream: in-flight counts move under our feet, and the
+                // minimum must be taken over the same numbers the ties are.
+                let loads: Vec<(usize, f64)> = candidates
+                    .iter()
+                    .map(|&i| (i, self.upstreams[i].in_flight() as f64 / self.upstreams[i].effective_weight(now)))
+                    .collect();
+                let least = loads.iter().map(|&(_, l)| l).fold(f64::INFINITY, f64::min);
                 let tied: Vec<usize> =
-                    candidates.iter().copied().filter(|&i| load(i) <= least * (1.0 + 1e-9)).collect();
+                    loads.iter().filter(|&&(_, l)| l <= least * (1.0 + 1e-9)).map(|&(i, _)| i).collect();
                 if tied.len() == 1 { tied[0] } else { self.smooth_wrr(&tied, now) }
             }
             Algorithm::P2cEwma => {

@@ -151,6 +151,7 @@ impl Application {
             crate::config::Role::All => "api + worker",
             crate::config::Role::Api => "api",
             crate::config::Role::Worker => "worker",
+            crate::config::Role::Gateway => "gateway",
         };
         format!(
             "strata listening on http://{} (role: {role}, database: {}, cache: {cache}, events: {events})",
@@ -226,6 +227,33 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     for t in tasks {
         let _ = t.await;
     }
+}
+
+/// `--role gateway`: binds `config.listen`, prints the banner, proxies until `shutdown`,
+/// then drains like an api instance. No database, cache or bus.
+pub async fn run_gateway(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let options = config.gateway_options().map_err(anyhow::Error::msg)?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    println!(
+        "strata listening on http://{local} (role: gateway, upstreams: {}, algorithm: {})",
+        options.discovery_url,
+        options.algorithm.as_str()
+    );
+    let gateway = strata_gateway::Gateway::new(options);
+    strata_gateway::run(
+        gateway,
+        listener,
+        config.server_limits(),
+        Arc::new(Metrics::new()),
+        Duration::from_millis(config.http.drain_delay_ms),
+        Duration::from_secs(config.http.shutdown_grace_secs),
+        shutdown,
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 /// A name unique to this process among relays sharing a database: host, pid, random.

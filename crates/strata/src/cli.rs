@@ -30,7 +30,8 @@ pub enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
         /// What to run (overrides `role` and STRATA_ROLE): `all` (API and worker), `api`,
-        /// or `worker` (outbox relay and event listeners; health and metrics over HTTP).
+        /// `worker` (outbox relay and event listeners; health and metrics over HTTP), or
+        /// `gateway` (a proxy in front of api instances, `gateway.upstreams`).
         #[arg(long, value_enum)]
         role: Option<crate::config::Role>,
     },
@@ -82,6 +83,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config.role = role;
             }
             crate::telemetry::init(&config.log)?;
+            if config.role == crate::config::Role::Gateway {
+                crate::app::run_gateway(config, shutdown_signal()).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let app = Application::build(config).await?;
             println!("{}", app.banner());
             app.run_until(shutdown_signal()).await?;

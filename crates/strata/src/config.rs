@@ -23,10 +23,69 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub cache: CacheConfig,
-    /// `all` (API and worker in one process), `api` or `worker`.
+    /// `all` (API and worker in one process), `api`, `worker` or `gateway`.
     pub role: Role,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
+    pub gateway: GatewayConfig,
+}
+
+/// The gateway role (see ARCHITECTURE.md, Gateway).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// `static://HOST:PORT[;weight=N],…` or `dns://NAME:PORT`. Required for `--role gateway`.
+    pub upstreams: String,
+    /// `round-robin`, `weighted`, `least-conn`, `p2c-ewma` or `hash`.
+    pub algorithm: String,
+    /// Between active `/readyz` checks of each upstream.
+    pub check_interval_ms: u64,
+    pub check_timeout_ms: u64,
+    /// Consecutive passed checks to bring an upstream up, failed ones to take it down.
+    pub rise: u32,
+    pub fall: u32,
+    /// Consecutive connect errors or 502/503/504 that eject an upstream.
+    pub eject_after: u32,
+    /// The first ejection's length; the n-th lasts n times as long (at most 5 minutes).
+    pub base_ejection_ms: u64,
+    /// At most this share of the upstreams is ejected at once.
+    pub max_ejected_percent: u8,
+    /// A (re)joining upstream's weight ramps up over this long.
+    pub slow_start_ms: u64,
+    /// Between two resolutions of a `dns://` name.
+    pub discovery_interval_ms: u64,
+    /// One try, connect to response head.
+    pub try_timeout_ms: u64,
+    /// Every try of one request together.
+    pub timeout_ms: u64,
+    /// Retries allowed as a share of requests, on top of `retry_min_per_sec`.
+    pub retry_budget_percent: u32,
+    pub retry_min_per_sec: u32,
+    /// Tries per request at most, the first included.
+    pub max_tries: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            upstreams: String::new(),
+            algorithm: "weighted".into(),
+            check_interval_ms: 1000,
+            check_timeout_ms: 800,
+            rise: 2,
+            fall: 2,
+            eject_after: 5,
+            base_ejection_ms: 10_000,
+            max_ejected_percent: 50,
+            slow_start_ms: 10_000,
+            discovery_interval_ms: 2000,
+            try_timeout_ms: 10_000,
+            timeout_ms: 30_000,
+            retry_budget_percent: 20,
+            retry_min_per_sec: 10,
+            max_tries: 3,
+        }
+    }
 }
 
 /// Webhook deliveries (see ARCHITECTURE.md, Webhooks).
@@ -72,6 +131,8 @@ pub enum Role {
     Api,
     /// The outbox relay and the event listeners; serves health and metrics only.
     Worker,
+    /// A proxy in front of api instances (`gateway.upstreams`); needs no database.
+    Gateway,
 }
 
 impl Role {
@@ -90,7 +151,8 @@ impl std::str::FromStr for Role {
             "all" => Ok(Role::All),
             "api" => Ok(Role::Api),
             "worker" => Ok(Role::Worker),
-            other => Err(format!("unknown role {other:?} (expected all, api or worker)")),
+            "gateway" => Ok(Role::Gateway),
+            other => Err(format!("unknown role {other:?} (expected all, api, worker or gateway)")),
         }
     }
 }
@@ -306,6 +368,7 @@ impl Default for Config {
             role: Role::All,
             events: EventsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            gateway: GatewayConfig::default(),
         }
     }
 }
@@ -501,6 +564,21 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_EVENTS_AUDIT_RETENTION_SECS", "events.audit_retention_secs", |c, v| {
         Ok(c.events.audit_retention_secs = parse(v)?)
     }),
+    ("STRATA_GATEWAY_UPSTREAMS", "gateway.upstreams", |c, v| Ok(c.gateway.upstreams = v.to_owned())),
+    ("STRATA_GATEWAY_ALGORITHM", "gateway.algorithm", |c, v| Ok(c.gateway.algorithm = v.trim().to_owned())),
+    ("STRATA_GATEWAY_CHECK_INTERVAL_MS", "gateway.check_interval_ms", |c, v| {
+        Ok(c.gateway.check_interval_ms = parse(v)?)
+    }),
+    ("STRATA_GATEWAY_RISE", "gateway.rise", |c, v| Ok(c.gateway.rise = parse(v)?)),
+    ("STRATA_GATEWAY_FALL", "gateway.fall", |c, v| Ok(c.gateway.fall = parse(v)?)),
+    ("STRATA_GATEWAY_EJECT_AFTER", "gateway.eject_after", |c, v| Ok(c.gateway.eject_after = parse(v)?)),
+    ("STRATA_GATEWAY_SLOW_START_MS", "gateway.slow_start_ms", |c, v| Ok(c.gateway.slow_start_ms = parse(v)?)),
+    ("STRATA_GATEWAY_TRY_TIMEOUT_MS", "gateway.try_timeout_ms", |c, v| Ok(c.gateway.try_timeout_ms = parse(v)?)),
+    ("STRATA_GATEWAY_TIMEOUT_MS", "gateway.timeout_ms", |c, v| Ok(c.gateway.timeout_ms = parse(v)?)),
+    ("STRATA_GATEWAY_RETRY_BUDGET_PERCENT", "gateway.retry_budget_percent", |c, v| {
+        Ok(c.gateway.retry_budget_percent = parse(v)?)
+    }),
+    ("STRATA_GATEWAY_MAX_TRIES", "gateway.max_tries", |c, v| Ok(c.gateway.max_tries = parse(v)?)),
     ("STRATA_WEBHOOKS_ALLOWED_NETWORKS", "webhooks.allowed_networks", |c, v| {
         Ok(c.webhooks.allowed_networks = parse_list(v)?)
     }),
@@ -536,6 +614,26 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.gateway
+            .algorithm
+            .parse::<strata_gateway::balance::Algorithm>()
+            .map_err(|e| format!("gateway.algorithm: {e}"))?;
+        if !self.gateway.upstreams.trim().is_empty() {
+            self.gateway
+                .upstreams
+                .parse::<strata_gateway::discovery::Discovery>()
+                .map_err(|e| format!("gateway.upstreams: {e}"))?;
+        }
+        if self.gateway.max_tries == 0
+            || self.gateway.check_interval_ms == 0
+            || self.gateway.try_timeout_ms == 0
+            || self.gateway.timeout_ms == 0
+        {
+            return Err("gateway.max_tries, check_interval_ms, try_timeout_ms and timeout_ms must be positive".into());
+        }
+        if self.gateway.max_ejected_percent > 100 || self.gateway.retry_budget_percent > 1000 {
+            return Err("gateway.max_ejected_percent must be 0..=100 and gateway.retry_budget_percent 0..=1000".into());
+        }
         strata_store::Backend::from_url(&self.database.url).map_err(|e| format!("database.url: {e}"))?;
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return Err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
@@ -668,6 +766,37 @@ impl Config {
     }
 
     /// The server loop's connection limits.
+    /// The gateway's options; errors when `gateway.upstreams` is missing or invalid.
+    pub fn gateway_options(&self) -> Result<strata_gateway::GatewayOptions, String> {
+        use std::time::Duration;
+        let g = &self.gateway;
+        if g.upstreams.trim().is_empty() {
+            return Err("--role gateway needs gateway.upstreams (STRATA_GATEWAY_UPSTREAMS), e.g. static://127.0.0.1:8081,127.0.0.1:8082".into());
+        }
+        let mut o =
+            strata_gateway::GatewayOptions::new(g.upstreams.trim()).map_err(|e| format!("gateway.upstreams: {e}"))?;
+        o.algorithm = g.algorithm.parse().map_err(|e| format!("gateway.algorithm: {e}"))?;
+        o.health.rise = g.rise.max(1);
+        o.health.fall = g.fall.max(1);
+        o.health.eject_after = g.eject_after.max(1);
+        o.health.base_ejection = Duration::from_millis(g.base_ejection_ms);
+        o.health.max_ejected_share = f64::from(g.max_ejected_percent) / 100.0;
+        o.health.slow_start = Duration::from_millis(g.slow_start_ms);
+        o.check_interval = Duration::from_millis(g.check_interval_ms);
+        o.check_timeout = Duration::from_millis(g.check_timeout_ms);
+        o.discovery_interval = Duration::from_millis(g.discovery_interval_ms.max(100));
+        o.try_timeout = Duration::from_millis(g.try_timeout_ms);
+        o.timeout = Duration::from_millis(g.timeout_ms);
+        o.retry_budget = g.retry_budget_percent as f32 / 100.0;
+        o.retry_min_per_sec = g.retry_min_per_sec;
+        o.max_tries = g.max_tries as usize;
+        o.body_limit = self.http.body_limit_bytes;
+        o.body_read_timeout = Duration::from_millis(self.http.body_read_timeout_ms);
+        o.admin_token = self.auth.admin_token.clone();
+        o.trusted_proxies = self.http.trusted_proxies.clone().into();
+        Ok(o)
+    }
+
     pub fn server_limits(&self) -> strata_api::server::ServerLimits {
         use std::time::Duration;
         strata_api::server::ServerLimits {

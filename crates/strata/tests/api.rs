@@ -870,6 +870,10 @@ mod events;
 #[path = "api/webhooks.rs"]
 mod webhooks;
 
+/// Issue 10: the gateway in front of real api processes.
+#[path = "api/gateway.rs"]
+mod gateway;
+
 /// No configured secret, and no password or token a client sent, appears in any log line,
 /// at the most verbose level of Strata's own targets, through startup, requests, a cache
 /// that cannot be reached and shutdown.
