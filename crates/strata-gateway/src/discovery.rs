@@ -17,6 +17,9 @@ pub enum Discovery {
     Static(Vec<Target>),
     /// `dns://NAME:PORT`: every A/AAAA record, re-resolved every `interval`.
     Dns { name: String, port: u16 },
+    /// `nats-kv://HOST:PORT/BUCKET` or `etcd://HOST:PORT/PREFIX`: the instances that
+    /// registered themselves (see [`crate::registry`]), listed every `interval`.
+    Registry(crate::registry::Registry),
 }
 
 impl std::str::FromStr for Discovery {
@@ -59,12 +62,17 @@ impl std::str::FromStr for Discovery {
             }
             return Ok(Discovery::Dns { name: name.to_owned(), port });
         }
-        for planned in ["dns+srv://", "nats-kv://", "etcd://"] {
-            if url.starts_with(planned) {
-                return Err(format!("{planned} discovery is not implemented yet; use static:// or dns://"));
-            }
+        if url.starts_with("nats-kv://") || url.starts_with("etcd://") {
+            return url.parse().map(Discovery::Registry);
         }
-        Err(format!("unknown upstream discovery URL {url:?}: expected static://HOST:PORT,… or dns://NAME:PORT"))
+        if url.starts_with("dns+srv://") {
+            return Err(
+                "dns+srv:// discovery is not implemented yet; use static://, dns://, nats-kv:// or etcd://".into()
+            );
+        }
+        Err(format!(
+            "unknown upstream discovery URL {url:?}: expected static://HOST:PORT,…, dns://NAME:PORT, nats-kv://HOST:PORT/BUCKET or etcd://HOST:PORT/PREFIX"
+        ))
     }
 }
 
@@ -78,7 +86,8 @@ fn check_authority(authority: &str) -> Result<(), String> {
 }
 
 impl Discovery {
-    /// The targets now. Sorted, so that unchanged answers compare equal.
+    /// The targets now. Sorted, so that unchanged answers compare equal. A registry is
+    /// listed through its [`crate::registry::Connection`] instead.
     pub async fn resolve(&self) -> Result<Vec<Target>, String> {
         let mut targets = match self {
             Discovery::Static(targets) => targets.clone(),
@@ -87,6 +96,7 @@ impl Discovery {
                 .map_err(|e| format!("resolve {name}: {e}"))?
                 .map(|addr| Target { authority: addr.to_string(), weight: 1 })
                 .collect(),
+            Discovery::Registry(_) => return Err("a registry is listed through its connection".into()),
         };
         targets.sort();
         targets.dedup();
@@ -97,7 +107,7 @@ impl Discovery {
     pub fn refresh(&self, interval: Duration) -> Option<Duration> {
         match self {
             Discovery::Static(_) => None,
-            Discovery::Dns { .. } => Some(interval),
+            Discovery::Dns { .. } | Discovery::Registry(_) => Some(interval),
         }
     }
 }
@@ -117,8 +127,15 @@ mod tests {
                 Target { authority: "localhost:8083".into(), weight: 1 },
             ])
         );
-        for bad in ["static://", "static://host", "static://h:1;weight=0", "static://h:1;w=2", "ftp://x", "dns://nope"]
-        {
+        for bad in [
+            "static://",
+            "static://host",
+            "static://h:1;weight=0",
+            "static://h:1;w=2",
+            "ftp://x",
+            "dns://nope",
+            "nats-kv://h:1",
+        ] {
             assert!(bad.parse::<Discovery>().is_err(), "{bad}");
         }
     }

@@ -7,6 +7,7 @@
 pub mod balance;
 pub mod discovery;
 pub mod proxy;
+pub mod registry;
 pub mod upstream;
 
 use std::future::Future;

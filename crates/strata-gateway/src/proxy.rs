@@ -37,8 +37,10 @@ pub struct GatewayOptions {
     /// Between active checks of `/readyz` on every upstream.
     pub check_interval: Duration,
     pub check_timeout: Duration,
-    /// Between two resolutions of a `dns://` name.
+    /// Between two resolutions of a `dns://` name or listings of a registry.
     pub discovery_interval: Duration,
+    /// A registry bucket the gateway creates gets this TTL (`max_age`).
+    pub registry_ttl: Duration,
     /// Connect to response head, one try.
     pub try_timeout: Duration,
     /// Every try of a request together.
@@ -67,6 +69,7 @@ impl GatewayOptions {
             check_interval: Duration::from_secs(1),
             check_timeout: Duration::from_millis(800),
             discovery_interval: Duration::from_secs(2),
+            registry_ttl: Duration::from_secs(10),
             try_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
@@ -180,8 +183,29 @@ impl Gateway {
     /// Follows discovery until `stop` is set: resolves, applies, waits, again. An error
     /// keeps the last known set.
     pub async fn discover(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut registry: Option<crate::registry::Connection> = None;
         loop {
-            match self.options.discovery.resolve().await {
+            let answer = match &self.options.discovery {
+                Discovery::Registry(r) => {
+                    if registry.is_none() {
+                        match crate::registry::Connection::open(r, self.options.registry_ttl).await {
+                            Ok(c) => registry = Some(c),
+                            Err(e) => tracing::warn!(error = %e, "cannot reach the registry"),
+                        }
+                    }
+                    let listed = match &registry {
+                        Some(c) => c.list().await,
+                        None => Err("the registry is unreachable".to_owned()),
+                    };
+                    if listed.is_err() {
+                        // Reconnect next time.
+                        registry = None;
+                    }
+                    listed
+                }
+                d => d.resolve().await,
+            };
+            match answer {
                 Ok(targets) => {
                     self.apply(&targets);
                     self.ready.store(true, Ordering::Release);

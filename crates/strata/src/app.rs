@@ -163,6 +163,7 @@ impl Application {
     /// Serves until `shutdown` resolves, then: readiness false, a drain delay for load
     /// balancers to notice, stop accepting, and wait (bounded) for in-flight requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let local_addr = self.local_addr;
         let Application { listener, state, config, worker, .. } = self;
         let ready = state.ready.clone();
         let drain_delay = Duration::from_millis(config.http.drain_delay_ms);
@@ -172,10 +173,18 @@ impl Application {
         let (stop_worker, worker_stopping) = tokio::sync::watch::channel(false);
         let worker_tasks = worker.map(|w| w.spawn(metrics.clone(), worker_stopping)).unwrap_or_default();
         let app = if config.role.runs_api() { strata_api::router(state) } else { strata_api::operations_router(state) };
+        let (deregister, deregistering) = tokio::sync::watch::channel(false);
+        let registration = if config.role.runs_api() && !config.register.is_empty() {
+            Some(spawn_registration(&config, local_addr, deregistering)?)
+        } else {
+            None
+        };
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let signal_ready = ready.clone();
         let stop_accepting = async move {
             shutdown.await;
+            // Out of the registry first, so gateways stop sending before the drain.
+            let _ = deregister.send(true);
             signal_ready.store(false, Ordering::Release);
             tracing::info!(drain_delay_ms = drain_delay.as_millis() as u64, "shutdown requested; readiness now false");
             tokio::time::sleep(drain_delay).await;
@@ -197,6 +206,9 @@ impl Application {
         }
         // The relay gives its leases up and listeners stop between batches; what they
         // leave undone is redelivered to whoever runs next.
+        if let Some(registration) = registration {
+            let _ = tokio::time::timeout(Duration::from_secs(5), registration).await;
+        }
         let _ = stop_worker.send(true);
         let finish = futures_join(worker_tasks);
         if tokio::time::timeout(grace, finish).await.is_err() {
@@ -254,6 +266,39 @@ pub async fn run_gateway(config: Config, shutdown: impl Future<Output = ()> + Se
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Registers this instance in `config.register` until `stop` is set, then deregisters.
+/// An unreachable registry is retried every second; it never holds up serving.
+fn spawn_registration(
+    config: &Config,
+    bound: SocketAddr,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use strata_gateway::registry::{Connection, Registry};
+    let registry: Registry = config.register.parse().map_err(|e: String| anyhow::anyhow!("register: {e}"))?;
+    let address = config.register_address.unwrap_or(bound);
+    if address.ip().is_unspecified() {
+        anyhow::bail!(
+            "listening on {bound}: set register_address (STRATA_REGISTER_ADDRESS) to the address gateways should use"
+        );
+    }
+    let ttl = Duration::from_secs(config.register_ttl_secs);
+    let id = format!("api-{}", uuid::Uuid::new_v4().simple());
+    Ok(tokio::spawn(async move {
+        let connection = loop {
+            match Connection::open(&registry, ttl).await {
+                Ok(c) => break c,
+                Err(e) => tracing::warn!(error = %e, "cannot reach the registry; retrying in 1 s"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+        };
+        tracing::info!(%address, %id, "registered");
+        connection.register(id, address.to_string(), 1, stop).await;
+    }))
 }
 
 /// A name unique to this process among relays sharing a database: host, pid, random.

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `migrate`, `config show`, `bench`.
+//! Command line: `serve`, `migrate`, `config show`, `bench`, `cluster`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +44,8 @@ pub enum Command {
     },
     /// Load-test a running Strata (or any HTTP endpoint) and report.
     Bench(Box<strata_bench::BenchArgs>),
+    /// Run a local cluster: a gateway, N api and M worker processes over one database.
+    Cluster(crate::cluster::ClusterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,5 +108,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => strata_bench::run(*args).await,
+        Command::Cluster(args) => {
+            crate::cluster::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -28,6 +28,13 @@ pub struct Config {
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
     pub gateway: GatewayConfig,
+    /// Registry an api instance registers itself in (`nats-kv://HOST:PORT/BUCKET` or
+    /// `etcd://HOST:PORT/PREFIX`) for gateways to find; empty: none.
+    pub register: String,
+    /// The address registered; default the address the listener is bound to.
+    pub register_address: Option<SocketAddr>,
+    /// An instance that stops heartbeating drops out of the registry after this.
+    pub register_ttl_secs: u64,
 }
 
 /// The gateway role (see ARCHITECTURE.md, Gateway).
@@ -369,6 +376,9 @@ impl Default for Config {
             events: EventsConfig::default(),
             webhooks: WebhooksConfig::default(),
             gateway: GatewayConfig::default(),
+            register: String::new(),
+            register_address: None,
+            register_ttl_secs: 10,
         }
     }
 }
@@ -579,6 +589,11 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         Ok(c.gateway.retry_budget_percent = parse(v)?)
     }),
     ("STRATA_GATEWAY_MAX_TRIES", "gateway.max_tries", |c, v| Ok(c.gateway.max_tries = parse(v)?)),
+    ("STRATA_REGISTER", "register", |c, v| Ok(c.register = v.trim().to_owned())),
+    ("STRATA_REGISTER_ADDRESS", "register_address", |c, v| {
+        Ok(c.register_address = if v.trim().is_empty() { None } else { Some(parse(v)?) })
+    }),
+    ("STRATA_REGISTER_TTL_SECS", "register_ttl_secs", |c, v| Ok(c.register_ttl_secs = parse(v)?)),
     ("STRATA_WEBHOOKS_ALLOWED_NETWORKS", "webhooks.allowed_networks", |c, v| {
         Ok(c.webhooks.allowed_networks = parse_list(v)?)
     }),
@@ -630,6 +645,12 @@ impl Config {
             || self.gateway.timeout_ms == 0
         {
             return Err("gateway.max_tries, check_interval_ms, try_timeout_ms and timeout_ms must be positive".into());
+        }
+        if !self.register.is_empty() {
+            self.register.parse::<strata_gateway::registry::Registry>().map_err(|e| format!("register: {e}"))?;
+            if self.register_ttl_secs == 0 {
+                return Err("register_ttl_secs must be positive".into());
+            }
         }
         if self.gateway.max_ejected_percent > 100 || self.gateway.retry_budget_percent > 1000 {
             return Err("gateway.max_ejected_percent must be 0..=100 and gateway.retry_budget_percent 0..=1000".into());
@@ -785,6 +806,7 @@ impl Config {
         o.check_interval = Duration::from_millis(g.check_interval_ms);
         o.check_timeout = Duration::from_millis(g.check_timeout_ms);
         o.discovery_interval = Duration::from_millis(g.discovery_interval_ms.max(100));
+        o.registry_ttl = Duration::from_secs(self.register_ttl_secs.max(1));
         o.try_timeout = Duration::from_millis(g.try_timeout_ms);
         o.timeout = Duration::from_millis(g.timeout_ms);
         o.retry_budget = g.retry_budget_percent as f32 / 100.0;
