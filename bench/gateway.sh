@@ -5,11 +5,18 @@
 # one instance from the same run. HAProxy and nginx run the shipped deploy/ configurations
 # with the ports changed; all three balance round robin over equal weights.
 #
+# Then fairness: the gateway over two of those instances and a fourth that answers 10 ms
+# late (in a network namespace of the script's own, tc netem 5 ms each way on its veth),
+# for each algorithm: requests/s, p50/p99 and the slow instance's share (a third is fair,
+# less is better).
+#
 #   bench/gateway.sh
 #   DURATION=10 CONNECTIONS=64 bench/gateway.sh
+#   FAIRNESS=0 bench/gateway.sh        # without the fairness rows
 #
-# Needs wrk, haproxy and nginx (Debian packages); a proxy that is missing is skipped.
-# Targets 127.0.0.1 only; every run is bounded by DURATION.
+# Needs wrk, haproxy and nginx (Debian packages); a proxy that is missing is skipped. The
+# fairness rows need root (ip netns, tc) and are skipped, saying so, without it.
+# Targets 127.0.0.1 and the script's own namespace only; every run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -41,8 +48,10 @@ PROXY_PID=""
 stop_proxy() {
   if [ -n "$PROXY_PID" ]; then kill "$PROXY_PID" 2>/dev/null || true; wait "$PROXY_PID" 2>/dev/null || true; PROXY_PID=""; fi
 }
+NS=strata-bench-$$
 cleanup() {
   stop_proxy
+  ip netns del "$NS" 2>/dev/null || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$WORK"
@@ -114,4 +123,41 @@ for path in healthz session; do
     stop_proxy
   done
 done
+fairness() {
+  local host=sbh$$ inner=sbn$$ slow=10.232.0.2:18404
+  ip netns add "$NS" && ip link add "$host" type veth peer name "$inner" && ip link set "$inner" netns "$NS" \
+    && ip addr add 10.232.0.1/30 dev "$host" && ip link set "$host" up \
+    && ip -n "$NS" addr add 10.232.0.2/30 dev "$inner" && ip -n "$NS" link set "$inner" up \
+    && ip -n "$NS" link set lo up \
+    && tc qdisc add dev "$host" root netem delay 5ms && tc -n "$NS" qdisc add dev "$inner" root netem delay 5ms \
+    || { say "fairness: cannot set up the namespace (root needed): skipped"; return; }
+  STRATA_DATABASE_URL="sqlite://$WORK/cluster.db" STRATA_LOG_LEVEL=error STRATA_ROLE=api \
+    STRATA_THROTTLE_CLIENT_MAX_FAILURES=1000000 STRATA_ADMIN_TOKEN="$ADMIN" \
+    ip netns exec "$NS" "$BIN" serve --listen "$slow" > "$WORK/slow.out" 2> "$WORK/server.err" &
+  PIDS+=($!)
+  BASE="http://$slow"
+  wait_ready
+  {
+    echo
+    echo "Fairness: the gateway over two of those instances and one 10 ms slower (netem in a namespace), /healthz, wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s per row. A third of the requests is a fair share for the slow one; less is better."
+    echo
+    echo "| algorithm | req/s | p50 | p99 | slow instance's share |"
+    echo "|---|---:|---:|---:|---:|"
+  } >> "$WORK/report.md"
+  for algorithm in round-robin weighted least-conn p2c-ewma; do
+    say "fairness: $algorithm"
+    STRATA_LOG_LEVEL=error STRATA_ADMIN_TOKEN="$ADMIN" STRATA_GATEWAY_ALGORITHM=$algorithm \
+      STRATA_GATEWAY_UPSTREAMS="static://127.0.0.1:${API_PORTS[0]},127.0.0.1:${API_PORTS[1]},$slow" \
+      "$BIN" serve --role gateway --listen "127.0.0.1:$PROXY_PORT" > "$WORK/gw.out" 2> "$WORK/gw.err" &
+    PROXY_PID=$!
+    wait_port
+    BASE="http://127.0.0.1:$PROXY_PORT"
+    read -r rps p50 p99 _ <<< "$(run_wrk /healthz)"
+    share=$(curl -sf "$BASE/gateway/upstreams" -H "authorization: Bearer $ADMIN" \
+      | jq -r --arg slow "$slow" '[.upstreams[] | .requests] as $all | (.upstreams[] | select(.authority == $slow) | .requests) / ($all | add) * 100 | floor | "\(.)%"')
+    echo "| $algorithm | $rps | $p50 | $p99 | $share |" >> "$WORK/report.md"
+    stop_proxy
+  done
+}
+if [ "${FAIRNESS:-1}" != 0 ]; then fairness; fi
 cat "$WORK/report.md"

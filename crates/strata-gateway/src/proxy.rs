@@ -39,6 +39,8 @@ pub struct GatewayOptions {
     pub check_timeout: Duration,
     /// Between two resolutions of a `dns://` name or listings of a registry.
     pub discovery_interval: Duration,
+    /// The DNS servers for `dns://` and `dns+srv://`; empty: the system's.
+    pub dns_servers: Vec<std::net::SocketAddr>,
     /// A registry bucket the gateway creates gets this TTL (`max_age`).
     pub registry_ttl: Duration,
     /// Connect to response head, one try.
@@ -69,6 +71,7 @@ impl GatewayOptions {
             check_interval: Duration::from_secs(1),
             check_timeout: Duration::from_millis(800),
             discovery_interval: Duration::from_secs(2),
+            dns_servers: Vec::new(),
             registry_ttl: Duration::from_secs(10),
             try_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
@@ -203,7 +206,7 @@ impl Gateway {
                     }
                     listed
                 }
-                d => d.resolve().await,
+                d => d.resolve(&self.options.dns_servers).await,
             };
             match answer {
                 Ok(targets) => {
@@ -450,6 +453,21 @@ impl Gateway {
             for s in &snapshots {
                 let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", s.authority, value(s));
             }
+        }
+        let name = "strata_gateway_upstream_duration_seconds";
+        let _ = writeln!(out, "# HELP {name} Each try's time to the response head\n# TYPE {name} histogram");
+        for u in &set.upstreams {
+            let (cumulative, sum) = u.stats.latency.read();
+            let bounds = crate::upstream::LATENCY_BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_owned()]);
+            for (le, count) in bounds.zip(&cumulative) {
+                let _ = writeln!(out, "{name}_bucket{{upstream=\"{}\",le=\"{le}\"}} {count}", u.authority);
+            }
+            let count = cumulative.last().copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "{name}_sum{{upstream=\"{}\"}} {sum}\n{name}_count{{upstream=\"{}\"}} {count}",
+                u.authority, u.authority
+            );
         }
         out
     }

@@ -63,6 +63,43 @@ pub struct Stats {
     pub requests: AtomicU64,
     pub errors: AtomicU64,
     pub ejections: AtomicU64,
+    /// Every try's time to the response head, answered or not.
+    pub latency: Histogram,
+}
+
+/// Upper bounds of the latency buckets, in seconds: 250 µs … 10 s, the range from a cached
+/// session check to a try timeout.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5, 10.0];
+
+/// A fixed-bucket histogram of atomics: one `fetch_add` per observation, no lock.
+#[derive(Default)]
+pub struct Histogram {
+    /// Non-cumulative counts; the last slot is above every bound.
+    counts: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let slot = LATENCY_BUCKETS.iter().position(|&b| seconds <= b).unwrap_or(LATENCY_BUCKETS.len());
+        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last is `+Inf`, the total) and the sum in seconds.
+    pub fn read(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .counts
+            .iter()
+            .map(|c| {
+                total += c.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (cumulative, self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9)
+    }
 }
 
 struct State {
@@ -175,8 +212,9 @@ impl Upstream {
     }
 
     /// Peak EWMA: a slower answer counts at once, faster ones pull it down gradually.
-    pub fn observe(&self, rtt: Duration, now: Instant) {
-        let rtt = rtt.as_nanos() as f64;
+    pub fn observe(&self, elapsed: Duration, now: Instant) {
+        self.stats.latency.observe(elapsed);
+        let rtt = elapsed.as_nanos() as f64;
         let mut s = self.state.lock();
         if rtt > s.rtt_ns {
             s.rtt_ns = rtt;
@@ -349,5 +387,18 @@ mod tests {
         let ms = u.rtt().as_secs_f64() * 1e3;
         // e^-1 of the old value remains.
         assert!((ms - (100.0 * (-1f64).exp() + 1.0 * (1.0 - (-1f64).exp()))).abs() < 0.5, "{ms}");
+    }
+
+    #[test]
+    fn the_histogram_counts_each_try_in_its_bucket() {
+        let (u, now) = upstream(HealthPolicy::default());
+        for ms in [0, 2, 2, 40, 20_000] {
+            u.observe(Duration::from_millis(ms), now);
+        }
+        let (cumulative, sum) = u.stats.latency.read();
+        let at = |bound: f64| cumulative[LATENCY_BUCKETS.iter().position(|&b| b == bound).unwrap()];
+        assert_eq!((at(0.00025), at(0.0025), at(0.05), at(10.0)), (1, 3, 4, 4));
+        assert_eq!(cumulative.last(), Some(&5), "+Inf holds the 20 s try too");
+        assert!((sum - 20.044).abs() < 1e-9, "{sum}");
     }
 }

@@ -59,8 +59,10 @@ pub struct GatewayConfig {
     pub max_ejected_percent: u8,
     /// A (re)joining upstream's weight ramps up over this long.
     pub slow_start_ms: u64,
-    /// Between two resolutions of a `dns://` name.
+    /// Between two resolutions of a `dns://` or `dns+srv://` name or listings of a registry.
     pub discovery_interval_ms: u64,
+    /// The DNS servers (`IP:PORT`) for `dns://` and `dns+srv://`; empty: the system's.
+    pub dns_servers: Vec<std::net::SocketAddr>,
     /// One try, connect to response head.
     pub try_timeout_ms: u64,
     /// Every try of one request together.
@@ -86,6 +88,7 @@ impl Default for GatewayConfig {
             max_ejected_percent: 50,
             slow_start_ms: 10_000,
             discovery_interval_ms: 2000,
+            dns_servers: Vec::new(),
             try_timeout_ms: 10_000,
             timeout_ms: 30_000,
             retry_budget_percent: 20,
@@ -588,6 +591,13 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_GATEWAY_RETRY_BUDGET_PERCENT", "gateway.retry_budget_percent", |c, v| {
         Ok(c.gateway.retry_budget_percent = parse(v)?)
     }),
+    ("STRATA_GATEWAY_DISCOVERY_INTERVAL_MS", "gateway.discovery_interval_ms", |c, v| {
+        Ok(c.gateway.discovery_interval_ms = parse(v)?)
+    }),
+    ("STRATA_GATEWAY_DNS_SERVERS", "gateway.dns_servers", |c, v| {
+        Ok(c.gateway.dns_servers =
+            v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(parse).collect::<Result<_, _>>()?)
+    }),
     ("STRATA_GATEWAY_MAX_TRIES", "gateway.max_tries", |c, v| Ok(c.gateway.max_tries = parse(v)?)),
     ("STRATA_REGISTER", "register", |c, v| Ok(c.register = v.trim().to_owned())),
     ("STRATA_REGISTER_ADDRESS", "register_address", |c, v| {
@@ -806,6 +816,7 @@ impl Config {
         o.check_interval = Duration::from_millis(g.check_interval_ms);
         o.check_timeout = Duration::from_millis(g.check_timeout_ms);
         o.discovery_interval = Duration::from_millis(g.discovery_interval_ms.max(100));
+        o.dns_servers = g.dns_servers.clone();
         o.registry_ttl = Duration::from_secs(self.register_ttl_secs.max(1));
         o.try_timeout = Duration::from_millis(g.try_timeout_ms);
         o.timeout = Duration::from_millis(g.timeout_ms);

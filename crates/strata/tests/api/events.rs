@@ -324,14 +324,14 @@ async fn a_broker_outage_and_lost_confirmations_lose_and_double_nothing() {
 
 /// A private nats-server with JetStream on a spare loopback port, its store in a
 /// temporary directory that outlives restarts (as a real deployment's disk does).
-struct PrivateNats {
-    port: u16,
+pub(super) struct PrivateNats {
+    pub(super) port: u16,
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
 }
 
 impl PrivateNats {
-    fn start(what: &str) -> Option<PrivateNats> {
+    pub(super) fn start(what: &str) -> Option<PrivateNats> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
         let dir = std::env::temp_dir().join(format!("strata-nats-{}", uuid::Uuid::now_v7().simple()));
         let mut nats = PrivateNats { port, dir, child: None };
