@@ -11,7 +11,7 @@
 # less is better).
 #
 #   bench/gateway.sh
-#   DURATION=10 CONNECTIONS=64 bench/gateway.sh
+#   DURATION=10 CONNECTIONS=64 ROUNDS=5 bench/gateway.sh
 #   FAIRNESS=0 bench/gateway.sh        # without the fairness rows
 #
 # Needs wrk, haproxy and nginx (Debian packages); a proxy that is missing is skipped. The
@@ -26,6 +26,7 @@ DURATION=${DURATION:-5}
 USERS=${USERS:-200}
 CONNECTIONS=${CONNECTIONS:-32}
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 PROXY_PORT=${PROXY_PORT:-18400}
 API_PORTS=(18401 18402 18403)
 ADMIN="bench-admin-token-0123456789"
@@ -98,7 +99,7 @@ start_proxy() {
 {
   echo "### Gateway — $(date -u +%Y-%m-%d)"
   echo
-  echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM; wrk -t$THREADS -c$CONNECTIONS, ${DURATION}s per row, three api instances (SQLite, in-process cache), the proxy and wrk on the same cores. Round robin everywhere; added latency is over direct access to one instance."
+  echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM; wrk -t$THREADS -c$CONNECTIONS, median of $ROUNDS runs of ${DURATION}s per row taken in turns, three api instances (SQLite, in-process cache), the proxy and wrk on the same cores. Round robin everywhere; added latency is over direct access to one instance."
   echo
   echo "| path | via | req/s | of direct | p50 | p99 | added p50 | added p99 | non-2xx |"
   echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
@@ -107,20 +108,42 @@ start_proxy() {
 ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) { sub(/us$/, "", v); print v / 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v); print v } else if (v ~ /s$/) { sub(/s$/, "", v); print v * 1000 } else print v }'; }
 added() { awk -v a="$(ms "$1")" -v b="$(ms "$2")" 'BEGIN { printf "%+.2f ms", a - b }'; }
 
+# Every row is the median of ROUNDS runs, taken in turns (direct, strata, haproxy, nginx,
+# direct, …) so that a noisy spell on this shared machine hits them all alike.
+median() { sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for path in healthz session; do
   case $path in healthz) args=(/healthz) ;; session) args=(/v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt") ;; esac
-  BASE="http://127.0.0.1:${API_PORTS[0]}"
-  say "$path: direct"
-  read -r d_rps d_p50 d_p99 d_bad <<< "$(run_wrk "${args[@]}")"
-  echo "| $path | direct (one instance) | $d_rps | 100% | $d_p50 | $d_p99 | — | — | $d_bad |" >> "$WORK/report.md"
-  for via in strata haproxy nginx; do
-    if [ "$via" != strata ] && ! command -v "$via" >/dev/null; then say "$via not installed: skipped"; continue; fi
-    say "$path: via $via"
-    start_proxy "$via"
-    BASE="http://127.0.0.1:$PROXY_PORT"
-    read -r rps p50 p99 bad <<< "$(run_wrk "${args[@]}")"
-    echo "| $path | $via | $rps | $(ratio "$rps" "$d_rps") | $p50 | $p99 | $(added "$p50" "$d_p50") | $(added "$p99" "$d_p99") | $bad |" >> "$WORK/report.md"
-    stop_proxy
+  vias=(direct strata)
+  for via in haproxy nginx; do
+    if command -v "$via" >/dev/null; then vias+=("$via"); else say "$via not installed: skipped"; fi
+  done
+  for round in $(seq 1 "$ROUNDS"); do
+    for via in "${vias[@]}"; do
+      say "$path: $via (round $round of $ROUNDS)"
+      if [ "$via" = direct ]; then
+        BASE="http://127.0.0.1:${API_PORTS[0]}"
+      else
+        start_proxy "$via"
+        BASE="http://127.0.0.1:$PROXY_PORT"
+      fi
+      run_wrk "${args[@]}" >> "$WORK/$path.$via"
+      stop_proxy
+    done
+  done
+  col() { awk -v c="$2" '{ print $c }' "$WORK/$path.$1" | while read -r v; do ms "$v"; done | median; }
+  d_rps=$(awk '{ print $1 }' "$WORK/$path.direct" | median)
+  d_p50=$(col direct 2)
+  d_p99=$(col direct 3)
+  for via in "${vias[@]}"; do
+    rps=$(awk '{ print $1 }' "$WORK/$path.$via" | median)
+    p50=$(col "$via" 2)
+    p99=$(col "$via" 3)
+    bad=$(awk '{ s += $4 } END { print s }' "$WORK/$path.$via")
+    if [ "$via" = direct ]; then
+      echo "| $path | direct (one instance) | $rps | 100% | ${p50} ms | ${p99} ms | — | — | $bad |" >> "$WORK/report.md"
+    else
+      echo "| $path | $via | $rps | $(ratio "$rps" "$d_rps") | ${p50} ms | ${p99} ms | $(added "$p50" "$d_p50") | $(added "$p99" "$d_p99") | $bad |" >> "$WORK/report.md"
+    fi
   done
 done
 fairness() {

@@ -170,10 +170,105 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let open = Arc::new(AtomicUsize::new(0));
+    accept(&listener, limits, &metrics, &open, shutdown, |stream, peer| {
+        let (router, metrics, open, stop) = (router.clone(), metrics.clone(), open.clone(), stop_rx.clone());
+        tokio::spawn(serve_counted(stream, peer, router, limits, metrics, open, stop));
+    })
+    .await;
+    drop(listener);
+    let _ = stop_tx.send(true);
+    while open.load(Ordering::Acquire) > 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Like [`serve`], on `routers.len()` threads of their own, each a single-threaded runtime
+/// serving with its router; the caller's runtime only accepts, handing each connection
+/// to the next thread in turn. For a proxy: everything one request touches (its
+/// connection, the upstream connection, their tasks) stays on one thread, so no wake-up
+/// crosses threads — on two cores that halved the CPU time per proxied request against
+/// one work-stealing runtime (bench/RESULTS.md, Gateway). Per-thread state, such as an
+/// upstream connection pool, goes into each router.
+pub async fn serve_threads(
+    listener: TcpListener,
+    routers: Vec<Router>,
+    limits: ServerLimits,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let open = Arc::new(AtomicUsize::new(0));
+    let mut lanes = Vec::new();
+    let mut finished = Vec::new();
+    for (k, router) in routers.into_iter().enumerate() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let (metrics, open, stop) = (metrics.clone(), open.clone(), stop_rx.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name(format!("strata-lane-{k}")).spawn(move || {
+            runtime.block_on(async move {
+                let mut connections = tokio::task::JoinSet::new();
+                while let Some((stream, peer)) = rx.recv().await {
+                    let (router, metrics, open, stop) = (router.clone(), metrics.clone(), open.clone(), stop.clone());
+                    match TcpStream::from_std(stream) {
+                        Ok(stream) => {
+                            connections.spawn(serve_counted(stream, peer, router, limits, metrics, open, stop));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot take over an accepted connection");
+                            metrics.connection_closed();
+                            open.fetch_sub(1, Ordering::AcqRel);
+                        }
+                    }
+                    // Reap finished connections as we go, so the set stays small.
+                    while connections.try_join_next().is_some() {}
+                }
+                while connections.join_next().await.is_some() {}
+            });
+            let _ = done_tx.send(());
+        })?;
+        lanes.push(tx);
+        finished.push(done_rx);
+    }
+    let mut next = 0;
+    accept(&listener, limits, &metrics, &open, shutdown, |stream, peer| {
+        let lane = &lanes[next % lanes.len()];
+        next += 1;
+        let handed = stream
+            .into_std()
+            .map_err(|e| e.to_string())
+            .and_then(|s| lane.send((s, peer)).map_err(|_| "the serving thread has stopped".to_owned()));
+        if let Err(e) = handed {
+            tracing::warn!(error = %e, "cannot hand over an accepted connection");
+            metrics.connection_closed();
+            open.fetch_sub(1, Ordering::AcqRel);
+        }
+    })
+    .await;
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(lanes);
+    for done in finished {
+        let _ = done.await;
+    }
+    Ok(())
+}
+
+/// The accept loop of both: up to `limits.max_connections` open (counted in `open`, the
+/// server's to decrement), the rest refused with a `503`; each accepted one goes to
+/// `handle`. Returns when `shutdown` resolves.
+async fn accept(
+    listener: &TcpListener,
+    limits: ServerLimits,
+    metrics: &Arc<Metrics>,
+    open: &AtomicUsize,
+    shutdown: impl Future<Output = ()>,
+    mut handle: impl FnMut(TcpStream, SocketAddr),
+) {
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -192,20 +287,25 @@ pub async fn serve(
         }
         open.fetch_add(1, Ordering::AcqRel);
         metrics.connection_opened();
-        let (router, metrics, open, stop) = (router.clone(), metrics.clone(), open.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            if let Some(phase) = serve_connection(stream, peer, router, limits, stop).await {
-                metrics.connection_timed_out(phase);
-            }
-            metrics.connection_closed();
-            open.fetch_sub(1, Ordering::AcqRel);
-        });
+        handle(stream, peer);
     }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    while open.load(Ordering::Acquire) > 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// One counted connection, served to its end.
+async fn serve_counted(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    limits: ServerLimits,
+    metrics: Arc<Metrics>,
+    open: Arc<AtomicUsize>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    if let Some(phase) = serve_connection(stream, peer, router, limits, stop).await {
+        metrics.connection_timed_out(phase);
     }
+    metrics.connection_closed();
+    open.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// `Some(phase)` when the connection was closed by that phase's timeout.

@@ -92,10 +92,10 @@ impl std::str::FromStr for Discovery {
     }
 }
 
-fn check_authority(authority: &str) -> Result<(), String> {
+pub(crate) fn check_authority(authority: &str) -> Result<(), String> {
     let (host, port) =
         authority.rsplit_once(':').ok_or_else(|| format!("upstream {authority:?}: expected HOST:PORT"))?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
+    if host.is_empty() || port.parse::<u16>().is_err() || http::uri::Authority::try_from(authority).is_err() {
         return Err(format!("upstream {authority:?}: expected HOST:PORT"));
     }
     Ok(())

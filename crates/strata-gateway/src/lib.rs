@@ -30,6 +30,7 @@ pub use crate::proxy::{Gateway, GatewayOptions};
 struct GatewayState {
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
+    client: proxy::UpstreamClient,
 }
 
 impl axum::extract::FromRef<GatewayState> for Arc<Gateway> {
@@ -38,14 +39,22 @@ impl axum::extract::FromRef<GatewayState> for Arc<Gateway> {
     }
 }
 
+impl axum::extract::FromRef<GatewayState> for proxy::UpstreamClient {
+    fn from_ref(s: &GatewayState) -> Self {
+        s.client.clone()
+    }
+}
+
+/// The gateway's routes for one serving thread, with that thread's upstream pool.
 pub fn router(gateway: Arc<Gateway>, metrics: Arc<Metrics>) -> Router {
+    let client = proxy::upstream_client(gateway.options());
     Router::new()
         .route("/gateway/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .route("/gateway/readyz", get(readyz))
         .route("/gateway/metrics", get(render_metrics))
         .route("/gateway/upstreams", get(proxy::upstreams_view))
         .fallback(proxy::proxy)
-        .with_state(GatewayState { gateway, metrics })
+        .with_state(GatewayState { gateway, metrics, client })
 }
 
 /// Ready once discovery has answered, while at least one upstream is available, and
@@ -71,7 +80,7 @@ async fn render_metrics(State(s): State<GatewayState>) -> Response {
 
 /// Runs the gateway on `listener` until `shutdown` resolves, then drains: readiness false,
 /// `drain_delay` for whoever balances the gateways to notice, stop accepting, and wait up
-/// to `grace` for requests in flight.
+/// to `grace` for requests in flight. Fails only if the serving threads cannot start.
 pub async fn run(
     gateway: Arc<Gateway>,
     listener: TcpListener,
@@ -80,7 +89,7 @@ pub async fn run(
     drain_delay: Duration,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> std::io::Result<()> {
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(gateway.clone().discover(stopping.clone()));
     tokio::spawn(gateway.clone().check_health(stopping));
@@ -96,16 +105,21 @@ pub async fn run(
         tokio::time::sleep(drain_delay).await;
         let _ = draining_tx.send(());
     };
-    let app = router(gateway, metrics.clone());
-    let server = tokio::spawn(strata_api::server::serve(listener, app, limits, metrics, stop_accepting));
+    // One serving thread per core, each with its own pool (see serve_threads).
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let routers = (0..threads).map(|_| router(gateway.clone(), metrics.clone())).collect();
+    let server = tokio::spawn(strata_api::server::serve_threads(listener, routers, limits, metrics, stop_accepting));
     tokio::pin!(server);
-    tokio::select! {
-        _ = &mut server => {}
-        _ = draining_rx => {
-            if tokio::time::timeout(grace, &mut server).await.is_err() {
+    let served = tokio::select! {
+        served = &mut server => served,
+        _ = draining_rx => match tokio::time::timeout(grace, &mut server).await {
+            Ok(served) => served,
+            Err(_) => {
                 tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting");
+                Ok(Ok(()))
             }
-        }
-    }
+        },
+    };
     let _ = stop.send(true);
+    served.unwrap_or_else(|e| Err(std::io::Error::other(e)))
 }

@@ -87,11 +87,26 @@ impl GatewayOptions {
     }
 }
 
+/// A keep-alive pool of upstream connections.
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A pool for one serving thread (see [`Gateway::forward`]), or for the health checks.
+pub fn upstream_client(options: &GatewayOptions) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(options.connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
 pub struct Gateway {
     options: GatewayOptions,
     policy: Arc<HealthPolicy>,
     set: RwLock<Arc<UpstreamSet>>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// For the health checks; requests use their serving thread's own pool.
+    client: UpstreamClient,
     budget: TpsBudget,
     pub counters: Counters,
     /// False until discovery first answers and once shutdown begins.
@@ -120,13 +135,7 @@ enum TryError {
 
 impl Gateway {
     pub fn new(options: GatewayOptions) -> Arc<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
+        let client = upstream_client(&options);
         let budget = TpsBudget::new(Duration::from_secs(10), options.retry_min_per_sec, options.retry_budget);
         let policy = Arc::new(options.health.clone());
         let set = RwLock::new(Arc::new(UpstreamSet::new(Vec::new(), options.algorithm)));
@@ -187,6 +196,10 @@ impl Gateway {
     /// keeps the last known set.
     pub async fn discover(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
         let mut registry: Option<crate::registry::Connection> = None;
+        let changed = Arc::new(tokio::sync::Notify::new());
+        if let Discovery::Registry(r) = &self.options.discovery {
+            tokio::spawn(watch_registry(r.clone(), self.options.registry_ttl, changed.clone(), stop.clone()));
+        }
         loop {
             let answer = match &self.options.discovery {
                 Discovery::Registry(r) => {
@@ -221,6 +234,7 @@ impl Gateway {
             let Some(every) = self.options.discovery.refresh(self.options.discovery_interval) else { return };
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
+                _ = changed.notified() => {}
                 _ = stop.changed() => return,
             }
         }
@@ -275,49 +289,56 @@ impl Gateway {
         n > 0 && ((ejected + 1) as f64) <= (n as f64 * self.policy.max_ejected_share).floor()
     }
 
-    /// The request path.
-    pub async fn forward(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
+    /// The request path. `client` is the pool of the thread serving the request: a pooled
+    /// upstream connection's task runs on the thread that opened it, so sharing one pool
+    /// between threads would hand every answer across threads.
+    pub async fn forward(&self, client: &UpstreamClient, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let deadline = tokio::time::Instant::now() + self.options.timeout;
         let (mut parts, body) = req.into_parts();
-        let body = match tokio::time::timeout(
-            self.options.body_read_timeout,
-            Limited::new(body, self.options.body_limit).collect(),
-        )
-        .await
-        {
-            Err(_) => {
-                return problem(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "Request body too slow",
-                    "the request body did not arrive in time".into(),
-                );
+        // Most requests (GET, HEAD, DELETE) say they have no body: nothing to wait for.
+        let body = if axum::body::HttpBody::size_hint(&body).exact() == Some(0) {
+            Bytes::new()
+        } else {
+            match tokio::time::timeout(
+                self.options.body_read_timeout,
+                Limited::new(body, self.options.body_limit).collect(),
+            )
+            .await
+            {
+                Err(_) => {
+                    return problem(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "Request body too slow",
+                        "the request body did not arrive in time".into(),
+                    );
+                }
+                Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                    return problem(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        "Request body too large",
+                        format!("the request body exceeds {} bytes", self.options.body_limit),
+                    );
+                }
+                Ok(Err(e)) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "bad_body",
+                        "Unreadable request body",
+                        format!("reading the request body failed: {e}"),
+                    );
+                }
+                Ok(Ok(collected)) => collected.to_bytes(),
             }
-            Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-                return problem(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "Request body too large",
-                    format!("the request body exceeds {} bytes", self.options.body_limit),
-                );
-            }
-            Ok(Err(e)) => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    "Unreadable request body",
-                    format!("reading the request body failed: {e}"),
-                );
-            }
-            Ok(Ok(collected)) => collected.to_bytes(),
         };
         let idempotent =
             matches!(parts.method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS)
                 || parts.headers.contains_key("idempotency-key");
         prepare_headers(&mut parts.headers, peer, &self.options.trusted_proxies);
         let key = bearer(&parts.headers).map(|t| t.to_owned());
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         self.budget.deposit();
 
         let set = self.upstreams();
@@ -345,21 +366,20 @@ impl Gateway {
             let mut out = Request::new(Full::new(body.clone()));
             *out.method_mut() = parts.method.clone();
             *out.headers_mut() = parts.headers.clone();
-            *out.uri_mut() = match format!("http://{}{path}", upstream.authority).parse() {
-                Ok(uri) => uri,
-                Err(e) => {
-                    return problem(
-                        StatusCode::BAD_REQUEST,
-                        "bad_target",
-                        "Bad request target",
-                        format!("cannot forward {path:?}: {e}"),
-                    );
-                }
+            let Some(target) = upstream.target.clone() else {
+                last_error = format!("{:?} is not a valid upstream address", upstream.authority);
+                continue;
             };
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(http::uri::Scheme::HTTP);
+            uri.authority = Some(target);
+            uri.path_and_query = Some(path.clone());
+            // Scheme, authority and path are all present, so this cannot fail.
+            *out.uri_mut() = http::Uri::from_parts(uri).unwrap_or_default();
             let started = Instant::now();
             let outcome = {
                 let _in_flight = upstream.begin();
-                self.try_once(out, remaining.min(self.options.try_timeout)).await
+                self.try_once(client, out, remaining.min(self.options.try_timeout)).await
             };
             let now = Instant::now();
             match outcome {
@@ -399,8 +419,13 @@ impl Gateway {
         problem(StatusCode::BAD_GATEWAY, "upstream_unavailable", "No upstream could answer", last_error)
     }
 
-    async fn try_once(&self, req: Request<Full<Bytes>>, limit: Duration) -> Result<Response<Body>, TryError> {
-        match tokio::time::timeout(limit, self.client.request(req)).await {
+    async fn try_once(
+        &self,
+        client: &UpstreamClient,
+        req: Request<Full<Bytes>>,
+        limit: Duration,
+    ) -> Result<Response<Body>, TryError> {
+        match tokio::time::timeout(limit, client.request(req)).await {
             Err(_) => Err(TryError::Failed(format!("no answer within {} ms", limit.as_millis()))),
             Ok(Err(e)) if e.is_connect() => Err(TryError::Connect(error_chain(&e))),
             Ok(Err(e)) => Err(TryError::Failed(error_chain(&e))),
@@ -473,6 +498,34 @@ impl Gateway {
     }
 }
 
+/// Watches the registry for the discovery loop, reconnecting a second after a failure,
+/// until `stop` is set.
+async fn watch_registry(
+    registry: crate::registry::Registry,
+    ttl: Duration,
+    changed: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let watched = async {
+            let connection = crate::registry::Connection::open(&registry, ttl).await?;
+            connection.watch(&changed).await
+        };
+        tokio::select! {
+            result = watched => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "registry watch ended; listing continues");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// A per-upstream metric: name, type, help, and its value in a snapshot.
 type Series = (&'static str, &'static str, &'static str, fn(&crate::upstream::Snapshot) -> f64);
 
@@ -502,10 +555,11 @@ pub async fn upstreams_view(State(gateway): State<Arc<Gateway>>, headers: Header
 /// The fallback route: everything not under `/gateway/` is proxied.
 pub async fn proxy(
     State(gateway): State<Arc<Gateway>>,
+    State(client): State<UpstreamClient>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response<Body> {
-    gateway.forward(peer, req).await
+    gateway.forward(&client, peer, req).await
 }
 
 fn problem(status: StatusCode, code: &'static str, title: &'static str, detail: String) -> Response<Body> {
@@ -555,15 +609,16 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, trusted: &[Cidr]) 
         headers.remove("x-forwarded-proto");
         headers.remove("x-forwarded-host");
     }
+    let peer_text = peer_ip.to_string();
+    let node = if peer_ip.is_ipv6() { format!("\"[{peer_text}]\"") } else { peer_text.clone() };
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {peer_ip}"),
-        None => peer_ip.to_string(),
+        Some(prior) => format!("{prior}, {peer_text}"),
+        None => peer_text,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = HeaderValue::try_from(xff) {
         headers.insert("x-forwarded-for", v);
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let node = if peer_ip.is_ipv6() { format!("\"[{peer_ip}]\"") } else { peer_ip.to_string() };
     let mut forwarded = format!("for={node};proto=http");
     if let Some(host) = host.as_deref().filter(|h| h.bytes().all(|b| b.is_ascii_graphic() && b != b'"')) {
         forwarded.push_str(&format!(";host=\"{host}\""));
@@ -577,17 +632,25 @@ fn prepare_headers(headers: &mut HeaderMap, peer: SocketAddr, trusted: &[Cidr]) 
         Some(prior) => format!("{prior}, {forwarded}"),
         None => forwarded,
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Ok(v) = HeaderValue::try_from(forwarded) {
         headers.insert(header::FORWARDED, v);
     }
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
     }
     if !headers.contains_key("x-request-id") {
-        if let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().simple().to_string()) {
-            headers.insert("x-request-id", v);
-        }
+        headers.insert("x-request-id", request_id());
     }
+}
+
+/// A fresh request id: 32 hex digits, a random per-process half and a counter. Unique
+/// without a random draw (a `getrandom` system call) per request; ids need not be secret.
+fn request_id() -> HeaderValue {
+    static PREFIX: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let id = format!("{prefix:016x}{:016x}", NEXT.fetch_add(1, Ordering::Relaxed));
+    HeaderValue::try_from(id).unwrap_or(HeaderValue::from_static("0"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -618,6 +681,8 @@ mod tests {
         assert_eq!(h[header::FORWARDED], "for=192.0.2.7;proto=http;host=\"id.example\"");
         assert!(!h.contains_key("x-secret") && !h.contains_key(header::CONNECTION));
         assert!(h.contains_key("x-request-id"));
+        assert_ne!(request_id(), request_id());
+        assert_eq!(request_id().len(), 32);
 
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.1"));

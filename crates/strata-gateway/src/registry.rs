@@ -70,6 +70,23 @@ fn one() -> u32 {
     1
 }
 
+/// The stream behind key-value bucket `bucket`, as `create_key_value` would make it: one
+/// value per key, entries expiring after `ttl`, deletes as markers, direct gets.
+fn kv_stream(bucket: &str, ttl: Duration) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: async_nats::jetstream::stream::DiscardPolicy::New,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
 /// A connection to a registry, for either side.
 pub enum Connection {
     Nats(Box<async_nats::jetstream::kv::Store>),
@@ -89,15 +106,17 @@ impl Connection {
                 let js = async_nats::jetstream::new(client);
                 let store = match js.get_key_value(bucket.as_str()).await {
                     Ok(store) => store,
-                    Err(_) => js
-                        .create_key_value(async_nats::jetstream::kv::Config {
-                            bucket: bucket.clone(),
-                            history: 1,
-                            max_age: ttl,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| format!("nats-kv bucket {bucket}: {e}"))?,
+                    Err(_) => {
+                        // The bucket's stream is created by hand, in the key-value layout
+                        // (ADR-8), because `create_key_value` first reads the account info
+                        // in a shape nats-server 2.9 does not send (no `reserved_memory`).
+                        // Two instances racing to create it is fine: the loser reads it.
+                        let created = js.create_stream(kv_stream(bucket, ttl)).await;
+                        js.get_key_value(bucket.as_str()).await.map_err(|e| match created {
+                            Err(c) => format!("nats-kv bucket {bucket}: cannot create it ({c}) or read it ({e})"),
+                            Ok(_) => format!("nats-kv bucket {bucket}: {e}"),
+                        })?
+                    }
                 };
                 Ok(Connection::Nats(Box::new(store)))
             }
@@ -169,6 +188,48 @@ impl Connection {
         serde_json::from_slice(&raw).map_err(|e| format!("etcd {endpoint}{path}: {e}"))
     }
 
+    /// Wakes `changed` on every put or delete the registry reports, until the watch fails
+    /// or ends. Listing stays the source of truth; this only makes a change seen at once
+    /// rather than at the next poll. (Expiries still wait for the poll: NATS drops an
+    /// entry past its `max_age` without an event.)
+    pub async fn watch(&self, changed: &tokio::sync::Notify) -> Result<(), String> {
+        use futures_util::StreamExt as _;
+        match self {
+            Connection::Nats(store) => {
+                let mut events = store.watch_all().await.map_err(|e| format!("nats-kv watch: {e}"))?;
+                while let Some(event) = events.next().await {
+                    event.map_err(|e| format!("nats-kv watch: {e}"))?;
+                    changed.notify_one();
+                }
+            }
+            Connection::Etcd { client, endpoint, prefix, .. } => {
+                let body = serde_json::json!({"create_request": {
+                    "key": b64(prefix.as_bytes()),
+                    "range_end": b64(&prefix_end(prefix)),
+                }});
+                let req = http::Request::post(format!("http://{endpoint}/v3/watch"))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body.to_string())))
+                    .map_err(|e| e.to_string())?;
+                let res = tokio::time::timeout(Duration::from_secs(3), client.request(req))
+                    .await
+                    .map_err(|_| format!("etcd {endpoint}/v3/watch: no answer in 3 s"))?
+                    .map_err(|e| format!("etcd {endpoint}/v3/watch: {e}"))?;
+                if !res.status().is_success() {
+                    return Err(format!("etcd {endpoint}/v3/watch: {}", res.status()));
+                }
+                // A stream of JSON messages, the first confirming the watch: any of them
+                // is a reason to list again (one spurious listing is cheap).
+                let mut events = res.into_body().into_data_stream();
+                while let Some(chunk) = events.next().await {
+                    chunk.map_err(|e| format!("etcd {endpoint}/v3/watch: {e}"))?;
+                    changed.notify_one();
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps `address` registered under `id` until `stop` is set, then deletes it.
     pub async fn register(
         self,
@@ -234,7 +295,10 @@ impl Connection {
 
 fn push(targets: &mut Vec<Target>, value: &[u8]) {
     match serde_json::from_slice::<Entry>(value) {
-        Ok(e) => targets.push(Target { authority: e.address, weight: e.weight.clamp(1, 1000) }),
+        Ok(e) => match crate::discovery::check_authority(&e.address) {
+            Ok(()) => targets.push(Target { authority: e.address, weight: e.weight.clamp(1, 1000) }),
+            Err(why) => tracing::warn!(error = %why, "ignoring a registry entry"),
+        },
         Err(e) => tracing::warn!(error = %e, "ignoring a malformed registry entry"),
     }
 }

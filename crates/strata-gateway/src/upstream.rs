@@ -50,6 +50,8 @@ impl Default for HealthPolicy {
 pub struct Upstream {
     /// `host:port`, as discovery named it.
     pub authority: String,
+    /// The same, parsed once for the request URIs; `None` if it is not a valid one.
+    pub target: Option<http::uri::Authority>,
     pub weight: u32,
     in_flight: AtomicU64,
     policy: Arc<HealthPolicy>,
@@ -145,6 +147,7 @@ impl Upstream {
     ) -> Self {
         let rtt = seed_rtt.unwrap_or(policy.default_rtt);
         Upstream {
+            target: http::uri::Authority::try_from(authority.as_str()).ok(),
             authority,
             weight: weight.max(1),
             in_flight: AtomicU64::new(0),

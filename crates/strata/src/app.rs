@@ -263,7 +263,8 @@ pub async fn run_gateway(config: Config, shutdown: impl Future<Output = ()> + Se
         Duration::from_secs(config.http.shutdown_grace_secs),
         shutdown,
     )
-    .await;
+    .await
+    .context("cannot start serving")?;
     tracing::info!("stopped");
     Ok(())
 }
