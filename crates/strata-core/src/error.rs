@@ -49,6 +49,9 @@ pub enum RepoError {
     /// Anything else: a bug or a schema mismatch. Logged, never shown to clients.
     #[error("storage error: {0}")]
     Internal(String),
+    /// A restore found rows in a target it was told not to overwrite (names the tables).
+    #[error("the target database is not empty: {0}")]
+    NotEmpty(String),
 }
 
 /// Everything an application service can answer with besides success.
@@ -94,6 +97,8 @@ impl From<RepoError> for AppError {
             RepoError::IdempotencyKeyTaken => AppError::IdempotencyKeyReused,
             RepoError::Unavailable(m) => AppError::Unavailable(m),
             RepoError::Internal(m) => AppError::Internal(m),
+            // Only restores ask for an empty target; no API path can meet this.
+            e @ RepoError::NotEmpty(_) => AppError::Internal(e.to_string()),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! must not depend on axum, a database driver or a metrics library.
 
 pub mod auth_cache;
+pub mod backup;
 pub mod cidr;
 pub mod domain;
 pub mod error;

@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+use crate::backup::BackupRepository;
 use crate::domain::{
     AuditEntry, AuditQuery, Backlog, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease, Session,
     SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
@@ -228,7 +229,9 @@ pub struct PoolStats {
 
 /// A complete storage backend.
 #[async_trait]
-pub trait Store: UserRepository + SessionRepository + OutboxRepository + AuditRepository + WebhookRepository {
+pub trait Store:
+    UserRepository + SessionRepository + OutboxRepository + AuditRepository + WebhookRepository + BackupRepository
+{
     /// `sqlite`, `postgres` or `mysql`.
     fn backend(&self) -> &'static str;
 

@@ -31,6 +31,8 @@ use uuid::Uuid;
 use strata_core::ports::WebhookRepository;
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
+mod backup;
+
 use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
 

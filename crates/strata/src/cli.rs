@@ -1,4 +1,4 @@
-//! Command line: `serve`, `migrate`, `config show`, `bench`, `cluster`.
+//! Command line: `serve`, `migrate`, `backup`, `restore`, `config show`, `bench`, `cluster`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, connect_store, shutdown_signal};
 use crate::config::Config;
+use strata_core::backup::OnExisting;
+use strata_core::error::RepoError;
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "User accounts and authentication backend")]
@@ -37,6 +39,28 @@ pub enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Take an online, consistent backup of the configured database into a new directory
+    /// (a manifest and a gzipped JSON Lines file per table; see docs/backup-format.md).
+    Backup {
+        /// The directory to create; it must not exist yet.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Restore a backup, taken on any backend, into the configured database (migrated
+    /// first). Everything is verified before anything is written, and the write is one
+    /// transaction: a failed or killed restore leaves the database as it was.
+    Restore {
+        /// The backup directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Replace whatever the database holds (in the same transaction) instead of
+        /// refusing a database that has rows.
+        #[arg(long)]
+        replace: bool,
+        /// Only verify the backup against its manifest; connect to no database.
+        #[arg(long)]
+        verify_only: bool,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -100,6 +124,58 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config.database.migrate_on_start = true;
             let store = connect_store(&config).await?;
             println!("database {} ({}) is migrated", strata_store::redact_url(&config.database.url), store.backend());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup { out } => {
+            let config = load_config(cli.config.as_ref())?;
+            crate::telemetry::init(&config.log)?;
+            let store = connect_store(&config).await?;
+            let manifest = strata_backup::backup(&*store, &out, &strata_backup::Progress::stderr()).await?;
+            println!(
+                "backup of {} ({}) written to {}: {} rows in {} tables, schema version {}",
+                strata_store::redact_url(&config.database.url),
+                store.backend(),
+                out.display(),
+                manifest.tables.iter().map(|t| t.rows).sum::<u64>(),
+                manifest.tables.len(),
+                manifest.schema_version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Restore { from, replace, verify_only } => {
+            let progress = strata_backup::Progress::stderr();
+            if verify_only {
+                let manifest = strata_backup::verify(&from).await?;
+                let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
+                println!(
+                    "{}: {rows} rows verified against the manifest ({} backup of {})",
+                    from.display(),
+                    manifest.source_backend,
+                    manifest.created_at
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut config = load_config(cli.config.as_ref())?;
+            crate::telemetry::init(&config.log)?;
+            config.database.migrate_on_start = true;
+            let store = connect_store(&config).await?;
+            let existing = if replace { OnExisting::Replace } else { OnExisting::Refuse };
+            let manifest = match strata_backup::restore(&*store, &from, existing, &progress).await {
+                Err(strata_backup::BackupError::Store(RepoError::NotEmpty(tables))) => anyhow::bail!(
+                    "{} is not empty ({tables} have rows): nothing was written; restore into an empty database, or pass --replace to replace its contents",
+                    strata_store::redact_url(&config.database.url)
+                ),
+                outcome => outcome?,
+            };
+            println!(
+                "restored {} rows from {} ({} backup of {}) into {} ({})",
+                manifest.tables.iter().map(|t| t.rows).sum::<u64>(),
+                from.display(),
+                manifest.source_backend,
+                manifest.created_at,
+                strata_store::redact_url(&config.database.url),
+                store.backend()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Config { action: ConfigAction::Show } => {

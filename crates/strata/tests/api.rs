@@ -870,6 +870,10 @@ mod events;
 #[path = "api/webhooks.rs"]
 mod webhooks;
 
+/// Issue 12: `strata backup` and `strata restore`.
+#[path = "api/backup.rs"]
+mod backup;
+
 /// Issue 10: the gateway in front of real api processes.
 #[path = "api/gateway.rs"]
 mod gateway;

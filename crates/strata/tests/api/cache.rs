@@ -215,6 +215,26 @@ impl strata_core::ports::WebhookRepository for CountingStore {
 }
 
 #[async_trait]
+impl strata_core::backup::BackupRepository for CountingStore {
+    async fn export_snapshot(
+        &self,
+        out: tokio::sync::mpsc::Sender<strata_core::backup::Batch>,
+    ) -> Result<(), RepoError> {
+        self.inner.export_snapshot(out).await
+    }
+    async fn import_snapshot(
+        &self,
+        rows: tokio::sync::mpsc::Receiver<strata_core::backup::Load>,
+        existing: strata_core::backup::OnExisting,
+    ) -> Result<u64, RepoError> {
+        self.inner.import_snapshot(rows, existing).await
+    }
+    async fn row_counts(&self) -> Result<Vec<u64>, RepoError> {
+        self.inner.row_counts().await
+    }
+}
+
+#[async_trait]
 impl Store for CountingStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()

@@ -1,0 +1,213 @@
+//! `strata backup` and `strata restore` as an operator runs them: the real binary, against
+//! a server that keeps taking writes, restored into another backend whose users then log
+//! in; and a restore killed while it writes.
+
+use super::*;
+
+use std::process::{Command, Stdio};
+
+use strata_core::backup::{Batch, Load, OnExisting, Value as Cell};
+use strata_store::StoreOptions;
+
+fn strata(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .env("STRATA_DATABASE_URL", url)
+        .env("STRATA_LOG_LEVEL", "warn")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// PostgreSQL when it is there (a restore across backends), else SQLite.
+async fn another_database(what: &str) -> TestDb {
+    match fresh(Backend::Postgres, what).await {
+        Some(db) => db,
+        None => fresh(Backend::Sqlite, what).await.unwrap(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_under_writes_restores_into_another_backend_where_users_log_in() {
+    let Some(source) = spawn(Backend::Sqlite, "backup source", |_| {}).await else { return };
+    let mut users = Vec::new();
+    for i in 0..10 {
+        let email = format!("b{i}@example.com");
+        let (_, token) = source.user_with_token(&email).await;
+        users.push((email, token));
+    }
+
+    // Registrations keep coming while the backup runs.
+    let source = Arc::new(source);
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (source, writing) = (source.clone(), writing.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) && n < 300 {
+                source.register(&format!("w{n}@example.com"), "Writer").await;
+                n += 1;
+            }
+            n
+        })
+    };
+    let dir = strata_store::testing::TempDir::new();
+    let out = dir.path.join("backup");
+    let backup = {
+        let (url, out) = (source._db.url.clone(), out.display().to_string());
+        tokio::task::spawn_blocking(move || strata(&url, &["backup", "--out", &out])).await.unwrap()
+    };
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let registered_meanwhile = writer.await.unwrap();
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    assert!(text(&backup.stdout).contains("written to"), "{}", text(&backup.stdout));
+    assert!(text(&backup.stderr).contains("users: "), "per-table progress lines: {}", text(&backup.stderr));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let backed_up = manifest["tables"][0]["rows"].as_u64().unwrap();
+    assert!(backed_up >= 10, "{manifest}");
+    eprintln!("backup: {backed_up} users, {registered_meanwhile} registrations during the run");
+
+    let target = another_database("backup target").await;
+    let verified = strata(&target.url, &["restore", "--from", &out.display().to_string(), "--verify-only"]);
+    assert!(verified.status.success() && text(&verified.stdout).contains("verified"), "{}", text(&verified.stderr));
+    let restored = strata(&target.url, &["restore", "--from", &out.display().to_string()]);
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    assert!(text(&restored.stdout).contains("restored"), "{}", text(&restored.stdout));
+
+    // Running it again is refused with the reason, and changes nothing.
+    let again = strata(&target.url, &["restore", "--from", &out.display().to_string()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("not empty") && text(&again.stderr).contains("--replace"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // A server on the restored database: the same users, passwords and sessions.
+    let app = Application::build(test_config(&target.url)).await.unwrap();
+    let addr = app.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let restored_app = TestApp {
+        addr,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        clock: Arc::new(ManualClock::new(SystemClock.now())),
+        shutdown: Some(stop),
+        server: Some(server),
+        _db: target,
+    };
+    for (email, token) in &users {
+        assert_eq!(restored_app.login(email, PASSWORD).await.status, StatusCode::CREATED, "{email} logs in");
+        let me = restored_app.get("/v1/sessions/current", Some(token)).await;
+        assert_eq!(me.status, StatusCode::OK, "{email}'s session survived: {}", me.body);
+        assert_eq!(me.body["user"]["email"], email.as_str());
+    }
+    assert_eq!(counts(&restored_app._db.url).await[0], backed_up);
+    restored_app.stop().await;
+}
+
+/// Writes `n` users with a session each straight into a store (no argon2: the hashes are
+/// placeholders, the rows are what counts).
+async fn bulk_users(store: &dyn strata_core::ports::Store, n: usize) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let feed = async move {
+        for chunk in 0..n.div_ceil(1000) {
+            let ids: Vec<uuid::Uuid> = (0..1000.min(n - chunk * 1000)).map(|_| uuid::Uuid::now_v7()).collect();
+            let users = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    vec![
+                        Cell::Uuid(*id),
+                        Cell::Text(format!("bulk{}@example.com", chunk * 1000 + i)),
+                        Cell::Text("Bulk".into()),
+                        Cell::Text("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo".into()),
+                        Cell::Text("user".into()),
+                        Cell::Text("active".into()),
+                        Cell::Int(1),
+                        Cell::Int(1_767_225_600_000_000),
+                        Cell::Int(1_767_225_600_000_000),
+                    ]
+                })
+                .collect();
+            tx.send(Load::Rows(Batch { table: 0, rows: users })).await.unwrap();
+        }
+        tx.send(Load::Commit).await.unwrap();
+    };
+    let (written, ()) = tokio::join!(store.import_snapshot(rx, OnExisting::Refuse), feed);
+    assert_eq!(written.unwrap(), n as u64);
+}
+
+async fn counts(url: &str) -> Vec<u64> {
+    let store = strata_store::connect(&StoreOptions::new(url.to_owned())).await.unwrap();
+    store.row_counts().await.unwrap()
+}
+
+/// A restore killed (SIGKILL) while its transaction is writing leaves the target empty,
+/// and running the same command again completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_killed_midway_leaves_nothing_and_a_rerun_completes() {
+    let Some(target) = fresh(Backend::Postgres, "killed restore").await else { return };
+    let source = fresh(Backend::Sqlite, "killed restore source").await.unwrap();
+    let store = strata_store::connect(&StoreOptions::new(source.url.clone())).await.unwrap();
+    const USERS: usize = 60_000;
+    bulk_users(&*store, USERS).await;
+    let dir = strata_store::testing::TempDir::new();
+    let out = dir.path.join("big");
+    let backup = strata(&source.url, &["backup", "--out", &out.display().to_string()]);
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+
+    let mut restore = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["restore", "--from", &out.display().to_string()])
+        .env("STRATA_DATABASE_URL", &target.url)
+        .env("STRATA_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once PostgreSQL shows its COPY running.
+    let (admin, connection) =
+        tokio_postgres::connect(strata_store::testing::DEFAULT_POSTGRES_URL, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut copying = false;
+    for _ in 0..600 {
+        let row = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY users%' AND state <> 'idle'", &[])
+            .await
+            .unwrap();
+        if row.get::<_, i64>(0) > 0 {
+            copying = true;
+            break;
+        }
+        assert!(restore.try_wait().unwrap().is_none(), "the restore ended before it was seen writing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(copying, "the restore was never seen writing");
+    restore.kill().unwrap();
+    restore.wait().unwrap();
+    // The server rolls the dead connection's transaction back once it notices the socket closed.
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = counts(&target.url).await;
+        let busy = admin
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'COPY users%' AND state <> 'idle'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if busy == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left.iter().all(|n| *n == 0), "a killed restore wrote nothing: {left:?}");
+
+    let rerun = strata(&target.url, &["restore", "--from", &out.display().to_string()]);
+    assert!(rerun.status.success(), "{}", text(&rerun.stderr));
+    assert_eq!(counts(&target.url).await[0], USERS as u64);
+    assert_eq!(counts(&target.url).await, counts(&source.url).await);
+}
