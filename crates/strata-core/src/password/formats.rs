@@ -173,7 +173,6 @@ pub fn pbkdf2_hash(prf: Pbkdf2Prf, iterations: u32, salt: &[u8], hash: &[u8]) ->
 
 /// The PHC string for an argon2 hash from its parts: `version` is 0x13 (written `v=19`)
 /// or 0x10 (`v=16`). Like [`pbkdf2_hash`], bounds are checked by [`super::hash_scheme`].
-#[allow(clippy::too_many_arguments)]
 pub fn argon2_hash(
     variant: Argon2Variant,
     version: u32,
