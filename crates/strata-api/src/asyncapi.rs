@@ -14,7 +14,7 @@ fn describe(event_type: &str) -> (&'static str, Value) {
     match event_type {
         "user.created" => ("An account was registered.", json!({ "user": user })),
         "user.updated" => (
-            "An account changed (profile, email, password, role or status). `changed` names the fields; `sessions_revoked` says whether the change ended sessions (`all` on a password change by an admin or a disable, `all_but_current` when users change their own password).",
+            "An account changed (profile, email, password, role or status). `changed` names the fields; `sessions_revoked` says whether the change ended sessions (`all` on a password change by an admin or a disable, `all_but_current` when users change their own password). `changed` is empty when a login only replaced an imported or outdated password hash with Strata's current one.",
             json!({
                 "user": user,
                 "changed": { "type": "array", "items": { "type": "string", "enum": ["email", "name", "password", "role", "status"] } },

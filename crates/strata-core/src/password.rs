@@ -1,4 +1,7 @@
-//! Argon2id hashing on a dedicated, bounded pool.
+//! Argon2id hashing on a dedicated, bounded pool, and verification of the hash formats
+//! an import brings from other systems ([`formats`]: argon2 of any variant, bcrypt,
+//! Django's and Keycloak's PBKDF2), each rehashed to argon2id on its first successful
+//! login ([`PasswordHasher::verify_and_rehash`]).
 //!
 //! A verify costs tens of milliseconds of pure CPU. Running it on the async workers would
 //! stall every other request on the same thread, and running unboundedly many would let a
@@ -30,6 +33,14 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use crate::domain::{Password, PasswordHash};
 use crate::error::AppError;
 use crate::timing::{self, Component};
+
+pub mod formats;
+
+pub use formats::{
+    Argon2Variant, HashScheme, MAX_ARGON2_ITERATIONS, MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_PARALLELISM,
+    MAX_ARGON2_WORK_KIB, MAX_BCRYPT_COST, MAX_HASH_BYTES, MAX_PBKDF2_WORK, MAX_SALT_BYTES, MIN_HASH_BYTES, Pbkdf2Prf,
+    argon2_hash, keycloak_argon2_hash, pbkdf2_hash,
+};
 
 /// Argon2id cost parameters. Defaults are OWASP's first recommendation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,8 +146,29 @@ impl Queue {
     }
 }
 
+/// What a stored hash is, judged against Strata's current parameters: an importer counts
+/// [`HashScheme::Unknown`] hashes (they never verify) and imports those users disabled.
+pub fn hash_scheme(hash: &PasswordHash, current: &HashParams) -> HashScheme {
+    formats::parse(hash.as_str()).map_or(HashScheme::Unknown, |parsed| parsed.scheme(current))
+}
+
+/// Whether a successful login should replace `hash`: anything but argon2id with exactly
+/// `current` parameters, so raising the parameters later upgrades hashes too.
+pub fn needs_rehash(hash: &PasswordHash, current: &HashParams) -> bool {
+    hash_scheme(hash, current) != HashScheme::Argon2idCurrent
+}
+
+/// The outcome of [`PasswordHasher::verify_and_rehash`].
+#[derive(Debug)]
+pub struct Verified {
+    pub matches: bool,
+    /// A fresh argon2id hash of the password, when it matched a hash that needs one.
+    pub rehashed: Option<PasswordHash>,
+}
+
 pub struct PasswordHasher {
     params: Params,
+    settings: HashParams,
     queue: Arc<Queue>,
     /// A real hash of a random password, verified against when the email is unknown so
     /// that "no such user" costs the same time as "wrong password".
@@ -164,7 +196,7 @@ impl PasswordHasher {
                 .spawn(move || worker(&queue))
                 .map_err(|e| format!("cannot start hashing thread: {e}"))?;
         }
-        Ok(PasswordHasher { params, queue, decoy: PasswordHash::from_trusted(decoy) })
+        Ok(PasswordHasher { params, settings: settings.params, queue, decoy: PasswordHash::from_trusted(decoy) })
     }
 
     pub fn decoy(&self) -> &PasswordHash {
@@ -187,11 +219,79 @@ impl PasswordHasher {
         Ok(PasswordHash::from_trusted(phc))
     }
 
-    /// `Ok(false)` for a wrong password; errors only for overload or a corrupt stored hash.
+    /// [`hash_scheme`] under this hasher's parameters.
+    pub fn hash_scheme(&self, hash: &PasswordHash) -> HashScheme {
+        hash_scheme(hash, &self.settings)
+    }
+
+    /// [`needs_rehash`] under this hasher's parameters.
+    pub fn needs_rehash(&self, hash: &PasswordHash) -> bool {
+        needs_rehash(hash, &self.settings)
+    }
+
+    /// `Ok(false)` for a wrong password or a stored hash in no format Strata can verify;
+    /// errors only for overload.
     pub async fn verify(&self, lane: Lane, password: &Password, hash: &PasswordHash) -> Result<bool, AppError> {
+        Ok(self.check(lane, password, hash, false).await?.matches)
+    }
+
+    /// Like [`Self::verify`], and when the password matches a hash that [`Self::needs_rehash`],
+    /// also hashes it anew — in the same job on the same thread, so an upgrade costs no
+    /// second wait in a queue.
+    pub async fn verify_and_rehash(
+        &self,
+        lane: Lane,
+        password: &Password,
+        hash: &PasswordHash,
+    ) -> Result<Verified, AppError> {
+        self.check(lane, password, hash, true).await
+    }
+
+    async fn check(
+        &self,
+        lane: Lane,
+        password: &Password,
+        hash: &PasswordHash,
+        rehash: bool,
+    ) -> Result<Verified, AppError> {
+        let (parsed, known) = match formats::parse(hash.as_str()) {
+            Some(parsed) => (parsed, true),
+            None => {
+                tracing::warn!(
+                    "stored password hash is in no format Strata verifies, or beyond its bounds; the password is refused"
+                );
+                // Verified against the decoy all the same, so an account whose hash is
+                // unusable answers as slowly as any other.
+                let decoy = formats::parse(self.decoy.as_str())
+                    .ok_or_else(|| AppError::Internal("the decoy hash does not parse".into()))?;
+                (decoy, false)
+            }
+        };
+        let upgrade = rehash && known && parsed.scheme(&self.settings) != HashScheme::Argon2idCurrent;
         let password = password.clone();
-        let stored = hash.as_str().to_owned();
-        self.run(lane, move |memory| verify_with(&stored, password.expose().as_bytes(), memory)).await?
+        let params = self.params.clone();
+        self.run(lane, move |memory| {
+            let matches = parsed.verify(password.expose().as_bytes(), memory) && known;
+            let rehashed = if matches && upgrade {
+                match hash_with(&params, password.expose().as_bytes(), memory) {
+                    Ok(phc) => Some(PasswordHash::from_trusted(phc)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "argon2 rehash failed; the old hash stays");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            // An imported hash may have asked for far more memory than ours (up to
+            // MAX_ARGON2_MEMORY_KIB); a thread does not keep that for its life.
+            if memory.len() > params.block_count() {
+                memory.truncate(params.block_count());
+                memory.shrink_to_fit();
+            }
+            Verified { matches, rehashed }
+        })
+        .await
     }
 
     /// Queues `work` for a hashing thread and awaits its result. Time spent waiting in the
@@ -256,29 +356,6 @@ fn hash_with(params: &Params, password: &[u8], memory: &mut Vec<Block>) -> Resul
     ))
 }
 
-/// Checks `password` against a stored PHC string. Parameters come from the string, so
-/// hashes made under older settings still verify after the configuration changes.
-fn verify_with(stored: &str, password: &[u8], memory: &mut Vec<Block>) -> Result<bool, AppError> {
-    use argon2::password_hash::PasswordHash as Phc;
-    let corrupt = |e: &dyn std::fmt::Display| AppError::Internal(format!("stored password hash unreadable: {e}"));
-    let phc = Phc::new(stored).map_err(|e| corrupt(&e))?;
-    let algorithm = Algorithm::try_from(phc.algorithm).map_err(|e| corrupt(&e))?;
-    let version = phc.version.map_or(Ok(Version::V0x13), Version::try_from).map_err(|e| corrupt(&e))?;
-    let expected = phc.hash.ok_or_else(|| corrupt(&"no hash"))?;
-    let params = Params::try_from(&phc).map_err(|e| corrupt(&e))?;
-    let params = Params::new(params.m_cost(), params.t_cost(), params.p_cost(), Some(expected.len()))
-        .map_err(|e| corrupt(&e))?;
-    let mut salt = [0u8; 64];
-    let salt = phc.salt.ok_or_else(|| corrupt(&"no salt"))?.decode_b64(&mut salt).map_err(|e| corrupt(&e))?;
-    let mut out = vec![0u8; expected.len()];
-    grow(memory, &params);
-    Argon2::new(algorithm, version, params)
-        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
-        .map_err(|e| corrupt(&e))?;
-    use subtle::ConstantTimeEq;
-    Ok(bool::from(out.ct_eq(expected.as_bytes())))
-}
-
 #[cfg(test)]
 mod tests {
     use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _, SaltString};
@@ -325,17 +402,114 @@ mod tests {
         assert!(!hasher.verify(Lane::Login, &wrong, &PasswordHash::from_trusted(theirs)).await.unwrap());
     }
 
+    /// Unknown formats and corrupt strings verify as a wrong password would: `false`, after
+    /// the same work as a decoy verify, never an error or a panic.
     #[tokio::test]
-    async fn corrupt_stored_hashes_are_errors_not_panics() {
+    async fn unknown_or_corrupt_stored_hashes_never_verify() {
         let hasher = cheap(1, 4);
         let pw = Password::parse_login("whatever").unwrap();
-        for bad in ["", "plain", "$argon2id$v=19$m=64,t=1,p=1$", "$md5$x$y", "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ"]
-        {
-            assert!(matches!(
-                hasher.verify(Lane::Login, &pw, &PasswordHash::from_trusted(bad.into())).await,
-                Err(AppError::Internal(_))
-            ));
+        for bad in [
+            "",
+            "plain",
+            "$argon2id$v=19$m=64,t=1,p=1$",
+            "$md5$x$y",
+            "$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ",
+            "sha1$abc$0123456789abcdef0123456789abcdef01234567",
+            "$2x$04$qddhL0RzkCWyilYjZcBYvuAoOfzFxjTqR.qbQ72LWSNE9AEYhC5Xa",
+        ] {
+            let hash = PasswordHash::from_trusted(bad.into());
+            assert!(!hasher.verify(Lane::Login, &pw, &hash).await.unwrap(), "{bad:?}");
+            let verified = hasher.verify_and_rehash(Lane::Login, &pw, &hash).await.unwrap();
+            assert!(!verified.matches && verified.rehashed.is_none(), "{bad:?}");
+            assert_eq!(hasher.hash_scheme(&hash), HashScheme::Unknown);
+            assert!(hasher.needs_rehash(&hash));
         }
+    }
+
+    /// A Django hash (PBKDF2, 1,000 iterations) verifies, and the same job hands back an
+    /// argon2id hash under the hasher's own parameters; a wrong password gets neither.
+    #[tokio::test]
+    async fn an_imported_hash_is_rehashed_when_the_password_matches() {
+        let hasher = cheap(1, 4);
+        let django = PasswordHash::from_trusted(
+            "pbkdf2_sha256$1000$RElyNNBnbhzQcsK0lmgl5X$ry2Nm7TqkSUAbdXLjZ9E/OHwI4E9+ZcasVehY3lIB1c=".into(),
+        );
+        assert_eq!(hasher.hash_scheme(&django), HashScheme::DjangoPbkdf2);
+        let pw = Password::parse_login("correct horse battery staple").unwrap();
+        let verified = hasher.verify_and_rehash(Lane::Login, &pw, &django).await.unwrap();
+        assert!(verified.matches);
+        let fresh = verified.rehashed.expect("a rehash");
+        assert!(fresh.as_str().starts_with("$argon2id$v=19$m=64,t=1,p=1$"), "{}", fresh.as_str());
+        assert_eq!(hasher.hash_scheme(&fresh), HashScheme::Argon2idCurrent);
+        assert!(!hasher.needs_rehash(&fresh));
+        assert!(hasher.verify(Lane::Login, &pw, &fresh).await.unwrap());
+        // Already current: verified, nothing to redo.
+        let again = hasher.verify_and_rehash(Lane::Login, &pw, &fresh).await.unwrap();
+        assert!(again.matches && again.rehashed.is_none());
+
+        let wrong = Password::parse_login("correct horse battery stapler").unwrap();
+        let refused = hasher.verify_and_rehash(Lane::Login, &wrong, &django).await.unwrap();
+        assert!(!refused.matches && refused.rehashed.is_none());
+        assert!(!hasher.verify(Lane::Login, &wrong, &django).await.unwrap());
+    }
+
+    /// Only argon2id with exactly the configured parameters is current: other variants,
+    /// versions, lengths, Django's prefix, and Strata's own hashes once the parameters
+    /// are raised all need a rehash.
+    #[tokio::test]
+    async fn needs_rehash_unless_argon2id_with_the_current_parameters() {
+        let hasher = cheap(1, 4);
+        let pw = Password::parse_new("correct horse battery").unwrap();
+        let ours = hasher.hash(&pw).await.unwrap();
+        let current = HashParams { memory_kib: 64, iterations: 1, parallelism: 1 };
+        assert!(!needs_rehash(&ours, &current));
+        assert_eq!(hash_scheme(&ours, &current), HashScheme::Argon2idCurrent);
+        let raised = HashParams { iterations: 2, ..current };
+        assert!(needs_rehash(&ours, &raised));
+        assert_eq!(hash_scheme(&ours, &raised), HashScheme::Argon2Other);
+
+        let rest = ours.as_str().strip_prefix("$argon2id$v=19$m=64,t=1,p=1$").unwrap();
+        for other in [
+            format!("$argon2i$v=19$m=64,t=1,p=1${rest}"),
+            format!("$argon2id$v=16$m=64,t=1,p=1${rest}"),
+            format!("argon2$argon2id$v=19$m=64,t=1,p=1${rest}"),
+        ] {
+            let other = PasswordHash::from_trusted(other);
+            assert_eq!(hash_scheme(&other, &current), HashScheme::Argon2Other, "{}", other.as_str());
+            assert!(needs_rehash(&other, &current));
+        }
+        let (salt, hash) = rest.split_once('$').unwrap();
+        let short = PasswordHash::from_trusted(format!("$argon2id$v=19$m=64,t=1,p=1${salt}${}", &hash[..24]));
+        assert_eq!(hash_scheme(&short, &current), HashScheme::Argon2Other);
+        for (stored, scheme) in [
+            ("$2b$05$3Ecc4EX9CmfdXo6QIUqSU.N8K0ja5ahbvzpvvDDZNJ9RTj25zT1ay", HashScheme::Bcrypt),
+            ("bcrypt_sha256$$2b$04$QqRDRFTvXFmAGUGnQPyiPeiCAbiEzngCvJlg/.rqv6LNeWBYibSR2", HashScheme::BcryptSha256),
+            ("pbkdf2_sha1$1000$QI1JY1BMoubEIGS4szp4kZ$xiKH+NoSoR8IIFwQPXgZnL2atfQ=", HashScheme::DjangoPbkdf2),
+            ("$pbkdf2$1000$Scl5r/U.ZyzlfC9FaE0JQQ$pX9sxZmEeVD5Ge8yOxnQjjtrCsk", HashScheme::Pbkdf2),
+        ] {
+            let stored = PasswordHash::from_trusted(stored.into());
+            assert_eq!(hash_scheme(&stored, &current), scheme);
+            assert!(needs_rehash(&stored, &current));
+        }
+    }
+
+    /// A hashing thread does not keep the memory an imported argon2 hash asked for.
+    #[tokio::test]
+    async fn memory_for_a_large_imported_hash_is_given_back() {
+        let hasher = cheap(1, 4);
+        let salt = [3u8; 16];
+        let big = Params::new(4096, 1, 1, Some(32)).unwrap();
+        let mut out = [0u8; 32];
+        let mut scratch = Vec::new();
+        grow(&mut scratch, &big);
+        Argon2::new(Algorithm::Argon2id, Version::V0x13, big)
+            .hash_password_into_with_memory(b"correct horse battery", &salt, &mut out, &mut scratch[..])
+            .unwrap();
+        let imported = argon2_hash(Argon2Variant::Argon2id, 0x13, 4096, 1, 1, &salt, &out);
+        let pw = Password::parse_login("correct horse battery").unwrap();
+        assert!(hasher.verify(Lane::Login, &pw, &imported).await.unwrap());
+        let kept = hasher.run(Lane::Login, |memory| memory.capacity()).await.unwrap();
+        assert!(kept <= 64, "the thread kept {kept} blocks");
     }
 
     #[test]

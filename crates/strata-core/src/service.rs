@@ -18,11 +18,11 @@ use sha2::{Digest, Sha256};
 
 use crate::auth_cache::{AuthCache, CacheSettings, CacheSigner, SESSION, USER, session_key, user_key};
 use crate::domain::{
-    AuditEntry, AuditQuery, DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, Role,
-    Session, SessionId, SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version, rfc3339,
+    AuditEntry, AuditQuery, DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, Password, PasswordHash,
+    Role, Session, SessionId, SessionToken, Timestamp, TokenHash, User, UserId, UserStatus, Version, rfc3339,
 };
 use crate::error::{AppError, RepoError, TokenProblem, ValidationError};
-use crate::password::{Lane, PasswordHasher};
+use crate::password::{Lane, PasswordHasher, Verified};
 use crate::ports::{Cache, CacheObserver, Clock, SessionRevocation, Store, StoreObserver, UserListQuery};
 use crate::throttle::Throttle;
 use crate::timing::{self, Component};
@@ -436,8 +436,8 @@ impl Accounts {
             self.login_throttled(email, client, retry_after, now);
             return Err(AppError::Throttled { retry_after });
         }
-        let user = match self.verify_login(email, password).await {
-            Ok(Ok(user)) => user,
+        let (user, rehashed) = match self.verify_login(email, password).await {
+            Ok(Ok(verified)) => verified,
             // A wrong guess keeps its reservation: it is the failure being counted.
             Ok(Err(known)) => {
                 if let Some(user) = known {
@@ -456,6 +456,10 @@ impl Accounts {
             self.login_failed(&user, "account_disabled", client, now);
             return Err(AppError::AccountDisabled);
         }
+        let user = match rehashed {
+            Some(hash) => self.store_rehash(user, hash).await,
+            None => user,
+        };
         let now = self.clock.now();
         let token = SessionToken::generate();
         let session = Session {
@@ -473,18 +477,60 @@ impl Accounts {
         Ok(LoggedIn { token, session, user })
     }
 
-    /// `Ok(user)` when the password is theirs; otherwise `Err` with the account the email
-    /// belongs to, if any.
-    async fn verify_login(&self, email: &Email, password: &Password) -> Result<Result<User, Option<User>>, AppError> {
+    /// `Ok(user)` when the password is theirs, with a fresh argon2id hash when their stored
+    /// one is imported or outdated; otherwise `Err` with the account the email belongs to,
+    /// if any.
+    async fn verify_login(
+        &self,
+        email: &Email,
+        password: &Password,
+    ) -> Result<Result<(User, Option<PasswordHash>), Option<User>>, AppError> {
         let user = self.db("user_by_email", self.store.user_by_email(email)).await?;
         // Unknown emails still pay for a verify, against a decoy hash, so that timing does
         // not reveal which emails have accounts.
         let hash = user.as_ref().map_or(self.hasher.decoy(), |u| &u.password_hash);
-        let ok = self.hasher.verify(Lane::Login, password, hash).await?;
+        let verified = self.hasher.verify_and_rehash(Lane::Login, password, hash).await?;
         Ok(match user {
-            Some(user) if ok => Ok(user),
+            Some(user) if verified.matches => Ok((user, verified.rehashed)),
             other => Err(other),
         })
+    }
+
+    /// Replaces an imported or outdated password hash with the argon2id one a successful
+    /// login just made, through the ordinary update: compare-and-set on the version the
+    /// login read, so a concurrent change (a new password, a disable) wins and this write
+    /// is dropped. Returns the user as stored; on any failure the user as read, because a
+    /// login whose password was right must not fail over an upgrade — the next login
+    /// tries again.
+    ///
+    /// It emits `user.updated` with nothing in `changed`: the row's version and
+    /// `updated_at` move, as with every write (cached entries and event consumers follow
+    /// the version, and each version gets its event), and the audit log then shows when an
+    /// imported credential was upgraded. Nothing in `changed` — in particular no
+    /// `password` — because the password did not change, so no consumer should tell the
+    /// user it did. No session is revoked.
+    async fn store_rehash(&self, user: User, hash: PasswordHash) -> User {
+        let now = self.clock.now();
+        let id = user.id;
+        let mut next = user.clone();
+        next.password_hash = hash;
+        next.version = user.version.next();
+        next.updated_at = now;
+        let data = serde_json::json!({ "user": user_json(&next), "changed": [], "sessions_revoked": "none" });
+        let event = event("user.updated", id.as_uuid(), EventActor::User(id), data, now);
+        let (store, row, expected) = (self.store.clone(), next.clone(), user.version);
+        let write = async move { store.update_user(&row, expected, SessionRevocation::None, &event).await };
+        match self.commit("update_user", write, Stale::User { id, sessions: None, now }).await {
+            Ok(()) => next,
+            Err(e @ (RepoError::VersionConflict | RepoError::NotFound)) => {
+                tracing::debug!(user_id = %id, error = %e, "password rehash dropped: the account changed meanwhile");
+                user
+            }
+            Err(e) => {
+                tracing::warn!(user_id = %id, error = %e, "cannot store the rehashed password; the old hash stays");
+                user
+            }
+        }
     }
 
     /// Records `login.failed` for an existing account, off the request's path: the answer
@@ -625,8 +671,11 @@ impl Accounts {
             return Err(AppError::VersionMismatch);
         }
         let own_credentials = changes.password.is_some() || changes.email.is_some();
+        let mut rehashed = None;
         if own_credentials && matches!(actor, Actor::User { user, .. } if user.id == id) {
-            self.reauthenticate(&current, changes.current_password.as_ref(), client).await?;
+            // A new password replaces the hash anyway: no upgrade of the old one then.
+            let upgrade = changes.password.is_none();
+            rehashed = self.reauthenticate(&current, changes.current_password.as_ref(), client, upgrade).await?;
         }
         let now = self.clock.now();
         let mut next = current.clone();
@@ -651,6 +700,10 @@ impl Accounts {
                 }
                 _ => SessionRevocation::All { at: now },
             };
+        } else if let Some(hash) = rehashed {
+            // The current password just proved right against an imported or outdated
+            // hash: this write upgrades it too, at no extra version.
+            next.password_hash = hash;
         }
         if next.status == UserStatus::Disabled && current.status != UserStatus::Disabled {
             revoke = SessionRevocation::All { at: now };
@@ -681,8 +734,15 @@ impl Accounts {
     }
 
     /// The current password of `user`, checked like a login: reserved against the
-    /// account's and the client's budgets, refunded when it was no wrong guess.
-    async fn reauthenticate(&self, user: &User, presented: Option<&Password>, client: &str) -> Result<(), AppError> {
+    /// account's and the client's budgets, refunded when it was no wrong guess. With
+    /// `upgrade`, returns a fresh hash when the stored one needs one.
+    async fn reauthenticate(
+        &self,
+        user: &User,
+        presented: Option<&Password>,
+        client: &str,
+        upgrade: bool,
+    ) -> Result<Option<PasswordHash>, AppError> {
         let Some(password) = presented else {
             return Err(ValidationError::new(
                 "current_password",
@@ -696,12 +756,20 @@ impl Accounts {
             .reserve(account, client, self.clock.now())
             .await
             .map_err(|retry_after| AppError::Throttled { retry_after })?;
-        match self.hasher.verify(Lane::Login, password, &user.password_hash).await {
-            Ok(true) => {
+        let verified = if upgrade {
+            self.hasher.verify_and_rehash(Lane::Login, password, &user.password_hash).await
+        } else {
+            self.hasher
+                .verify(Lane::Login, password, &user.password_hash)
+                .await
+                .map(|matches| Verified { matches, rehashed: None })
+        };
+        match verified {
+            Ok(verified) if verified.matches => {
                 self.throttle.succeeded(account, client, self.clock.now()).await;
-                Ok(())
+                Ok(verified.rehashed)
             }
-            Ok(false) => Err(AppError::WrongCurrentPassword),
+            Ok(_) => Err(AppError::WrongCurrentPassword),
             Err(e) => {
                 self.throttle.refund(account, client, self.clock.now()).await;
                 Err(e)

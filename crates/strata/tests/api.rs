@@ -878,6 +878,10 @@ mod backup;
 #[path = "api/gateway.rs"]
 mod gateway;
 
+/// Issue 12: password hashes imported from other systems, rehashed on first login.
+#[path = "api/imported.rs"]
+mod imported;
+
 /// No configured secret, and no password or token a client sent, appears in any log line,
 /// at the most verbose level of Strata's own targets, through startup, requests, a cache
 /// that cannot be reached and shutdown.

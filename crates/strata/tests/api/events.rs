@@ -14,7 +14,7 @@ use strata_core::worker::{AuditListener, run_listener};
 use super::*;
 
 /// Polls the audit log until `want` entries match `path`'s filter (bounded).
-async fn audit_until(app: &TestApp, path: &str, want: usize) -> Vec<Value> {
+pub(super) async fn audit_until(app: &TestApp, path: &str, want: usize) -> Vec<Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let r = app.get(path, Some(ADMIN)).await;
