@@ -211,3 +211,146 @@ async fn a_restore_killed_midway_leaves_nothing_and_a_rerun_completes() {
     assert_eq!(counts(&target.url).await[0], USERS as u64);
     assert_eq!(counts(&target.url).await, counts(&source.url).await);
 }
+
+/// POSTs JSON; `None` when the server is gone.
+async fn post(
+    client: Client<HttpConnector, Full<Bytes>>,
+    addr: SocketAddr,
+    path: &str,
+    body: Value,
+) -> Option<(StatusCode, Value)> {
+    let req = Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(10), client.request(req)).await.ok()?.ok()?;
+    let status = res.status();
+    let body: Value = serde_json::from_slice(&res.into_body().collect().await.ok()?.to_bytes()).ok()?;
+    Some((status, body))
+}
+
+/// What a client was told: users created (201) and sessions created (201), by email.
+#[derive(Default)]
+struct Acknowledged {
+    users: Vec<String>,
+    sessions: Vec<(String, String)>,
+}
+
+/// `kill -9` of a Strata process during a stream of creates: afterwards every create that
+/// was acknowledged is there with its session, and no user is there without its
+/// `user.created` event.
+async fn killed_during_creates(backend: Backend) {
+    let what = format!("crash during creates on {}", backend.name());
+    let Some(db) = fresh(backend, &what).await else { return };
+    let env = [("STRATA_THROTTLE_REGISTRATION_MAX", "1000000")];
+    let bin = || Command::new(env!("CARGO_BIN_EXE_strata"));
+    let mut api = super::gateway::ApiProcess::on_database(bin(), &db.url, "127.0.0.1:0", &env);
+    let addr = api.addr;
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let acked = Arc::new(parking_lot::Mutex::new(Acknowledged::default()));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    const STREAM: usize = 10_000;
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, acked, next) = (client.clone(), acked.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= STREAM {
+                        return;
+                    }
+                    let email = format!("crash{i}@example.com");
+                    let created = post(
+                        client.clone(),
+                        addr,
+                        "/v1/users",
+                        json!({"email": email, "name": "C", "password": PASSWORD}),
+                    )
+                    .await;
+                    match created {
+                        Some((StatusCode::CREATED, _)) => acked.lock().users.push(email.clone()),
+                        _ => return, // the server is gone
+                    }
+                    if i % 10 == 0 {
+                        match post(client.clone(), addr, "/v1/sessions", json!({"email": email, "password": PASSWORD}))
+                            .await
+                        {
+                            Some((StatusCode::CREATED, body)) => {
+                                let token = body["token"].as_str().unwrap().to_owned();
+                                acked.lock().sessions.push((email, token));
+                            }
+                            _ => return,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Kill it somewhere in the stream, with creates in flight.
+    let kill_after = 1000 + (uuid::Uuid::new_v4().as_u128() % 1500) as usize;
+    for _ in 0..3000 {
+        if acked.lock().users.len() >= kill_after {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    api.kill();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = std::mem::take(&mut *acked.lock());
+    assert!(acked.users.len() < STREAM, "the kill came during the stream");
+    eprintln!("{what}: killed after {} acknowledged creates", acked.users.len());
+
+    let restarted = super::gateway::ApiProcess::on_database(bin(), &db.url, "127.0.0.1:0", &env);
+    let store = strata_store::connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+    for email in &acked.users {
+        let email = strata_core::domain::Email::parse(email).unwrap();
+        assert!(store.user_by_email(&email).await.unwrap().is_some(), "acknowledged {email:?} survived");
+    }
+    for (email, token) in &acked.sessions {
+        let req = Request::get(format!("http://{}/v1/sessions/current", restarted.addr))
+            .header("authorization", format!("Bearer {token}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert_eq!(
+            client.request(req).await.unwrap().status(),
+            StatusCode::OK,
+            "{email}'s acknowledged session survived"
+        );
+    }
+    // Every user row, acknowledged or not, has its user.created event.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Batch>(4);
+    let collect = async {
+        let (mut users, mut created) = (Vec::new(), std::collections::HashSet::new());
+        while let Some(batch) = rx.recv().await {
+            match strata_core::backup::TABLES[batch.table].name {
+                "users" => users.extend(batch.rows.into_iter().map(|r| r[0].clone())),
+                "outbox" => created.extend(
+                    batch.rows.into_iter().filter(|r| r[2] == Cell::Text("user.created".into())).map(|r| r[1].clone()),
+                ),
+                _ => {}
+            }
+        }
+        (users, created)
+    };
+    let (exported, (users, created)) = tokio::join!(store.export_snapshot(tx), collect);
+    exported.unwrap();
+    assert!(users.len() >= acked.users.len());
+    assert!(users.iter().all(|u| created.contains(u)), "a user without its user.created event");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_creates_loses_no_acknowledged_write_on_sqlite() {
+    killed_during_creates(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_creates_loses_no_acknowledged_write_on_postgres() {
+    killed_during_creates(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_creates_loses_no_acknowledged_write_on_mysql() {
+    killed_during_creates(Backend::Mysql).await;
+}

@@ -11,9 +11,9 @@ use std::time::Duration;
 use super::*;
 
 /// One `strata serve --role api` process; killed (SIGKILL) when dropped.
-struct ApiProcess {
+pub(super) struct ApiProcess {
     child: std::process::Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
 }
 
 impl ApiProcess {
@@ -27,15 +27,24 @@ impl ApiProcess {
 
     /// `command` is the binary itself or a wrapper that execs it (`ip netns exec NS …`).
     fn spawn_with(
-        mut command: std::process::Command,
+        command: std::process::Command,
         db: &std::path::Path,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> ApiProcess {
+        ApiProcess::on_database(command, &format!("sqlite://{}", db.display()), listen, env)
+    }
+
+    pub(super) fn on_database(
+        mut command: std::process::Command,
+        database_url: &str,
         listen: &str,
         env: &[(&str, &str)],
     ) -> ApiProcess {
         let mut child = command
             .args(["serve", "--role", "api", "--listen", listen])
             .envs(env.iter().copied())
-            .env("STRATA_DATABASE_URL", format!("sqlite://{}", db.display()))
+            .env("STRATA_DATABASE_URL", database_url)
             .env("STRATA_CACHE_URL", "none://")
             .env("STRATA_LOG_LEVEL", "error")
             .env("STRATA_ADMIN_TOKEN", ADMIN)
@@ -52,7 +61,7 @@ impl ApiProcess {
         ApiProcess { child, addr }
     }
 
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
