@@ -55,7 +55,7 @@ with gzip.open(f"{work}/backup/users.jsonl.gz", "wb", compresslevel=1) as out, o
         h = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$" + hashlib.sha256(str(i).encode()).hexdigest()[:43]
         line = json.dumps([uid, f"user{i}@example.com", f"User {i}", h, "user", "active", 1, t0 + i, t0 + i], separators=(",", ":")) + "\n"
         buf.append(line)
-        cbuf.append(f"{uid},user{i}@example.com,User {i},{h},user,active,1,{t0 + i},{t0 + i}\n")
+        cbuf.append(f"{uid},user{i}@example.com,User {i},\"{h}\",user,active,1,{t0 + i},{t0 + i}\n")
         if len(buf) == 10000:
             data = "".join(buf).encode(); content.update(data); out.write(data); csv.write("".join(cbuf)); buf, cbuf = [], []
     data = "".join(buf).encode(); content.update(data); out.write(data); csv.write("".join(cbuf))
