@@ -262,6 +262,20 @@ pub trait BackupRepository: Send + Sync {
     async fn row_counts(&self) -> Result<Vec<u64>, RepoError>;
 }
 
+/// What a restore does with a target whose `occupied` tables (of [`TABLES`]) have rows:
+/// `Ok(None)` when none has, `NotEmpty` when told to refuse, otherwise the tables to empty
+/// first, children before parents (the idempotency keys too: they name users the restore
+/// replaces).
+pub fn tables_to_clear(occupied: &[&str], existing: OnExisting) -> Result<Option<Vec<&'static str>>, RepoError> {
+    match (occupied.is_empty(), existing) {
+        (true, _) => Ok(None),
+        (false, OnExisting::Refuse) => Err(RepoError::NotEmpty(occupied.join(", "))),
+        (false, OnExisting::Replace) => {
+            Ok(Some(TABLES.iter().rev().map(|t| t.name).chain(["idempotency_keys"]).collect()))
+        }
+    }
+}
+
 /// Why an import stream ended without [`Load::Commit`].
 pub fn stream_ended_early() -> RepoError {
     RepoError::Internal("the restore stream ended before its commit: nothing was written".into())

@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, TxOpts};
 use strata_core::backup::{
     BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, TABLES, Table, Value, check_row,
-    stream_ended_early, table_of,
+    stream_ended_early, table_of, tables_to_clear,
 };
 use strata_core::error::RepoError;
 use tokio::sync::mpsc;
@@ -82,20 +82,12 @@ async fn prepare_target(tx: &mut mysql_async::Transaction<'_>, existing: OnExist
             occupied.push(table.name);
         }
     }
-    if occupied.is_empty() {
-        return Ok(());
+    // DELETE, not TRUNCATE: TRUNCATE commits implicitly, and the restore must stay one
+    // transaction.
+    for table in tables_to_clear(&occupied, existing)?.unwrap_or_default() {
+        tx.query_drop(format!("DELETE FROM {table}")).await.map_err(my_err)?;
     }
-    match existing {
-        OnExisting::Refuse => Err(RepoError::NotEmpty(occupied.join(", "))),
-        OnExisting::Replace => {
-            // DELETE, not TRUNCATE: TRUNCATE commits implicitly, and the restore must stay
-            // one transaction.
-            for table in TABLES.iter().rev().map(|t| t.name).chain(["idempotency_keys"]) {
-                tx.query_drop(format!("DELETE FROM {table}")).await.map_err(my_err)?;
-            }
-            Ok(())
-        }
-    }
+    Ok(())
 }
 
 async fn insert(tx: &mut mysql_async::Transaction<'_>, table: &Table, rows: &[Row]) -> Result<(), RepoError> {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use strata_core::backup::{
     BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, TABLES, Table, Value, check_row,
-    stream_ended_early, table_of,
+    stream_ended_early, table_of, tables_to_clear,
 };
 use strata_core::error::RepoError;
 use tokio::sync::mpsc;
@@ -87,15 +87,9 @@ async fn prepare_target(tx: &Transaction<'_>, existing: OnExisting) -> Result<()
             occupied.push(table.name);
         }
     }
-    if occupied.is_empty() {
-        return Ok(());
-    }
-    match existing {
-        OnExisting::Refuse => Err(RepoError::NotEmpty(occupied.join(", "))),
-        OnExisting::Replace => {
-            let all = TABLES.iter().map(|t| t.name).chain(["idempotency_keys"]).collect::<Vec<_>>().join(", ");
-            tx.batch_execute(&format!("TRUNCATE {all}")).await.map_err(pg_err)
-        }
+    match tables_to_clear(&occupied, existing)? {
+        Some(tables) => tx.batch_execute(&format!("TRUNCATE {}", tables.join(", "))).await.map_err(pg_err),
+        None => Ok(()),
     }
 }
 
@@ -121,17 +115,22 @@ impl OpenCopy {
     }
 }
 
+/// One MVCC snapshot for every read that follows; writers are not blocked.
+async fn snapshot(client: &mut deadpool_postgres::Client) -> Result<deadpool_postgres::Transaction<'_>, RepoError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(pg_err)
+}
+
 #[async_trait]
 impl BackupRepository for PostgresStore {
     async fn export_snapshot(&self, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_err)?;
+        let tx = snapshot(&mut client).await?;
         for (index, table) in TABLES.iter().enumerate() {
             let sql = format!("SELECT {} FROM {} ORDER BY {}", table.column_list('"'), table.name, table.key);
             let portal = tx.bind(sql.as_str(), &[]).await.map_err(pg_err)?;
@@ -194,13 +193,7 @@ impl BackupRepository for PostgresStore {
 
     async fn row_counts(&self) -> Result<Vec<u64>, RepoError> {
         let mut client = self.client().await?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_err)?;
+        let tx = snapshot(&mut client).await?;
         let mut counts = Vec::with_capacity(TABLES.len());
         for table in TABLES {
             let row = tx.query_one(&format!("SELECT count(*) FROM {}", table.name), &[]).await.map_err(pg_err)?;

@@ -8,7 +8,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, TransactionBehavior};
 use strata_core::backup::{
     BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, TABLES, Table, Value, check_row,
-    stream_ended_early, table_of,
+    stream_ended_early, table_of, tables_to_clear,
 };
 use strata_core::error::RepoError;
 use tokio::sync::mpsc;
@@ -91,18 +91,10 @@ fn prepare_target(tx: &rusqlite::Transaction<'_>, existing: OnExisting) -> Resul
             occupied.push(table.name);
         }
     }
-    if occupied.is_empty() {
-        return Ok(());
+    for table in tables_to_clear(&occupied, existing)?.unwrap_or_default() {
+        tx.execute(&format!("DELETE FROM {table}"), []).map_err(map_err)?;
     }
-    match existing {
-        OnExisting::Refuse => Err(RepoError::NotEmpty(occupied.join(", "))),
-        OnExisting::Replace => {
-            for table in TABLES.iter().rev().map(|t| t.name).chain(["idempotency_keys"]) {
-                tx.execute(&format!("DELETE FROM {table}"), []).map_err(map_err)?;
-            }
-            Ok(())
-        }
-    }
+    Ok(())
 }
 
 fn import(conn: &mut Connection, rows: &mut mpsc::Receiver<Load>, existing: OnExisting) -> Result<u64, RepoError> {
