@@ -1,8 +1,8 @@
 //! `strata import`: users of another system (fastapi-users, Django, Keycloak) or of a Strata
 //! backup, mapped to Strata users and written into a live database.
 //!
-//! Foreign database rows arrive as backend-neutral [`Value`]s (the store's `foreign`
-//! reader runs [`source_sql`]); this module maps them, and reads Keycloak exports and
+//! Foreign database rows arrive as backend-neutral [`Value`]s (strata-store's `foreign`
+//! reader runs the queries, which are SQL and live there); this module maps them, and reads Keycloak exports and
 //! backup directories itself. Every source row becomes a [`Candidate`] or a [`Rejected`]
 //! naming the row, and an [`Importer`] decides, row by row, what happens to it.
 //!
@@ -51,24 +51,6 @@ impl SourceKind {
             SourceKind::Keycloak => "keycloak",
             SourceKind::StrataJsonl => "strata-jsonl",
         }
-    }
-}
-
-/// The query that reads a database source's users, identifiers quoted with `quote`
-/// (`"` in standard SQL, `` ` `` on MySQL, where `user` needs it too); `None` for sources
-/// that are files.
-pub fn source_sql(kind: SourceKind, quote: char) -> Option<String> {
-    let q = |name: &str| format!("{quote}{name}{quote}");
-    match kind {
-        SourceKind::FastapiUsers => {
-            Some(format!("SELECT id, email, hashed_password, is_active, is_superuser FROM {} ORDER BY id", q("user")))
-        }
-        SourceKind::Django => Some(format!(
-            "SELECT id, password, email, first_name, last_name, username, is_active, is_superuser, date_joined \
-             FROM {} ORDER BY id",
-            q("auth_user")
-        )),
-        SourceKind::Keycloak | SourceKind::StrataJsonl => None,
     }
 }
 
@@ -411,7 +393,8 @@ fn id_text(value: Option<&Value>) -> String {
     }
 }
 
-/// A row of [`source_sql`]`(FastapiUsers)`. The UUID stays the Strata id; there is no name
+/// A row of `strata_store::foreign::ForeignUsers::FastapiUsers`'s query: `id, email,
+/// hashed_password, is_active, is_superuser`. The UUID stays the Strata id; there is no name
 /// column, so the name is the address's part before `@`. `is_superuser` → admin,
 /// `is_active = false` → disabled.
 pub fn fastapi_users_row(row: &Row, now: Timestamp) -> Result<Candidate, Rejected> {
@@ -433,7 +416,8 @@ pub fn fastapi_users_row(row: &Row, now: Timestamp) -> Result<Candidate, Rejecte
     )
 }
 
-/// A row of [`source_sql`]`(Django)`. The name is "first last", or the username when both
+/// A row of `strata_store::foreign::ForeignUsers::Django`'s query: `id, password, email,
+/// first_name, last_name, username, is_active, is_superuser, date_joined`. The name is "first last", or the username when both
 /// are empty; `date_joined` is the creation time.
 pub fn django_row(row: &Row, now: Timestamp) -> Result<Candidate, Rejected> {
     let cells = Cells { row, source_id: id_text(row.first()) };

@@ -61,6 +61,33 @@ impl ForeignDatabase {
     }
 }
 
+/// The users tables an import reads, each with the columns, in the order, that
+/// strata-backup's mapping of its rows expects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignUsers {
+    /// fastapi-users-db-sqlalchemy's `SQLAlchemyBaseUserTableUUID` (table `user`).
+    FastapiUsers,
+    /// `django.contrib.auth`'s `auth_user`.
+    Django,
+}
+
+impl ForeignDatabase {
+    /// The query reading `users`, in id order; identifiers quoted as the backend wants
+    /// (`user` is reserved on PostgreSQL and MySQL).
+    pub fn users_query(&self, users: ForeignUsers) -> String {
+        let quote = if matches!(self, ForeignDatabase::Mysql(_)) { '`' } else { '"' };
+        match users {
+            ForeignUsers::FastapiUsers => format!(
+                "SELECT id, email, hashed_password, is_active, is_superuser FROM {quote}user{quote} ORDER BY id"
+            ),
+            ForeignUsers::Django => format!(
+                "SELECT id, password, email, first_name, last_name, username, is_active, is_superuser, date_joined \
+                 FROM {quote}auth_user{quote} ORDER BY id"
+            ),
+        }
+    }
+}
+
 fn internal(what: &str) -> impl FnOnce(String) -> RepoError + '_ {
     move |e| RepoError::Internal(format!("{what}: {e}"))
 }
@@ -289,6 +316,14 @@ mod tests {
         for bad in ["redis://x", "app.db", "sqlite://", "oracle+cx://db"] {
             assert!(ForeignDatabase::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn users_queries_quote_as_the_backend_wants() {
+        let sqlite = ForeignDatabase::parse("sqlite:///x.db").unwrap();
+        let mysql = ForeignDatabase::parse("mysql://db/app").unwrap();
+        assert!(sqlite.users_query(ForeignUsers::FastapiUsers).contains(r#"FROM "user" ORDER BY id"#));
+        assert!(mysql.users_query(ForeignUsers::Django).contains("FROM `auth_user` ORDER BY id"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use strata_core::backup::OnExisting;
 use strata_core::error::RepoError;
 use strata_core::password::HashParams;
 use strata_core::ports::{Clock as _, SystemClock};
-use strata_store::foreign::{ForeignDatabase, read_rows};
+use strata_store::foreign::{ForeignDatabase, ForeignUsers, read_rows};
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "User accounts and authentication backend")]
@@ -269,9 +269,12 @@ async fn import_users(importer: &mut Importer<'_>, kind: SourceKind, source: &st
     match kind {
         SourceKind::FastapiUsers | SourceKind::Django => {
             let database = ForeignDatabase::parse(source)?;
-            let quote = if matches!(database, ForeignDatabase::Mysql(_)) { '`' } else { '"' };
-            let sql = import::source_sql(kind, quote).context("no query for this source")?;
-            let map = if kind == SourceKind::Django { import::django_row } else { import::fastapi_users_row };
+            let (users, map): (_, fn(&_, _) -> _) = if kind == SourceKind::Django {
+                (ForeignUsers::Django, import::django_row)
+            } else {
+                (ForeignUsers::FastapiUsers, import::fastapi_users_row)
+            };
+            let sql = database.users_query(users);
             let (tx, mut rx) = tokio::sync::mpsc::channel(2);
             let reader = tokio::spawn(async move { read_rows(&database, &sql, tx).await });
             while let Some(batch) = rx.recv().await {
