@@ -333,4 +333,99 @@ mod tests {
         assert_eq!(days_from_civil(1970, 1, 1), 0);
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
     }
+
+    /// Django's `auth_user` as its migrations create it on each engine (the columns an
+    /// import reads), read back with the engine's own types.
+    #[cfg(feature = "testing")]
+    async fn reads_a_django_table(backend: crate::Backend) {
+        use mysql_async::prelude::Queryable as _;
+        let Some(db) = crate::testing::fresh(backend, "foreign reader").await else { return };
+        let source = ForeignDatabase::parse(&db.url).unwrap();
+        match &source {
+            ForeignDatabase::Postgres(url) => {
+                let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client
+                    .batch_execute(
+                        "CREATE TABLE auth_user (id integer PRIMARY KEY, password varchar(128), email varchar(254), \
+                         first_name varchar(150), last_name varchar(150), username varchar(150), is_active boolean, \
+                         is_superuser boolean, date_joined timestamp with time zone);
+                         INSERT INTO auth_user VALUES (1, 'h', 'a@example.com', 'Ann', '', 'ann', true, false, \
+                         '2026-12-05 16:13:36.920297+00')",
+                    )
+                    .await
+                    .unwrap();
+            }
+            ForeignDatabase::Mysql(url) => {
+                let mut conn = mysql_async::Conn::new(mysql_async::Opts::from_url(url).unwrap()).await.unwrap();
+                conn.query_drop(
+                    "CREATE TABLE auth_user (id integer PRIMARY KEY, password varchar(128), email varchar(254), \
+                     first_name varchar(150), last_name varchar(150), username varchar(150), is_active bool, \
+                     is_superuser bool, date_joined datetime(6))",
+                )
+                .await
+                .unwrap();
+                conn.query_drop(
+                    "INSERT INTO auth_user VALUES (1, 'h', 'a@example.com', 'Ann', '', 'ann', 1, 0, \
+                     '2026-12-05 16:13:36.920297')",
+                )
+                .await
+                .unwrap();
+                conn.disconnect().await.unwrap();
+            }
+            ForeignDatabase::Sqlite(path) => {
+                rusqlite::Connection::open(path)
+                    .unwrap()
+                    .execute_batch(
+                        "CREATE TABLE auth_user (id integer PRIMARY KEY, password text, email text, first_name text, \
+                         last_name text, username text, is_active bool, is_superuser bool, date_joined datetime);
+                         INSERT INTO auth_user VALUES (1, 'h', 'a@example.com', 'Ann', '', 'ann', 1, 0, \
+                         '2026-12-05 16:13:36.920297')",
+                    )
+                    .unwrap();
+            }
+        }
+        let (tx, mut rx) = mpsc::channel(2);
+        read_rows(&source, &source.users_query(ForeignUsers::Django), tx).await.unwrap();
+        let rows = rx.recv().await.unwrap();
+        let text = |s: &str| Value::Text(s.into());
+        let (active, superuser, joined) = match backend {
+            crate::Backend::Postgres => (Value::Bool(true), Value::Bool(false), Value::Int(1_796_487_216_920_297)),
+            crate::Backend::Mysql => (Value::Int(1), Value::Int(0), Value::Int(1_796_487_216_920_297)),
+            crate::Backend::Sqlite => (Value::Int(1), Value::Int(0), text("2026-12-05 16:13:36.920297")),
+        };
+        assert_eq!(
+            rows,
+            vec![vec![
+                Value::Int(1),
+                text("h"),
+                text("a@example.com"),
+                text("Ann"),
+                text(""),
+                text("ann"),
+                active,
+                superuser,
+                joined
+            ]]
+        );
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn reads_a_django_table_on_sqlite() {
+        reads_a_django_table(crate::Backend::Sqlite).await;
+    }
+
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn reads_a_django_table_on_postgres() {
+        reads_a_django_table(crate::Backend::Postgres).await;
+    }
+
+    #[cfg(feature = "testing")]
+    #[tokio::test]
+    async fn reads_a_django_table_on_mysql() {
+        reads_a_django_table(crate::Backend::Mysql).await;
+    }
 }
