@@ -202,7 +202,7 @@ fn build() -> Value {
                     "properties": {
                         "type": { "type": "string", "enum": ["user", "admin", "anonymous"] },
                         "id": { "type": ["string", "null"], "format": "uuid" },
-                        "via": { "type": "string", "enum": ["admin_token"] },
+                        "via": { "type": "string", "enum": ["admin_token", "import"], "description": "admin_token: the admin token; import: `strata import`." },
                     },
                     "required": ["type"],
                 },

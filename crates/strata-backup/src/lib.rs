@@ -30,6 +30,7 @@ use strata_core::error::RepoError;
 use strata_core::ports::Store;
 use tokio::sync::mpsc;
 
+pub mod import;
 pub mod progress;
 
 pub use progress::Progress;

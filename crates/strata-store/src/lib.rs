@@ -14,6 +14,7 @@ use std::time::Duration;
 use strata_core::error::RepoError;
 use strata_core::ports::Store;
 
+pub mod foreign;
 mod mysql;
 mod postgres;
 mod sqlite;

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `migrate`, `backup`, `restore`, `config show`, `bench`, `cluster`.
+//! Command line: `serve`, `migrate`, `backup`, `restore`, `import`, `config show`, `bench`, `cluster`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,8 +10,12 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, connect_store, shutdown_signal};
 use crate::config::Config;
+use strata_backup::import::{self, ImportOptions, Importer, OnError, SourceKind};
 use strata_core::backup::OnExisting;
 use strata_core::error::RepoError;
+use strata_core::password::HashParams;
+use strata_core::ports::{Clock as _, SystemClock};
+use strata_store::foreign::{ForeignDatabase, ForeignUsers, read_rows};
 
 #[derive(Debug, Parser)]
 #[command(name = "strata", version, about = "User accounts and authentication backend")]
@@ -61,6 +65,23 @@ pub enum Command {
         #[arg(long)]
         verify_only: bool,
     },
+    /// Import users from another system (or a Strata backup) into the configured database
+    /// (migrated first), keeping their password hashes: they log in with their old
+    /// passwords, upgraded to argon2id at first login. Re-running imports nothing twice.
+    Import {
+        /// What SOURCE is.
+        #[arg(long = "from", value_enum)]
+        kind: ImportKind,
+        /// A database URL (fastapi-users, django; SQLAlchemy's `dialect+driver://` forms
+        /// too), a Keycloak realm export file or directory, or a backup directory.
+        source: String,
+        /// What a rejected user (invalid or duplicate email, invalid name) does.
+        #[arg(long, value_enum, default_value = "skip")]
+        on_error: ImportOnError,
+        /// Check everything against the database, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -70,6 +91,33 @@ pub enum Command {
     Bench(Box<strata_bench::BenchArgs>),
     /// Run a local cluster: a gateway, N api and M worker processes over one database.
     Cluster(crate::cluster::ClusterArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportKind {
+    FastapiUsers,
+    Django,
+    Keycloak,
+    StrataJsonl,
+}
+
+impl From<ImportKind> for SourceKind {
+    fn from(kind: ImportKind) -> Self {
+        match kind {
+            ImportKind::FastapiUsers => SourceKind::FastapiUsers,
+            ImportKind::Django => SourceKind::Django,
+            ImportKind::Keycloak => SourceKind::Keycloak,
+            ImportKind::StrataJsonl => SourceKind::StrataJsonl,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportOnError {
+    /// Report the user and carry on.
+    Skip,
+    /// Stop at the first; what was imported before stays, and a re-run skips it.
+    Stop,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +226,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Import { kind, source, on_error, dry_run } => {
+            let mut config = load_config(cli.config.as_ref())?;
+            crate::telemetry::init(&config.log)?;
+            config.database.migrate_on_start = true;
+            let store = connect_store(&config).await?;
+            let options = ImportOptions {
+                on_error: match on_error {
+                    ImportOnError::Skip => OnError::Skip,
+                    ImportOnError::Stop => OnError::Stop,
+                },
+                dry_run,
+                hash_params: HashParams {
+                    memory_kib: config.password.memory_kib,
+                    iterations: config.password.iterations,
+                    parallelism: config.password.parallelism,
+                },
+            };
+            let mut importer = Importer::new(&*store, options, SystemClock.now());
+            let outcome = import_users(&mut importer, kind.into(), &source).await;
+            print!("{}", importer.report().summary(dry_run));
+            outcome?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config { action: ConfigAction::Show } => {
             let config = load_config(cli.config.as_ref())?;
             print!("{}", config.redacted_toml());
@@ -189,4 +260,42 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Feeds every user of `source` to the importer: database rows as the reader streams them
+/// in batches, files whole.
+async fn import_users(importer: &mut Importer<'_>, kind: SourceKind, source: &str) -> anyhow::Result<()> {
+    let now = SystemClock.now();
+    match kind {
+        SourceKind::FastapiUsers | SourceKind::Django => {
+            let database = ForeignDatabase::parse(source)?;
+            let (users, map): (_, fn(&_, _) -> _) = if kind == SourceKind::Django {
+                (ForeignUsers::Django, import::django_row)
+            } else {
+                (ForeignUsers::FastapiUsers, import::fastapi_users_row)
+            };
+            let sql = database.users_query(users);
+            let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+            let reader = tokio::spawn(async move { read_rows(&database, &sql, tx).await });
+            while let Some(batch) = rx.recv().await {
+                for row in &batch {
+                    importer.offer(map(row, now)).await?;
+                }
+            }
+            reader.await.context("source reader")??;
+        }
+        SourceKind::Keycloak => {
+            for file in import::keycloak_files(std::path::Path::new(source))? {
+                for user in import::keycloak_users(&file, now)? {
+                    importer.offer(user).await?;
+                }
+            }
+        }
+        SourceKind::StrataJsonl => {
+            for user in import::strata_users(std::path::Path::new(source)).await? {
+                importer.offer(user).await?;
+            }
+        }
+    }
+    Ok(())
 }

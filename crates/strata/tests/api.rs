@@ -882,6 +882,10 @@ mod gateway;
 #[path = "api/imported.rs"]
 mod imported;
 
+/// Issue 12: `strata import` from fastapi-users, Django, Keycloak and Strata backups.
+#[path = "api/import.rs"]
+mod import;
+
 /// No configured secret, and no password or token a client sent, appears in any log line,
 /// at the most verbose level of Strata's own targets, through startup, requests, a cache
 /// that cannot be reached and shutdown.
