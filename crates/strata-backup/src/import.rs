@@ -22,7 +22,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use strata_core::backup::{Row, TABLES, Value};
 use strata_core::domain::{
-    DisplayName, Email, OutboxEvent, PasswordHash, Role, Timestamp, User, UserId, UserStatus, Version, rfc3339,
+    DisplayName, Email, OutboxEvent, PasswordHash, Role, Timestamp, User, UserId, UserStatus, Version,
 };
 use strata_core::error::RepoError;
 use strata_core::password::{HashParams, HashScheme, Pbkdf2Prf, hash_scheme, keycloak_argon2_hash, pbkdf2_hash};
@@ -243,16 +243,7 @@ impl<'a> Importer<'a> {
 /// admin acting through the import.
 fn created_event(user: &User, now: Timestamp) -> OutboxEvent {
     let data = serde_json::json!({
-        "user": {
-            "id": user.id.to_string(),
-            "email": user.email.as_str(),
-            "name": user.name.as_str(),
-            "role": user.role.as_str(),
-            "status": user.status.as_str(),
-            "version": user.version.0,
-            "created_at": rfc3339(user.created_at),
-            "updated_at": rfc3339(user.updated_at),
-        },
+        "user": strata_core::service::user_json(user),
         "actor": { "type": "admin", "id": null, "via": "import" },
     });
     OutboxEvent {

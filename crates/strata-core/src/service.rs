@@ -900,8 +900,9 @@ fn fingerprint(reg: &Registration) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The user as the API shows it; events never carry the hash.
-fn user_json(user: &User) -> serde_json::Value {
+/// The user as the API shows it, the `user` of every user event; events never carry the
+/// hash.
+pub fn user_json(user: &User) -> serde_json::Value {
     serde_json::json!({
         "id": user.id.to_string(),
         "email": user.email.as_str(),
