@@ -21,11 +21,7 @@ PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
 MYSQL_ADMIN=${MYSQL_ADMIN:-mariadb -h 127.0.0.1 -u root}
 say() { echo "[backup-bench] $*" >&2; }
 
-if [ -z "${STRATA_BIN:-}" ]; then
-  say "building release"
-  cargo build --release -q -p strata --bin strata
-fi
-BIN=${STRATA_BIN:-target/release/strata}
+release_bin
 machine_facts
 WORK=$(mktemp -d)
 MYDB=strata_bench_backup_$$

@@ -20,11 +20,7 @@ PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
 say() { echo "[import-bench] $*" >&2; }
 "$PYTHON" -c 'import fastapi_users_db_sqlalchemy, pwdlib' || { echo "$PYTHON lacks fastapi-users[sqlalchemy]" >&2; exit 1; }
 
-if [ -z "${STRATA_BIN:-}" ]; then
-  say "building release"
-  cargo build --release -q -p strata --bin strata
-fi
-BIN=${STRATA_BIN:-target/release/strata}
+release_bin
 machine_facts
 WORK=$(mktemp -d)
 cleanup() {

@@ -67,3 +67,13 @@ seed_users() {
   grep -o '"user":{"id":"[^"]*"' "$WORK/logins.json" | cut -d'"' -f6 > "$WORK/ids.txt"
   [ "$(wc -l < "$WORK/tokens.txt")" -eq "$USERS" ] || { echo "seeding failed" >&2; exit 1; }
 }
+
+# Sets BIN: STRATA_BIN when given (to measure another build), else a fresh release build of
+# this checkout.
+release_bin() {
+  if [ -z "${STRATA_BIN:-}" ]; then
+    echo "building release" >&2
+    cargo build --release -q -p strata --bin strata
+  fi
+  BIN=${STRATA_BIN:-target/release/strata}
+}

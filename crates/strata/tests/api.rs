@@ -870,6 +870,27 @@ mod events;
 #[path = "api/webhooks.rs"]
 mod webhooks;
 
+/// A Python that can import `modules` (STRATA_TEST_PYTHON, then CI's cached venv, then
+/// `python3`), or `None` after the skip-or-require rule for `backend` has had its say.
+fn python_with(modules: &str, what: &str, backend: &str, why: &str) -> Option<String> {
+    let candidates = [
+        std::env::var("STRATA_TEST_PYTHON").ok(),
+        std::env::var("HOME").ok().map(|h| format!("{h}/.cache/strata-tools/py/bin/python")),
+        Some("python3".to_owned()),
+    ];
+    let found = candidates.into_iter().flatten().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", &format!("import {modules}")])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if found.is_none() {
+        strata_core::testing::unusable(what, backend, why);
+    }
+    found
+}
+
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]
 mod backup;

@@ -15,27 +15,12 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/api/import_fi
 
 /// A Python with fastapi-users (SQLAlchemy), aiosqlite, Django and argon2-cffi.
 fn import_python() -> Option<String> {
-    let candidates = [
-        std::env::var("STRATA_TEST_PYTHON").ok(),
-        std::env::var("HOME").ok().map(|h| format!("{h}/.cache/strata-tools/py/bin/python")),
-        Some("python3".to_owned()),
-    ];
-    for py in candidates.into_iter().flatten() {
-        let ok = Command::new(&py)
-            .args(["-c", "import fastapi_users, fastapi_users_db_sqlalchemy, aiosqlite, django, argon2"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(py);
-        }
-    }
-    strata_core::testing::unusable(
+    super::python_with(
+        "fastapi_users, fastapi_users_db_sqlalchemy, aiosqlite, django, argon2",
         "import from fastapi-users and Django",
         "import-interop",
         "no python with fastapi-users[sqlalchemy], aiosqlite, django and argon2-cffi (set STRATA_TEST_PYTHON)",
-    );
-    None
+    )
 }
 
 /// Runs the fixture script; returns what it made.

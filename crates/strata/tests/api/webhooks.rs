@@ -138,27 +138,12 @@ async fn delivery_where(app: &TestApp, endpoint: &str, pred: impl Fn(&Value) -> 
 /// The Python interpreter with `standardwebhooks` and `cloudevents` (CI installs them in
 /// a cached virtualenv; `STRATA_TEST_PYTHON` overrides).
 fn interop_python() -> Option<String> {
-    let candidates = [
-        std::env::var("STRATA_TEST_PYTHON").ok(),
-        std::env::var("HOME").ok().map(|h| format!("{h}/.cache/strata-tools/py/bin/python")),
-        Some("python3".to_owned()),
-    ];
-    for py in candidates.into_iter().flatten() {
-        let ok = std::process::Command::new(&py)
-            .args(["-c", "import standardwebhooks, cloudevents.v1.http"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(py);
-        }
-    }
-    strata_core::testing::unusable(
+    super::python_with(
+        "standardwebhooks, cloudevents.v1.http",
         "webhook interop",
         "webhook-interop",
         "no python with standardwebhooks and cloudevents (pip install standardwebhooks cloudevents)",
-    );
-    None
+    )
 }
 
 /// Verifies a delivery with the Standard Webhooks library and parses it with the
