@@ -21,6 +21,14 @@ fn describe(event_type: &str) -> (&'static str, Value) {
                 "sessions_revoked": { "type": "string", "enum": ["none", "all", "all_but_current"] },
             }),
         ),
+        "password_reset.requested" => (
+            "A password reset was asked for an existing, active account: a one-time token was made and a mail queued (the worker's `mail` listener sends it). Never carries the token. Requests for unknown or disabled accounts produce no event. A completed reset is a `user.updated` with `changed: [\"password\"]`, `sessions_revoked: \"all\"` and `via: \"password_reset\"`.",
+            json!({
+                "user": user,
+                "mail_id": { "type": "string", "format": "uuid" },
+                "expires_at": { "type": "string", "format": "date-time" },
+            }),
+        ),
         "user.deleted" => {
             ("An account was deleted, with its sessions. `user` is the account as it was.", json!({ "user": user }))
         }

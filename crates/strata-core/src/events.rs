@@ -29,6 +29,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "session.revoked",
     "login.failed",
     "login.throttled",
+    "password_reset.requested",
     "webhook.endpoint.disabled",
 ];
 

@@ -27,6 +27,9 @@ use crate::ports::{Cache, CacheObserver, Clock, SessionRevocation, Store, StoreO
 use crate::throttle::Throttle;
 use crate::timing::{self, Component};
 
+mod lifecycle;
+pub use lifecycle::LifecycleSettings;
+
 #[derive(Clone, Copy, Debug)]
 pub struct AccountSettings {
     pub session_ttl: Duration,
@@ -173,6 +176,10 @@ pub struct Accounts {
     observer: Arc<dyn StoreObserver>,
     settings: AccountSettings,
     cache: Option<Arc<AuthCache>>,
+    lifecycle: lifecycle::LifecycleSettings,
+    /// Password-reset requests, per email and per client: its own budget, so reset
+    /// requests neither spend nor are refused by the login budget.
+    reset_throttle: Throttle,
 }
 
 /// What a committed write leaves stale in the cache.
@@ -204,7 +211,25 @@ impl Accounts {
             observer,
             settings,
             cache: None,
+            lifecycle: lifecycle::LifecycleSettings::default(),
+            reset_throttle: Throttle::local(lifecycle::LifecycleSettings::default().reset_throttle),
         }
+    }
+
+    /// Token lifetimes and the reset throttle (the defaults otherwise); `shared` puts the
+    /// reset counters where the login counters are, so every instance draws on one budget.
+    pub fn with_lifecycle(
+        mut self,
+        settings: lifecycle::LifecycleSettings,
+        shared: Option<Arc<dyn crate::throttle::SharedCounters>>,
+    ) -> Self {
+        let mut throttle = Throttle::local(settings.reset_throttle);
+        if let Some(shared) = shared {
+            throttle = throttle.with_shared(shared);
+        }
+        self.reset_throttle = throttle;
+        self.lifecycle = settings;
+        self
     }
 
     /// Puts a cache in front of session checks and user reads. Without one, every read

@@ -1,0 +1,153 @@
+//! Password reset: request a mailed one-time token, redeem it for a new password.
+//!
+//! The request answers the same whether or not the email has an account, and does the
+//! same work before answering on both paths: a throttle reservation (keyed by the email
+//! as typed, so it counts for unknown addresses too), one lookup by email, one token
+//! generated and hashed. The write that follows for a real account (token, queued mail and
+//! event in one transaction) runs on its own task after the answer, so neither the status,
+//! the body nor the timing of the answer depends on the account existing.
+
+use std::time::Duration;
+
+use super::{Accounts, EventActor, Stale, event, observed_db, user_json};
+use crate::domain::{Email, Password, UserStatus};
+use crate::error::{AppError, RepoError, ValidationError};
+use crate::lifecycle::{AccountToken, MailStatus, OneTimeToken, QueuedMail, TokenPurpose, binding_of};
+use crate::throttle::{Limit, ThrottleSettings};
+
+#[derive(Clone, Copy, Debug)]
+pub struct LifecycleSettings {
+    /// How long a password-reset token is good for.
+    pub reset_ttl: Duration,
+    /// Reset requests per email (`per_account`) and per client (`per_client`); every
+    /// request counts.
+    pub reset_throttle: ThrottleSettings,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            reset_ttl: Duration::from_secs(30 * 60),
+            reset_throttle: ThrottleSettings {
+                per_account: Limit { max_failures: 5, window: Duration::from_secs(3600) },
+                per_client: Limit { max_failures: 20, window: Duration::from_secs(3600) },
+                ..ThrottleSettings::default()
+            },
+        }
+    }
+}
+
+/// Throttle keys of their own, so a shared counter store never mixes them with logins'.
+fn reset_keys(email: &Email, client: &str) -> (String, String) {
+    (format!("reset:{}", email.as_str()), format!("reset:{client}"))
+}
+
+fn invalid_token() -> AppError {
+    ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded").into()
+}
+
+impl Accounts {
+    /// `POST /v1/password-resets`. `Ok` whatever the email; `Throttled` alike for both.
+    pub async fn request_password_reset(&self, email: &Email, client: &str) -> Result<(), AppError> {
+        let now = self.clock.now();
+        let (account_key, client_key) = reset_keys(email, client);
+        self.reset_throttle
+            .reserve(&account_key, &client_key, now)
+            .await
+            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        let user = self.db("user_by_email", self.store.user_by_email(email)).await?;
+        let token = OneTimeToken::generate();
+        let token_hash = token.hash();
+        let Some(user) = user.filter(|u| u.status == UserStatus::Active) else {
+            return Ok(());
+        };
+        let expires_at = now.plus(self.lifecycle.reset_ttl);
+        let row = AccountToken {
+            id: uuid::Uuid::now_v7(),
+            user_id: user.id,
+            purpose: TokenPurpose::PasswordReset,
+            token_hash,
+            binding: binding_of(user.password_hash.as_str()),
+            created_at: now,
+            expires_at,
+            used_at: None,
+        };
+        let params = serde_json::json!({
+            "token": token.expose(),
+            "name": user.name.as_str(),
+            "email": user.email.as_str(),
+            "expires_minutes": self.lifecycle.reset_ttl.as_secs().div_ceil(60),
+            "expires_at_micros": expires_at.micros(),
+        });
+        let mail = QueuedMail {
+            id: uuid::Uuid::now_v7(),
+            template: "password_reset".to_owned(),
+            recipient: user.email.clone(),
+            params: params.to_string(),
+            status: MailStatus::Pending,
+            attempts: 0,
+            next_attempt_at: now,
+            last_error: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let data = serde_json::json!({
+            "user": user_json(&user),
+            "mail_id": mail.id.to_string(),
+            "expires_at": crate::domain::rfc3339(expires_at),
+        });
+        let event = event("password_reset.requested", user.id.as_uuid(), EventActor::Anonymous, data, now);
+        let (store, observer, waker) = (self.store.clone(), self.observer.clone(), self.relay_waker.clone());
+        tokio::spawn(async move {
+            let write = store.issue_account_token(&row, &mail, &event);
+            match observed_db(&*observer, "issue_account_token", write).await {
+                Ok(()) => waker.iter().for_each(|w| w.notify_one()),
+                Err(e) => tracing::warn!(user_id = %row.user_id, error = %e, "cannot queue a password reset"),
+            }
+        });
+        Ok(())
+    }
+
+    /// `POST /v1/password-resets/confirm`: sets the password and revokes every session.
+    pub async fn confirm_password_reset(&self, token: &OneTimeToken, new_password: &Password) -> Result<(), AppError> {
+        let hash = token.hash();
+        let row = self.db("account_token", self.store.account_token(&hash)).await?.ok_or_else(invalid_token)?;
+        if !row.token_hash.ct_eq(&hash) || row.purpose != TokenPurpose::PasswordReset || row.used_at.is_some() {
+            return Err(invalid_token());
+        }
+        if self.clock.now() >= row.expires_at {
+            return Err(
+                ValidationError::new("token", "token_expired", "the token has expired; ask for a new one").into()
+            );
+        }
+        let user = self.db("user_by_id", self.store.user_by_id(row.user_id)).await?.ok_or_else(invalid_token)?;
+        // The password changed since the token was made: whoever changed it decided.
+        if binding_of(user.password_hash.as_str()) != row.binding {
+            return Err(invalid_token());
+        }
+        if user.status != UserStatus::Active {
+            return Err(AppError::AccountDisabled);
+        }
+        let new_hash = self.hasher.hash(new_password).await?;
+        let now = self.clock.now();
+        let mut next = user.clone();
+        next.password_hash = new_hash;
+        next.version = user.version.next();
+        next.updated_at = now;
+        let data = serde_json::json!({
+            "user": user_json(&next),
+            "changed": ["password"],
+            "sessions_revoked": "all",
+            "via": "password_reset",
+        });
+        let event = event("user.updated", user.id.as_uuid(), EventActor::User(user.id), data, now);
+        let (store, id, expected, token_id) = (self.store.clone(), user.id, user.version, row.id);
+        let write = async move { store.redeem_password_reset(token_id, &next, expected, now, &event).await };
+        match self.commit("redeem_password_reset", write, Stale::User { id, sessions: None, now }).await {
+            Ok(()) => Ok(()),
+            // Redeemed by a concurrent request, or the account changed under us.
+            Err(RepoError::NotFound | RepoError::VersionConflict) => Err(invalid_token()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
