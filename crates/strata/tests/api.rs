@@ -891,6 +891,10 @@ fn python_with(modules: &str, what: &str, backend: &str, why: &str) -> Option<St
     found
 }
 
+/// Issue 16: password resets over real SMTP.
+#[path = "api/lifecycle.rs"]
+mod lifecycle;
+
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]
 mod backup;
