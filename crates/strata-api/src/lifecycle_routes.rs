@@ -1,4 +1,5 @@
-//! Account lifecycle endpoints: password reset. Parse, call the service, render.
+//! Account lifecycle endpoints: password reset, email verification. Parse, call the
+//! service, render.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,8 +12,9 @@ use strata_core::lifecycle::OneTimeToken;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::dto::UserBody;
 use crate::error::{ApiResult, Problem};
-use crate::extract::{ClientAddr, JsonBody};
+use crate::extract::{Caller, ClientAddr, JsonBody, PathUserId};
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -100,4 +102,56 @@ pub async fn confirm_password_reset(
     })?;
     state.accounts.confirm_password_reset(&token, &password).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerificationRequest {
+    /// The token from the verification mail (`ot_…`).
+    pub token: String,
+}
+
+/// Ask for a verification mail to your current email.
+#[utoipa::path(
+    post, path = "/v1/users/{id}/verification", tag = "email verification",
+    params(("id" = String, Path, format = Uuid)),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "A verification mail is on its way", body = PasswordResetAccepted),
+        (status = 401, description = "Not logged in", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not your account", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`already_verified`", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many verification requests", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+    )
+)]
+pub async fn request_verification(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    ClientAddr(client): ClientAddr,
+    PathUserId(id): PathUserId,
+) -> ApiResult<Response> {
+    state.accounts.request_verification(&actor, id, &client).await?;
+    let body = PasswordResetAccepted { status: "accepted", detail: "a verification mail is on its way" };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// Confirm an email with the token from a verification mail.
+#[utoipa::path(
+    post, path = "/v1/verifications", tag = "email verification",
+    request_body = VerificationRequest,
+    responses(
+        (status = 200, description = "Verified: the user, now with `verified: true`", body = UserBody),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`token_invalid` (unknown, used, superseded, or sent to an email the account no longer has) or `token_expired`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn confirm_verification(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<VerificationRequest>,
+) -> ApiResult<Response> {
+    let token = OneTimeToken::parse(&req.token).ok_or_else(|| {
+        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
+    })?;
+    let user = state.accounts.confirm_verification(&token).await?;
+    Ok((StatusCode::OK, Json(UserBody::from(&user))).into_response())
 }

@@ -291,6 +291,7 @@ fn candidate(parts: Parts<'_>, now: Timestamp) -> Result<Candidate, Rejected> {
         password_hash: parts.hash,
         role: if parts.admin { Role::Admin } else { Role::User },
         status: if parts.active { UserStatus::Active } else { UserStatus::Disabled },
+        verified: false,
         version: Version::FIRST,
         created_at,
         updated_at: created_at,
@@ -568,6 +569,7 @@ fn strata_user(row: &Row) -> Result<Candidate, Rejected> {
         Value::Int(version),
         Value::Int(created),
         Value::Int(updated),
+        Value::Bool(verified),
     ] = row.as_slice()
     else {
         return Err(malformed("not a users row"));
@@ -582,6 +584,7 @@ fn strata_user(row: &Row) -> Result<Candidate, Rejected> {
             password_hash: PasswordHash::from_trusted(hash.clone()),
             role: Role::parse(role).map_err(|e| malformed(&e.message))?,
             status: UserStatus::parse(status).map_err(|e| malformed(&e.message))?,
+            verified: *verified,
             version: Version(u64::try_from(*version).map_err(|_| malformed("negative version"))?),
             created_at: Timestamp::from_micros(*created),
             updated_at: Timestamp::from_micros(*updated),

@@ -89,6 +89,7 @@ pub const TABLES: &[Table] = &[
             col("version", Int),
             col("created_at", Int),
             col("updated_at", Int),
+            col("verified", Bool),
         ],
     },
     Table {

@@ -30,6 +30,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "login.failed",
     "login.throttled",
     "password_reset.requested",
+    "email_verification.requested",
     "webhook.endpoint.disabled",
 ];
 

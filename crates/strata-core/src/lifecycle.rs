@@ -19,18 +19,22 @@ use crate::domain::{Email, Timestamp, TokenHash, UserId};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenPurpose {
     PasswordReset,
+    /// Bound to the email it was sent to: an email change voids it.
+    EmailVerification,
 }
 
 impl TokenPurpose {
     pub fn as_str(self) -> &'static str {
         match self {
             TokenPurpose::PasswordReset => "password_reset",
+            TokenPurpose::EmailVerification => "email_verification",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "password_reset" => Some(TokenPurpose::PasswordReset),
+            "email_verification" => Some(TokenPurpose::EmailVerification),
             _ => None,
         }
     }

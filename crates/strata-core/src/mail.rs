@@ -65,7 +65,7 @@ pub struct Template {
 }
 
 /// Every template Strata sends, by name.
-pub const TEMPLATE_NAMES: &[&str] = &["password_reset"];
+pub const TEMPLATE_NAMES: &[&str] = &["password_reset", "email_verification"];
 
 /// The templates in use: the embedded defaults, each part overridable by a file
 /// `<dir>/<name>.subject`, `<name>.txt` or `<name>.html`.
@@ -81,6 +81,14 @@ impl Templates {
                 subject: include_str!("mail_templates/password_reset.subject").trim().to_owned(),
                 text: include_str!("mail_templates/password_reset.txt").to_owned(),
                 html: include_str!("mail_templates/password_reset.html").to_owned(),
+            },
+        );
+        map.insert(
+            "email_verification",
+            Template {
+                subject: include_str!("mail_templates/email_verification.subject").trim().to_owned(),
+                text: include_str!("mail_templates/email_verification.txt").to_owned(),
+                html: include_str!("mail_templates/email_verification.html").to_owned(),
             },
         );
         Templates(map)
@@ -197,7 +205,7 @@ impl MailObserver for crate::ports::NoopObserver {
 }
 
 /// Event types whose change queued a mail.
-pub const MAIL_EVENT_TYPES: &[&str] = &["password_reset.requested"];
+pub const MAIL_EVENT_TYPES: &[&str] = &["password_reset.requested", "email_verification.requested"];
 
 /// The worker's `mail` listener: the queue row is already written (in the request's
 /// transaction), so hearing its event only wakes the dispatcher. Nothing to record per
@@ -379,6 +387,7 @@ impl MailDispatcher {
 fn link_path(template: &str) -> Option<&'static str> {
     match template {
         "password_reset" => Some("/reset-password"),
+        "email_verification" => Some("/verify-email"),
         _ => None,
     }
 }

@@ -224,16 +224,19 @@ pub trait LifecycleRepository: Send + Sync {
     /// The token with this hash, used or not (one indexed lookup).
     async fn account_token(&self, hash: &TokenHash) -> Result<Option<AccountToken>, RepoError>;
 
-    /// Redeems a password-reset token and sets the password, in one transaction: marks the
-    /// token used only if it still is unused (`NotFound` otherwise: used, superseded, or
-    /// gone), replaces the user row if its version is still `expected` (as
-    /// [`UserRepository::update_user`]), revokes every session, deletes the user's other
-    /// unused tokens of that purpose and records `event`.
-    async fn redeem_password_reset(
+    /// Redeems a token and applies what it was for, in one transaction: marks the token used
+    /// at `at` only if it still is unused (`NotFound` otherwise: used, superseded, or gone),
+    /// replaces the user row if its version is still `expected` with the sessions `revoke`
+    /// names (as [`UserRepository::update_user`]), deletes the user's other unused tokens of
+    /// `purpose` and records `event`.
+    #[allow(clippy::too_many_arguments)]
+    async fn redeem_account_token(
         &self,
         token_id: uuid::Uuid,
+        purpose: crate::lifecycle::TokenPurpose,
         user: &User,
         expected: Version,
+        revoke: SessionRevocation,
         at: Timestamp,
         event: &OutboxEvent,
     ) -> Result<(), RepoError>;

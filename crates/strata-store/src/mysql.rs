@@ -204,8 +204,11 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 4,
         name: "account lifecycle: one-time tokens, mail queue",
-        // Re-runnable like migration 2: tables IF NOT EXISTS, nothing else.
+        // Re-runnable like migration 2: the runner skips the duplicate column, tables are
+        // IF NOT EXISTS.
         sql: "
+        ALTER TABLE users ADD COLUMN verified BOOLEAN NOT NULL DEFAULT FALSE;
+
         CREATE TABLE IF NOT EXISTS account_tokens (
             id         BINARY(16) NOT NULL,
             user_id    BINARY(16) NOT NULL,
@@ -253,19 +256,19 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id = ?";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = ?";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
          FROM sessions WHERE user_id = ? ORDER BY id";
     /// The first page passes the nil UUID (16 zero bytes), which sorts before every UUIDv7.
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id > ? ORDER BY id LIMIT ?";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = ? AND id > ? ORDER BY id LIMIT ?";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT `key`, fingerprint, user_id, created_at FROM idempotency_keys WHERE `key` = ?";
@@ -276,8 +279,8 @@ mod sql {
     pub const EVENT_COLUMNS: &str = "id, aggregate_id, event_type, payload, created_at, sequence, traceparent";
 
     pub const INSERT_USER: &str = "INSERT INTO users \
-         (id, email, name, password_hash, role, status, version, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+         (id, email, name, password_hash, role, status, version, created_at, updated_at, verified) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     pub const INSERT_IDEMPOTENCY: &str =
         "INSERT INTO idempotency_keys (`key`, fingerprint, user_id, created_at) VALUES (?, ?, ?, ?)";
     /// Bumps the aggregate's sequence, row-locking it until commit; `LAST_INSERT_ID(x)`
@@ -288,7 +291,7 @@ mod sql {
          (id, aggregate_id, event_type, payload, created_at, sequence, `partition`, traceparent) \
          VALUES (?, ?, ?, ?, ?, LAST_INSERT_ID(), ?, ?)";
     pub const UPDATE_USER: &str = "UPDATE users SET email = ?, name = ?, password_hash = ?, role = ?, status = ?, \
-         version = ?, updated_at = ? WHERE id = ? AND version = ?";
+         version = ?, updated_at = ?, verified = ? WHERE id = ? AND version = ?";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = ?";
     pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, `binding`, created_at, \
          expires_at, used_at FROM account_tokens WHERE token_hash = ?";
@@ -407,6 +410,7 @@ fn user_from_row(row: &mut Row, at: usize) -> Result<User, RepoError> {
         version: Version(u64::try_from(version).map_err(|_| corrupt("version", version))?),
         created_at: Timestamp(take(row, at + 7)?),
         updated_at: Timestamp(take(row, at + 8)?),
+        verified: take(row, at + 9)?,
     })
 }
 
@@ -432,6 +436,7 @@ fn user_params(user: &User) -> Result<Vec<Value>, RepoError> {
         version_param(user.version)?.into(),
         user.created_at.0.into(),
         user.updated_at.0.into(),
+        user.verified.into(),
     ])
 }
 
@@ -495,6 +500,7 @@ fn update_user_params(user: &User, expected: Version) -> Result<Vec<Value>, Repo
         user.status.as_str().into(),
         version_param(user.version)?.into(),
         user.updated_at.0.into(),
+        user.verified.into(),
         user.id.as_bytes().as_slice().into(),
         version_param(expected)?.into(),
     ])
@@ -1572,11 +1578,13 @@ impl LifecycleRepository for MysqlStore {
             .transpose()
     }
 
-    async fn redeem_password_reset(
+    async fn redeem_account_token(
         &self,
         token_id: Uuid,
+        purpose: TokenPurpose,
         user: &User,
         expected: Version,
+        revoke: SessionRevocation,
         at: Timestamp,
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
@@ -1589,8 +1597,8 @@ impl LifecycleRepository for MysqlStore {
                 if tx.affected_rows() == 0 {
                     return Err(RepoError::NotFound);
                 }
-                update_user_in(&mut tx, user, params, SessionRevocation::All { at }, event).await?;
-                let purpose = TokenPurpose::PasswordReset.as_str();
+                update_user_in(&mut tx, user, params, revoke, event).await?;
+                let purpose = purpose.as_str();
                 tx.exec_drop(sql::DELETE_UNUSED_TOKENS, (user.id.as_bytes().as_slice(), purpose)).await.map_err(my_err)
             }
             .await;
@@ -1764,9 +1772,12 @@ async fn sample_rows(tx: &mut Transaction<'_>) -> Result<Samples, RepoError> {
         key: format!("explain-{}", user.simple()),
     };
     let uid: &[u8] = user.as_bytes();
-    tx.exec_drop(sql::INSERT_USER, (uid, samples.email.as_str(), "Explain", "x", "user", "active", 1i64, 0i64, 0i64))
-        .await
-        .map_err(my_err)?;
+    tx.exec_drop(
+        sql::INSERT_USER,
+        (uid, samples.email.as_str(), "Explain", "x", "user", "active", 1i64, 0i64, 0i64, false),
+    )
+    .await
+    .map_err(my_err)?;
     tx.exec_drop(
         sql::INSERT_SESSION,
         (Uuid::now_v7().as_bytes().as_slice(), &samples.token_hash[..], uid, 0i64, 0i64, None::<i64>),

@@ -190,6 +190,8 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "account lifecycle: one-time tokens, mail queue",
         sql: "
+        ALTER TABLE users ADD COLUMN verified boolean NOT NULL DEFAULT false;
+
         CREATE TABLE account_tokens (
             id         uuid PRIMARY KEY,
             user_id    uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -230,19 +232,19 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id = $1";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = $1";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
          FROM sessions WHERE user_id = $1 ORDER BY id";
     /// `$1` is the nil UUID on the first page: it sorts before every UUIDv7.
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id > $1 ORDER BY id LIMIT $2";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = $3 AND id > $1 ORDER BY id LIMIT $2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = $1";
@@ -255,8 +257,8 @@ mod sql {
          FROM outbox WHERE published_at IS NULL AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence LIMIT $2";
 
     pub const INSERT_USER: &str = "INSERT INTO users \
-         (id, email, name, password_hash, role, status, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+         (id, email, name, password_hash, role, status, version, created_at, updated_at, verified) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
     pub const INSERT_IDEMPOTENCY: &str =
         "INSERT INTO idempotency_keys (key, fingerprint, user_id, created_at) VALUES ($1, $2, $3, $4)";
     /// Bumps the aggregate's sequence (row-locking it until commit) and writes the row with
@@ -266,7 +268,7 @@ mod sql {
          INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at, sequence, partition, traceparent) \
          SELECT $1, $2, $3, $4, $5, s.last, $6, $7 FROM s";
     pub const UPDATE_USER: &str = "UPDATE users SET email = $2, name = $3, password_hash = $4, role = $5, status = $6, \
-         version = $7, updated_at = $8 WHERE id = $1 AND version = $9";
+         version = $7, updated_at = $8, verified = $10 WHERE id = $1 AND version = $9";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = $1";
     pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, binding, created_at, expires_at, \
          used_at FROM account_tokens WHERE token_hash = $1";
@@ -379,6 +381,7 @@ fn user_from_row(row: &Row, at: usize) -> Result<User, RepoError> {
         version: Version(u64::try_from(version).map_err(|_| corrupt("version", version))?),
         created_at: Timestamp(get(row, at + 7)?),
         updated_at: Timestamp(get(row, at + 8)?),
+        verified: get(row, at + 9)?,
     })
 }
 
@@ -444,6 +447,7 @@ async fn update_user_in(
             &version,
             &user.updated_at.0,
             &expected,
+            &user.verified,
         ],
     )
     .await
@@ -631,6 +635,7 @@ impl UserRepository for PostgresStore {
                     &version,
                     &user.created_at.0,
                     &user.updated_at.0,
+                    &user.verified,
                 ],
             )
             .await
@@ -1405,11 +1410,13 @@ impl LifecycleRepository for PostgresStore {
             .transpose()
     }
 
-    async fn redeem_password_reset(
+    async fn redeem_account_token(
         &self,
         token_id: Uuid,
+        purpose: TokenPurpose,
         user: &User,
         expected: Version,
+        revoke: SessionRevocation,
         at: Timestamp,
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
@@ -1420,8 +1427,8 @@ impl LifecycleRepository for PostgresStore {
             if execute(&tx, sql::USE_TOKEN, &[&token_id, &at.0]).await.map_err(pg_err)? == 0 {
                 return Err(RepoError::NotFound);
             }
-            update_user_in(&tx, user, version, expected, SessionRevocation::All { at }, event).await?;
-            let purpose = TokenPurpose::PasswordReset.as_str();
+            update_user_in(&tx, user, version, expected, revoke, event).await?;
+            let purpose = purpose.as_str();
             execute(&tx, sql::DELETE_UNUSED_TOKENS, &[&user.id.as_uuid(), &purpose]).await.map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)
         })
@@ -1557,9 +1564,12 @@ async fn sample_rows(tx: &Transaction<'_>) -> Result<Samples, RepoError> {
     };
     let hash: &[u8] = &samples.token_hash;
     let zero = 0i64;
-    tx.execute(sql::INSERT_USER, &[&user, &samples.email, &"Explain", &"x", &"user", &"active", &1i64, &zero, &zero])
-        .await
-        .map_err(pg_err)?;
+    tx.execute(
+        sql::INSERT_USER,
+        &[&user, &samples.email, &"Explain", &"x", &"user", &"active", &1i64, &zero, &zero, &false],
+    )
+    .await
+    .map_err(pg_err)?;
     tx.execute(sql::INSERT_SESSION, &[&Uuid::now_v7(), &hash, &user, &zero, &zero, &None::<i64>])
         .await
         .map_err(pg_err)?;

@@ -195,6 +195,8 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "account lifecycle: one-time tokens, mail queue",
         sql: "
+        ALTER TABLE users ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+
         CREATE TABLE account_tokens (
             id         BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
             user_id    BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
@@ -227,18 +229,17 @@ const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at";
+const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at, verified";
 
 mod sql {
-    pub const USER_BY_ID: &str =
-        "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE id = ?1";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE email = ?1";
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE id = ?1";
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE email = ?1";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at FROM sessions WHERE user_id = ?1 ORDER BY id";
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = ?1";
     /// The aggregates with the oldest unpublished rows (step 1 of `pending_events`).
@@ -568,6 +569,7 @@ fn user_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<User> {
         version: Version(row.get::<_, i64>(at + 6)? as u64),
         created_at: Timestamp(row.get(at + 7)?),
         updated_at: Timestamp(row.get(at + 8)?),
+        verified: row.get(at + 9)?,
     })
 }
 
@@ -656,7 +658,7 @@ fn update_user_in(
     let changed = tx
         .prepare_cached(
             "UPDATE users SET email = ?2, name = ?3, password_hash = ?4, role = ?5, status = ?6, \
-             version = ?7, updated_at = ?8 WHERE id = ?1 AND version = ?9",
+             version = ?7, updated_at = ?8, verified = ?10 WHERE id = ?1 AND version = ?9",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -668,7 +670,8 @@ fn update_user_in(
                 user.status.as_str(),
                 user.version.0 as i64,
                 user.updated_at.0,
-                expected.0 as i64
+                expected.0 as i64,
+                user.verified
             ])
         })
         .map_err(map_err)?;
@@ -800,7 +803,7 @@ impl UserRepository for SqliteStore {
         let (user, idempotency, event) = (user.clone(), idempotency.cloned(), event.clone());
         self.write(move |tx| {
             tx.prepare_cached(&format!(
-                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ))
             .and_then(|mut s| {
                 s.execute(params![
@@ -812,7 +815,8 @@ impl UserRepository for SqliteStore {
                     user.status.as_str(),
                     user.version.0 as i64,
                     user.created_at.0,
-                    user.updated_at.0
+                    user.updated_at.0,
+                    user.verified
                 ])
             })
             .map_err(map_err)?;
@@ -1621,11 +1625,13 @@ impl LifecycleRepository for SqliteStore {
         .await
     }
 
-    async fn redeem_password_reset(
+    async fn redeem_account_token(
         &self,
         token_id: uuid::Uuid,
+        purpose: TokenPurpose,
         user: &User,
         expected: Version,
+        revoke: SessionRevocation,
         at: Timestamp,
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
@@ -1640,10 +1646,10 @@ impl LifecycleRepository for SqliteStore {
             if used == 0 {
                 return Err(RepoError::NotFound);
             }
-            update_user_in(tx, &user, expected, SessionRevocation::All { at }, &event)?;
+            update_user_in(tx, &user, expected, revoke, &event)?;
             tx.execute(
                 "DELETE FROM account_tokens WHERE user_id = ?1 AND purpose = ?2 AND used_at IS NULL",
-                params![user.id.as_bytes().as_slice(), TokenPurpose::PasswordReset.as_str()],
+                params![user.id.as_bytes().as_slice(), purpose.as_str()],
             )
             .map_err(map_err)?;
             Ok(())

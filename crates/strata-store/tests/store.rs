@@ -35,6 +35,7 @@ fn user(email: &str, name: &str) -> User {
         password_hash: PasswordHash::from_trusted("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into()),
         role: Role::User,
         status: UserStatus::Active,
+        verified: false,
         version: Version::FIRST,
         created_at: T0,
         updated_at: T0,
@@ -782,6 +783,7 @@ fn reset_token_and_mail(
 }
 
 async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn Store>) {
+    const RESET: strata_core::lifecycle::TokenPurpose = strata_core::lifecycle::TokenPurpose::PasswordReset;
     let u = user("tokens@example.com", "Tokens");
     create(&*store, &u).await;
     let (first, first_mail) = reset_token_and_mail(&u, T0);
@@ -800,19 +802,29 @@ async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn 
     let mut next = u.clone();
     next.password_hash = PasswordHash::from_trusted("$argon2id$v=19$m=64,t=1,p=1$bmV3c2FsdA$bmV3".into());
     next.version = u.version.next();
+    // The flag round-trips like every other column.
+    next.verified = true;
     let at = T0.plus(Duration::from_secs(2));
-    store.redeem_password_reset(second.id, &next, u.version, at, &event("user.updated", u.id)).await.unwrap();
+    let revoke_all = SessionRevocation::All { at };
+    store
+        .redeem_account_token(second.id, RESET, &next, u.version, revoke_all, at, &event("user.updated", u.id))
+        .await
+        .unwrap();
     assert_eq!(store.user_by_id(u.id).await.unwrap(), Some(next.clone()));
     assert_eq!(store.sessions_of_user(u.id).await.unwrap()[0].revoked_at, Some(at));
     assert_eq!(store.account_token(&second.token_hash).await.unwrap().unwrap().used_at, Some(at));
-    let again = store.redeem_password_reset(second.id, &next, next.version, at, &event("user.updated", u.id)).await;
+    let again = store
+        .redeem_account_token(second.id, RESET, &next, next.version, revoke_all, at, &event("user.updated", u.id))
+        .await;
     assert_eq!(again, Err(RepoError::NotFound));
     assert_eq!(store.user_by_id(u.id).await.unwrap(), Some(next.clone()), "a refused redeem writes nothing");
 
     // A stale version refuses the redeem and leaves the token unused.
     let (third, third_mail) = reset_token_and_mail(&next, at);
     store.issue_account_token(&third, &third_mail, &event("password_reset.requested", u.id)).await.unwrap();
-    let stale = store.redeem_password_reset(third.id, &next, u.version, at, &event("user.updated", u.id)).await;
+    let stale = store
+        .redeem_account_token(third.id, RESET, &next, u.version, revoke_all, at, &event("user.updated", u.id))
+        .await;
     assert_eq!(stale, Err(RepoError::VersionConflict));
     assert_eq!(store.account_token(&third.token_hash).await.unwrap().unwrap().used_at, None);
 

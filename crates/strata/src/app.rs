@@ -55,6 +55,7 @@ impl Application {
         let settings = AccountSettings {
             session_ttl: Duration::from_secs(config.auth.session_ttl_secs),
             idempotency_ttl: Duration::from_secs(config.auth.idempotency_ttl_secs),
+            require_verified_email: config.auth.require_verified_email,
             ..AccountSettings::default()
         };
         let mut throttle = Throttle::local(config.throttle_settings());

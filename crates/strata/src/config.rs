@@ -61,6 +61,8 @@ pub struct MailConfig {
     pub poll_interval_ms: u64,
     /// A password-reset token is good for this long.
     pub password_reset_ttl_secs: u64,
+    /// An email-verification token is good for this long.
+    pub verification_ttl_secs: u64,
     /// Reset requests allowed per email and per client address in `reset_window_secs`.
     pub reset_account_max: u32,
     pub reset_client_max: u32,
@@ -81,6 +83,7 @@ impl Default for MailConfig {
             timeout_ms: m.timeout.as_millis() as u64,
             poll_interval_ms: m.poll_interval.as_millis() as u64,
             password_reset_ttl_secs: l.reset_ttl.as_secs(),
+            verification_ttl_secs: l.verification_ttl.as_secs(),
             reset_account_max: l.reset_throttle.per_account.max_failures,
             reset_client_max: l.reset_throttle.per_client.max_failures,
             reset_window_secs: l.reset_throttle.per_account.window.as_secs(),
@@ -306,6 +309,8 @@ pub struct AuthConfig {
     pub session_ttl_secs: u64,
     /// How long an `Idempotency-Key` is honoured; older records are purged hourly.
     pub idempotency_ttl_secs: u64,
+    /// Refuse logins (403 `email_not_verified`) until the account's email is verified.
+    pub require_verified_email: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -466,7 +471,12 @@ impl Default for DatabaseConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { admin_token: None, session_ttl_secs: 24 * 3600, idempotency_ttl_secs: 24 * 3600 }
+        AuthConfig {
+            admin_token: None,
+            session_ttl_secs: 24 * 3600,
+            idempotency_ttl_secs: 24 * 3600,
+            require_verified_email: false,
+        }
     }
 }
 
@@ -695,6 +705,10 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_PASSWORD_RESET_TTL_SECS", "mail.password_reset_ttl_secs", |c, v| {
         Ok(c.mail.password_reset_ttl_secs = parse(v)?)
     }),
+    ("STRATA_VERIFICATION_TTL_SECS", "mail.verification_ttl_secs", |c, v| Ok(c.mail.verification_ttl_secs = parse(v)?)),
+    ("STRATA_REQUIRE_VERIFIED_EMAIL", "auth.require_verified_email", |c, v| {
+        Ok(c.auth.require_verified_email = parse(v)?)
+    }),
     ("STRATA_MAIL_RESET_ACCOUNT_MAX", "mail.reset_account_max", |c, v| Ok(c.mail.reset_account_max = parse(v)?)),
     ("STRATA_MAIL_RESET_CLIENT_MAX", "mail.reset_client_max", |c, v| Ok(c.mail.reset_client_max = parse(v)?)),
     ("STRATA_MAIL_RESET_WINDOW_SECS", "mail.reset_window_secs", |c, v| Ok(c.mail.reset_window_secs = parse(v)?)),
@@ -802,6 +816,7 @@ impl Config {
             || m.timeout_ms == 0
             || m.poll_interval_ms == 0
             || m.password_reset_ttl_secs == 0
+            || m.verification_ttl_secs == 0
             || m.reset_account_max == 0
             || m.reset_client_max == 0
             || m.reset_window_secs == 0
@@ -1022,6 +1037,7 @@ impl Config {
         let window = Duration::from_secs(self.mail.reset_window_secs);
         let mut l = strata_core::service::LifecycleSettings {
             reset_ttl: Duration::from_secs(self.mail.password_reset_ttl_secs),
+            verification_ttl: Duration::from_secs(self.mail.verification_ttl_secs),
             ..Default::default()
         };
         l.reset_throttle.per_account = Limit { max_failures: self.mail.reset_account_max, window };

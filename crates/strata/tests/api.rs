@@ -182,7 +182,8 @@ async fn register_login_whoami_logout(app: TestApp) {
     assert_eq!(r.body["status"], "active");
     assert_eq!(r.body["version"], 1);
     let keys: Vec<_> = r.body.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["created_at", "email", "id", "name", "role", "status", "updated_at", "version"]);
+    assert_eq!(keys, ["created_at", "email", "id", "name", "role", "status", "updated_at", "verified", "version"]);
+    assert_eq!(r.body["verified"], false);
     assert!(!String::from_utf8_lossy(&r.raw).contains("argon2"));
 
     let login = app.login("ADA@example.com", PASSWORD).await;

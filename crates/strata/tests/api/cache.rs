@@ -230,15 +230,17 @@ impl strata_core::ports::LifecycleRepository for CountingStore {
     ) -> Result<Option<strata_core::lifecycle::AccountToken>, RepoError> {
         self.inner.account_token(hash).await
     }
-    async fn redeem_password_reset(
+    async fn redeem_account_token(
         &self,
         token_id: uuid::Uuid,
+        purpose: strata_core::lifecycle::TokenPurpose,
         user: &User,
         expected: Version,
+        revoke: SessionRevocation,
         at: Timestamp,
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
-        self.inner.redeem_password_reset(token_id, user, expected, at, event).await
+        self.inner.redeem_account_token(token_id, purpose, user, expected, revoke, at, event).await
     }
     async fn claim_due_mails(
         &self,

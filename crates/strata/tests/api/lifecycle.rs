@@ -106,14 +106,20 @@ impl Drop for SmtpServer {
 
 /// The one-time token in a mail's text.
 fn token_in(mail: &Value) -> String {
+    link_token(mail, "reset-password")
+}
+
+/// The token in a mail's link to `{base_url}/{page}?token=…`.
+fn link_token(mail: &Value, page: &str) -> String {
     let text = mail["text"].as_str().unwrap();
-    let start = text.find("token=ot_").map(|i| i + "token=".len()).expect("a reset link in the mail");
+    let start = text.find("token=ot_").map(|i| i + "token=".len()).expect("a link with a token in the mail");
     let token: String =
         text[start..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
     assert_eq!(token.len(), 46, "{text}");
     // The same token stands on its own line for typing in, and in the HTML part's link.
     assert!(text.lines().any(|l| l.trim() == token), "{text}");
-    assert!(mail["html"].as_str().unwrap().contains(&format!("reset-password?token={token}")));
+    assert!(text.contains(&format!("/{page}?token={token}")), "{text}");
+    assert!(mail["html"].as_str().unwrap().contains(&format!("{page}?token={token}")));
     token
 }
 
@@ -383,6 +389,91 @@ async fn a_mail_server_outage_delays_mail_and_fails_no_request(backend: Backend)
     app.stop().await;
 }
 
+async fn verify(app: &TestApp, token: &str) -> Resp {
+    app.json(Method::POST, "/v1/verifications", None, &json!({"token": token})).await
+}
+
+async fn email_verification_journey_and_email_changes(backend: Backend) {
+    let Some((app, smtp)) = spawn_with_smtp(backend, "lifecycle verification", |_| {}).await else { return };
+    let (user, session) = app.user_with_token("verify@example.com").await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    assert_eq!(user["verified"], false);
+    let ask = |token: Option<String>, id: String| {
+        let app = &app;
+        async move { app.json(Method::POST, &format!("/v1/users/{id}/verification"), token.as_deref(), &json!({})).await }
+    };
+    // Only the user themself, logged in.
+    ask(None, id.clone()).await.assert_problem(401, "missing_token", None);
+    let (_, other) = app.user_with_token("other@example.com").await;
+    ask(Some(other.clone()), id.clone()).await.assert_problem(403, "forbidden", None);
+    ask(Some(ADMIN.to_owned()), id.clone()).await.assert_problem(403, "forbidden", None);
+
+    let r = ask(Some(session.clone()), id.clone()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails[0]["to"], "verify@example.com");
+    assert_eq!(mails[0]["subject"], "Confirm your email address");
+    let token = link_token(&mails[0], "verify-email");
+
+    verify(&app, "garbage").await.assert_problem(422, "token_invalid", Some("token"));
+    let r = verify(&app, &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!((r.body["verified"].clone(), r.body["version"].clone()), (json!(true), json!(2)));
+    assert_eq!(app.get(&format!("/v1/users/{id}"), Some(&session)).await.body["verified"], true);
+    verify(&app, &token).await.assert_problem(422, "token_invalid", Some("token"));
+    ask(Some(session.clone()), id.clone()).await.assert_problem(409, "already_verified", None);
+    // A reset token is not a verification token, nor the other way round.
+    confirm(&app, &token, "a brand new password").await.assert_problem(422, "token_invalid", Some("token"));
+
+    // A new email is unverified, and a token sent to the old one proves nothing about it.
+    let patch = |body: Value, version: &'static str| {
+        let (app, session, id) = (&app, session.clone(), id.clone());
+        async move {
+            let auth = format!("Bearer {session}");
+            let headers =
+                [("content-type", "application/json"), ("authorization", auth.as_str()), ("if-match", version)];
+            app.send(Method::PATCH, &format!("/v1/users/{id}"), &headers, Some(Bytes::from(body.to_string()))).await
+        }
+    };
+    let r = patch(json!({"name": "Renamed"}), "\"2\"").await;
+    assert_eq!((r.status, r.body["verified"].clone()), (StatusCode::OK, json!(true)), "a rename keeps it");
+    let other_user = app.get("/v1/sessions/current", Some(&other)).await.body["user"]["id"].clone();
+    let other_id = other_user.as_str().unwrap().to_owned();
+    let r = ask(Some(other.clone()), other_id).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let stale = link_token(&smtp.wait_for(2).await[1], "verify-email");
+    let r = patch(json!({"email": "moved@example.com", "current_password": PASSWORD}), "\"3\"").await;
+    assert_eq!((r.status, r.body["verified"].clone()), (StatusCode::OK, json!(false)), "{}", r.body);
+    let r = ask(Some(session.clone()), id.clone()).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED);
+    let mails = smtp.wait_for(3).await;
+    assert_eq!(mails[2]["to"], "moved@example.com");
+    let fresh = link_token(&mails[2], "verify-email");
+    assert_eq!(verify(&app, &fresh).await.body["verified"], true);
+    // The other user's token still works for them.
+    assert_eq!(verify(&app, &stale).await.body["email"], "other@example.com");
+    app.stop().await;
+}
+
+async fn require_verified_email_gates_logins(backend: Backend) {
+    let Some((app, smtp)) =
+        spawn_with_smtp(backend, "lifecycle require verified", |c| c.auth.require_verified_email = true).await
+    else {
+        return;
+    };
+    app.register("gated@example.com", "Gated").await;
+    app.login("gated@example.com", PASSWORD).await.assert_problem(403, "email_not_verified", None);
+    // Wrong passwords still say only that.
+    app.login("gated@example.com", "not the password").await.assert_problem(401, "invalid_credentials", None);
+    // The first verification mail comes with the registration.
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails[0]["to"], "gated@example.com");
+    let r = verify(&app, &link_token(&mails[0], "verify-email")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(app.login("gated@example.com", PASSWORD).await.status, StatusCode::CREATED);
+    app.stop().await;
+}
+
 macro_rules! lifecycle_tests {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -405,4 +496,6 @@ lifecycle_tests!(
     reset_tokens_expire_are_superseded_and_die_with_a_password_change,
     reset_requests_do_not_enumerate_and_are_throttled,
     a_mail_server_outage_delays_mail_and_fails_no_request,
+    email_verification_journey_and_email_changes,
+    require_verified_email_gates_logins,
 );
