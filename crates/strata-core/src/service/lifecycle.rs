@@ -46,6 +46,15 @@ fn reset_keys(email: &Email, client: &str) -> (String, String) {
     (format!("reset:{}", email.as_str()), format!("reset:{client}"))
 }
 
+/// What a token of `purpose` stays bound to: a reset dies with any password change, a
+/// verification with any email change.
+fn bound_value(user: &User, purpose: TokenPurpose) -> &str {
+    match purpose {
+        TokenPurpose::PasswordReset => user.password_hash.as_str(),
+        TokenPurpose::EmailVerification => user.email.as_str(),
+    }
+}
+
 /// The token row, the mail that carries the token and the `<template>.requested` event,
 /// for one user: what an issue writes in one transaction.
 fn token_mail(
@@ -57,16 +66,12 @@ fn token_mail(
     now: Timestamp,
 ) -> (AccountToken, QueuedMail, OutboxEvent) {
     let expires_at = now.plus(ttl);
-    let bound_to = match purpose {
-        TokenPurpose::PasswordReset => user.password_hash.as_str(),
-        TokenPurpose::EmailVerification => user.email.as_str(),
-    };
     let row = AccountToken {
         id: uuid::Uuid::now_v7(),
         user_id: user.id,
         purpose,
         token_hash,
-        binding: binding_of(bound_to),
+        binding: binding_of(bound_value(user, purpose)),
         created_at: now,
         expires_at,
         used_at: None,
@@ -107,6 +112,26 @@ fn invalid_token() -> AppError {
 }
 
 impl Accounts {
+    /// The stored token and its user, if `token` may be redeemed for `purpose` now: known,
+    /// of that purpose, unused, unexpired, and still bound to what it was bound to.
+    async fn redeemable(&self, token: &OneTimeToken, purpose: TokenPurpose) -> Result<(AccountToken, User), AppError> {
+        let hash = token.hash();
+        let row = self.db("account_token", self.store.account_token(&hash)).await?.ok_or_else(invalid_token)?;
+        if !row.token_hash.ct_eq(&hash) || row.purpose != purpose || row.used_at.is_some() {
+            return Err(invalid_token());
+        }
+        if self.clock.now() >= row.expires_at {
+            return Err(
+                ValidationError::new("token", "token_expired", "the token has expired; ask for a new one").into()
+            );
+        }
+        let user = self.db("user_by_id", self.store.user_by_id(row.user_id)).await?.ok_or_else(invalid_token)?;
+        if binding_of(bound_value(&user, purpose)) != row.binding {
+            return Err(invalid_token());
+        }
+        Ok((row, user))
+    }
+
     /// `POST /v1/password-resets`. `Ok` whatever the email; `Throttled` alike for both.
     pub async fn request_password_reset(&self, email: &Email, client: &str) -> Result<(), AppError> {
         let now = self.clock.now();
@@ -136,21 +161,9 @@ impl Accounts {
 
     /// `POST /v1/password-resets/confirm`: sets the password and revokes every session.
     pub async fn confirm_password_reset(&self, token: &OneTimeToken, new_password: &Password) -> Result<(), AppError> {
-        let hash = token.hash();
-        let row = self.db("account_token", self.store.account_token(&hash)).await?.ok_or_else(invalid_token)?;
-        if !row.token_hash.ct_eq(&hash) || row.purpose != TokenPurpose::PasswordReset || row.used_at.is_some() {
-            return Err(invalid_token());
-        }
-        if self.clock.now() >= row.expires_at {
-            return Err(
-                ValidationError::new("token", "token_expired", "the token has expired; ask for a new one").into()
-            );
-        }
-        let user = self.db("user_by_id", self.store.user_by_id(row.user_id)).await?.ok_or_else(invalid_token)?;
-        // The password changed since the token was made: whoever changed it decided.
-        if binding_of(user.password_hash.as_str()) != row.binding {
-            return Err(invalid_token());
-        }
+        // A binding mismatch means the password changed since the token was made: whoever
+        // changed it decided.
+        let (row, user) = self.redeemable(token, TokenPurpose::PasswordReset).await?;
         if user.status != UserStatus::Active {
             return Err(AppError::AccountDisabled);
         }
@@ -207,21 +220,9 @@ impl Accounts {
 
     /// `POST /v1/verifications`: marks the email the token was sent to as verified.
     pub async fn confirm_verification(&self, token: &OneTimeToken) -> Result<User, AppError> {
-        let hash = token.hash();
-        let row = self.db("account_token", self.store.account_token(&hash)).await?.ok_or_else(invalid_token)?;
-        if !row.token_hash.ct_eq(&hash) || row.purpose != TokenPurpose::EmailVerification || row.used_at.is_some() {
-            return Err(invalid_token());
-        }
-        if self.clock.now() >= row.expires_at {
-            return Err(
-                ValidationError::new("token", "token_expired", "the token has expired; ask for a new one").into()
-            );
-        }
-        let user = self.db("user_by_id", self.store.user_by_id(row.user_id)).await?.ok_or_else(invalid_token)?;
-        // Sent to an address the account no longer has: it proves nothing about the new one.
-        if binding_of(user.email.as_str()) != row.binding {
-            return Err(invalid_token());
-        }
+        // A binding mismatch means it went to an address the account no longer has: it
+        // proves nothing about the new one.
+        let (row, user) = self.redeemable(token, TokenPurpose::EmailVerification).await?;
         let now = self.clock.now();
         let mut next = user.clone();
         next.verified = true;
