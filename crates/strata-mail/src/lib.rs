@@ -52,9 +52,10 @@ impl SmtpMailer {
 /// The URL with its password replaced, for logs and the banner.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    match rest.split_once('@') {
+    // The last '@': a password may hold one unencoded.
+    match rest.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            Some((user, _)) => format!("{scheme}://{user}:REDACTED@{host}"),
             None => format!("{scheme}://{userinfo}@{host}"),
         },
         None => url.to_owned(),
