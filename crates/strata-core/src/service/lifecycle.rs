@@ -146,10 +146,11 @@ impl Accounts {
         let Some(user) = user.filter(|u| u.status == UserStatus::Active) else {
             return Ok(());
         };
-        let (row, mail, event) =
-            token_mail(&user, &token, token_hash, TokenPurpose::PasswordReset, self.lifecycle.reset_ttl, now);
         let (store, observer, waker) = (self.store.clone(), self.observer.clone(), self.relay_waker.clone());
+        let ttl = self.lifecycle.reset_ttl;
         tokio::spawn(async move {
+            // Built here too, not before the answer: nothing the unknown email skips.
+            let (row, mail, event) = token_mail(&user, &token, token_hash, TokenPurpose::PasswordReset, ttl, now);
             let write = store.issue_account_token(&row, &mail, &event);
             match observed_db(&*observer, "issue_account_token", write).await {
                 Ok(()) => waker.iter().for_each(|w| w.notify_one()),
