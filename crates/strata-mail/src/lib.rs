@@ -15,17 +15,19 @@
 
 use async_trait::async_trait;
 use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use strata_core::mail::{MailError, Mailer, OutgoingMail};
 
 /// Opens the sender for `smtp_url`: SMTP when set, the log otherwise. `from` is the sender
-/// address (`Strata <no-reply@example.com>` or a bare address).
-pub fn open(smtp_url: &str, from: &str) -> Result<std::sync::Arc<dyn Mailer>, String> {
+/// address (`Strata <no-reply@example.com>` or a bare address). `extra_roots_pem`: PEM
+/// certificates trusted besides the system's, for a server with a private CA (empty: none).
+pub fn open(smtp_url: &str, from: &str, extra_roots_pem: &[u8]) -> Result<std::sync::Arc<dyn Mailer>, String> {
     let from: Mailbox = from.parse().map_err(|e| format!("mail.from {from:?}: {e}"))?;
     if smtp_url.trim().is_empty() {
         return Ok(std::sync::Arc::new(LogMailer { from }));
     }
-    Ok(std::sync::Arc::new(SmtpMailer::new(smtp_url, from)?))
+    Ok(std::sync::Arc::new(SmtpMailer::new(smtp_url, from, extra_roots_pem)?))
 }
 
 /// Sends over SMTP.
@@ -36,17 +38,56 @@ pub struct SmtpMailer {
 }
 
 impl SmtpMailer {
-    pub fn new(url: &str, from: Mailbox) -> Result<Self, String> {
+    pub fn new(url: &str, from: Mailbox, extra_roots_pem: &[u8]) -> Result<Self, String> {
         let described = redact(url);
+        let bad = |e: &dyn std::fmt::Display| format!("STRATA_SMTP_URL {described}: {e}");
         let scheme = url.split("://").next().unwrap_or_default();
         if scheme != "smtp" && scheme != "smtps" {
-            return Err(format!("STRATA_SMTP_URL {described}: the scheme must be smtp:// or smtps://"));
+            return Err(bad(&"the scheme must be smtp:// or smtps://"));
         }
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-            .map_err(|e| format!("STRATA_SMTP_URL {described}: {e}"))?
-            .build();
-        Ok(SmtpMailer { transport, from, described })
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| bad(&e))?;
+        if !extra_roots_pem.is_empty() {
+            // The URL chose the TLS mode; only the trust changes, so the same mode is rebuilt
+            // with the extra roots added to the system's.
+            let host = url_host(url).ok_or_else(|| bad(&"no host"))?;
+            // lettre takes a file without any certificate as an empty one: refuse it here.
+            if !extra_roots_pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err("mail.tls_ca_file: no PEM certificate in it".into());
+            }
+            let root = Certificate::from_pem(extra_roots_pem).map_err(|e| format!("mail.tls_ca_file: {e}"))?;
+            let params = TlsParameters::builder(host.to_owned())
+                .add_root_certificate(root)
+                .build_rustls()
+                .map_err(|e| format!("mail.tls_ca_file: {e}"))?;
+            let query = url.split_once('?').map_or("", |(_, q)| q);
+            let tls = if scheme == "smtps" {
+                Some(Tls::Wrapper(params))
+            } else if query.split('&').any(|p| p == "tls=required") {
+                Some(Tls::Required(params))
+            } else if query.split('&').any(|p| p == "tls=opportunistic") {
+                Some(Tls::Opportunistic(params))
+            } else {
+                None
+            };
+            if let Some(tls) = tls {
+                builder = builder.tls(tls);
+            }
+        }
+        Ok(SmtpMailer { transport: builder.build(), from, described })
     }
+}
+
+/// The host of `scheme://[userinfo@]host[:port][/path][?query]` (IPv6 in brackets, kept).
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if host_port.starts_with('[') {
+        host_port.split_inclusive(']').next()?
+    } else {
+        host_port.split(':').next()?
+    };
+    (!host.is_empty()).then_some(host)
 }
 
 /// The URL with its password replaced, for logs and the banner.
@@ -134,14 +175,18 @@ mod tests {
 
     #[test]
     fn urls_are_checked_and_redacted() {
-        assert!(open("", "Strata <no-reply@example.com>").is_ok());
-        assert!(open("smtp://mail.example.com:2525", "no-reply@example.com").is_ok());
-        assert!(open("smtp://u:p@mail.example.com?tls=required", "no-reply@example.com").is_ok());
-        assert!(open("smtps://u:p@mail.example.com", "no-reply@example.com").is_ok());
-        assert!(open("http://mail.example.com", "no-reply@example.com").is_err());
-        assert!(open("smtp://mail.example.com?tls=sometimes", "no-reply@example.com").is_err());
-        assert!(open("", "not an address").is_err());
-        let m = open("smtp://user:s3cret@mail.example.com:587?tls=required", "a@example.com").unwrap();
+        assert!(open("", "Strata <no-reply@example.com>", b"").is_ok());
+        assert!(open("smtp://mail.example.com:2525", "no-reply@example.com", b"").is_ok());
+        assert!(open("smtp://u:p@mail.example.com?tls=required", "no-reply@example.com", b"").is_ok());
+        assert!(open("smtps://u:p@mail.example.com", "no-reply@example.com", b"").is_ok());
+        assert!(open("http://mail.example.com", "no-reply@example.com", b"").is_err());
+        assert!(open("smtp://mail.example.com?tls=sometimes", "no-reply@example.com", b"").is_err());
+        assert!(open("", "not an address", b"").is_err());
+        assert!(open("smtps://mail.example.com", "a@example.com", b"not a certificate").is_err());
+        assert_eq!(url_host("smtp://u:p@w@mail.example.com:587/helo?tls=required"), Some("mail.example.com"));
+        assert_eq!(url_host("smtps://[::1]:465"), Some("[::1]"));
+        assert_eq!(url_host("smtp://127.0.0.1"), Some("127.0.0.1"));
+        let m = open("smtp://user:s3cret@mail.example.com:587?tls=required", "a@example.com", b"").unwrap();
         assert!(!m.describe().contains("s3cret"), "{}", m.describe());
         assert_eq!(redact("smtp://mail.example.com"), "smtp://mail.example.com");
     }

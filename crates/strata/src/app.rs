@@ -98,7 +98,9 @@ impl Application {
                 config.webhook_settings(),
             );
             let webhooks = WebhookListener::new(store.clone(), clock.clone(), dispatcher.waker());
-            let mailer = strata_mail::open(&config.mail.smtp_url, &config.mail.from).map_err(anyhow::Error::msg)?;
+            let roots = config.mail_tls_roots().map_err(anyhow::Error::msg)?;
+            let mailer =
+                strata_mail::open(&config.mail.smtp_url, &config.mail.from, &roots).map_err(anyhow::Error::msg)?;
             if config.mail.smtp_url.is_empty() {
                 tracing::warn!(
                     "STRATA_SMTP_URL is not set: mails are written to the log, not sent (fine for development; \

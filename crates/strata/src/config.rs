@@ -51,6 +51,9 @@ pub struct MailConfig {
     pub base_url: String,
     /// Files `<template>.subject|.txt|.html` here replace the embedded templates; empty: none.
     pub templates_dir: String,
+    /// PEM certificates trusted for the SMTP server's TLS besides the system's roots (a
+    /// private CA); empty: the system's only.
+    pub tls_ca_file: String,
     /// Attempts per mail before it is failed.
     pub max_attempts: u32,
     /// Wait after the first failed attempt; doubles per attempt, at most an hour.
@@ -78,6 +81,7 @@ impl Default for MailConfig {
             from: "Strata <no-reply@localhost>".into(),
             base_url: m.base_url,
             templates_dir: String::new(),
+            tls_ca_file: String::new(),
             max_attempts: m.max_attempts,
             first_backoff_ms: m.first_backoff.as_millis() as u64,
             timeout_ms: m.timeout.as_millis() as u64,
@@ -698,6 +702,7 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_MAIL_FROM", "mail.from", |c, v| Ok(c.mail.from = v.trim().to_owned())),
     ("STRATA_MAIL_BASE_URL", "mail.base_url", |c, v| Ok(c.mail.base_url = v.trim().to_owned())),
     ("STRATA_MAIL_TEMPLATES_DIR", "mail.templates_dir", |c, v| Ok(c.mail.templates_dir = v.trim().to_owned())),
+    ("STRATA_MAIL_TLS_CA_FILE", "mail.tls_ca_file", |c, v| Ok(c.mail.tls_ca_file = v.trim().to_owned())),
     ("STRATA_MAIL_MAX_ATTEMPTS", "mail.max_attempts", |c, v| Ok(c.mail.max_attempts = parse(v)?)),
     ("STRATA_MAIL_FIRST_BACKOFF_MS", "mail.first_backoff_ms", |c, v| Ok(c.mail.first_backoff_ms = parse(v)?)),
     ("STRATA_MAIL_TIMEOUT_MS", "mail.timeout_ms", |c, v| Ok(c.mail.timeout_ms = parse(v)?)),
@@ -808,7 +813,7 @@ impl Config {
             ));
         }
         let m = &self.mail;
-        strata_mail::open(&m.smtp_url, &m.from).map_err(|e| format!("mail: {e}"))?;
+        strata_mail::open(&m.smtp_url, &m.from, &self.mail_tls_roots()?).map_err(|e| format!("mail: {e}"))?;
         if !(m.base_url.starts_with("https://") || m.base_url.starts_with("http://")) {
             return Err(format!("mail.base_url must be an http(s):// URL, not {:?}", m.base_url));
         }
@@ -1017,6 +1022,14 @@ impl Config {
             },
             ..ThrottleSettings::default()
         }
+    }
+
+    /// The contents of `mail.tls_ca_file` (empty when unset).
+    pub fn mail_tls_roots(&self) -> Result<Vec<u8>, String> {
+        if self.mail.tls_ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        std::fs::read(&self.mail.tls_ca_file).map_err(|e| format!("mail.tls_ca_file {}: {e}", self.mail.tls_ca_file))
     }
 
     pub fn mail_settings(&self) -> strata_core::mail::MailSettings {

@@ -44,6 +44,44 @@ impl SmtpServer {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        self.wait_until_listening().await;
+    }
+
+    /// Starts it with TLS (`starttls`: STARTTLS required; `smtps`: TLS from the first
+    /// byte) and AUTH required (user `mailer`, password `mail-secret`), with `cert`/`key`.
+    async fn start_tls(&mut self, mode: &str, cert: &std::path::Path, key: &std::path::Path) {
+        const SCRIPT: &str = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+port, maildir, cert, key, mode = sys.argv[1:6]
+ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+ctx.load_cert_chain(cert, key)
+def check(server, session, envelope, mechanism, data):
+    return AuthResult(success=isinstance(data, LoginPassword) and data.login == b"mailer" and data.password == b"mail-secret")
+common = dict(hostname="127.0.0.1", port=int(port), authenticator=check, auth_required=True)
+if mode == "smtps":
+    # aiosmtpd counts only STARTTLS as TLS for auth_require_tls; this socket is TLS throughout.
+    c = Controller(Mailbox(maildir), ssl_context=ctx, auth_require_tls=False, **common)
+else:
+    c = Controller(Mailbox(maildir), tls_context=ctx, require_starttls=True, auth_require_tls=True, **common)
+c.start()
+while True:
+    time.sleep(3600)
+"#;
+        let child = std::process::Command::new(&self.python)
+            .args(["-c", SCRIPT, &self.port.to_string(), self.dir.to_str().unwrap()])
+            .args([cert.to_str().unwrap(), key.to_str().unwrap(), mode])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        self.wait_until_listening().await;
+    }
+
+    async fn wait_until_listening(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
             assert!(tokio::time::Instant::now() < deadline, "aiosmtpd did not start");
@@ -474,6 +512,107 @@ async fn require_verified_email_gates_logins(backend: Backend) {
     app.stop().await;
 }
 
+/// A private CA and a certificate for 127.0.0.1 signed by it, made by the openssl CLI:
+/// (ca.pem, server cert, server key) in `dir`.
+fn test_certificates(dir: &std::path::Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    // The CA's subject and constraints, set on the command line (no config file needed).
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=Strata test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// STARTTLS (required) and smtps://, each with AUTH required by the server, against a
+/// server whose certificate a private CA signed (`mail.tls_ca_file`).
+async fn starttls_and_smtps_with_auth_deliver(backend: Backend) {
+    let Some(python) = smtp_python() else { return };
+    let dir = strata_store::testing::TempDir::new();
+    let (ca, cert, key) = test_certificates(&dir.path);
+    for (mode, scheme, query) in [("starttls", "smtp", "?tls=required"), ("smtps", "smtps", "")] {
+        let mut smtp = SmtpServer::new(python.clone());
+        smtp.start_tls(mode, &cert, &key).await;
+        let good = format!("{scheme}://mailer:mail-secret@127.0.0.1:{}{query}", smtp.port);
+        let ca_file = ca.display().to_string();
+        let Some(app) = spawn(backend, "lifecycle tls and auth", |c| {
+            c.mail.smtp_url = good;
+            c.mail.tls_ca_file = ca_file;
+            c.mail.poll_interval_ms = 50;
+            c.mail.first_backoff_ms = 100;
+        })
+        .await
+        else {
+            return;
+        };
+        app.register("tls@example.com", "Tls").await;
+        assert_eq!(request_reset(&app, "tls@example.com").await.status, StatusCode::ACCEPTED);
+        // Time moves on meanwhile, so an attempt that failed on a busy machine is retried.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while smtp.mails().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "{mode}: no mail arrived");
+            app.clock.advance(Duration::from_secs(1));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mails = smtp.mails();
+        assert_eq!(mails[0]["to"], "tls@example.com", "{mode}");
+        token_in(&mails[0]);
+        app.stop().await;
+    }
+}
+
 macro_rules! lifecycle_tests {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -498,4 +637,5 @@ lifecycle_tests!(
     a_mail_server_outage_delays_mail_and_fails_no_request,
     email_verification_journey_and_email_changes,
     require_verified_email_gates_logins,
+    starttls_and_smtps_with_auth_deliver,
 );
