@@ -17,8 +17,24 @@ fn describe(event_type: &str) -> (&'static str, Value) {
             "An account changed (profile, email, password, role or status). `changed` names the fields; `sessions_revoked` says whether the change ended sessions (`all` on a password change by an admin or a disable, `all_but_current` when users change their own password). `changed` is empty when a login only replaced an imported or outdated password hash with Strata's current one.",
             json!({
                 "user": user,
-                "changed": { "type": "array", "items": { "type": "string", "enum": ["email", "name", "password", "role", "status"] } },
+                "changed": { "type": "array", "items": { "type": "string", "enum": ["email", "name", "password", "role", "status", "verified"] } },
                 "sessions_revoked": { "type": "string", "enum": ["none", "all", "all_but_current"] },
+            }),
+        ),
+        "email_verification.requested" => (
+            "A user asked for a verification mail: a one-time token was made and a mail to their current email queued (the worker's `mail` listener sends it). Never carries the token. A completed verification is a `user.updated` with `changed: [\"verified\"]` and `via: \"email_verification\"`.",
+            json!({
+                "user": user,
+                "mail_id": { "type": "string", "format": "uuid" },
+                "expires_at": { "type": "string", "format": "date-time" },
+            }),
+        ),
+        "password_reset.requested" => (
+            "A password reset was asked for an existing, active account: a one-time token was made and a mail queued (the worker's `mail` listener sends it). Never carries the token. Requests for unknown or disabled accounts produce no event. A completed reset is a `user.updated` with `changed: [\"password\"]`, `sessions_revoked: \"all\"` and `via: \"password_reset\"`.",
+            json!({
+                "user": user,
+                "mail_id": { "type": "string", "format": "uuid" },
+                "expires_at": { "type": "string", "format": "date-time" },
             }),
         ),
         "user.deleted" => {
@@ -33,7 +49,7 @@ fn describe(event_type: &str) -> (&'static str, Value) {
             "A login to an existing account failed. Unknown emails produce no event (see login.throttled).",
             json!({
                 "user": user,
-                "reason": { "type": "string", "enum": ["wrong_password", "account_disabled"] },
+                "reason": { "type": "string", "enum": ["wrong_password", "account_disabled", "email_not_verified"] },
                 "client": { "type": "string", "description": "The client address the throttle counts by (IPv6 by /64)." },
             }),
         ),

@@ -66,6 +66,9 @@ pub struct UserBody {
     pub role: &'static str,
     /// `active` or `disabled`.
     pub status: &'static str,
+    /// Whether the user confirmed their email through a verification mail; an email
+    /// change makes it false again.
+    pub verified: bool,
     /// Optimistic-concurrency version; also the ETag.
     pub version: u64,
     #[schema(format = DateTime)]
@@ -82,6 +85,7 @@ impl From<&User> for UserBody {
             name: u.name.as_str().to_owned(),
             role: u.role.as_str(),
             status: u.status.as_str(),
+            verified: u.verified,
             version: u.version.0,
             created_at: rfc3339(u.created_at),
             updated_at: rfc3339(u.updated_at),

@@ -159,6 +159,15 @@ impl From<AppError> for ApiError {
             AppError::AccountDisabled => {
                 ApiError::new(S::FORBIDDEN, "account_disabled", "Forbidden", "this account is disabled")
             }
+            AppError::EmailNotVerified => ApiError::new(
+                S::FORBIDDEN,
+                "email_not_verified",
+                "Forbidden",
+                "this account's email is not verified yet; follow the link in the verification mail",
+            ),
+            AppError::AlreadyVerified => {
+                ApiError::new(S::CONFLICT, "already_verified", "Conflict", "this account's email is already verified")
+            }
             AppError::Throttled { retry_after } => ApiError::new(
                 S::TOO_MANY_REQUESTS,
                 "too_many_attempts",

@@ -20,6 +20,7 @@ pub mod client;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod lifecycle_routes;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
@@ -87,6 +88,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
         .route("/v1/sessions", post(routes::login))
         .route("/v1/sessions/current", g(routes::current_session).delete(routes::logout))
+        .route("/v1/users/{id}/verification", post(crate::lifecycle_routes::request_verification))
+        .route("/v1/verifications", post(crate::lifecycle_routes::confirm_verification))
+        .route("/v1/password-resets", post(crate::lifecycle_routes::request_password_reset))
+        .route("/v1/password-resets/confirm", post(crate::lifecycle_routes::confirm_password_reset))
         .route("/v1/audit", g(routes::list_audit))
         .route("/v1/webhooks", post(wh::create_webhook).get(wh::list_webhooks))
         .route("/v1/webhooks/{id}", g(wh::get_webhook).patch(wh::update_webhook).delete(wh::delete_webhook))

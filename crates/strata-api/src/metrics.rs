@@ -70,6 +70,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MailLabels {
+    template: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheEndpointLabels {
     endpoint: String,
 }
@@ -106,6 +112,7 @@ pub struct Metrics {
     listener_lag: HistogramFamily<ListenerNameLabels>,
     webhook_attempts: Family<OutcomeLabels, Counter>,
     webhook_duration: Histogram,
+    mails: Family<MailLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -218,7 +225,14 @@ impl Metrics {
             "Time from connect to the endpoint's answer, per attempt",
             webhook_duration.clone(),
         );
+        let mails = Family::<MailLabels, Counter>::default();
+        registry.register(
+            "mails",
+            "Mails by template and outcome (sent; retry = not accepted, tried again later; failed = refused for good or out of attempts; expired = its link expired before it could be sent)",
+            mails.clone(),
+        );
         Metrics {
+            mails,
             webhook_attempts,
             webhook_duration,
             events_published,
@@ -339,6 +353,12 @@ impl strata_core::worker::ListenerObserver for Metrics {
         if outcome == "applied" {
             self.listener_lag.get_or_create(&ListenerNameLabels { listener }).observe(lag.as_secs_f64());
         }
+    }
+}
+
+impl strata_core::mail::MailObserver for Metrics {
+    fn mail(&self, template: &str, outcome: &'static str) {
+        self.mails.get_or_create(&MailLabels { template: template.to_owned(), outcome }).inc();
     }
 }
 

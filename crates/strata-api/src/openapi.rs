@@ -40,6 +40,10 @@ impl Modify for BearerAuth {
         crate::routes::current_session,
         crate::routes::logout,
         crate::routes::list_audit,
+        crate::lifecycle_routes::request_password_reset,
+        crate::lifecycle_routes::confirm_password_reset,
+        crate::lifecycle_routes::request_verification,
+        crate::lifecycle_routes::confirm_verification,
         crate::webhook_routes::create_webhook,
         crate::webhook_routes::list_webhooks,
         crate::webhook_routes::get_webhook,
@@ -60,12 +64,16 @@ impl Modify for BearerAuth {
     components(schemas(
         CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,
         AuditEntryBody, AuditList, CreateWebhookRequest, UpdateWebhookRequest, WebhookBody, WebhookList, DeliveryBody,
-        DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem
+        DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem,
+        crate::lifecycle_routes::PasswordResetRequest, crate::lifecycle_routes::PasswordResetAccepted,
+        crate::lifecycle_routes::PasswordResetConfirmRequest, crate::lifecycle_routes::VerificationRequest
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Login, who-am-I, logout"),
+        (name = "email verification", description = "Proving an account's email: a mailed one-time token"),
+        (name = "password resets", description = "Forgotten passwords: a mailed one-time token, then a new password"),
         (name = "audit", description = "The audit log of every event"),
         (name = "webhooks", description = "Signed, durable event deliveries over HTTP (Standard Webhooks, CloudEvents binary mode)"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),

@@ -275,6 +275,9 @@ struct Parts<'a> {
     hash: PasswordHash,
     admin: bool,
     active: bool,
+    /// The source's own proof of the address (fastapi-users `is_verified`, Keycloak
+    /// `emailVerified`), so `auth.require_verified_email` does not lock imported users out.
+    verified: bool,
     created_at: Option<Timestamp>,
 }
 
@@ -291,6 +294,7 @@ fn candidate(parts: Parts<'_>, now: Timestamp) -> Result<Candidate, Rejected> {
         password_hash: parts.hash,
         role: if parts.admin { Role::Admin } else { Role::User },
         status: if parts.active { UserStatus::Active } else { UserStatus::Disabled },
+        verified: parts.verified,
         version: Version::FIRST,
         created_at,
         updated_at: created_at,
@@ -385,9 +389,9 @@ fn id_text(value: Option<&Value>) -> String {
 }
 
 /// A row of `strata_store::foreign::ForeignUsers::FastapiUsers`'s query: `id, email,
-/// hashed_password, is_active, is_superuser`. The UUID stays the Strata id; there is no name
-/// column, so the name is the address's part before `@`. `is_superuser` → admin,
-/// `is_active = false` → disabled.
+/// hashed_password, is_active, is_superuser, is_verified`. The UUID stays the Strata id;
+/// there is no name column, so the name is the address's part before `@`. `is_superuser` →
+/// admin, `is_active = false` → disabled, `is_verified` → verified.
 pub fn fastapi_users_row(row: &Row, now: Timestamp) -> Result<Candidate, Rejected> {
     let cells = Cells { row, source_id: id_text(row.first()) };
     let id = uuid_of(row.first()).ok_or_else(|| cells.malformed("id: not a UUID".into()))?;
@@ -401,6 +405,7 @@ pub fn fastapi_users_row(row: &Row, now: Timestamp) -> Result<Candidate, Rejecte
             hash: PasswordHash::from_trusted(cells.text(2, "hashed_password")?.to_owned()),
             active: cells.flag(3, "is_active")?,
             admin: cells.flag(4, "is_superuser")?,
+            verified: cells.flag(5, "is_verified")?,
             created_at: None,
         },
         now,
@@ -423,6 +428,8 @@ pub fn django_row(row: &Row, now: Timestamp) -> Result<Candidate, Rejected> {
             hash: PasswordHash::from_trusted(cells.text(1, "password")?.to_owned()),
             active: cells.flag(6, "is_active")?,
             admin: cells.flag(7, "is_superuser")?,
+            // Django's auth keeps no proof of the address.
+            verified: false,
             created_at: cells.time(8, "date_joined")?,
         },
         now,
@@ -489,6 +496,7 @@ fn keycloak_user(realm: &str, user: &Json, now: Timestamp) -> Result<Candidate, 
             hash: password.map_or_else(|| PasswordHash::from_trusted("!keycloak-no-password".into()), keycloak_hash),
             admin: false,
             active: user["enabled"].as_bool().unwrap_or(true),
+            verified: user["emailVerified"].as_bool().unwrap_or(false),
             created_at: user["createdTimestamp"].as_i64().map(|ms| Timestamp::from_micros(ms.saturating_mul(1000))),
         },
         now,
@@ -568,6 +576,7 @@ fn strata_user(row: &Row) -> Result<Candidate, Rejected> {
         Value::Int(version),
         Value::Int(created),
         Value::Int(updated),
+        Value::Bool(verified),
     ] = row.as_slice()
     else {
         return Err(malformed("not a users row"));
@@ -582,6 +591,7 @@ fn strata_user(row: &Row) -> Result<Candidate, Rejected> {
             password_hash: PasswordHash::from_trusted(hash.clone()),
             role: Role::parse(role).map_err(|e| malformed(&e.message))?,
             status: UserStatus::parse(status).map_err(|e| malformed(&e.message))?,
+            verified: *verified,
             version: Version(u64::try_from(*version).map_err(|_| malformed("negative version"))?),
             created_at: Timestamp::from_micros(*created),
             updated_at: Timestamp::from_micros(*updated),
@@ -602,16 +612,31 @@ mod tests {
     #[test]
     fn fastapi_users_rows_keep_their_uuid() {
         let id = uuid::Uuid::new_v4();
-        let row =
-            vec![text(&id.to_string()), text("Ann@Example.com"), text("$2b$12$x"), Value::Int(0), Value::Bool(true)];
+        let row = vec![
+            text(&id.to_string()),
+            text("Ann@Example.com"),
+            text("$2b$12$x"),
+            Value::Int(0),
+            Value::Bool(true),
+            Value::Int(1),
+        ];
         let c = fastapi_users_row(&row, NOW).unwrap();
+        assert!(c.user.verified);
         assert_eq!(c.user.id.as_uuid(), id);
         assert_eq!(c.user.email.as_str(), "ann@example.com");
         assert_eq!(c.user.name.as_str(), "Ann");
         assert_eq!((c.user.role, c.user.status), (Role::Admin, UserStatus::Disabled));
         // PostgreSQL's native uuid, too.
-        let row = vec![Value::Uuid(id), text("a@example.com"), text("h"), Value::Bool(true), Value::Bool(false)];
-        assert_eq!(fastapi_users_row(&row, NOW).unwrap().user.id.as_uuid(), id);
+        let row = vec![
+            Value::Uuid(id),
+            text("a@example.com"),
+            text("h"),
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Bool(false),
+        ];
+        let c = fastapi_users_row(&row, NOW).unwrap();
+        assert_eq!((c.user.id.as_uuid(), c.user.verified), (id, false));
     }
 
     #[test]

@@ -555,6 +555,7 @@ mod tests {
             Value::Int(i64::MAX),
             Value::Int(-1),
             Value::Int(0),
+            Value::Bool(true),
         ];
         let mut line = Vec::new();
         encode_row(&row, &mut line);

@@ -50,6 +50,7 @@ async fn populate(store: &dyn Store, users: usize) {
             password_hash: PasswordHash::from_trusted(format!("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${i}")),
             role: if i == 0 { Role::Admin } else { Role::User },
             status: if i % 5 == 4 { UserStatus::Disabled } else { UserStatus::Active },
+            verified: i % 2 == 0,
             version: Version::FIRST,
             created_at: T0,
             updated_at: T0,
@@ -66,6 +67,9 @@ async fn populate(store: &dyn Store, users: usize) {
         store.create_session(&session, &event("session.created", user.id.as_uuid())).await.unwrap();
         if i % 3 == 0 {
             store.revoke_session(session.id, T0, &event("session.revoked", user.id.as_uuid())).await.unwrap();
+        }
+        if i % 4 == 1 {
+            issue_reset(store, &user).await;
         }
     }
     let pending =
@@ -109,6 +113,34 @@ async fn populate(store: &dyn Store, users: usize) {
     let attempt =
         WebhookAttempt { delivery_id: delivery.id, attempt: 1, at: T0, status: Some(500), error: None, duration_ms: 7 };
     store.record_delivery(&delivery, Some(&attempt)).await.unwrap();
+}
+
+/// A password-reset token with its queued mail.
+async fn issue_reset(store: &dyn Store, user: &User) {
+    use strata_core::lifecycle::{AccountToken, MailStatus, OneTimeToken, QueuedMail, TokenPurpose, binding_of};
+    let token = AccountToken {
+        id: uuid::Uuid::now_v7(),
+        user_id: user.id,
+        purpose: TokenPurpose::PasswordReset,
+        token_hash: OneTimeToken::generate().hash(),
+        binding: binding_of(user.password_hash.as_str()),
+        created_at: T0,
+        expires_at: T0.plus(Duration::from_secs(1800)),
+        used_at: None,
+    };
+    let mail = QueuedMail {
+        id: uuid::Uuid::now_v7(),
+        template: "password_reset".into(),
+        recipient: user.email.clone(),
+        params: r#"{"name":"Ünïcode 🦀"}"#.into(),
+        status: MailStatus::Pending,
+        attempts: 0,
+        next_attempt_at: T0,
+        last_error: Some("451 greylisted".into()),
+        created_at: T0,
+        updated_at: T0,
+    };
+    store.issue_account_token(&token, &mail, &event("password_reset.requested", user.id.as_uuid())).await.unwrap();
 }
 
 /// Every row of every table, in key order.
@@ -228,7 +260,7 @@ async fn a_damaged_or_foreign_backup_writes_nothing() {
     let edited = copy("edited");
     let manifest_path = edited.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, text.replace("\"schema_version\": 3", "\"schema_version\": 99")).unwrap();
+    std::fs::write(&manifest_path, text.replace("\"schema_version\": 4", "\"schema_version\": 99")).unwrap();
     let error = strata_backup::verify(&edited).await.unwrap_err();
     assert!(error.to_string().contains("schema version 99"), "{error}");
     std::fs::write(&manifest_path, text.replace("\"users.jsonl.gz\"", "\"../users.jsonl.gz\"")).unwrap();

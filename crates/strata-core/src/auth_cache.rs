@@ -33,7 +33,7 @@ use crate::timing::{self, Component};
 
 /// Bumped when the encoding changes; older or newer values then read as misses, so a
 /// rolling deploy never misreads its neighbour's entries.
-pub const SCHEMA_VERSION: u8 = 2;
+pub const SCHEMA_VERSION: u8 = 3;
 
 /// Key prefix; the digit is the key-layout version.
 const KEY_PREFIX: &str = "strata:1:";
@@ -128,6 +128,7 @@ fn encode_user(out: &mut Vec<u8>, user: &User) {
         UserStatus::Active => 0,
         UserStatus::Disabled => 1,
     });
+    out.push(u8::from(user.verified));
     out.extend_from_slice(&user.created_at.0.to_be_bytes());
     out.extend_from_slice(&user.updated_at.0.to_be_bytes());
 }
@@ -185,6 +186,11 @@ fn decode_user(r: &mut Reader<'_>) -> Option<User> {
         1 => UserStatus::Disabled,
         _ => return None,
     };
+    let verified = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
     let created_at = Timestamp(r.i64()?);
     let updated_at = Timestamp(r.i64()?);
     Some(User {
@@ -195,6 +201,7 @@ fn decode_user(r: &mut Reader<'_>) -> Option<User> {
         password_hash: PasswordHash::from_trusted(String::new()),
         role,
         status,
+        verified,
         version,
         created_at,
         updated_at,
@@ -500,6 +507,7 @@ mod tests {
             password_hash: PasswordHash::from_trusted("$argon2id$secret".into()),
             role: Role::Admin,
             status: UserStatus::Disabled,
+            verified: false,
             version: Version(7),
             created_at: Timestamp(1),
             updated_at: Timestamp(2),

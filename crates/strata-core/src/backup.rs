@@ -89,6 +89,7 @@ pub const TABLES: &[Table] = &[
             col("version", Int),
             col("created_at", Int),
             col("updated_at", Int),
+            col("verified", Bool),
         ],
     },
     Table {
@@ -178,11 +179,44 @@ pub const TABLES: &[Table] = &[
             col("duration_ms", Int),
         ],
     },
+    // Hashes only: a backup holds no usable token.
+    Table {
+        name: "account_tokens",
+        key: "id",
+        columns: &[
+            col("id", Uuid),
+            col("user_id", Uuid),
+            col("purpose", Text),
+            col("token_hash", Bytes),
+            col("binding", Bytes),
+            col("created_at", Int),
+            col("expires_at", Int),
+            nullable("used_at", Int),
+        ],
+    },
+    // A pending mail's params carry its token until it is sent (at most the token's
+    // lifetime, 30 minutes by default); finished mails carry none.
+    Table {
+        name: "mail_queue",
+        key: "id",
+        columns: &[
+            col("id", Uuid),
+            col("template", Text),
+            col("recipient", Text),
+            col("params", Text),
+            col("status", Text),
+            col("attempts", Int),
+            col("next_attempt_at", Int),
+            nullable("last_error", Text),
+            col("created_at", Int),
+            col("updated_at", Int),
+        ],
+    },
 ];
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).
 /// A backup records it; a restore refuses any other.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// One cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -402,6 +402,9 @@ pub struct User {
     pub password_hash: PasswordHash,
     pub role: Role,
     pub status: UserStatus,
+    /// Whether the user proved they receive mail at `email` (a verification link). An
+    /// email change makes it false again.
+    pub verified: bool,
     pub version: Version,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,

@@ -63,6 +63,12 @@ pub enum AppError {
     InvalidCredentials,
     #[error("account disabled")]
     AccountDisabled,
+    /// `auth.require_verified_email` is on and this account's email is not verified.
+    #[error("email not verified")]
+    EmailNotVerified,
+    /// A verification was asked for an email that already is.
+    #[error("email already verified")]
+    AlreadyVerified,
     /// `current_password` did not match (a re-authentication, not a login).
     #[error("current password is wrong")]
     WrongCurrentPassword,

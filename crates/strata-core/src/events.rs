@@ -29,6 +29,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "session.revoked",
     "login.failed",
     "login.throttled",
+    "password_reset.requested",
+    "email_verification.requested",
     "webhook.endpoint.disabled",
 ];
 

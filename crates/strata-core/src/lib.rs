@@ -14,6 +14,8 @@ pub mod cidr;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod lifecycle;
+pub mod mail;
 pub mod password;
 pub mod ports;
 pub mod relay;

@@ -10,6 +10,7 @@ use crate::domain::{
     SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
 };
 use crate::error::RepoError;
+use crate::lifecycle::{AccountToken, QueuedMail};
 use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 /// Which sessions an update must revoke in the same transaction.
@@ -208,6 +209,55 @@ pub trait AuditRepository: Send + Sync {
     async fn prune_audit(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError>;
 }
 
+/// One-time account tokens and the mail queue that carries them.
+#[async_trait]
+pub trait LifecycleRepository: Send + Sync {
+    /// In one transaction: deletes the user's unused tokens of the same purpose (a newer
+    /// request supersedes them), inserts `token`, queues `mail` and records `event`.
+    async fn issue_account_token(
+        &self,
+        token: &AccountToken,
+        mail: &QueuedMail,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError>;
+
+    /// The token with this hash, used or not (one indexed lookup).
+    async fn account_token(&self, hash: &TokenHash) -> Result<Option<AccountToken>, RepoError>;
+
+    /// Redeems a token and applies what it was for, in one transaction: marks the token used
+    /// at `at` only if it still is unused (`NotFound` otherwise: used, superseded, or gone),
+    /// replaces the user row if its version is still `expected` with the sessions `revoke`
+    /// names (as [`UserRepository::update_user`]), deletes the user's other unused tokens of
+    /// `purpose` and records `event`.
+    #[allow(clippy::too_many_arguments)]
+    async fn redeem_account_token(
+        &self,
+        token_id: uuid::Uuid,
+        purpose: crate::lifecycle::TokenPurpose,
+        user: &User,
+        expected: Version,
+        revoke: SessionRevocation,
+        at: Timestamp,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError>;
+
+    /// Claims up to `limit` pending mails due at `now`, oldest due first, moving their
+    /// `next_attempt_at` to `lease_until` (as `WebhookRepository::claim_due_deliveries`).
+    async fn claim_due_mails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, RepoError>;
+
+    /// Stores the mail's new state: status, attempts, next due time, last error, params.
+    async fn record_mail(&self, mail: &QueuedMail) -> Result<(), RepoError>;
+
+    /// Deletes up to `limit` tokens that expired before `before` and mails finished (sent or
+    /// failed) before it; returns how many rows went.
+    async fn prune_lifecycle(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError>;
+}
+
 /// How a hot-path query is executed, as reported by the engine's own EXPLAIN.
 #[derive(Clone, Debug)]
 pub struct QueryPlan {
@@ -230,7 +280,13 @@ pub struct PoolStats {
 /// A complete storage backend.
 #[async_trait]
 pub trait Store:
-    UserRepository + SessionRepository + OutboxRepository + AuditRepository + WebhookRepository + BackupRepository
+    UserRepository
+    + SessionRepository
+    + OutboxRepository
+    + AuditRepository
+    + WebhookRepository
+    + LifecycleRepository
+    + BackupRepository
 {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend(&self) -> &'static str;

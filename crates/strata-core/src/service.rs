@@ -27,6 +27,9 @@ use crate::ports::{Cache, CacheObserver, Clock, SessionRevocation, Store, StoreO
 use crate::throttle::Throttle;
 use crate::timing::{self, Component};
 
+mod lifecycle;
+pub use lifecycle::LifecycleSettings;
+
 #[derive(Clone, Copy, Debug)]
 pub struct AccountSettings {
     pub session_ttl: Duration,
@@ -34,6 +37,8 @@ pub struct AccountSettings {
     pub idempotency_ttl: Duration,
     pub list_default_limit: u32,
     pub list_max_limit: u32,
+    /// Refuse logins to accounts whose email is not verified (`auth.require_verified_email`).
+    pub require_verified_email: bool,
 }
 
 impl Default for AccountSettings {
@@ -43,6 +48,7 @@ impl Default for AccountSettings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             list_default_limit: 50,
             list_max_limit: 200,
+            require_verified_email: false,
         }
     }
 }
@@ -173,6 +179,10 @@ pub struct Accounts {
     observer: Arc<dyn StoreObserver>,
     settings: AccountSettings,
     cache: Option<Arc<AuthCache>>,
+    lifecycle: lifecycle::LifecycleSettings,
+    /// Password-reset requests, per email and per client: its own budget, so reset
+    /// requests neither spend nor are refused by the login budget.
+    reset_throttle: Throttle,
 }
 
 /// What a committed write leaves stale in the cache.
@@ -204,7 +214,25 @@ impl Accounts {
             observer,
             settings,
             cache: None,
+            lifecycle: lifecycle::LifecycleSettings::default(),
+            reset_throttle: Throttle::local(lifecycle::LifecycleSettings::default().reset_throttle),
         }
+    }
+
+    /// Token lifetimes and the reset throttle (the defaults otherwise); `shared` puts the
+    /// reset counters where the login counters are, so every instance draws on one budget.
+    pub fn with_lifecycle(
+        mut self,
+        settings: lifecycle::LifecycleSettings,
+        shared: Option<Arc<dyn crate::throttle::SharedCounters>>,
+    ) -> Self {
+        let mut throttle = Throttle::local(settings.reset_throttle);
+        if let Some(shared) = shared {
+            throttle = throttle.with_shared(shared);
+        }
+        self.reset_throttle = throttle;
+        self.lifecycle = settings;
+        self
     }
 
     /// Puts a cache in front of session checks and user reads. Without one, every read
@@ -341,6 +369,7 @@ impl Accounts {
             password_hash: hash,
             role: Role::User,
             status: UserStatus::Active,
+            verified: false,
             version: Version::FIRST,
             created_at: now,
             updated_at: now,
@@ -354,6 +383,10 @@ impl Accounts {
             match self.db("create_user", self.store.create_user(&user, record.as_ref(), &event)).await {
                 Ok(()) => {
                     self.wake_relay();
+                    if self.settings.require_verified_email {
+                        // They cannot log in to ask for it, so the first mail comes unasked.
+                        self.send_first_verification(&user).await;
+                    }
                     return Ok(Registered { user, replayed: false });
                 }
                 // A concurrent request with the same key may have won the race; it can trip
@@ -455,6 +488,10 @@ impl Accounts {
         if user.status != UserStatus::Active {
             self.login_failed(&user, "account_disabled", client, now);
             return Err(AppError::AccountDisabled);
+        }
+        if self.settings.require_verified_email && !user.verified {
+            self.login_failed(&user, "email_not_verified", client, now);
+            return Err(AppError::EmailNotVerified);
         }
         let user = match rehashed {
             Some(hash) => self.store_rehash(user, hash).await,
@@ -680,6 +717,10 @@ impl Accounts {
         let now = self.clock.now();
         let mut next = current.clone();
         if let Some(email) = changes.email {
+            // A new address is unproven until its own verification.
+            if email != next.email {
+                next.verified = false;
+            }
             next.email = email;
         }
         if let Some(name) = changes.name {
@@ -716,6 +757,7 @@ impl Accounts {
             ("password", changes.password.is_some()),
             ("role", current.role != next.role),
             ("status", current.status != next.status),
+            ("verified", current.verified != next.verified),
         ]
         .into_iter()
         .filter_map(|(field, differs)| differs.then_some(field))
@@ -909,6 +951,7 @@ pub fn user_json(user: &User) -> serde_json::Value {
         "name": user.name.as_str(),
         "role": user.role.as_str(),
         "status": user.status.as_str(),
+        "verified": user.verified,
         "version": user.version.0,
         "created_at": rfc3339(user.created_at),
         "updated_at": rfc3339(user.updated_at),

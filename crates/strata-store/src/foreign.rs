@@ -78,7 +78,7 @@ impl ForeignDatabase {
         let quote = if matches!(self, ForeignDatabase::Mysql(_)) { '`' } else { '"' };
         match users {
             ForeignUsers::FastapiUsers => format!(
-                "SELECT id, email, hashed_password, is_active, is_superuser FROM {quote}user{quote} ORDER BY id"
+                "SELECT id, email, hashed_password, is_active, is_superuser, is_verified FROM {quote}user{quote} ORDER BY id"
             ),
             ForeignUsers::Django => format!(
                 "SELECT id, password, email, first_name, last_name, username, is_active, is_superuser, date_joined \

@@ -32,7 +32,8 @@ use strata_core::ports::{
 };
 use uuid::Uuid;
 
-use strata_core::ports::WebhookRepository;
+use strata_core::lifecycle::{AccountToken, MailStatus, QueuedMail, TokenPurpose};
+use strata_core::ports::{LifecycleRepository, WebhookRepository};
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 mod backup;
@@ -200,6 +201,47 @@ const MIGRATIONS: &[Migration] = &[
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },
+    Migration {
+        version: 4,
+        name: "account lifecycle: one-time tokens, mail queue",
+        // Re-runnable like migration 2: the runner skips the duplicate column, tables are
+        // IF NOT EXISTS.
+        sql: "
+        ALTER TABLE users ADD COLUMN verified BOOLEAN NOT NULL DEFAULT FALSE;
+
+        CREATE TABLE IF NOT EXISTS account_tokens (
+            id         BINARY(16) NOT NULL,
+            user_id    BINARY(16) NOT NULL,
+            purpose    VARCHAR(32) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            token_hash BINARY(32) NOT NULL,
+            `binding`  BINARY(32) NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            used_at    BIGINT NULL,
+            PRIMARY KEY (id),
+            UNIQUE KEY account_tokens_hash (token_hash),
+            KEY account_tokens_user (user_id, purpose),
+            KEY account_tokens_expiry (expires_at),
+            CONSTRAINT account_tokens_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS mail_queue (
+            id              BINARY(16) NOT NULL,
+            template        VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            recipient       VARCHAR(320) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            params          TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            status          VARCHAR(16) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            attempts        BIGINT NOT NULL,
+            next_attempt_at BIGINT NOT NULL,
+            last_error      TEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            created_at      BIGINT NOT NULL,
+            updated_at      BIGINT NOT NULL,
+            PRIMARY KEY (id),
+            KEY mail_queue_due (status, next_attempt_at),
+            KEY mail_queue_finished (status, updated_at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+    ",
+    },
 ];
 
 /// How long connect may spend migrating: longer than a query, because another instance
@@ -214,19 +256,19 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id = ?";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = ?";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
          FROM sessions WHERE user_id = ? ORDER BY id";
     /// The first page passes the nil UUID (16 zero bytes), which sorts before every UUIDv7.
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id > ? ORDER BY id LIMIT ?";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = ? AND id > ? ORDER BY id LIMIT ?";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT `key`, fingerprint, user_id, created_at FROM idempotency_keys WHERE `key` = ?";
@@ -237,8 +279,8 @@ mod sql {
     pub const EVENT_COLUMNS: &str = "id, aggregate_id, event_type, payload, created_at, sequence, traceparent";
 
     pub const INSERT_USER: &str = "INSERT INTO users \
-         (id, email, name, password_hash, role, status, version, created_at, updated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
+         (id, email, name, password_hash, role, status, version, created_at, updated_at, verified) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
     pub const INSERT_IDEMPOTENCY: &str =
         "INSERT INTO idempotency_keys (`key`, fingerprint, user_id, created_at) VALUES (?, ?, ?, ?)";
     /// Bumps the aggregate's sequence, row-locking it until commit; `LAST_INSERT_ID(x)`
@@ -249,8 +291,25 @@ mod sql {
          (id, aggregate_id, event_type, payload, created_at, sequence, `partition`, traceparent) \
          VALUES (?, ?, ?, ?, ?, LAST_INSERT_ID(), ?, ?)";
     pub const UPDATE_USER: &str = "UPDATE users SET email = ?, name = ?, password_hash = ?, role = ?, status = ?, \
-         version = ?, updated_at = ? WHERE id = ? AND version = ?";
+         version = ?, updated_at = ?, verified = ? WHERE id = ? AND version = ?";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = ?";
+    pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, `binding`, created_at, \
+         expires_at, used_at FROM account_tokens WHERE token_hash = ?";
+    pub const DELETE_UNUSED_TOKENS: &str =
+        "DELETE FROM account_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL";
+    pub const INSERT_ACCOUNT_TOKEN: &str = "INSERT INTO account_tokens \
+         (id, user_id, purpose, token_hash, `binding`, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+    pub const USE_TOKEN: &str = "UPDATE account_tokens SET used_at = ? WHERE id = ? AND used_at IS NULL";
+    pub const INSERT_MAIL: &str = "INSERT INTO mail_queue (id, template, recipient, params, status, attempts, \
+         next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    pub const DUE_MAILS: &str = "SELECT id, template, recipient, params, status, attempts, next_attempt_at, \
+         last_error, created_at, updated_at FROM mail_queue WHERE status = 'pending' AND next_attempt_at <= ? \
+         ORDER BY next_attempt_at LIMIT ? FOR UPDATE SKIP LOCKED";
+    pub const RECORD_MAIL: &str = "UPDATE mail_queue SET params = ?, status = ?, attempts = ?, next_attempt_at = ?, \
+         last_error = ?, updated_at = ? WHERE id = ?";
+    pub const PRUNE_TOKENS: &str = "DELETE FROM account_tokens WHERE expires_at < ? LIMIT ?";
+    pub const PRUNE_MAILS: &str =
+        "DELETE FROM mail_queue WHERE status IN ('sent', 'failed') AND updated_at < ? LIMIT ?";
     pub const REVOKE_ALL: &str = "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL";
     pub const REVOKE_ALL_EXCEPT: &str =
         "UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id <> ?";
@@ -351,6 +410,7 @@ fn user_from_row(row: &mut Row, at: usize) -> Result<User, RepoError> {
         version: Version(u64::try_from(version).map_err(|_| corrupt("version", version))?),
         created_at: Timestamp(take(row, at + 7)?),
         updated_at: Timestamp(take(row, at + 8)?),
+        verified: take(row, at + 9)?,
     })
 }
 
@@ -376,6 +436,7 @@ fn user_params(user: &User) -> Result<Vec<Value>, RepoError> {
         version_param(user.version)?.into(),
         user.created_at.0.into(),
         user.updated_at.0.into(),
+        user.verified.into(),
     ])
 }
 
@@ -403,6 +464,48 @@ async fn insert_event(tx: &mut Transaction<'_>, event: &OutboxEvent) -> Result<(
 }
 
 /// After an UPDATE/DELETE guarded by version touched no row: was it the version or the row?
+/// The versioned user update (`params` as [`sql::UPDATE_USER`] takes them) with its
+/// session revocations and event, inside `tx`.
+async fn update_user_in(
+    tx: &mut Transaction<'_>,
+    user: &User,
+    params: Vec<Value>,
+    revoke: SessionRevocation,
+    event: &OutboxEvent,
+) -> Result<(), RepoError> {
+    tx.exec_drop(sql::UPDATE_USER, params).await.map_err(user_write_err)?;
+    // Matched rows, not changed rows: the pool sets CLIENT_FOUND_ROWS.
+    if tx.affected_rows() == 0 {
+        return Err(missing_or_conflict(tx, user.id).await);
+    }
+    let uid = user.id.as_bytes().as_slice();
+    match revoke {
+        SessionRevocation::None => {}
+        SessionRevocation::All { at } => {
+            tx.exec_drop(sql::REVOKE_ALL, (at.0, uid)).await.map_err(my_err)?;
+        }
+        SessionRevocation::AllExcept { keep, at } => {
+            tx.exec_drop(sql::REVOKE_ALL_EXCEPT, (at.0, uid, keep.as_bytes().as_slice())).await.map_err(my_err)?;
+        }
+    }
+    insert_event(tx, event).await
+}
+
+fn update_user_params(user: &User, expected: Version) -> Result<Vec<Value>, RepoError> {
+    Ok(vec![
+        user.email.as_str().into(),
+        user.name.as_str().into(),
+        user.password_hash.as_str().into(),
+        user.role.as_str().into(),
+        user.status.as_str().into(),
+        version_param(user.version)?.into(),
+        user.updated_at.0.into(),
+        user.verified.into(),
+        user.id.as_bytes().as_slice().into(),
+        version_param(expected)?.into(),
+    ])
+}
+
 async fn missing_or_conflict(tx: &mut Transaction<'_>, id: UserId) -> RepoError {
     match tx.exec_first::<i64, _, _>(sql::USER_EXISTS, (id.as_bytes().as_slice(),)).await {
         Ok(Some(_)) => RepoError::VersionConflict,
@@ -633,41 +736,11 @@ impl UserRepository for MysqlStore {
         revoke: SessionRevocation,
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
-        let params: Vec<Value> = vec![
-            user.email.as_str().into(),
-            user.name.as_str().into(),
-            user.password_hash.as_str().into(),
-            user.role.as_str().into(),
-            user.status.as_str().into(),
-            version_param(user.version)?.into(),
-            user.updated_at.0.into(),
-            user.id.as_bytes().as_slice().into(),
-            version_param(expected)?.into(),
-        ];
+        let params = update_user_params(user, expected)?;
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
-            let outcome = async {
-                tx.exec_drop(sql::UPDATE_USER, params).await.map_err(user_write_err)?;
-                // Matched rows, not changed rows: the pool sets CLIENT_FOUND_ROWS.
-                if tx.affected_rows() == 0 {
-                    return Err(missing_or_conflict(&mut tx, user.id).await);
-                }
-                let uid = user.id.as_bytes().as_slice();
-                match revoke {
-                    SessionRevocation::None => {}
-                    SessionRevocation::All { at } => {
-                        tx.exec_drop(sql::REVOKE_ALL, (at.0, uid)).await.map_err(my_err)?;
-                    }
-                    SessionRevocation::AllExcept { keep, at } => {
-                        tx.exec_drop(sql::REVOKE_ALL_EXCEPT, (at.0, uid, keep.as_bytes().as_slice()))
-                            .await
-                            .map_err(my_err)?;
-                    }
-                }
-                insert_event(&mut tx, event).await
-            }
-            .await;
+            let outcome = async { update_user_in(&mut tx, user, params, revoke, event).await }.await;
             finish(tx, outcome).await
         })
         .await
@@ -1421,6 +1494,172 @@ impl WebhookRepository for MysqlStore {
     }
 }
 
+fn account_token_from_row(r: &mut Row) -> Result<AccountToken, RepoError> {
+    let purpose: String = take(r, 2)?;
+    Ok(AccountToken {
+        id: Uuid::from_bytes(take(r, 0)?),
+        user_id: UserId::from_bytes(take(r, 1)?),
+        purpose: TokenPurpose::parse(&purpose).ok_or_else(|| corrupt("token purpose", &purpose))?,
+        token_hash: TokenHash(take(r, 3)?),
+        binding: take(r, 4)?,
+        created_at: Timestamp(take(r, 5)?),
+        expires_at: Timestamp(take(r, 6)?),
+        used_at: take::<Option<i64>>(r, 7)?.map(Timestamp),
+    })
+}
+
+fn mail_from_row(r: &mut Row) -> Result<QueuedMail, RepoError> {
+    let status: String = take(r, 4)?;
+    let attempts: i64 = take(r, 5)?;
+    Ok(QueuedMail {
+        id: Uuid::from_bytes(take(r, 0)?),
+        template: take(r, 1)?,
+        recipient: Email::from_trusted(take(r, 2)?),
+        params: take(r, 3)?,
+        status: MailStatus::parse(&status).ok_or_else(|| corrupt("mail status", &status))?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt("mail attempts", attempts))?,
+        next_attempt_at: Timestamp(take(r, 6)?),
+        last_error: take(r, 7)?,
+        created_at: Timestamp(take(r, 8)?),
+        updated_at: Timestamp(take(r, 9)?),
+    })
+}
+
+#[async_trait]
+impl LifecycleRepository for MysqlStore {
+    async fn issue_account_token(
+        &self,
+        token: &AccountToken,
+        mail: &QueuedMail,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let uid = token.user_id.as_bytes().as_slice();
+                tx.exec_drop(sql::DELETE_UNUSED_TOKENS, (uid, token.purpose.as_str())).await.map_err(my_err)?;
+                let row: Vec<Value> = vec![
+                    uuid_value(token.id),
+                    uid.into(),
+                    token.purpose.as_str().into(),
+                    token.token_hash.0.as_slice().into(),
+                    token.binding.as_slice().into(),
+                    token.created_at.0.into(),
+                    token.expires_at.0.into(),
+                    token.used_at.map(|u| u.0).into(),
+                ];
+                tx.exec_drop(sql::INSERT_ACCOUNT_TOKEN, Params::Positional(row)).await.map_err(my_err)?;
+                let row: Vec<Value> = vec![
+                    uuid_value(mail.id),
+                    mail.template.as_str().into(),
+                    mail.recipient.as_str().into(),
+                    mail.params.as_str().into(),
+                    mail.status.as_str().into(),
+                    i64::from(mail.attempts).into(),
+                    mail.next_attempt_at.0.into(),
+                    mail.last_error.clone().into(),
+                    mail.created_at.0.into(),
+                    mail.updated_at.0.into(),
+                ];
+                tx.exec_drop(sql::INSERT_MAIL, Params::Positional(row)).await.map_err(my_err)?;
+                insert_event(&mut tx, event).await
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn account_token(&self, hash: &TokenHash) -> Result<Option<AccountToken>, RepoError> {
+        self.query_row(sql::ACCOUNT_TOKEN_BY_HASH, (hash.0.as_slice(),))
+            .await?
+            .map(|mut r| account_token_from_row(&mut r))
+            .transpose()
+    }
+
+    async fn redeem_account_token(
+        &self,
+        token_id: Uuid,
+        purpose: TokenPurpose,
+        user: &User,
+        expected: Version,
+        revoke: SessionRevocation,
+        at: Timestamp,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let params = update_user_params(user, expected)?;
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                tx.exec_drop(sql::USE_TOKEN, (at.0, token_id.as_bytes().as_slice())).await.map_err(my_err)?;
+                if tx.affected_rows() == 0 {
+                    return Err(RepoError::NotFound);
+                }
+                update_user_in(&mut tx, user, params, revoke, event).await?;
+                let purpose = purpose.as_str();
+                tx.exec_drop(sql::DELETE_UNUSED_TOKENS, (user.id.as_bytes().as_slice(), purpose)).await.map_err(my_err)
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn claim_due_mails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, RepoError> {
+        // As claim_due_deliveries: lock the due rows (SKIP LOCKED), then move them.
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let mut rows: Vec<Row> = tx.exec(sql::DUE_MAILS, (now.0, limit)).await.map_err(my_err)?;
+                let mut claimed = rows.iter_mut().map(mail_from_row).collect::<Result<Vec<_>, _>>()?;
+                if claimed.is_empty() {
+                    return Ok(claimed);
+                }
+                let sql = format!("UPDATE mail_queue SET next_attempt_at = ? WHERE id IN ({})", in_list(claimed.len()));
+                let mut params = vec![Value::Int(lease_until.0)];
+                params.extend(claimed.iter().map(|m| uuid_value(m.id)));
+                tx.exec_drop(sql, Params::Positional(params)).await.map_err(my_err)?;
+                for m in &mut claimed {
+                    m.next_attempt_at = lease_until;
+                }
+                Ok(claimed)
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn record_mail(&self, mail: &QueuedMail) -> Result<(), RepoError> {
+        let params: Vec<Value> = vec![
+            mail.params.as_str().into(),
+            mail.status.as_str().into(),
+            i64::from(mail.attempts).into(),
+            mail.next_attempt_at.0.into(),
+            mail.last_error.clone().into(),
+            mail.updated_at.0.into(),
+            uuid_value(mail.id),
+        ];
+        self.execute_one(sql::RECORD_MAIL.to_owned(), params).await?;
+        Ok(())
+    }
+
+    async fn prune_lifecycle(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        let params = || vec![Value::Int(before.0), Value::UInt(u64::from(limit))];
+        let tokens = self.execute_one(sql::PRUNE_TOKENS.to_owned(), params()).await?;
+        let mails = self.execute_one(sql::PRUNE_MAILS.to_owned(), params()).await?;
+        Ok(tokens + mails)
+    }
+}
+
 #[async_trait]
 impl Store for MysqlStore {
     fn backend(&self) -> &'static str {
@@ -1448,7 +1687,7 @@ impl Store for MysqlStore {
                 let limit: i64 = 51;
                 // (name, SQL, whether its ORDER BY must come from the index rather than
                 // a filesort, sample parameters)
-                let queries: [(&'static str, &'static str, bool, Params); 7] = [
+                let queries: [(&'static str, &'static str, bool, Params); 8] = [
                     ("user_by_id", sql::USER_BY_ID, false, (uid,).into()),
                     ("user_by_email", sql::USER_BY_EMAIL, false, (email,).into()),
                     ("session_with_user", sql::SESSION_WITH_USER, false, (hash,).into()),
@@ -1456,6 +1695,7 @@ impl Store for MysqlStore {
                     ("list_users_page", sql::LIST_USERS_PAGE, true, (first_page, limit).into()),
                     ("list_users_by_email", sql::LIST_USERS_BY_EMAIL, false, (email, first_page, limit).into()),
                     ("idempotency_record", sql::IDEMPOTENCY_RECORD, false, (key,).into()),
+                    ("account_token", sql::ACCOUNT_TOKEN_BY_HASH, false, (hash,).into()),
                 ];
                 let mut plans = Vec::with_capacity(queries.len());
                 for (name, sql, ordered, params) in queries {
@@ -1532,9 +1772,12 @@ async fn sample_rows(tx: &mut Transaction<'_>) -> Result<Samples, RepoError> {
         key: format!("explain-{}", user.simple()),
     };
     let uid: &[u8] = user.as_bytes();
-    tx.exec_drop(sql::INSERT_USER, (uid, samples.email.as_str(), "Explain", "x", "user", "active", 1i64, 0i64, 0i64))
-        .await
-        .map_err(my_err)?;
+    tx.exec_drop(
+        sql::INSERT_USER,
+        (uid, samples.email.as_str(), "Explain", "x", "user", "active", 1i64, 0i64, 0i64, false),
+    )
+    .await
+    .map_err(my_err)?;
     tx.exec_drop(
         sql::INSERT_SESSION,
         (Uuid::now_v7().as_bytes().as_slice(), &samples.token_hash[..], uid, 0i64, 0i64, None::<i64>),
@@ -1544,6 +1787,17 @@ async fn sample_rows(tx: &mut Transaction<'_>) -> Result<Samples, RepoError> {
     tx.exec_drop(sql::INSERT_IDEMPOTENCY, (samples.key.as_str(), &samples.token_hash[..], uid, 0i64))
         .await
         .map_err(my_err)?;
+    let token: Vec<Value> = vec![
+        uuid_value(Uuid::now_v7()),
+        uid.into(),
+        "password_reset".into(),
+        samples.token_hash[..].into(),
+        samples.token_hash[..].into(),
+        0i64.into(),
+        0i64.into(),
+        Value::NULL,
+    ];
+    tx.exec_drop(sql::INSERT_ACCOUNT_TOKEN, Params::Positional(token)).await.map_err(my_err)?;
     Ok(samples)
 }
 

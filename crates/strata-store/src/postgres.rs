@@ -28,7 +28,8 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
-use strata_core::ports::WebhookRepository;
+use strata_core::lifecycle::{AccountToken, MailStatus, QueuedMail, TokenPurpose};
+use strata_core::ports::{LifecycleRepository, WebhookRepository};
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 mod backup;
@@ -185,6 +186,42 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
     ",
     },
+    Migration {
+        version: 4,
+        name: "account lifecycle: one-time tokens, mail queue",
+        sql: "
+        ALTER TABLE users ADD COLUMN verified boolean NOT NULL DEFAULT false;
+
+        CREATE TABLE account_tokens (
+            id         uuid PRIMARY KEY,
+            user_id    uuid NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            purpose    varchar(32) NOT NULL,
+            token_hash bytea NOT NULL CHECK (length(token_hash) = 32),
+            binding    bytea NOT NULL CHECK (length(binding) = 32),
+            created_at bigint NOT NULL,
+            expires_at bigint NOT NULL,
+            used_at    bigint,
+            CONSTRAINT account_tokens_hash UNIQUE (token_hash)
+        );
+        CREATE INDEX account_tokens_user ON account_tokens (user_id, purpose);
+        CREATE INDEX account_tokens_expiry ON account_tokens (expires_at);
+
+        CREATE TABLE mail_queue (
+            id              uuid PRIMARY KEY,
+            template        varchar(64) NOT NULL,
+            recipient       text NOT NULL,
+            params          text NOT NULL,
+            status          varchar(16) NOT NULL,
+            attempts        bigint NOT NULL,
+            next_attempt_at bigint NOT NULL,
+            last_error      text,
+            created_at      bigint NOT NULL,
+            updated_at      bigint NOT NULL
+        );
+        CREATE INDEX mail_queue_due ON mail_queue (next_attempt_at) WHERE status = 'pending';
+        CREATE INDEX mail_queue_finished ON mail_queue (updated_at) WHERE status <> 'pending';
+    ",
+    },
 ];
 
 /// How long connect may spend migrating: longer than a query, because another instance
@@ -195,19 +232,19 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id = $1";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = $1";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
          FROM sessions WHERE user_id = $1 ORDER BY id";
     /// `$1` is the nil UUID on the first page: it sorts before every UUIDv7.
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE id > $1 ORDER BY id LIMIT $2";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at \
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
          FROM users WHERE email = $3 AND id > $1 ORDER BY id LIMIT $2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = $1";
@@ -220,8 +257,8 @@ mod sql {
          FROM outbox WHERE published_at IS NULL AND aggregate_id = ANY($1) ORDER BY aggregate_id, sequence LIMIT $2";
 
     pub const INSERT_USER: &str = "INSERT INTO users \
-         (id, email, name, password_hash, role, status, version, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+         (id, email, name, password_hash, role, status, version, created_at, updated_at, verified) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
     pub const INSERT_IDEMPOTENCY: &str =
         "INSERT INTO idempotency_keys (key, fingerprint, user_id, created_at) VALUES ($1, $2, $3, $4)";
     /// Bumps the aggregate's sequence (row-locking it until commit) and writes the row with
@@ -231,8 +268,29 @@ mod sql {
          INSERT INTO outbox (id, aggregate_id, event_type, payload, created_at, sequence, partition, traceparent) \
          SELECT $1, $2, $3, $4, $5, s.last, $6, $7 FROM s";
     pub const UPDATE_USER: &str = "UPDATE users SET email = $2, name = $3, password_hash = $4, role = $5, status = $6, \
-         version = $7, updated_at = $8 WHERE id = $1 AND version = $9";
+         version = $7, updated_at = $8, verified = $10 WHERE id = $1 AND version = $9";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = $1";
+    pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, binding, created_at, expires_at, \
+         used_at FROM account_tokens WHERE token_hash = $1";
+    pub const DELETE_UNUSED_TOKENS: &str =
+        "DELETE FROM account_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL";
+    pub const INSERT_ACCOUNT_TOKEN: &str = "INSERT INTO account_tokens \
+         (id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+    pub const USE_TOKEN: &str = "UPDATE account_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL";
+    pub const INSERT_MAIL: &str = "INSERT INTO mail_queue (id, template, recipient, params, status, attempts, \
+         next_attempt_at, last_error, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+    /// SKIP LOCKED: concurrent dispatchers take disjoint rows instead of queueing.
+    pub const CLAIM_MAILS: &str = "UPDATE mail_queue SET next_attempt_at = $2 WHERE id IN \
+         (SELECT id FROM mail_queue WHERE status = 'pending' AND next_attempt_at <= $1 \
+          ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING \
+          id, template, recipient, params, status, attempts, next_attempt_at, last_error, created_at, updated_at";
+    pub const RECORD_MAIL: &str = "UPDATE mail_queue SET params = $2, status = $3, attempts = $4, \
+         next_attempt_at = $5, last_error = $6, updated_at = $7 WHERE id = $1";
+    pub const PRUNE_TOKENS: &str =
+        "DELETE FROM account_tokens WHERE id IN (SELECT id FROM account_tokens WHERE expires_at < $1 LIMIT $2)";
+    pub const PRUNE_MAILS: &str = "DELETE FROM mail_queue WHERE id IN \
+         (SELECT id FROM mail_queue WHERE status <> 'pending' AND updated_at < $1 LIMIT $2)";
     pub const REVOKE_ALL: &str = "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL";
     pub const REVOKE_ALL_EXCEPT: &str =
         "UPDATE sessions SET revoked_at = $2 WHERE user_id = $1 AND revoked_at IS NULL AND id <> $3";
@@ -323,6 +381,7 @@ fn user_from_row(row: &Row, at: usize) -> Result<User, RepoError> {
         version: Version(u64::try_from(version).map_err(|_| corrupt("version", version))?),
         created_at: Timestamp(get(row, at + 7)?),
         updated_at: Timestamp(get(row, at + 8)?),
+        verified: get(row, at + 9)?,
     })
 }
 
@@ -366,6 +425,51 @@ async fn insert_event(tx: &Transaction<'_>, event: &OutboxEvent) -> Result<(), R
 }
 
 /// After an UPDATE/DELETE guarded by version touched no row: was it the version or the row?
+/// The versioned user update with its session revocations and event, inside `tx`.
+async fn update_user_in(
+    tx: &Transaction<'_>,
+    user: &User,
+    version: i64,
+    expected: i64,
+    revoke: SessionRevocation,
+    event: &OutboxEvent,
+) -> Result<(), RepoError> {
+    let changed = execute(
+        tx,
+        sql::UPDATE_USER,
+        &[
+            &user.id.as_uuid(),
+            &user.email.as_str(),
+            &user.name.as_str(),
+            &user.password_hash.as_str(),
+            &user.role.as_str(),
+            &user.status.as_str(),
+            &version,
+            &user.updated_at.0,
+            &expected,
+            &user.verified,
+        ],
+    )
+    .await
+    .map_err(|e| match unique_violation(&e) {
+        Some("users_email") => RepoError::EmailTaken,
+        _ => pg_err(e),
+    })?;
+    if changed == 0 {
+        return Err(missing_or_conflict(tx, user.id).await);
+    }
+    let uid = user.id.as_uuid();
+    match revoke {
+        SessionRevocation::None => 0,
+        SessionRevocation::All { at } => execute(tx, sql::REVOKE_ALL, &[&uid, &at.0]).await.map_err(pg_err)?,
+        SessionRevocation::AllExcept { keep, at } => {
+            execute(tx, sql::REVOKE_ALL_EXCEPT, &[&uid, &at.0, &keep.as_uuid()]).await.map_err(pg_err)?
+        }
+    };
+    insert_event(tx, event).await?;
+    Ok(())
+}
+
 async fn missing_or_conflict(tx: &Transaction<'_>, id: UserId) -> RepoError {
     let found = async {
         let stmt = tx.prepare_cached(sql::USER_EXISTS).await?;
@@ -531,6 +635,7 @@ impl UserRepository for PostgresStore {
                     &version,
                     &user.created_at.0,
                     &user.updated_at.0,
+                    &user.verified,
                 ],
             )
             .await
@@ -583,38 +688,7 @@ impl UserRepository for PostgresStore {
         crate::with_timeout(self.query_timeout, async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(pg_err)?;
-            let changed = execute(
-                &tx,
-                sql::UPDATE_USER,
-                &[
-                    &user.id.as_uuid(),
-                    &user.email.as_str(),
-                    &user.name.as_str(),
-                    &user.password_hash.as_str(),
-                    &user.role.as_str(),
-                    &user.status.as_str(),
-                    &version,
-                    &user.updated_at.0,
-                    &expected,
-                ],
-            )
-            .await
-            .map_err(|e| match unique_violation(&e) {
-                Some("users_email") => RepoError::EmailTaken,
-                _ => pg_err(e),
-            })?;
-            if changed == 0 {
-                return Err(missing_or_conflict(&tx, user.id).await);
-            }
-            let uid = user.id.as_uuid();
-            match revoke {
-                SessionRevocation::None => 0,
-                SessionRevocation::All { at } => execute(&tx, sql::REVOKE_ALL, &[&uid, &at.0]).await.map_err(pg_err)?,
-                SessionRevocation::AllExcept { keep, at } => {
-                    execute(&tx, sql::REVOKE_ALL_EXCEPT, &[&uid, &at.0, &keep.as_uuid()]).await.map_err(pg_err)?
-                }
-            };
-            insert_event(&tx, event).await?;
+            update_user_in(&tx, user, version, expected, revoke, event).await?;
             tx.commit().await.map_err(pg_err)
         })
         .await
@@ -1245,6 +1319,160 @@ impl WebhookRepository for PostgresStore {
     }
 }
 
+fn account_token_from_row(r: &Row) -> Result<AccountToken, RepoError> {
+    let purpose: &str = get(r, 2)?;
+    Ok(AccountToken {
+        id: get(r, 0)?,
+        user_id: UserId::from_uuid(get(r, 1)?),
+        purpose: TokenPurpose::parse(purpose).ok_or_else(|| corrupt("token purpose", purpose))?,
+        token_hash: TokenHash(bytes(r, 3)?),
+        binding: bytes(r, 4)?,
+        created_at: Timestamp(get(r, 5)?),
+        expires_at: Timestamp(get(r, 6)?),
+        used_at: get::<Option<i64>>(r, 7)?.map(Timestamp),
+    })
+}
+
+fn mail_from_row(r: &Row) -> Result<QueuedMail, RepoError> {
+    let status: &str = get(r, 4)?;
+    let attempts: i64 = get(r, 5)?;
+    Ok(QueuedMail {
+        id: get(r, 0)?,
+        template: get(r, 1)?,
+        recipient: Email::from_trusted(get(r, 2)?),
+        params: get(r, 3)?,
+        status: MailStatus::parse(status).ok_or_else(|| corrupt("mail status", status))?,
+        attempts: u32::try_from(attempts).map_err(|_| corrupt("mail attempts", attempts))?,
+        next_attempt_at: Timestamp(get(r, 6)?),
+        last_error: get(r, 7)?,
+        created_at: Timestamp(get(r, 8)?),
+        updated_at: Timestamp(get(r, 9)?),
+    })
+}
+
+#[async_trait]
+impl LifecycleRepository for PostgresStore {
+    async fn issue_account_token(
+        &self,
+        token: &AccountToken,
+        mail: &QueuedMail,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let uid = token.user_id.as_uuid();
+            execute(&tx, sql::DELETE_UNUSED_TOKENS, &[&uid, &token.purpose.as_str()]).await.map_err(pg_err)?;
+            execute(
+                &tx,
+                sql::INSERT_ACCOUNT_TOKEN,
+                &[
+                    &token.id,
+                    &uid,
+                    &token.purpose.as_str(),
+                    &token.token_hash.0.as_slice(),
+                    &token.binding.as_slice(),
+                    &token.created_at.0,
+                    &token.expires_at.0,
+                    &token.used_at.map(|u| u.0),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+            execute(
+                &tx,
+                sql::INSERT_MAIL,
+                &[
+                    &mail.id,
+                    &mail.template,
+                    &mail.recipient.as_str(),
+                    &mail.params,
+                    &mail.status.as_str(),
+                    &i64::from(mail.attempts),
+                    &mail.next_attempt_at.0,
+                    &mail.last_error,
+                    &mail.created_at.0,
+                    &mail.updated_at.0,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+            insert_event(&tx, event).await?;
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn account_token(&self, hash: &TokenHash) -> Result<Option<AccountToken>, RepoError> {
+        self.query_row(sql::ACCOUNT_TOKEN_BY_HASH, &[&hash.0.as_slice()])
+            .await?
+            .map(|r| account_token_from_row(&r))
+            .transpose()
+    }
+
+    async fn redeem_account_token(
+        &self,
+        token_id: Uuid,
+        purpose: TokenPurpose,
+        user: &User,
+        expected: Version,
+        revoke: SessionRevocation,
+        at: Timestamp,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let (version, expected) = (version_param(user.version)?, version_param(expected)?);
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            if execute(&tx, sql::USE_TOKEN, &[&token_id, &at.0]).await.map_err(pg_err)? == 0 {
+                return Err(RepoError::NotFound);
+            }
+            update_user_in(&tx, user, version, expected, revoke, event).await?;
+            let purpose = purpose.as_str();
+            execute(&tx, sql::DELETE_UNUSED_TOKENS, &[&user.id.as_uuid(), &purpose]).await.map_err(pg_err)?;
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn claim_due_mails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, RepoError> {
+        self.query_rows(sql::CLAIM_MAILS, &[&now.0, &lease_until.0, &i64::from(limit)])
+            .await?
+            .iter()
+            .map(mail_from_row)
+            .collect()
+    }
+
+    async fn record_mail(&self, mail: &QueuedMail) -> Result<(), RepoError> {
+        self.execute_one(
+            sql::RECORD_MAIL,
+            &[
+                &mail.id,
+                &mail.params,
+                &mail.status.as_str(),
+                &i64::from(mail.attempts),
+                &mail.next_attempt_at.0,
+                &mail.last_error,
+                &mail.updated_at.0,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn prune_lifecycle(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        let limit = i64::from(limit);
+        let tokens = self.execute_one(sql::PRUNE_TOKENS, &[&before.0, &limit]).await?;
+        let mails = self.execute_one(sql::PRUNE_MAILS, &[&before.0, &limit]).await?;
+        Ok(tokens + mails)
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -1275,7 +1503,7 @@ impl Store for PostgresStore {
             // (name, SQL, relations it reads, whether its ORDER BY must come from the index
             // rather than a sort, sample parameters)
             type Hot<'a> = (&'static str, &'static str, &'static [&'static str], bool, Vec<&'a (dyn ToSql + Sync)>);
-            let queries: [Hot<'_>; 7] = [
+            let queries: [Hot<'_>; 8] = [
                 ("user_by_id", sql::USER_BY_ID, &["users"], false, vec![&uid]),
                 ("user_by_email", sql::USER_BY_EMAIL, &["users"], false, vec![email]),
                 ("session_with_user", sql::SESSION_WITH_USER, &["sessions", "users"], false, vec![&hash]),
@@ -1283,6 +1511,7 @@ impl Store for PostgresStore {
                 ("list_users_page", sql::LIST_USERS_PAGE, &["users"], true, vec![&first_page, &limit]),
                 ("list_users_by_email", sql::LIST_USERS_BY_EMAIL, &["users"], false, vec![&first_page, &limit, email]),
                 ("idempotency_record", sql::IDEMPOTENCY_RECORD, &["idempotency_keys"], false, vec![key]),
+                ("account_token", sql::ACCOUNT_TOKEN_BY_HASH, &["account_tokens"], false, vec![&hash]),
             ];
             let mut plans = Vec::with_capacity(queries.len());
             for (name, sql, relations, ordered, params) in queries {
@@ -1335,9 +1564,12 @@ async fn sample_rows(tx: &Transaction<'_>) -> Result<Samples, RepoError> {
     };
     let hash: &[u8] = &samples.token_hash;
     let zero = 0i64;
-    tx.execute(sql::INSERT_USER, &[&user, &samples.email, &"Explain", &"x", &"user", &"active", &1i64, &zero, &zero])
-        .await
-        .map_err(pg_err)?;
+    tx.execute(
+        sql::INSERT_USER,
+        &[&user, &samples.email, &"Explain", &"x", &"user", &"active", &1i64, &zero, &zero, &false],
+    )
+    .await
+    .map_err(pg_err)?;
     tx.execute(sql::INSERT_SESSION, &[&Uuid::now_v7(), &hash, &user, &zero, &zero, &None::<i64>])
         .await
         .map_err(pg_err)?;

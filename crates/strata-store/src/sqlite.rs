@@ -39,7 +39,8 @@ use strata_core::ports::{
     UserListQuery, UserRepository,
 };
 
-use strata_core::ports::WebhookRepository;
+use strata_core::lifecycle::{AccountToken, MailStatus, QueuedMail, TokenPurpose};
+use strata_core::ports::{LifecycleRepository, WebhookRepository};
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 mod backup;
@@ -190,26 +191,65 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
     ",
     },
+    Migration {
+        version: 4,
+        name: "account lifecycle: one-time tokens, mail queue",
+        sql: "
+        ALTER TABLE users ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+
+        CREATE TABLE account_tokens (
+            id         BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            user_id    BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            purpose    TEXT NOT NULL,
+            token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
+            binding    BLOB NOT NULL CHECK (length(binding) = 32),
+            created_at INTEGER NOT NULL,
+            expires_at INTEGER NOT NULL,
+            used_at    INTEGER
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX account_tokens_hash ON account_tokens (token_hash);
+        CREATE INDEX account_tokens_user ON account_tokens (user_id, purpose);
+        CREATE INDEX account_tokens_expiry ON account_tokens (expires_at);
+
+        CREATE TABLE mail_queue (
+            id              BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            template        TEXT NOT NULL,
+            recipient       TEXT NOT NULL,
+            params          TEXT NOT NULL,
+            status          TEXT NOT NULL,
+            attempts        INTEGER NOT NULL,
+            next_attempt_at INTEGER NOT NULL,
+            last_error      TEXT,
+            created_at      INTEGER NOT NULL,
+            updated_at      INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX mail_queue_due ON mail_queue (next_attempt_at) WHERE status = 'pending';
+        CREATE INDEX mail_queue_finished ON mail_queue (updated_at) WHERE status <> 'pending';
+    ",
+    },
 ];
 
-const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at";
+const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at, verified";
 
 mod sql {
-    pub const USER_BY_ID: &str =
-        "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE id = ?1";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE email = ?1";
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE id = ?1";
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE email = ?1";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at FROM sessions WHERE user_id = ?1 ORDER BY id";
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = ?1";
     /// The aggregates with the oldest unpublished rows (step 1 of `pending_events`).
     pub const PENDING_AGGREGATES: &str =
         "SELECT aggregate_id, partition FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?1";
     pub const EVENT_COLUMNS: &str = "id, aggregate_id, event_type, payload, created_at, sequence, traceparent";
+    pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at \
+         FROM account_tokens WHERE token_hash = ?1";
+    pub const MAIL_COLUMNS: &str =
+        "id, template, recipient, params, status, attempts, next_attempt_at, last_error, created_at, updated_at";
 }
 
 pub struct SqliteStore {
@@ -529,6 +569,7 @@ fn user_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<User> {
         version: Version(row.get::<_, i64>(at + 6)? as u64),
         created_at: Timestamp(row.get(at + 7)?),
         updated_at: Timestamp(row.get(at + 8)?),
+        verified: row.get(at + 9)?,
     })
 }
 
@@ -604,6 +645,57 @@ fn missing_or_conflict(tx: &rusqlite::Transaction<'_>, id: UserId) -> RepoError 
         Ok(None) => RepoError::NotFound,
         Err(e) => map_err(e),
     }
+}
+
+/// The versioned user update with its session revocations and event, inside `tx`.
+fn update_user_in(
+    tx: &rusqlite::Transaction<'_>,
+    user: &User,
+    expected: Version,
+    revoke: SessionRevocation,
+    event: &OutboxEvent,
+) -> Result<(), RepoError> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE users SET email = ?2, name = ?3, password_hash = ?4, role = ?5, status = ?6, \
+             version = ?7, updated_at = ?8, verified = ?10 WHERE id = ?1 AND version = ?9",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                user.id.as_bytes().as_slice(),
+                user.email.as_str(),
+                user.name.as_str(),
+                user.password_hash.as_str(),
+                user.role.as_str(),
+                user.status.as_str(),
+                user.version.0 as i64,
+                user.updated_at.0,
+                expected.0 as i64,
+                user.verified
+            ])
+        })
+        .map_err(map_err)?;
+    if changed == 0 {
+        return Err(missing_or_conflict(tx, user.id));
+    }
+    let uid = user.id.as_bytes().as_slice();
+    match revoke {
+        SessionRevocation::None => 0,
+        SessionRevocation::All { at } => tx
+            .execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
+                params![uid, at.0],
+            )
+            .map_err(map_err)?,
+        SessionRevocation::AllExcept { keep, at } => tx
+            .execute(
+                "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND id <> ?3",
+                params![uid, at.0, keep.as_bytes().as_slice()],
+            )
+            .map_err(map_err)?,
+    };
+    insert_event(tx, event).map_err(map_err)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -711,7 +803,7 @@ impl UserRepository for SqliteStore {
         let (user, idempotency, event) = (user.clone(), idempotency.cloned(), event.clone());
         self.write(move |tx| {
             tx.prepare_cached(&format!(
-                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ))
             .and_then(|mut s| {
                 s.execute(params![
@@ -723,7 +815,8 @@ impl UserRepository for SqliteStore {
                     user.status.as_str(),
                     user.version.0 as i64,
                     user.created_at.0,
-                    user.updated_at.0
+                    user.updated_at.0,
+                    user.verified
                 ])
             })
             .map_err(map_err)?;
@@ -791,49 +884,7 @@ impl UserRepository for SqliteStore {
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
         let (user, event) = (user.clone(), event.clone());
-        self.write(move |tx| {
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE users SET email = ?2, name = ?3, password_hash = ?4, role = ?5, status = ?6, \
-                     version = ?7, updated_at = ?8 WHERE id = ?1 AND version = ?9",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        user.id.as_bytes().as_slice(),
-                        user.email.as_str(),
-                        user.name.as_str(),
-                        user.password_hash.as_str(),
-                        user.role.as_str(),
-                        user.status.as_str(),
-                        user.version.0 as i64,
-                        user.updated_at.0,
-                        expected.0 as i64
-                    ])
-                })
-                .map_err(map_err)?;
-            if changed == 0 {
-                return Err(missing_or_conflict(tx, user.id));
-            }
-            let uid = user.id.as_bytes().as_slice();
-            match revoke {
-                SessionRevocation::None => 0,
-                SessionRevocation::All { at } => tx
-                    .execute(
-                        "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
-                        params![uid, at.0],
-                    )
-                    .map_err(map_err)?,
-                SessionRevocation::AllExcept { keep, at } => tx
-                    .execute(
-                        "UPDATE sessions SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL AND id <> ?3",
-                        params![uid, at.0, keep.as_bytes().as_slice()],
-                    )
-                    .map_err(map_err)?,
-            };
-            insert_event(tx, &event).map_err(map_err)?;
-            Ok(())
-        })
-        .await
+        self.write(move |tx| update_user_in(tx, &user, expected, revoke, &event)).await
     }
 
     async fn delete_user(&self, id: UserId, expected: Option<Version>, event: &OutboxEvent) -> Result<(), RepoError> {
@@ -943,6 +994,7 @@ fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::types::Value>
         ("list_users_page", sql::LIST_USERS_PAGE, vec![id.clone(), Integer(51)]),
         ("list_users_by_email", sql::LIST_USERS_BY_EMAIL, vec![id, Integer(51), Text("a@example.com".into())]),
         ("idempotency_record", sql::IDEMPOTENCY_RECORD, vec![Text("k".into())]),
+        ("account_token", sql::ACCOUNT_TOKEN_BY_HASH, vec![Blob(vec![0; 32])]),
     ]
 }
 
@@ -1475,6 +1527,196 @@ impl WebhookRepository for SqliteStore {
                 )
                 .map_err(map_err)?;
             Ok(n as u64)
+        })
+        .await
+    }
+}
+
+fn account_token_from_row(r: &Row<'_>) -> rusqlite::Result<AccountToken> {
+    let purpose: String = r.get(2)?;
+    Ok(AccountToken {
+        id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        user_id: UserId::from_bytes(blob(r, 1)?),
+        purpose: TokenPurpose::parse(&purpose).ok_or_else(|| corrupt("token purpose"))?,
+        token_hash: TokenHash(blob(r, 3)?),
+        binding: blob(r, 4)?,
+        created_at: Timestamp(r.get(5)?),
+        expires_at: Timestamp(r.get(6)?),
+        used_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+    })
+}
+
+fn mail_from_row(r: &Row<'_>) -> rusqlite::Result<QueuedMail> {
+    let status: String = r.get(4)?;
+    Ok(QueuedMail {
+        id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        template: r.get(1)?,
+        recipient: Email::from_trusted(r.get(2)?),
+        params: r.get(3)?,
+        status: MailStatus::parse(&status).ok_or_else(|| corrupt("mail status"))?,
+        attempts: r.get::<_, i64>(5)? as u32,
+        next_attempt_at: Timestamp(r.get(6)?),
+        last_error: r.get(7)?,
+        created_at: Timestamp(r.get(8)?),
+        updated_at: Timestamp(r.get(9)?),
+    })
+}
+
+#[async_trait]
+impl LifecycleRepository for SqliteStore {
+    async fn issue_account_token(
+        &self,
+        token: &AccountToken,
+        mail: &QueuedMail,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let (t, m, event) = (token.clone(), mail.clone(), event.clone());
+        self.write(move |tx| {
+            tx.execute(
+                "DELETE FROM account_tokens WHERE user_id = ?1 AND purpose = ?2 AND used_at IS NULL",
+                params![t.user_id.as_bytes().as_slice(), t.purpose.as_str()],
+            )
+            .map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO account_tokens (id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    t.id.as_bytes().as_slice(),
+                    t.user_id.as_bytes().as_slice(),
+                    t.purpose.as_str(),
+                    t.token_hash.0.as_slice(),
+                    t.binding.as_slice(),
+                    t.created_at.0,
+                    t.expires_at.0,
+                    t.used_at.map(|u| u.0)
+                ],
+            )
+            .map_err(map_err)?;
+            tx.execute(
+                "INSERT INTO mail_queue (id, template, recipient, params, status, attempts, next_attempt_at, \
+                 last_error, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    m.id.as_bytes().as_slice(),
+                    m.template,
+                    m.recipient.as_str(),
+                    m.params,
+                    m.status.as_str(),
+                    m.attempts,
+                    m.next_attempt_at.0,
+                    m.last_error,
+                    m.created_at.0,
+                    m.updated_at.0
+                ],
+            )
+            .map_err(map_err)?;
+            insert_event(tx, &event).map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account_token(&self, hash: &TokenHash) -> Result<Option<AccountToken>, RepoError> {
+        let hash = *hash;
+        self.read(move |c| {
+            c.prepare_cached(sql::ACCOUNT_TOKEN_BY_HASH)?
+                .query_row([hash.0.as_slice()], account_token_from_row)
+                .optional()
+        })
+        .await
+    }
+
+    async fn redeem_account_token(
+        &self,
+        token_id: uuid::Uuid,
+        purpose: TokenPurpose,
+        user: &User,
+        expected: Version,
+        revoke: SessionRevocation,
+        at: Timestamp,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        let (user, event) = (user.clone(), event.clone());
+        self.write(move |tx| {
+            let used = tx
+                .execute(
+                    "UPDATE account_tokens SET used_at = ?2 WHERE id = ?1 AND used_at IS NULL",
+                    params![token_id.as_bytes().as_slice(), at.0],
+                )
+                .map_err(map_err)?;
+            if used == 0 {
+                return Err(RepoError::NotFound);
+            }
+            update_user_in(tx, &user, expected, revoke, &event)?;
+            tx.execute(
+                "DELETE FROM account_tokens WHERE user_id = ?1 AND purpose = ?2 AND used_at IS NULL",
+                params![user.id.as_bytes().as_slice(), purpose.as_str()],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn claim_due_mails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<QueuedMail>, RepoError> {
+        // One writer: reading and moving the due rows in one statement is the claim.
+        self.write(move |tx| {
+            let sql = format!(
+                "UPDATE mail_queue SET next_attempt_at = ?2 WHERE id IN \
+                 (SELECT id FROM mail_queue WHERE status = 'pending' AND next_attempt_at <= ?1 \
+                  ORDER BY next_attempt_at LIMIT ?3) RETURNING {}",
+                sql::MAIL_COLUMNS
+            );
+            let mut stmt = tx.prepare_cached(&sql).map_err(map_err)?;
+            let rows = stmt.query_map(params![now.0, lease_until.0, limit], mail_from_row).map_err(map_err)?;
+            rows.collect::<rusqlite::Result<Vec<_>>>().map_err(map_err)
+        })
+        .await
+    }
+
+    async fn record_mail(&self, mail: &QueuedMail) -> Result<(), RepoError> {
+        let m = mail.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE mail_queue SET params = ?2, status = ?3, attempts = ?4, next_attempt_at = ?5, \
+                 last_error = ?6, updated_at = ?7 WHERE id = ?1",
+                params![
+                    m.id.as_bytes().as_slice(),
+                    m.params,
+                    m.status.as_str(),
+                    m.attempts,
+                    m.next_attempt_at.0,
+                    m.last_error,
+                    m.updated_at.0
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn prune_lifecycle(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        self.write(move |tx| {
+            let tokens = tx
+                .execute(
+                    "DELETE FROM account_tokens WHERE id IN \
+                     (SELECT id FROM account_tokens WHERE expires_at < ?1 LIMIT ?2)",
+                    params![before.0, limit],
+                )
+                .map_err(map_err)?;
+            let mails = tx
+                .execute(
+                    "DELETE FROM mail_queue WHERE id IN \
+                     (SELECT id FROM mail_queue WHERE status <> 'pending' AND updated_at < ?1 LIMIT ?2)",
+                    params![before.0, limit],
+                )
+                .map_err(map_err)?;
+            Ok((tokens + mails) as u64)
         })
         .await
     }

@@ -35,6 +35,7 @@ fn user(email: &str, name: &str) -> User {
         password_hash: PasswordHash::from_trusted("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into()),
         role: Role::User,
         status: UserStatus::Active,
+        verified: false,
         version: Version::FIRST,
         created_at: T0,
         updated_at: T0,
@@ -684,6 +685,7 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
         "list_users_page",
         "list_users_by_email",
         "idempotency_record",
+        "account_token",
     ] {
         assert!(names.contains(&required), "{} did not explain {required}", store.backend());
     }
@@ -702,6 +704,7 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
     assert!(plan_of("user_by_email").contains("users_email"), "{}", plan_of("user_by_email"));
     assert!(plan_of("session_with_user").contains("sessions_token_hash"), "{}", plan_of("session_with_user"));
     assert!(plan_of("sessions_of_user").contains("sessions_user_id"), "{}", plan_of("sessions_of_user"));
+    assert!(plan_of("account_token").contains("account_tokens_hash"), "{}", plan_of("account_token"));
 }
 
 // --- backup and restore (BackupRepository) ---
@@ -749,6 +752,139 @@ async fn load(
     tokio::join!(store.import_snapshot(rx, existing), feed).0
 }
 
+fn reset_token_and_mail(
+    u: &User,
+    at: Timestamp,
+) -> (strata_core::lifecycle::AccountToken, strata_core::lifecycle::QueuedMail) {
+    use strata_core::lifecycle::{AccountToken, MailStatus, OneTimeToken, QueuedMail, TokenPurpose, binding_of};
+    let token = AccountToken {
+        id: uuid::Uuid::now_v7(),
+        user_id: u.id,
+        purpose: TokenPurpose::PasswordReset,
+        token_hash: OneTimeToken::generate().hash(),
+        binding: binding_of(u.password_hash.as_str()),
+        created_at: at,
+        expires_at: at.plus(Duration::from_secs(1800)),
+        used_at: None,
+    };
+    let mail = QueuedMail {
+        id: uuid::Uuid::now_v7(),
+        template: "password_reset".into(),
+        recipient: u.email.clone(),
+        params: r#"{"token":"ot_x","name":"Ann 🦀"}"#.into(),
+        status: MailStatus::Pending,
+        attempts: 0,
+        next_attempt_at: at,
+        last_error: None,
+        created_at: at,
+        updated_at: at,
+    };
+    (token, mail)
+}
+
+async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn Store>) {
+    const RESET: strata_core::lifecycle::TokenPurpose = strata_core::lifecycle::TokenPurpose::PasswordReset;
+    let u = user("tokens@example.com", "Tokens");
+    create(&*store, &u).await;
+    let (first, first_mail) = reset_token_and_mail(&u, T0);
+    store.issue_account_token(&first, &first_mail, &event("password_reset.requested", u.id)).await.unwrap();
+    assert_eq!(store.account_token(&first.token_hash).await.unwrap(), Some(first.clone()));
+    // A newer request supersedes the older token, and its event is in the outbox with it.
+    let (second, second_mail) = reset_token_and_mail(&u, T0.plus(Duration::from_secs(1)));
+    store.issue_account_token(&second, &second_mail, &event("password_reset.requested", u.id)).await.unwrap();
+    assert_eq!(store.account_token(&first.token_hash).await.unwrap(), None);
+    let pending = store.pending_events(&all_partitions(), 100).await.unwrap();
+    assert_eq!(pending.iter().filter(|e| e.event_type == "password_reset.requested").count(), 2);
+
+    // Redeeming sets the password, revokes every session, and works once.
+    let (_, s) = session_for(&u);
+    store.create_session(&s, &event("session.created", u.id)).await.unwrap();
+    let mut next = u.clone();
+    next.password_hash = PasswordHash::from_trusted("$argon2id$v=19$m=64,t=1,p=1$bmV3c2FsdA$bmV3".into());
+    next.version = u.version.next();
+    // The flag round-trips like every other column.
+    next.verified = true;
+    let at = T0.plus(Duration::from_secs(2));
+    let revoke_all = SessionRevocation::All { at };
+    store
+        .redeem_account_token(second.id, RESET, &next, u.version, revoke_all, at, &event("user.updated", u.id))
+        .await
+        .unwrap();
+    assert_eq!(store.user_by_id(u.id).await.unwrap(), Some(next.clone()));
+    assert_eq!(store.sessions_of_user(u.id).await.unwrap()[0].revoked_at, Some(at));
+    assert_eq!(store.account_token(&second.token_hash).await.unwrap().unwrap().used_at, Some(at));
+    let again = store
+        .redeem_account_token(second.id, RESET, &next, next.version, revoke_all, at, &event("user.updated", u.id))
+        .await;
+    assert_eq!(again, Err(RepoError::NotFound));
+    assert_eq!(store.user_by_id(u.id).await.unwrap(), Some(next.clone()), "a refused redeem writes nothing");
+
+    // A stale version refuses the redeem and leaves the token unused.
+    let (third, third_mail) = reset_token_and_mail(&next, at);
+    store.issue_account_token(&third, &third_mail, &event("password_reset.requested", u.id)).await.unwrap();
+    let stale = store
+        .redeem_account_token(third.id, RESET, &next, u.version, revoke_all, at, &event("user.updated", u.id))
+        .await;
+    assert_eq!(stale, Err(RepoError::VersionConflict));
+    assert_eq!(store.account_token(&third.token_hash).await.unwrap().unwrap().used_at, None);
+
+    // Tokens go with their user.
+    store.delete_user(u.id, None, &event("user.deleted", u.id)).await.unwrap();
+    assert_eq!(store.account_token(&third.token_hash).await.unwrap(), None);
+}
+
+async fn queued_mails_are_claimed_once_and_recorded(store: Arc<dyn Store>) {
+    use strata_core::lifecycle::MailStatus;
+    let mut mails = Vec::new();
+    for i in 0..3 {
+        let u = user(&format!("mail{i}@example.com"), "Mail");
+        create(&*store, &u).await;
+        let (t, m) = reset_token_and_mail(&u, T0.plus(Duration::from_secs(i)));
+        store.issue_account_token(&t, &m, &event("password_reset.requested", u.id)).await.unwrap();
+        mails.push(m);
+    }
+    let lease = T0.plus(Duration::from_secs(120));
+    // Not due yet: nothing.
+    assert!(store.claim_due_mails(T0.minus(Duration::from_secs(1)), lease, 10).await.unwrap().is_empty());
+    // Two concurrent claims never take the same mail.
+    let (a, b) = tokio::join!(
+        store.claim_due_mails(T0.plus(Duration::from_secs(10)), lease, 2),
+        store.claim_due_mails(T0.plus(Duration::from_secs(10)), lease, 2)
+    );
+    let mut claimed: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+    claimed.sort_by_key(|m| m.id);
+    assert_eq!(claimed.len(), 3);
+    for (got, queued) in claimed.iter().zip(&mails) {
+        assert_eq!(got.id, queued.id);
+        assert_eq!(got.params, queued.params);
+        assert_eq!(got.recipient, queued.recipient);
+        assert_eq!(got.next_attempt_at, lease);
+    }
+    // Leased: not claimable again until the lease ends.
+    assert!(store.claim_due_mails(T0.plus(Duration::from_secs(60)), lease, 10).await.unwrap().is_empty());
+
+    let mut sent = claimed[0].clone();
+    sent.status = MailStatus::Sent;
+    sent.attempts = 1;
+    sent.params = "{}".into();
+    sent.updated_at = T0.plus(Duration::from_secs(20));
+    store.record_mail(&sent).await.unwrap();
+    let mut retry = claimed[1].clone();
+    retry.attempts = 1;
+    retry.last_error = Some("451 try later".into());
+    retry.next_attempt_at = T0.plus(Duration::from_secs(30));
+    store.record_mail(&retry).await.unwrap();
+    let due = store.claim_due_mails(T0.plus(Duration::from_secs(30)), lease.plus(Duration::from_secs(60)), 10).await;
+    let due = due.unwrap();
+    assert_eq!(due.len(), 1, "only the retry is due; the sent one is done, the third still leased");
+    assert_eq!((due[0].id, due[0].attempts, due[0].last_error.as_deref()), (retry.id, 1, Some("451 try later")));
+
+    // Pruning takes expired tokens and finished mails, never pending ones.
+    let pruned = store.prune_lifecycle(T0.plus(Duration::from_secs(3600)), 100).await.unwrap();
+    assert_eq!(pruned, 3 + 1, "three expired tokens and the sent mail");
+    assert_eq!(store.prune_lifecycle(T0.plus(Duration::from_secs(3600)), 100).await.unwrap(), 0);
+}
+
 /// A little of everything a backup holds.
 async fn populate(store: &dyn Store) {
     use strata_core::domain::AuditEntry;
@@ -786,6 +922,10 @@ async fn populate(store: &dyn Store) {
         duration_ms: 10_000,
     };
     store.record_delivery(&d, Some(&attempt)).await.unwrap();
+    let owner = user("reset@example.com", "Reset");
+    create(store, &owner).await;
+    let (t, m) = reset_token_and_mail(&owner, T0);
+    store.issue_account_token(&t, &m, &event("password_reset.requested", owner.id)).await.unwrap();
 }
 
 async fn a_snapshot_restores_every_table_exactly(store: Arc<dyn Store>) {
@@ -920,6 +1060,8 @@ all_backends!(
     hot_paths_use_indexes,
     a_snapshot_restores_every_table_exactly,
     a_snapshot_is_consistent_under_writes,
+    account_tokens_are_superseded_redeemed_once_and_cascade,
+    queued_mails_are_claimed_once_and_recorded,
 );
 
 /// Migrating twice (a restart, or two instances starting together) is harmless.

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use strata_api::{AppState, Metrics};
+use strata_core::mail::{MailDispatcher, MailListener, Templates};
 use strata_core::password::PasswordHasher;
 use strata_core::ports::{Clock, EventBus, Store, SystemClock};
 use strata_core::relay::Relay;
@@ -35,6 +36,9 @@ struct Worker {
     relay: Relay,
     listeners: Vec<Arc<dyn Listener>>,
     dispatcher: Arc<Dispatcher>,
+    mail: Arc<MailDispatcher>,
+    /// The mail sender, for the banner.
+    mailer: String,
     clock: Arc<dyn Clock>,
 }
 
@@ -51,17 +55,19 @@ impl Application {
         let settings = AccountSettings {
             session_ttl: Duration::from_secs(config.auth.session_ttl_secs),
             idempotency_ttl: Duration::from_secs(config.auth.idempotency_ttl_secs),
+            require_verified_email: config.auth.require_verified_email,
             ..AccountSettings::default()
         };
         let mut throttle = Throttle::local(config.throttle_settings());
-        if let Some(shared) =
+        let shared_counters =
             strata_cache::open_counters(&config.throttle.url, &config.cache_options(), metrics.clone())
-                .map_err(|e| anyhow::anyhow!("throttle.url: {e}"))?
-        {
+                .map_err(|e| anyhow::anyhow!("throttle.url: {e}"))?;
+        if let Some(shared) = shared_counters.clone() {
             throttle = throttle.with_shared(shared);
         }
         let mut accounts =
-            Accounts::new(store.clone(), Arc::new(hasher), throttle, clock.clone(), metrics.clone(), settings);
+            Accounts::new(store.clone(), Arc::new(hasher), throttle, clock.clone(), metrics.clone(), settings)
+                .with_lifecycle(config.lifecycle_settings(), shared_counters);
         let worker = if config.role.runs_worker() {
             let bus = strata_events::open(&config.events.url, &config.bus_options())
                 .await
@@ -92,11 +98,38 @@ impl Application {
                 config.webhook_settings(),
             );
             let webhooks = WebhookListener::new(store.clone(), clock.clone(), dispatcher.waker());
+            let roots = config.mail_tls_roots().map_err(anyhow::Error::msg)?;
+            let mailer =
+                strata_mail::open(&config.mail.smtp_url, &config.mail.from, &roots).map_err(anyhow::Error::msg)?;
+            if config.mail.smtp_url.is_empty() {
+                tracing::warn!(
+                    "STRATA_SMTP_URL is not set: mails are written to the log, not sent (fine for development; \
+                     the log then holds live reset links)"
+                );
+            }
+            let templates = if config.mail.templates_dir.is_empty() {
+                Templates::embedded()
+            } else {
+                Templates::with_overrides(std::path::Path::new(&config.mail.templates_dir))
+                    .map_err(|e| anyhow::anyhow!("mail.templates_dir: {e}"))?
+            };
+            let mailer_described = mailer.describe();
+            let mail = MailDispatcher::new(
+                store.clone(),
+                clock.clone(),
+                mailer,
+                templates,
+                metrics.clone(),
+                config.mail_settings(),
+            );
+            let mail_listener = MailListener::new(mail.waker());
             Some(Worker {
                 bus,
                 relay,
-                listeners: vec![Arc::new(audit), Arc::new(webhooks)],
+                listeners: vec![Arc::new(audit), Arc::new(webhooks), Arc::new(mail_listener)],
                 dispatcher,
+                mail,
+                mailer: mailer_described,
                 clock: clock.clone(),
             })
         } else {
@@ -146,7 +179,10 @@ impl Application {
     /// One line for humans: where we listen and what we run on.
     pub fn banner(&self) -> String {
         let cache = self.state.accounts.cache().map_or_else(|| "none".to_owned(), |c| c.describe());
-        let events = self.worker.as_ref().map_or_else(|| "published by a worker".to_owned(), |w| w.bus.describe());
+        let events = self.worker.as_ref().map_or_else(
+            || "published by a worker".to_owned(),
+            |w| format!("{}, mail: {}", w.bus.describe(), w.mailer),
+        );
         let role = match self.config.role {
             crate::config::Role::All => "api + worker",
             crate::config::Role::Api => "api",
@@ -225,8 +261,11 @@ impl Worker {
         metrics: Arc<Metrics>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks =
-            vec![tokio::spawn(self.relay.run(shutdown.clone())), tokio::spawn(self.dispatcher.run(shutdown.clone()))];
+        let mut tasks = vec![
+            tokio::spawn(self.relay.run(shutdown.clone())),
+            tokio::spawn(self.dispatcher.run(shutdown.clone())),
+            tokio::spawn(self.mail.run(shutdown.clone())),
+        ];
         for listener in self.listeners {
             let (bus, clock, observer) = (self.bus.clone(), self.clock.clone(), metrics.clone());
             tasks.push(tokio::spawn(run_listener(bus, listener, clock, observer, shutdown.clone())));

@@ -27,6 +27,7 @@ pub struct Config {
     pub role: Role,
     pub events: EventsConfig,
     pub webhooks: WebhooksConfig,
+    pub mail: MailConfig,
     pub gateway: GatewayConfig,
     /// Registry an api instance registers itself in (`nats-kv://HOST:PORT/BUCKET` or
     /// `etcd://HOST:PORT/PREFIX`) for gateways to find; empty: none.
@@ -35,6 +36,76 @@ pub struct Config {
     pub register_address: Option<SocketAddr>,
     /// An instance that stops heartbeating drops out of the registry after this.
     pub register_ttl_secs: u64,
+}
+
+/// Mail sent by the worker (password resets). See ARCHITECTURE.md, Account lifecycle.
+#[derive(Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MailConfig {
+    /// `smtp://[user:password@]host[:port][?tls=required|opportunistic]` or
+    /// `smtps://…`; empty: mails are written to the log, not sent (development only).
+    pub smtp_url: String,
+    /// The sender, `Name <address>` or a bare address.
+    pub from: String,
+    /// Where links in mails point: `{base_url}/reset-password?token=…`.
+    pub base_url: String,
+    /// Files `<template>.subject|.txt|.html` here replace the embedded templates; empty: none.
+    pub templates_dir: String,
+    /// PEM certificates trusted for the SMTP server's TLS besides the system's roots (a
+    /// private CA); empty: the system's only.
+    pub tls_ca_file: String,
+    /// Attempts per mail before it is failed.
+    pub max_attempts: u32,
+    /// Wait after the first failed attempt; doubles per attempt, at most an hour.
+    pub first_backoff_ms: u64,
+    /// One attempt: connect, TLS, the SMTP dialogue.
+    pub timeout_ms: u64,
+    /// How often the dispatcher looks for due mails besides being woken by events.
+    pub poll_interval_ms: u64,
+    /// A password-reset token is good for this long.
+    pub password_reset_ttl_secs: u64,
+    /// An email-verification token is good for this long.
+    pub verification_ttl_secs: u64,
+    /// Reset requests allowed per email and per client address in `reset_window_secs`.
+    pub reset_account_max: u32,
+    pub reset_client_max: u32,
+    pub reset_window_secs: u64,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        let m = strata_core::mail::MailSettings::default();
+        let l = strata_core::service::LifecycleSettings::default();
+        MailConfig {
+            smtp_url: String::new(),
+            from: "Strata <no-reply@localhost>".into(),
+            base_url: m.base_url,
+            templates_dir: String::new(),
+            tls_ca_file: String::new(),
+            max_attempts: m.max_attempts,
+            first_backoff_ms: m.first_backoff.as_millis() as u64,
+            timeout_ms: m.timeout.as_millis() as u64,
+            poll_interval_ms: m.poll_interval.as_millis() as u64,
+            password_reset_ttl_secs: l.reset_ttl.as_secs(),
+            verification_ttl_secs: l.verification_ttl.as_secs(),
+            reset_account_max: l.reset_throttle.per_account.max_failures,
+            reset_client_max: l.reset_throttle.per_client.max_failures,
+            reset_window_secs: l.reset_throttle.per_account.window.as_secs(),
+        }
+    }
+}
+
+impl std::fmt::Debug for MailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailConfig")
+            .field("smtp_url", &strata_mail::redact(&self.smtp_url))
+            .field("from", &self.from)
+            .field("base_url", &self.base_url)
+            .field("templates_dir", &self.templates_dir)
+            .field("max_attempts", &self.max_attempts)
+            .field("password_reset_ttl_secs", &self.password_reset_ttl_secs)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The gateway role (see ARCHITECTURE.md, Gateway).
@@ -242,6 +313,8 @@ pub struct AuthConfig {
     pub session_ttl_secs: u64,
     /// How long an `Idempotency-Key` is honoured; older records are purged hourly.
     pub idempotency_ttl_secs: u64,
+    /// Refuse logins (403 `email_not_verified`) until the account's email is verified.
+    pub require_verified_email: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -378,6 +451,7 @@ impl Default for Config {
             role: Role::All,
             events: EventsConfig::default(),
             webhooks: WebhooksConfig::default(),
+            mail: MailConfig::default(),
             gateway: GatewayConfig::default(),
             register: String::new(),
             register_address: None,
@@ -401,7 +475,12 @@ impl Default for DatabaseConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { admin_token: None, session_ttl_secs: 24 * 3600, idempotency_ttl_secs: 24 * 3600 }
+        AuthConfig {
+            admin_token: None,
+            session_ttl_secs: 24 * 3600,
+            idempotency_ttl_secs: 24 * 3600,
+            require_verified_email: false,
+        }
     }
 }
 
@@ -619,6 +698,25 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_WEBHOOKS_ROTATION_OVERLAP_SECS", "webhooks.rotation_overlap_secs", |c, v| {
         Ok(c.webhooks.rotation_overlap_secs = parse(v)?)
     }),
+    ("STRATA_SMTP_URL", "mail.smtp_url", |c, v| Ok(c.mail.smtp_url = v.trim().to_owned())),
+    ("STRATA_MAIL_FROM", "mail.from", |c, v| Ok(c.mail.from = v.trim().to_owned())),
+    ("STRATA_MAIL_BASE_URL", "mail.base_url", |c, v| Ok(c.mail.base_url = v.trim().to_owned())),
+    ("STRATA_MAIL_TEMPLATES_DIR", "mail.templates_dir", |c, v| Ok(c.mail.templates_dir = v.trim().to_owned())),
+    ("STRATA_MAIL_TLS_CA_FILE", "mail.tls_ca_file", |c, v| Ok(c.mail.tls_ca_file = v.trim().to_owned())),
+    ("STRATA_MAIL_MAX_ATTEMPTS", "mail.max_attempts", |c, v| Ok(c.mail.max_attempts = parse(v)?)),
+    ("STRATA_MAIL_FIRST_BACKOFF_MS", "mail.first_backoff_ms", |c, v| Ok(c.mail.first_backoff_ms = parse(v)?)),
+    ("STRATA_MAIL_TIMEOUT_MS", "mail.timeout_ms", |c, v| Ok(c.mail.timeout_ms = parse(v)?)),
+    ("STRATA_MAIL_POLL_INTERVAL_MS", "mail.poll_interval_ms", |c, v| Ok(c.mail.poll_interval_ms = parse(v)?)),
+    ("STRATA_PASSWORD_RESET_TTL_SECS", "mail.password_reset_ttl_secs", |c, v| {
+        Ok(c.mail.password_reset_ttl_secs = parse(v)?)
+    }),
+    ("STRATA_VERIFICATION_TTL_SECS", "mail.verification_ttl_secs", |c, v| Ok(c.mail.verification_ttl_secs = parse(v)?)),
+    ("STRATA_REQUIRE_VERIFIED_EMAIL", "auth.require_verified_email", |c, v| {
+        Ok(c.auth.require_verified_email = parse(v)?)
+    }),
+    ("STRATA_MAIL_RESET_ACCOUNT_MAX", "mail.reset_account_max", |c, v| Ok(c.mail.reset_account_max = parse(v)?)),
+    ("STRATA_MAIL_RESET_CLIENT_MAX", "mail.reset_client_max", |c, v| Ok(c.mail.reset_client_max = parse(v)?)),
+    ("STRATA_MAIL_RESET_WINDOW_SECS", "mail.reset_window_secs", |c, v| Ok(c.mail.reset_window_secs = parse(v)?)),
 ];
 
 impl Config {
@@ -713,6 +811,24 @@ impl Config {
                 "events.url (STRATA_EVENTS_URL) must be memory://, nats://, amqp://, mqtt://, redis-stream:// or kafka://, not {:?}",
                 strata_events::redact_url(&self.events.url)
             ));
+        }
+        let m = &self.mail;
+        strata_mail::open(&m.smtp_url, &m.from, &self.mail_tls_roots()?).map_err(|e| format!("mail: {e}"))?;
+        if !(m.base_url.starts_with("https://") || m.base_url.starts_with("http://")) {
+            return Err(format!("mail.base_url must be an http(s):// URL, not {:?}", m.base_url));
+        }
+        if m.max_attempts == 0
+            || m.timeout_ms == 0
+            || m.poll_interval_ms == 0
+            || m.password_reset_ttl_secs == 0
+            || m.verification_ttl_secs == 0
+            || m.reset_account_max == 0
+            || m.reset_client_max == 0
+            || m.reset_window_secs == 0
+        {
+            return Err("mail.max_attempts, timeout_ms, poll_interval_ms, password_reset_ttl_secs and the reset_* \
+                        limits must be positive"
+                .into());
         }
         let e = &self.events;
         if e.batch == 0 || e.batch > 10_000 {
@@ -908,6 +1024,40 @@ impl Config {
         }
     }
 
+    /// The contents of `mail.tls_ca_file` (empty when unset).
+    pub fn mail_tls_roots(&self) -> Result<Vec<u8>, String> {
+        if self.mail.tls_ca_file.is_empty() {
+            return Ok(Vec::new());
+        }
+        std::fs::read(&self.mail.tls_ca_file).map_err(|e| format!("mail.tls_ca_file {}: {e}", self.mail.tls_ca_file))
+    }
+
+    pub fn mail_settings(&self) -> strata_core::mail::MailSettings {
+        use std::time::Duration;
+        strata_core::mail::MailSettings {
+            base_url: self.mail.base_url.clone(),
+            max_attempts: self.mail.max_attempts,
+            first_backoff: Duration::from_millis(self.mail.first_backoff_ms),
+            timeout: Duration::from_millis(self.mail.timeout_ms),
+            poll_interval: Duration::from_millis(self.mail.poll_interval_ms),
+            ..strata_core::mail::MailSettings::default()
+        }
+    }
+
+    pub fn lifecycle_settings(&self) -> strata_core::service::LifecycleSettings {
+        use std::time::Duration;
+        use strata_core::throttle::Limit;
+        let window = Duration::from_secs(self.mail.reset_window_secs);
+        let mut l = strata_core::service::LifecycleSettings {
+            reset_ttl: Duration::from_secs(self.mail.password_reset_ttl_secs),
+            verification_ttl: Duration::from_secs(self.mail.verification_ttl_secs),
+            ..Default::default()
+        };
+        l.reset_throttle.per_account = Limit { max_failures: self.mail.reset_account_max, window };
+        l.reset_throttle.per_client = Limit { max_failures: self.mail.reset_client_max, window };
+        l
+    }
+
     /// The effective configuration as TOML, secrets replaced.
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
@@ -915,6 +1065,7 @@ impl Config {
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
         shown.throttle.url = strata_store::redact_url(&shown.throttle.url);
         shown.events.url = strata_events::redact_url(&shown.events.url);
+        shown.mail.smtp_url = strata_mail::redact(&shown.mail.smtp_url);
         let redacted = || Secret::new("<redacted>");
         if shown.auth.admin_token.is_some() {
             shown.auth.admin_token = Some(redacted());

@@ -182,7 +182,8 @@ async fn register_login_whoami_logout(app: TestApp) {
     assert_eq!(r.body["status"], "active");
     assert_eq!(r.body["version"], 1);
     let keys: Vec<_> = r.body.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["created_at", "email", "id", "name", "role", "status", "updated_at", "version"]);
+    assert_eq!(keys, ["created_at", "email", "id", "name", "role", "status", "updated_at", "verified", "version"]);
+    assert_eq!(r.body["verified"], false);
     assert!(!String::from_utf8_lossy(&r.raw).contains("argon2"));
 
     let login = app.login("ADA@example.com", PASSWORD).await;
@@ -834,11 +835,13 @@ fn config_show_redacts_secrets() {
         .env("STRATA_CACHE_URL", "redis://:cache-hunter3@127.0.0.1:6379")
         .env("STRATA_CACHE_SECRET", "very-secret-cache-hmac-key")
         .env("STRATA_CACHE_PREVIOUS_SECRETS", "very-secret-old-hmac-key-1,very-secret-old-hmac-key-2")
+        .env("STRATA_SMTP_URL", "smtp://mailer:smtp-hunter4@mail.example.com:587?tls=required")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("postgres://app:REDACTED@db.internal/strata"), "{text}");
+    assert!(text.contains("smtp://mailer:REDACTED@mail.example.com:587?tls=required"), "{text}");
     assert!(!text.contains("hunter") && !text.contains("very-secret"), "{text}");
 }
 
@@ -891,6 +894,10 @@ fn python_with(modules: &str, what: &str, backend: &str, why: &str) -> Option<St
     found
 }
 
+/// Issue 16: password resets over real SMTP.
+#[path = "api/lifecycle.rs"]
+mod lifecycle;
+
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]
 mod backup;
@@ -917,6 +924,8 @@ fn secrets_never_reach_the_logs() {
     const CACHE_SECRET: &str = "cache-password-never-logged";
     const CACHE_HMAC_KEY: &str = "cache-hmac-key-never-logged";
     const USER_PASSWORD: &str = "user-password-never-logged";
+    const SMTP_PASSWORD: &str = "smtp-password-never-logged";
+    const NEW_PASSWORD: &str = "new-password-never-logged";
     let dir = strata_store::testing::TempDir::new();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -926,6 +935,8 @@ fn secrets_never_reach_the_logs() {
         .env("STRATA_CACHE_URL", format!("redis://:{CACHE_SECRET}@127.0.0.1:1"))
         .env("STRATA_CACHE_L1", "off")
         .env("STRATA_CACHE_SECRET", CACHE_HMAC_KEY)
+        // A closed port too: mail attempts fail and get logged.
+        .env("STRATA_SMTP_URL", format!("smtp://mailer:{SMTP_PASSWORD}@127.0.0.1:1"))
         .env("STRATA_PASSWORD_MEMORY_KIB", "256")
         .env("STRATA_PASSWORD_ITERATIONS", "1")
         .env("STRATA_LOG_LEVEL", "strata=trace,strata_api=trace,strata_core=trace,strata_cache=trace,debug")
@@ -958,6 +969,12 @@ fn secrets_never_reach_the_logs() {
     let token = login.split("\"token\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     let wrong = post("/v1/sessions", json!({"email": "l@example.com", "password": "x".repeat(5000)}).to_string());
     assert!(wrong.starts_with("HTTP/1.1 4"), "{wrong}");
+    let reset = post("/v1/password-resets", json!({"email": "l@example.com"}).to_string());
+    assert!(reset.starts_with("HTTP/1.1 202"), "{reset}");
+    let guessed = strata_core::lifecycle::OneTimeToken::generate().expose();
+    let confirm =
+        post("/v1/password-resets/confirm", json!({"token": guessed, "new_password": NEW_PASSWORD}).to_string());
+    assert!(confirm.starts_with("HTTP/1.1 422"), "{confirm}");
     for bearer in [ADMIN_SECRET, &token] {
         let out = request(format!(
             "GET /v1/users HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {bearer}\r\nconnection: close\r\n\r\n"
@@ -971,7 +988,9 @@ fn secrets_never_reach_the_logs() {
     stdout.read_to_string(&mut logs).unwrap();
     child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
     assert!(logs.lines().count() > 3, "expected verbose logs, got: {logs}");
-    for secret in [ADMIN_SECRET, CACHE_SECRET, CACHE_HMAC_KEY, USER_PASSWORD, &token] {
+    for secret in
+        [ADMIN_SECRET, CACHE_SECRET, CACHE_HMAC_KEY, USER_PASSWORD, SMTP_PASSWORD, NEW_PASSWORD, &token, &guessed]
+    {
         assert!(!logs.contains(secret), "{secret} appeared in the logs:\n{logs}");
     }
 }

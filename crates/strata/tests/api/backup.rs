@@ -132,6 +132,7 @@ async fn bulk_users(store: &dyn strata_core::ports::Store, n: usize) {
                         Cell::Int(1),
                         Cell::Int(1_767_225_600_000_000),
                         Cell::Int(1_767_225_600_000_000),
+                        Cell::Bool(false),
                     ]
                 })
                 .collect();

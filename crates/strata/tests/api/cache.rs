@@ -215,6 +215,50 @@ impl strata_core::ports::WebhookRepository for CountingStore {
 }
 
 #[async_trait]
+impl strata_core::ports::LifecycleRepository for CountingStore {
+    async fn issue_account_token(
+        &self,
+        token: &strata_core::lifecycle::AccountToken,
+        mail: &strata_core::lifecycle::QueuedMail,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        self.inner.issue_account_token(token, mail, event).await
+    }
+    async fn account_token(
+        &self,
+        hash: &strata_core::domain::TokenHash,
+    ) -> Result<Option<strata_core::lifecycle::AccountToken>, RepoError> {
+        self.inner.account_token(hash).await
+    }
+    async fn redeem_account_token(
+        &self,
+        token_id: uuid::Uuid,
+        purpose: strata_core::lifecycle::TokenPurpose,
+        user: &User,
+        expected: Version,
+        revoke: SessionRevocation,
+        at: Timestamp,
+        event: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        self.inner.redeem_account_token(token_id, purpose, user, expected, revoke, at, event).await
+    }
+    async fn claim_due_mails(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<strata_core::lifecycle::QueuedMail>, RepoError> {
+        self.inner.claim_due_mails(now, lease_until, limit).await
+    }
+    async fn record_mail(&self, mail: &strata_core::lifecycle::QueuedMail) -> Result<(), RepoError> {
+        self.inner.record_mail(mail).await
+    }
+    async fn prune_lifecycle(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError> {
+        self.inner.prune_lifecycle(before, limit).await
+    }
+}
+
+#[async_trait]
 impl strata_core::backup::BackupRepository for CountingStore {
     async fn export_snapshot(
         &self,

@@ -218,6 +218,7 @@ async fn keycloak_exports_import_and_users_log_in_and_a_backup_imports_elsewhere
     assert_contains(&out, "source row 6f1a3c1e-0000-4000-8000-000000000004: invalid email");
     let sha512 = logs_in(&app, "sha512@example.com", "pbkdf2 password").await;
     assert_eq!(sha512["name"], "Key sha512");
+    assert_eq!(sha512["verified"], true, "emailVerified carries over");
     logs_in(&app, "argon@example.com", "argon2 password").await;
     app.login("md5@example.com", "anything").await.assert_problem(401, "invalid_credentials", None);
 

@@ -26,6 +26,7 @@ async fn import(store: &Arc<dyn Store>, email: &str, hash: &str, status: UserSta
         password_hash: PasswordHash::from_trusted(hash.to_owned()),
         role: Role::User,
         status,
+        verified: false,
         version: Version::FIRST,
         created_at: now,
         updated_at: now,

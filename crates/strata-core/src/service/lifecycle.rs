@@ -1,0 +1,268 @@
+//! Password reset: request a mailed one-time token, redeem it for a new password.
+//!
+//! The request answers the same whether or not the email has an account, and does the
+//! same work before answering on both paths: a throttle reservation (keyed by the email
+//! as typed, so it counts for unknown addresses too), one lookup by email, one token
+//! generated and hashed. The write that follows for a real account (token, queued mail and
+//! event in one transaction) runs on its own task after the answer, so neither the status,
+//! the body nor the timing of the answer depends on the account existing.
+
+use std::time::Duration;
+
+use super::{Accounts, Actor, EventActor, Stale, event, observed_db, user_json};
+use crate::domain::{Email, OutboxEvent, Password, Timestamp, TokenHash, User, UserId, UserStatus};
+use crate::error::{AppError, RepoError, ValidationError};
+use crate::lifecycle::{AccountToken, MailStatus, OneTimeToken, QueuedMail, TokenPurpose, binding_of};
+use crate::ports::SessionRevocation;
+use crate::throttle::{Limit, ThrottleSettings};
+
+#[derive(Clone, Copy, Debug)]
+pub struct LifecycleSettings {
+    /// How long a password-reset token is good for.
+    pub reset_ttl: Duration,
+    /// How long an email-verification token is good for.
+    pub verification_ttl: Duration,
+    /// Reset requests per email (`per_account`) and per client (`per_client`); every
+    /// request counts.
+    pub reset_throttle: ThrottleSettings,
+}
+
+impl Default for LifecycleSettings {
+    fn default() -> Self {
+        LifecycleSettings {
+            reset_ttl: Duration::from_secs(30 * 60),
+            verification_ttl: Duration::from_secs(24 * 3600),
+            reset_throttle: ThrottleSettings {
+                per_account: Limit { max_failures: 5, window: Duration::from_secs(3600) },
+                per_client: Limit { max_failures: 20, window: Duration::from_secs(3600) },
+                ..ThrottleSettings::default()
+            },
+        }
+    }
+}
+
+/// Throttle keys of their own, so a shared counter store never mixes them with logins'.
+fn reset_keys(email: &Email, client: &str) -> (String, String) {
+    (format!("reset:{}", email.as_str()), format!("reset:{client}"))
+}
+
+/// What a token of `purpose` stays bound to: a reset dies with any password change, a
+/// verification with any email change.
+fn bound_value(user: &User, purpose: TokenPurpose) -> &str {
+    match purpose {
+        TokenPurpose::PasswordReset => user.password_hash.as_str(),
+        TokenPurpose::EmailVerification => user.email.as_str(),
+    }
+}
+
+/// The token row, the mail that carries the token and the `<template>.requested` event,
+/// for one user: what an issue writes in one transaction.
+fn token_mail(
+    user: &User,
+    token: &OneTimeToken,
+    token_hash: TokenHash,
+    purpose: TokenPurpose,
+    ttl: Duration,
+    now: Timestamp,
+) -> (AccountToken, QueuedMail, OutboxEvent) {
+    let expires_at = now.plus(ttl);
+    let row = AccountToken {
+        id: uuid::Uuid::now_v7(),
+        user_id: user.id,
+        purpose,
+        token_hash,
+        binding: binding_of(bound_value(user, purpose)),
+        created_at: now,
+        expires_at,
+        used_at: None,
+    };
+    let params = serde_json::json!({
+        "token": token.expose(),
+        "name": user.name.as_str(),
+        "email": user.email.as_str(),
+        "expires_minutes": ttl.as_secs().div_ceil(60),
+        "expires_at_micros": expires_at.micros(),
+    });
+    let mail = QueuedMail {
+        id: uuid::Uuid::now_v7(),
+        template: purpose.as_str().to_owned(),
+        recipient: user.email.clone(),
+        params: params.to_string(),
+        status: MailStatus::Pending,
+        attempts: 0,
+        next_attempt_at: now,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let data = serde_json::json!({
+        "user": user_json(user),
+        "mail_id": mail.id.to_string(),
+        "expires_at": crate::domain::rfc3339(expires_at),
+    });
+    let (event_type, actor) = match purpose {
+        TokenPurpose::PasswordReset => ("password_reset.requested", EventActor::Anonymous),
+        TokenPurpose::EmailVerification => ("email_verification.requested", EventActor::User(user.id)),
+    };
+    (row, mail, event(event_type, user.id.as_uuid(), actor, data, now))
+}
+
+fn invalid_token() -> AppError {
+    ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded").into()
+}
+
+impl Accounts {
+    /// The stored token and its user, if `token` may be redeemed for `purpose` now: known,
+    /// of that purpose, unused, unexpired, and still bound to what it was bound to.
+    async fn redeemable(&self, token: &OneTimeToken, purpose: TokenPurpose) -> Result<(AccountToken, User), AppError> {
+        let hash = token.hash();
+        let row = self.db("account_token", self.store.account_token(&hash)).await?.ok_or_else(invalid_token)?;
+        if !row.token_hash.ct_eq(&hash) || row.purpose != purpose || row.used_at.is_some() {
+            return Err(invalid_token());
+        }
+        if self.clock.now() >= row.expires_at {
+            return Err(
+                ValidationError::new("token", "token_expired", "the token has expired; ask for a new one").into()
+            );
+        }
+        let user = self.db("user_by_id", self.store.user_by_id(row.user_id)).await?.ok_or_else(invalid_token)?;
+        if binding_of(bound_value(&user, purpose)) != row.binding {
+            return Err(invalid_token());
+        }
+        Ok((row, user))
+    }
+
+    /// `POST /v1/password-resets`. `Ok` whatever the email; `Throttled` alike for both.
+    pub async fn request_password_reset(&self, email: &Email, client: &str) -> Result<(), AppError> {
+        let now = self.clock.now();
+        let (account_key, client_key) = reset_keys(email, client);
+        self.reset_throttle
+            .reserve(&account_key, &client_key, now)
+            .await
+            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        let user = self.db("user_by_email", self.store.user_by_email(email)).await?;
+        let token = OneTimeToken::generate();
+        let token_hash = token.hash();
+        let Some(user) = user.filter(|u| u.status == UserStatus::Active) else {
+            return Ok(());
+        };
+        let (store, observer, waker) = (self.store.clone(), self.observer.clone(), self.relay_waker.clone());
+        let ttl = self.lifecycle.reset_ttl;
+        tokio::spawn(async move {
+            // Built here too, not before the answer: nothing the unknown email skips.
+            let (row, mail, event) = token_mail(&user, &token, token_hash, TokenPurpose::PasswordReset, ttl, now);
+            let write = store.issue_account_token(&row, &mail, &event);
+            match observed_db(&*observer, "issue_account_token", write).await {
+                Ok(()) => waker.iter().for_each(|w| w.notify_one()),
+                Err(e) => tracing::warn!(user_id = %row.user_id, error = %e, "cannot queue a password reset"),
+            }
+        });
+        Ok(())
+    }
+
+    /// `POST /v1/password-resets/confirm`: sets the password and revokes every session.
+    pub async fn confirm_password_reset(&self, token: &OneTimeToken, new_password: &Password) -> Result<(), AppError> {
+        // A binding mismatch means the password changed since the token was made: whoever
+        // changed it decided.
+        let (row, user) = self.redeemable(token, TokenPurpose::PasswordReset).await?;
+        if user.status != UserStatus::Active {
+            return Err(AppError::AccountDisabled);
+        }
+        let new_hash = self.hasher.hash(new_password).await?;
+        let now = self.clock.now();
+        let mut next = user.clone();
+        next.password_hash = new_hash;
+        next.version = user.version.next();
+        next.updated_at = now;
+        let data = serde_json::json!({
+            "user": user_json(&next),
+            "changed": ["password"],
+            "sessions_revoked": "all",
+            "via": "password_reset",
+        });
+        let event = event("user.updated", user.id.as_uuid(), EventActor::User(user.id), data, now);
+        let (store, id, expected, token_id) = (self.store.clone(), user.id, user.version, row.id);
+        let (purpose, revoke) = (TokenPurpose::PasswordReset, SessionRevocation::All { at: now });
+        let write =
+            async move { store.redeem_account_token(token_id, purpose, &next, expected, revoke, now, &event).await };
+        match self.commit("redeem_account_token", write, Stale::User { id, sessions: None, now }).await {
+            Ok(()) => Ok(()),
+            // Redeemed by a concurrent request, or the account changed under us.
+            Err(RepoError::NotFound | RepoError::VersionConflict) => Err(invalid_token()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `POST /v1/users/{id}/verification`: mails a verification link to the user's
+    /// current email. Only the user themself; throttled like reset requests.
+    pub async fn request_verification(&self, actor: &Actor, id: UserId, client: &str) -> Result<(), AppError> {
+        let Actor::User { user, .. } = actor else {
+            return Err(AppError::Forbidden("only the user themself may ask for a verification mail"));
+        };
+        if user.id != id {
+            return Err(AppError::Forbidden("only the user themself may ask for a verification mail"));
+        }
+        if user.verified {
+            return Err(AppError::AlreadyVerified);
+        }
+        let now = self.clock.now();
+        let (account_key, client_key) = (format!("verify:{}", user.email.as_str()), format!("verify:{client}"));
+        self.reset_throttle
+            .reserve(&account_key, &client_key, now)
+            .await
+            .map_err(|retry_after| AppError::Throttled { retry_after })?;
+        let token = OneTimeToken::generate();
+        let purpose = TokenPurpose::EmailVerification;
+        let (row, mail, event) = token_mail(user, &token, token.hash(), purpose, self.lifecycle.verification_ttl, now);
+        self.db("issue_account_token", self.store.issue_account_token(&row, &mail, &event)).await?;
+        self.wake_relay();
+        Ok(())
+    }
+
+    /// `POST /v1/verifications`: marks the email the token was sent to as verified.
+    pub async fn confirm_verification(&self, token: &OneTimeToken) -> Result<User, AppError> {
+        // A binding mismatch means it went to an address the account no longer has: it
+        // proves nothing about the new one.
+        let (row, user) = self.redeemable(token, TokenPurpose::EmailVerification).await?;
+        let now = self.clock.now();
+        let mut next = user.clone();
+        next.verified = true;
+        next.version = user.version.next();
+        next.updated_at = now;
+        let changed: Vec<&str> = if user.verified { vec![] } else { vec!["verified"] };
+        let data = serde_json::json!({
+            "user": user_json(&next),
+            "changed": changed,
+            "sessions_revoked": "none",
+            "via": "email_verification",
+        });
+        let event = event("user.updated", user.id.as_uuid(), EventActor::User(user.id), data, now);
+        let (store, id, expected, token_id, row_user) =
+            (self.store.clone(), user.id, user.version, row.id, next.clone());
+        let write = async move {
+            let purpose = TokenPurpose::EmailVerification;
+            store
+                .redeem_account_token(token_id, purpose, &row_user, expected, SessionRevocation::None, now, &event)
+                .await
+        };
+        match self.commit("redeem_account_token", write, Stale::User { id, sessions: None, now }).await {
+            Ok(()) => Ok(next),
+            Err(RepoError::NotFound | RepoError::VersionConflict) => Err(invalid_token()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// With `require_verified_email`, right after registration: the verification mail the
+    /// new user cannot log in to ask for. A failure is logged, not returned (the account
+    /// exists); a reset does not help such a user, so operators see it in the log.
+    pub(super) async fn send_first_verification(&self, user: &User) {
+        let token = OneTimeToken::generate();
+        let now = self.clock.now();
+        let purpose = TokenPurpose::EmailVerification;
+        let (row, mail, event) = token_mail(user, &token, token.hash(), purpose, self.lifecycle.verification_ttl, now);
+        match self.db("issue_account_token", self.store.issue_account_token(&row, &mail, &event)).await {
+            Ok(()) => self.wake_relay(),
+            Err(e) => tracing::warn!(user_id = %user.id, error = %e, "cannot queue the first verification mail"),
+        }
+    }
+}
