@@ -178,11 +178,24 @@ pub const TABLES: &[Table] = &[
             col("duration_ms", Int),
         ],
     },
+    Table {
+        name: "user_groups",
+        key: "id",
+        columns: &[
+            col("id", Uuid),
+            col("display_name", Text),
+            nullable("external_id", Text),
+            col("version", Int),
+            col("created_at", Int),
+            col("updated_at", Int),
+        ],
+    },
+    Table { name: "group_members", key: "group_id, user_id", columns: &[col("group_id", Uuid), col("user_id", Uuid)] },
 ];
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).
 /// A backup records it; a restore refuses any other.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// One cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

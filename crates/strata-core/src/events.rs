@@ -30,6 +30,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "login.failed",
     "login.throttled",
     "webhook.endpoint.disabled",
+    "group.created",
+    "group.updated",
+    "group.deleted",
 ];
 
 /// Whether `t` is one of [`EVENT_TYPES`].

@@ -6,10 +6,11 @@ use async_trait::async_trait;
 
 use crate::backup::BackupRepository;
 use crate::domain::{
-    AuditEntry, AuditQuery, Backlog, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease, Session,
-    SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
+    AuditEntry, AuditQuery, Backlog, Email, GroupId, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease,
+    Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
 };
 use crate::error::RepoError;
+use crate::groups::{Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange, MembershipDelta};
 use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 /// Which sessions an update must revoke in the same transaction.
@@ -73,6 +74,44 @@ pub trait UserRepository: Send + Sync {
 
     /// Users in ascending id order after `query.after`.
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError>;
+}
+
+/// Groups and their member rows (one row per group and user).
+#[async_trait]
+pub trait GroupRepository: Send + Sync {
+    /// Inserts the group, a member row for each id that names an existing user, and the
+    /// event, atomically.
+    async fn create_group(&self, group: &Group, members: &[UserId], event: &OutboxEvent) -> Result<(), RepoError>;
+
+    async fn group_by_id(&self, id: GroupId) -> Result<Option<Group>, RepoError>;
+
+    /// Groups in ascending id order after `query.after`, optionally only those with the
+    /// given display name and/or external id.
+    async fn list_groups(&self, query: &GroupListQuery) -> Result<Vec<Group>, RepoError>;
+
+    /// Replaces the group's row if its version is still `expected` (`VersionConflict` if it
+    /// moved on, `NotFound` if it is gone), applies `members` to the member rows — added ids
+    /// that name no user are skipped — and records the event, in one transaction.
+    /// `group.version` must already be the new version.
+    async fn update_group(
+        &self,
+        group: &Group,
+        expected: Version,
+        members: &MembershipChange,
+        event: &OutboxEvent,
+    ) -> Result<MembershipDelta, RepoError>;
+
+    /// Deletes the group with its member rows, if the version matches (when given).
+    async fn delete_group(&self, id: GroupId, expected: Option<Version>, event: &OutboxEvent) -> Result<(), RepoError>;
+
+    /// A group's members in ascending user id order after `query.after`.
+    async fn group_members(&self, query: &MemberQuery) -> Result<Vec<GroupMember>, RepoError>;
+
+    /// The groups `user` belongs to, in id order.
+    async fn groups_of_user(&self, user: UserId) -> Result<Vec<Group>, RepoError>;
+
+    /// Which of `ids` (sorted, distinct) name existing users, in the same order.
+    async fn existing_user_ids(&self, ids: &[UserId]) -> Result<Vec<UserId>, RepoError>;
 }
 
 #[async_trait]
@@ -230,7 +269,13 @@ pub struct PoolStats {
 /// A complete storage backend.
 #[async_trait]
 pub trait Store:
-    UserRepository + SessionRepository + OutboxRepository + AuditRepository + WebhookRepository + BackupRepository
+    UserRepository
+    + SessionRepository
+    + GroupRepository
+    + OutboxRepository
+    + AuditRepository
+    + WebhookRepository
+    + BackupRepository
 {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend(&self) -> &'static str;

@@ -43,6 +43,7 @@ use strata_core::ports::WebhookRepository;
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 mod backup;
+mod groups;
 
 use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
@@ -188,6 +189,31 @@ const MIGRATIONS: &[Migration] = &[
             duration_ms INTEGER NOT NULL
         );
         CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
+    ",
+    },
+    Migration {
+        version: 5,
+        name: "groups and their member rows",
+        sql: "
+        -- Not `groups`: a reserved word on MySQL 8, and every backend uses the same names.
+        CREATE TABLE user_groups (
+            id           BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            display_name TEXT NOT NULL,
+            external_id  TEXT,
+            version      INTEGER NOT NULL,
+            created_at   INTEGER NOT NULL,
+            updated_at   INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX user_groups_display_name ON user_groups (display_name, id);
+        CREATE INDEX user_groups_external_id ON user_groups (external_id, id);
+
+        -- One row per membership: a change touches only its rows.
+        CREATE TABLE group_members (
+            group_id BLOB NOT NULL REFERENCES user_groups (id) ON DELETE CASCADE,
+            user_id  BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            PRIMARY KEY (group_id, user_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX group_members_user ON group_members (user_id, group_id);
     ",
     },
 ];
@@ -944,6 +970,9 @@ fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::types::Value>
         ("list_users_by_email", sql::LIST_USERS_BY_EMAIL, vec![id, Integer(51), Text("a@example.com".into())]),
         ("idempotency_record", sql::IDEMPOTENCY_RECORD, vec![Text("k".into())]),
     ]
+    .into_iter()
+    .chain(groups::hot_queries())
+    .collect()
 }
 
 #[async_trait]
