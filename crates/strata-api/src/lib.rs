@@ -20,6 +20,7 @@ pub mod client;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod group_routes;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
@@ -57,6 +58,7 @@ impl std::ops::Deref for AppState {
 pub struct StateInner {
     pub accounts: Arc<Accounts>,
     pub webhooks: Arc<strata_core::webhook_admin::WebhookAdmin>,
+    pub groups: Arc<strata_core::groups::Groups>,
     pub metrics: Arc<Metrics>,
     /// Static admin bearer secret, if configured.
     pub admin_token: Option<Secret>,
@@ -81,8 +83,13 @@ impl StateInner {
 pub fn router(state: AppState) -> Router {
     use axum::routing::{get as g, post};
 
+    use crate::group_routes as gr;
     use crate::webhook_routes as wh;
     Router::new()
+        .route("/v1/groups", post(gr::create_group).get(gr::list_groups))
+        .route("/v1/groups/{id}", g(gr::get_group).patch(gr::update_group).delete(gr::delete_group))
+        .route("/v1/groups/{id}/members", g(gr::list_members).post(gr::add_members))
+        .route("/v1/groups/{id}/members/{user_id}", axum::routing::delete(gr::remove_member))
         .route("/v1/users", post(routes::create_user).get(routes::list_users))
         .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
         .route("/v1/sessions", post(routes::login))

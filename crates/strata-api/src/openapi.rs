@@ -6,9 +6,10 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::dto::{
-    AttemptBody, AuditEntryBody, AuditList, CreateUserRequest, CreateWebhookRequest, DeliveryBody, DeliveryDetail,
-    DeliveryList, Health, LoginRequest, LoginResponse, ReplayRequest, ReplayResponse, SessionBody, UpdateUserRequest,
-    UpdateWebhookRequest, UserBody, UserList, WebhookBody, WebhookList, WhoAmI,
+    AddMembersRequest, AttemptBody, AuditEntryBody, AuditList, CreateGroupRequest, CreateUserRequest,
+    CreateWebhookRequest, DeliveryBody, DeliveryDetail, DeliveryList, GroupBody, GroupList, GroupRef, Health,
+    LoginRequest, LoginResponse, MemberBody, MemberList, ReplayRequest, ReplayResponse, SessionBody,
+    UpdateGroupRequest, UpdateUserRequest, UpdateWebhookRequest, UserBody, UserList, WebhookBody, WebhookList, WhoAmI,
 };
 use crate::error::Problem;
 
@@ -40,6 +41,14 @@ impl Modify for BearerAuth {
         crate::routes::current_session,
         crate::routes::logout,
         crate::routes::list_audit,
+        crate::group_routes::create_group,
+        crate::group_routes::list_groups,
+        crate::group_routes::get_group,
+        crate::group_routes::update_group,
+        crate::group_routes::delete_group,
+        crate::group_routes::list_members,
+        crate::group_routes::add_members,
+        crate::group_routes::remove_member,
         crate::webhook_routes::create_webhook,
         crate::webhook_routes::list_webhooks,
         crate::webhook_routes::get_webhook,
@@ -60,12 +69,14 @@ impl Modify for BearerAuth {
     components(schemas(
         CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,
         AuditEntryBody, AuditList, CreateWebhookRequest, UpdateWebhookRequest, WebhookBody, WebhookList, DeliveryBody,
-        DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem
+        DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem, CreateGroupRequest,
+        UpdateGroupRequest, AddMembersRequest, GroupBody, GroupList, GroupRef, MemberBody, MemberList
     )),
     modifiers(&BearerAuth),
     tags(
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Login, who-am-I, logout"),
+        (name = "groups", description = "Groups of users and their members (admins only)"),
         (name = "audit", description = "The audit log of every event"),
         (name = "webhooks", description = "Signed, durable event deliveries over HTTP (Standard Webhooks, CloudEvents binary mode)"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
