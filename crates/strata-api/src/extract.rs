@@ -76,7 +76,11 @@ const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The body, at most `limit` bytes, received within `timeout`. An oversized body is
 /// drained (up to [`DRAIN_LIMIT`], within the same time) before the `413` is returned.
-async fn read_body(mut body: axum::body::Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    mut body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt as _;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = bytes::BytesMut::new();
@@ -276,7 +280,7 @@ impl FromRequestParts<AppState> for IdempotencyKeyHeader {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, TokenProblem> {
+pub(crate) fn bearer(parts: &Parts) -> Result<&str, TokenProblem> {
     let raw = parts.headers.get(header::AUTHORIZATION).ok_or(TokenProblem::Missing)?;
     let text = raw.to_str().map_err(|_| TokenProblem::Malformed)?;
     let (scheme, token) = text.split_once(' ').ok_or(TokenProblem::Malformed)?;
@@ -322,7 +326,7 @@ impl FromRequestParts<AppState> for CurrentSession {
     }
 }
 
-async fn authenticate(state: &AppState, token: &str) -> Result<(Session, User), ApiError> {
+pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<(Session, User), ApiError> {
     let token =
         SessionToken::parse(token).ok_or(strata_core::error::AppError::Unauthenticated(TokenProblem::Malformed))?;
     let found = state.accounts.authenticate(&token).await?;

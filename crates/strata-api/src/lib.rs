@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod observe;
 pub mod openapi;
 pub mod routes;
+pub mod scim_routes;
 pub mod server;
 pub mod webhook_routes;
 
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/deliveries", g(wh::list_deliveries))
         .route("/v1/webhooks/{id}/deliveries/{delivery_id}", g(wh::get_delivery))
         .route("/v1/webhooks/{id}/deliveries/{delivery_id}/replay", post(wh::replay_delivery))
+        .nest("/scim/v2", scim_routes::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -1,0 +1,270 @@
+//! Issue 15: SCIM 2.0 under `/scim/v2` — Groups in the request shapes Microsoft Entra ID
+//! and Okta send (from their SCIM provisioning guides), discovery, ETags and SCIM errors.
+
+use super::*;
+
+const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
+const PATCH: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+const ERROR: &str = "urn:ietf:params:scim:api:messages:2.0:Error";
+
+impl TestApp {
+    async fn scim(&self, method: Method, path: &str, body: Option<&Value>, extra: &[(&str, &str)]) -> Resp {
+        let auth = format!("Bearer {ADMIN}");
+        let mut headers = vec![("authorization", auth.as_str()), ("content-type", "application/scim+json")];
+        headers.extend_from_slice(extra);
+        self.send(method, &format!("/scim/v2{path}"), &headers, body.map(|b| Bytes::from(b.to_string()))).await
+    }
+}
+
+impl Resp {
+    /// Asserts a SCIM error body (never problem+json under /scim).
+    #[track_caller]
+    fn assert_scim_error(&self, status: u16, scim_type: Option<&str>) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", String::from_utf8_lossy(&self.raw));
+        assert_eq!(self.header("content-type"), "application/scim+json");
+        assert_eq!(self.body["schemas"], json!([ERROR]));
+        assert_eq!(self.body["status"], status.to_string());
+        assert!(self.body["detail"].is_string());
+        match scim_type {
+            Some(t) => assert_eq!(self.body["scimType"], t, "body: {}", self.body),
+            None => assert!(self.body.get("scimType").is_none(), "body: {}", self.body),
+        }
+    }
+}
+
+fn member_values(group: &Value) -> Vec<String> {
+    let mut ids: Vec<String> =
+        group["members"].as_array().unwrap().iter().map(|m| m["value"].as_str().unwrap().to_owned()).collect();
+    ids.sort();
+    ids
+}
+
+/// Entra ID: create the group empty, add members with `"op": "Add"`, remove with a
+/// value list, rename with a path-less `"Replace"`; Okta: `members[value eq "…"]`
+/// removals and a PUT of the whole group. One version per request.
+async fn scim_groups_in_entra_and_okta_shapes(app: TestApp) {
+    let mut users = Vec::new();
+    for i in 0..3 {
+        users.push(
+            app.register(&format!("scim{i}@example.com"), &format!("Scim {i}")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Entra ID: POST with externalId and no members.
+    let r = app
+        .scim(Method::POST, "/Groups", Some(&json!({"schemas": [GROUP], "externalId": "8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159", "displayName": "Group1DisplayName", "members": []})), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.header("content-type"), "application/scim+json");
+    assert_eq!(r.header("etag"), "W/\"1\"");
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.header("location"), format!("/scim/v2/Groups/{id}"));
+    assert_eq!(r.body["meta"]["resourceType"], "Group");
+    assert_eq!(r.body["meta"]["version"], "W/\"1\"");
+    assert_eq!(r.body["members"], json!([]));
+
+    // Entra ID looks groups up by filter before creating them.
+    let q = |f: &str| {
+        format!(
+            "/Groups?filter={}&excludedAttributes=members",
+            form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>()
+        )
+    };
+    let r = app.scim(Method::GET, &q("displayName eq \"Group1DisplayName\""), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["totalResults"], 1);
+    assert_eq!(r.body["Resources"][0]["id"], id.as_str());
+    assert!(r.body["Resources"][0].get("members").is_none(), "excludedAttributes=members");
+    let r = app.scim(Method::GET, &q("externalId eq \"8aa1a0c0-c4c3-4bc0-b4a5-2ef676900159\""), None, &[]).await;
+    assert_eq!(r.body["totalResults"], 1);
+    let r = app.scim(Method::GET, &q("displayName eq \"nobody\""), None, &[]).await;
+    assert_eq!(r.body["totalResults"], 0);
+    assert_eq!(r.body["Resources"], json!([]));
+    // A filter no index serves is evaluated all the same.
+    let r = app.scim(Method::GET, &q("displayName sw \"group1\" and not (externalId pr)"), None, &[]).await;
+    assert_eq!(r.body["totalResults"], 0);
+    let r = app.scim(Method::GET, &q("displayName co \"1Display\""), None, &[]).await;
+    assert_eq!(r.body["totalResults"], 1);
+
+    // Entra ID: add members.
+    let path = format!("/Groups/{id}");
+    let add = json!({"schemas": [PATCH], "Operations": [{"op": "Add", "path": "members", "value": [{"value": users[0]}, {"value": users[1]}]}]});
+    let r = app.scim(Method::PATCH, &path, Some(&add), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("etag"), "W/\"2\"");
+    let mut expected = vec![users[0].clone(), users[1].clone()];
+    expected.sort();
+    assert_eq!(member_values(&r.body), expected);
+    // Entra ID: remove members by value list; rename without a path — one request, one version.
+    let remove = json!({"schemas": [PATCH], "Operations": [
+        {"op": "Remove", "path": "members", "value": [{"value": users[0]}]},
+        {"op": "Replace", "value": {"displayName": "Renamed", "externalId": "ext-2"}},
+    ]});
+    let r = app.scim(Method::PATCH, &path, Some(&remove), &[("if-match", "W/\"2\"")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["displayName"], "Renamed");
+    assert_eq!(r.body["externalId"], "ext-2");
+    assert_eq!(r.body["meta"]["version"], "W/\"3\"");
+    assert_eq!(member_values(&r.body), vec![users[1].clone()]);
+    // A stale If-Match is a 412.
+    app.scim(Method::PATCH, &path, Some(&remove), &[("if-match", "W/\"2\"")]).await.assert_scim_error(412, None);
+
+    // Okta: add one, then remove with a filtered path.
+    let okta_add = json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": users[2], "display": "Scim 2"}]}]});
+    assert_eq!(app.scim(Method::PATCH, &path, Some(&okta_add), &[]).await.status, StatusCode::OK);
+    let okta_remove = json!({"schemas": [PATCH], "Operations": [{"op": "remove", "path": format!("members[value eq \"{}\"]", users[1])}]});
+    let r = app.scim(Method::PATCH, &path, Some(&okta_remove), &[]).await;
+    assert_eq!(member_values(&r.body), vec![users[2].clone()]);
+    // Okta: replace the whole group with PUT.
+    let put = json!({"schemas": [GROUP], "id": id, "displayName": "Put", "members": [{"value": users[0]}, {"value": users[1]}]});
+    let r = app.scim(Method::PUT, &path, Some(&put), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(member_values(&r.body), expected);
+    assert!(r.body.get("externalId").is_none(), "PUT replaces: no externalId given, none kept");
+    // attributes= projects; id and schemas always come.
+    let r = app.scim(Method::GET, &format!("{path}?attributes=displayName"), None, &[]).await;
+    assert_eq!(r.body, json!({"schemas": [GROUP], "id": id, "displayName": "Put"}));
+    // Paging: startIndex is 1-based.
+    app.scim(Method::POST, "/Groups", Some(&json!({"schemas": [GROUP], "displayName": "Second"})), &[]).await;
+    let r = app.scim(Method::GET, "/Groups?startIndex=2&count=1", None, &[]).await;
+    assert_eq!(r.body["totalResults"], 2);
+    assert_eq!(r.body["startIndex"], 2);
+    assert_eq!(r.body["itemsPerPage"], 1);
+    assert_eq!(r.body["Resources"][0]["displayName"], "Second");
+
+    // The change is an ordinary Strata change: the same group through /v1, events in the audit log.
+    let v1 = app.get(&format!("/v1/groups/{id}"), Some(ADMIN)).await;
+    assert_eq!(v1.body["display_name"], "Put");
+    let entries = super::events::audit_until(&app, &format!("/v1/audit?user_id={id}"), 6).await;
+    assert_eq!(entries.len(), 6, "create + 4 patches + put");
+
+    // Delete; then 404 in SCIM's shape.
+    let r = app.scim(Method::DELETE, &path, None, &[]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    app.scim(Method::GET, &path, None, &[]).await.assert_scim_error(404, None);
+}
+
+/// Bad SCIM input gets a SCIM error with its scimType — never a 500, never problem+json —
+/// and writes nothing.
+async fn scim_bad_input_gets_scim_errors(app: TestApp) {
+    let user = app.register("member@example.com", "Member").await["id"].as_str().unwrap().to_owned();
+    let r = app.scim(Method::POST, "/Groups", Some(&json!({"schemas": [GROUP], "displayName": "G"})), &[]).await;
+    let path = format!("/Groups/{}", r.body["id"].as_str().unwrap());
+    let (app, path) = (&app, path.as_str());
+    let no_auth = app.send(Method::GET, "/scim/v2/Groups", &[], None).await;
+    no_auth.assert_scim_error(401, None);
+    app.send(Method::GET, "/scim/v2/Groups", &[("authorization", "Bearer nope")], None)
+        .await
+        .assert_scim_error(401, None);
+    let (_, token) = app.user_with_token("plain@example.com").await;
+    app.send(Method::GET, "/scim/v2/Groups", &[("authorization", &format!("Bearer {token}"))], None)
+        .await
+        .assert_scim_error(403, None);
+    let bad_filter =
+        |f: &str| format!("/Groups?filter={}", form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>());
+    for f in
+        ["displayName eq", "displayName xx \"a\"", "(displayName pr", "displayName eq bare", "emails[type eq \"work\""]
+    {
+        app.scim(Method::GET, &bad_filter(f), None, &[]).await.assert_scim_error(400, Some("invalidFilter"));
+    }
+    app.scim(Method::GET, "/Groups?count=abc", None, &[]).await.assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::GET, "/Groups?colour=red", None, &[]).await.assert_scim_error(400, Some("invalidSyntax"));
+    let post = |body: Value| async move { app.scim(Method::POST, "/Groups", Some(&body), &[]).await };
+    post(json!({"schemas": [GROUP]})).await.assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": ["urn:nope"], "displayName": "X"})).await.assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [GROUP], "displayName": ""})).await.assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [GROUP], "displayName": "X", "colour": "red"}))
+        .await
+        .assert_scim_error(400, Some("invalidSyntax"));
+    post(json!({"schemas": [GROUP], "displayName": "X", "members": [{"value": "not-a-uuid"}]}))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [GROUP], "displayName": "X", "members": [{"value": uuid::Uuid::now_v7().to_string()}]}))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    let raw = app
+        .send(
+            Method::POST,
+            "/scim/v2/Groups",
+            &[("authorization", &format!("Bearer {ADMIN}")), ("content-type", "application/scim+json")],
+            Some(Bytes::from_static(b"{not json")),
+        )
+        .await;
+    raw.assert_scim_error(400, Some("invalidSyntax"));
+    let raw = app
+        .send(
+            Method::POST,
+            "/scim/v2/Groups",
+            &[("authorization", &format!("Bearer {ADMIN}")), ("content-type", "text/plain")],
+            Some(Bytes::from_static(b"{}")),
+        )
+        .await;
+    raw.assert_scim_error(415, None);
+    let patch = |ops: Value| async move {
+        app.scim(Method::PATCH, path, Some(&json!({"schemas": [PATCH], "Operations": ops})), &[]).await
+    };
+    patch(json!([{"op": "remove"}])).await.assert_scim_error(400, Some("noTarget"));
+    patch(json!([{"op": "frobnicate", "path": "x", "value": 1}])).await.assert_scim_error(400, Some("invalidSyntax"));
+    patch(json!([{"op": "add", "path": "colour", "value": "red"}])).await.assert_scim_error(400, Some("invalidPath"));
+    patch(json!([{"op": "remove", "path": "members[value eq]"}])).await.assert_scim_error(400, Some("invalidFilter"));
+    patch(json!([{"op": "replace", "path": "id", "value": "x"}])).await.assert_scim_error(400, Some("mutability"));
+    patch(json!([{"op": "remove", "path": "displayName"}])).await.assert_scim_error(400, Some("mutability"));
+    patch(json!([{"op": "add", "path": "members", "value": [{"value": user}]}, {"op": "add", "path": "members", "value": [{"nope": 1}]}]))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::PATCH, path, Some(&json!({"Operations": []})), &[])
+        .await
+        .assert_scim_error(400, Some("invalidSyntax"));
+    app.scim(Method::DELETE, path, None, &[("if-match", "garbage")]).await.assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::GET, "/Groups/not-a-uuid", None, &[]).await.assert_scim_error(404, None);
+    app.scim(Method::GET, "/Nope", None, &[]).await.assert_scim_error(404, None);
+    app.scim(Method::POST, "/ServiceProviderConfig", Some(&json!({})), &[]).await.assert_scim_error(405, None);
+    // Nothing was written: the group is as created, with no members.
+    let r = app.scim(Method::GET, path, None, &[]).await;
+    assert_eq!(r.body["meta"]["version"], "W/\"1\"");
+    assert_eq!(r.body["members"], json!([]));
+    let r = app.scim(Method::GET, "/Groups", None, &[]).await;
+    assert_eq!(r.body["totalResults"], 1);
+}
+
+/// Discovery describes exactly what is served.
+async fn scim_discovery(app: TestApp) {
+    let r = app.scim(Method::GET, "/ServiceProviderConfig", None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["patch"]["supported"], true);
+    assert_eq!(r.body["bulk"]["supported"], false);
+    assert_eq!(r.body["sort"]["supported"], false);
+    assert_eq!(r.body["etag"]["supported"], true);
+    let r = app.scim(Method::GET, "/ResourceTypes", None, &[]).await;
+    let endpoints: Vec<&str> =
+        r.body["Resources"].as_array().unwrap().iter().map(|t| t["endpoint"].as_str().unwrap()).collect();
+    for endpoint in &endpoints {
+        let listed = app.scim(Method::GET, &format!("{endpoint}?count=1"), None, &[]).await;
+        assert_eq!(listed.status, StatusCode::OK, "{endpoint} is served");
+    }
+    let r = app.scim(Method::GET, "/ResourceTypes/Group", None, &[]).await;
+    assert_eq!(r.body["schema"], GROUP);
+    let r = app.scim(Method::GET, &format!("/Schemas/{GROUP}"), None, &[]).await;
+    let names: Vec<&str> =
+        r.body["attributes"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["displayName", "members"]);
+    app.scim(Method::GET, "/Schemas/urn:nope", None, &[]).await.assert_scim_error(404, None);
+}
+
+api_tests!(
+    sqlite,
+    Backend::Sqlite,
+    [scim_groups_in_entra_and_okta_shapes, scim_bad_input_gets_scim_errors, scim_discovery]
+);
+api_tests!(
+    postgres,
+    Backend::Postgres,
+    [scim_groups_in_entra_and_okta_shapes, scim_bad_input_gets_scim_errors, scim_discovery]
+);
+api_tests!(
+    mysql,
+    Backend::Mysql,
+    [scim_groups_in_entra_and_okta_shapes, scim_bad_input_gets_scim_errors, scim_discovery]
+);
