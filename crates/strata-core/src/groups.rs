@@ -17,6 +17,8 @@ pub const EXTERNAL_ID_MAX_CHARS: usize = 256;
 /// Member ids one change may name. An event lists them, and MySQL's outbox payload is a
 /// `TEXT` (64 KiB): 1,000 ids are ~39 KB. Larger groups are built by several changes.
 pub const MAX_MEMBERS_PER_CHANGE: usize = 1_000;
+/// Tries of a change made without If-Match before a lost version race is reported.
+const UNCONDITIONAL_ATTEMPTS: u32 = 8;
 
 /// A group's display name: verbatim, 1–256 characters, no control characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -335,6 +337,28 @@ impl Groups {
             list.sort();
             list.dedup();
         }
+        // Without If-Match a change applies to whatever version is current. Membership
+        // rows commute, so a change that lost the version race to a concurrent one (two
+        // identity-provider PATCHes of one group) is simply applied again on top of it.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.apply(actor, id, expected, &display_name, &external_id, &members).await {
+                Err(AppError::VersionMismatch) if expected.is_none() && attempts < UNCONDITIONAL_ATTEMPTS => continue,
+                out => return out,
+            }
+        }
+    }
+
+    async fn apply(
+        &self,
+        actor: &Actor,
+        id: GroupId,
+        expected: Option<Version>,
+        display_name: &Option<GroupName>,
+        external_id: &Option<Option<ExternalId>>,
+        members: &MembershipChange,
+    ) -> Result<Group, AppError> {
         let current = self.store.group_by_id(id).await?.ok_or(AppError::NotFound("group"))?;
         if expected.is_some_and(|v| v != current.version) {
             return Err(AppError::VersionMismatch);
@@ -342,10 +366,10 @@ impl Groups {
         let now = self.clock.now();
         let mut next = current.clone();
         if let Some(name) = display_name {
-            next.display_name = name;
+            next.display_name = name.clone();
         }
         if let Some(external) = external_id {
-            next.external_id = external;
+            next.external_id = external.clone();
         }
         next.version = current.version.next();
         next.updated_at = now;
@@ -364,7 +388,7 @@ impl Groups {
             "members": { "replaced": members.replace, "added": ids(&members.add), "removed": ids(&members.remove) },
         });
         let event = group_event("group.updated", &next, actor, data, now);
-        match self.store.update_group(&next, current.version, &members, &event).await {
+        match self.store.update_group(&next, current.version, members, &event).await {
             Ok(_) => {
                 self.written();
                 Ok(next)

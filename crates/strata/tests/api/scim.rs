@@ -229,6 +229,31 @@ async fn scim_bad_input_gets_scim_errors(app: TestApp) {
     assert_eq!(r.body["totalResults"], 1);
 }
 
+/// Identity providers PATCH one group from many workers at once, without If-Match: every
+/// change lands (membership rows commute), each as its own version.
+async fn concurrent_membership_patches_all_land(app: TestApp) {
+    let mut users = Vec::new();
+    for i in 0..8 {
+        users.push(app.register(&format!("c{i}@example.com"), "C").await["id"].as_str().unwrap().to_owned());
+    }
+    let r = app.scim(Method::POST, "/Groups", Some(&json!({"schemas": [GROUP], "displayName": "Busy"})), &[]).await;
+    let path = format!("/Groups/{}?excludedAttributes=members", r.body["id"].as_str().unwrap());
+    let patches = users.iter().map(|u| {
+        let body =
+            json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": "members", "value": [{"value": u}]}]});
+        let path = path.clone();
+        let app = &app;
+        async move { app.scim(Method::PATCH, &path, Some(&body), &[]).await }
+    });
+    for r in futures_join_all(patches).await {
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let r = app.scim(Method::GET, path.split('?').next().unwrap(), None, &[]).await;
+    users.sort();
+    assert_eq!(member_values(&r.body), users);
+    assert_eq!(r.body["meta"]["version"], "W/\"9\"");
+}
+
 /// Discovery describes exactly what is served.
 async fn scim_discovery(app: TestApp) {
     let r = app.scim(Method::GET, "/ServiceProviderConfig", None, &[]).await;
@@ -256,15 +281,30 @@ async fn scim_discovery(app: TestApp) {
 api_tests!(
     sqlite,
     Backend::Sqlite,
-    [scim_groups_in_entra_and_okta_shapes, scim_bad_input_gets_scim_errors, scim_discovery]
+    [
+        scim_groups_in_entra_and_okta_shapes,
+        scim_bad_input_gets_scim_errors,
+        scim_discovery,
+        concurrent_membership_patches_all_land
+    ]
 );
 api_tests!(
     postgres,
     Backend::Postgres,
-    [scim_groups_in_entra_and_okta_shapes, scim_bad_input_gets_scim_errors, scim_discovery]
+    [
+        scim_groups_in_entra_and_okta_shapes,
+        scim_bad_input_gets_scim_errors,
+        scim_discovery,
+        concurrent_membership_patches_all_land
+    ]
 );
 api_tests!(
     mysql,
     Backend::Mysql,
-    [scim_groups_in_entra_and_okta_shapes, scim_bad_input_gets_scim_errors, scim_discovery]
+    [
+        scim_groups_in_entra_and_okta_shapes,
+        scim_bad_input_gets_scim_errors,
+        scim_discovery,
+        concurrent_membership_patches_all_land
+    ]
 );
