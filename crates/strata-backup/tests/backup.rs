@@ -109,6 +109,18 @@ async fn populate(store: &dyn Store, users: usize) {
     let attempt =
         WebhookAttempt { delivery_id: delivery.id, attempt: 1, at: T0, status: Some(500), error: None, duration_ms: 7 };
     store.record_delivery(&delivery, Some(&attempt)).await.unwrap();
+    let group = strata_core::groups::Group {
+        id: strata_core::domain::GroupId::generate(),
+        display_name: strata_core::groups::GroupName::parse("Backed up 🦀").unwrap(),
+        external_id: Some(strata_core::groups::ExternalId::parse("entra-7").unwrap()),
+        version: strata_core::domain::Version(3),
+        created_at: T0,
+        updated_at: T0,
+    };
+    let members =
+        store.list_users(&strata_core::ports::UserListQuery { after: None, limit: 3, email: None }).await.unwrap();
+    let ids: Vec<_> = members.iter().map(|u| u.id).collect();
+    store.create_group(&group, &ids, &event("group.created", group.id.as_uuid())).await.unwrap();
 }
 
 /// Every row of every table, in key order.
