@@ -191,6 +191,7 @@ pub const TABLES: &[Table] = &[
         ],
     },
     Table { name: "group_members", key: "group_id, user_id", columns: &[col("group_id", Uuid), col("user_id", Uuid)] },
+    Table { name: "user_external_ids", key: "user_id", columns: &[col("user_id", Uuid), col("external_id", Text)] },
 ];
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).

@@ -10,7 +10,7 @@ use crate::domain::{
     Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
 };
 use crate::error::RepoError;
-use crate::groups::{Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange, MembershipDelta};
+use crate::groups::{ExternalId, Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange, MembershipDelta};
 use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 /// Which sessions an update must revoke in the same transaction.
@@ -112,6 +112,18 @@ pub trait GroupRepository: Send + Sync {
 
     /// Which of `ids` (sorted, distinct) name existing users, in the same order.
     async fn existing_user_ids(&self, ids: &[UserId]) -> Result<Vec<UserId>, RepoError>;
+}
+
+/// The id a provisioning client (an identity provider, through SCIM) knows a user by.
+#[async_trait]
+pub trait ExternalIdRepository: Send + Sync {
+    async fn external_id_of(&self, user: UserId) -> Result<Option<ExternalId>, RepoError>;
+
+    /// Sets (or with `None` clears) the user's external id. `NotFound` if the user is gone.
+    async fn set_external_id(&self, user: UserId, external_id: Option<&ExternalId>) -> Result<(), RepoError>;
+
+    /// The users with this external id, in id order.
+    async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError>;
 }
 
 #[async_trait]
@@ -272,6 +284,7 @@ pub trait Store:
     UserRepository
     + SessionRepository
     + GroupRepository
+    + ExternalIdRepository
     + OutboxRepository
     + AuditRepository
     + WebhookRepository

@@ -203,7 +203,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "groups and their member rows",
+        name: "groups, their member rows, users' external ids",
         // Re-runnable like the others: tables IF NOT EXISTS, nothing else.
         sql: "
         CREATE TABLE IF NOT EXISTS user_groups (
@@ -225,6 +225,14 @@ const MIGRATIONS: &[Migration] = &[
             KEY group_members_user (user_id, group_id),
             CONSTRAINT group_members_group_fk FOREIGN KEY (group_id) REFERENCES user_groups (id) ON DELETE CASCADE,
             CONSTRAINT group_members_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS user_external_ids (
+            user_id     BINARY(16) NOT NULL,
+            external_id VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            PRIMARY KEY (user_id),
+            KEY user_external_ids_external_id (external_id, user_id),
+            CONSTRAINT user_external_ids_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },

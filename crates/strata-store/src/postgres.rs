@@ -188,7 +188,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "groups and their member rows",
+        name: "groups, their member rows, users' external ids",
         sql: "
         -- Not `groups`: a reserved word on MySQL 8, and every backend uses the same names.
         CREATE TABLE user_groups (
@@ -209,6 +209,13 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (group_id, user_id)
         );
         CREATE INDEX group_members_user ON group_members (user_id, group_id);
+
+        -- The id a provisioning client (SCIM) knows a user by; most users have none.
+        CREATE TABLE user_external_ids (
+            user_id     uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+            external_id text NOT NULL
+        );
+        CREATE INDEX user_external_ids_external_id ON user_external_ids (external_id, user_id);
     ",
     },
 ];

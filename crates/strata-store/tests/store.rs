@@ -697,6 +697,7 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
         "add_group_member",
         "remove_group_member",
         "update_group",
+        "users_by_external_id",
     ] {
         assert!(names.contains(&required), "{} did not explain {required}", store.backend());
     }
@@ -841,6 +842,25 @@ async fn membership_changes_touch_only_their_rows(store: Arc<dyn Store>) {
     assert_eq!(of_group, ["group.created", "group.updated", "group.updated", "group.deleted"]);
 }
 
+async fn external_ids_round_trip(store: Arc<dyn Store>) {
+    let users = sorted_users(&*store, 3, "x").await;
+    let ext = ExternalId::parse("entra-object-🦀").unwrap();
+    assert_eq!(store.external_id_of(users[0].id).await.unwrap(), None);
+    store.set_external_id(users[0].id, Some(&ext)).await.unwrap();
+    store.set_external_id(users[1].id, Some(&ext)).await.unwrap();
+    assert_eq!(store.external_id_of(users[0].id).await.unwrap(), Some(ext.clone()));
+    assert_eq!(store.users_by_external_id(&ext).await.unwrap(), vec![users[0].id, users[1].id]);
+    let other = ExternalId::parse("other").unwrap();
+    store.set_external_id(users[1].id, Some(&other)).await.unwrap();
+    assert_eq!(store.users_by_external_id(&ext).await.unwrap(), vec![users[0].id]);
+    store.set_external_id(users[0].id, None).await.unwrap();
+    assert!(store.users_by_external_id(&ext).await.unwrap().is_empty());
+    assert_eq!(store.set_external_id(UserId::generate(), Some(&ext)).await, Err(RepoError::NotFound));
+    // A deleted user's external id goes with them.
+    store.delete_user(users[1].id, None, &event("user.deleted", users[1].id)).await.unwrap();
+    assert!(store.users_by_external_id(&other).await.unwrap().is_empty());
+}
+
 async fn large_groups_page_through_members(store: Arc<dyn Store>) {
     let users = sorted_users(&*store, 30, "l").await;
     let g = group("Everyone");
@@ -945,6 +965,7 @@ async fn populate(store: &dyn Store) {
     let members = store.list_users(&UserListQuery { after: None, limit: 5, email: None }).await.unwrap();
     let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();
     store.create_group(&g, &ids, &group_event("group.created", &g)).await.unwrap();
+    store.set_external_id(ids[0], Some(&ExternalId::parse("entra-1").unwrap())).await.unwrap();
 }
 
 async fn a_snapshot_restores_every_table_exactly(store: Arc<dyn Store>) {
@@ -1080,6 +1101,7 @@ all_backends!(
     groups_round_trip,
     membership_changes_touch_only_their_rows,
     large_groups_page_through_members,
+    external_ids_round_trip,
     a_snapshot_restores_every_table_exactly,
     a_snapshot_is_consistent_under_writes,
 );

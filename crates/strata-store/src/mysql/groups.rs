@@ -8,7 +8,7 @@ use strata_core::error::RepoError;
 use strata_core::groups::{
     ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
 };
-use strata_core::ports::{GroupRepository, QueryPlan};
+use strata_core::ports::{ExternalIdRepository, GroupRepository, QueryPlan};
 use uuid::Uuid;
 
 use super::{MysqlStore, corrupt, explain_one, finish, in_list, insert_event, my_err, take, version_param};
@@ -40,6 +40,12 @@ mod sql {
     pub const CLEAR_MEMBERS: &str = "DELETE FROM group_members WHERE group_id = ?";
     pub const DELETE_GROUP: &str = "DELETE FROM user_groups WHERE id = ?";
     pub const DELETE_GROUP_AT_VERSION: &str = "DELETE FROM user_groups WHERE id = ? AND version = ?";
+    pub const EXTERNAL_ID_OF: &str = "SELECT external_id FROM user_external_ids WHERE user_id = ?";
+    pub const SET_EXTERNAL_ID: &str = "INSERT INTO user_external_ids (user_id, external_id) VALUES (?, ?) \
+         ON DUPLICATE KEY UPDATE external_id = VALUES(external_id)";
+    pub const CLEAR_EXTERNAL_ID: &str = "DELETE FROM user_external_ids WHERE user_id = ?";
+    pub const USERS_BY_EXTERNAL_ID: &str =
+        "SELECT user_id FROM user_external_ids WHERE external_id = ? ORDER BY user_id";
     pub const GROUP_EXISTS: &str = "SELECT 1 FROM user_groups WHERE id = ?";
 }
 
@@ -118,7 +124,8 @@ pub(super) async fn explain_hot_paths(tx: &mut Transaction<'_>) -> Result<Vec<Qu
     let first: &[u8] = &[0u8; 16];
     let limit = 51i64;
     let none = None::<String>;
-    let queries: [(&'static str, &'static str, bool, Params); 9] = [
+    let queries: [(&'static str, &'static str, bool, Params); 10] = [
+        ("users_by_external_id", sql::USERS_BY_EXTERNAL_ID, false, ("x",).into()),
         ("group_by_id", sql::GROUP_BY_ID, false, (gid,).into()),
         ("list_groups_page", sql::LIST_GROUPS_PAGE, true, (first, limit).into()),
         ("list_groups_by_name", sql::LIST_GROUPS_BY_NAME, false, ("Explain", first, none.clone(), none, limit).into()),
@@ -289,5 +296,40 @@ impl GroupRepository for MysqlStore {
             }
         }
         Ok(found)
+    }
+}
+
+#[async_trait]
+impl ExternalIdRepository for MysqlStore {
+    async fn external_id_of(&self, user: UserId) -> Result<Option<ExternalId>, RepoError> {
+        let row = self.query_row(sql::EXTERNAL_ID_OF, (user.as_bytes().as_slice(),)).await?;
+        row.map(|mut r| take::<String>(&mut r, 0).map(ExternalId::from_trusted)).transpose()
+    }
+
+    async fn set_external_id(&self, user: UserId, external_id: Option<&ExternalId>) -> Result<(), RepoError> {
+        let uid = user.as_bytes().to_vec();
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let exists = tx.exec_first::<i64, _, _>("SELECT 1 FROM users WHERE id = ?", (uid.as_slice(),)).await;
+                if exists.map_err(my_err)?.is_none() {
+                    return Err(RepoError::NotFound);
+                }
+                match external_id {
+                    Some(e) => tx.exec_drop(sql::SET_EXTERNAL_ID, (uid.as_slice(), e.as_str())).await,
+                    None => tx.exec_drop(sql::CLEAR_EXTERNAL_ID, (uid.as_slice(),)).await,
+                }
+                .map_err(my_err)
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError> {
+        let mut rows = self.query_rows(sql::USERS_BY_EXTERNAL_ID, (external_id.as_str(),)).await?;
+        rows.iter_mut().map(|r| take(r, 0).map(UserId::from_bytes)).collect()
     }
 }

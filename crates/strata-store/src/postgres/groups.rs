@@ -7,7 +7,7 @@ use strata_core::error::RepoError;
 use strata_core::groups::{
     ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
 };
-use strata_core::ports::{GroupRepository, QueryPlan};
+use strata_core::ports::{ExternalIdRepository, GroupRepository, QueryPlan};
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -39,6 +39,14 @@ mod sql {
     pub const DELETE_GROUP: &str = "DELETE FROM user_groups WHERE id = $1";
     pub const DELETE_GROUP_AT_VERSION: &str = "DELETE FROM user_groups WHERE id = $1 AND version = $2";
     pub const GROUP_EXISTS: &str = "SELECT 1 FROM user_groups WHERE id = $1";
+    pub const EXTERNAL_ID_OF: &str = "SELECT external_id FROM user_external_ids WHERE user_id = $1";
+    /// Through the users table, so that a user who is gone sets nothing (0 rows: NotFound).
+    pub const SET_EXTERNAL_ID: &str = "INSERT INTO user_external_ids (user_id, external_id) \
+         SELECT id, $2 FROM users WHERE id = $1 \
+         ON CONFLICT (user_id) DO UPDATE SET external_id = excluded.external_id";
+    pub const CLEAR_EXTERNAL_ID: &str = "DELETE FROM user_external_ids WHERE user_id = $1";
+    pub const USERS_BY_EXTERNAL_ID: &str =
+        "SELECT user_id FROM user_external_ids WHERE external_id = $1 ORDER BY user_id";
     pub const EXISTING_USERS: &str = "SELECT id FROM users WHERE id = ANY($1) ORDER BY id";
 }
 
@@ -123,6 +131,10 @@ pub(super) async fn explain_hot_paths(tx: &Transaction<'_>) -> Result<Vec<QueryP
     );
     plans.push(
         explain_one(tx, "groups_of_user", sql::GROUPS_OF_USER, &["group_members", "user_groups"], false, &[&user])
+            .await?,
+    );
+    plans.push(
+        explain_one(tx, "users_by_external_id", sql::USERS_BY_EXTERNAL_ID, &["user_external_ids"], false, &[&name])
             .await?,
     );
     // The insert's target is written, not read: what must be indexed is the users lookup.
@@ -284,6 +296,34 @@ impl GroupRepository for PostgresStore {
     async fn existing_user_ids(&self, ids: &[UserId]) -> Result<Vec<UserId>, RepoError> {
         let ids = uuids(ids);
         let rows = self.query_rows(sql::EXISTING_USERS, &[&ids]).await?;
+        rows.iter().map(|r| get(r, 0).map(UserId::from_uuid)).collect()
+    }
+}
+
+#[async_trait]
+impl ExternalIdRepository for PostgresStore {
+    async fn external_id_of(&self, user: UserId) -> Result<Option<ExternalId>, RepoError> {
+        let row = self.query_row(sql::EXTERNAL_ID_OF, &[&user.as_uuid()]).await?;
+        row.map(|r| get::<String>(&r, 0).map(ExternalId::from_trusted)).transpose()
+    }
+
+    async fn set_external_id(&self, user: UserId, external_id: Option<&ExternalId>) -> Result<(), RepoError> {
+        let uid = user.as_uuid();
+        let changed = match external_id {
+            Some(e) => self.execute_one(sql::SET_EXTERNAL_ID, &[&uid, &e.as_str()]).await?,
+            None => {
+                self.execute_one(sql::CLEAR_EXTERNAL_ID, &[&uid]).await?;
+                1
+            }
+        };
+        if changed == 0 {
+            return Err(RepoError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError> {
+        let rows = self.query_rows(sql::USERS_BY_EXTERNAL_ID, &[&external_id.as_str()]).await?;
         rows.iter().map(|r| get(r, 0).map(UserId::from_uuid)).collect()
     }
 }

@@ -7,7 +7,7 @@ use strata_core::error::RepoError;
 use strata_core::groups::{
     ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
 };
-use strata_core::ports::GroupRepository;
+use strata_core::ports::{ExternalIdRepository, GroupRepository};
 
 use super::{SqliteStore, blob, corrupt, insert_event, map_err, placeholders};
 
@@ -30,6 +30,8 @@ pub(super) mod sql {
     pub const REMOVE_ONE_MEMBER: &str = "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2";
     pub const ADD_ONE_MEMBER: &str = "INSERT INTO group_members (group_id, user_id) SELECT ?1, id FROM users \
          WHERE id = ?2 ON CONFLICT (group_id, user_id) DO NOTHING";
+    pub const USERS_BY_EXTERNAL_ID: &str =
+        "SELECT user_id FROM user_external_ids WHERE external_id = ?1 ORDER BY user_id";
     pub const UPDATE_GROUP: &str = "UPDATE user_groups SET display_name = ?2, external_id = ?3, version = ?4, \
          updated_at = ?5 WHERE id = ?1 AND version = ?6";
 }
@@ -51,6 +53,7 @@ pub(super) fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::ty
         ("groups_of_user", sql::GROUPS_OF_USER, vec![id.clone()]),
         ("add_group_member", sql::ADD_ONE_MEMBER, vec![id.clone(), id.clone()]),
         ("remove_group_member", sql::REMOVE_ONE_MEMBER, vec![id.clone(), id.clone()]),
+        ("users_by_external_id", sql::USERS_BY_EXTERNAL_ID, vec![Text("x".into())]),
         ("update_group", sql::UPDATE_GROUP, vec![id, Text("ops".into()), Null, Integer(2), Integer(0), Integer(1)]),
     ]
 }
@@ -263,6 +266,56 @@ impl GroupRepository for SqliteStore {
                 }
             }
             Ok(found)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ExternalIdRepository for SqliteStore {
+    async fn external_id_of(&self, user: UserId) -> Result<Option<ExternalId>, RepoError> {
+        let user = *user.as_bytes();
+        self.read(move |c| {
+            c.prepare_cached("SELECT external_id FROM user_external_ids WHERE user_id = ?1")?
+                .query_row([user.as_slice()], |r| r.get::<_, String>(0))
+                .optional()
+                .map(|found| found.map(ExternalId::from_trusted))
+        })
+        .await
+    }
+
+    async fn set_external_id(&self, user: UserId, external_id: Option<&ExternalId>) -> Result<(), RepoError> {
+        let external = external_id.map(|e| e.as_str().to_owned());
+        self.write(move |tx| {
+            let uid = user.as_bytes().as_slice();
+            if tx
+                .query_row("SELECT 1 FROM users WHERE id = ?1", [uid], |_| Ok(()))
+                .optional()
+                .map_err(map_err)?
+                .is_none()
+            {
+                return Err(RepoError::NotFound);
+            }
+            match external {
+                Some(e) => tx.execute(
+                    "INSERT INTO user_external_ids (user_id, external_id) VALUES (?1, ?2) \
+                     ON CONFLICT (user_id) DO UPDATE SET external_id = excluded.external_id",
+                    params![uid, e],
+                ),
+                None => tx.execute("DELETE FROM user_external_ids WHERE user_id = ?1", [uid]),
+            }
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError> {
+        let external = external_id.as_str().to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(sql::USERS_BY_EXTERNAL_ID)?;
+            let rows = stmt.query_map([external], |r| Ok(UserId::from_bytes(blob(r, 0)?)))?;
+            rows.collect()
         })
         .await
     }

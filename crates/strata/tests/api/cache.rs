@@ -268,6 +268,20 @@ impl strata_core::ports::GroupRepository for CountingStore {
     }
 }
 
+/// External ids pass straight through.
+#[async_trait]
+impl strata_core::ports::ExternalIdRepository for CountingStore {
+    async fn external_id_of(&self, u: UserId) -> Result<Option<strata_core::groups::ExternalId>, RepoError> {
+        self.inner.external_id_of(u).await
+    }
+    async fn set_external_id(&self, u: UserId, e: Option<&strata_core::groups::ExternalId>) -> Result<(), RepoError> {
+        self.inner.set_external_id(u, e).await
+    }
+    async fn users_by_external_id(&self, e: &strata_core::groups::ExternalId) -> Result<Vec<UserId>, RepoError> {
+        self.inner.users_by_external_id(e).await
+    }
+}
+
 #[async_trait]
 impl strata_core::backup::BackupRepository for CountingStore {
     async fn export_snapshot(
