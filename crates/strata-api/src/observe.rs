@@ -32,6 +32,8 @@ pub const ROUTES: &[&str] = &[
     "/scim/v2/ResourceTypes/{name}",
     "/scim/v2/Schemas",
     "/scim/v2/Schemas/{uri}",
+    "/scim/v2/Users",
+    "/scim/v2/Users/{id}",
     "/scim/v2/Groups",
     "/scim/v2/Groups/{id}",
     "/v1/webhooks",

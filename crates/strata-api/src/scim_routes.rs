@@ -1,5 +1,5 @@
-//! SCIM 2.0 (RFC 7643, RFC 7644) under `/scim/v2`: the Group resource over Strata's groups
-//! and the discovery endpoints. Parse (with strata-scim), call
+//! SCIM 2.0 (RFC 7643, RFC 7644) under `/scim/v2`: the User resource over Strata's users,
+//! the Group resource over Strata's groups, and the discovery endpoints. Parse (with strata-scim), call
 //! [`strata_core::groups::Groups`], render SCIM JSON.
 //!
 //! Everything under `/scim/v2` answers in SCIM's own shapes: `application/scim+json`, and
@@ -13,12 +13,12 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use strata_core::domain::{GroupId, UserId, Version, rfc3339};
+use strata_core::domain::{DisplayName, Email, GroupId, Password, User, UserId, UserStatus, Version, rfc3339};
 use strata_core::error::{AppError, TokenProblem};
 use strata_core::groups::{
     ExternalId, Group, GroupChanges, GroupListQuery, GroupMember, GroupName, MembershipChange, NewGroup,
 };
-use strata_core::service::Actor;
+use strata_core::service::{Actor, UserChanges};
 use strata_scim::filter::{AttrPath, CompValue, CompareOp, Filter, parse_filter};
 use strata_scim::patch::{PatchOp, PatchPath, parse_patch_request};
 
@@ -127,6 +127,8 @@ pub fn router() -> Router<AppState> {
         .route("/ResourceTypes/{name}", get(resource_type))
         .route("/Schemas", get(schemas))
         .route("/Schemas/{uri}", get(schema))
+        .route("/Users", get(list_users).post(create_user))
+        .route("/Users/{id}", get(get_user).put(replace_user).patch(patch_user).delete(delete_user))
         .route("/Groups", get(list_groups).post(create_group))
         .route("/Groups/{id}", get(get_group).put(replace_group).patch(patch_group).delete(delete_group))
         .fallback(|| async { ScimError::new(StatusCode::NOT_FOUND, None, "no such SCIM endpoint") })
@@ -743,7 +745,7 @@ fn group_resource_type() -> Value {
 )]
 pub async fn resource_types(RawQuery(query): RawQuery) -> ScimResult<Response> {
     list_params(query.as_deref(), true)?;
-    Ok(list_response(1, 1, vec![group_resource_type()]))
+    Ok(list_response(2, 1, vec![user_resource_type(), group_resource_type()]))
 }
 
 /// One resource type.
@@ -754,6 +756,9 @@ pub async fn resource_types(RawQuery(query): RawQuery) -> ScimResult<Response> {
 pub async fn resource_type(Path(name): Path<String>) -> ScimResult<Response> {
     if name == "Group" {
         return Ok(scim_json(StatusCode::OK, &group_resource_type()));
+    }
+    if name == "User" {
+        return Ok(scim_json(StatusCode::OK, &user_resource_type()));
     }
     Err(ScimError::not_found("resource type"))
 }
@@ -804,7 +809,7 @@ fn group_schema() -> Value {
 )]
 pub async fn schemas(RawQuery(query): RawQuery) -> ScimResult<Response> {
     list_params(query.as_deref(), true)?;
-    Ok(list_response(1, 1, vec![group_schema()]))
+    Ok(list_response(2, 1, vec![user_schema(), group_schema()]))
 }
 
 /// One schema.
@@ -816,5 +821,553 @@ pub async fn schema(Path(uri): Path<String>) -> ScimResult<Response> {
     if uri == GROUP_SCHEMA {
         return Ok(scim_json(StatusCode::OK, &group_schema()));
     }
+    if uri == USER_SCHEMA {
+        return Ok(scim_json(StatusCode::OK, &user_schema()));
+    }
     Err(ScimError::not_found("schema"))
+}
+
+// --- Users ---
+
+pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+/// Users a filter that no index serves may look through.
+const MAX_SCANNED_USERS: usize = 10_000;
+/// Tries of a change made without If-Match before a lost version race is reported.
+const USER_ATTEMPTS: u32 = 3;
+
+fn user_json(user: &User, external_id: Option<&ExternalId>) -> Value {
+    let mut out = json!({
+        "schemas": [USER_SCHEMA],
+        "id": user.id.to_string(),
+        "userName": user.email.as_str(),
+        "name": {"formatted": user.name.as_str()},
+        "displayName": user.name.as_str(),
+        "active": user.status == UserStatus::Active,
+        "emails": [{"value": user.email.as_str(), "type": "work", "primary": true}],
+        "meta": {
+            "resourceType": "User",
+            "created": rfc3339(user.created_at),
+            "lastModified": rfc3339(user.updated_at),
+            "location": format!("/scim/v2/Users/{}", user.id),
+            "version": etag(user.version),
+        },
+    });
+    if let Some(external) = external_id {
+        out["externalId"] = json!(external.as_str());
+    }
+    out
+}
+
+fn user_id(raw: &str) -> ScimResult<UserId> {
+    raw.parse::<uuid::Uuid>().map(UserId::from_uuid).map_err(|_| ScimError::not_found("user"))
+}
+
+async fn render_user(state: &AppState, user: &User, projection: &Projection) -> ScimResult<Value> {
+    let external = state.accounts.store().external_id_of(user.id).await.map_err(AppError::from)?;
+    Ok(projection.apply(user_json(user, external.as_ref())))
+}
+
+fn user_email(value: &Value, what: &str) -> ScimResult<Email> {
+    let text = value.as_str().ok_or_else(|| ScimError::bad("invalidValue", format!("{what} must be a string")))?;
+    Email::parse(text).map_err(|e| ScimError::bad("invalidValue", format!("{what}: {}", e.message)))
+}
+
+fn user_name(text: &str, what: &str) -> ScimResult<DisplayName> {
+    DisplayName::parse(text).map_err(|e| ScimError::bad("invalidValue", format!("{what}: {}", e.message)))
+}
+
+/// What a User body or PATCH sets. Strata keeps one name: `displayName`, else
+/// `name.formatted`, else `name.givenName` + `name.familyName`.
+#[derive(Default)]
+struct UserFields {
+    email: Option<Email>,
+    display_name: Option<DisplayName>,
+    formatted: Option<String>,
+    given: Option<String>,
+    family: Option<String>,
+    active: Option<bool>,
+    password: Option<Password>,
+    external_id: Option<Option<ExternalId>>,
+    /// `emails` values, checked against the userName once both are known.
+    emails: Vec<Email>,
+}
+
+impl UserFields {
+    fn set(&mut self, name: &str, value: &Value) -> ScimResult<()> {
+        match name.to_ascii_lowercase().as_str() {
+            "username" => self.email = Some(user_email(value, "userName")?),
+            "displayname" => {
+                let text =
+                    value.as_str().ok_or_else(|| ScimError::bad("invalidValue", "displayName must be a string"))?;
+                self.display_name = Some(user_name(text, "displayName")?);
+            }
+            "name" => {
+                let object =
+                    value.as_object().ok_or_else(|| ScimError::bad("invalidValue", "name must be an object"))?;
+                for (sub, v) in object {
+                    self.set_name_part(sub, v)?;
+                }
+            }
+            "active" => {
+                self.active = Some(
+                    strata_scim::patch::coerce_bool(value)
+                        .ok_or_else(|| ScimError::bad("invalidValue", "active must be true or false"))?,
+                )
+            }
+            "password" => {
+                let text = value.as_str().ok_or_else(|| ScimError::bad("invalidValue", "password must be a string"))?;
+                self.password = Some(
+                    Password::parse_new(text)
+                        .map_err(|e| ScimError::bad("invalidValue", format!("password: {}", e.message)))?,
+                );
+            }
+            "externalid" => self.external_id = Some(external_id(value)?),
+            "emails" => {
+                let items = value.as_array().ok_or_else(|| ScimError::bad("invalidValue", "emails must be a list"))?;
+                for item in items {
+                    let v = field(item, "value")
+                        .ok_or_else(|| ScimError::bad("invalidValue", "each email needs a value"))?;
+                    self.emails.push(user_email(v, "emails.value")?);
+                }
+            }
+            "id" | "meta" | "schemas" => {}
+            other => {
+                return Err(ScimError::bad(
+                    "invalidSyntax",
+                    format!("unsupported attribute {other:?} of a User (see /scim/v2/Schemas)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_name_part(&mut self, sub: &str, value: &Value) -> ScimResult<()> {
+        let text = match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            _ => return Err(ScimError::bad("invalidValue", format!("name.{sub} must be a string"))),
+        };
+        match sub.to_ascii_lowercase().as_str() {
+            "formatted" => self.formatted = text,
+            "givenname" => self.given = text,
+            "familyname" => self.family = text,
+            other => {
+                return Err(ScimError::bad("invalidSyntax", format!("unsupported attribute name.{other} of a User")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The one name these fields give, if they give one.
+    fn name(&self) -> ScimResult<Option<DisplayName>> {
+        if let Some(n) = &self.display_name {
+            return Ok(Some(n.clone()));
+        }
+        if let Some(f) = self.formatted.as_deref().filter(|f| !f.trim().is_empty()) {
+            return user_name(f, "name.formatted").map(Some);
+        }
+        let parts: Vec<&str> = [&self.given, &self.family]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+            .filter(|s| !s.trim().is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Ok(None);
+        }
+        user_name(&parts.join(" "), "name").map(Some)
+    }
+
+    /// Strata keeps one email, the userName: other `emails` values are refused rather
+    /// than dropped.
+    fn check_emails(&self, user_name: &Email) -> ScimResult<()> {
+        match self.emails.iter().find(|e| *e != user_name) {
+            Some(other) => Err(ScimError::bad(
+                "invalidValue",
+                format!("emails: {} is not the userName; Strata keeps one email, the userName", other.as_str()),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+fn user_fields(body: &Value) -> ScimResult<UserFields> {
+    let object = body.as_object().ok_or_else(|| ScimError::bad("invalidSyntax", "the body must be an object"))?;
+    let listed = field(body, "schemas")
+        .and_then(Value::as_array)
+        .is_some_and(|s| s.iter().any(|v| v.as_str() == Some(USER_SCHEMA)));
+    if !listed {
+        return Err(ScimError::bad("invalidValue", format!("schemas must list {USER_SCHEMA}")));
+    }
+    let mut fields = UserFields::default();
+    for (key, value) in object {
+        fields.set(key, value)?;
+    }
+    Ok(fields)
+}
+
+/// A user changed through [`strata_core::service::Accounts::update_user`], retried on a
+/// lost version race when the client did not ask for a version.
+async fn apply_user_changes(
+    state: &AppState,
+    actor: &Actor,
+    id: UserId,
+    expected: Option<Version>,
+    fields: &UserFields,
+) -> ScimResult<User> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let current = state.accounts.get_user(actor, id).await?;
+        if expected.is_some_and(|v| v != current.version) {
+            return Err(AppError::VersionMismatch.into());
+        }
+        let email = fields.email.clone().filter(|e| *e != current.email);
+        fields.check_emails(email.as_ref().unwrap_or(&current.email))?;
+        let name = fields.name()?.filter(|n| *n != current.name);
+        let status = fields
+            .active
+            .map(|a| if a { UserStatus::Active } else { UserStatus::Disabled })
+            .filter(|s| *s != current.status);
+        let changes =
+            UserChanges { email, name, password: fields.password.clone(), role: None, status, current_password: None };
+        if changes.email.is_none() && changes.name.is_none() && changes.password.is_none() && changes.status.is_none() {
+            return Ok(current);
+        }
+        match state.accounts.update_user(actor, id, current.version, changes, "scim").await {
+            Err(AppError::VersionMismatch) if expected.is_none() && attempts < USER_ATTEMPTS => continue,
+            out => return Ok(out?),
+        }
+    }
+}
+
+async fn set_external_id(state: &AppState, id: UserId, fields: &UserFields) -> ScimResult<()> {
+    if let Some(external) = &fields.external_id {
+        state.accounts.store().set_external_id(id, external.as_ref()).await.map_err(AppError::from)?;
+    }
+    Ok(())
+}
+
+/// POST /Users.
+#[utoipa::path(post, path = "/scim/v2/Users", tag = "scim", security(("bearer" = [])),
+    responses((status = 201, body = Object, content_type = "application/scim+json"), (status = 409, description = "userName taken (`uniqueness`)", body = Object, content_type = "application/scim+json"), (status = 400, body = Object, content_type = "application/scim+json"), (status = 401, body = Object, content_type = "application/scim+json"), (status = 403, body = Object, content_type = "application/scim+json"))
+)]
+pub async fn create_user(State(state): State<AppState>, headers: HeaderMap, body: Body) -> ScimResult<Response> {
+    let actor = caller(&state, &headers).await?;
+    let body = body_json(&state, &headers, body).await?;
+    let fields = user_fields(&body)?;
+    let email = fields.email.clone().ok_or_else(|| ScimError::bad("invalidValue", "userName is required"))?;
+    fields.check_emails(&email)?;
+    let name = match fields.name()? {
+        Some(n) => n,
+        None => user_name(email.as_str().split('@').next().unwrap_or(email.as_str()), "userName")?,
+    };
+    let status = if fields.active.unwrap_or(true) { UserStatus::Active } else { UserStatus::Disabled };
+    let user = state.accounts.provision_user(&actor, email, name, fields.password.clone(), status).await?;
+    set_external_id(&state, user.id, &fields).await?;
+    let rendered = render_user(&state, &user, &Projection::default()).await?;
+    let mut res = with_etag(scim_json(StatusCode::CREATED, &rendered), user.version);
+    if let Ok(v) = HeaderValue::from_str(&format!("/scim/v2/Users/{}", user.id)) {
+        res.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(res)
+}
+
+/// GET /Users/{id}.
+#[utoipa::path(get, path = "/scim/v2/Users/{id}", tag = "scim", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Object, content_type = "application/scim+json"), (status = 404, body = Object, content_type = "application/scim+json"), (status = 401, body = Object, content_type = "application/scim+json"))
+)]
+pub async fn get_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ScimResult<Response> {
+    let actor = caller(&state, &headers).await?;
+    admin_only(&actor)?;
+    let params = list_params(query.as_deref(), false)?;
+    let user = state.accounts.get_user(&actor, user_id(&id)?).await?;
+    let rendered = render_user(&state, &user, &params.projection).await?;
+    Ok(with_etag(scim_json(StatusCode::OK, &rendered), user.version))
+}
+
+/// SCIM is an admin interface: a user's own session may read itself through /v1, not here.
+fn admin_only(actor: &Actor) -> ScimResult<()> {
+    if actor.is_admin() { Ok(()) } else { Err(AppError::Forbidden("SCIM requires an admin").into()) }
+}
+
+/// Candidate users for a filter from an index: `userName`, `externalId` or `id`
+/// equalities at the top of a conjunction. `None` when no index serves the filter.
+async fn indexed_users(state: &AppState, actor: &Actor, filter: &Filter) -> ScimResult<Option<Vec<User>>> {
+    match filter {
+        Filter::And(a, b) => match Box::pin(indexed_users(state, actor, a)).await? {
+            Some(found) => Ok(Some(found)),
+            None => Box::pin(indexed_users(state, actor, b)).await,
+        },
+        Filter::Compare { path, op: CompareOp::Eq, value: CompValue::String(v) } if path.sub.is_none() => {
+            let store = state.accounts.store();
+            if path.is("userName", None) {
+                let Ok(email) = Email::parse(v) else { return Ok(Some(vec![])) };
+                let found = store.user_by_email(&email).await.map_err(AppError::from)?;
+                Ok(Some(found.into_iter().collect()))
+            } else if path.is("externalId", None) {
+                let Ok(external) = ExternalId::parse(v) else { return Ok(Some(vec![])) };
+                let mut out = Vec::new();
+                for id in store.users_by_external_id(&external).await.map_err(AppError::from)? {
+                    if let Some(u) = store.user_by_id(id).await.map_err(AppError::from)? {
+                        out.push(u);
+                    }
+                }
+                Ok(Some(out))
+            } else if path.is("id", None) {
+                let Ok(id) = v.parse::<uuid::Uuid>() else { return Ok(Some(vec![])) };
+                match state.accounts.get_user(actor, UserId::from_uuid(id)).await {
+                    Ok(u) => Ok(Some(vec![u])),
+                    Err(AppError::NotFound(_)) => Ok(Some(vec![])),
+                    Err(e) => Err(e.into()),
+                }
+            } else {
+                Ok(None)
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
+/// GET /Users.
+#[utoipa::path(get, path = "/scim/v2/Users", tag = "scim", security(("bearer" = [])),
+    responses((status = 200, body = Object, content_type = "application/scim+json"), (status = 400, body = Object, content_type = "application/scim+json"), (status = 401, body = Object, content_type = "application/scim+json"))
+)]
+pub async fn list_users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> ScimResult<Response> {
+    let actor = caller(&state, &headers).await?;
+    admin_only(&actor)?;
+    let params = list_params(query.as_deref(), true)?;
+    let candidates = match &params.filter {
+        Some(f) => indexed_users(&state, &actor, f).await?,
+        None => None,
+    };
+    // Without an index to start from, users are read in id order, at most
+    // MAX_SCANNED_USERS of them; the whole filter is then evaluated on each candidate.
+    let candidates = match candidates {
+        Some(found) => found,
+        None => {
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let page = state
+                    .accounts
+                    .list_users(&actor, after, Some(state.accounts.settings().list_max_limit), None)
+                    .await?;
+                all.extend(page.items);
+                if all.len() > MAX_SCANNED_USERS {
+                    return Err(ScimError::bad(
+                        "tooMany",
+                        "too many users to list or filter without an index; filter on userName, externalId or id",
+                    ));
+                }
+                match page.next_after {
+                    Some(a) => after = Some(a),
+                    None => break,
+                }
+            }
+            all
+        }
+    };
+    let mut matching = Vec::new();
+    for user in candidates {
+        let keep = match &params.filter {
+            Some(f) => {
+                let external = state.accounts.store().external_id_of(user.id).await.map_err(AppError::from)?;
+                f.matches(&user_json(&user, external.as_ref()))
+            }
+            None => true,
+        };
+        if keep {
+            matching.push(user);
+        }
+    }
+    let total = matching.len();
+    let mut resources = Vec::new();
+    for u in matching.iter().skip(params.start_index - 1).take(params.count) {
+        resources.push(render_user(&state, u, &params.projection).await?);
+    }
+    Ok(list_response(total, params.start_index, resources))
+}
+
+/// PUT /Users/{id}: every attribute as given; externalId cleared when absent.
+#[utoipa::path(put, path = "/scim/v2/Users/{id}", tag = "scim", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Object, content_type = "application/scim+json"), (status = 404, body = Object, content_type = "application/scim+json"), (status = 412, body = Object, content_type = "application/scim+json"), (status = 400, body = Object, content_type = "application/scim+json"))
+)]
+pub async fn replace_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> ScimResult<Response> {
+    let actor = caller(&state, &headers).await?;
+    admin_only(&actor)?;
+    let id = user_id(&id)?;
+    let expected = if_match(&headers)?;
+    let body = body_json(&state, &headers, body).await?;
+    let mut fields = user_fields(&body)?;
+    if fields.email.is_none() {
+        return Err(ScimError::bad("invalidValue", "userName is required"));
+    }
+    fields.active.get_or_insert(true);
+    fields.external_id.get_or_insert(None);
+    let user = apply_user_changes(&state, &actor, id, expected, &fields).await?;
+    set_external_id(&state, id, &fields).await?;
+    let rendered = render_user(&state, &user, &Projection::default()).await?;
+    Ok(with_etag(scim_json(StatusCode::OK, &rendered), user.version))
+}
+
+/// PATCH /Users/{id}: Entra ID's `{"op": "Replace", "path": "active", "value": "False"}`,
+/// Okta's path-less `{"op": "replace", "value": {"active": false}}`, `name.givenName`,
+/// `emails[type eq "work"].value`. `active=false` ends every session at once.
+#[utoipa::path(patch, path = "/scim/v2/Users/{id}", tag = "scim", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Object, content_type = "application/scim+json"), (status = 404, body = Object, content_type = "application/scim+json"), (status = 412, body = Object, content_type = "application/scim+json"), (status = 400, body = Object, content_type = "application/scim+json"))
+)]
+pub async fn patch_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Body,
+) -> ScimResult<Response> {
+    let actor = caller(&state, &headers).await?;
+    admin_only(&actor)?;
+    let id = user_id(&id)?;
+    let expected = if_match(&headers)?;
+    let params = list_params(query.as_deref(), false)?;
+    let body = body_json(&state, &headers, body).await?;
+    let operations = parse_patch_request(&body).map_err(|e| ScimError::bad(e.scim_type, e.message))?;
+    let mut fields = UserFields::default();
+    for operation in operations {
+        let value = operation.value.as_ref().unwrap_or(&Value::Null);
+        match (operation.op, &operation.path) {
+            (PatchOp::Add | PatchOp::Replace, None) => {
+                let object = value
+                    .as_object()
+                    .ok_or_else(|| ScimError::bad("invalidValue", "without a path, the value must be an object"))?;
+                for (name, v) in object {
+                    if name.contains('.') || name.contains(':') {
+                        // Entra ID sends {"name.givenName": "…"} as keys of a path-less value.
+                        let path = AttrPath::parse(name).map_err(|e| ScimError::bad("invalidPath", e.message))?;
+                        set_user_path(&mut fields, &path, v)?;
+                    } else {
+                        fields.set(name, v)?;
+                    }
+                }
+            }
+            (PatchOp::Add | PatchOp::Replace, Some(PatchPath::Attr(path))) => set_user_path(&mut fields, path, value)?,
+            (PatchOp::Add | PatchOp::Replace, Some(PatchPath::Filtered { path, sub: Some(sub), .. }))
+                if path.is("emails", None) && sub.eq_ignore_ascii_case("value") =>
+            {
+                // The one email is the userName: changing the work email changes both.
+                fields.email = Some(user_email(value, "emails.value")?);
+            }
+            (PatchOp::Remove, Some(PatchPath::Attr(path))) if path.is("externalId", None) => {
+                fields.external_id = Some(None);
+            }
+            (PatchOp::Remove, Some(path)) => {
+                return Err(ScimError::bad("mutability", format!("{path:?} cannot be removed from a Strata user")));
+            }
+            (_, Some(path)) => {
+                return Err(ScimError::bad("invalidPath", format!("cannot {:?} at {path:?}", operation.op)));
+            }
+            (PatchOp::Remove, None) => return Err(ScimError::bad("noTarget", "remove needs a path")),
+        }
+    }
+    let user = apply_user_changes(&state, &actor, id, expected, &fields).await?;
+    set_external_id(&state, id, &fields).await?;
+    let rendered = render_user(&state, &user, &params.projection).await?;
+    Ok(with_etag(scim_json(StatusCode::OK, &rendered), user.version))
+}
+
+fn set_user_path(fields: &mut UserFields, path: &AttrPath, value: &Value) -> ScimResult<()> {
+    if let Some(uri) = &path.uri
+        && !uri.eq_ignore_ascii_case(USER_SCHEMA)
+    {
+        return Err(ScimError::bad("invalidPath", format!("unsupported schema {uri}")));
+    }
+    match &path.sub {
+        Some(sub) if path.is("name", Some(sub)) => fields.set_name_part(sub, value),
+        Some(_) => Err(ScimError::bad("invalidPath", format!("a User has no attribute {path}"))),
+        None => fields.set(&path.name, value),
+    }
+}
+
+/// DELETE /Users/{id}: the user and every session of theirs.
+#[utoipa::path(delete, path = "/scim/v2/Users/{id}", tag = "scim", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = Object, content_type = "application/scim+json"), (status = 412, body = Object, content_type = "application/scim+json"))
+)]
+pub async fn delete_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ScimResult<Response> {
+    let actor = caller(&state, &headers).await?;
+    admin_only(&actor)?;
+    let expected = if_match(&headers)?;
+    state.accounts.delete_user(&actor, user_id(&id)?, expected).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn user_resource_type() -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ResourceType"],
+        "id": "User",
+        "name": "User",
+        "endpoint": "/Users",
+        "description": "A Strata user account",
+        "schema": USER_SCHEMA,
+        "meta": {"resourceType": "ResourceType", "location": "/scim/v2/ResourceTypes/User"},
+    })
+}
+
+fn user_schema() -> Value {
+    let mut name = attribute(
+        "name",
+        "complex",
+        false,
+        "readWrite",
+        "none",
+        "Strata keeps one name: formatted, or givenName and familyName joined.",
+    );
+    name["subAttributes"] = json!([
+        attribute("formatted", "string", false, "readWrite", "none", "The full name."),
+        attribute("givenName", "string", false, "writeOnly", "none", "Joined with familyName into the one name."),
+        attribute("familyName", "string", false, "writeOnly", "none", "Joined with givenName into the one name."),
+    ]);
+    let mut emails = attribute("emails", "complex", false, "readWrite", "none", "One email, the userName.");
+    emails["multiValued"] = json!(true);
+    emails["subAttributes"] = json!([
+        attribute("value", "string", false, "readWrite", "none", "Must be the userName."),
+        attribute("type", "string", false, "readOnly", "none", "Always \"work\"."),
+        attribute("primary", "boolean", false, "readOnly", "none", "Always true."),
+    ]);
+    let mut password = attribute("password", "string", false, "writeOnly", "none", "8–256 characters; never returned.");
+    password["returned"] = json!("never");
+    let mut user_name =
+        attribute("userName", "string", true, "readWrite", "server", "The email address, normalised to lower case.");
+    user_name["caseExact"] = json!(false);
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": USER_SCHEMA,
+        "name": "User",
+        "description": "User Account",
+        "attributes": [
+            user_name,
+            name,
+            attribute("displayName", "string", false, "readWrite", "none", "1–100 characters, no control characters."),
+            attribute("active", "boolean", false, "readWrite", "none", "false disables the account and ends its sessions at once."),
+            emails,
+            password,
+        ],
+        "meta": {"resourceType": "Schema", "location": format!("/scim/v2/Schemas/{USER_SCHEMA}")},
+    })
 }

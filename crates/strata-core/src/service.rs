@@ -27,6 +27,10 @@ use crate::ports::{Cache, CacheObserver, Clock, SessionRevocation, Store, StoreO
 use crate::throttle::Throttle;
 use crate::timing::{self, Component};
 
+/// The stored hash of an account without a password (provisioned through SCIM): not a
+/// format any verifier knows, so no password matches it (Django uses the same marker).
+pub const UNUSABLE_PASSWORD: &str = "!";
+
 #[derive(Clone, Copy, Debug)]
 pub struct AccountSettings {
     pub session_ttl: Duration,
@@ -374,6 +378,44 @@ impl Accounts {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// A user created by an admin or a provisioning client (SCIM) rather than by
+    /// themselves: no registration throttle and no idempotency key. Without a password the
+    /// account gets [`UNUSABLE_PASSWORD`], which never verifies, until one is set.
+    pub async fn provision_user(
+        &self,
+        actor: &Actor,
+        email: Email,
+        name: DisplayName,
+        password: Option<Password>,
+        status: UserStatus,
+    ) -> Result<User, AppError> {
+        if !actor.is_admin() {
+            return Err(AppError::Forbidden("provisioning users requires an admin"));
+        }
+        let password_hash = match password {
+            Some(p) => self.hasher.hash(&p).await?,
+            None => PasswordHash::from_trusted(UNUSABLE_PASSWORD.to_owned()),
+        };
+        let now = self.clock.now();
+        let id = UserId::generate();
+        let user = User {
+            id,
+            email,
+            name,
+            password_hash,
+            role: Role::User,
+            status,
+            version: Version::FIRST,
+            created_at: now,
+            updated_at: now,
+        };
+        let data = serde_json::json!({ "user": user_json(&user) });
+        let event = event("user.created", id.as_uuid(), EventActor::of(actor, id), data, now);
+        self.db("create_user", self.store.create_user(&user, None, &event)).await?;
+        self.wake_relay();
+        Ok(user)
     }
 
     /// Deletes idempotency records older than the configured lifetime; returns how many.

@@ -254,6 +254,150 @@ async fn concurrent_membership_patches_all_land(app: TestApp) {
     assert_eq!(r.body["meta"]["version"], "W/\"9\"");
 }
 
+const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+
+/// Entra ID's user lifecycle (from its SCIM guide): look up by userName, create, deactivate
+/// with `"Replace"` of `active` as the string "False" (sessions end at once), update
+/// name parts, delete. Okta's: path-less replace with `active: false`, PUT.
+async fn scim_users_in_entra_and_okta_shapes(app: TestApp) {
+    let q = |f: &str| format!("/Users?filter={}", form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>());
+    let r = app.scim(Method::GET, &q("userName eq \"Test_User_dfeef4c5@testuser.com\""), None, &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["totalResults"], 0);
+    let entra = json!({
+        "schemas": [USER],
+        "externalId": "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef",
+        "userName": "Test_User_dfeef4c5@testuser.com",
+        "active": true,
+        "emails": [{"primary": true, "type": "work", "value": "Test_User_dfeef4c5@testuser.com"}],
+        "meta": {"resourceType": "User"},
+        "name": {"formatted": "givenName familyName", "familyName": "familyName", "givenName": "givenName"},
+        "password": "correct horse battery staple",
+    });
+    let r = app.scim(Method::POST, "/Users", Some(&entra), &[]).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(r.header("location"), format!("/scim/v2/Users/{id}"));
+    assert_eq!(r.body["userName"], "test_user_dfeef4c5@testuser.com");
+    assert_eq!(r.body["displayName"], "givenName familyName");
+    assert_eq!(r.body["externalId"], "0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef");
+    assert_eq!(r.body["active"], true);
+    assert!(r.body.get("password").is_none());
+    // Creating it again is a uniqueness conflict.
+    app.scim(Method::POST, "/Users", Some(&entra), &[]).await.assert_scim_error(409, Some("uniqueness"));
+    // The lookups Entra ID and Okta make: by userName (any case) and by externalId.
+    let r = app.scim(Method::GET, &q("userName eq \"TEST_USER_dfeef4c5@testuser.com\""), None, &[]).await;
+    assert_eq!(r.body["totalResults"], 1);
+    assert_eq!(r.body["Resources"][0]["id"], id.as_str());
+    let r = app.scim(Method::GET, &q("externalId eq \"0a21f0f2-8d2a-4f8e-bf98-7363c4aed4ef\""), None, &[]).await;
+    assert_eq!(r.body["totalResults"], 1);
+    let r = app
+        .scim(Method::GET, &q("emails[type eq \"work\" and value co \"testuser\"] and active eq true"), None, &[])
+        .await;
+    assert_eq!(r.body["totalResults"], 1);
+
+    // The user logs in with the provisioned password.
+    let login = app.login("test_user_dfeef4c5@testuser.com", "correct horse battery staple").await;
+    assert_eq!(login.status, StatusCode::CREATED, "{}", login.body);
+    let token = login.body["token"].as_str().unwrap().to_owned();
+    assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
+
+    // Entra ID: update name parts and deactivate with the string "False", in one request.
+    let path = format!("/Users/{id}");
+    let patch = json!({"schemas": [PATCH], "Operations": [
+        {"op": "Replace", "path": "name.givenName", "value": "Ada"},
+        {"op": "Replace", "path": "name.familyName", "value": "Lovelace"},
+        {"op": "Replace", "path": "active", "value": "False"},
+    ]});
+    let r = app.scim(Method::PATCH, &path, Some(&patch), &[("if-match", "W/\"1\"")]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["active"], false);
+    assert_eq!(r.body["displayName"], "Ada Lovelace");
+    assert_eq!(r.body["meta"]["version"], "W/\"2\"");
+    // Deprovisioning ends the session at once.
+    app.get("/v1/sessions/current", Some(&token)).await.assert_problem(401, "token_revoked", None);
+    app.login("test_user_dfeef4c5@testuser.com", "correct horse battery staple").await.assert_problem(
+        403,
+        "account_disabled",
+        None,
+    );
+
+    // Okta: path-less replace to reactivate; PUT the whole user.
+    let okta = json!({"schemas": [PATCH], "Operations": [{"op": "replace", "value": {"active": true}}]});
+    let r = app.scim(Method::PATCH, &path, Some(&okta), &[]).await;
+    assert_eq!(r.body["active"], true);
+    let put = json!({"schemas": [USER], "id": id, "userName": "ada@example.com", "name": {"givenName": "Ada", "familyName": "King"}, "emails": [{"value": "ada@example.com", "primary": true}], "active": true});
+    let r = app.scim(Method::PUT, &path, Some(&put), &[]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["userName"], "ada@example.com");
+    assert_eq!(r.body["displayName"], "Ada King");
+    assert!(r.body.get("externalId").is_none(), "PUT without externalId clears it");
+    // A stale If-Match is a 412; the change is an ordinary one, visible through /v1.
+    app.scim(Method::PATCH, &path, Some(&okta), &[("if-match", "W/\"1\"")]).await.assert_scim_error(412, None);
+    assert_eq!(app.get(&format!("/v1/users/{id}"), Some(ADMIN)).await.body["email"], "ada@example.com");
+
+    // A provisioned user without a password cannot log in until one is set.
+    let r = app
+        .scim(Method::POST, "/Users", Some(&json!({"schemas": [USER], "userName": "nopass@example.com"})), &[])
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.body["displayName"], "nopass");
+    app.login("nopass@example.com", "whatever password").await.assert_problem(401, "invalid_credentials", None);
+
+    let r = app.scim(Method::DELETE, &path, None, &[]).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    app.scim(Method::GET, &path, None, &[]).await.assert_scim_error(404, None);
+    let r = app.scim(Method::GET, "/Users?startIndex=1&count=10", None, &[]).await;
+    assert_eq!(r.body["totalResults"], 1);
+}
+
+/// Bad User input gets SCIM errors and writes nothing.
+async fn scim_bad_user_input_gets_scim_errors(app: TestApp) {
+    let app = &app;
+    let post = |body: Value| async move { app.scim(Method::POST, "/Users", Some(&body), &[]).await };
+    post(json!({"schemas": [USER]})).await.assert_scim_error(400, Some("invalidValue"));
+    post(json!({"userName": "a@example.com"})).await.assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [USER], "userName": "not an email"})).await.assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [USER], "userName": "a@example.com", "password": "short"}))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [USER], "userName": "a@example.com", "active": "maybe"}))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [USER], "userName": "a@example.com", "nickName": "x"}))
+        .await
+        .assert_scim_error(400, Some("invalidSyntax"));
+    post(json!({"schemas": [USER], "userName": "a@example.com", "emails": [{"value": "b@example.com"}]}))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    post(json!({"schemas": [USER], "userName": "a@example.com", "displayName": "a\u{0007}"}))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    let q = |f: &str| format!("/Users?filter={}", form_urlencoded::byte_serialize(f.as_bytes()).collect::<String>());
+    app.scim(Method::GET, &q("userName eq"), None, &[]).await.assert_scim_error(400, Some("invalidFilter"));
+    app.scim(Method::GET, "/Users/not-a-uuid", None, &[]).await.assert_scim_error(404, None);
+    let r = app.scim(Method::GET, "/Users", None, &[]).await;
+    assert_eq!(r.body["totalResults"], 0, "nothing was written");
+    let r = post(json!({"schemas": [USER], "userName": "ok@example.com"})).await;
+    let path = format!("/Users/{}", r.body["id"].as_str().unwrap());
+    let patch = |ops: Value| {
+        let path = path.clone();
+        async move { app.scim(Method::PATCH, &path, Some(&json!({"schemas": [PATCH], "Operations": ops})), &[]).await }
+    };
+    patch(json!([{"op": "replace", "path": "active", "value": "nope"}]))
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    patch(json!([{"op": "replace", "path": "nickName", "value": "x"}]))
+        .await
+        .assert_scim_error(400, Some("invalidSyntax"));
+    patch(json!([{"op": "remove", "path": "userName"}])).await.assert_scim_error(400, Some("mutability"));
+    patch(json!([{"op": "replace", "path": "name.middleName", "value": "x"}]))
+        .await
+        .assert_scim_error(400, Some("invalidSyntax"));
+    let r = app.scim(Method::GET, &path, None, &[]).await;
+    assert_eq!(r.body["meta"]["version"], "W/\"1\"");
+}
+
 /// Discovery describes exactly what is served.
 async fn scim_discovery(app: TestApp) {
     let r = app.scim(Method::GET, "/ServiceProviderConfig", None, &[]).await;
@@ -269,6 +413,7 @@ async fn scim_discovery(app: TestApp) {
         let listed = app.scim(Method::GET, &format!("{endpoint}?count=1"), None, &[]).await;
         assert_eq!(listed.status, StatusCode::OK, "{endpoint} is served");
     }
+    assert_eq!(endpoints, ["/Users", "/Groups"]);
     let r = app.scim(Method::GET, "/ResourceTypes/Group", None, &[]).await;
     assert_eq!(r.body["schema"], GROUP);
     let r = app.scim(Method::GET, &format!("/Schemas/{GROUP}"), None, &[]).await;
@@ -285,7 +430,9 @@ api_tests!(
         scim_groups_in_entra_and_okta_shapes,
         scim_bad_input_gets_scim_errors,
         scim_discovery,
-        concurrent_membership_patches_all_land
+        concurrent_membership_patches_all_land,
+        scim_users_in_entra_and_okta_shapes,
+        scim_bad_user_input_gets_scim_errors,
     ]
 );
 api_tests!(
@@ -295,7 +442,9 @@ api_tests!(
         scim_groups_in_entra_and_okta_shapes,
         scim_bad_input_gets_scim_errors,
         scim_discovery,
-        concurrent_membership_patches_all_land
+        concurrent_membership_patches_all_land,
+        scim_users_in_entra_and_okta_shapes,
+        scim_bad_user_input_gets_scim_errors,
     ]
 );
 api_tests!(
@@ -305,6 +454,8 @@ api_tests!(
         scim_groups_in_entra_and_okta_shapes,
         scim_bad_input_gets_scim_errors,
         scim_discovery,
-        concurrent_membership_patches_all_land
+        concurrent_membership_patches_all_land,
+        scim_users_in_entra_and_okta_shapes,
+        scim_bad_user_input_gets_scim_errors,
     ]
 );
