@@ -24,6 +24,7 @@ pub mod group_routes;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod provisioning_routes;
 pub mod routes;
 pub mod scim_routes;
 pub mod server;
@@ -60,6 +61,7 @@ pub struct StateInner {
     pub accounts: Arc<Accounts>,
     pub webhooks: Arc<strata_core::webhook_admin::WebhookAdmin>,
     pub groups: Arc<strata_core::groups::Groups>,
+    pub provisioning: Arc<strata_core::provisioning::ProvisioningTokens>,
     pub metrics: Arc<Metrics>,
     /// Static admin bearer secret, if configured.
     pub admin_token: Option<Secret>,
@@ -103,6 +105,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/deliveries", g(wh::list_deliveries))
         .route("/v1/webhooks/{id}/deliveries/{delivery_id}", g(wh::get_delivery))
         .route("/v1/webhooks/{id}/deliveries/{delivery_id}/replay", post(wh::replay_delivery))
+        .route("/v1/provisioning-tokens", post(provisioning_routes::create_token).get(provisioning_routes::list_tokens))
+        .route("/v1/provisioning-tokens/{id}", axum::routing::delete(provisioning_routes::revoke_token))
         .nest("/scim/v2", scim_routes::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

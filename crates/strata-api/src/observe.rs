@@ -27,6 +27,8 @@ pub const ROUTES: &[&str] = &[
     "/v1/groups/{id}",
     "/v1/groups/{id}/members",
     "/v1/groups/{id}/members/{user_id}",
+    "/v1/provisioning-tokens",
+    "/v1/provisioning-tokens/{id}",
     "/scim/v2/ServiceProviderConfig",
     "/scim/v2/ResourceTypes",
     "/scim/v2/ResourceTypes/{name}",

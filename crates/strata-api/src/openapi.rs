@@ -49,6 +49,9 @@ impl Modify for BearerAuth {
         crate::group_routes::list_members,
         crate::group_routes::add_members,
         crate::group_routes::remove_member,
+        crate::provisioning_routes::create_token,
+        crate::provisioning_routes::list_tokens,
+        crate::provisioning_routes::revoke_token,
         crate::scim_routes::service_provider_config,
         crate::scim_routes::resource_types,
         crate::scim_routes::resource_type,
@@ -87,7 +90,9 @@ impl Modify for BearerAuth {
         CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,
         AuditEntryBody, AuditList, CreateWebhookRequest, UpdateWebhookRequest, WebhookBody, WebhookList, DeliveryBody,
         DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem, CreateGroupRequest,
-        UpdateGroupRequest, AddMembersRequest, GroupBody, GroupList, GroupRef, MemberBody, MemberList
+        UpdateGroupRequest, AddMembersRequest, GroupBody, GroupList, GroupRef, MemberBody, MemberList,
+        crate::provisioning_routes::CreateProvisioningTokenRequest, crate::provisioning_routes::ProvisioningTokenBody,
+        crate::provisioning_routes::ProvisioningTokenList
     )),
     modifiers(&BearerAuth),
     tags(

@@ -151,6 +151,12 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> ScimResult<Actor> {
         strata_core::timing::mark_authenticated();
         return Ok(Actor::System);
     }
+    if token.starts_with(strata_core::provisioning::TOKEN_PREFIX) {
+        let found = state.provisioning.authenticate(token).await?;
+        let Some(found) = found else { return Err(unauthenticated(TokenProblem::Unknown)) };
+        strata_core::timing::mark_authenticated();
+        return Ok(Actor::Provisioner(found.id));
+    }
     let (session, user) = authenticate(state, token).await?;
     Ok(Actor::User { user: Box::new(user), session: session.id })
 }
@@ -719,7 +725,7 @@ pub async fn service_provider_config() -> Response {
             "authenticationSchemes": [{
                 "type": "oauthbearertoken",
                 "name": "Bearer token",
-                "description": "The admin token (STRATA_ADMIN_TOKEN) or an admin's session token, as Authorization: Bearer.",
+                "description": "A provisioning token (scim_…, from POST /v1/provisioning-tokens), the admin token (STRATA_ADMIN_TOKEN) or an admin's session token, as Authorization: Bearer.",
                 "primary": true,
             }],
             "meta": {"resourceType": "ServiceProviderConfig", "location": "/scim/v2/ServiceProviderConfig"},

@@ -122,6 +122,14 @@ async fn populate(store: &dyn Store, users: usize) {
     let ids: Vec<_> = members.iter().map(|u| u.id).collect();
     store.create_group(&group, &ids, &event("group.created", group.id.as_uuid())).await.unwrap();
     store.set_external_id(ids[0], Some(&strata_core::groups::ExternalId::parse("okta-1").unwrap())).await.unwrap();
+    let token = strata_core::provisioning::ProvisioningToken {
+        id: uuid::Uuid::now_v7(),
+        name: "Okta".into(),
+        token_hash: SessionToken::generate().hash(),
+        created_at: T0,
+        revoked_at: None,
+    };
+    store.create_provisioning_token(&token).await.unwrap();
 }
 
 /// Every row of every table, in key order.

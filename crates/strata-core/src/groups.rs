@@ -439,6 +439,9 @@ fn group_event(
 ) -> OutboxEvent {
     data["actor"] = match actor {
         Actor::System => serde_json::json!({ "type": "admin", "id": null, "via": "admin_token" }),
+        Actor::Provisioner(token) => {
+            serde_json::json!({ "type": "admin", "id": null, "via": "provisioning_token", "token_id": token.to_string() })
+        }
         Actor::User { user, .. } => serde_json::json!({ "type": "admin", "id": user.id.to_string() }),
     };
     OutboxEvent {

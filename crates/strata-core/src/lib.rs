@@ -17,6 +17,7 @@ pub mod events;
 pub mod groups;
 pub mod password;
 pub mod ports;
+pub mod provisioning;
 pub mod relay;
 pub mod secret;
 pub mod service;

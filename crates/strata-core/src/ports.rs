@@ -11,6 +11,7 @@ use crate::domain::{
 };
 use crate::error::RepoError;
 use crate::groups::{ExternalId, Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange, MembershipDelta};
+use crate::provisioning::ProvisioningToken;
 use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 /// Which sessions an update must revoke in the same transaction.
@@ -124,6 +125,20 @@ pub trait ExternalIdRepository: Send + Sync {
 
     /// The users with this external id, in id order.
     async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError>;
+}
+
+/// Provisioning tokens (SCIM credentials), stored as digests.
+#[async_trait]
+pub trait ProvisioningTokenRepository: Send + Sync {
+    async fn create_provisioning_token(&self, token: &ProvisioningToken) -> Result<(), RepoError>;
+
+    /// Every token, revoked ones too, in id (creation) order.
+    async fn provisioning_tokens(&self) -> Result<Vec<ProvisioningToken>, RepoError>;
+
+    async fn provisioning_token_by_hash(&self, hash: &TokenHash) -> Result<Option<ProvisioningToken>, RepoError>;
+
+    /// Marks the token revoked; `false` if there is none or it already was.
+    async fn revoke_provisioning_token(&self, id: uuid::Uuid, at: Timestamp) -> Result<bool, RepoError>;
 }
 
 #[async_trait]
@@ -285,6 +300,7 @@ pub trait Store:
     + SessionRepository
     + GroupRepository
     + ExternalIdRepository
+    + ProvisioningTokenRepository
     + OutboxRepository
     + AuditRepository
     + WebhookRepository

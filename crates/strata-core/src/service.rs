@@ -58,26 +58,28 @@ pub enum Actor {
     System,
     /// A logged-in user, with the session they used.
     User { user: Box<User>, session: SessionId },
+    /// A provisioning token (its id): an admin, but only through SCIM.
+    Provisioner(uuid::Uuid),
 }
 
 impl Actor {
     pub fn is_admin(&self) -> bool {
         match self {
-            Actor::System => true,
+            Actor::System | Actor::Provisioner(_) => true,
             Actor::User { user, .. } => user.is_admin(),
         }
     }
 
     fn may_act_on(&self, id: UserId) -> bool {
         match self {
-            Actor::System => true,
+            Actor::System | Actor::Provisioner(_) => true,
             Actor::User { user, .. } => user.is_admin() || user.id == id,
         }
     }
 
     fn session(&self) -> Option<SessionId> {
         match self {
-            Actor::System => None,
+            Actor::System | Actor::Provisioner(_) => None,
             Actor::User { session, .. } => Some(*session),
         }
     }
@@ -972,6 +974,8 @@ fn session_json(session: &Session) -> serde_json::Value {
 enum EventActor {
     User(UserId),
     Admin(Option<UserId>),
+    /// A SCIM client with a provisioning token (its id).
+    Provisioner(uuid::Uuid),
     /// Someone not signed in, about no account (a throttled login for an unknown email).
     Anonymous,
 }
@@ -980,6 +984,7 @@ impl EventActor {
     fn of(actor: &Actor, subject: UserId) -> Self {
         match actor {
             Actor::System => EventActor::Admin(None),
+            Actor::Provisioner(token) => EventActor::Provisioner(*token),
             Actor::User { user, .. } if user.id == subject => EventActor::User(user.id),
             Actor::User { user, .. } => EventActor::Admin(Some(user.id)),
         }
@@ -991,6 +996,9 @@ impl EventActor {
             EventActor::Admin(Some(id)) => serde_json::json!({ "type": "admin", "id": id.to_string() }),
             EventActor::Admin(None) => serde_json::json!({ "type": "admin", "id": null, "via": "admin_token" }),
             EventActor::Anonymous => serde_json::json!({ "type": "anonymous" }),
+            EventActor::Provisioner(token) => {
+                serde_json::json!({ "type": "admin", "id": null, "via": "provisioning_token", "token_id": token.to_string() })
+            }
         }
     }
 }

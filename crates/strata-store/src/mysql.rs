@@ -203,7 +203,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "groups, their member rows, users' external ids",
+        name: "groups, their member rows, users' external ids, provisioning tokens",
         // Re-runnable like the others: tables IF NOT EXISTS, nothing else.
         sql: "
         CREATE TABLE IF NOT EXISTS user_groups (
@@ -233,6 +233,16 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (user_id),
             KEY user_external_ids_external_id (external_id, user_id),
             CONSTRAINT user_external_ids_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS provisioning_tokens (
+            id         BINARY(16) NOT NULL,
+            name       VARCHAR(400) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            token_hash BINARY(32) NOT NULL,
+            created_at BIGINT NOT NULL,
+            revoked_at BIGINT NULL,
+            PRIMARY KEY (id),
+            UNIQUE KEY provisioning_tokens_hash (token_hash)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },

@@ -188,7 +188,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "groups, their member rows, users' external ids",
+        name: "groups, their member rows, users' external ids, provisioning tokens",
         sql: "
         -- Not `groups`: a reserved word on MySQL 8, and every backend uses the same names.
         CREATE TABLE user_groups (
@@ -216,6 +216,16 @@ const MIGRATIONS: &[Migration] = &[
             external_id text NOT NULL
         );
         CREATE INDEX user_external_ids_external_id ON user_external_ids (external_id, user_id);
+
+        -- SCIM clients' bearer tokens, as SHA-256 digests.
+        CREATE TABLE provisioning_tokens (
+            id         uuid PRIMARY KEY,
+            name       text NOT NULL,
+            token_hash bytea NOT NULL,
+            created_at bigint NOT NULL,
+            revoked_at bigint,
+            CONSTRAINT provisioning_tokens_hash UNIQUE (token_hash)
+        );
     ",
     },
 ];

@@ -193,7 +193,7 @@ const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 5,
-        name: "groups, their member rows, users' external ids",
+        name: "groups, their member rows, users' external ids, provisioning tokens",
         sql: "
         -- Not `groups`: a reserved word on MySQL 8, and every backend uses the same names.
         CREATE TABLE user_groups (
@@ -221,6 +221,16 @@ const MIGRATIONS: &[Migration] = &[
             external_id TEXT NOT NULL
         ) WITHOUT ROWID;
         CREATE INDEX user_external_ids_external_id ON user_external_ids (external_id, user_id);
+
+        -- SCIM clients' bearer tokens, as SHA-256 digests.
+        CREATE TABLE provisioning_tokens (
+            id         BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            name       TEXT NOT NULL,
+            token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
+            created_at INTEGER NOT NULL,
+            revoked_at INTEGER
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX provisioning_tokens_hash ON provisioning_tokens (token_hash);
     ",
     },
 ];

@@ -698,6 +698,7 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
         "remove_group_member",
         "update_group",
         "users_by_external_id",
+        "provisioning_token_by_hash",
     ] {
         assert!(names.contains(&required), "{} did not explain {required}", store.backend());
     }
@@ -861,6 +862,31 @@ async fn external_ids_round_trip(store: Arc<dyn Store>) {
     assert!(store.users_by_external_id(&other).await.unwrap().is_empty());
 }
 
+fn provisioning_token(name: &str) -> strata_core::provisioning::ProvisioningToken {
+    strata_core::provisioning::ProvisioningToken {
+        id: uuid::Uuid::now_v7(),
+        name: name.into(),
+        token_hash: SessionToken::generate().hash(),
+        created_at: T0,
+        revoked_at: None,
+    }
+}
+
+async fn provisioning_tokens_round_trip(store: Arc<dyn Store>) {
+    let a = provisioning_token("Entra ID 🦀");
+    let b = provisioning_token("Okta");
+    store.create_provisioning_token(&a).await.unwrap();
+    store.create_provisioning_token(&b).await.unwrap();
+    assert_eq!(store.provisioning_tokens().await.unwrap(), vec![a.clone(), b.clone()]);
+    assert_eq!(store.provisioning_token_by_hash(&a.token_hash).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.provisioning_token_by_hash(&SessionToken::generate().hash()).await.unwrap(), None);
+    let at = T0.plus(Duration::from_secs(9));
+    assert!(store.revoke_provisioning_token(a.id, at).await.unwrap());
+    assert!(!store.revoke_provisioning_token(a.id, at).await.unwrap(), "already revoked");
+    assert!(!store.revoke_provisioning_token(uuid::Uuid::now_v7(), at).await.unwrap());
+    assert_eq!(store.provisioning_token_by_hash(&a.token_hash).await.unwrap().unwrap().revoked_at, Some(at));
+}
+
 async fn large_groups_page_through_members(store: Arc<dyn Store>) {
     let users = sorted_users(&*store, 30, "l").await;
     let g = group("Everyone");
@@ -966,6 +992,9 @@ async fn populate(store: &dyn Store) {
     let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();
     store.create_group(&g, &ids, &group_event("group.created", &g)).await.unwrap();
     store.set_external_id(ids[0], Some(&ExternalId::parse("entra-1").unwrap())).await.unwrap();
+    let mut token = provisioning_token("Backed up");
+    token.revoked_at = Some(T0);
+    store.create_provisioning_token(&token).await.unwrap();
 }
 
 async fn a_snapshot_restores_every_table_exactly(store: Arc<dyn Store>) {
@@ -1102,6 +1131,7 @@ all_backends!(
     membership_changes_touch_only_their_rows,
     large_groups_page_through_members,
     external_ids_round_trip,
+    provisioning_tokens_round_trip,
     a_snapshot_restores_every_table_exactly,
     a_snapshot_is_consistent_under_writes,
 );

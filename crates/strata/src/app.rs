@@ -12,6 +12,7 @@ use strata_api::{AppState, Metrics};
 use strata_core::groups::Groups;
 use strata_core::password::PasswordHasher;
 use strata_core::ports::{Clock, EventBus, Store, SystemClock};
+use strata_core::provisioning::ProvisioningTokens;
 use strata_core::relay::Relay;
 use strata_core::service::{AccountSettings, Accounts};
 use strata_core::throttle::Throttle;
@@ -125,6 +126,7 @@ impl Application {
             accounts: Arc::new(accounts),
             webhooks: Arc::new(webhooks),
             groups: Arc::new(groups),
+            provisioning: Arc::new(ProvisioningTokens::new(store.clone(), clock.clone())),
             metrics,
             admin_token: config.auth.admin_token.clone(),
             ready: Arc::new(AtomicBool::new(false)),

@@ -2,12 +2,13 @@
 //! lists travel as one `uuid[]` parameter (`= ANY($n)`), so each statement is prepared once.
 
 use async_trait::async_trait;
-use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, UserId, Version};
+use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, TokenHash, UserId, Version};
 use strata_core::error::RepoError;
 use strata_core::groups::{
     ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
 };
-use strata_core::ports::{ExternalIdRepository, GroupRepository, QueryPlan};
+use strata_core::ports::{ExternalIdRepository, GroupRepository, ProvisioningTokenRepository, QueryPlan};
+use strata_core::provisioning::ProvisioningToken;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
@@ -47,6 +48,8 @@ mod sql {
     pub const CLEAR_EXTERNAL_ID: &str = "DELETE FROM user_external_ids WHERE user_id = $1";
     pub const USERS_BY_EXTERNAL_ID: &str =
         "SELECT user_id FROM user_external_ids WHERE external_id = $1 ORDER BY user_id";
+    pub const PROVISIONING_TOKEN_BY_HASH: &str =
+        "SELECT id, name, token_hash, created_at, revoked_at FROM provisioning_tokens WHERE token_hash = $1";
     pub const EXISTING_USERS: &str = "SELECT id FROM users WHERE id = ANY($1) ORDER BY id";
 }
 
@@ -136,6 +139,18 @@ pub(super) async fn explain_hot_paths(tx: &Transaction<'_>) -> Result<Vec<QueryP
     plans.push(
         explain_one(tx, "users_by_external_id", sql::USERS_BY_EXTERNAL_ID, &["user_external_ids"], false, &[&name])
             .await?,
+    );
+    let sample_hash: &[u8] = &[0u8; 32];
+    plans.push(
+        explain_one(
+            tx,
+            "provisioning_token_by_hash",
+            sql::PROVISIONING_TOKEN_BY_HASH,
+            &["provisioning_tokens"],
+            false,
+            &[&sample_hash],
+        )
+        .await?,
     );
     // The insert's target is written, not read: what must be indexed is the users lookup.
     plans.push(explain_one(tx, "add_group_member", sql::ADD_MEMBERS, &["users"], false, &[&group, &one]).await?);
@@ -325,5 +340,51 @@ impl ExternalIdRepository for PostgresStore {
     async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError> {
         let rows = self.query_rows(sql::USERS_BY_EXTERNAL_ID, &[&external_id.as_str()]).await?;
         rows.iter().map(|r| get(r, 0).map(UserId::from_uuid)).collect()
+    }
+}
+
+fn provisioning_token(r: &Row) -> Result<ProvisioningToken, RepoError> {
+    let hash: &[u8] = get(r, 2)?;
+    Ok(ProvisioningToken {
+        id: get(r, 0)?,
+        name: get(r, 1)?,
+        token_hash: TokenHash(hash.try_into().map_err(|_| corrupt("token_hash", hash.len()))?),
+        created_at: Timestamp(get(r, 3)?),
+        revoked_at: get::<Option<i64>>(r, 4)?.map(Timestamp),
+    })
+}
+
+#[async_trait]
+impl ProvisioningTokenRepository for PostgresStore {
+    async fn create_provisioning_token(&self, token: &ProvisioningToken) -> Result<(), RepoError> {
+        let hash: &[u8] = &token.token_hash.0;
+        self.execute_one(
+            "INSERT INTO provisioning_tokens (id, name, token_hash, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5)",
+            &[&token.id, &token.name, &hash, &token.created_at.0, &token.revoked_at.map(|t| t.0)],
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn provisioning_tokens(&self) -> Result<Vec<ProvisioningToken>, RepoError> {
+        let rows = self
+            .query_rows("SELECT id, name, token_hash, created_at, revoked_at FROM provisioning_tokens ORDER BY id", &[])
+            .await?;
+        rows.iter().map(provisioning_token).collect()
+    }
+
+    async fn provisioning_token_by_hash(&self, hash: &TokenHash) -> Result<Option<ProvisioningToken>, RepoError> {
+        let hash: &[u8] = &hash.0;
+        self.query_row(sql::PROVISIONING_TOKEN_BY_HASH, &[&hash]).await?.map(|r| provisioning_token(&r)).transpose()
+    }
+
+    async fn revoke_provisioning_token(&self, id: Uuid, at: Timestamp) -> Result<bool, RepoError> {
+        let n = self
+            .execute_one(
+                "UPDATE provisioning_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                &[&id, &at.0],
+            )
+            .await?;
+        Ok(n == 1)
     }
 }

@@ -1,13 +1,15 @@
-//! Groups on SQLite: `user_groups` and one `group_members` row per membership.
+//! Groups on SQLite (`user_groups` and one `group_members` row per membership), and the
+//! SCIM side tables: users' external ids and provisioning tokens.
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params, params_from_iter};
-use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, UserId, Version};
+use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, TokenHash, UserId, Version};
 use strata_core::error::RepoError;
 use strata_core::groups::{
     ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
 };
-use strata_core::ports::{ExternalIdRepository, GroupRepository};
+use strata_core::ports::{ExternalIdRepository, GroupRepository, ProvisioningTokenRepository};
+use strata_core::provisioning::ProvisioningToken;
 
 use super::{SqliteStore, blob, corrupt, insert_event, map_err, placeholders};
 
@@ -30,6 +32,8 @@ pub(super) mod sql {
     pub const REMOVE_ONE_MEMBER: &str = "DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2";
     pub const ADD_ONE_MEMBER: &str = "INSERT INTO group_members (group_id, user_id) SELECT ?1, id FROM users \
          WHERE id = ?2 ON CONFLICT (group_id, user_id) DO NOTHING";
+    pub const PROVISIONING_TOKEN_BY_HASH: &str =
+        "SELECT id, name, token_hash, created_at, revoked_at FROM provisioning_tokens WHERE token_hash = ?1";
     pub const USERS_BY_EXTERNAL_ID: &str =
         "SELECT user_id FROM user_external_ids WHERE external_id = ?1 ORDER BY user_id";
     pub const UPDATE_GROUP: &str = "UPDATE user_groups SET display_name = ?2, external_id = ?3, version = ?4, \
@@ -54,6 +58,7 @@ pub(super) fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::ty
         ("add_group_member", sql::ADD_ONE_MEMBER, vec![id.clone(), id.clone()]),
         ("remove_group_member", sql::REMOVE_ONE_MEMBER, vec![id.clone(), id.clone()]),
         ("users_by_external_id", sql::USERS_BY_EXTERNAL_ID, vec![Text("x".into())]),
+        ("provisioning_token_by_hash", sql::PROVISIONING_TOKEN_BY_HASH, vec![Blob(vec![0; 32])]),
         ("update_group", sql::UPDATE_GROUP, vec![id, Text("ops".into()), Null, Integer(2), Integer(0), Integer(1)]),
     ]
 }
@@ -316,6 +321,72 @@ impl ExternalIdRepository for SqliteStore {
             let mut stmt = c.prepare_cached(sql::USERS_BY_EXTERNAL_ID)?;
             let rows = stmt.query_map([external], |r| Ok(UserId::from_bytes(blob(r, 0)?)))?;
             rows.collect()
+        })
+        .await
+    }
+}
+
+fn provisioning_token(r: &Row<'_>) -> rusqlite::Result<ProvisioningToken> {
+    Ok(ProvisioningToken {
+        id: uuid::Uuid::from_bytes(blob(r, 0)?),
+        name: r.get(1)?,
+        token_hash: TokenHash(blob(r, 2)?),
+        created_at: Timestamp(r.get(3)?),
+        revoked_at: r.get::<_, Option<i64>>(4)?.map(Timestamp),
+    })
+}
+
+#[async_trait]
+impl ProvisioningTokenRepository for SqliteStore {
+    async fn create_provisioning_token(&self, token: &ProvisioningToken) -> Result<(), RepoError> {
+        let token = token.clone();
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO provisioning_tokens (id, name, token_hash, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    token.id.as_bytes().as_slice(),
+                    token.name,
+                    token.token_hash.0.as_slice(),
+                    token.created_at.0,
+                    token.revoked_at.map(|t| t.0)
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn provisioning_tokens(&self) -> Result<Vec<ProvisioningToken>, RepoError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, name, token_hash, created_at, revoked_at FROM provisioning_tokens ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], provisioning_token)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn provisioning_token_by_hash(&self, hash: &TokenHash) -> Result<Option<ProvisioningToken>, RepoError> {
+        let hash = hash.0;
+        self.read(move |c| {
+            c.prepare_cached(sql::PROVISIONING_TOKEN_BY_HASH)?
+                .query_row([hash.as_slice()], provisioning_token)
+                .optional()
+        })
+        .await
+    }
+
+    async fn revoke_provisioning_token(&self, id: uuid::Uuid, at: Timestamp) -> Result<bool, RepoError> {
+        self.write(move |tx| {
+            let n = tx
+                .execute(
+                    "UPDATE provisioning_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                    params![id.as_bytes().as_slice(), at.0],
+                )
+                .map_err(map_err)?;
+            Ok(n == 1)
         })
         .await
     }

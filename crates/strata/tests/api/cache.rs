@@ -282,6 +282,29 @@ impl strata_core::ports::ExternalIdRepository for CountingStore {
     }
 }
 
+/// Provisioning tokens pass straight through.
+#[async_trait]
+impl strata_core::ports::ProvisioningTokenRepository for CountingStore {
+    async fn create_provisioning_token(
+        &self,
+        t: &strata_core::provisioning::ProvisioningToken,
+    ) -> Result<(), RepoError> {
+        self.inner.create_provisioning_token(t).await
+    }
+    async fn provisioning_tokens(&self) -> Result<Vec<strata_core::provisioning::ProvisioningToken>, RepoError> {
+        self.inner.provisioning_tokens().await
+    }
+    async fn provisioning_token_by_hash(
+        &self,
+        h: &TokenHash,
+    ) -> Result<Option<strata_core::provisioning::ProvisioningToken>, RepoError> {
+        self.inner.provisioning_token_by_hash(h).await
+    }
+    async fn revoke_provisioning_token(&self, id: uuid::Uuid, at: Timestamp) -> Result<bool, RepoError> {
+        self.inner.revoke_provisioning_token(id, at).await
+    }
+}
+
 #[async_trait]
 impl strata_core::backup::BackupRepository for CountingStore {
     async fn export_snapshot(

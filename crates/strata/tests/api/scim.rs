@@ -398,6 +398,87 @@ async fn scim_bad_user_input_gets_scim_errors(app: TestApp) {
     assert_eq!(r.body["meta"]["version"], "W/\"1\"");
 }
 
+/// Provisioning tokens: created by an admin and shown once, accepted by /scim/v2 only,
+/// recorded as the actor of what they change, dead once revoked.
+async fn provisioning_tokens_are_scoped_to_scim_and_revocable(app: TestApp) {
+    let r = app.json(Method::POST, "/v1/provisioning-tokens", Some(ADMIN), &json!({"name": "Entra ID"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    assert_eq!(r.header("cache-control"), "no-store");
+    let token = r.body["token"].as_str().unwrap().to_owned();
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("scim_"));
+    let list = app.get("/v1/provisioning-tokens", Some(ADMIN)).await;
+    assert_eq!(list.body["items"][0]["name"], "Entra ID");
+    assert!(list.body["items"][0].get("token").is_none(), "shown once");
+    assert!(!list.raw.windows(token.len()).any(|w| w == token.as_bytes()));
+
+    let bearer = format!("Bearer {token}");
+    let scim = |method: Method, path: &str, body: Option<Value>| {
+        let bearer = bearer.clone();
+        let path = format!("/scim/v2{path}");
+        let app = &app;
+        async move {
+            let headers = [("authorization", bearer.as_str()), ("content-type", "application/scim+json")];
+            app.send(method, &path, &headers, body.map(|b| Bytes::from(b.to_string()))).await
+        }
+    };
+    let r = scim(Method::POST, "/Users", Some(json!({"schemas": [USER], "userName": "prov@example.com"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let user = r.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(scim(Method::GET, "/Users", None).await.status, StatusCode::OK);
+    // Not a credential for the rest of the API.
+    app.get("/v1/users", Some(&token)).await.assert_problem(401, "malformed_token", Some("Authorization"));
+    app.json(Method::POST, "/v1/provisioning-tokens", Some(&token), &json!({"name": "x"})).await.assert_problem(
+        401,
+        "malformed_token",
+        Some("Authorization"),
+    );
+    // The audit log names the token as the actor.
+    let entries = super::events::audit_until(&app, &format!("/v1/audit?user_id={user}"), 1).await;
+    assert_eq!(entries[0]["actor"]["via"], "provisioning_token");
+    assert_eq!(entries[0]["actor"]["token_id"], id.as_str());
+    // Revoked: refused at once.
+    let r = app
+        .send(
+            Method::DELETE,
+            &format!("/v1/provisioning-tokens/{id}"),
+            &[("authorization", &format!("Bearer {ADMIN}"))],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    scim(Method::GET, "/Users", None).await.assert_scim_error(401, None);
+    let list = app.get("/v1/provisioning-tokens", Some(ADMIN)).await;
+    assert!(list.body["items"][0]["revoked_at"].is_string());
+    // Made-up tokens of the right shape and the wrong shape are both refused.
+    let fake = format!("Bearer scim_{}", "A".repeat(43));
+    app.send(Method::GET, "/scim/v2/Users", &[("authorization", &fake)], None).await.assert_scim_error(401, None);
+    app.send(Method::GET, "/scim/v2/Users", &[("authorization", "Bearer scim_short")], None)
+        .await
+        .assert_scim_error(401, None);
+    // Bad input, and only admins.
+    app.json(Method::POST, "/v1/provisioning-tokens", Some(ADMIN), &json!({"name": ""})).await.assert_problem(
+        422,
+        "invalid_value",
+        Some("name"),
+    );
+    let (_, session) = app.user_with_token("plainuser@example.com").await;
+    app.json(Method::POST, "/v1/provisioning-tokens", Some(&session), &json!({"name": "x"})).await.assert_problem(
+        403,
+        "forbidden",
+        None,
+    );
+    let ghost = uuid::Uuid::now_v7();
+    app.send(
+        Method::DELETE,
+        &format!("/v1/provisioning-tokens/{ghost}"),
+        &[("authorization", &format!("Bearer {ADMIN}"))],
+        None,
+    )
+    .await
+    .assert_problem(404, "not_found", None);
+}
+
 /// Discovery describes exactly what is served.
 async fn scim_discovery(app: TestApp) {
     let r = app.scim(Method::GET, "/ServiceProviderConfig", None, &[]).await;
@@ -433,6 +514,7 @@ api_tests!(
         concurrent_membership_patches_all_land,
         scim_users_in_entra_and_okta_shapes,
         scim_bad_user_input_gets_scim_errors,
+        provisioning_tokens_are_scoped_to_scim_and_revocable,
     ]
 );
 api_tests!(
@@ -445,6 +527,7 @@ api_tests!(
         concurrent_membership_patches_all_land,
         scim_users_in_entra_and_okta_shapes,
         scim_bad_user_input_gets_scim_errors,
+        provisioning_tokens_are_scoped_to_scim_and_revocable,
     ]
 );
 api_tests!(
@@ -457,6 +540,7 @@ api_tests!(
         concurrent_membership_patches_all_land,
         scim_users_in_entra_and_okta_shapes,
         scim_bad_user_input_gets_scim_errors,
+        provisioning_tokens_are_scoped_to_scim_and_revocable,
     ]
 );
 
