@@ -180,6 +180,21 @@ async fn body_json(state: &AppState, headers: &HeaderMap, body: Body) -> ScimRes
     Ok(value)
 }
 
+/// The operations of a PATCH body.
+async fn patch_operations(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> ScimResult<Vec<strata_scim::patch::PatchOperation>> {
+    let body = body_json(state, headers, body).await?;
+    parse_patch_request(&body).map_err(|e| ScimError::bad(e.scim_type, e.message))
+}
+
+/// The value of an `add`/`replace` without a path: an object of attributes.
+fn pathless_object(value: &Value) -> ScimResult<&serde_json::Map<String, Value>> {
+    value.as_object().ok_or_else(|| ScimError::bad("invalidValue", "without a path, the value must be an object"))
+}
+
 /// `If-Match`: `W/"3"`, `"3"` or `*`.
 fn if_match(headers: &HeaderMap) -> ScimResult<Option<Version>> {
     let Some(raw) = headers.get(header::IF_MATCH) else { return Ok(None) };
@@ -610,16 +625,13 @@ pub async fn patch_group(
     let id = group_id(&id)?;
     let expected = if_match(&headers)?;
     let params = list_params(query.as_deref(), false)?;
-    let body = body_json(&state, &headers, body).await?;
-    let operations = parse_patch_request(&body).map_err(|e| ScimError::bad(e.scim_type, e.message))?;
+    let operations = patch_operations(&state, &headers, body).await?;
     let mut patch = GroupPatch::default();
     for operation in operations {
         let value = operation.value.as_ref().unwrap_or(&Value::Null);
         match (operation.op, &operation.path) {
             (PatchOp::Add | PatchOp::Replace, None) => {
-                let object = value
-                    .as_object()
-                    .ok_or_else(|| ScimError::bad("invalidValue", "without a path, the value must be an object"))?;
+                let object = pathless_object(value)?;
                 for (name, v) in object {
                     patch.set(operation.op, name, v)?;
                 }
@@ -1249,16 +1261,13 @@ pub async fn patch_user(
     let id = user_id(&id)?;
     let expected = if_match(&headers)?;
     let params = list_params(query.as_deref(), false)?;
-    let body = body_json(&state, &headers, body).await?;
-    let operations = parse_patch_request(&body).map_err(|e| ScimError::bad(e.scim_type, e.message))?;
+    let operations = patch_operations(&state, &headers, body).await?;
     let mut fields = UserFields::default();
     for operation in operations {
         let value = operation.value.as_ref().unwrap_or(&Value::Null);
         match (operation.op, &operation.path) {
             (PatchOp::Add | PatchOp::Replace, None) => {
-                let object = value
-                    .as_object()
-                    .ok_or_else(|| ScimError::bad("invalidValue", "without a path, the value must be an object"))?;
+                let object = pathless_object(value)?;
                 for (name, v) in object {
                     if name.contains('.') || name.contains(':') {
                         // Entra ID sends {"name.givenName": "…"} as keys of a path-less value.
