@@ -72,6 +72,38 @@ fn describe(event_type: &str) -> (&'static str, Value) {
                 "reason": { "type": "string" },
             }),
         ),
+        "group.created" | "group.updated" | "group.deleted" => {
+            let group = json!({
+                "type": "object",
+                "properties": {
+                    "id": { "type": "string", "format": "uuid" },
+                    "display_name": { "type": "string" },
+                    "external_id": { "type": ["string", "null"] },
+                    "version": { "type": "integer" },
+                    "created_at": { "type": "string", "format": "date-time" },
+                    "updated_at": { "type": "string", "format": "date-time" },
+                },
+            });
+            let ids = json!({ "type": "array", "items": { "type": "string", "format": "uuid" } });
+            match event_type {
+                "group.created" => (
+                    "A group was created (by an admin or through SCIM). The subject is the group id; `members.added` lists its first members.",
+                    json!({ "group": group, "members": { "type": "object", "properties": { "added": ids } } }),
+                ),
+                "group.updated" => (
+                    "A group changed: `changed` names what (`display_name`, `external_id`, `members`); `members` gives the member ids added and removed by this change (`replaced` when the whole member list was replaced, as by a SCIM PUT). Never the whole member list.",
+                    json!({
+                        "group": group,
+                        "changed": { "type": "array", "items": { "type": "string", "enum": ["display_name", "external_id", "members"] } },
+                        "members": { "type": "object", "properties": { "replaced": { "type": "boolean" }, "added": ids, "removed": ids } },
+                    }),
+                ),
+                _ => (
+                    "A group was deleted with its memberships (the users stay). `group` is the group as it was.",
+                    json!({ "group": group }),
+                ),
+            }
+        }
         _ => ("", json!({})),
     }
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use strata_core::domain::{Session, User};
 use utoipa::ToSchema;
 
-use crate::extract::present;
+use crate::extract::{nullable, present};
 
 pub use strata_core::domain::rfc3339;
 
@@ -122,6 +122,8 @@ pub struct LoginResponse {
 pub struct WhoAmI {
     pub session: SessionBody,
     pub user: UserBody,
+    /// The groups the user belongs to, in id order.
+    pub groups: Vec<GroupRef>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -365,4 +367,95 @@ pub struct ReplayRequest {
 pub struct ReplayResponse {
     /// How many deliveries are due again.
     pub replayed: u64,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    /// 1–256 characters, no control characters; stored verbatim. Not unique.
+    #[schema(example = "Engineering")]
+    pub display_name: String,
+    /// The id an identity provider knows the group by.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// Initial members (user ids), at most 1,000.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub members: Vec<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateGroupRequest {
+    #[serde(default, deserialize_with = "present")]
+    pub display_name: Option<String>,
+    /// `null` clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub external_id: Option<Option<String>>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMembersRequest {
+    /// User ids to add (1–1,000); members already in the group are left as they are.
+    #[schema(value_type = Vec<String>)]
+    pub user_ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupBody {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    pub display_name: String,
+    pub external_id: Option<String>,
+    /// Moves on every change, membership included; also the ETag.
+    pub version: u64,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub updated_at: String,
+}
+
+impl From<&strata_core::groups::Group> for GroupBody {
+    fn from(g: &strata_core::groups::Group) -> Self {
+        GroupBody {
+            id: g.id.to_string(),
+            display_name: g.display_name.as_str().to_owned(),
+            external_id: g.external_id.as_ref().map(|e| e.as_str().to_owned()),
+            version: g.version.0,
+            created_at: rfc3339(g.created_at),
+            updated_at: rfc3339(g.updated_at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupList {
+    pub items: Vec<GroupBody>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A group as who-am-I lists it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupRef {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberBody {
+    #[schema(value_type = String, format = Uuid)]
+    pub user_id: String,
+    pub email: String,
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MemberList {
+    pub items: Vec<MemberBody>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
 }

@@ -22,31 +22,50 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
-        let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-        if mime != "application/json" && mime != "application/merge-patch+json" {
-            let detail = if content_type.is_empty() {
-                "a JSON body needs Content-Type: application/json".to_owned()
-            } else {
-                format!("Content-Type {content_type:?} is not supported; send application/json")
-            };
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "Unsupported media type",
-                detail,
-            )
-            .field("Content-Type"));
-        }
-        // Declared beyond what we would even drain: refuse without reading.
-        let declared =
-            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
-            return Err(too_large(state.body_limit));
-        }
-        let bytes = read_body(req.into_body(), state.body_limit, state.body_read_timeout).await?;
-        parse_json(&bytes).map(JsonBody)
+        json_body(req, state, state.body_limit).await.map(JsonBody)
     }
+}
+
+/// Bodies that list many ids (group members): bigger than the ordinary limit, bounded all
+/// the same.
+pub const LIST_BODY_LIMIT: usize = 1024 * 1024;
+
+/// A [`JsonBody`] that may be up to [`LIST_BODY_LIMIT`] (or the configured limit, if larger).
+pub struct ListJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for ListJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        json_body(req, state, state.body_limit.max(LIST_BODY_LIMIT)).await.map(ListJsonBody)
+    }
+}
+
+async fn json_body<T: DeserializeOwned>(req: Request, state: &AppState, limit: usize) -> Result<T, ApiError> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime != "application/json" && mime != "application/merge-patch+json" {
+        let detail = if content_type.is_empty() {
+            "a JSON body needs Content-Type: application/json".to_owned()
+        } else {
+            format!("Content-Type {content_type:?} is not supported; send application/json")
+        };
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            detail,
+        )
+        .field("Content-Type"));
+    }
+    // Declared beyond what we would even drain: refuse without reading.
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return Err(too_large(limit));
+    }
+    let bytes = read_body(req.into_body(), limit, state.body_read_timeout).await?;
+    parse_json(&bytes)
 }
 
 /// How much of an oversized body is read and thrown away so that the `413` reaches the
@@ -57,7 +76,11 @@ const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The body, at most `limit` bytes, received within `timeout`. An oversized body is
 /// drained (up to [`DRAIN_LIMIT`], within the same time) before the `413` is returned.
-async fn read_body(mut body: axum::body::Body, limit: usize, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(
+    mut body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt as _;
     let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = bytes::BytesMut::new();
@@ -162,6 +185,15 @@ where
     T::deserialize(de).map(Some)
 }
 
+/// Serde helper for fields that may be cleared: absent is `None`, `null` is `Some(None)`.
+pub fn nullable<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(de).map(Some)
+}
+
 /// A user id from the path.
 pub struct PathUserId(pub UserId);
 
@@ -248,7 +280,7 @@ impl FromRequestParts<AppState> for IdempotencyKeyHeader {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, TokenProblem> {
+pub(crate) fn bearer(parts: &Parts) -> Result<&str, TokenProblem> {
     let raw = parts.headers.get(header::AUTHORIZATION).ok_or(TokenProblem::Missing)?;
     let text = raw.to_str().map_err(|_| TokenProblem::Malformed)?;
     let (scheme, token) = text.split_once(' ').ok_or(TokenProblem::Malformed)?;
@@ -294,7 +326,7 @@ impl FromRequestParts<AppState> for CurrentSession {
     }
 }
 
-async fn authenticate(state: &AppState, token: &str) -> Result<(Session, User), ApiError> {
+pub(crate) async fn authenticate(state: &AppState, token: &str) -> Result<(Session, User), ApiError> {
     let token =
         SessionToken::parse(token).ok_or(strata_core::error::AppError::Unauthenticated(TokenProblem::Malformed))?;
     let found = state.accounts.authenticate(&token).await?;

@@ -21,10 +21,13 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod lifecycle_routes;
+pub mod group_routes;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
+pub mod provisioning_routes;
 pub mod routes;
+pub mod scim_routes;
 pub mod server;
 pub mod webhook_routes;
 
@@ -58,6 +61,8 @@ impl std::ops::Deref for AppState {
 pub struct StateInner {
     pub accounts: Arc<Accounts>,
     pub webhooks: Arc<strata_core::webhook_admin::WebhookAdmin>,
+    pub groups: Arc<strata_core::groups::Groups>,
+    pub provisioning: Arc<strata_core::provisioning::ProvisioningTokens>,
     pub metrics: Arc<Metrics>,
     /// Static admin bearer secret, if configured.
     pub admin_token: Option<Secret>,
@@ -82,8 +87,13 @@ impl StateInner {
 pub fn router(state: AppState) -> Router {
     use axum::routing::{get as g, post};
 
+    use crate::group_routes as gr;
     use crate::webhook_routes as wh;
     Router::new()
+        .route("/v1/groups", post(gr::create_group).get(gr::list_groups))
+        .route("/v1/groups/{id}", g(gr::get_group).patch(gr::update_group).delete(gr::delete_group))
+        .route("/v1/groups/{id}/members", g(gr::list_members).post(gr::add_members))
+        .route("/v1/groups/{id}/members/{user_id}", axum::routing::delete(gr::remove_member))
         .route("/v1/users", post(routes::create_user).get(routes::list_users))
         .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
         .route("/v1/sessions", post(routes::login))
@@ -100,6 +110,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/webhooks/{id}/deliveries", g(wh::list_deliveries))
         .route("/v1/webhooks/{id}/deliveries/{delivery_id}", g(wh::get_delivery))
         .route("/v1/webhooks/{id}/deliveries/{delivery_id}/replay", post(wh::replay_delivery))
+        .route("/v1/provisioning-tokens", post(provisioning_routes::create_token).get(provisioning_routes::list_tokens))
+        .route("/v1/provisioning-tokens/{id}", axum::routing::delete(provisioning_routes::revoke_token))
+        .nest("/scim/v2", scim_routes::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

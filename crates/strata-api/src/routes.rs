@@ -12,8 +12,8 @@ use strata_core::service::{Registration, UserChanges};
 
 use crate::AppState;
 use crate::dto::{
-    AuditEntryBody, AuditList, CreateUserRequest, LoginRequest, LoginResponse, UpdateUserRequest, UserBody, UserList,
-    WhoAmI, rfc3339,
+    AuditEntryBody, AuditList, CreateUserRequest, GroupRef, LoginRequest, LoginResponse, UpdateUserRequest, UserBody,
+    UserList, WhoAmI, rfc3339,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{
@@ -318,8 +318,13 @@ pub async fn login(
         (status = 401, description = "Missing, malformed, unknown, expired or revoked token", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn current_session(current: CurrentSession) -> Json<WhoAmI> {
-    Json(WhoAmI { session: (&current.session).into(), user: (&current.user).into() })
+pub async fn current_session(State(state): State<AppState>, current: CurrentSession) -> ApiResult<Json<WhoAmI>> {
+    let groups = state.groups.of_user(current.user.id).await?;
+    let groups = groups
+        .iter()
+        .map(|g| GroupRef { id: g.id.to_string(), display_name: g.display_name.as_str().to_owned() })
+        .collect();
+    Ok(Json(WhoAmI { session: (&current.session).into(), user: (&current.user).into(), groups }))
 }
 
 /// Log out: the token stops working immediately.

@@ -113,6 +113,27 @@ async fn populate(store: &dyn Store, users: usize) {
     let attempt =
         WebhookAttempt { delivery_id: delivery.id, attempt: 1, at: T0, status: Some(500), error: None, duration_ms: 7 };
     store.record_delivery(&delivery, Some(&attempt)).await.unwrap();
+    let group = strata_core::groups::Group {
+        id: strata_core::domain::GroupId::generate(),
+        display_name: strata_core::groups::GroupName::parse("Backed up 🦀").unwrap(),
+        external_id: Some(strata_core::groups::ExternalId::parse("entra-7").unwrap()),
+        version: strata_core::domain::Version(3),
+        created_at: T0,
+        updated_at: T0,
+    };
+    let members =
+        store.list_users(&strata_core::ports::UserListQuery { after: None, limit: 3, email: None }).await.unwrap();
+    let ids: Vec<_> = members.iter().map(|u| u.id).collect();
+    store.create_group(&group, &ids, &event("group.created", group.id.as_uuid())).await.unwrap();
+    store.set_external_id(ids[0], Some(&strata_core::groups::ExternalId::parse("okta-1").unwrap())).await.unwrap();
+    let token = strata_core::provisioning::ProvisioningToken {
+        id: uuid::Uuid::now_v7(),
+        name: "Okta".into(),
+        token_hash: SessionToken::generate().hash(),
+        created_at: T0,
+        revoked_at: None,
+    };
+    store.create_provisioning_token(&token).await.unwrap();
 }
 
 /// A password-reset token with its queued mail.
@@ -260,7 +281,7 @@ async fn a_damaged_or_foreign_backup_writes_nothing() {
     let edited = copy("edited");
     let manifest_path = edited.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, text.replace("\"schema_version\": 4", "\"schema_version\": 99")).unwrap();
+    std::fs::write(&manifest_path, text.replace("\"schema_version\": 5", "\"schema_version\": 99")).unwrap();
     let error = strata_backup::verify(&edited).await.unwrap_err();
     assert!(error.to_string().contains("schema version 99"), "{error}");
     std::fs::write(&manifest_path, text.replace("\"users.jsonl.gz\"", "\"../users.jsonl.gz\"")).unwrap();

@@ -212,11 +212,37 @@ pub const TABLES: &[Table] = &[
             col("updated_at", Int),
         ],
     },
+    Table {
+        name: "user_groups",
+        key: "id",
+        columns: &[
+            col("id", Uuid),
+            col("display_name", Text),
+            nullable("external_id", Text),
+            col("version", Int),
+            col("created_at", Int),
+            col("updated_at", Int),
+        ],
+    },
+    Table { name: "group_members", key: "group_id, user_id", columns: &[col("group_id", Uuid), col("user_id", Uuid)] },
+    Table { name: "user_external_ids", key: "user_id", columns: &[col("user_id", Uuid), col("external_id", Text)] },
+    // Digests only, like sessions: a restored instance keeps its identity providers connected.
+    Table {
+        name: "provisioning_tokens",
+        key: "id",
+        columns: &[
+            col("id", Uuid),
+            col("name", Text),
+            col("token_hash", Bytes),
+            col("created_at", Int),
+            nullable("revoked_at", Int),
+        ],
+    },
 ];
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).
 /// A backup records it; a restore refuses any other.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// One cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

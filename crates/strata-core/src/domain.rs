@@ -22,7 +22,7 @@ pub const PASSWORD_MAX_BYTES: usize = 1024;
 /// Idempotency keys are client-chosen; UUIDs are 36 characters, leave room for prefixes.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 255;
 
-fn is_control(c: char) -> bool {
+pub(crate) fn is_control(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}'
 }
 
@@ -278,6 +278,7 @@ macro_rules! uuid_id {
 
 uuid_id!(UserId, "id");
 uuid_id!(SessionId, "session_id");
+uuid_id!(GroupId, "id");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {

@@ -32,6 +32,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "password_reset.requested",
     "email_verification.requested",
     "webhook.endpoint.disabled",
+    "group.created",
+    "group.updated",
+    "group.deleted",
 ];
 
 /// Whether `t` is one of [`EVENT_TYPES`].

@@ -6,11 +6,13 @@ use async_trait::async_trait;
 
 use crate::backup::BackupRepository;
 use crate::domain::{
-    AuditEntry, AuditQuery, Backlog, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease, Session,
-    SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
+    AuditEntry, AuditQuery, Backlog, Email, GroupId, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease,
+    Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
 };
 use crate::error::RepoError;
+use crate::groups::{ExternalId, Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange, MembershipDelta};
 use crate::lifecycle::{AccountToken, QueuedMail};
+use crate::provisioning::ProvisioningToken;
 use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 /// Which sessions an update must revoke in the same transaction.
@@ -74,6 +76,70 @@ pub trait UserRepository: Send + Sync {
 
     /// Users in ascending id order after `query.after`.
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError>;
+}
+
+/// Groups and their member rows (one row per group and user).
+#[async_trait]
+pub trait GroupRepository: Send + Sync {
+    /// Inserts the group, a member row for each id that names an existing user, and the
+    /// event, atomically.
+    async fn create_group(&self, group: &Group, members: &[UserId], event: &OutboxEvent) -> Result<(), RepoError>;
+
+    async fn group_by_id(&self, id: GroupId) -> Result<Option<Group>, RepoError>;
+
+    /// Groups in ascending id order after `query.after`, optionally only those with the
+    /// given display name and/or external id.
+    async fn list_groups(&self, query: &GroupListQuery) -> Result<Vec<Group>, RepoError>;
+
+    /// Replaces the group's row if its version is still `expected` (`VersionConflict` if it
+    /// moved on, `NotFound` if it is gone), applies `members` to the member rows — added ids
+    /// that name no user are skipped — and records the event, in one transaction.
+    /// `group.version` must already be the new version.
+    async fn update_group(
+        &self,
+        group: &Group,
+        expected: Version,
+        members: &MembershipChange,
+        event: &OutboxEvent,
+    ) -> Result<MembershipDelta, RepoError>;
+
+    /// Deletes the group with its member rows, if the version matches (when given).
+    async fn delete_group(&self, id: GroupId, expected: Option<Version>, event: &OutboxEvent) -> Result<(), RepoError>;
+
+    /// A group's members in ascending user id order after `query.after`.
+    async fn group_members(&self, query: &MemberQuery) -> Result<Vec<GroupMember>, RepoError>;
+
+    /// The groups `user` belongs to, in id order.
+    async fn groups_of_user(&self, user: UserId) -> Result<Vec<Group>, RepoError>;
+
+    /// Which of `ids` (sorted, distinct) name existing users, in the same order.
+    async fn existing_user_ids(&self, ids: &[UserId]) -> Result<Vec<UserId>, RepoError>;
+}
+
+/// The id a provisioning client (an identity provider, through SCIM) knows a user by.
+#[async_trait]
+pub trait ExternalIdRepository: Send + Sync {
+    async fn external_id_of(&self, user: UserId) -> Result<Option<ExternalId>, RepoError>;
+
+    /// Sets (or with `None` clears) the user's external id. `NotFound` if the user is gone.
+    async fn set_external_id(&self, user: UserId, external_id: Option<&ExternalId>) -> Result<(), RepoError>;
+
+    /// The users with this external id, in id order.
+    async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError>;
+}
+
+/// Provisioning tokens (SCIM credentials), stored as digests.
+#[async_trait]
+pub trait ProvisioningTokenRepository: Send + Sync {
+    async fn create_provisioning_token(&self, token: &ProvisioningToken) -> Result<(), RepoError>;
+
+    /// Every token, revoked ones too, in id (creation) order.
+    async fn provisioning_tokens(&self) -> Result<Vec<ProvisioningToken>, RepoError>;
+
+    async fn provisioning_token_by_hash(&self, hash: &TokenHash) -> Result<Option<ProvisioningToken>, RepoError>;
+
+    /// Marks the token revoked; `false` if there is none or it already was.
+    async fn revoke_provisioning_token(&self, id: uuid::Uuid, at: Timestamp) -> Result<bool, RepoError>;
 }
 
 #[async_trait]
@@ -282,6 +348,9 @@ pub struct PoolStats {
 pub trait Store:
     UserRepository
     + SessionRepository
+    + GroupRepository
+    + ExternalIdRepository
+    + ProvisioningTokenRepository
     + OutboxRepository
     + AuditRepository
     + WebhookRepository

@@ -30,6 +30,10 @@ use crate::timing::{self, Component};
 mod lifecycle;
 pub use lifecycle::LifecycleSettings;
 
+/// The stored hash of an account without a password (provisioned through SCIM): not a
+/// format any verifier knows, so no password matches it (Django uses the same marker).
+pub const UNUSABLE_PASSWORD: &str = "!";
+
 #[derive(Clone, Copy, Debug)]
 pub struct AccountSettings {
     pub session_ttl: Duration,
@@ -60,26 +64,28 @@ pub enum Actor {
     System,
     /// A logged-in user, with the session they used.
     User { user: Box<User>, session: SessionId },
+    /// A provisioning token (its id): an admin, but only through SCIM.
+    Provisioner(uuid::Uuid),
 }
 
 impl Actor {
     pub fn is_admin(&self) -> bool {
         match self {
-            Actor::System => true,
+            Actor::System | Actor::Provisioner(_) => true,
             Actor::User { user, .. } => user.is_admin(),
         }
     }
 
     fn may_act_on(&self, id: UserId) -> bool {
         match self {
-            Actor::System => true,
+            Actor::System | Actor::Provisioner(_) => true,
             Actor::User { user, .. } => user.is_admin() || user.id == id,
         }
     }
 
     fn session(&self) -> Option<SessionId> {
         match self {
-            Actor::System => None,
+            Actor::System | Actor::Provisioner(_) => None,
             Actor::User { session, .. } => Some(*session),
         }
     }
@@ -407,6 +413,48 @@ impl Accounts {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// A user created by an admin or a provisioning client (SCIM) rather than by
+    /// themselves: no registration throttle and no idempotency key. Without a password the
+    /// account gets [`UNUSABLE_PASSWORD`], which never verifies, until one is set.
+    pub async fn provision_user(
+        &self,
+        actor: &Actor,
+        email: Email,
+        name: DisplayName,
+        password: Option<Password>,
+        status: UserStatus,
+    ) -> Result<User, AppError> {
+        if !actor.is_admin() {
+            return Err(AppError::Forbidden("provisioning users requires an admin"));
+        }
+        let password_hash = match password {
+            Some(p) => self.hasher.hash(&p).await?,
+            None => PasswordHash::from_trusted(UNUSABLE_PASSWORD.to_owned()),
+        };
+        let now = self.clock.now();
+        let id = UserId::generate();
+        let user = User {
+            id,
+            email,
+            name,
+            password_hash,
+            role: Role::User,
+            status,
+            version: Version::FIRST,
+            created_at: now,
+            updated_at: now,
+            // The address comes from an identity provider an admin connected, which owns it;
+            // with `auth.require_verified_email` on, unverified provisioned accounts could
+            // never log in (they have no password to ask for a verification mail with).
+            verified: true,
+        };
+        let data = serde_json::json!({ "user": user_json(&user) });
+        let event = event("user.created", id.as_uuid(), EventActor::of(actor, id), data, now);
+        self.db("create_user", self.store.create_user(&user, None, &event)).await?;
+        self.wake_relay();
+        Ok(user)
     }
 
     /// Deletes idempotency records older than the configured lifetime; returns how many.
@@ -973,6 +1021,8 @@ fn session_json(session: &Session) -> serde_json::Value {
 enum EventActor {
     User(UserId),
     Admin(Option<UserId>),
+    /// A SCIM client with a provisioning token (its id).
+    Provisioner(uuid::Uuid),
     /// Someone not signed in, about no account (a throttled login for an unknown email).
     Anonymous,
 }
@@ -981,6 +1031,7 @@ impl EventActor {
     fn of(actor: &Actor, subject: UserId) -> Self {
         match actor {
             Actor::System => EventActor::Admin(None),
+            Actor::Provisioner(token) => EventActor::Provisioner(*token),
             Actor::User { user, .. } if user.id == subject => EventActor::User(user.id),
             Actor::User { user, .. } => EventActor::Admin(Some(user.id)),
         }
@@ -992,6 +1043,9 @@ impl EventActor {
             EventActor::Admin(Some(id)) => serde_json::json!({ "type": "admin", "id": id.to_string() }),
             EventActor::Admin(None) => serde_json::json!({ "type": "admin", "id": null, "via": "admin_token" }),
             EventActor::Anonymous => serde_json::json!({ "type": "anonymous" }),
+            EventActor::Provisioner(token) => {
+                serde_json::json!({ "type": "admin", "id": null, "via": "provisioning_token", "token_id": token.to_string() })
+            }
         }
     }
 }

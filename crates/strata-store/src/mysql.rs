@@ -37,6 +37,7 @@ use strata_core::ports::{LifecycleRepository, WebhookRepository};
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 mod backup;
+mod groups;
 
 use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
@@ -239,6 +240,50 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (id),
             KEY mail_queue_due (status, next_attempt_at),
             KEY mail_queue_finished (status, updated_at)
+    ",
+    },
+    Migration {
+        version: 5,
+        name: "groups, their member rows, users' external ids, provisioning tokens",
+        // Re-runnable like the others: tables IF NOT EXISTS, nothing else.
+        sql: "
+        CREATE TABLE IF NOT EXISTS user_groups (
+            id           BINARY(16) NOT NULL,
+            display_name VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            external_id  VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            version      BIGINT NOT NULL,
+            created_at   BIGINT NOT NULL,
+            updated_at   BIGINT NOT NULL,
+            PRIMARY KEY (id),
+            KEY user_groups_display_name (display_name, id),
+            KEY user_groups_external_id (external_id, id)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS group_members (
+            group_id BINARY(16) NOT NULL,
+            user_id  BINARY(16) NOT NULL,
+            PRIMARY KEY (group_id, user_id),
+            KEY group_members_user (user_id, group_id),
+            CONSTRAINT group_members_group_fk FOREIGN KEY (group_id) REFERENCES user_groups (id) ON DELETE CASCADE,
+            CONSTRAINT group_members_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS user_external_ids (
+            user_id     BINARY(16) NOT NULL,
+            external_id VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            PRIMARY KEY (user_id),
+            KEY user_external_ids_external_id (external_id, user_id),
+            CONSTRAINT user_external_ids_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        CREATE TABLE IF NOT EXISTS provisioning_tokens (
+            id         BINARY(16) NOT NULL,
+            name       VARCHAR(400) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            token_hash BINARY(32) NOT NULL,
+            created_at BIGINT NOT NULL,
+            revoked_at BIGINT NULL,
+            PRIMARY KEY (id),
+            UNIQUE KEY provisioning_tokens_hash (token_hash)
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },
@@ -871,6 +916,40 @@ fn plan_uses_index(rows: &[Vec<(String, String)>], ordered: bool) -> bool {
                 && key != "NULL"
                 && !(ordered && extra.contains("filesort"))
         })
+}
+
+/// EXPLAINs one query in `tx` and reads the plan.
+async fn explain_one(
+    tx: &mut Transaction<'_>,
+    name: &'static str,
+    sql: &'static str,
+    ordered: bool,
+    params: Params,
+) -> Result<QueryPlan, RepoError> {
+    // Prepared and closed right away, so these one-off statements do not push hot ones
+    // out of the connection's statement cache.
+    let stmt = tx.prep(format!("EXPLAIN {sql}")).await.map_err(my_err)?;
+    let rows: Vec<Row> = tx.exec(&stmt, params).await.map_err(my_err)?;
+    tx.close(stmt).await.map_err(my_err)?;
+    let table: Vec<Vec<(String, String)>> = rows
+        .iter()
+        .map(|row| {
+            row.columns_ref()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (c.name_str().into_owned(), cell(row.as_ref(i))))
+                .collect()
+        })
+        .collect();
+    let mut plan = String::new();
+    if let Some(first) = table.first() {
+        plan.push_str(&first.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join("\t"));
+    }
+    for row in &table {
+        plan.push('\n');
+        plan.push_str(&row.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join("\t"));
+    }
+    Ok(QueryPlan { name, sql, plan, uses_index: plan_uses_index(&table, ordered) })
 }
 
 fn uuid_of(bytes: Vec<u8>) -> Result<Uuid, RepoError> {
@@ -1699,31 +1778,9 @@ impl Store for MysqlStore {
                 ];
                 let mut plans = Vec::with_capacity(queries.len());
                 for (name, sql, ordered, params) in queries {
-                    // Prepared and closed right away, so these one-off statements do not
-                    // push hot ones out of the connection's statement cache.
-                    let stmt = tx.prep(format!("EXPLAIN {sql}")).await.map_err(my_err)?;
-                    let rows: Vec<Row> = tx.exec(&stmt, params).await.map_err(my_err)?;
-                    tx.close(stmt).await.map_err(my_err)?;
-                    let table: Vec<Vec<(String, String)>> = rows
-                        .iter()
-                        .map(|row| {
-                            row.columns_ref()
-                                .iter()
-                                .enumerate()
-                                .map(|(i, c)| (c.name_str().into_owned(), cell(row.as_ref(i))))
-                                .collect()
-                        })
-                        .collect();
-                    let mut plan = String::new();
-                    if let Some(first) = table.first() {
-                        plan.push_str(&first.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>().join("\t"));
-                    }
-                    for row in &table {
-                        plan.push('\n');
-                        plan.push_str(&row.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join("\t"));
-                    }
-                    plans.push(QueryPlan { name, sql, plan, uses_index: plan_uses_index(&table, ordered) });
+                    plans.push(explain_one(&mut tx, name, sql, ordered, params).await?);
                 }
+                plans.extend(groups::explain_hot_paths(&mut tx).await?);
                 Ok(plans)
             }
             .await;

@@ -44,6 +44,7 @@ use strata_core::ports::{LifecycleRepository, WebhookRepository};
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 mod backup;
+mod groups;
 
 use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
@@ -225,6 +226,48 @@ const MIGRATIONS: &[Migration] = &[
         ) WITHOUT ROWID;
         CREATE INDEX mail_queue_due ON mail_queue (next_attempt_at) WHERE status = 'pending';
         CREATE INDEX mail_queue_finished ON mail_queue (updated_at) WHERE status <> 'pending';
+    ",
+    },
+    Migration {
+        version: 5,
+        name: "groups, their member rows, users' external ids, provisioning tokens",
+        sql: "
+        -- Not `groups`: a reserved word on MySQL 8, and every backend uses the same names.
+        CREATE TABLE user_groups (
+            id           BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            display_name TEXT NOT NULL,
+            external_id  TEXT,
+            version      INTEGER NOT NULL,
+            created_at   INTEGER NOT NULL,
+            updated_at   INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX user_groups_display_name ON user_groups (display_name, id);
+        CREATE INDEX user_groups_external_id ON user_groups (external_id, id);
+
+        -- One row per membership: a change touches only its rows.
+        CREATE TABLE group_members (
+            group_id BLOB NOT NULL REFERENCES user_groups (id) ON DELETE CASCADE,
+            user_id  BLOB NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            PRIMARY KEY (group_id, user_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX group_members_user ON group_members (user_id, group_id);
+
+        -- The id a provisioning client (SCIM) knows a user by; most users have none.
+        CREATE TABLE user_external_ids (
+            user_id     BLOB PRIMARY KEY NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            external_id TEXT NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX user_external_ids_external_id ON user_external_ids (external_id, user_id);
+
+        -- SCIM clients' bearer tokens, as SHA-256 digests.
+        CREATE TABLE provisioning_tokens (
+            id         BLOB PRIMARY KEY NOT NULL CHECK (length(id) = 16),
+            name       TEXT NOT NULL,
+            token_hash BLOB NOT NULL CHECK (length(token_hash) = 32),
+            created_at INTEGER NOT NULL,
+            revoked_at INTEGER
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX provisioning_tokens_hash ON provisioning_tokens (token_hash);
     ",
     },
 ];
@@ -996,6 +1039,9 @@ fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::types::Value>
         ("idempotency_record", sql::IDEMPOTENCY_RECORD, vec![Text("k".into())]),
         ("account_token", sql::ACCOUNT_TOKEN_BY_HASH, vec![Blob(vec![0; 32])]),
     ]
+    .into_iter()
+    .chain(groups::hot_queries())
+    .collect()
 }
 
 #[async_trait]

@@ -10,11 +10,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_core::domain::GroupId;
 use strata_core::domain::{
     DisplayName, Email, IdempotencyKey, IdempotencyRecord, OutboxEvent, PasswordHash, Role, Session, SessionId,
     SessionToken, Timestamp, User, UserId, UserStatus, Version,
 };
 use strata_core::error::RepoError;
+use strata_core::groups::{
+    ExternalId, Group, GroupListQuery, GroupName, MemberQuery, MembershipChange, MembershipDelta,
+};
 use strata_core::ports::{SessionRevocation, Store, UserListQuery};
 use strata_store::testing::{TestDb, fresh};
 use strata_store::{Backend, StoreOptions, connect};
@@ -686,6 +690,17 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
         "list_users_by_email",
         "idempotency_record",
         "account_token",
+        "group_by_id",
+        "list_groups_page",
+        "list_groups_by_name",
+        "list_groups_by_external_id",
+        "group_members",
+        "groups_of_user",
+        "add_group_member",
+        "remove_group_member",
+        "update_group",
+        "users_by_external_id",
+        "provisioning_token_by_hash",
     ] {
         assert!(names.contains(&required), "{} did not explain {required}", store.backend());
     }
@@ -705,6 +720,192 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
     assert!(plan_of("session_with_user").contains("sessions_token_hash"), "{}", plan_of("session_with_user"));
     assert!(plan_of("sessions_of_user").contains("sessions_user_id"), "{}", plan_of("sessions_of_user"));
     assert!(plan_of("account_token").contains("account_tokens_hash"), "{}", plan_of("account_token"));
+    assert!(plan_of("groups_of_user").contains("group_members_user"), "{}", plan_of("groups_of_user"));
+    assert!(plan_of("list_groups_by_name").contains("user_groups_display_name"), "{}", plan_of("list_groups_by_name"));
+}
+
+// --- groups (GroupRepository) ---
+
+fn group(name: &str) -> Group {
+    Group {
+        id: GroupId::generate(),
+        display_name: GroupName::parse(name).unwrap(),
+        external_id: None,
+        version: Version::FIRST,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+fn group_event(kind: &'static str, g: &Group) -> OutboxEvent {
+    OutboxEvent {
+        id: uuid::Uuid::now_v7(),
+        aggregate_id: g.id.as_uuid(),
+        event_type: kind,
+        payload: "{}".into(),
+        created_at: T0,
+        traceparent: None,
+    }
+}
+
+async fn members_of(store: &dyn Store, g: GroupId) -> Vec<UserId> {
+    let q = MemberQuery { group: g, after: None, limit: 1000 };
+    store.group_members(&q).await.unwrap().into_iter().map(|m| m.user_id).collect()
+}
+
+async fn sorted_users(store: &dyn Store, n: usize, prefix: &str) -> Vec<User> {
+    let mut users = Vec::new();
+    for i in 0..n {
+        let u = user(&format!("{prefix}{i}@example.com"), &format!("Member {i}"));
+        create(store, &u).await;
+        users.push(u);
+    }
+    users.sort_by_key(|u| u.id);
+    users
+}
+
+async fn groups_round_trip(store: Arc<dyn Store>) {
+    let users = sorted_users(&*store, 3, "g").await;
+    let mut g = group("Ops \"team\" 🦀 ' % _");
+    g.external_id = Some(ExternalId::parse("entra-42").unwrap());
+    // An id naming no user is skipped, not an error at this level.
+    let ghost = UserId::generate();
+    store.create_group(&g, &[users[0].id, users[2].id, ghost], &group_event("group.created", &g)).await.unwrap();
+    assert_eq!(store.group_by_id(g.id).await.unwrap(), Some(g.clone()));
+    assert_eq!(store.group_by_id(GroupId::generate()).await.unwrap(), None);
+    assert_eq!(members_of(&*store, g.id).await, vec![users[0].id, users[2].id]);
+    let listed = store.group_members(&MemberQuery { group: g.id, after: None, limit: 10 }).await.unwrap();
+    assert_eq!(listed[0].email, users[0].email);
+    assert_eq!(listed[0].name, users[0].name);
+    assert_eq!(store.groups_of_user(users[0].id).await.unwrap(), vec![g.clone()]);
+    assert!(store.groups_of_user(users[1].id).await.unwrap().is_empty());
+
+    let other = group("Ops \"team\" 🦀 ' % _");
+    store.create_group(&other, &[], &group_event("group.created", &other)).await.unwrap();
+    let by_name = GroupListQuery { limit: 10, display_name: Some(g.display_name.clone()), ..GroupListQuery::default() };
+    assert_eq!(store.list_groups(&by_name).await.unwrap().len(), 2);
+    let by_both = GroupListQuery { external_id: g.external_id.clone(), ..by_name.clone() };
+    assert_eq!(store.list_groups(&by_both).await.unwrap(), vec![g.clone()]);
+    let by_external = GroupListQuery { limit: 10, external_id: g.external_id.clone(), ..GroupListQuery::default() };
+    assert_eq!(store.list_groups(&by_external).await.unwrap(), vec![g.clone()]);
+    let page = store.list_groups(&GroupListQuery { limit: 1, ..GroupListQuery::default() }).await.unwrap();
+    assert_eq!(page, vec![g.clone()]);
+    let next = GroupListQuery { after: Some(g.id), limit: 5, ..GroupListQuery::default() };
+    assert_eq!(store.list_groups(&next).await.unwrap(), vec![other.clone()]);
+    let ids = vec![users[0].id, users[1].id, ghost];
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(store.existing_user_ids(&sorted).await.unwrap(), vec![users[0].id, users[1].id]);
+}
+
+async fn membership_changes_touch_only_their_rows(store: Arc<dyn Store>) {
+    let users = sorted_users(&*store, 4, "m").await;
+    let g = group("Readers");
+    store.create_group(&g, &[users[0].id, users[1].id], &group_event("group.created", &g)).await.unwrap();
+    let mut next = g.clone();
+    next.version = g.version.next();
+    let change = MembershipChange { replace: false, add: vec![users[1].id, users[2].id], remove: vec![users[0].id] };
+    let delta = store.update_group(&next, g.version, &change, &group_event("group.updated", &next)).await.unwrap();
+    assert_eq!(delta, MembershipDelta { added: 1, removed: 1 });
+    assert_eq!(members_of(&*store, g.id).await, vec![users[1].id, users[2].id]);
+    assert_eq!(store.group_by_id(g.id).await.unwrap().unwrap().version, next.version);
+
+    // A stale version changes nothing.
+    let mut stale = next.clone();
+    stale.version = next.version.next();
+    let remove_all = MembershipChange { replace: false, add: vec![], remove: vec![users[1].id, users[2].id] };
+    let err = store.update_group(&stale, g.version, &remove_all, &group_event("group.updated", &stale)).await;
+    assert_eq!(err, Err(RepoError::VersionConflict));
+    assert_eq!(members_of(&*store, g.id).await, vec![users[1].id, users[2].id]);
+
+    // Replace: exactly the new set.
+    let replace = MembershipChange { replace: true, add: vec![users[3].id, users[1].id], remove: vec![] };
+    store.update_group(&stale, next.version, &replace, &group_event("group.updated", &stale)).await.unwrap();
+    let mut expected = vec![users[1].id, users[3].id];
+    expected.sort();
+    assert_eq!(members_of(&*store, g.id).await, expected);
+
+    // A deleted user leaves every group; a deleted group leaves no rows behind.
+    store.delete_user(users[3].id, None, &event("user.deleted", users[3].id)).await.unwrap();
+    assert_eq!(members_of(&*store, g.id).await, vec![users[1].id]);
+    assert_eq!(
+        store.delete_group(g.id, Some(g.version), &group_event("group.deleted", &g)).await,
+        Err(RepoError::VersionConflict)
+    );
+    store.delete_group(g.id, Some(stale.version), &group_event("group.deleted", &g)).await.unwrap();
+    assert_eq!(store.group_by_id(g.id).await.unwrap(), None);
+    assert!(store.groups_of_user(users[1].id).await.unwrap().is_empty());
+    assert!(members_of(&*store, g.id).await.is_empty());
+    assert_eq!(store.delete_group(g.id, None, &group_event("group.deleted", &g)).await, Err(RepoError::NotFound));
+    let gone = store.update_group(&stale, stale.version, &MembershipChange::default(), &group_event("x", &g)).await;
+    assert_eq!(gone, Err(RepoError::NotFound));
+    // Each committed change left its event; the failed ones none.
+    let events = store.pending_events(&all_partitions(), 1000).await.unwrap();
+    let of_group: Vec<_> =
+        events.iter().filter(|e| e.aggregate_id == g.id.as_uuid()).map(|e| e.event_type.as_str()).collect();
+    assert_eq!(of_group, ["group.created", "group.updated", "group.updated", "group.deleted"]);
+}
+
+async fn external_ids_round_trip(store: Arc<dyn Store>) {
+    let users = sorted_users(&*store, 3, "x").await;
+    let ext = ExternalId::parse("entra-object-🦀").unwrap();
+    assert_eq!(store.external_id_of(users[0].id).await.unwrap(), None);
+    store.set_external_id(users[0].id, Some(&ext)).await.unwrap();
+    store.set_external_id(users[1].id, Some(&ext)).await.unwrap();
+    assert_eq!(store.external_id_of(users[0].id).await.unwrap(), Some(ext.clone()));
+    assert_eq!(store.users_by_external_id(&ext).await.unwrap(), vec![users[0].id, users[1].id]);
+    let other = ExternalId::parse("other").unwrap();
+    store.set_external_id(users[1].id, Some(&other)).await.unwrap();
+    assert_eq!(store.users_by_external_id(&ext).await.unwrap(), vec![users[0].id]);
+    store.set_external_id(users[0].id, None).await.unwrap();
+    assert!(store.users_by_external_id(&ext).await.unwrap().is_empty());
+    assert_eq!(store.set_external_id(UserId::generate(), Some(&ext)).await, Err(RepoError::NotFound));
+    // A deleted user's external id goes with them.
+    store.delete_user(users[1].id, None, &event("user.deleted", users[1].id)).await.unwrap();
+    assert!(store.users_by_external_id(&other).await.unwrap().is_empty());
+}
+
+fn provisioning_token(name: &str) -> strata_core::provisioning::ProvisioningToken {
+    strata_core::provisioning::ProvisioningToken {
+        id: uuid::Uuid::now_v7(),
+        name: name.into(),
+        token_hash: SessionToken::generate().hash(),
+        created_at: T0,
+        revoked_at: None,
+    }
+}
+
+async fn provisioning_tokens_round_trip(store: Arc<dyn Store>) {
+    let a = provisioning_token("Entra ID 🦀");
+    let b = provisioning_token("Okta");
+    store.create_provisioning_token(&a).await.unwrap();
+    store.create_provisioning_token(&b).await.unwrap();
+    assert_eq!(store.provisioning_tokens().await.unwrap(), vec![a.clone(), b.clone()]);
+    assert_eq!(store.provisioning_token_by_hash(&a.token_hash).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.provisioning_token_by_hash(&SessionToken::generate().hash()).await.unwrap(), None);
+    let at = T0.plus(Duration::from_secs(9));
+    assert!(store.revoke_provisioning_token(a.id, at).await.unwrap());
+    assert!(!store.revoke_provisioning_token(a.id, at).await.unwrap(), "already revoked");
+    assert!(!store.revoke_provisioning_token(uuid::Uuid::now_v7(), at).await.unwrap());
+    assert_eq!(store.provisioning_token_by_hash(&a.token_hash).await.unwrap().unwrap().revoked_at, Some(at));
+}
+
+async fn large_groups_page_through_members(store: Arc<dyn Store>) {
+    let users = sorted_users(&*store, 30, "l").await;
+    let g = group("Everyone");
+    let ids: Vec<UserId> = users.iter().map(|u| u.id).collect();
+    store.create_group(&g, &ids, &group_event("group.created", &g)).await.unwrap();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.group_members(&MemberQuery { group: g.id, after, limit: 7 }).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|m| m.user_id);
+        seen.extend(page.into_iter().map(|m| m.user_id));
+    }
+    assert_eq!(seen, ids);
 }
 
 // --- backup and restore (BackupRepository) ---
@@ -926,6 +1127,14 @@ async fn populate(store: &dyn Store) {
     create(store, &owner).await;
     let (t, m) = reset_token_and_mail(&owner, T0);
     store.issue_account_token(&t, &m, &event("password_reset.requested", owner.id)).await.unwrap();
+    let g = group("Backed up \"group\" 🦀");
+    let members = store.list_users(&UserListQuery { after: None, limit: 5, email: None }).await.unwrap();
+    let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();
+    store.create_group(&g, &ids, &group_event("group.created", &g)).await.unwrap();
+    store.set_external_id(ids[0], Some(&ExternalId::parse("entra-1").unwrap())).await.unwrap();
+    let mut token = provisioning_token("Backed up");
+    token.revoked_at = Some(T0);
+    store.create_provisioning_token(&token).await.unwrap();
 }
 
 async fn a_snapshot_restores_every_table_exactly(store: Arc<dyn Store>) {
@@ -1058,6 +1267,11 @@ all_backends!(
     delete_removes_user_and_sessions,
     keyset_pagination_visits_everyone_once,
     hot_paths_use_indexes,
+    groups_round_trip,
+    membership_changes_touch_only_their_rows,
+    large_groups_page_through_members,
+    external_ids_round_trip,
+    provisioning_tokens_round_trip,
     a_snapshot_restores_every_table_exactly,
     a_snapshot_is_consistent_under_writes,
     account_tokens_are_superseded_redeemed_once_and_cascade,

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use strata_api::{AppState, Metrics};
+use strata_core::groups::Groups;
 use strata_core::mail::{MailDispatcher, MailListener, Templates};
 use strata_core::password::PasswordHasher;
 use strata_core::ports::{Clock, EventBus, Store, SystemClock};
+use strata_core::provisioning::ProvisioningTokens;
 use strata_core::relay::Relay;
 use strata_core::service::{AccountSettings, Accounts};
 use strata_core::throttle::Throttle;
@@ -68,6 +70,8 @@ impl Application {
         let mut accounts =
             Accounts::new(store.clone(), Arc::new(hasher), throttle, clock.clone(), metrics.clone(), settings)
                 .with_lifecycle(config.lifecycle_settings(), shared_counters);
+        let mut groups =
+            Groups::new(store.clone(), clock.clone(), settings.list_default_limit, settings.list_max_limit);
         let worker = if config.role.runs_worker() {
             let bus = strata_events::open(&config.events.url, &config.bus_options())
                 .await
@@ -82,6 +86,7 @@ impl Application {
             );
             if config.role.runs_api() {
                 accounts = accounts.with_relay_waker(relay.waker());
+                groups = groups.with_relay_waker(relay.waker());
             }
             let audit = AuditListener::new(
                 store.clone(),
@@ -153,6 +158,8 @@ impl Application {
         let state = AppState::new(strata_api::StateInner {
             accounts: Arc::new(accounts),
             webhooks: Arc::new(webhooks),
+            groups: Arc::new(groups),
+            provisioning: Arc::new(ProvisioningTokens::new(store.clone(), clock.clone())),
             metrics,
             admin_token: config.auth.admin_token.clone(),
             ready: Arc::new(AtomicBool::new(false)),

@@ -873,6 +873,14 @@ mod events;
 #[path = "api/webhooks.rs"]
 mod webhooks;
 
+/// Issue 15: groups, membership rows, who-am-I.
+#[path = "api/groups.rs"]
+mod groups;
+
+/// Issue 15: SCIM 2.0 groups and discovery.
+#[path = "api/scim.rs"]
+mod scim;
+
 /// A Python that can import `modules` (STRATA_TEST_PYTHON, then CI's cached venv, then
 /// `python3`), or `None` after the skip-or-require rule for `backend` has had its say.
 fn python_with(modules: &str, what: &str, backend: &str, why: &str) -> Option<String> {

@@ -214,6 +214,97 @@ impl strata_core::ports::WebhookRepository for CountingStore {
     }
 }
 
+/// Groups pass straight through.
+#[async_trait]
+impl strata_core::ports::GroupRepository for CountingStore {
+    async fn create_group(
+        &self,
+        g: &strata_core::groups::Group,
+        m: &[UserId],
+        e: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        self.inner.create_group(g, m, e).await
+    }
+    async fn group_by_id(
+        &self,
+        id: strata_core::domain::GroupId,
+    ) -> Result<Option<strata_core::groups::Group>, RepoError> {
+        self.inner.group_by_id(id).await
+    }
+    async fn list_groups(
+        &self,
+        q: &strata_core::groups::GroupListQuery,
+    ) -> Result<Vec<strata_core::groups::Group>, RepoError> {
+        self.inner.list_groups(q).await
+    }
+    async fn update_group(
+        &self,
+        g: &strata_core::groups::Group,
+        expected: Version,
+        m: &strata_core::groups::MembershipChange,
+        e: &OutboxEvent,
+    ) -> Result<strata_core::groups::MembershipDelta, RepoError> {
+        self.inner.update_group(g, expected, m, e).await
+    }
+    async fn delete_group(
+        &self,
+        id: strata_core::domain::GroupId,
+        expected: Option<Version>,
+        e: &OutboxEvent,
+    ) -> Result<(), RepoError> {
+        self.inner.delete_group(id, expected, e).await
+    }
+    async fn group_members(
+        &self,
+        q: &strata_core::groups::MemberQuery,
+    ) -> Result<Vec<strata_core::groups::GroupMember>, RepoError> {
+        self.inner.group_members(q).await
+    }
+    async fn groups_of_user(&self, u: UserId) -> Result<Vec<strata_core::groups::Group>, RepoError> {
+        self.inner.groups_of_user(u).await
+    }
+    async fn existing_user_ids(&self, ids: &[UserId]) -> Result<Vec<UserId>, RepoError> {
+        self.inner.existing_user_ids(ids).await
+    }
+}
+
+/// External ids pass straight through.
+#[async_trait]
+impl strata_core::ports::ExternalIdRepository for CountingStore {
+    async fn external_id_of(&self, u: UserId) -> Result<Option<strata_core::groups::ExternalId>, RepoError> {
+        self.inner.external_id_of(u).await
+    }
+    async fn set_external_id(&self, u: UserId, e: Option<&strata_core::groups::ExternalId>) -> Result<(), RepoError> {
+        self.inner.set_external_id(u, e).await
+    }
+    async fn users_by_external_id(&self, e: &strata_core::groups::ExternalId) -> Result<Vec<UserId>, RepoError> {
+        self.inner.users_by_external_id(e).await
+    }
+}
+
+/// Provisioning tokens pass straight through.
+#[async_trait]
+impl strata_core::ports::ProvisioningTokenRepository for CountingStore {
+    async fn create_provisioning_token(
+        &self,
+        t: &strata_core::provisioning::ProvisioningToken,
+    ) -> Result<(), RepoError> {
+        self.inner.create_provisioning_token(t).await
+    }
+    async fn provisioning_tokens(&self) -> Result<Vec<strata_core::provisioning::ProvisioningToken>, RepoError> {
+        self.inner.provisioning_tokens().await
+    }
+    async fn provisioning_token_by_hash(
+        &self,
+        h: &TokenHash,
+    ) -> Result<Option<strata_core::provisioning::ProvisioningToken>, RepoError> {
+        self.inner.provisioning_token_by_hash(h).await
+    }
+    async fn revoke_provisioning_token(&self, id: uuid::Uuid, at: Timestamp) -> Result<bool, RepoError> {
+        self.inner.revoke_provisioning_token(id, at).await
+    }
+}
+
 #[async_trait]
 impl strata_core::ports::LifecycleRepository for CountingStore {
     async fn issue_account_token(
