@@ -122,8 +122,9 @@ pub struct LoginResponse {
 pub struct WhoAmI {
     pub session: SessionBody,
     pub user: UserBody,
-    /// The groups the user belongs to, in id order.
-    pub groups: Vec<GroupRef>,
+    /// The groups the user belongs to, in id order; only with `?include=groups`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<GroupRef>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -313,17 +313,38 @@ pub async fn login(
 #[utoipa::path(
     get, path = "/v1/sessions/current", tag = "sessions",
     security(("bearer" = [])),
+    params(("include" = Option<String>, Query, description = "`groups` adds the user's groups (one database read)")),
     responses(
         (status = 200, body = WhoAmI),
+        (status = 400, description = "Unknown query parameter or include value", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing, malformed, unknown, expired or revoked token", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn current_session(State(state): State<AppState>, current: CurrentSession) -> ApiResult<Json<WhoAmI>> {
-    let groups = state.groups.of_user(current.user.id).await?;
-    let groups = groups
-        .iter()
-        .map(|g| GroupRef { id: g.id.to_string(), display_name: g.display_name.as_str().to_owned() })
-        .collect();
+pub async fn current_session(
+    State(state): State<AppState>,
+    current: CurrentSession,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<WhoAmI>> {
+    // Groups cost a database read that the cached session check otherwise never makes, so
+    // they come only when asked for (`?include=groups`).
+    let mut with_groups = false;
+    for (_, v) in query_pairs(query.as_deref(), &["include"])? {
+        match v.as_str() {
+            "groups" => with_groups = true,
+            _ => return Err(ApiError::bad_request("invalid_include", "include", "include accepts only \"groups\"")),
+        }
+    }
+    let groups = if with_groups {
+        let groups = state.groups.of_user(current.user.id).await?;
+        Some(
+            groups
+                .iter()
+                .map(|g| GroupRef { id: g.id.to_string(), display_name: g.display_name.as_str().to_owned() })
+                .collect(),
+        )
+    } else {
+        None
+    };
     Ok(Json(WhoAmI { session: (&current.session).into(), user: (&current.user).into(), groups }))
 }
 

@@ -240,6 +240,7 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (id),
             KEY mail_queue_due (status, next_attempt_at),
             KEY mail_queue_finished (status, updated_at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },
     Migration {

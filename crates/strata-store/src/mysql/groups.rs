@@ -119,9 +119,12 @@ pub(super) async fn explain_hot_paths(tx: &mut Transaction<'_>) -> Result<Vec<Qu
     let (group, user) = (Uuid::now_v7(), Uuid::now_v7());
     let (gid, uid): (&[u8], &[u8]) = (group.as_bytes(), user.as_bytes());
     let email = format!("explain-{}@strata.invalid", user.simple());
-    tx.exec_drop(super::sql::INSERT_USER, (uid, email.as_str(), "Explain", "x", "user", "active", 1i64, 0i64, 0i64))
-        .await
-        .map_err(my_err)?;
+    tx.exec_drop(
+        super::sql::INSERT_USER,
+        (uid, email.as_str(), "Explain", "x", "user", "active", 1i64, 0i64, 0i64, false),
+    )
+    .await
+    .map_err(my_err)?;
     tx.exec_drop(sql::INSERT_GROUP, (gid, "Explain", None::<String>, 1i64, 0i64, 0i64)).await.map_err(my_err)?;
     tx.exec_drop("INSERT INTO group_members (group_id, user_id) VALUES (?, ?)", (gid, uid)).await.map_err(my_err)?;
     // A unique-key lookup of a value that is not there is answered from the const-table

@@ -87,9 +87,12 @@ pub(super) async fn explain_hot_paths(tx: &Transaction<'_>) -> Result<Vec<QueryP
     let (group, user) = (Uuid::now_v7(), Uuid::now_v7());
     let zero = 0i64;
     let email = format!("explain-{}@strata.invalid", user.simple());
-    tx.execute(super::sql::INSERT_USER, &[&user, &email, &"Explain", &"x", &"user", &"active", &1i64, &zero, &zero])
-        .await
-        .map_err(pg_err)?;
+    tx.execute(
+        super::sql::INSERT_USER,
+        &[&user, &email, &"Explain", &"x", &"user", &"active", &1i64, &zero, &zero, &false],
+    )
+    .await
+    .map_err(pg_err)?;
     tx.execute(sql::INSERT_GROUP, &[&group, &"Explain", &None::<String>, &1i64, &zero, &zero]).await.map_err(pg_err)?;
     tx.execute(sql::ADD_MEMBERS, &[&group, &vec![user]]).await.map_err(pg_err)?;
     let (limit, name, none, one) = (51i64, "Explain", None::<String>, vec![user]);

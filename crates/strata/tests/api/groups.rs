@@ -31,10 +31,14 @@ async fn groups_crud_and_membership(app: TestApp) {
     assert_eq!(g["version"], 1);
     assert_eq!(member_ids(&app, gid).await, vec![ann_id.to_owned()]);
 
-    // Who-am-I lists the user's groups.
-    let me = app.get("/v1/sessions/current", Some(&ann_token)).await;
+    // Who-am-I lists the user's groups when asked (and only then: it costs a read).
+    let me = app.get("/v1/sessions/current?include=groups", Some(&ann_token)).await;
     assert_eq!(me.status, StatusCode::OK);
     assert_eq!(me.body["groups"], json!([{"id": gid, "display_name": "Engineering 🦀"}]));
+    let me = app.get("/v1/sessions/current", Some(&ann_token)).await;
+    assert!(me.body.get("groups").is_none(), "{}", me.body);
+    let me = app.get("/v1/sessions/current?include=everything", Some(&ann_token)).await;
+    assert_eq!((me.status, me.body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_include")));
 
     // Adding bob (and ann again) bumps the version once.
     let r = app
@@ -92,7 +96,7 @@ async fn groups_crud_and_membership(app: TestApp) {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(member_ids(&app, gid).await, vec![bob_id.to_owned()]);
-    let me = app.get("/v1/sessions/current", Some(&ann_token)).await;
+    let me = app.get("/v1/sessions/current?include=groups", Some(&ann_token)).await;
     assert_eq!(me.body["groups"], json!([]));
 
     // Every change is in the audit log, about the group, with the admin as actor.
