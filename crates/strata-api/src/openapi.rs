@@ -44,6 +44,11 @@ impl Modify for BearerAuth {
         crate::lifecycle_routes::confirm_password_reset,
         crate::lifecycle_routes::request_verification,
         crate::lifecycle_routes::confirm_verification,
+        crate::mfa_routes::start_totp,
+        crate::mfa_routes::confirm_totp,
+        crate::mfa_routes::regenerate_recovery_codes,
+        crate::mfa_routes::disable_totp,
+        crate::mfa_routes::complete_mfa_login,
         crate::webhook_routes::create_webhook,
         crate::webhook_routes::list_webhooks,
         crate::webhook_routes::get_webhook,
@@ -66,7 +71,9 @@ impl Modify for BearerAuth {
         AuditEntryBody, AuditList, CreateWebhookRequest, UpdateWebhookRequest, WebhookBody, WebhookList, DeliveryBody,
         DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem,
         crate::lifecycle_routes::PasswordResetRequest, crate::lifecycle_routes::PasswordResetAccepted,
-        crate::lifecycle_routes::PasswordResetConfirmRequest, crate::lifecycle_routes::VerificationRequest
+        crate::lifecycle_routes::PasswordResetConfirmRequest, crate::lifecycle_routes::VerificationRequest,
+        crate::mfa_routes::TotpEnrolRequest, crate::mfa_routes::TotpEnrolResponse, crate::mfa_routes::TotpCodeRequest,
+        crate::mfa_routes::RecoveryCodes, crate::mfa_routes::MfaLoginRequest
     )),
     modifiers(&BearerAuth),
     tags(
@@ -74,6 +81,7 @@ impl Modify for BearerAuth {
         (name = "sessions", description = "Login, who-am-I, logout"),
         (name = "email verification", description = "Proving an account's email: a mailed one-time token"),
         (name = "password resets", description = "Forgotten passwords: a mailed one-time token, then a new password"),
+        (name = "mfa", description = "TOTP second factor (RFC 6238): enrolment, recovery codes, disabling, admin reset"),
         (name = "audit", description = "The audit log of every event"),
         (name = "webhooks", description = "Signed, durable event deliveries over HTTP (Standard Webhooks, CloudEvents binary mode)"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),

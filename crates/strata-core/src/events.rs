@@ -31,6 +31,10 @@ pub const EVENT_TYPES: &[&str] = &[
     "login.throttled",
     "password_reset.requested",
     "email_verification.requested",
+    "mfa.enabled",
+    "mfa.disabled",
+    "mfa.recovery_codes_regenerated",
+    "mfa.recovery_code_used",
     "webhook.endpoint.disabled",
 ];
 

@@ -898,6 +898,10 @@ fn python_with(modules: &str, what: &str, backend: &str, why: &str) -> Option<St
 #[path = "api/lifecycle.rs"]
 mod lifecycle;
 
+/// Issue 16: the TOTP second factor.
+#[path = "api/mfa.rs"]
+mod mfa;
+
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]
 mod backup;
