@@ -12,7 +12,7 @@ use strata_core::totp::{Challenge, RecoveryCode, SecondFactor};
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::dto::{LoginResponse, UserBody, rfc3339};
+use crate::dto::LoginResponse;
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Caller, ClientAddr, JsonBody, OptionalJsonBody, PathUserId};
 
@@ -206,15 +206,5 @@ pub async fn complete_mfa_login(
     })?;
     let code = second_factor(&req.code)?;
     let done = state.accounts.complete_mfa_login(&challenge, &code, &client).await?;
-    strata_core::timing::mark_authenticated();
-    let body = LoginResponse {
-        token: done.token.expose(),
-        expires_at: rfc3339(done.session.expires_at),
-        user: UserBody::from(&done.user),
-    };
-    let headers = [
-        (header::LOCATION, HeaderValue::from_static("/v1/sessions/current")),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-    ];
-    Ok((StatusCode::CREATED, headers, Json(body)).into_response())
+    Ok(crate::routes::logged_in(&done))
 }

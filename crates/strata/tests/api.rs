@@ -658,7 +658,8 @@ async fn bad_input_gets_problems_and_writes_nothing(app: TestApp) {
     // Second factor: malformed codes and challenges, and requests in the wrong state.
     let totp = format!("{me}/mfa/totp");
     let auth = [json_ct, ("authorization", bearer.as_str())];
-    let mfa_cases: Vec<(Method, String, &str, u16, &str, Option<&str>)> = vec![
+    type Case<'a> = (Method, String, &'a str, u16, &'a str, Option<&'a str>);
+    let mfa_cases: Vec<Case> = vec![
         (Method::POST, totp.clone(), "{}", 422, "missing_field", Some("current_password")),
         (
             Method::POST,
