@@ -28,7 +28,7 @@ PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
 BASE="http://127.0.0.1:$PORT"
 PASSWORD="bench password 1"
 PY=${PY:-$HOME/.cache/strata-tools/py/bin/python}
-MFA_USERS=${MFA_USERS:-300}
+MFA_USERS=${MFA_USERS:-1200}
 MFA_CONCURRENCY=${MFA_CONCURRENCY:-16}
 
 say() { echo "[bench] $*" >&2; }

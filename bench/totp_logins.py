@@ -5,9 +5,10 @@ the same client and concurrency, password-only logins of accounts without TOTP, 
 two rates compare like with like.
 
 A code is accepted once per account and time step (no replay), and ±1 step of skew is
-allowed, so each account gives at most three logins per 30 s: the script picks, per login,
-the earliest step in now-1..now+1 later than the account's last one, and skips accounts
-with none left. Enrol enough accounts for the rate × 10 s.
+allowed, so each account gives at least one login per 30 s (up to three): the script picks,
+per login, the earliest step in now-1..now+1 later than the account's last one, and skips
+accounts with none left. When every account is spent the run stops early (said on stderr)
+and the rate is over the time it ran: enrol more accounts than rate × duration.
 
     python bench/totp_logins.py BASE PREFIX USERS DURATION CONCURRENCY PASSWORD
 Prints one line: "<totp logins/s> <password logins/s> <totp p50 ms> <password p50 ms> <failures>".
@@ -94,10 +95,14 @@ def next_totp_login():
     return None
 
 
+class Exhausted(Exception):
+    pass
+
+
 def totp_login():
     picked = next_totp_login()
     if picked is None:
-        return False
+        raise Exhausted()
     email, secret, step = picked
     status, body = call("POST", "/v1/sessions", {"email": email, "password": PASSWORD})
     if status != 401 or body.get("code") != "mfa_required":
@@ -122,7 +127,11 @@ def run(login):
     def worker():
         while time.monotonic() < deadline:
             started = time.monotonic()
-            ok = login()
+            try:
+                ok = login()
+            except Exhausted:
+                print("every account's codes are spent: enrol more (MFA_USERS)", file=sys.stderr)
+                return
             latencies.append(time.monotonic() - started)
             if not ok:
                 failures[0] += 1
