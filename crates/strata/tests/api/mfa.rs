@@ -203,17 +203,30 @@ async fn admins_reset_mfa_and_it_is_audited(backend: Backend) {
     let r = app.json(Method::POST, &totp_path(&bob.id), Some(&other), &json!({"current_password": PASSWORD})).await;
     r.assert_problem(403, "forbidden", None);
 
+    // A password change voids every outstanding challenge.
+    let ch = challenge(&app, "bob@example.com").await;
+    let me = app.get(&format!("/v1/users/{}", bob.id), Some(&bob.token)).await;
+    let etag = me.header("etag").to_owned();
+    let body = json!({"password": "a brand new password", "current_password": PASSWORD}).to_string();
+    let auth = format!("Bearer {}", bob.token);
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str()), ("if-match", etag.as_str())];
+    let r = app.send(Method::PATCH, &format!("/v1/users/{}", bob.id), &headers, Some(Bytes::from(body))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let code = code_at(&python, &bob.secret, &app);
+    second_step(&app, &ch, &code).await.assert_problem(422, "mfa_challenge_invalid", Some("challenge"));
+
     let r = app.send(Method::DELETE, &totp_path(&bob.id), &[("authorization", &format!("Bearer {ADMIN}"))], None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = app.send(Method::DELETE, &totp_path(&bob.id), &[("authorization", &format!("Bearer {ADMIN}"))], None).await;
     r.assert_problem(409, "mfa_not_enabled", None);
-    assert_eq!(app.login("bob@example.com", PASSWORD).await.status, StatusCode::CREATED);
+    assert_eq!(app.login("bob@example.com", "a brand new password").await.status, StatusCode::CREATED);
 
     let text = audit(&app, "mfa.disabled", 1).await;
     assert!(text.contains("\"via\":\"admin_reset\"") && text.contains("\"via\":\"admin_token\""), "{text}");
     assert!(!text.contains(&bob.secret));
     // Bob can enrol again, with a new secret.
-    let r = app.json(Method::POST, &totp_path(&bob.id), Some(&bob.token), &json!({"current_password": PASSWORD})).await;
+    let new_password = json!({"current_password": "a brand new password"});
+    let r = app.json(Method::POST, &totp_path(&bob.id), Some(&bob.token), &new_password).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_ne!(r.body["secret"], bob.secret.as_str());
     assert_eq!(bob.recovery_codes.len(), 10);
