@@ -3,13 +3,15 @@
 # with and without an account, against GET /healthz and password logins of the same binary
 # in the same run. The worker sends every reset mail meanwhile (log-only mailer, or
 # STRATA_SMTP_URL if set), so the rate includes queueing the token, the mail and the event.
+# TOTP logins (password, then the code, issue 16) are measured against password-only logins
+# with the same Python client and concurrency (bench/totp_logins.py; codes from pyotp).
 # Prints a markdown report on stdout; progress goes to stderr.
 #
 #   bench/lifecycle.sh                        # sqlite and postgres, 10 s per run
 #   DURATION=30 BACKENDS=sqlite bench/lifecycle.sh
 #   STRATA_BIN=/path/to/strata bench/lifecycle.sh   # measure another build
 #
-# Needs: wrk, curl; for postgres, psql and the local server. Targets 127.0.0.1 only; every
+# Needs: wrk, curl, a python with pyotp (PY, default the CI venv's); for postgres, psql and the local server. Targets 127.0.0.1 only; every
 # run is bounded by DURATION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +27,13 @@ PORT=${PORT:-18182}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
 BASE="http://127.0.0.1:$PORT"
 PASSWORD="bench password 1"
+PY=${PY:-$HOME/.cache/strata-tools/py/bin/python}
+MFA_USERS=${MFA_USERS:-1200}
+MFA_CONCURRENCY=${MFA_CONCURRENCY:-16}
 
 say() { echo "[bench] $*" >&2; }
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
+"$PY" -c 'import pyotp' 2>/dev/null || { echo "no pyotp in $PY: $PY -m pip install pyotp==2.9.0" >&2; exit 1; }
 release_bin
 machine_facts
 
@@ -51,6 +57,7 @@ REPORT="$WORK/report.md"
   echo "|---|---|---:|---:|---:|---:|---|"
 } > "$REPORT"
 
+TOTP_ROWS=""
 for backend in $BACKENDS; do
   database_url "$backend" "strata_bench_lc_$$"
   say "$backend: starting strata"
@@ -78,9 +85,21 @@ for backend in $BACKENDS; do
     echo "| $backend | POST /v1/password-resets, no account | $n_rps | $n_p50 | $n_p99 | $n_bad | $(ratio "$n_rps" "$h_rps") of /healthz |"
     echo "| $backend | POST /v1/password-resets, account | $k_rps | $k_p50 | $k_p99 | $k_bad | $(ratio "$k_rps" "$h_rps") of /healthz, $(ratio "$k_rps" "$n_rps") of no account |"
   } >> "$REPORT"
+  say "$backend: TOTP logins vs password-only logins ($MFA_USERS accounts each, $MFA_CONCURRENCY clients)"
+  read -r t_rate p_rate t_p50 p_p50 t_bad <<< "$("$PY" bench/totp_logins.py "$BASE" "mfa-$backend-" \
+    "$MFA_USERS" "$DURATION" "$MFA_CONCURRENCY" "$PASSWORD")"
+  TOTP_ROWS+="| $backend | $p_rate | ${p_p50}ms | $t_rate | ${t_p50}ms | $t_bad | $(ratio "$t_rate" "$p_rate") |"$'\n'
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
   drop_schema
 done
 
-echo >> "$REPORT"
+{
+  echo
+  echo "TOTP logins (password + code, two requests) against password-only logins, same Python client, ${DURATION}s each, $MFA_CONCURRENCY concurrent clients:"
+  echo
+  echo "| backend | password logins/s | p50 | TOTP logins/s | p50 | failures | ratio |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
+  printf '%s' "$TOTP_ROWS"
+  echo
+} >> "$REPORT"
 cat "$REPORT"

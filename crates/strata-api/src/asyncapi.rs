@@ -37,6 +37,30 @@ fn describe(event_type: &str) -> (&'static str, Value) {
                 "expires_at": { "type": "string", "format": "date-time" },
             }),
         ),
+        "mfa.enabled" => (
+            "A user confirmed a TOTP enrolment: logins now need a second factor. Never carries the secret or the recovery codes.",
+            json!({ "user": user, "factor": { "type": "string", "enum": ["totp"] } }),
+        ),
+        "mfa.disabled" => (
+            "TOTP was turned off: by the user with a code (`via: code` or `recovery_code`) or reset by an admin (`via: admin_reset`, the actor names the admin).",
+            json!({
+                "user": user,
+                "factor": { "type": "string", "enum": ["totp"] },
+                "via": { "type": "string", "enum": ["code", "recovery_code", "admin_reset"] },
+            }),
+        ),
+        "mfa.recovery_codes_regenerated" => (
+            "A user replaced their recovery codes; the old ones no longer work. Never carries the codes.",
+            json!({ "user": user, "factor": { "type": "string", "enum": ["totp"] } }),
+        ),
+        "mfa.recovery_code_used" => (
+            "A login was completed with a recovery code (spent now); `recovery_codes_left` says how many remain.",
+            json!({
+                "user": user,
+                "factor": { "type": "string", "enum": ["totp"] },
+                "recovery_codes_left": { "type": "integer", "minimum": 0 },
+            }),
+        ),
         "user.deleted" => {
             ("An account was deleted, with its sessions. `user` is the account as it was.", json!({ "user": user }))
         }

@@ -28,6 +28,9 @@ pub struct Problem {
     /// The request field, header, path or query parameter at fault, if one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// With `mfa_required`: what to send to `POST /v1/sessions/mfa` with the code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
 }
 
 /// An error on its way to the client. Boxed: handlers return `Result<_, ApiError>`, and a
@@ -44,6 +47,7 @@ pub struct ErrorParts {
     pub field: Option<String>,
     pub retry_after: Option<Duration>,
     pub www_authenticate: Option<&'static str>,
+    pub challenge: Option<String>,
 }
 
 impl std::ops::Deref for ApiError {
@@ -63,6 +67,7 @@ impl ApiError {
             field: None,
             retry_after: None,
             www_authenticate: None,
+            challenge: None,
         }))
     }
 
@@ -168,6 +173,28 @@ impl From<AppError> for ApiError {
             AppError::AlreadyVerified => {
                 ApiError::new(S::CONFLICT, "already_verified", "Conflict", "this account's email is already verified")
             }
+            AppError::MfaRequired { challenge } => {
+                let mut e = ApiError::new(
+                    S::UNAUTHORIZED,
+                    "mfa_required",
+                    "Second factor required",
+                    "the password is right; send a TOTP or recovery code with this challenge to POST /v1/sessions/mfa",
+                );
+                e.0.challenge = Some(challenge);
+                e
+            }
+            AppError::MfaAlreadyEnabled => ApiError::new(
+                S::CONFLICT,
+                "mfa_already_enabled",
+                "Conflict",
+                "TOTP is already enabled for this account; disable it first",
+            ),
+            AppError::MfaNotEnabled => ApiError::new(
+                S::CONFLICT,
+                "mfa_not_enabled",
+                "Conflict",
+                "this account has no TOTP enabled (or, for a confirmation, no enrolment pending)",
+            ),
             AppError::Throttled { retry_after } => ApiError::new(
                 S::TOO_MANY_REQUESTS,
                 "too_many_attempts",
@@ -234,6 +261,7 @@ impl IntoResponse for ApiError {
             detail: parts.detail,
             code: parts.code,
             field: parts.field,
+            challenge: parts.challenge,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut res = (parts.status, bytes).into_response();

@@ -68,6 +68,27 @@ async fn json_body<T: DeserializeOwned>(req: Request, state: &AppState, limit: u
     parse_json(&bytes)
 }
 
+/// A JSON body that may be left out entirely (no `Content-Type`, no bytes); one that is
+/// sent is held to everything [`JsonBody`] checks.
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for OptionalJsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let empty_length =
+            headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_none_or(|v| v.trim() == "0");
+        if !headers.contains_key(header::CONTENT_TYPE)
+            && empty_length
+            && !headers.contains_key(header::TRANSFER_ENCODING)
+        {
+            return Ok(OptionalJsonBody(None));
+        }
+        JsonBody::from_request(req, state).await.map(|JsonBody(body)| OptionalJsonBody(Some(body)))
+    }
+}
+
 /// How much of an oversized body is read and thrown away so that the `413` reaches the
 /// client: a client that writes its whole body before reading gets a connection reset
 /// instead of the answer if the server closes with unread data (nginx lingers likewise).

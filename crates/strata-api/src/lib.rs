@@ -23,6 +23,7 @@ pub mod extract;
 pub mod group_routes;
 pub mod lifecycle_routes;
 pub mod metrics;
+pub mod mfa_routes;
 pub mod observe;
 pub mod openapi;
 pub mod provisioning_routes;
@@ -97,6 +98,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users", post(routes::create_user).get(routes::list_users))
         .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
         .route("/v1/sessions", post(routes::login))
+        .route("/v1/sessions/mfa", post(crate::mfa_routes::complete_mfa_login))
+        .route("/v1/users/{id}/mfa/totp", post(crate::mfa_routes::start_totp).delete(crate::mfa_routes::disable_totp))
+        .route("/v1/users/{id}/mfa/totp/confirm", post(crate::mfa_routes::confirm_totp))
+        .route("/v1/users/{id}/mfa/totp/recovery-codes", post(crate::mfa_routes::regenerate_recovery_codes))
         .route("/v1/sessions/current", g(routes::current_session).delete(routes::logout))
         .route("/v1/users/{id}/verification", post(crate::lifecycle_routes::request_verification))
         .route("/v1/verifications", post(crate::lifecycle_routes::confirm_verification))

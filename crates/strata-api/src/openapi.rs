@@ -73,6 +73,11 @@ impl Modify for BearerAuth {
         crate::scim_routes::replace_group,
         crate::scim_routes::patch_group,
         crate::scim_routes::delete_group,
+        crate::mfa_routes::start_totp,
+        crate::mfa_routes::confirm_totp,
+        crate::mfa_routes::regenerate_recovery_codes,
+        crate::mfa_routes::disable_totp,
+        crate::mfa_routes::complete_mfa_login,
         crate::webhook_routes::create_webhook,
         crate::webhook_routes::list_webhooks,
         crate::webhook_routes::get_webhook,
@@ -98,7 +103,9 @@ impl Modify for BearerAuth {
         crate::lifecycle_routes::PasswordResetConfirmRequest, crate::lifecycle_routes::VerificationRequest,
         CreateGroupRequest, UpdateGroupRequest, AddMembersRequest, GroupBody, GroupList, GroupRef, MemberBody, MemberList,
         crate::provisioning_routes::CreateProvisioningTokenRequest, crate::provisioning_routes::ProvisioningTokenBody,
-        crate::provisioning_routes::ProvisioningTokenList
+        crate::provisioning_routes::ProvisioningTokenList,
+        crate::mfa_routes::TotpEnrolRequest, crate::mfa_routes::TotpEnrolResponse, crate::mfa_routes::TotpCodeRequest,
+        crate::mfa_routes::RecoveryCodes, crate::mfa_routes::MfaLoginRequest
     )),
     modifiers(&BearerAuth),
     tags(
@@ -108,6 +115,7 @@ impl Modify for BearerAuth {
         (name = "password resets", description = "Forgotten passwords: a mailed one-time token, then a new password"),
         (name = "groups", description = "Groups of users and their members (admins only)"),
         (name = "scim", description = "SCIM 2.0 (RFC 7644) for identity providers: application/scim+json, SCIM error bodies"),
+        (name = "mfa", description = "TOTP second factor (RFC 6238): enrolment, recovery codes, disabling, admin reset"),
         (name = "audit", description = "The audit log of every event"),
         (name = "webhooks", description = "Signed, durable event deliveries over HTTP (Standard Webhooks, CloudEvents binary mode)"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),

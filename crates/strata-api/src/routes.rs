@@ -295,6 +295,11 @@ pub async fn login(
     let email = Email::parse(&req.email)?;
     let password = Password::parse_login(&req.password)?;
     let done = state.accounts.login(&email, &password, &client).await?;
+    Ok(logged_in(&done))
+}
+
+/// The 201 of a completed login, with a password alone or with a second factor.
+pub(crate) fn logged_in(done: &strata_core::service::LoggedIn) -> Response {
     strata_core::timing::mark_authenticated();
     let body = LoginResponse {
         token: done.token.expose(),
@@ -306,7 +311,7 @@ pub async fn login(
         // A token must not sit in any shared cache.
         (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
     ];
-    Ok((StatusCode::CREATED, headers, Json(body)).into_response())
+    (StatusCode::CREATED, headers, Json(body)).into_response()
 }
 
 /// Who am I: the session and user behind a token. The hottest path in the system.

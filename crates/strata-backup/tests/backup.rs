@@ -162,6 +162,17 @@ async fn issue_reset(store: &dyn Store, user: &User) {
         updated_at: T0,
     };
     store.issue_account_token(&token, &mail, &event("password_reset.requested", user.id.as_uuid())).await.unwrap();
+    let totp = strata_core::totp::TotpRecord {
+        user_id: user.id,
+        secret: strata_core::totp::TotpSecret::generate(),
+        enabled: true,
+        last_step: Some(56_000_000),
+        recovery_hashes: vec![strata_core::totp::RecoveryCode::generate().hash(); 2],
+        version: 3,
+        created_at: T0,
+        updated_at: T0,
+    };
+    store.save_totp(&totp, None, None).await.unwrap();
 }
 
 /// Every row of every table, in key order.
@@ -281,7 +292,7 @@ async fn a_damaged_or_foreign_backup_writes_nothing() {
     let edited = copy("edited");
     let manifest_path = edited.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, text.replace("\"schema_version\": 5", "\"schema_version\": 99")).unwrap();
+    std::fs::write(&manifest_path, text.replace("\"schema_version\": 6", "\"schema_version\": 99")).unwrap();
     let error = strata_backup::verify(&edited).await.unwrap_err();
     assert!(error.to_string().contains("schema version 99"), "{error}");
     std::fs::write(&manifest_path, text.replace("\"users.jsonl.gz\"", "\"../users.jsonl.gz\"")).unwrap();

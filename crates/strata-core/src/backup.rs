@@ -238,11 +238,27 @@ pub const TABLES: &[Table] = &[
             nullable("revoked_at", Int),
         ],
     },
+    // The TOTP secrets are stored as the server must read them (not hashed): a backup
+    // holding this table is as sensitive as the database. Recovery codes are hashes.
+    Table {
+        name: "user_totp",
+        key: "user_id",
+        columns: &[
+            col("user_id", Uuid),
+            col("secret", Text),
+            col("enabled", Bool),
+            nullable("last_step", Int),
+            col("recovery_codes", Text),
+            col("version", Int),
+            col("created_at", Int),
+            col("updated_at", Int),
+        ],
+    },
 ];
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).
 /// A backup records it; a restore refuses any other.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// One cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -72,6 +72,16 @@ pub enum AppError {
     /// `current_password` did not match (a re-authentication, not a login).
     #[error("current password is wrong")]
     WrongCurrentPassword,
+    /// The password was right and the account has a second factor: the login goes on at
+    /// `POST /v1/sessions/mfa` with this challenge.
+    #[error("a second factor is required")]
+    MfaRequired { challenge: String },
+    /// An enrolment was started for an account whose TOTP is already on.
+    #[error("TOTP is already enabled")]
+    MfaAlreadyEnabled,
+    /// The account has no TOTP enabled (or no enrolment pending, for a confirmation).
+    #[error("TOTP is not enabled")]
+    MfaNotEnabled,
     #[error("too many failed attempts")]
     Throttled { retry_after: Duration },
     #[error("unauthenticated: {0:?}")]

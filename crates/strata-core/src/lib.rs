@@ -28,6 +28,7 @@ pub mod singleflight;
 pub mod testing;
 pub mod throttle;
 pub mod timing;
+pub mod totp;
 pub mod webhook_admin;
 pub mod webhooks;
 pub mod worker;

@@ -324,6 +324,29 @@ pub trait LifecycleRepository: Send + Sync {
     async fn prune_lifecycle(&self, before: Timestamp, limit: u32) -> Result<u64, RepoError>;
 }
 
+/// TOTP second factors: one row per user, written compare-and-set on its `version`.
+#[async_trait]
+pub trait MfaRepository: Send + Sync {
+    /// The user's TOTP row, enabled or pending confirmation.
+    async fn totp_of(&self, user_id: UserId) -> Result<Option<crate::totp::TotpRecord>, RepoError>;
+
+    /// In one transaction, with `event` recorded when given. `expected: None` starts an
+    /// enrolment: replaces a pending (not enabled) row or inserts, and answers
+    /// `VersionConflict` when an enabled row exists. `Some(v)` replaces the row only if its
+    /// version is still `v` (`VersionConflict` otherwise, `NotFound` when there is none).
+    async fn save_totp(
+        &self,
+        record: &crate::totp::TotpRecord,
+        expected: Option<i64>,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError>;
+
+    /// Deletes the user's row (if its version is still `expected`, when given) and records
+    /// `event`, in one transaction; `NotFound` when there is no row, `VersionConflict` when
+    /// the version moved.
+    async fn delete_totp(&self, user_id: UserId, expected: Option<i64>, event: &OutboxEvent) -> Result<(), RepoError>;
+}
+
 /// How a hot-path query is executed, as reported by the engine's own EXPLAIN.
 #[derive(Clone, Debug)]
 pub struct QueryPlan {
@@ -355,6 +378,7 @@ pub trait Store:
     + AuditRepository
     + WebhookRepository
     + LifecycleRepository
+    + MfaRepository
     + BackupRepository
 {
     /// `sqlite`, `postgres` or `mysql`.

@@ -28,7 +28,9 @@ use crate::throttle::Throttle;
 use crate::timing::{self, Component};
 
 mod lifecycle;
+mod mfa;
 pub use lifecycle::LifecycleSettings;
+pub use mfa::{CHALLENGE_TTL, TotpEnrolment};
 
 /// The stored hash of an account without a password (provisioned through SCIM): not a
 /// format any verifier knows, so no password matches it (Django uses the same marker).
@@ -545,6 +547,15 @@ impl Accounts {
             Some(hash) => self.store_rehash(user, hash).await,
             None => user,
         };
+        // After the rehash: the challenge is bound to the password hash as stored.
+        if let Some(challenge) = self.mfa_challenge(&user).await? {
+            return Err(AppError::MfaRequired { challenge });
+        }
+        self.start_session(user).await
+    }
+
+    /// A new session for a user whose credentials were all checked.
+    async fn start_session(&self, user: User) -> Result<LoggedIn, AppError> {
         let now = self.clock.now();
         let token = SessionToken::generate();
         let session = Session {

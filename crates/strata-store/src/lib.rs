@@ -110,6 +110,11 @@ pub(crate) async fn with_timeout<T>(
 
 /// Numbered, ordered schema changes for one backend. Applied in order, each recorded in
 /// `schema_migrations`; an applied migration is never edited, only followed by a new one.
+/// The stored form of `TotpRecord::recovery_hashes`: comma-separated hex.
+pub(crate) fn split_recovery_hashes(stored: &str) -> Vec<String> {
+    stored.split(',').filter(|h| !h.is_empty()).map(str::to_owned).collect()
+}
+
 pub(crate) struct Migration {
     pub version: i64,
     pub name: &'static str,

@@ -26,10 +26,12 @@ use strata_core::domain::{
     outbox_partition,
 };
 use strata_core::error::RepoError;
+use strata_core::ports::MfaRepository;
 use strata_core::ports::{
     AuditRepository, OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store,
     UserListQuery, UserRepository,
 };
+use strata_core::totp::{TotpRecord, TotpSecret};
 use uuid::Uuid;
 
 use strata_core::lifecycle::{AccountToken, MailStatus, QueuedMail, TokenPurpose};
@@ -285,6 +287,24 @@ const MIGRATIONS: &[Migration] = &[
             revoked_at BIGINT NULL,
             PRIMARY KEY (id),
             UNIQUE KEY provisioning_tokens_hash (token_hash)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
+    ",
+    },
+    Migration {
+        version: 6,
+        name: "TOTP second factor",
+        sql: "
+        CREATE TABLE IF NOT EXISTS user_totp (
+            user_id        BINARY(16) NOT NULL,
+            secret         VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            enabled        BOOLEAN NOT NULL,
+            last_step      BIGINT NULL,
+            recovery_codes TEXT CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+            version        BIGINT NOT NULL,
+            created_at     BIGINT NOT NULL,
+            updated_at     BIGINT NOT NULL,
+            PRIMARY KEY (user_id),
+            CONSTRAINT user_totp_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },
@@ -1603,6 +1623,126 @@ fn mail_from_row(r: &mut Row) -> Result<QueuedMail, RepoError> {
         created_at: Timestamp(take(r, 8)?),
         updated_at: Timestamp(take(r, 9)?),
     })
+}
+
+fn totp_from_row(r: &mut Row) -> Result<TotpRecord, RepoError> {
+    let secret: String = take(r, 1)?;
+    let codes: String = take(r, 4)?;
+    Ok(TotpRecord {
+        user_id: UserId::from_bytes(take(r, 0)?),
+        secret: TotpSecret::from_base32(&secret).ok_or_else(|| corrupt("totp secret", "not base32"))?,
+        enabled: take(r, 2)?,
+        last_step: take(r, 3)?,
+        recovery_hashes: crate::split_recovery_hashes(&codes),
+        version: take(r, 5)?,
+        created_at: Timestamp(take(r, 6)?),
+        updated_at: Timestamp(take(r, 7)?),
+    })
+}
+
+#[async_trait]
+impl MfaRepository for MysqlStore {
+    async fn totp_of(&self, user_id: UserId) -> Result<Option<TotpRecord>, RepoError> {
+        self.query_row(
+            "SELECT user_id, secret, enabled, last_step, recovery_codes, version, created_at, updated_at \
+             FROM user_totp WHERE user_id = ?",
+            (user_id.as_bytes().as_slice(),),
+        )
+        .await?
+        .map(|mut r| totp_from_row(&mut r))
+        .transpose()
+    }
+
+    async fn save_totp(
+        &self,
+        record: &TotpRecord,
+        expected: Option<i64>,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let uid = record.user_id.as_bytes().as_slice();
+                let current: Option<(bool, i64)> = tx
+                    .exec_first("SELECT enabled, version FROM user_totp WHERE user_id = ? FOR UPDATE", (uid,))
+                    .await
+                    .map_err(my_err)?;
+                match (expected, current) {
+                    (None, Some((true, _))) => return Err(RepoError::VersionConflict),
+                    (Some(_), None) => return Err(RepoError::NotFound),
+                    (Some(v), Some((_, version))) if v != version => return Err(RepoError::VersionConflict),
+                    _ => {}
+                }
+                let mut row: Vec<Value> = vec![
+                    record.secret.to_base32().into(),
+                    record.enabled.into(),
+                    record.last_step.into(),
+                    record.recovery_hashes.join(",").into(),
+                    record.version.into(),
+                    record.created_at.0.into(),
+                    record.updated_at.0.into(),
+                ];
+                if current.is_some() {
+                    // Updated in place: a writer that waited on the row lock then reads the
+                    // version the winner wrote.
+                    row.push(uid.into());
+                    tx.exec_drop(
+                        "UPDATE user_totp SET secret = ?, enabled = ?, last_step = ?, recovery_codes = ?, \
+                         version = ?, created_at = ?, updated_at = ? WHERE user_id = ?",
+                        Params::Positional(row),
+                    )
+                    .await
+                    .map_err(my_err)?;
+                } else {
+                    row.insert(0, uid.into());
+                    let insert = tx
+                        .exec_drop(
+                            "INSERT INTO user_totp (user_id, secret, enabled, last_step, recovery_codes, version, \
+                             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            Params::Positional(row),
+                        )
+                        .await;
+                    match insert {
+                        // A concurrent first enrolment inserted meanwhile.
+                        Err(e) if duplicate_key(&e, &["PRIMARY"]).is_some() => return Err(RepoError::VersionConflict),
+                        other => other.map_err(my_err)?,
+                    }
+                }
+                if let Some(event) = event {
+                    insert_event(&mut tx, event).await?;
+                }
+                Ok(())
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn delete_totp(&self, user_id: UserId, expected: Option<i64>, event: &OutboxEvent) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let uid = user_id.as_bytes().as_slice();
+                let version: Option<i64> = tx
+                    .exec_first("SELECT version FROM user_totp WHERE user_id = ? FOR UPDATE", (uid,))
+                    .await
+                    .map_err(my_err)?;
+                match (version, expected) {
+                    (None, _) => return Err(RepoError::NotFound),
+                    (Some(v), Some(e)) if v != e => return Err(RepoError::VersionConflict),
+                    _ => {}
+                }
+                tx.exec_drop("DELETE FROM user_totp WHERE user_id = ?", (uid,)).await.map_err(my_err)?;
+                insert_event(&mut tx, event).await
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -20,10 +20,12 @@ use strata_core::domain::{
     outbox_partition,
 };
 use strata_core::error::RepoError;
+use strata_core::ports::MfaRepository;
 use strata_core::ports::{
     AuditRepository, OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store,
     UserListQuery, UserRepository,
 };
+use strata_core::totp::{TotpRecord, TotpSecret};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
@@ -262,6 +264,22 @@ const MIGRATIONS: &[Migration] = &[
             created_at bigint NOT NULL,
             revoked_at bigint,
             CONSTRAINT provisioning_tokens_hash UNIQUE (token_hash)
+        );
+    ",
+    },
+    Migration {
+        version: 6,
+        name: "TOTP second factor",
+        sql: "
+        CREATE TABLE user_totp (
+            user_id        uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+            secret         text NOT NULL,
+            enabled        boolean NOT NULL,
+            last_step      bigint,
+            recovery_codes text NOT NULL,
+            version        bigint NOT NULL,
+            created_at     bigint NOT NULL,
+            updated_at     bigint NOT NULL
         );
     ",
     },
@@ -1380,6 +1398,122 @@ impl WebhookRepository for PostgresStore {
              WHERE endpoint_id = $1 AND status = 'failed' AND created_at >= $2",
             &[&endpoint_id, &since.0, &now.0],
         )
+        .await
+    }
+}
+
+fn totp_from_row(r: &Row) -> Result<TotpRecord, RepoError> {
+    let secret: &str = get(r, 1)?;
+    let codes: &str = get(r, 4)?;
+    Ok(TotpRecord {
+        user_id: UserId::from_uuid(get(r, 0)?),
+        secret: TotpSecret::from_base32(secret).ok_or_else(|| corrupt("totp secret", "not base32"))?,
+        enabled: get(r, 2)?,
+        last_step: get(r, 3)?,
+        recovery_hashes: crate::split_recovery_hashes(codes),
+        version: get(r, 5)?,
+        created_at: Timestamp(get(r, 6)?),
+        updated_at: Timestamp(get(r, 7)?),
+    })
+}
+
+#[async_trait]
+impl MfaRepository for PostgresStore {
+    async fn totp_of(&self, user_id: UserId) -> Result<Option<TotpRecord>, RepoError> {
+        self.query_row(
+            "SELECT user_id, secret, enabled, last_step, recovery_codes, version, created_at, updated_at \
+             FROM user_totp WHERE user_id = $1",
+            &[&user_id.as_uuid()],
+        )
+        .await?
+        .map(|r| totp_from_row(&r))
+        .transpose()
+    }
+
+    async fn save_totp(
+        &self,
+        record: &TotpRecord,
+        expected: Option<i64>,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let uid = record.user_id.as_uuid();
+            let (secret, codes) = (record.secret.to_base32(), record.recovery_hashes.join(","));
+            let current = tx
+                .query_opt("SELECT enabled, version FROM user_totp WHERE user_id = $1 FOR UPDATE", &[&uid])
+                .await
+                .map_err(pg_err)?;
+            let current: Option<(bool, i64)> =
+                current.map(|r| Ok::<_, RepoError>((get(&r, 0)?, get(&r, 1)?))).transpose()?;
+            match (expected, current) {
+                (None, Some((true, _))) => return Err(RepoError::VersionConflict),
+                (Some(_), None) => return Err(RepoError::NotFound),
+                (Some(v), Some((_, version))) if v != version => return Err(RepoError::VersionConflict),
+                _ => {}
+            }
+            let values: &Params<'_> = &[
+                &uid,
+                &secret,
+                &record.enabled,
+                &record.last_step,
+                &codes,
+                &record.version,
+                &record.created_at.0,
+                &record.updated_at.0,
+            ];
+            // An existing row is updated in place: a writer that waited on its lock then
+            // reads the version the winner wrote.
+            let inserted = if current.is_some() {
+                execute(
+                    &tx,
+                    "UPDATE user_totp SET secret = $2, enabled = $3, last_step = $4, recovery_codes = $5, \
+                     version = $6, created_at = $7, updated_at = $8 WHERE user_id = $1",
+                    values,
+                )
+                .await
+                .map_err(pg_err)?
+            } else {
+                execute(
+                    &tx,
+                    "INSERT INTO user_totp (user_id, secret, enabled, last_step, recovery_codes, version, \
+                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (user_id) DO NOTHING",
+                    values,
+                )
+                .await
+                .map_err(pg_err)?
+            };
+            if inserted == 0 {
+                // A concurrent first enrolment inserted meanwhile.
+                return Err(RepoError::VersionConflict);
+            }
+            if let Some(event) = event {
+                insert_event(&tx, event).await?;
+            }
+            tx.commit().await.map_err(pg_err)
+        })
+        .await
+    }
+
+    async fn delete_totp(&self, user_id: UserId, expected: Option<i64>, event: &OutboxEvent) -> Result<(), RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(pg_err)?;
+            let uid = user_id.as_uuid();
+            let deleted = tx
+                .query_opt("DELETE FROM user_totp WHERE user_id = $1 RETURNING version", &[&uid])
+                .await
+                .map_err(pg_err)?;
+            let Some(row) = deleted else { return Err(RepoError::NotFound) };
+            let version: i64 = get(&row, 0)?;
+            if expected.is_some_and(|e| e != version) {
+                // Dropping `tx` rolls the delete back.
+                return Err(RepoError::VersionConflict);
+            }
+            insert_event(&tx, event).await?;
+            tx.commit().await.map_err(pg_err)
+        })
         .await
     }
 }

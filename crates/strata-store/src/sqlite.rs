@@ -40,7 +40,8 @@ use strata_core::ports::{
 };
 
 use strata_core::lifecycle::{AccountToken, MailStatus, QueuedMail, TokenPurpose};
-use strata_core::ports::{LifecycleRepository, WebhookRepository};
+use strata_core::ports::{LifecycleRepository, MfaRepository, WebhookRepository};
+use strata_core::totp::{TotpRecord, TotpSecret};
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 mod backup;
@@ -268,6 +269,24 @@ const MIGRATIONS: &[Migration] = &[
             revoked_at INTEGER
         ) WITHOUT ROWID;
         CREATE UNIQUE INDEX provisioning_tokens_hash ON provisioning_tokens (token_hash);
+    ",
+    },
+    Migration {
+        version: 6,
+        name: "TOTP second factor",
+        sql: "
+        -- The secret is the base32 text apps take; recovery_codes holds the SHA-256 (hex,
+        -- comma-separated) of the unused recovery codes.
+        CREATE TABLE user_totp (
+            user_id        BLOB PRIMARY KEY NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            secret         TEXT NOT NULL,
+            enabled        INTEGER NOT NULL,
+            last_step      INTEGER,
+            recovery_codes TEXT NOT NULL,
+            version        INTEGER NOT NULL,
+            created_at     INTEGER NOT NULL,
+            updated_at     INTEGER NOT NULL
+        ) WITHOUT ROWID;
     ",
     },
 ];
@@ -1573,6 +1592,102 @@ impl WebhookRepository for SqliteStore {
                 )
                 .map_err(map_err)?;
             Ok(n as u64)
+        })
+        .await
+    }
+}
+
+fn totp_from_row(r: &Row<'_>) -> rusqlite::Result<TotpRecord> {
+    let secret: String = r.get(1)?;
+    let codes: String = r.get(4)?;
+    Ok(TotpRecord {
+        user_id: UserId::from_bytes(blob(r, 0)?),
+        secret: TotpSecret::from_base32(&secret).ok_or_else(|| corrupt("totp secret"))?,
+        enabled: r.get(2)?,
+        last_step: r.get(3)?,
+        recovery_hashes: crate::split_recovery_hashes(&codes),
+        version: r.get(5)?,
+        created_at: Timestamp(r.get(6)?),
+        updated_at: Timestamp(r.get(7)?),
+    })
+}
+
+const TOTP_COLUMNS: &str = "user_id, secret, enabled, last_step, recovery_codes, version, created_at, updated_at";
+
+#[async_trait]
+impl MfaRepository for SqliteStore {
+    async fn totp_of(&self, user_id: UserId) -> Result<Option<TotpRecord>, RepoError> {
+        self.read(move |c| {
+            c.prepare_cached(
+                "SELECT user_id, secret, enabled, last_step, recovery_codes, version, created_at, \
+                 updated_at FROM user_totp WHERE user_id = ?1",
+            )?
+            .query_row([user_id.as_bytes().as_slice()], totp_from_row)
+            .optional()
+        })
+        .await
+    }
+
+    async fn save_totp(
+        &self,
+        record: &TotpRecord,
+        expected: Option<i64>,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError> {
+        let (t, event) = (record.clone(), event.cloned());
+        self.write(move |tx| {
+            let id = t.user_id.as_bytes().as_slice();
+            let current: Option<(bool, i64)> = tx
+                .query_row("SELECT enabled, version FROM user_totp WHERE user_id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .map_err(map_err)?;
+            match (expected, current) {
+                (None, Some((true, _))) => return Err(RepoError::VersionConflict),
+                (Some(_), None) => return Err(RepoError::NotFound),
+                (Some(v), Some((_, version))) if v != version => return Err(RepoError::VersionConflict),
+                _ => {}
+            }
+            tx.execute("DELETE FROM user_totp WHERE user_id = ?1", [id]).map_err(map_err)?;
+            tx.execute(
+                &format!("INSERT INTO user_totp ({TOTP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+                params![
+                    id,
+                    t.secret.to_base32(),
+                    t.enabled,
+                    t.last_step,
+                    t.recovery_hashes.join(","),
+                    t.version,
+                    t.created_at.0,
+                    t.updated_at.0
+                ],
+            )
+            .map_err(map_err)?;
+            if let Some(event) = &event {
+                insert_event(tx, event).map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_totp(&self, user_id: UserId, expected: Option<i64>, event: &OutboxEvent) -> Result<(), RepoError> {
+        let event = event.clone();
+        self.write(move |tx| {
+            let id = user_id.as_bytes().as_slice();
+            let version: Option<i64> = tx
+                .query_row("SELECT version FROM user_totp WHERE user_id = ?1", [id], |r| r.get(0))
+                .optional()
+                .map_err(map_err)?;
+            match (version, expected) {
+                (None, _) => return Err(RepoError::NotFound),
+                (Some(v), Some(e)) if v != e => return Err(RepoError::VersionConflict),
+                _ => {}
+            }
+            tx.execute("DELETE FROM user_totp WHERE user_id = ?1", [id]).map_err(map_err)?;
+            insert_event(tx, &event).map_err(map_err)?;
+            Ok(())
         })
         .await
     }

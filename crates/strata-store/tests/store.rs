@@ -1135,6 +1135,78 @@ async fn populate(store: &dyn Store) {
     let mut token = provisioning_token("Backed up");
     token.revoked_at = Some(T0);
     store.create_provisioning_token(&token).await.unwrap();
+    store.save_totp(&totp_row(owner.id, true, 1), None, None).await.unwrap();
+}
+
+fn totp_row(user_id: UserId, enabled: bool, version: i64) -> strata_core::totp::TotpRecord {
+    use strata_core::totp::{RecoveryCode, TotpRecord, TotpSecret};
+    TotpRecord {
+        user_id,
+        secret: TotpSecret::generate(),
+        enabled,
+        last_step: enabled.then_some(58_000_000),
+        recovery_hashes: (0..10).map(|_| RecoveryCode::generate().hash()).collect(),
+        version,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+async fn totp_rows_are_compare_and_set_and_cascade(store: Arc<dyn Store>) {
+    let u = user("totp@example.com", "Totp");
+    create(&*store, &u).await;
+    assert_eq!(store.totp_of(u.id).await.unwrap(), None);
+    // An enrolment inserts, and a new one replaces a pending row.
+    let pending = totp_row(u.id, false, 1);
+    store.save_totp(&pending, None, None).await.unwrap();
+    assert_eq!(store.totp_of(u.id).await.unwrap(), Some(pending.clone()));
+    let again = totp_row(u.id, false, 1);
+    store.save_totp(&again, None, None).await.unwrap();
+    assert_eq!(store.totp_of(u.id).await.unwrap(), Some(again.clone()));
+    // Confirming is compare-and-set, with its event in the same transaction.
+    let mut on = again.clone();
+    on.enabled = true;
+    on.last_step = Some(58_000_001);
+    on.version = 2;
+    store.save_totp(&on, Some(1), Some(&event("mfa.enabled", u.id))).await.unwrap();
+    assert_eq!(store.totp_of(u.id).await.unwrap(), Some(on.clone()));
+    let pending_events = store.pending_events(&all_partitions(), 100).await.unwrap();
+    assert_eq!(pending_events.iter().filter(|e| e.event_type == "mfa.enabled").count(), 1);
+    // A second use of the version read loses; so does a new enrolment over an enabled row.
+    let mut stale = on.clone();
+    stale.recovery_hashes.pop();
+    assert_eq!(store.save_totp(&stale, Some(1), None).await, Err(RepoError::VersionConflict));
+    assert_eq!(store.save_totp(&totp_row(u.id, false, 1), None, None).await, Err(RepoError::VersionConflict));
+    assert_eq!(store.totp_of(u.id).await.unwrap(), Some(on.clone()));
+    // Concurrent uses of one version: exactly one wins.
+    let writes: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, mut next) = (store.clone(), on.clone());
+            next.last_step = Some(58_000_002 + i);
+            next.version = 3;
+            tokio::spawn(async move { store.save_totp(&next, Some(2), None).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for w in writes {
+        outcomes.push(w.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| o.is_ok() || *o == Err(RepoError::VersionConflict)), "{outcomes:?}");
+    let stored = store.totp_of(u.id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 3);
+    // Delete: guarded by the version when given, with its event.
+    assert_eq!(store.delete_totp(u.id, Some(2), &event("mfa.disabled", u.id)).await, Err(RepoError::VersionConflict));
+    assert!(store.totp_of(u.id).await.unwrap().is_some());
+    store.delete_totp(u.id, Some(3), &event("mfa.disabled", u.id)).await.unwrap();
+    assert_eq!(store.totp_of(u.id).await.unwrap(), None);
+    assert_eq!(store.delete_totp(u.id, None, &event("mfa.disabled", u.id)).await, Err(RepoError::NotFound));
+    let pending_events = store.pending_events(&all_partitions(), 100).await.unwrap();
+    assert_eq!(pending_events.iter().filter(|e| e.event_type == "mfa.disabled").count(), 1);
+    // The row goes with its user.
+    store.save_totp(&totp_row(u.id, true, 1), None, None).await.unwrap();
+    store.delete_user(u.id, None, &event("user.deleted", u.id)).await.unwrap();
+    assert_eq!(store.totp_of(u.id).await.unwrap(), None);
 }
 
 async fn a_snapshot_restores_every_table_exactly(store: Arc<dyn Store>) {
@@ -1276,6 +1348,7 @@ all_backends!(
     a_snapshot_is_consistent_under_writes,
     account_tokens_are_superseded_redeemed_once_and_cascade,
     queued_mails_are_claimed_once_and_recorded,
+    totp_rows_are_compare_and_set_and_cascade,
 );
 
 /// Migrating twice (a restart, or two instances starting together) is harmless.

@@ -655,6 +655,40 @@ async fn bad_input_gets_problems_and_writes_nothing(app: TestApp) {
     r.assert_problem(405, "method_not_allowed", None);
     assert_eq!(r.header("allow"), "POST");
 
+    // Second factor: malformed codes and challenges, and requests in the wrong state.
+    let totp = format!("{me}/mfa/totp");
+    let auth = [json_ct, ("authorization", bearer.as_str())];
+    type Case<'a> = (Method, String, &'a str, u16, &'a str, Option<&'a str>);
+    let mfa_cases: Vec<Case> = vec![
+        (Method::POST, totp.clone(), "{}", 422, "missing_field", Some("current_password")),
+        (
+            Method::POST,
+            totp.clone(),
+            r#"{"current_password":"wrong password"}"#,
+            403,
+            "current_password_incorrect",
+            Some("current_password"),
+        ),
+        (Method::POST, format!("{totp}/confirm"), r#"{"code":"12a456"}"#, 422, "mfa_code_malformed", Some("code")),
+        (Method::POST, format!("{totp}/confirm"), r#"{"code":"123456"}"#, 409, "mfa_not_enabled", None),
+        (Method::POST, format!("{totp}/recovery-codes"), r#"{"code":"123456"}"#, 409, "mfa_not_enabled", None),
+        (Method::DELETE, totp.clone(), r#"{"code":"123456"}"#, 409, "mfa_not_enabled", None),
+        (Method::DELETE, totp.clone(), r#"{"code":7}"#, 422, "invalid_type", Some("code")),
+        (
+            Method::POST,
+            "/v1/sessions/mfa".into(),
+            r#"{"challenge":"mfa_x","code":"123456"}"#,
+            422,
+            "mfa_challenge_invalid",
+            Some("challenge"),
+        ),
+        (Method::POST, "/v1/sessions/mfa".into(), r#"{"code":"123456"}"#, 422, "missing_field", Some("challenge")),
+    ];
+    for (method, path, body, status, code, field) in mfa_cases {
+        let r = app.send(method.clone(), &path, &auth, Some(Bytes::from(body))).await;
+        r.assert_problem(status, code, field);
+    }
+
     // Nothing above created or changed anything.
     let list = app.get("/v1/users", Some(ADMIN)).await;
     assert_eq!(list.body["items"].as_array().unwrap().len(), 1, "{}", list.body);
@@ -906,6 +940,10 @@ fn python_with(modules: &str, what: &str, backend: &str, why: &str) -> Option<St
 #[path = "api/lifecycle.rs"]
 mod lifecycle;
 
+/// Issue 16: the TOTP second factor.
+#[path = "api/mfa.rs"]
+mod mfa;
+
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]
 mod backup;
@@ -983,6 +1021,28 @@ fn secrets_never_reach_the_logs() {
     let confirm =
         post("/v1/password-resets/confirm", json!({"token": guessed, "new_password": NEW_PASSWORD}).to_string());
     assert!(confirm.starts_with("HTTP/1.1 422"), "{confirm}");
+    // A TOTP enrolment and a second login step: neither the secret nor the challenge is logged.
+    let id = created.split("\"id\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let body = json!({"current_password": USER_PASSWORD}).to_string();
+    let enrol = request(format!(
+        "POST /v1/users/{id}/mfa/totp HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(enrol.starts_with("HTTP/1.1 200"), "{enrol}");
+    let totp_secret = enrol.split("\"secret\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let challenge = strata_core::totp::TotpRecord {
+        user_id: strata_core::domain::UserId::parse(&id).unwrap(),
+        secret: strata_core::totp::TotpSecret::from_base32(&totp_secret).unwrap(),
+        enabled: true,
+        last_step: None,
+        recovery_hashes: vec![],
+        version: 1,
+        created_at: strata_core::domain::Timestamp(0),
+        updated_at: strata_core::domain::Timestamp(0),
+    }
+    .challenge("not the hash", strata_core::domain::Timestamp(i64::MAX));
+    let second = post("/v1/sessions/mfa", json!({"challenge": challenge, "code": "123456"}).to_string());
+    assert!(second.starts_with("HTTP/1.1 4"), "{second}");
     for bearer in [ADMIN_SECRET, &token] {
         let out = request(format!(
             "GET /v1/users HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {bearer}\r\nconnection: close\r\n\r\n"
@@ -996,9 +1056,18 @@ fn secrets_never_reach_the_logs() {
     stdout.read_to_string(&mut logs).unwrap();
     child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
     assert!(logs.lines().count() > 3, "expected verbose logs, got: {logs}");
-    for secret in
-        [ADMIN_SECRET, CACHE_SECRET, CACHE_HMAC_KEY, USER_PASSWORD, SMTP_PASSWORD, NEW_PASSWORD, &token, &guessed]
-    {
+    for secret in [
+        ADMIN_SECRET,
+        CACHE_SECRET,
+        CACHE_HMAC_KEY,
+        USER_PASSWORD,
+        SMTP_PASSWORD,
+        NEW_PASSWORD,
+        &token,
+        &guessed,
+        &totp_secret,
+        &challenge,
+    ] {
         assert!(!logs.contains(secret), "{secret} appeared in the logs:\n{logs}");
     }
 }

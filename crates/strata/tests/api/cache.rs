@@ -350,6 +350,24 @@ impl strata_core::ports::LifecycleRepository for CountingStore {
 }
 
 #[async_trait]
+impl strata_core::ports::MfaRepository for CountingStore {
+    async fn totp_of(&self, user_id: UserId) -> Result<Option<strata_core::totp::TotpRecord>, RepoError> {
+        self.inner.totp_of(user_id).await
+    }
+    async fn save_totp(
+        &self,
+        record: &strata_core::totp::TotpRecord,
+        expected: Option<i64>,
+        event: Option<&OutboxEvent>,
+    ) -> Result<(), RepoError> {
+        self.inner.save_totp(record, expected, event).await
+    }
+    async fn delete_totp(&self, user_id: UserId, expected: Option<i64>, event: &OutboxEvent) -> Result<(), RepoError> {
+        self.inner.delete_totp(user_id, expected, event).await
+    }
+}
+
+#[async_trait]
 impl strata_core::backup::BackupRepository for CountingStore {
     async fn export_snapshot(
         &self,
