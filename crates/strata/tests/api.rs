@@ -779,6 +779,24 @@ macro_rules! api_tests {
     };
 }
 
+/// `case(backend)` as one test per backend, for test modules that start their own app.
+macro_rules! per_backend {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Backend::Sqlite).await })*
+        }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Backend::Postgres).await })*
+        }
+        mod mysql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case(super::Backend::Mysql).await })*
+        }
+    };
+}
+
 macro_rules! all_backends {
     ($($case:ident),* $(,)?) => {
         api_tests!(sqlite, Backend::Sqlite, [$($case),*]);

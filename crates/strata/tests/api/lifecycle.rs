@@ -613,24 +613,7 @@ async fn starttls_and_smtps_with_auth_deliver(backend: Backend) {
     }
 }
 
-macro_rules! lifecycle_tests {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Postgres).await })*
-        }
-        mod mysql {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Mysql).await })*
-        }
-    };
-}
-
-lifecycle_tests!(
+per_backend!(
     the_reset_journey_reads_its_token_from_a_delivered_mail,
     reset_tokens_expire_are_superseded_and_die_with_a_password_change,
     reset_requests_do_not_enumerate_and_are_throttled,

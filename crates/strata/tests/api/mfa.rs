@@ -261,24 +261,7 @@ async fn concurrent_code_guesses_are_capped_by_the_throttle(backend: Backend) {
     app.stop().await;
 }
 
-macro_rules! mfa_tests {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Sqlite).await })*
-        }
-        mod postgres {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Postgres).await })*
-        }
-        mod mysql {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Mysql).await })*
-        }
-    };
-}
-
-mfa_tests!(
+per_backend!(
     enrolment_login_replay_and_recovery_codes,
     admins_reset_mfa_and_it_is_audited,
     concurrent_code_guesses_are_capped_by_the_throttle,
