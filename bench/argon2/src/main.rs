@@ -171,13 +171,11 @@ impl Impl {
                     Err(e) => Err(e.to_string()),
                 }
             }
-            Impl::Rust => {
-                match argon2_rust::Argon2::verify_encoded(phc, password, argon2_rust::Algorithm::Argon2id) {
-                    Ok(()) => Ok(true),
-                    Err(argon2_rust::Error::VerifyMismatch) => Ok(false),
-                    Err(e) => Err(format!("{e:?}")),
-                }
-            }
+            Impl::Rust => match argon2_rust::Argon2::verify_encoded(phc, password, argon2_rust::Algorithm::Argon2id) {
+                Ok(()) => Ok(true),
+                Err(argon2_rust::Error::VerifyMismatch) => Ok(false),
+                Err(e) => Err(format!("{e:?}")),
+            },
         }
     }
 }
@@ -429,7 +427,10 @@ fn main() {
             }
         }
     }
-    println!("| written by ↓ / verified by → | {} | same string as 0.5 for the same salt |", IMPLS.map(Impl::name).join(" | "));
+    println!(
+        "| written by ↓ / verified by → | {} | same string as 0.5 for the same salt |",
+        IMPLS.map(Impl::name).join(" | ")
+    );
     println!("|---|{}---|", "---|".repeat(IMPLS.len()));
     for (w, imp) in IMPLS.iter().enumerate() {
         let cells: Vec<String> = (0..IMPLS.len())
