@@ -201,6 +201,8 @@ enum Timed {
     V05Alloc,
     /// argon2-rust `Argon2::hash_into`: a fresh mmap arena per verify.
     RustOneShot,
+    /// The same with the AVX2 backend forced: what a CPU without AVX-512 would get.
+    RustAvx2OneShot,
 }
 
 impl Timed {
@@ -209,6 +211,7 @@ impl Timed {
             Timed::Reused(i) => format!("{} (reused buffer)", i.name()),
             Timed::V05Alloc => "argon2 0.5 (allocating per verify)".into(),
             Timed::RustOneShot => "argon2-rust 1.1 (one-shot, mmap per verify)".into(),
+            Timed::RustAvx2OneShot => "argon2-rust 1.1, AVX2 backend forced (one-shot)".into(),
         }
     }
 
@@ -258,6 +261,30 @@ impl Timed {
                 Box::new(move |pw, salt, expected| {
                     let mut out = [0u8; TAG_LEN];
                     ctx.hash_into(pw, salt, &mut out).expect("hash");
+                    out[..] == *expected
+                })
+            }
+            Timed::RustAvx2OneShot => {
+                use argon2_rust::__internal::{Backend, hash_with_backend};
+                assert!(Backend::Avx2.is_available(), "no AVX2 on this CPU");
+                let ctx = rust_argon2id();
+                Box::new(move |pw, salt, expected| {
+                    let mut out = [0u8; TAG_LEN];
+                    // SAFETY: the CPU has AVX2 (checked above), the backend's only requirement.
+                    unsafe {
+                        hash_with_backend(
+                            Backend::Avx2,
+                            ctx.algorithm(),
+                            ctx.version(),
+                            ctx.params(),
+                            pw,
+                            salt,
+                            &[],
+                            &[],
+                            &mut out,
+                        )
+                    }
+                    .expect("hash");
                     out[..] == *expected
                 })
             }
@@ -521,6 +548,7 @@ fn main() {
         Timed::Reused(Impl::Rust),
         Timed::V05Alloc,
         Timed::RustOneShot,
+        Timed::RustAvx2OneShot,
     ];
     // Page faults and RSS per verify, single thread, before the timing rounds.
     let mut faults = Vec::new();
@@ -546,17 +574,19 @@ fn main() {
     }
     println!(
         "### Verifies/s at m={M_KIB} KiB, t={T}, p={P} ({rounds} interleaved rounds of {count} verifies per thread, \
-         median; {:.0} s)",
+         median; ratios: median of the per-round ratios to argon2 0.5; {:.0} s)",
         began.elapsed().as_secs_f64()
     );
     println!();
     println!(
         "| implementation | 1 thread /s | ms per verify | ratio | {cores} threads /s (login ceiling) | ratio | \
-         1-thread range | {cores}-thread range | minor faults per verify | RSS after, AnonHugePages |"
+         1-thread range | {cores}-thread range | minor faults per verify | process RSS, AnonHugePages |"
     );
     println!("|---|---:|---:|---:|---:|---:|---|---|---:|---|");
-    let base_single = median(single[0].clone());
-    let base_parallel = median(parallel[0].clone());
+    // Ratios are medians of each round's ratio to argon2 0.5 in that same round, which
+    // cancels drift between rounds better than a ratio of medians.
+    let paired =
+        |rates: &[Vec<f64>], k: usize| median(rates[k].iter().zip(&rates[0]).map(|(x, base)| x / base).collect());
     for (k, t) in timed.iter().enumerate() {
         let s = median(single[k].clone());
         let p = median(parallel[k].clone());
@@ -570,8 +600,8 @@ fn main() {
             "| {} | {s:.1} | {:.2} | {:.2}× | {p:.1} | {:.2}× | {} | {} | {f:.0} | {} MiB, {} MiB |",
             t.name(),
             1000.0 / s,
-            s / base_single,
-            p / base_parallel,
+            paired(&single, k),
+            paired(&parallel, k),
             range(&single[k]),
             range(&parallel[k]),
             rss / 1024,
