@@ -1,5 +1,5 @@
 //! Cost of argon2id verifies with the production defaults, computed the way the server does
-//! (one reused memory buffer per thread): single-core time per verify (so the naive login
+//! (argon2-rust, one reused memory arena per thread): single-core time per verify (so the naive login
 //! ceiling is `cores / verify time`) and the measured rate with one verify per core running
 //! at once (what the machine really sustains: shared caches and memory bandwidth can make
 //! it less than linear).
@@ -7,35 +7,34 @@
 
 use std::time::Instant;
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2_rust::params::{Memory, TagLen};
+use argon2_rust::{Algorithm, Argon2, Params, Version};
 use strata_core::password::HashParams;
 
-fn argon2() -> Argon2<'static> {
+fn argon2() -> Argon2 {
     let p = HashParams::default();
-    let params = Params::new(p.memory_kib, p.iterations, p.parallelism, Some(32)).expect("params");
+    let params = Params::builder()
+        .memory(Memory::kib(u64::from(p.memory_kib)))
+        .passes(p.iterations)
+        .lanes(p.parallelism)
+        .tag_len(TagLen::bytes(32))
+        .build()
+        .expect("params");
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
 fn verify_many(expected: &[u8; 32], rounds: u32) {
-    let argon2 = argon2();
-    let mut memory = vec![Block::default(); argon2.params().block_count()];
+    let mut hasher = argon2().hasher();
     for _ in 0..rounds {
         let mut out = [0u8; 32];
-        argon2
-            .hash_password_into_with_memory(
-                b"correct horse battery staple",
-                b"sixteen byte salt",
-                &mut out,
-                &mut memory,
-            )
-            .expect("hash");
+        hasher.hash_into(b"correct horse battery staple", b"sixteen byte salt", &mut out).expect("hash");
         assert_eq!(&out, expected);
     }
 }
 
 fn main() {
     let mut expected = [0u8; 32];
-    argon2().hash_password_into(b"correct horse battery staple", b"sixteen byte salt", &mut expected).expect("hash");
+    argon2().hash_into(b"correct horse battery staple", b"sixteen byte salt", &mut expected).expect("hash");
     let rounds = 40;
     verify_many(&expected, 3); // warm up
     let started = Instant::now();

@@ -49,7 +49,7 @@ const ONE_TIME_B64_LEN: usize = 43;
 
 impl OneTimeToken {
     pub fn generate() -> Self {
-        use argon2::password_hash::rand_core::{OsRng, RngCore};
+        use rand_core::{OsRng, RngCore};
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         OneTimeToken(bytes)

@@ -14,21 +14,25 @@
 //! quarter the size, so a sign-up flood fills its own lane and gets `503`s while logins
 //! still reach a thread after at most one hash.
 //!
-//! Each hashing thread keeps one argon2 memory buffer (19 MiB with the defaults) for its
-//! whole life. Allocating it per hash — as `Argon2::hash_password` does — cost ~1,500 page
-//! faults and a fresh zeroing per login on whatever thread ran it, about a fifth of login
-//! throughput, and spread hundreds of MiB of arenas over tokio's blocking threads. Reuse is
-//! safe: argon2 writes every block before reading it.
+//! Each hashing thread keeps one argon2 memory arena (19 MiB with the defaults) for its
+//! whole life. Allocating it per hash cost ~1,500 page faults and a fresh zeroing per login
+//! on whatever thread ran it, about a fifth of login throughput, and spread hundreds of MiB
+//! of arenas over tokio's blocking threads.
+//!
+//! The argon2 is `argon2-rust` (AVX-512/AVX2 chosen at run time), about twice as fast here
+//! as RustCrypto's `argon2` 0.5 that Strata used before and bit-exact with it: the same PHC
+//! strings, so hashes of either verify under the other (`bench/argon2.sh`, issue 8).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use argon2::password_hash::rand_core::{OsRng, RngCore};
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2_rust::params::{Memory, TagLen};
+use argon2_rust::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
+use rand_core::{OsRng, RngCore};
 
 use crate::domain::{Password, PasswordHash};
 use crate::error::AppError;
@@ -57,9 +61,15 @@ impl Default for HashParams {
 }
 
 impl HashParams {
-    fn params(&self) -> Result<Params, String> {
-        Params::new(self.memory_kib, self.iterations, self.parallelism, Some(OUTPUT_LEN))
-            .map_err(|e| format!("invalid argon2 parameters: {e}"))
+    fn argon2id(&self) -> Result<Argon2, String> {
+        let params = Params::builder()
+            .memory(Memory::kib(u64::from(self.memory_kib)))
+            .passes(self.iterations)
+            .lanes(self.parallelism)
+            .tag_len(TagLen::bytes(OUTPUT_LEN as u64))
+            .build()
+            .map_err(|e| format!("invalid argon2 parameters: {e}"))?;
+        Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 }
 
@@ -84,7 +94,44 @@ impl Default for HasherSettings {
 }
 
 /// Work for a hashing thread: runs with that thread's reusable argon2 memory.
-type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+type Job = Box<dyn FnOnce(&mut Scratch) + Send>;
+
+/// A hashing thread's argon2 memory: one arena, allocated by the first hash and reused by
+/// every later one, whatever its parameters (it grows for a larger imported hash).
+pub(crate) struct Scratch {
+    hasher: argon2_rust::Hasher,
+}
+
+impl Scratch {
+    fn new(argon2: Argon2) -> Self {
+        Scratch { hasher: argon2.hasher() }
+    }
+
+    /// The tag of `password` under `argon2` into `out`, whose length must be the tag length.
+    fn hash_into(
+        &mut self,
+        argon2: Argon2,
+        password: &[u8],
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), argon2_rust::Error> {
+        self.hasher.set_argon2(argon2);
+        self.hasher.hash_into(password, salt, out)
+    }
+
+    /// Gives the arena back (wiped) if it holds more than `blocks` KiB; the next hash
+    /// allocates what it needs.
+    fn release_beyond(&mut self, blocks: usize) {
+        if self.hasher.reserved_blocks() > blocks {
+            self.hasher.clear();
+        }
+    }
+
+    #[cfg(test)]
+    fn reserved_blocks(&self) -> usize {
+        self.hasher.reserved_blocks()
+    }
+}
 
 /// Which queue a job waits in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +214,7 @@ pub struct Verified {
 }
 
 pub struct PasswordHasher {
-    params: Params,
+    argon2: Argon2,
     settings: HashParams,
     queue: Arc<Queue>,
     /// A real hash of a random password, verified against when the email is unknown so
@@ -177,9 +224,8 @@ pub struct PasswordHasher {
 
 impl PasswordHasher {
     pub fn new(settings: HasherSettings) -> Result<Self, String> {
-        let params = settings.params.params()?;
-        let mut memory = Vec::new();
-        let decoy = hash_with(&params, uuid::Uuid::new_v4().to_string().as_bytes(), &mut memory)
+        let argon2 = settings.params.argon2id()?;
+        let decoy = hash_with(argon2, uuid::Uuid::new_v4().to_string().as_bytes(), &mut Scratch::new(argon2))
             .map_err(|e| format!("argon2 self-test failed: {e}"))?;
         // The queue holds waiting jobs; the threads hold the running ones.
         let queue = Arc::new(Queue {
@@ -193,10 +239,10 @@ impl PasswordHasher {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name(format!("strata-hash-{i}"))
-                .spawn(move || worker(&queue))
+                .spawn(move || worker(&queue, argon2))
                 .map_err(|e| format!("cannot start hashing thread: {e}"))?;
         }
-        Ok(PasswordHasher { params, settings: settings.params, queue, decoy: PasswordHash::from_trusted(decoy) })
+        Ok(PasswordHasher { argon2, settings: settings.params, queue, decoy: PasswordHash::from_trusted(decoy) })
     }
 
     pub fn decoy(&self) -> &PasswordHash {
@@ -210,10 +256,10 @@ impl PasswordHasher {
 
     /// A new hash, in the enrolment lane.
     pub async fn hash(&self, password: &Password) -> Result<PasswordHash, AppError> {
-        let params = self.params.clone();
+        let argon2 = self.argon2;
         let password = password.clone();
         let phc = self
-            .run(Lane::Enrol, move |memory| hash_with(&params, password.expose().as_bytes(), memory))
+            .run(Lane::Enrol, move |memory| hash_with(argon2, password.expose().as_bytes(), memory))
             .await?
             .map_err(|e| AppError::Internal(format!("argon2 hash: {e}")))?;
         Ok(PasswordHash::from_trusted(phc))
@@ -269,11 +315,11 @@ impl PasswordHasher {
         };
         let upgrade = rehash && known && parsed.scheme(&self.settings) != HashScheme::Argon2idCurrent;
         let password = password.clone();
-        let params = self.params.clone();
+        let argon2 = self.argon2;
         self.run(lane, move |memory| {
             let matches = parsed.verify(password.expose().as_bytes(), memory) && known;
             let rehashed = if matches && upgrade {
-                match hash_with(&params, password.expose().as_bytes(), memory) {
+                match hash_with(argon2, password.expose().as_bytes(), memory) {
                     Ok(phc) => Some(PasswordHash::from_trusted(phc)),
                     Err(e) => {
                         tracing::warn!(error = %e, "argon2 rehash failed; the old hash stays");
@@ -285,10 +331,7 @@ impl PasswordHasher {
             };
             // An imported hash may have asked for far more memory than ours (up to
             // MAX_ARGON2_MEMORY_KIB); a thread does not keep that for its life.
-            if memory.len() > params.block_count() {
-                memory.truncate(params.block_count());
-                memory.shrink_to_fit();
-            }
+            memory.release_beyond(argon2.params().memory_blocks() as usize);
             Verified { matches, rehashed }
         })
         .await
@@ -300,7 +343,7 @@ impl PasswordHasher {
     async fn run<T: Send + 'static>(
         &self,
         lane: Lane,
-        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+        work: impl FnOnce(&mut Scratch) -> T + Send + 'static,
     ) -> Result<T, AppError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |memory| {
@@ -321,36 +364,26 @@ impl Drop for PasswordHasher {
     }
 }
 
-fn worker(queue: &Queue) {
-    let mut memory = Vec::new();
+fn worker(queue: &Queue, argon2: Argon2) {
+    let mut memory = Scratch::new(argon2);
     // The lock is held only while taking a job, never while hashing.
     while let Some(job) = queue.pop() {
         job(&mut memory);
     }
 }
 
-fn argon2id(params: &Params) -> Argon2<'static> {
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
-}
-
-fn grow(memory: &mut Vec<Block>, params: &Params) {
-    if memory.len() < params.block_count() {
-        memory.resize(params.block_count(), Block::default());
-    }
-}
-
 /// A new PHC string (`$argon2id$v=19$m=…,t=…,p=…$salt$hash`) for `password`.
-fn hash_with(params: &Params, password: &[u8], memory: &mut Vec<Block>) -> Result<String, argon2::Error> {
+fn hash_with(argon2: Argon2, password: &[u8], memory: &mut Scratch) -> Result<String, argon2_rust::Error> {
     let mut salt = [0u8; SALT_LEN];
     OsRng.fill_bytes(&mut salt);
     let mut out = [0u8; OUTPUT_LEN];
-    grow(memory, params);
-    argon2id(params).hash_password_into_with_memory(password, &salt, &mut out, &mut memory[..])?;
+    memory.hash_into(argon2, password, &salt, &mut out)?;
+    let params = argon2.params();
     Ok(format!(
         "$argon2id$v=19$m={},t={},p={}${}${}",
-        params.m_cost(),
-        params.t_cost(),
-        params.p_cost(),
+        params.memory_kib(),
+        params.passes(),
+        params.lanes(),
         STANDARD_NO_PAD.encode(salt),
         STANDARD_NO_PAD.encode(out)
     ))
@@ -361,6 +394,59 @@ mod tests {
     use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _, SaltString};
 
     use super::*;
+
+    /// Written by Strata before issue 8, with RustCrypto `argon2` 0.5 at the default
+    /// parameters (the `hash_with` of that time), and the passwords they are of.
+    const ARGON2_05_DEFAULT: [(&str, &str); 3] = [
+        (
+            "correct horse battery staple",
+            "$argon2id$v=19$m=19456,t=2,p=1$rpf+677ZA/5WwPjGwgpsSg$Zrfyh6oj3nVRwRswBwBwiA/CN5/bWLb1KAMaL7Wees8",
+        ),
+        (
+            "pässwörd ☃ 🦀",
+            "$argon2id$v=19$m=19456,t=2,p=1$rT/k1sEPoFjWIxy+zfGdCA$hRs1kaTqpWiIVpcfhI/wwvXCt1L5d9OZfdyUGwUNHl8",
+        ),
+        (
+            "Tr0ub4dor&3 with a long tail of words to make sixty-four chars!",
+            "$argon2id$v=19$m=19456,t=2,p=1$D+Z1xWoY/b0x1A6EjJ8Q3w$zGvXP7X6WNubgj8lzwyPPOC5JmIxbPaC/95DoJxlX2g",
+        ),
+    ];
+
+    /// The same from argon2 0.5, at the cheap parameters of these tests.
+    const ARGON2_05_CHEAP: [(&str, &str); 3] = [
+        (
+            "correct horse battery staple",
+            "$argon2id$v=19$m=64,t=1,p=1$s0PE0A1guFqRBcRZKvv5pA$CMK/a7VrvP6eTXmKgefD837yKBy5Bm7D3ObTw73pNXQ",
+        ),
+        (
+            "pässwörd ☃ 🦀",
+            "$argon2id$v=19$m=64,t=1,p=1$Pa6IyXKJvtoKF2ToKU7cug$kBmKqky8JrpWUAORcon2sU6f9EjMiN3Y/0Y8U6erig0",
+        ),
+        (
+            "Tr0ub4dor&3 with a long tail of words to make sixty-four chars!",
+            "$argon2id$v=19$m=64,t=1,p=1$Y6HL6+n7IirTM12AkDHZ3A$3shzXts7XS08PEb4EHJ4WV+8o1OGXOqUClK82h2mzH8",
+        ),
+    ];
+
+    /// Every hash the previous implementation wrote still verifies, counts as current (no
+    /// rehash at login), and refuses a wrong password.
+    #[tokio::test]
+    async fn hashes_written_with_argon2_05_verify() {
+        let defaults =
+            PasswordHasher::new(HasherSettings { concurrency: 1, max_queue: 4, ..HasherSettings::default() }).unwrap();
+        let cheap = cheap(1, 4);
+        for (hasher, hashes) in [(&defaults, ARGON2_05_DEFAULT), (&cheap, ARGON2_05_CHEAP)] {
+            for (password, stored) in hashes {
+                let pw = Password::parse_login(password).unwrap();
+                let stored = PasswordHash::from_trusted(stored.into());
+                assert_eq!(hasher.hash_scheme(&stored), HashScheme::Argon2idCurrent, "{}", stored.as_str());
+                let verified = hasher.verify_and_rehash(Lane::Login, &pw, &stored).await.unwrap();
+                assert!(verified.matches && verified.rehashed.is_none(), "{}", stored.as_str());
+                let wrong = Password::parse_login(&format!("{password}!")).unwrap();
+                assert!(!hasher.verify(Lane::Login, &wrong, &stored).await.unwrap(), "{}", stored.as_str());
+            }
+        }
+    }
 
     fn cheap(concurrency: usize, max_queue: usize) -> PasswordHasher {
         PasswordHasher::new(HasherSettings {
@@ -383,17 +469,21 @@ mod tests {
         assert!(!hasher.verify(Lane::Login, &pw, hasher.decoy()).await.unwrap());
     }
 
-    /// Our PHC strings and the reference implementation's are interchangeable both ways.
+    /// Our PHC strings and those of RustCrypto's `argon2` 0.5 (Strata's implementation
+    /// before issue 8) are interchangeable both ways.
     #[tokio::test]
-    async fn interoperates_with_the_reference_implementation() {
+    async fn interoperates_with_argon2_05() {
         let hasher = cheap(1, 4);
         let pw = Password::parse_new("correct horse battery").unwrap();
-        let ours = hasher.hash(&pw).await.unwrap();
-        let parsed = argon2::password_hash::PasswordHash::new(ours.as_str()).unwrap();
-        assert!(Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok());
+        for _ in 0..3 {
+            let ours = hasher.hash(&pw).await.unwrap();
+            let parsed = argon2::password_hash::PasswordHash::new(ours.as_str()).unwrap();
+            assert!(argon2::Argon2::default().verify_password(pw.expose().as_bytes(), &parsed).is_ok());
+            assert!(argon2::Argon2::default().verify_password(b"correct horse batterY", &parsed).is_err());
+        }
 
-        let params = Params::new(128, 2, 1, None).unwrap();
-        let theirs = argon2id(&params)
+        let params = argon2::Params::new(128, 2, 1, None).unwrap();
+        let theirs = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
             .hash_password(pw.expose().as_bytes(), &SaltString::generate(&mut OsRng))
             .unwrap()
             .to_string();
@@ -498,17 +588,15 @@ mod tests {
     async fn memory_for_a_large_imported_hash_is_given_back() {
         let hasher = cheap(1, 4);
         let salt = [3u8; 16];
-        let big = Params::new(4096, 1, 1, Some(32)).unwrap();
+        let big = argon2::Params::new(4096, 1, 1, Some(32)).unwrap();
         let mut out = [0u8; 32];
-        let mut scratch = Vec::new();
-        grow(&mut scratch, &big);
-        Argon2::new(Algorithm::Argon2id, Version::V0x13, big)
-            .hash_password_into_with_memory(b"correct horse battery", &salt, &mut out, &mut scratch[..])
+        argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, big)
+            .hash_password_into(b"correct horse battery", &salt, &mut out)
             .unwrap();
         let imported = argon2_hash(Argon2Variant::Argon2id, 0x13, 4096, 1, 1, &salt, &out);
         let pw = Password::parse_login("correct horse battery").unwrap();
         assert!(hasher.verify(Lane::Login, &pw, &imported).await.unwrap());
-        let kept = hasher.run(Lane::Login, |memory| memory.capacity()).await.unwrap();
+        let kept = hasher.run(Lane::Login, |memory| memory.reserved_blocks()).await.unwrap();
         assert!(kept <= 64, "the thread kept {kept} blocks");
     }
 

@@ -106,7 +106,7 @@ impl ProvisioningTokens {
 
 /// 256 bits from the OS, as session tokens get them.
 fn getrandom(out: &mut [u8; 32]) {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use rand_core::{OsRng, RngCore};
     OsRng.fill_bytes(out);
 }
 

@@ -64,7 +64,7 @@ pub fn base32_decode(text: &str) -> Option<Vec<u8>> {
 }
 
 fn random<const N: usize>() -> [u8; N] {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use rand_core::{OsRng, RngCore};
     let mut bytes = [0u8; N];
     OsRng.fill_bytes(&mut bytes);
     bytes

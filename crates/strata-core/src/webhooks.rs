@@ -213,7 +213,7 @@ pub struct WebhookSecret {
 
 impl WebhookSecret {
     pub fn generate() -> WebhookSecret {
-        use argon2::password_hash::rand_core::{OsRng, RngCore};
+        use rand_core::{OsRng, RngCore};
         let mut bytes = [0u8; 32];
         OsRng.fill_bytes(&mut bytes);
         WebhookSecret {
@@ -491,7 +491,7 @@ impl Default for WebhookSettings {
 
 /// `base` ±20 %.
 fn jitter(base: Duration) -> Duration {
-    use argon2::password_hash::rand_core::{OsRng, RngCore};
+    use rand_core::{OsRng, RngCore};
     let f = 0.8 + 0.4 * (OsRng.next_u32() as f64 / u32::MAX as f64);
     base.mul_f64(f)
 }

@@ -26,7 +26,8 @@
 //! million); every derived hash [`MIN_HASH_BYTES`]–[`MAX_HASH_BYTES`] bytes long (a short one
 //! would let many passwords match) and every salt at most [`MAX_SALT_BYTES`].
 
-use argon2::{Algorithm, Argon2, Block, Params, Version};
+use argon2_rust::params::{MIN_SALT_LENGTH, Memory, TagLen};
+use argon2_rust::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::DecodePaddingMode;
@@ -35,7 +36,7 @@ use hmac::Hmac;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
-use super::{HashParams, OUTPUT_LEN, SALT_LEN, grow};
+use super::{HashParams, OUTPUT_LEN, SALT_LEN, Scratch};
 use crate::domain::PasswordHash;
 
 pub const MAX_ARGON2_MEMORY_KIB: u32 = 1024 * 1024;
@@ -216,9 +217,8 @@ pub fn keycloak_argon2_hash(
 /// A stored hash, understood and within bounds.
 pub(super) enum Parsed {
     Argon2 {
-        algorithm: Algorithm,
-        version: Version,
-        params: Params,
+        /// Variant, version and parameters (the tag length is the hash's).
+        argon2: Argon2,
         salt: Vec<u8>,
         hash: Vec<u8>,
         /// Django's `argon2$` prefix: verifies the same, but is not Strata's string.
@@ -267,13 +267,14 @@ pub(super) fn parse(stored: &str) -> Option<Parsed> {
 impl Parsed {
     pub(super) fn scheme(&self, current: &HashParams) -> HashScheme {
         match self {
-            Parsed::Argon2 { algorithm, version, params, salt, hash, prefixed } => {
+            Parsed::Argon2 { argon2, salt, hash, prefixed } => {
+                let params = argon2.params();
                 let exactly_ours = !prefixed
-                    && *algorithm == Algorithm::Argon2id
-                    && *version == Version::V0x13
-                    && params.m_cost() == current.memory_kib
-                    && params.t_cost() == current.iterations
-                    && params.p_cost() == current.parallelism
+                    && argon2.algorithm() == Algorithm::Argon2id
+                    && argon2.version() == Version::V0x13
+                    && params.memory_kib() == current.memory_kib
+                    && params.passes() == current.iterations
+                    && params.lanes() == current.parallelism
                     && hash.len() == OUTPUT_LEN
                     && salt.len() >= SALT_LEN;
                 if exactly_ours { HashScheme::Argon2idCurrent } else { HashScheme::Argon2Other }
@@ -286,17 +287,11 @@ impl Parsed {
     }
 
     /// Derives from `password` as the hash's origin did and compares in constant time.
-    pub(super) fn verify(&self, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    pub(super) fn verify(&self, password: &[u8], memory: &mut Scratch) -> bool {
         match self {
-            Parsed::Argon2 { algorithm, version, params, salt, hash, .. } => {
+            Parsed::Argon2 { argon2, salt, hash, .. } => {
                 let mut out = vec![0u8; hash.len()];
-                grow(memory, params);
-                let derived = Argon2::new(*algorithm, *version, params.clone()).hash_password_into_with_memory(
-                    password,
-                    salt,
-                    &mut out,
-                    &mut memory[..],
-                );
+                let derived = memory.hash_into(*argon2, password, salt, &mut out);
                 derived.is_ok() && bool::from(out.ct_eq(hash))
             }
             Parsed::Bcrypt { cost, salt, hash, sha256_first } => {
@@ -366,12 +361,21 @@ fn salt_and_hash(salt: Vec<u8>, hash: Vec<u8>) -> Option<(Vec<u8>, Vec<u8>)> {
 /// `$argon2id$v=19$m=…,t=…,p=…$salt$hash`, the `v=` part optional.
 fn parse_argon2(phc: &str, prefixed: bool) -> Option<Parsed> {
     let mut fields: Vec<&str> = phc.strip_prefix('$')?.split('$').collect();
-    let algorithm = Algorithm::new(fields.first()?).ok()?;
+    let algorithm = match *fields.first()? {
+        "argon2d" => Algorithm::Argon2d,
+        "argon2i" => Algorithm::Argon2i,
+        "argon2id" => Algorithm::Argon2id,
+        _ => return None,
+    };
     // libargon2 reads a string without "v=" as version 1.0 (0x10); old Django hashes are
     // such strings.
     let version = match fields.get(1).and_then(|f| f.strip_prefix("v=")) {
         Some(v) => {
-            let version = Version::try_from(number(v)?).ok()?;
+            let version = match number(v)? {
+                0x10 => Version::V0x10,
+                0x13 => Version::V0x13,
+                _ => return None,
+            };
             fields.remove(1);
             version
         }
@@ -400,11 +404,17 @@ fn parse_argon2(phc: &str, prefixed: bool) -> Option<Parsed> {
         return None;
     }
     let (salt, hash) = salt_and_hash(STANDARD_NO_PAD.decode(salt).ok()?, STANDARD_NO_PAD.decode(hash).ok()?)?;
-    if salt.len() < argon2::MIN_SALT_LEN {
+    if salt.len() < MIN_SALT_LENGTH as usize {
         return None;
     }
-    let params = Params::new(m, t, p, Some(hash.len())).ok()?;
-    Some(Parsed::Argon2 { algorithm, version, params, salt, hash, prefixed })
+    // What libargon2 refuses (m < 8 × p, t = 0, p = 0…) is refused here, before any hashing.
+    let params = Params::builder()
+        .memory(Memory::kib(u64::from(m)))
+        .passes(t)
+        .lanes(p)
+        .tag_len(TagLen::bytes(hash.len() as u64));
+    let argon2 = Argon2::new(algorithm, version, params.build().ok()?);
+    Some(Parsed::Argon2 { argon2, salt, hash, prefixed })
 }
 
 /// bcrypt's own base64: `./A–Za–z0–9`, canonical (the unused low bits of the last
@@ -644,7 +654,10 @@ mod tests {
     }
 
     fn verifies(stored: &str, password: &str) -> bool {
-        parse(stored).is_some_and(|parsed| parsed.verify(password.as_bytes(), &mut Vec::new()))
+        parse(stored).is_some_and(|parsed| {
+            let mut memory = Scratch::new(HashParams::default().argon2id().expect("params"));
+            parsed.verify(password.as_bytes(), &mut memory)
+        })
     }
 
     fn scheme(stored: &str) -> HashScheme {
