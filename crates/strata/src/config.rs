@@ -1192,6 +1192,35 @@ mod tests {
     }
 
     #[test]
+    fn browser_settings_are_parsed_and_checked() {
+        let vars = [
+            ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "http://127.0.0.1:5173, https://App.Example"),
+            ("STRATA_COOKIE_SAME_SITE", "strict"),
+            ("STRATA_COOKIE_SECURE", "false"),
+            ("STRATA_COOKIE_DOMAIN", "app.example"),
+        ];
+        let b = Config::load(None, &env(&vars)).unwrap().browser_settings().unwrap();
+        assert_eq!(b.cors_allowed_origins, ["http://127.0.0.1:5173", "https://app.example"]);
+        assert_eq!(b.same_site, strata_api::browser::SameSite::Strict);
+        assert!(!b.secure);
+        assert_eq!(b.cookie_domain.as_deref(), Some("app.example"));
+        let defaults = Config::default().browser_settings().unwrap();
+        assert!(defaults.secure && defaults.cors_allowed_origins.is_empty());
+        for (var, value, key) in [
+            ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "*", "http.cors_allowed_origins"),
+            ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "https://app.example/", "http.cors_allowed_origins"),
+            ("STRATA_COOKIE_SAME_SITE", "sometimes", "auth.cookie_same_site"),
+            ("STRATA_COOKIE_NAME", "a;b", "auth.cookie_name"),
+            ("STRATA_COOKIE_DOMAIN", "x;y", "auth.cookie_domain"),
+        ] {
+            let e = Config::load(None, &env(&[(var, value)])).unwrap_err();
+            assert!(e.contains(key), "{var}={value}: {e}");
+        }
+        let insecure_none = [("STRATA_COOKIE_SAME_SITE", "None"), ("STRATA_COOKIE_SECURE", "false")];
+        assert!(Config::load(None, &env(&insecure_none)).unwrap_err().contains("cookie_secure"));
+    }
+
+    #[test]
     fn show_redacts_secrets() {
         let c = Config::load(
             None,

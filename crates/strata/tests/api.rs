@@ -962,6 +962,10 @@ mod lifecycle;
 #[path = "api/mfa.rs"]
 mod mfa;
 
+/// Issue 16: cookie sessions, CSRF and CORS; headless Chromium from another origin.
+#[path = "api/browser.rs"]
+mod browser;
+
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]
 mod backup;
