@@ -214,11 +214,10 @@ pub fn check_cookie_request(parts: &Parts, settings: &BrowserSettings, session_t
     Ok(())
 }
 
-const ALLOW_METHODS: HeaderValue = HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE");
-const ALLOW_HEADERS: HeaderValue = HeaderValue::from_static(
-    "Authorization, Content-Type, If-Match, Idempotency-Key, X-CSRF-Token, X-Request-Id, traceparent",
-);
-const EXPOSE_HEADERS: HeaderValue = HeaderValue::from_static("ETag, Location, Retry-After, X-Request-Id");
+const ALLOW_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
+const ALLOW_HEADERS: &str =
+    "Authorization, Content-Type, If-Match, Idempotency-Key, X-CSRF-Token, X-Request-Id, traceparent";
+const EXPOSE_HEADERS: &str = "ETag, Location, Retry-After, X-Request-Id";
 
 /// The CORS layer (installed only when origins are listed). Listed origins get their own
 /// origin echoed with credentials allowed; a preflight from an unlisted one gets a 403
@@ -234,8 +233,8 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
         let mut res = if allowed {
             let mut res = StatusCode::NO_CONTENT.into_response();
             let h = res.headers_mut();
-            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS);
-            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS);
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOW_METHODS));
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOW_HEADERS));
             h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from(state.browser.cors_max_age.as_secs()));
             res
         } else {
@@ -258,7 +257,7 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
     if allowed {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
-        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSE_HEADERS);
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
     }
     res
 }

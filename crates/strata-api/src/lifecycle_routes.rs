@@ -16,6 +16,13 @@ use crate::dto::UserBody;
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Caller, ClientAddr, JsonBody, PathUserId};
 
+/// A mailed token, syntax only; malformed and unknown tokens get the same answer.
+fn one_time_token(raw: &str) -> Result<OneTimeToken, ValidationError> {
+    OneTimeToken::parse(raw).ok_or_else(|| {
+        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
+    })
+}
+
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordResetRequest {
@@ -93,9 +100,7 @@ pub async fn confirm_password_reset(
 ) -> ApiResult<Response> {
     // Malformed and unknown tokens get the same answer: the syntax check only keeps
     // garbage away from the database.
-    let token = OneTimeToken::parse(&req.token).ok_or_else(|| {
-        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
-    })?;
+    let token = one_time_token(&req.token)?;
     let password = Password::parse_new(&req.new_password).map_err(|mut e| {
         e.field = "new_password".into();
         e
@@ -149,9 +154,7 @@ pub async fn confirm_verification(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<VerificationRequest>,
 ) -> ApiResult<Response> {
-    let token = OneTimeToken::parse(&req.token).ok_or_else(|| {
-        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
-    })?;
+    let token = one_time_token(&req.token)?;
     let user = state.accounts.confirm_verification(&token).await?;
     Ok((StatusCode::OK, Json(UserBody::from(&user))).into_response())
 }
@@ -183,9 +186,7 @@ pub async fn confirm_email_change(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<EmailChangeConfirmRequest>,
 ) -> ApiResult<Response> {
-    let token = OneTimeToken::parse(&req.token).ok_or_else(|| {
-        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
-    })?;
+    let token = one_time_token(&req.token)?;
     let user = state.accounts.confirm_email_change(&token).await?;
     Ok(crate::routes::user_response(StatusCode::OK, &user))
 }

@@ -74,40 +74,19 @@ pub struct Templates(HashMap<&'static str, Template>);
 
 impl Templates {
     pub fn embedded() -> Self {
-        let mut map = HashMap::new();
-        map.insert(
-            "password_reset",
-            Template {
-                subject: include_str!("mail_templates/password_reset.subject").trim().to_owned(),
-                text: include_str!("mail_templates/password_reset.txt").to_owned(),
-                html: include_str!("mail_templates/password_reset.html").to_owned(),
-            },
-        );
-        map.insert(
-            "email_verification",
-            Template {
-                subject: include_str!("mail_templates/email_verification.subject").trim().to_owned(),
-                text: include_str!("mail_templates/email_verification.txt").to_owned(),
-                html: include_str!("mail_templates/email_verification.html").to_owned(),
-            },
-        );
-        map.insert(
-            "email_change",
-            Template {
-                subject: include_str!("mail_templates/email_change.subject").trim().to_owned(),
-                text: include_str!("mail_templates/email_change.txt").to_owned(),
-                html: include_str!("mail_templates/email_change.html").to_owned(),
-            },
-        );
-        map.insert(
-            "email_change_notice",
-            Template {
-                subject: include_str!("mail_templates/email_change_notice.subject").trim().to_owned(),
-                text: include_str!("mail_templates/email_change_notice.txt").to_owned(),
-                html: include_str!("mail_templates/email_change_notice.html").to_owned(),
-            },
-        );
-        Templates(map)
+        macro_rules! embedded {
+            ($($name:literal),* $(,)?) => {
+                HashMap::from([$((
+                    $name,
+                    Template {
+                        subject: include_str!(concat!("mail_templates/", $name, ".subject")).trim().to_owned(),
+                        text: include_str!(concat!("mail_templates/", $name, ".txt")).to_owned(),
+                        html: include_str!(concat!("mail_templates/", $name, ".html")).to_owned(),
+                    },
+                )),*])
+            };
+        }
+        Templates(embedded!("password_reset", "email_verification", "email_change", "email_change_notice"))
     }
 
     /// The embedded templates with whatever `dir` overrides. A missing file keeps the

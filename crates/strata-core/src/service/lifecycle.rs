@@ -136,7 +136,46 @@ fn invalid_token() -> AppError {
     ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded").into()
 }
 
+/// What redeeming a token does to its user: the new row, the fields the event names as
+/// changed, how it came about (`via`) and which sessions end.
+struct Redemption<'a> {
+    next: User,
+    changed: Vec<&'a str>,
+    via: &'static str,
+    revoke: SessionRevocation,
+}
+
 impl Accounts {
+    /// Redeems `row` for `user` in one transaction (token used, user replaced, the other
+    /// unused tokens of its purpose gone, `user.updated` recorded) and invalidates the
+    /// user's cached entries with the commit.
+    async fn redeem(&self, row: &AccountToken, user: &User, redemption: Redemption<'_>) -> Result<User, AppError> {
+        let Redemption { next, changed, via, revoke } = redemption;
+        let now = next.updated_at;
+        let sessions_revoked = match revoke {
+            SessionRevocation::None => "none",
+            SessionRevocation::All { .. } => "all",
+            SessionRevocation::AllExcept { .. } => "all_but_current",
+        };
+        let data = serde_json::json!({
+            "user": user_json(&next),
+            "changed": changed,
+            "sessions_revoked": sessions_revoked,
+            "via": via,
+        });
+        let event = event("user.updated", user.id.as_uuid(), EventActor::User(user.id), data, now);
+        let (store, id, expected, token_id, purpose) = (self.store.clone(), user.id, user.version, row.id, row.purpose);
+        let stored = next.clone();
+        let write =
+            async move { store.redeem_account_token(token_id, purpose, &stored, expected, revoke, now, &event).await };
+        match self.commit("redeem_account_token", write, Stale::User { id, sessions: None, now }).await {
+            Ok(()) => Ok(next),
+            // Redeemed by a concurrent request, or the account changed under us.
+            Err(RepoError::NotFound | RepoError::VersionConflict) => Err(invalid_token()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The stored token and its user, if `token` may be redeemed for `purpose` now: known,
     /// of that purpose, unused, unexpired, and still bound to what it was bound to.
     async fn redeemable(&self, token: &OneTimeToken, purpose: TokenPurpose) -> Result<(AccountToken, User), AppError> {
@@ -200,23 +239,9 @@ impl Accounts {
         next.password_hash = new_hash;
         next.version = user.version.next();
         next.updated_at = now;
-        let data = serde_json::json!({
-            "user": user_json(&next),
-            "changed": ["password"],
-            "sessions_revoked": "all",
-            "via": "password_reset",
-        });
-        let event = event("user.updated", user.id.as_uuid(), EventActor::User(user.id), data, now);
-        let (store, id, expected, token_id) = (self.store.clone(), user.id, user.version, row.id);
-        let (purpose, revoke) = (TokenPurpose::PasswordReset, SessionRevocation::All { at: now });
-        let write =
-            async move { store.redeem_account_token(token_id, purpose, &next, expected, revoke, now, &event).await };
-        match self.commit("redeem_account_token", write, Stale::User { id, sessions: None, now }).await {
-            Ok(()) => Ok(()),
-            // Redeemed by a concurrent request, or the account changed under us.
-            Err(RepoError::NotFound | RepoError::VersionConflict) => Err(invalid_token()),
-            Err(e) => Err(e.into()),
-        }
+        let revoke = SessionRevocation::All { at: now };
+        let redemption = Redemption { next, changed: vec!["password"], via: "password_reset", revoke };
+        self.redeem(&row, &user, redemption).await.map(|_| ())
     }
 
     /// `POST /v1/users/{id}/verification`: mails a verification link to the user's
@@ -256,27 +281,9 @@ impl Accounts {
         next.verified = true;
         next.version = user.version.next();
         next.updated_at = now;
-        let changed: Vec<&str> = if user.verified { vec![] } else { vec!["verified"] };
-        let data = serde_json::json!({
-            "user": user_json(&next),
-            "changed": changed,
-            "sessions_revoked": "none",
-            "via": "email_verification",
-        });
-        let event = event("user.updated", user.id.as_uuid(), EventActor::User(user.id), data, now);
-        let (store, id, expected, token_id, row_user) =
-            (self.store.clone(), user.id, user.version, row.id, next.clone());
-        let write = async move {
-            let purpose = TokenPurpose::EmailVerification;
-            store
-                .redeem_account_token(token_id, purpose, &row_user, expected, SessionRevocation::None, now, &event)
-                .await
-        };
-        match self.commit("redeem_account_token", write, Stale::User { id, sessions: None, now }).await {
-            Ok(()) => Ok(next),
-            Err(RepoError::NotFound | RepoError::VersionConflict) => Err(invalid_token()),
-            Err(e) => Err(e.into()),
-        }
+        let changed = if user.verified { vec![] } else { vec!["verified"] };
+        let redemption = Redemption { next, changed, via: "email_verification", revoke: SessionRevocation::None };
+        self.redeem(&row, &user, redemption).await
     }
 
     /// A user's own email change (from `PATCH /v1/users/{id}`, after the current password
@@ -327,27 +334,9 @@ impl Accounts {
         next.verified = true;
         next.version = user.version.next();
         next.updated_at = now;
-        let changed: Vec<&str> = if user.verified { vec!["email"] } else { vec!["email", "verified"] };
-        let data = serde_json::json!({
-            "user": user_json(&next),
-            "changed": changed,
-            "sessions_revoked": "none",
-            "via": "email_change",
-        });
-        let event = event("user.updated", user.id.as_uuid(), EventActor::User(user.id), data, now);
-        let (store, id, expected, token_id, row_user) =
-            (self.store.clone(), user.id, user.version, row.id, next.clone());
-        let write = async move {
-            let purpose = TokenPurpose::EmailChange;
-            store
-                .redeem_account_token(token_id, purpose, &row_user, expected, SessionRevocation::None, now, &event)
-                .await
-        };
-        match self.commit("redeem_account_token", write, Stale::User { id, sessions: None, now }).await {
-            Ok(()) => Ok(next),
-            Err(RepoError::NotFound | RepoError::VersionConflict) => Err(invalid_token()),
-            Err(e) => Err(e.into()),
-        }
+        let changed = if user.verified { vec!["email"] } else { vec!["email", "verified"] };
+        let redemption = Redemption { next, changed, via: "email_change", revoke: SessionRevocation::None };
+        self.redeem(&row, &user, redemption).await
     }
 
     /// With `require_verified_email`, right after registration: the verification mail the
