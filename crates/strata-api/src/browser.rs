@@ -132,10 +132,13 @@ impl BrowserSettings {
     /// The `Set-Cookie` values of a cookie login: the session (HttpOnly) and its CSRF token.
     pub fn login_cookies(&self, token: &str, csrf: &str, max_age_secs: i64) -> Vec<HeaderValue> {
         let max_age = max_age_secs.max(0);
-        [self.cookie(&self.cookie_name, token, max_age, true), self.cookie(&self.csrf_cookie_name(), csrf, max_age, false)]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.cookie(&self.cookie_name, token, max_age, true),
+            self.cookie(&self.csrf_cookie_name(), csrf, max_age, false),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The `Set-Cookie` values that remove both cookies.
@@ -228,7 +231,8 @@ pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Re
         return next.run(req).await;
     };
     let allowed = state.browser.allows_origin(origin.as_bytes());
-    let preflight = req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let preflight =
+        req.method() == Method::OPTIONS && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if preflight {
         let mut res = if allowed {
             let mut res = StatusCode::NO_CONTENT.into_response();
@@ -289,7 +293,10 @@ mod tests {
             set[0].to_str().unwrap(),
             "strata_session=st_x; Path=/; Max-Age=60; SameSite=Lax; Domain=app.example; Secure; HttpOnly"
         );
-        assert_eq!(set[1].to_str().unwrap(), "strata_session_csrf=c; Path=/; Max-Age=60; SameSite=Lax; Domain=app.example; Secure");
+        assert_eq!(
+            set[1].to_str().unwrap(),
+            "strata_session_csrf=c; Path=/; Max-Age=60; SameSite=Lax; Domain=app.example; Secure"
+        );
         assert!(s.clearing_cookies().iter().all(|c| c.to_str().unwrap().contains("Max-Age=0")));
         assert_ne!(csrf_token_for("st_a"), csrf_token_for("st_b"));
     }

@@ -12,8 +12,8 @@ use strata_core::service::{Patched, Registration, UserChanges};
 
 use crate::AppState;
 use crate::dto::{
-    AuditEntryBody, AuditList, CreateUserRequest, EmailChangePendingBody, GroupRef, LoginRequest, LoginResponse, UpdateUserRequest, UserBody,
-    UserList, WhoAmI, rfc3339,
+    AuditEntryBody, AuditList, CreateUserRequest, EmailChangePendingBody, GroupRef, LoginRequest, LoginResponse,
+    UpdateUserRequest, UserBody, UserList, WhoAmI, rfc3339,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{

@@ -810,7 +810,10 @@ impl Accounts {
         let is_self = matches!(actor, Actor::User { user, .. } if user.id == id);
         let own_email_change = changes.email.as_ref().filter(|email| is_self && **email != current.email).cloned();
         if own_email_change.is_some()
-            && (changes.name.is_some() || changes.password.is_some() || changes.role.is_some() || changes.status.is_some())
+            && (changes.name.is_some()
+                || changes.password.is_some()
+                || changes.role.is_some()
+                || changes.status.is_some())
         {
             // The email waits for its confirmation while the rest would apply now: one
             // request with two outcomes and two writes. Two requests say it plainly.

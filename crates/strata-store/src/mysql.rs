@@ -1796,19 +1796,19 @@ impl LifecycleRepository for MysqlStore {
                 ];
                 tx.exec_drop(sql::INSERT_ACCOUNT_TOKEN, Params::Positional(row)).await.map_err(my_err)?;
                 for mail in mails {
-                let row: Vec<Value> = vec![
-                    uuid_value(mail.id),
-                    mail.template.as_str().into(),
-                    mail.recipient.as_str().into(),
-                    mail.params.as_str().into(),
-                    mail.status.as_str().into(),
-                    i64::from(mail.attempts).into(),
-                    mail.next_attempt_at.0.into(),
-                    mail.last_error.clone().into(),
-                    mail.created_at.0.into(),
-                    mail.updated_at.0.into(),
-                ];
-                tx.exec_drop(sql::INSERT_MAIL, Params::Positional(row)).await.map_err(my_err)?;
+                    let row: Vec<Value> = vec![
+                        uuid_value(mail.id),
+                        mail.template.as_str().into(),
+                        mail.recipient.as_str().into(),
+                        mail.params.as_str().into(),
+                        mail.status.as_str().into(),
+                        i64::from(mail.attempts).into(),
+                        mail.next_attempt_at.0.into(),
+                        mail.last_error.clone().into(),
+                        mail.created_at.0.into(),
+                        mail.updated_at.0.into(),
+                    ];
+                    tx.exec_drop(sql::INSERT_MAIL, Params::Positional(row)).await.map_err(my_err)?;
                 }
                 insert_event(&mut tx, event).await
             }

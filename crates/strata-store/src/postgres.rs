@@ -1599,24 +1599,24 @@ impl LifecycleRepository for PostgresStore {
             .await
             .map_err(pg_err)?;
             for mail in mails {
-            execute(
-                &tx,
-                sql::INSERT_MAIL,
-                &[
-                    &mail.id,
-                    &mail.template,
-                    &mail.recipient.as_str(),
-                    &mail.params,
-                    &mail.status.as_str(),
-                    &i64::from(mail.attempts),
-                    &mail.next_attempt_at.0,
-                    &mail.last_error,
-                    &mail.created_at.0,
-                    &mail.updated_at.0,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+                execute(
+                    &tx,
+                    sql::INSERT_MAIL,
+                    &[
+                        &mail.id,
+                        &mail.template,
+                        &mail.recipient.as_str(),
+                        &mail.params,
+                        &mail.status.as_str(),
+                        &i64::from(mail.attempts),
+                        &mail.next_attempt_at.0,
+                        &mail.last_error,
+                        &mail.created_at.0,
+                        &mail.updated_at.0,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
             }
             insert_event(&tx, event).await?;
             tx.commit().await.map_err(pg_err)

@@ -990,11 +990,17 @@ async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn 
     let u = user("tokens@example.com", "Tokens");
     create(&*store, &u).await;
     let (first, first_mail) = reset_token_and_mail(&u, T0);
-    store.issue_account_token(&first, std::slice::from_ref(&first_mail), &event("password_reset.requested", u.id)).await.unwrap();
+    store
+        .issue_account_token(&first, std::slice::from_ref(&first_mail), &event("password_reset.requested", u.id))
+        .await
+        .unwrap();
     assert_eq!(store.account_token(&first.token_hash).await.unwrap(), Some(first.clone()));
     // A newer request supersedes the older token, and its event is in the outbox with it.
     let (second, second_mail) = reset_token_and_mail(&u, T0.plus(Duration::from_secs(1)));
-    store.issue_account_token(&second, std::slice::from_ref(&second_mail), &event("password_reset.requested", u.id)).await.unwrap();
+    store
+        .issue_account_token(&second, std::slice::from_ref(&second_mail), &event("password_reset.requested", u.id))
+        .await
+        .unwrap();
     assert_eq!(store.account_token(&first.token_hash).await.unwrap(), None);
     let pending = store.pending_events(&all_partitions(), 100).await.unwrap();
     assert_eq!(pending.iter().filter(|e| e.event_type == "password_reset.requested").count(), 2);
@@ -1024,7 +1030,10 @@ async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn 
 
     // A stale version refuses the redeem and leaves the token unused.
     let (third, third_mail) = reset_token_and_mail(&next, at);
-    store.issue_account_token(&third, std::slice::from_ref(&third_mail), &event("password_reset.requested", u.id)).await.unwrap();
+    store
+        .issue_account_token(&third, std::slice::from_ref(&third_mail), &event("password_reset.requested", u.id))
+        .await
+        .unwrap();
     let stale = store
         .redeem_account_token(third.id, RESET, &next, u.version, revoke_all, at, &event("user.updated", u.id))
         .await;
@@ -1064,7 +1073,15 @@ async fn email_change_tokens_carry_the_address_and_both_mails(store: Arc<dyn Sto
     clash.email = taken.email.clone();
     clash.version = u.version.next();
     let refused = store
-        .redeem_account_token(token.id, TokenPurpose::EmailChange, &clash, u.version, SessionRevocation::None, at, &event("user.updated", u.id))
+        .redeem_account_token(
+            token.id,
+            TokenPurpose::EmailChange,
+            &clash,
+            u.version,
+            SessionRevocation::None,
+            at,
+            &event("user.updated", u.id),
+        )
         .await;
     assert_eq!(refused, Err(RepoError::EmailTaken));
     assert_eq!(store.account_token(&token.token_hash).await.unwrap().unwrap().used_at, None);
@@ -1075,7 +1092,15 @@ async fn email_change_tokens_carry_the_address_and_both_mails(store: Arc<dyn Sto
     moved.verified = true;
     moved.version = u.version.next();
     store
-        .redeem_account_token(token.id, TokenPurpose::EmailChange, &moved, u.version, SessionRevocation::None, at, &event("user.updated", u.id))
+        .redeem_account_token(
+            token.id,
+            TokenPurpose::EmailChange,
+            &moved,
+            u.version,
+            SessionRevocation::None,
+            at,
+            &event("user.updated", u.id),
+        )
         .await
         .unwrap();
     assert_eq!(store.user_by_email(&moved.email).await.unwrap(), Some(moved.clone()));
@@ -1089,7 +1114,10 @@ async fn queued_mails_are_claimed_once_and_recorded(store: Arc<dyn Store>) {
         let u = user(&format!("mail{i}@example.com"), "Mail");
         create(&*store, &u).await;
         let (t, m) = reset_token_and_mail(&u, T0.plus(Duration::from_secs(i)));
-        store.issue_account_token(&t, std::slice::from_ref(&m), &event("password_reset.requested", u.id)).await.unwrap();
+        store
+            .issue_account_token(&t, std::slice::from_ref(&m), &event("password_reset.requested", u.id))
+            .await
+            .unwrap();
         mails.push(m);
     }
     let lease = T0.plus(Duration::from_secs(120));
@@ -1174,7 +1202,10 @@ async fn populate(store: &dyn Store) {
     let owner = user("reset@example.com", "Reset");
     create(store, &owner).await;
     let (t, m) = reset_token_and_mail(&owner, T0);
-    store.issue_account_token(&t, std::slice::from_ref(&m), &event("password_reset.requested", owner.id)).await.unwrap();
+    store
+        .issue_account_token(&t, std::slice::from_ref(&m), &event("password_reset.requested", owner.id))
+        .await
+        .unwrap();
     let g = group("Backed up \"group\" 🦀");
     let members = store.list_users(&UserListQuery { after: None, limit: 5, email: None }).await.unwrap();
     let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();

@@ -650,7 +650,8 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         |c, v| Ok(c.http.timing_detail_from = parse_list(v)?),
     ),
     ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "http.cors_allowed_origins", |c, v| {
-        Ok(c.http.cors_allowed_origins = v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect())
+        Ok(c.http.cors_allowed_origins =
+            v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect())
     }),
     ("STRATA_HTTP_CORS_MAX_AGE_SECS", "http.cors_max_age_secs", |c, v| Ok(c.http.cors_max_age_secs = parse(v)?)),
     ("STRATA_COOKIE_NAME", "auth.cookie_name", |c, v| Ok(c.auth.cookie_name = v.trim().to_owned())),
@@ -983,7 +984,8 @@ impl Config {
         if !name_ok(&a.cookie_name) {
             return Err(format!("auth.cookie_name must be letters, digits, '_' or '-', not {:?}", a.cookie_name));
         }
-        if !a.cookie_domain.is_empty() && !a.cookie_domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        if !a.cookie_domain.is_empty()
+            && !a.cookie_domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
         {
             return Err(format!("auth.cookie_domain must be a host name, not {:?}", a.cookie_domain));
         }

@@ -28,7 +28,9 @@ async fn cookie_sessions_csrf_and_cors(backend: Backend) {
     let json_from = |origin: &'static str| [("content-type", "application/json"), ("origin", origin)];
 
     // A cookie login from an unlisted origin is refused (no login CSRF), with no CORS headers.
-    let r = app.send(Method::POST, "/v1/sessions", &json_from(EVIL_ORIGIN), Some(cookie_login_body("cookie@example.com"))).await;
+    let r = app
+        .send(Method::POST, "/v1/sessions", &json_from(EVIL_ORIGIN), Some(cookie_login_body("cookie@example.com")))
+        .await;
     r.assert_problem(403, "origin_not_allowed", Some("Origin"));
     assert!(r.headers.get("access-control-allow-origin").is_none());
     assert!(set_cookies(&r).is_empty());
@@ -41,7 +43,9 @@ async fn cookie_sessions_csrf_and_cors(backend: Backend) {
     );
 
     // From the listed origin: two cookies, a CSRF token instead of the session token.
-    let r = app.send(Method::POST, "/v1/sessions", &json_from(APP_ORIGIN), Some(cookie_login_body("cookie@example.com"))).await;
+    let r = app
+        .send(Method::POST, "/v1/sessions", &json_from(APP_ORIGIN), Some(cookie_login_body("cookie@example.com")))
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.header("access-control-allow-origin"), APP_ORIGIN);
     assert_eq!(r.header("access-control-allow-credentials"), "true");
@@ -61,7 +65,10 @@ async fn cookie_sessions_csrf_and_cors(backend: Backend) {
     // Who-am-I with the cookie alone, which also tells the page its CSRF token.
     let r = app.send(Method::GET, "/v1/sessions/current", &[("cookie", &jar), ("origin", APP_ORIGIN)], None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert_eq!((r.body["user"]["id"].as_str(), r.body["csrf_token"].as_str()), (Some(id.as_str()), Some(csrf.as_str())));
+    assert_eq!(
+        (r.body["user"]["id"].as_str(), r.body["csrf_token"].as_str()),
+        (Some(id.as_str()), Some(csrf.as_str()))
+    );
     // A bearer caller is never shown one.
     let (_, bearer) = app.user_with_token("bearer@example.com").await;
     assert!(app.get("/v1/sessions/current", Some(&bearer)).await.body.get("csrf_token").is_none());
@@ -98,7 +105,9 @@ async fn cookie_sessions_csrf_and_cors(backend: Backend) {
     let bearer_user = app.get("/v1/sessions/current", Some(&bearer)).await.body["user"]["id"].clone();
     let auth = format!("Bearer {bearer}");
     let path = format!("/v1/users/{}/verification", bearer_user.as_str().unwrap());
-    let r = app.send(Method::POST, &path, &[("authorization", &auth), ("cookie", &jar), ("origin", EVIL_ORIGIN)], None).await;
+    let r = app
+        .send(Method::POST, &path, &[("authorization", &auth), ("cookie", &jar), ("origin", EVIL_ORIGIN)], None)
+        .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
     // The admin token is a bearer credential only.
     let admin_cookie = format!("strata_session={ADMIN}");
@@ -130,7 +139,10 @@ async fn cookie_sessions_csrf_and_cors(backend: Backend) {
     assert!(r.header("vary").contains("Origin"));
     let r = preflight(EVIL_ORIGIN).await;
     r.assert_problem(403, "origin_not_allowed", Some("Origin"));
-    assert!(r.headers.get("access-control-allow-origin").is_none() && r.headers.get("access-control-allow-methods").is_none());
+    assert!(
+        r.headers.get("access-control-allow-origin").is_none()
+            && r.headers.get("access-control-allow-methods").is_none()
+    );
     // Simple requests from unlisted origins are served without CORS headers.
     let r = app.send(Method::GET, "/healthz", &[("origin", EVIL_ORIGIN)], None).await;
     assert_eq!(r.status, StatusCode::OK);
@@ -166,7 +178,14 @@ async fn cookie_sessions_csrf_and_cors(backend: Backend) {
 /// The CSRF token of a fresh cookie session of someone else.
 async fn csrf_of_another_session(app: &TestApp) -> String {
     app.register("someone-else@example.com", "Else").await;
-    let r = app.send(Method::POST, "/v1/sessions", &[("content-type", "application/json")], Some(cookie_login_body("someone-else@example.com"))).await;
+    let r = app
+        .send(
+            Method::POST,
+            "/v1/sessions",
+            &[("content-type", "application/json")],
+            Some(cookie_login_body("someone-else@example.com")),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     r.body["csrf_token"].as_str().unwrap().to_owned()
 }
@@ -182,7 +201,11 @@ fn chromium() -> Option<String> {
             .is_ok_and(|s| s.success())
     });
     if found.is_none() {
-        strata_core::testing::unusable("browser chromium", "chromium", "chromium is not installed (apt-get install chromium)");
+        strata_core::testing::unusable(
+            "browser chromium",
+            "chromium",
+            "chromium is not installed (apt-get install chromium)",
+        );
     }
     found.map(str::to_owned)
 }
@@ -330,7 +353,8 @@ async fn headless_chromium_from_another_origin(backend: Backend) {
     };
     app.register("browser@example.com", "Browser").await;
     let api = format!("http://127.0.0.1:{}", app.addr.port());
-    let fill = |page: &str| page.replace("API", &api).replace("EMAIL", "browser@example.com").replace("PASSWORD", PASSWORD);
+    let fill =
+        |page: &str| page.replace("API", &api).replace("EMAIL", "browser@example.com").replace("PASSWORD", PASSWORD);
     let pages = PageServer::start(page_listener, vec![("/app.html", fill(APP_PAGE)), ("/evil.html", fill(EVIL_PAGE))]);
 
     let out = run_page(&chromium, &format!("{listed}/app.html")).await;
@@ -339,11 +363,19 @@ async fn headless_chromium_from_another_origin(backend: Backend) {
     assert_eq!(out["page_sees_session_cookie"], false, "HttpOnly: {out}");
     assert_eq!(out["whoami"]["status"], 200, "{out}");
     assert_eq!(out["whoami"]["body"]["user"]["email"], "browser@example.com", "{out}");
-    assert_eq!((out["post_without_csrf"]["status"].clone(), out["post_without_csrf"]["code"].clone()), (json!(403), json!("csrf_token_missing")), "{out}");
+    assert_eq!(
+        (out["post_without_csrf"]["status"].clone(), out["post_without_csrf"]["code"].clone()),
+        (json!(403), json!("csrf_token_missing")),
+        "{out}"
+    );
     assert_eq!(out["logout_without_csrf"]["code"], "csrf_token_missing", "{out}");
     assert_eq!(out["whoami_still"]["status"], 200, "the refused logout ended nothing: {out}");
     assert_eq!(out["logout"]["status"], 204, "{out}");
-    assert_eq!((out["whoami_after_logout"]["status"].clone(), out["whoami_after_logout"]["code"].clone()), (json!(401), json!("missing_token")), "the cookie was cleared: {out}");
+    assert_eq!(
+        (out["whoami_after_logout"]["status"].clone(), out["whoami_after_logout"]["code"].clone()),
+        (json!(401), json!("missing_token")),
+        "the cookie was cleared: {out}"
+    );
 
     let out = run_page(&chromium, &format!("http://localhost:{}/evil.html", pages.port)).await;
     assert_eq!(out["whoami"]["error"], "TypeError", "no CORS access for an unlisted origin: {out}");

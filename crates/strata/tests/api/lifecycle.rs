@@ -470,7 +470,11 @@ async fn email_verification_journey_and_email_changes(backend: Backend) {
     let r = ask(Some(other.clone()), other_id).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let stale = link_token(&smtp.wait_for(2).await[1], "verify-email");
-    let headers = [("content-type", "application/json"), ("authorization", "Bearer test-admin-token-0123456789"), ("if-match", "\"2\"")];
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer test-admin-token-0123456789"),
+        ("if-match", "\"2\""),
+    ];
     let body = Bytes::from(json!({"email": "moved@example.com"}).to_string());
     let r = app.send(Method::PATCH, &format!("/v1/users/{id}"), &headers, Some(body)).await;
     assert_eq!((r.status, r.body["verified"].clone()), (StatusCode::OK, json!(false)), "{}", r.body);
@@ -532,9 +536,15 @@ async fn email_changes_are_confirmed_from_the_new_address(backend: Backend) {
     assert_eq!(r.body["status"], "confirmation_sent");
     assert_eq!(r.body["pending_email"], "first@example.com");
     assert!(r.body["expires_at"].is_string());
-    assert_eq!((r.body["user"]["email"].clone(), r.body["user"]["version"].clone()), (json!("old@example.com"), json!(1)));
+    assert_eq!(
+        (r.body["user"]["email"].clone(), r.body["user"]["version"].clone()),
+        (json!("old@example.com"), json!(1))
+    );
     let me = app.get(&format!("/v1/users/{id}"), Some(&session)).await;
-    assert_eq!((me.body["email"].clone(), me.header("etag").to_owned()), (json!("old@example.com"), "\"1\"".to_owned()));
+    assert_eq!(
+        (me.body["email"].clone(), me.header("etag").to_owned()),
+        (json!("old@example.com"), "\"1\"".to_owned())
+    );
     let mails = smtp.wait_for(2).await;
     let (to_new, to_old): (Vec<&Value>, Vec<&Value>) = mails.iter().partition(|m| m["to"] == "first@example.com");
     assert_eq!((to_new.len(), to_old.len()), (1, 1), "{mails:?}");
@@ -574,7 +584,10 @@ async fn email_changes_are_confirmed_from_the_new_address(backend: Backend) {
     confirm_change(&app, &third).await.assert_problem(422, "token_invalid", Some("token"));
     // Sessions stay; who-am-I (cached before the change) shows the new address.
     let me = app.get("/v1/sessions/current", Some(&session)).await;
-    assert_eq!((me.body["user"]["email"].clone(), me.body["user"]["verified"].clone()), (json!("third@example.com"), json!(true)));
+    assert_eq!(
+        (me.body["user"]["email"].clone(), me.body["user"]["verified"].clone()),
+        (json!("third@example.com"), json!(true))
+    );
     assert_eq!(app.login("third@example.com", PASSWORD).await.status, StatusCode::CREATED);
     app.login("old@example.com", PASSWORD).await.assert_problem(401, "invalid_credentials", None);
 
