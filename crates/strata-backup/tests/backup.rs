@@ -51,6 +51,7 @@ async fn populate(store: &dyn Store, users: usize) {
             role: if i == 0 { Role::Admin } else { Role::User },
             status: if i % 5 == 4 { UserStatus::Disabled } else { UserStatus::Active },
             verified: i % 2 == 0,
+            mfa_enabled: false,
             version: Version::FIRST,
             created_at: T0,
             updated_at: T0,

@@ -310,10 +310,10 @@ impl strata_core::ports::LifecycleRepository for CountingStore {
     async fn issue_account_token(
         &self,
         token: &strata_core::lifecycle::AccountToken,
-        mail: &strata_core::lifecycle::QueuedMail,
+        mails: &[strata_core::lifecycle::QueuedMail],
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
-        self.inner.issue_account_token(token, mail, event).await
+        self.inner.issue_account_token(token, mails, event).await
     }
     async fn account_token(
         &self,
