@@ -288,7 +288,7 @@ const MIGRATIONS: &[Migration] = &[
         name: "confirmed email changes, users' MFA flag",
         sql: "
         -- A copy of user_totp.enabled kept in the row every user read returns, so showing
-        -- it costs no second query; written in the transactions that write user_totp.
+        -- it costs no second query. Written in the transactions that write user_totp.
         ALTER TABLE users ADD COLUMN mfa_enabled boolean NOT NULL DEFAULT false;
         UPDATE users SET mfa_enabled = true WHERE id IN (SELECT user_id FROM user_totp WHERE enabled);
 
