@@ -2021,6 +2021,7 @@ async fn sample_rows(tx: &mut Transaction<'_>) -> Result<Samples, RepoError> {
         0i64.into(),
         0i64.into(),
         Value::NULL,
+        Value::NULL,
     ];
     tx.exec_drop(sql::INSERT_ACCOUNT_TOKEN, Params::Positional(token)).await.map_err(my_err)?;
     Ok(samples)
