@@ -29,6 +29,16 @@ fn describe(event_type: &str) -> (&'static str, Value) {
                 "expires_at": { "type": "string", "format": "date-time" },
             }),
         ),
+        "email_change.requested" => (
+            "A user asked to change their own email (`PATCH /v1/users/{id}` with `email` and `current_password`): a one-time token was made, a confirmation mail to `new_email` and a notice to the current address queued (the worker's `mail` listener sends them). Nothing changed yet; never carries the token. The confirmed change is a `user.updated` with `changed: [\"email\"]` (and `\"verified\"` when the old address was unverified) and `via: \"email_change\"`.",
+            json!({
+                "user": user,
+                "new_email": { "type": "string", "format": "email" },
+                "mail_id": { "type": "string", "format": "uuid" },
+                "notice_mail_id": { "type": "string", "format": "uuid" },
+                "expires_at": { "type": "string", "format": "date-time" },
+            }),
+        ),
         "password_reset.requested" => (
             "A password reset was asked for an existing, active account: a one-time token was made and a mail queued (the worker's `mail` listener sends it). Never carries the token. Requests for unknown or disabled accounts produce no event. A completed reset is a `user.updated` with `changed: [\"password\"]`, `sessions_revoked: \"all\"` and `via: \"password_reset\"`.",
             json!({

@@ -54,6 +54,10 @@ pub struct LoginRequest {
     pub email: String,
     #[schema(example = "correct horse battery staple")]
     pub password: String,
+    /// Browser clients: set the session as an `HttpOnly` cookie and answer with a
+    /// `csrf_token` instead of the `token` (see the README, Browser clients).
+    #[serde(default)]
+    pub cookie: bool,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,9 +70,11 @@ pub struct UserBody {
     pub role: &'static str,
     /// `active` or `disabled`.
     pub status: &'static str,
-    /// Whether the user confirmed their email through a verification mail; an email
-    /// change makes it false again.
+    /// Whether the user proved they receive mail at `email` (a verification mail, or the
+    /// confirmation of an email change); an admin's change of the address makes it false.
     pub verified: bool,
+    /// Whether logins need a second factor (TOTP enabled).
+    pub mfa_enabled: bool,
     /// Optimistic-concurrency version; also the ETag.
     pub version: u64,
     #[schema(format = DateTime)]
@@ -86,11 +92,27 @@ impl From<&User> for UserBody {
             role: u.role.as_str(),
             status: u.status.as_str(),
             verified: u.verified,
+            mfa_enabled: u.mfa_enabled,
             version: u.version.0,
             created_at: rfc3339(u.created_at),
             updated_at: rfc3339(u.updated_at),
         }
     }
+}
+
+/// The answer to a PATCH that changes your own email: nothing changed yet.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmailChangePendingBody {
+    #[schema(example = "confirmation_sent")]
+    pub status: &'static str,
+    /// The address the confirmation mail went to; the account keeps its email until then.
+    #[schema(example = "ada@new.example")]
+    pub pending_email: String,
+    /// When the confirmation link stops working.
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    /// The account as it still is.
+    pub user: UserBody,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -111,8 +133,13 @@ impl From<&Session> for SessionBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoginResponse {
-    /// Opaque bearer token (`st_…`); shown once, stored only as a hash.
-    pub token: String,
+    /// Opaque bearer token (`st_…`); shown once, stored only as a hash. Absent for a
+    /// cookie login: the cookie carries it, out of reach of scripts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// For a cookie login: what every unsafe request must send as `X-CSRF-Token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
     #[schema(format = DateTime)]
     pub expires_at: String,
     pub user: UserBody,
@@ -125,6 +152,10 @@ pub struct WhoAmI {
     /// The groups the user belongs to, in id order; only with `?include=groups`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub groups: Option<Vec<GroupRef>>,
+    /// When the session cookie authenticated the request: its CSRF token (so a page that
+    /// reloaded can carry on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -311,19 +311,45 @@ pub(crate) fn bearer(parts: &Parts) -> Result<&str, TokenProblem> {
     Ok(token.trim())
 }
 
-/// Whoever the bearer token says is calling: the admin credential or a user session.
+/// The session token of a request: the bearer token, or else the session cookie. A
+/// cookie-authenticated unsafe request must first pass the CSRF checks (see
+/// [`crate::browser`]); then `csrf` is the session's CSRF token.
+struct Presented<'a> {
+    token: &'a str,
+    csrf: Option<String>,
+}
+
+fn presented<'a>(parts: &'a Parts, state: &AppState) -> Result<Presented<'a>, ApiError> {
+    match bearer(parts) {
+        Ok(token) => Ok(Presented { token, csrf: None }),
+        // Only without an Authorization header at all: a malformed one is an error, not a
+        // reason to look elsewhere.
+        Err(TokenProblem::Missing) => {
+            let Some(token) = crate::browser::cookie_value(&parts.headers, &state.browser.cookie_name) else {
+                return Err(strata_core::error::AppError::Unauthenticated(TokenProblem::Missing).into());
+            };
+            crate::browser::check_cookie_request(parts, &state.browser, token)?;
+            Ok(Presented { token, csrf: Some(crate::browser::csrf_token_for(token)) })
+        }
+        Err(p) => Err(strata_core::error::AppError::Unauthenticated(p).into()),
+    }
+}
+
+/// Whoever the bearer token (or the session cookie) says is calling: the admin credential
+/// or a user session.
 pub struct Caller(pub Actor);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).map_err(|p| ApiError::from(strata_core::error::AppError::Unauthenticated(p)))?;
-        if state.is_admin_token(token) {
+        let presented = presented(parts, state)?;
+        // The admin credential is a bearer token only, never a cookie.
+        if presented.csrf.is_none() && state.is_admin_token(presented.token) {
             strata_core::timing::mark_authenticated();
             return Ok(Caller(Actor::System));
         }
-        let (session, user) = authenticate(state, token).await?;
+        let (session, user) = authenticate(state, presented.token).await?;
         Ok(Caller(Actor::User { user: Box::new(user), session: session.id }))
     }
 }
@@ -332,18 +358,20 @@ impl FromRequestParts<AppState> for Caller {
 pub struct CurrentSession {
     pub session: Session,
     pub user: User,
+    /// The session's CSRF token when the session cookie authenticated the request.
+    pub csrf_token: Option<String>,
 }
 
 impl FromRequestParts<AppState> for CurrentSession {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).map_err(|p| ApiError::from(strata_core::error::AppError::Unauthenticated(p)))?;
-        if state.is_admin_token(token) {
+        let presented = presented(parts, state)?;
+        if presented.csrf.is_none() && state.is_admin_token(presented.token) {
             return Err(strata_core::error::AppError::Unauthenticated(TokenProblem::NotASession).into());
         }
-        let (session, user) = authenticate(state, token).await?;
-        Ok(CurrentSession { session, user })
+        let (session, user) = authenticate(state, presented.token).await?;
+        Ok(CurrentSession { session, user, csrf_token: presented.csrf })
     }
 }
 

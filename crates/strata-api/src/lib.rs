@@ -16,6 +16,7 @@ use strata_core::secret::Secret;
 use strata_core::service::Accounts;
 
 pub mod asyncapi;
+pub mod browser;
 pub mod client;
 pub mod dto;
 pub mod error;
@@ -77,6 +78,8 @@ pub struct StateInner {
     /// Clients that always get the full `Server-Timing` split (others only once they
     /// authenticate).
     pub timing_detail_from: Arc<[client::Cidr]>,
+    /// Cookie sessions, CSRF and CORS.
+    pub browser: browser::BrowserSettings,
 }
 
 impl StateInner {
@@ -90,7 +93,7 @@ pub fn router(state: AppState) -> Router {
 
     use crate::group_routes as gr;
     use crate::webhook_routes as wh;
-    Router::new()
+    let router = Router::new()
         .route("/v1/groups", post(gr::create_group).get(gr::list_groups))
         .route("/v1/groups/{id}", g(gr::get_group).patch(gr::update_group).delete(gr::delete_group))
         .route("/v1/groups/{id}/members", g(gr::list_members).post(gr::add_members))
@@ -105,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions/current", g(routes::current_session).delete(routes::logout))
         .route("/v1/users/{id}/verification", post(crate::lifecycle_routes::request_verification))
         .route("/v1/verifications", post(crate::lifecycle_routes::confirm_verification))
+        .route("/v1/email-changes/confirm", post(crate::lifecycle_routes::confirm_email_change))
         .route("/v1/password-resets", post(crate::lifecycle_routes::request_password_reset))
         .route("/v1/password-resets/confirm", post(crate::lifecycle_routes::confirm_password_reset))
         .route("/v1/audit", g(routes::list_audit))
@@ -125,9 +129,14 @@ pub fn router(state: AppState) -> Router {
         .route("/asyncapi.json", get(asyncapi_json))
         .route("/docs", get(docs))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe))
-        .with_state(state)
+        .method_not_allowed_fallback(method_not_allowed);
+    // Not installed without listed origins, so the hot paths pay nothing for it then.
+    let router = if state.browser.cors_allowed_origins.is_empty() {
+        router
+    } else {
+        router.layer(axum::middleware::from_fn_with_state(state.clone(), browser::cors))
+    };
+    router.layer(axum::middleware::from_fn_with_state(state.clone(), observe::observe)).with_state(state)
 }
 
 /// What a `worker` instance serves: health, readiness, metrics and the documents, so that

@@ -1,5 +1,5 @@
-//! Account lifecycle endpoints: password reset, email verification. Parse, call the
-//! service, render.
+//! Account lifecycle endpoints: password reset, email verification, email-change
+//! confirmation. Parse, call the service, render.
 
 use axum::Json;
 use axum::extract::State;
@@ -15,6 +15,13 @@ use crate::AppState;
 use crate::dto::UserBody;
 use crate::error::{ApiResult, Problem};
 use crate::extract::{Caller, ClientAddr, JsonBody, PathUserId};
+
+/// A mailed token, syntax only; malformed and unknown tokens get the same answer.
+fn one_time_token(raw: &str) -> Result<OneTimeToken, ValidationError> {
+    OneTimeToken::parse(raw).ok_or_else(|| {
+        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
+    })
+}
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -93,9 +100,7 @@ pub async fn confirm_password_reset(
 ) -> ApiResult<Response> {
     // Malformed and unknown tokens get the same answer: the syntax check only keeps
     // garbage away from the database.
-    let token = OneTimeToken::parse(&req.token).ok_or_else(|| {
-        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
-    })?;
+    let token = one_time_token(&req.token)?;
     let password = Password::parse_new(&req.new_password).map_err(|mut e| {
         e.field = "new_password".into();
         e
@@ -149,9 +154,39 @@ pub async fn confirm_verification(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<VerificationRequest>,
 ) -> ApiResult<Response> {
-    let token = OneTimeToken::parse(&req.token).ok_or_else(|| {
-        ValidationError::new("token", "token_invalid", "the token is unknown, already used or superseded")
-    })?;
+    let token = one_time_token(&req.token)?;
     let user = state.accounts.confirm_verification(&token).await?;
     Ok((StatusCode::OK, Json(UserBody::from(&user))).into_response())
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChangeConfirmRequest {
+    /// The token from the confirmation mail sent to the new address (`ot_…`).
+    pub token: String,
+}
+
+/// Confirm an email change with the token mailed to the new address.
+///
+/// No authentication: the token is the proof (the link may be opened on another device).
+/// The account moves to the new address, which is thereby verified; sessions stay.
+#[utoipa::path(
+    post, path = "/v1/email-changes/confirm", tag = "email changes",
+    request_body = EmailChangeConfirmRequest,
+    responses(
+        (status = 200, description = "Changed: the user with the new email and `verified: true`", body = UserBody,
+            headers(("ETag" = String, description = "The new version"))),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`account_disabled`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken`: the new address was registered since the request", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`token_invalid` (unknown, used, superseded by a newer request, or voided by a password or email change since) or `token_expired`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn confirm_email_change(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<EmailChangeConfirmRequest>,
+) -> ApiResult<Response> {
+    let token = one_time_token(&req.token)?;
+    let user = state.accounts.confirm_email_change(&token).await?;
+    Ok(crate::routes::user_response(StatusCode::OK, &user))
 }

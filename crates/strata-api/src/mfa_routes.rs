@@ -55,6 +55,9 @@ pub struct MfaLoginRequest {
     pub challenge: String,
     /// A TOTP code or a recovery code.
     pub code: String,
+    /// Set the session as a cookie, as for `POST /v1/sessions`.
+    #[serde(default)]
+    pub cookie: bool,
 }
 
 fn second_factor(raw: &str) -> Result<SecondFactor, ValidationError> {
@@ -199,12 +202,16 @@ pub async fn disable_totp(
 pub async fn complete_mfa_login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
+    headers: axum::http::HeaderMap,
     JsonBody(req): JsonBody<MfaLoginRequest>,
 ) -> ApiResult<Response> {
+    if req.cookie {
+        crate::browser::check_origin(&headers, &state.browser)?;
+    }
     let challenge = Challenge::parse(&req.challenge).ok_or_else(|| {
         ValidationError::new("challenge", "mfa_challenge_invalid", "the challenge is unknown or no longer valid")
     })?;
     let code = second_factor(&req.code)?;
     let done = state.accounts.complete_mfa_login(&challenge, &code, &client).await?;
-    Ok(crate::routes::logged_in(&done))
+    Ok(crate::routes::logged_in(&state, &done, req.cookie))
 }

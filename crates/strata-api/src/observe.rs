@@ -28,6 +28,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/users/{id}/mfa/totp/recovery-codes",
     "/v1/sessions/mfa",
     "/v1/verifications",
+    "/v1/email-changes/confirm",
     "/v1/password-resets",
     "/v1/password-resets/confirm",
     "/v1/audit",

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::dto::{
@@ -22,6 +22,15 @@ impl Modify for BearerAuth {
         scheme.description =
             Some("A session token from POST /v1/sessions, or the configured admin token (STRATA_ADMIN_TOKEN).".into());
         components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+        // Every route that takes the bearer token takes the session cookie instead, when no
+        // Authorization header is sent; unsafe methods then need X-CSRF-Token too.
+        components.add_security_scheme(
+            "session_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "strata_session",
+                "The session cookie of a login with `\"cookie\": true` (name: auth.cookie_name). POST, PUT, PATCH and DELETE authenticated by it need `X-CSRF-Token` (the login's `csrf_token`; else 403 `csrf_token_missing` / `csrf_token_invalid`) and, when the browser sends `Origin`, a listed or same origin (else 403 `origin_not_allowed`).",
+            ))),
+        );
     }
 }
 
@@ -45,6 +54,7 @@ impl Modify for BearerAuth {
         crate::lifecycle_routes::confirm_password_reset,
         crate::lifecycle_routes::request_verification,
         crate::lifecycle_routes::confirm_verification,
+        crate::lifecycle_routes::confirm_email_change,
         crate::group_routes::create_group,
         crate::group_routes::list_groups,
         crate::group_routes::get_group,
@@ -101,6 +111,7 @@ impl Modify for BearerAuth {
         DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem,
         crate::lifecycle_routes::PasswordResetRequest, crate::lifecycle_routes::PasswordResetAccepted,
         crate::lifecycle_routes::PasswordResetConfirmRequest, crate::lifecycle_routes::VerificationRequest,
+        crate::lifecycle_routes::EmailChangeConfirmRequest, crate::dto::EmailChangePendingBody,
         CreateGroupRequest, UpdateGroupRequest, AddMembersRequest, GroupBody, GroupList, GroupRef, MemberBody, MemberList,
         crate::provisioning_routes::CreateProvisioningTokenRequest, crate::provisioning_routes::ProvisioningTokenBody,
         crate::provisioning_routes::ProvisioningTokenList,
@@ -112,6 +123,7 @@ impl Modify for BearerAuth {
         (name = "users", description = "Accounts"),
         (name = "sessions", description = "Login, who-am-I, logout"),
         (name = "email verification", description = "Proving an account's email: a mailed one-time token"),
+        (name = "email changes", description = "Confirming a change of your own email with the token mailed to the new address"),
         (name = "password resets", description = "Forgotten passwords: a mailed one-time token, then a new password"),
         (name = "groups", description = "Groups of users and their members (admins only)"),
         (name = "scim", description = "SCIM 2.0 (RFC 7644) for identity providers: application/scim+json, SCIM error bodies"),

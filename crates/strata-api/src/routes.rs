@@ -8,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use strata_core::domain::{AuditQuery, DisplayName, Email, Password, Role, User, UserId, UserStatus, parse_rfc3339};
-use strata_core::service::{Registration, UserChanges};
+use strata_core::service::{Patched, Registration, UserChanges};
 
 use crate::AppState;
 use crate::dto::{
-    AuditEntryBody, AuditList, CreateUserRequest, GroupRef, LoginRequest, LoginResponse, UpdateUserRequest, UserBody,
-    UserList, WhoAmI, rfc3339,
+    AuditEntryBody, AuditList, CreateUserRequest, EmailChangePendingBody, GroupRef, LoginRequest, LoginResponse,
+    UpdateUserRequest, UserBody, UserList, WhoAmI, rfc3339,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{
@@ -25,7 +25,7 @@ fn etag(user: &User) -> HeaderValue {
     HeaderValue::from_str(&format!("\"{}\"", user.version.0)).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
-fn user_response(status: StatusCode, user: &User) -> Response {
+pub(crate) fn user_response(status: StatusCode, user: &User) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::ETAG, etag(user));
     (status, headers, Json(UserBody::from(user))).into_response()
@@ -96,6 +96,11 @@ pub async fn get_user(
 }
 
 /// Change name, email or password (role and status: admins only).
+///
+/// Changing your own email needs `current_password` and must be the only change in its
+/// PATCH: it answers 202 and mails a confirmation link to the new address (and a notice
+/// to the old one); the change applies at `POST /v1/email-changes/confirm`. An admin's
+/// change of someone else's email applies at once and leaves it unverified.
 #[utoipa::path(
     patch, path = "/v1/users/{id}", tag = "users",
     request_body(content = UpdateUserRequest, content_type = "application/json"),
@@ -103,17 +108,18 @@ pub async fn get_user(
     security(("bearer" = [])),
     responses(
         (status = 200, body = UserBody, headers(("ETag" = String))),
+        (status = 202, description = "Your own email change awaits its confirmation; nothing changed yet", body = EmailChangePendingBody),
         (status = 400, description = "Malformed JSON, UUID or If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed, or current_password incorrect", body = Problem, content_type = "application/problem+json"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Email already registered", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`email_taken`: email already registered", body = Problem, content_type = "application/problem+json"),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
         (status = 428, description = "If-Match missing", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong current_password guesses for this account or address", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
+        (status = 429, description = "Too many wrong current_password guesses, or email-change mails, for this account or address", body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u64))),
         (status = 503, description = "Hashing pool saturated or storage unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -133,8 +139,18 @@ pub async fn update_user(
         status: req.status.as_deref().map(UserStatus::parse).transpose()?,
         current_password: req.current_password.as_deref().map(Password::parse_login).transpose()?,
     };
-    let user = state.accounts.update_user(&actor, id, expected, changes, &client).await?;
-    Ok(user_response(StatusCode::OK, &user))
+    match state.accounts.patch_user(&actor, id, expected, changes, &client).await? {
+        Patched::Updated(user) => Ok(user_response(StatusCode::OK, &user)),
+        Patched::EmailChangeRequested(requested) => {
+            let body = EmailChangePendingBody {
+                status: "confirmation_sent",
+                pending_email: requested.new_email.as_str().to_owned(),
+                expires_at: rfc3339(requested.expires_at),
+                user: UserBody::from(&requested.user),
+            };
+            Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+        }
+    }
 }
 
 /// Delete a user and end all their sessions.
@@ -276,10 +292,10 @@ pub async fn list_audit(
     post, path = "/v1/sessions", tag = "sessions",
     request_body = LoginRequest,
     responses(
-        (status = 201, body = LoginResponse, headers(("Location" = String))),
+        (status = 201, description = "Logged in. With `\"cookie\": true`: `Set-Cookie` of the session (HttpOnly) and of its CSRF token, and `csrf_token` instead of `token` in the body", body = LoginResponse, headers(("Location" = String), ("Set-Cookie" = String, description = "Only for a cookie login"))),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Unknown email or wrong password (indistinguishable)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Account disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Account disabled; or, for a cookie login, `origin_not_allowed`", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
@@ -290,27 +306,45 @@ pub async fn list_audit(
 pub async fn login(
     State(state): State<AppState>,
     ClientAddr(client): ClientAddr,
+    headers: HeaderMap,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<Response> {
+    if req.cookie {
+        // Login CSRF: a page of an unlisted origin must not log the browser in (to the
+        // attacker's account, say).
+        crate::browser::check_origin(&headers, &state.browser)?;
+    }
     let email = Email::parse(&req.email)?;
     let password = Password::parse_login(&req.password)?;
     let done = state.accounts.login(&email, &password, &client).await?;
-    Ok(logged_in(&done))
+    Ok(logged_in(&state, &done, req.cookie))
 }
 
-/// The 201 of a completed login, with a password alone or with a second factor.
-pub(crate) fn logged_in(done: &strata_core::service::LoggedIn) -> Response {
+/// The 201 of a completed login, with a password alone or with a second factor; with
+/// `cookie`, the session goes into the cookie and the body carries its CSRF token instead.
+pub(crate) fn logged_in(state: &AppState, done: &strata_core::service::LoggedIn, cookie: bool) -> Response {
     strata_core::timing::mark_authenticated();
+    let token = done.token.expose();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::LOCATION, HeaderValue::from_static("/v1/sessions/current"));
+    // A token must not sit in any shared cache.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let (token, csrf_token) = if cookie {
+        let csrf = crate::browser::csrf_token_for(&token);
+        let lifetime = done.session.expires_at.micros().saturating_sub(done.session.created_at.micros()) / 1_000_000;
+        for value in state.browser.login_cookies(&token, &csrf, lifetime) {
+            headers.append(header::SET_COOKIE, value);
+        }
+        (None, Some(csrf))
+    } else {
+        (Some(token), None)
+    };
     let body = LoginResponse {
-        token: done.token.expose(),
+        token,
+        csrf_token,
         expires_at: rfc3339(done.session.expires_at),
         user: UserBody::from(&done.user),
     };
-    let headers = [
-        (header::LOCATION, HeaderValue::from_static("/v1/sessions/current")),
-        // A token must not sit in any shared cache.
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-    ];
     (StatusCode::CREATED, headers, Json(body)).into_response()
 }
 
@@ -350,21 +384,34 @@ pub async fn current_session(
     } else {
         None
     };
-    Ok(Json(WhoAmI { session: (&current.session).into(), user: (&current.user).into(), groups }))
+    Ok(Json(WhoAmI {
+        session: (&current.session).into(),
+        user: (&current.user).into(),
+        groups,
+        csrf_token: current.csrf_token,
+    }))
 }
 
 /// Log out: the token stops working immediately.
 #[utoipa::path(
     delete, path = "/v1/sessions/current", tag = "sessions",
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session_cookie" = [])),
     responses(
-        (status = 204, description = "Logged out"),
+        (status = 204, description = "Logged out; a cookie session's cookies are cleared (`Set-Cookie` with `Max-Age=0`)",
+            headers(("Set-Cookie" = String, description = "Only when the cookie authenticated the request"))),
         (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie session: `csrf_token_missing`, `csrf_token_invalid`, `origin_not_allowed`", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn logout(State(state): State<AppState>, current: CurrentSession) -> ApiResult<StatusCode> {
+pub async fn logout(State(state): State<AppState>, current: CurrentSession) -> ApiResult<Response> {
     state.accounts.logout(&current.session).await?;
-    Ok(StatusCode::NO_CONTENT)
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if current.csrf_token.is_some() {
+        for value in state.browser.clearing_cookies() {
+            res.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    Ok(res)
 }
 
 /// A list's `limit` parameter: 1 to the configured maximum.

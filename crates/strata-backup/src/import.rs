@@ -295,6 +295,8 @@ fn candidate(parts: Parts<'_>, now: Timestamp) -> Result<Candidate, Rejected> {
         role: if parts.admin { Role::Admin } else { Role::User },
         status: if parts.active { UserStatus::Active } else { UserStatus::Disabled },
         verified: parts.verified,
+        // MFA is turned on later, by the user; an import brings no second factor.
+        mfa_enabled: false,
         version: Version::FIRST,
         created_at,
         updated_at: created_at,
@@ -577,6 +579,8 @@ fn strata_user(row: &Row) -> Result<Candidate, Rejected> {
         Value::Int(created),
         Value::Int(updated),
         Value::Bool(verified),
+        // Not carried over: the user's TOTP row is not imported, so the second factor is not.
+        Value::Bool(_mfa_enabled),
     ] = row.as_slice()
     else {
         return Err(malformed("not a users row"));
@@ -592,6 +596,7 @@ fn strata_user(row: &Row) -> Result<Candidate, Rejected> {
             role: Role::parse(role).map_err(|e| malformed(&e.message))?,
             status: UserStatus::parse(status).map_err(|e| malformed(&e.message))?,
             verified: *verified,
+            mfa_enabled: false,
             version: Version(u64::try_from(*version).map_err(|_| malformed("negative version"))?),
             created_at: Timestamp::from_micros(*created),
             updated_at: Timestamp::from_micros(*updated),

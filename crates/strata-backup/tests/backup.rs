@@ -51,6 +51,7 @@ async fn populate(store: &dyn Store, users: usize) {
             role: if i == 0 { Role::Admin } else { Role::User },
             status: if i % 5 == 4 { UserStatus::Disabled } else { UserStatus::Active },
             verified: i % 2 == 0,
+            mfa_enabled: false,
             version: Version::FIRST,
             created_at: T0,
             updated_at: T0,
@@ -148,6 +149,8 @@ async fn issue_reset(store: &dyn Store, user: &User) {
         created_at: T0,
         expires_at: T0.plus(Duration::from_secs(1800)),
         used_at: None,
+        // Round-trips the column an email change fills (any purpose stores it alike).
+        new_email: Some(strata_core::domain::Email::parse("new-ünïcode@example.com").unwrap()),
     };
     let mail = QueuedMail {
         id: uuid::Uuid::now_v7(),
@@ -161,7 +164,7 @@ async fn issue_reset(store: &dyn Store, user: &User) {
         created_at: T0,
         updated_at: T0,
     };
-    store.issue_account_token(&token, &mail, &event("password_reset.requested", user.id.as_uuid())).await.unwrap();
+    store.issue_account_token(&token, &[mail], &event("password_reset.requested", user.id.as_uuid())).await.unwrap();
     let totp = strata_core::totp::TotpRecord {
         user_id: user.id,
         secret: strata_core::totp::TotpSecret::generate(),
@@ -292,7 +295,7 @@ async fn a_damaged_or_foreign_backup_writes_nothing() {
     let edited = copy("edited");
     let manifest_path = edited.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, text.replace("\"schema_version\": 6", "\"schema_version\": 99")).unwrap();
+    std::fs::write(&manifest_path, text.replace("\"schema_version\": 7", "\"schema_version\": 99")).unwrap();
     let error = strata_backup::verify(&edited).await.unwrap_err();
     assert!(error.to_string().contains("schema version 99"), "{error}");
     std::fs::write(&manifest_path, text.replace("\"users.jsonl.gz\"", "\"../users.jsonl.gz\"")).unwrap();

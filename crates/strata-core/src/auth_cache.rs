@@ -33,7 +33,7 @@ use crate::timing::{self, Component};
 
 /// Bumped when the encoding changes; older or newer values then read as misses, so a
 /// rolling deploy never misreads its neighbour's entries.
-pub const SCHEMA_VERSION: u8 = 3;
+pub const SCHEMA_VERSION: u8 = 4;
 
 /// Key prefix; the digit is the key-layout version.
 const KEY_PREFIX: &str = "strata:1:";
@@ -128,7 +128,8 @@ fn encode_user(out: &mut Vec<u8>, user: &User) {
         UserStatus::Active => 0,
         UserStatus::Disabled => 1,
     });
-    out.push(u8::from(user.verified));
+    // One byte of flags: bit 0 `verified`, bit 1 `mfa_enabled`.
+    out.push(u8::from(user.verified) | (u8::from(user.mfa_enabled) << 1));
     out.extend_from_slice(&user.created_at.0.to_be_bytes());
     out.extend_from_slice(&user.updated_at.0.to_be_bytes());
 }
@@ -186,11 +187,11 @@ fn decode_user(r: &mut Reader<'_>) -> Option<User> {
         1 => UserStatus::Disabled,
         _ => return None,
     };
-    let verified = match r.u8()? {
-        0 => false,
-        1 => true,
-        _ => return None,
-    };
+    let flags = r.u8()?;
+    if flags > 0b11 {
+        return None;
+    }
+    let (verified, mfa_enabled) = (flags & 1 != 0, flags & 2 != 0);
     let created_at = Timestamp(r.i64()?);
     let updated_at = Timestamp(r.i64()?);
     Some(User {
@@ -202,6 +203,7 @@ fn decode_user(r: &mut Reader<'_>) -> Option<User> {
         role,
         status,
         verified,
+        mfa_enabled,
         version,
         created_at,
         updated_at,
@@ -508,6 +510,7 @@ mod tests {
             role: Role::Admin,
             status: UserStatus::Disabled,
             verified: false,
+            mfa_enabled: true,
             version: Version(7),
             created_at: Timestamp(1),
             updated_at: Timestamp(2),

@@ -90,6 +90,7 @@ pub const TABLES: &[Table] = &[
             col("created_at", Int),
             col("updated_at", Int),
             col("verified", Bool),
+            col("mfa_enabled", Bool),
         ],
     },
     Table {
@@ -192,6 +193,7 @@ pub const TABLES: &[Table] = &[
             col("created_at", Int),
             col("expires_at", Int),
             nullable("used_at", Int),
+            nullable("new_email", Text),
         ],
     },
     // A pending mail's params carry its token until it is sent (at most the token's
@@ -258,7 +260,7 @@ pub const TABLES: &[Table] = &[
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).
 /// A backup records it; a restore refuses any other.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// One cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

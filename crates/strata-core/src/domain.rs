@@ -406,6 +406,9 @@ pub struct User {
     /// Whether the user proved they receive mail at `email` (a verification link). An
     /// email change makes it false again.
     pub verified: bool,
+    /// Whether logins need a second factor (an enabled TOTP). A copy kept in the user row
+    /// by the writes that turn MFA on and off, so every user read carries it for free.
+    pub mfa_enabled: bool,
     pub version: Version,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,

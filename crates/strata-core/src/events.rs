@@ -31,6 +31,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "login.throttled",
     "password_reset.requested",
     "email_verification.requested",
+    "email_change.requested",
     "mfa.enabled",
     "mfa.disabled",
     "mfa.recovery_codes_regenerated",

@@ -1,5 +1,5 @@
-//! Account lifecycle values: the one-time tokens mailed to users (password resets, later
-//! email verification and changes) and the mails queued to carry them.
+//! Account lifecycle values: the one-time tokens mailed to users (password resets, email
+//! verification and email changes) and the mails queued to carry them.
 //!
 //! A one-time token is 256 random bits; only its SHA-256 is stored, with its purpose, its
 //! expiry, when it was used, and a *binding*: the SHA-256 of what the token is only good
@@ -21,6 +21,9 @@ pub enum TokenPurpose {
     PasswordReset,
     /// Bound to the email it was sent to: an email change voids it.
     EmailVerification,
+    /// Carries the new address ([`AccountToken::new_email`]); bound to the password hash
+    /// and the current email, so a password change or another email change voids it.
+    EmailChange,
 }
 
 impl TokenPurpose {
@@ -28,6 +31,7 @@ impl TokenPurpose {
         match self {
             TokenPurpose::PasswordReset => "password_reset",
             TokenPurpose::EmailVerification => "email_verification",
+            TokenPurpose::EmailChange => "email_change",
         }
     }
 
@@ -35,6 +39,7 @@ impl TokenPurpose {
         match s {
             "password_reset" => Some(TokenPurpose::PasswordReset),
             "email_verification" => Some(TokenPurpose::EmailVerification),
+            "email_change" => Some(TokenPurpose::EmailChange),
             _ => None,
         }
     }
@@ -100,6 +105,8 @@ pub struct AccountToken {
     pub created_at: Timestamp,
     pub expires_at: Timestamp,
     pub used_at: Option<Timestamp>,
+    /// The address an email-change token moves the account to; `None` for other purposes.
+    pub new_email: Option<Email>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -65,7 +65,7 @@ pub struct Template {
 }
 
 /// Every template Strata sends, by name.
-pub const TEMPLATE_NAMES: &[&str] = &["password_reset", "email_verification"];
+pub const TEMPLATE_NAMES: &[&str] = &["password_reset", "email_verification", "email_change", "email_change_notice"];
 
 /// The templates in use: the embedded defaults, each part overridable by a file
 /// `<dir>/<name>.subject`, `<name>.txt` or `<name>.html`.
@@ -74,24 +74,19 @@ pub struct Templates(HashMap<&'static str, Template>);
 
 impl Templates {
     pub fn embedded() -> Self {
-        let mut map = HashMap::new();
-        map.insert(
-            "password_reset",
-            Template {
-                subject: include_str!("mail_templates/password_reset.subject").trim().to_owned(),
-                text: include_str!("mail_templates/password_reset.txt").to_owned(),
-                html: include_str!("mail_templates/password_reset.html").to_owned(),
-            },
-        );
-        map.insert(
-            "email_verification",
-            Template {
-                subject: include_str!("mail_templates/email_verification.subject").trim().to_owned(),
-                text: include_str!("mail_templates/email_verification.txt").to_owned(),
-                html: include_str!("mail_templates/email_verification.html").to_owned(),
-            },
-        );
-        Templates(map)
+        macro_rules! embedded {
+            ($($name:literal),* $(,)?) => {
+                HashMap::from([$((
+                    $name,
+                    Template {
+                        subject: include_str!(concat!("mail_templates/", $name, ".subject")).trim().to_owned(),
+                        text: include_str!(concat!("mail_templates/", $name, ".txt")).to_owned(),
+                        html: include_str!(concat!("mail_templates/", $name, ".html")).to_owned(),
+                    },
+                )),*])
+            };
+        }
+        Templates(embedded!("password_reset", "email_verification", "email_change", "email_change_notice"))
     }
 
     /// The embedded templates with whatever `dir` overrides. A missing file keeps the
@@ -205,7 +200,8 @@ impl MailObserver for crate::ports::NoopObserver {
 }
 
 /// Event types whose change queued a mail.
-pub const MAIL_EVENT_TYPES: &[&str] = &["password_reset.requested", "email_verification.requested"];
+pub const MAIL_EVENT_TYPES: &[&str] =
+    &["password_reset.requested", "email_verification.requested", "email_change.requested"];
 
 /// The worker's `mail` listener: the queue row is already written (in the request's
 /// transaction), so hearing its event only wakes the dispatcher. Nothing to record per
@@ -388,6 +384,7 @@ fn link_path(template: &str) -> Option<&'static str> {
     match template {
         "password_reset" => Some("/reset-password"),
         "email_verification" => Some("/verify-email"),
+        "email_change" => Some("/confirm-email-change"),
         _ => None,
     }
 }

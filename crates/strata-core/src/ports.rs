@@ -279,11 +279,12 @@ pub trait AuditRepository: Send + Sync {
 #[async_trait]
 pub trait LifecycleRepository: Send + Sync {
     /// In one transaction: deletes the user's unused tokens of the same purpose (a newer
-    /// request supersedes them), inserts `token`, queues `mail` and records `event`.
+    /// request supersedes them), inserts `token`, queues `mails` (an email change mails
+    /// both addresses) and records `event`.
     async fn issue_account_token(
         &self,
         token: &AccountToken,
-        mail: &QueuedMail,
+        mails: &[QueuedMail],
         event: &OutboxEvent,
     ) -> Result<(), RepoError>;
 
@@ -330,7 +331,8 @@ pub trait MfaRepository: Send + Sync {
     /// The user's TOTP row, enabled or pending confirmation.
     async fn totp_of(&self, user_id: UserId) -> Result<Option<crate::totp::TotpRecord>, RepoError>;
 
-    /// In one transaction, with `event` recorded when given. `expected: None` starts an
+    /// In one transaction, with `event` recorded when given, and the user row's
+    /// `mfa_enabled` set to the record's `enabled`. `expected: None` starts an
     /// enrolment: replaces a pending (not enabled) row or inserts, and answers
     /// `VersionConflict` when an enabled row exists. `Some(v)` replaces the row only if its
     /// version is still `v` (`VersionConflict` otherwise, `NotFound` when there is none).
@@ -341,8 +343,8 @@ pub trait MfaRepository: Send + Sync {
         event: Option<&OutboxEvent>,
     ) -> Result<(), RepoError>;
 
-    /// Deletes the user's row (if its version is still `expected`, when given) and records
-    /// `event`, in one transaction; `NotFound` when there is no row, `VersionConflict` when
+    /// Deletes the user's row (if its version is still `expected`, when given), clears the
+    /// user row's `mfa_enabled` and records `event`, in one transaction; `NotFound` when there is no row, `VersionConflict` when
     /// the version moved.
     async fn delete_totp(&self, user_id: UserId, expected: Option<i64>, event: &OutboxEvent) -> Result<(), RepoError>;
 }

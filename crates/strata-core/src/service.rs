@@ -135,6 +135,21 @@ impl UserChanges {
     }
 }
 
+/// A user's own email change, mailed and waiting for its confirmation: nothing changed yet.
+pub struct EmailChangeRequested {
+    /// The account as it still is.
+    pub user: User,
+    pub new_email: Email,
+    /// When the confirmation link stops working.
+    pub expires_at: Timestamp,
+}
+
+/// What a PATCH did.
+pub enum Patched {
+    Updated(User),
+    EmailChangeRequested(EmailChangeRequested),
+}
+
 pub struct AuditPage {
     pub items: Vec<AuditEntry>,
     /// Id of the last item when more may follow.
@@ -378,6 +393,7 @@ impl Accounts {
             role: Role::User,
             status: UserStatus::Active,
             verified: false,
+            mfa_enabled: false,
             version: Version::FIRST,
             created_at: now,
             updated_at: now,
@@ -451,6 +467,7 @@ impl Accounts {
             // with `auth.require_verified_email` on, unverified provisioned accounts could
             // never log in (they have no password to ask for a verification mail with).
             verified: true,
+            mfa_enabled: false,
         };
         let data = serde_json::json!({ "user": user_json(&user) });
         let event = event("user.created", id.as_uuid(), EventActor::of(actor, id), data, now);
@@ -742,8 +759,8 @@ impl Accounts {
         self.user_by_id_cached(id).await?.ok_or(AppError::NotFound("user"))
     }
 
-    /// `client` is the caller's throttle key: re-authentication with `current_password`
-    /// draws on the same budgets as a login.
+    /// [`Accounts::patch_user`] for callers that are never the user themself (SCIM
+    /// clients, admins): every change applies at once.
     pub async fn update_user(
         &self,
         actor: &Actor,
@@ -752,6 +769,29 @@ impl Accounts {
         changes: UserChanges,
         client: &str,
     ) -> Result<User, AppError> {
+        match self.patch_user(actor, id, expected, changes, client).await? {
+            Patched::Updated(user) => Ok(user),
+            // Only a user changing their own address gets here: nothing changed yet.
+            Patched::EmailChangeRequested(requested) => Ok(requested.user),
+        }
+    }
+
+    /// `PATCH /v1/users/{id}`. `client` is the caller's throttle key: re-authentication
+    /// with `current_password` draws on the same budgets as a login.
+    ///
+    /// Users changing their own email get a confirmation mail at the new address (and a
+    /// notice at the old one) instead of the change, which applies when confirmed. An
+    /// admin's (or the admin token's, or a SCIM client's) change applies at once and leaves
+    /// the address unverified: they act for users who may have lost the old mailbox, and
+    /// their change is audited as theirs (`user.updated` names the actor).
+    pub async fn patch_user(
+        &self,
+        actor: &Actor,
+        id: UserId,
+        expected: Version,
+        changes: UserChanges,
+        client: &str,
+    ) -> Result<Patched, AppError> {
         if !actor.may_act_on(id) {
             return Err(AppError::Forbidden("you may only change your own account"));
         }
@@ -767,11 +807,32 @@ impl Accounts {
             return Err(AppError::VersionMismatch);
         }
         let own_credentials = changes.password.is_some() || changes.email.is_some();
+        let is_self = matches!(actor, Actor::User { user, .. } if user.id == id);
+        let own_email_change = changes.email.as_ref().filter(|email| is_self && **email != current.email).cloned();
+        if own_email_change.is_some()
+            && (changes.name.is_some()
+                || changes.password.is_some()
+                || changes.role.is_some()
+                || changes.status.is_some())
+        {
+            // The email waits for its confirmation while the rest would apply now: one
+            // request with two outcomes and two writes. Two requests say it plainly.
+            return Err(ValidationError::new(
+                "email",
+                "email_change_not_alone",
+                "a change of your own email is confirmed by mail: send it alone (with current_password)",
+            )
+            .into());
+        }
         let mut rehashed = None;
-        if own_credentials && matches!(actor, Actor::User { user, .. } if user.id == id) {
+        if own_credentials && is_self {
             // A new password replaces the hash anyway: no upgrade of the old one then.
             let upgrade = changes.password.is_none();
             rehashed = self.reauthenticate(&current, changes.current_password.as_ref(), client, upgrade).await?;
+        }
+        if let Some(new_email) = own_email_change {
+            // An outdated hash waits for the next login's upgrade: this request writes no user.
+            return self.request_email_change(&current, &new_email, client).await.map(Patched::EmailChangeRequested);
         }
         let now = self.clock.now();
         let mut next = current.clone();
@@ -831,7 +892,7 @@ impl Accounts {
         let (store, row) = (self.store.clone(), next.clone());
         let write = async move { store.update_user(&row, expected, revoke, &event).await };
         self.commit("update_user", write, Stale::User { id, sessions: None, now }).await?;
-        Ok(next)
+        Ok(Patched::Updated(next))
     }
 
     /// The current password of `user`, checked like a login: reserved against the

@@ -308,6 +308,19 @@ const MIGRATIONS: &[Migration] = &[
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },
+    Migration {
+        version: 7,
+        name: "confirmed email changes, users' MFA flag",
+        sql: "
+        -- A copy of user_totp.enabled kept in the row every user read returns, so showing
+        -- it costs no second query. Written in the transactions that write user_totp.
+        ALTER TABLE users ADD COLUMN mfa_enabled BOOLEAN NOT NULL DEFAULT FALSE;
+        UPDATE users SET mfa_enabled = TRUE WHERE id IN (SELECT user_id FROM user_totp WHERE enabled);
+
+        -- The address an email-change token moves the account to (NULL for other purposes).
+        ALTER TABLE account_tokens ADD COLUMN new_email VARCHAR(254) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL;
+    ",
+    },
 ];
 
 /// How long connect may spend migrating: longer than a query, because another instance
@@ -322,19 +335,19 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE id = ?";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE email = ?";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified, u.mfa_enabled \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
          FROM sessions WHERE user_id = ? ORDER BY id";
     /// The first page passes the nil UUID (16 zero bytes), which sorts before every UUIDv7.
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE id > ? ORDER BY id LIMIT ?";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE email = ? AND id > ? ORDER BY id LIMIT ?";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT `key`, fingerprint, user_id, created_at FROM idempotency_keys WHERE `key` = ?";
@@ -360,11 +373,12 @@ mod sql {
          version = ?, updated_at = ?, verified = ? WHERE id = ? AND version = ?";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = ?";
     pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, `binding`, created_at, \
-         expires_at, used_at FROM account_tokens WHERE token_hash = ?";
+         expires_at, used_at, new_email FROM account_tokens WHERE token_hash = ?";
     pub const DELETE_UNUSED_TOKENS: &str =
         "DELETE FROM account_tokens WHERE user_id = ? AND purpose = ? AND used_at IS NULL";
     pub const INSERT_ACCOUNT_TOKEN: &str = "INSERT INTO account_tokens \
-         (id, user_id, purpose, token_hash, `binding`, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+         (id, user_id, purpose, token_hash, `binding`, created_at, expires_at, used_at, new_email) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)";
     pub const USE_TOKEN: &str = "UPDATE account_tokens SET used_at = ? WHERE id = ? AND used_at IS NULL";
     pub const INSERT_MAIL: &str = "INSERT INTO mail_queue (id, template, recipient, params, status, attempts, \
          next_attempt_at, last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
@@ -477,6 +491,7 @@ fn user_from_row(row: &mut Row, at: usize) -> Result<User, RepoError> {
         created_at: Timestamp(take(row, at + 7)?),
         updated_at: Timestamp(take(row, at + 8)?),
         verified: take(row, at + 9)?,
+        mfa_enabled: take(row, at + 10)?,
     })
 }
 
@@ -1605,6 +1620,7 @@ fn account_token_from_row(r: &mut Row) -> Result<AccountToken, RepoError> {
         created_at: Timestamp(take(r, 5)?),
         expires_at: Timestamp(take(r, 6)?),
         used_at: take::<Option<i64>>(r, 7)?.map(Timestamp),
+        new_email: take::<Option<String>>(r, 8)?.map(Email::from_trusted),
     })
 }
 
@@ -1709,6 +1725,13 @@ impl MfaRepository for MysqlStore {
                         other => other.map_err(my_err)?,
                     }
                 }
+                // Guarded so the code acceptances of every MFA login do not rewrite the user row.
+                tx.exec_drop(
+                    "UPDATE users SET mfa_enabled = ? WHERE id = ? AND mfa_enabled <> ?",
+                    (record.enabled, uid, record.enabled),
+                )
+                .await
+                .map_err(my_err)?;
                 if let Some(event) = event {
                     insert_event(&mut tx, event).await?;
                 }
@@ -1736,6 +1759,7 @@ impl MfaRepository for MysqlStore {
                     _ => {}
                 }
                 tx.exec_drop("DELETE FROM user_totp WHERE user_id = ?", (uid,)).await.map_err(my_err)?;
+                tx.exec_drop("UPDATE users SET mfa_enabled = FALSE WHERE id = ?", (uid,)).await.map_err(my_err)?;
                 insert_event(&mut tx, event).await
             }
             .await;
@@ -1750,7 +1774,7 @@ impl LifecycleRepository for MysqlStore {
     async fn issue_account_token(
         &self,
         token: &AccountToken,
-        mail: &QueuedMail,
+        mails: &[QueuedMail],
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
         crate::with_timeout(self.query_timeout, async {
@@ -1768,21 +1792,24 @@ impl LifecycleRepository for MysqlStore {
                     token.created_at.0.into(),
                     token.expires_at.0.into(),
                     token.used_at.map(|u| u.0).into(),
+                    token.new_email.as_ref().map(|e| e.as_str()).into(),
                 ];
                 tx.exec_drop(sql::INSERT_ACCOUNT_TOKEN, Params::Positional(row)).await.map_err(my_err)?;
-                let row: Vec<Value> = vec![
-                    uuid_value(mail.id),
-                    mail.template.as_str().into(),
-                    mail.recipient.as_str().into(),
-                    mail.params.as_str().into(),
-                    mail.status.as_str().into(),
-                    i64::from(mail.attempts).into(),
-                    mail.next_attempt_at.0.into(),
-                    mail.last_error.clone().into(),
-                    mail.created_at.0.into(),
-                    mail.updated_at.0.into(),
-                ];
-                tx.exec_drop(sql::INSERT_MAIL, Params::Positional(row)).await.map_err(my_err)?;
+                for mail in mails {
+                    let row: Vec<Value> = vec![
+                        uuid_value(mail.id),
+                        mail.template.as_str().into(),
+                        mail.recipient.as_str().into(),
+                        mail.params.as_str().into(),
+                        mail.status.as_str().into(),
+                        i64::from(mail.attempts).into(),
+                        mail.next_attempt_at.0.into(),
+                        mail.last_error.clone().into(),
+                        mail.created_at.0.into(),
+                        mail.updated_at.0.into(),
+                    ];
+                    tx.exec_drop(sql::INSERT_MAIL, Params::Positional(row)).await.map_err(my_err)?;
+                }
                 insert_event(&mut tx, event).await
             }
             .await;
@@ -1993,6 +2020,7 @@ async fn sample_rows(tx: &mut Transaction<'_>) -> Result<Samples, RepoError> {
         samples.token_hash[..].into(),
         0i64.into(),
         0i64.into(),
+        Value::NULL,
         Value::NULL,
     ];
     tx.exec_drop(sql::INSERT_ACCOUNT_TOKEN, Params::Positional(token)).await.map_err(my_err)?;

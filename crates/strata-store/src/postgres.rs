@@ -283,6 +283,19 @@ const MIGRATIONS: &[Migration] = &[
         );
     ",
     },
+    Migration {
+        version: 7,
+        name: "confirmed email changes, users' MFA flag",
+        sql: "
+        -- A copy of user_totp.enabled kept in the row every user read returns, so showing
+        -- it costs no second query. Written in the transactions that write user_totp.
+        ALTER TABLE users ADD COLUMN mfa_enabled boolean NOT NULL DEFAULT false;
+        UPDATE users SET mfa_enabled = true WHERE id IN (SELECT user_id FROM user_totp WHERE enabled);
+
+        -- The address an email-change token moves the account to (NULL for other purposes).
+        ALTER TABLE account_tokens ADD COLUMN new_email text;
+    ",
+    },
 ];
 
 /// How long connect may spend migrating: longer than a query, because another instance
@@ -293,19 +306,19 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(120);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE id = $1";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE email = $1";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified, u.mfa_enabled \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = $1";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at \
          FROM sessions WHERE user_id = $1 ORDER BY id";
     /// `$1` is the nil UUID on the first page: it sorts before every UUIDv7.
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE id > $1 ORDER BY id LIMIT $2";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified \
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
          FROM users WHERE email = $3 AND id > $1 ORDER BY id LIMIT $2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = $1";
@@ -332,12 +345,12 @@ mod sql {
          version = $7, updated_at = $8, verified = $10 WHERE id = $1 AND version = $9";
     pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = $1";
     pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, binding, created_at, expires_at, \
-         used_at FROM account_tokens WHERE token_hash = $1";
+         used_at, new_email FROM account_tokens WHERE token_hash = $1";
     pub const DELETE_UNUSED_TOKENS: &str =
         "DELETE FROM account_tokens WHERE user_id = $1 AND purpose = $2 AND used_at IS NULL";
     pub const INSERT_ACCOUNT_TOKEN: &str = "INSERT INTO account_tokens \
-         (id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+         (id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at, new_email) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
     pub const USE_TOKEN: &str = "UPDATE account_tokens SET used_at = $2 WHERE id = $1 AND used_at IS NULL";
     pub const INSERT_MAIL: &str = "INSERT INTO mail_queue (id, template, recipient, params, status, attempts, \
          next_attempt_at, last_error, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
@@ -443,6 +456,7 @@ fn user_from_row(row: &Row, at: usize) -> Result<User, RepoError> {
         created_at: Timestamp(get(row, at + 7)?),
         updated_at: Timestamp(get(row, at + 8)?),
         verified: get(row, at + 9)?,
+        mfa_enabled: get(row, at + 10)?,
     })
 }
 
@@ -1488,6 +1502,9 @@ impl MfaRepository for PostgresStore {
                 // A concurrent first enrolment inserted meanwhile.
                 return Err(RepoError::VersionConflict);
             }
+            // Guarded so the code acceptances of every MFA login do not rewrite the user row.
+            let flag = "UPDATE users SET mfa_enabled = $2 WHERE id = $1 AND mfa_enabled <> $2";
+            execute(&tx, flag, &[&uid, &record.enabled]).await.map_err(pg_err)?;
             if let Some(event) = event {
                 insert_event(&tx, event).await?;
             }
@@ -1511,6 +1528,7 @@ impl MfaRepository for PostgresStore {
                 // Dropping `tx` rolls the delete back.
                 return Err(RepoError::VersionConflict);
             }
+            execute(&tx, "UPDATE users SET mfa_enabled = false WHERE id = $1", &[&uid]).await.map_err(pg_err)?;
             insert_event(&tx, event).await?;
             tx.commit().await.map_err(pg_err)
         })
@@ -1529,6 +1547,7 @@ fn account_token_from_row(r: &Row) -> Result<AccountToken, RepoError> {
         created_at: Timestamp(get(r, 5)?),
         expires_at: Timestamp(get(r, 6)?),
         used_at: get::<Option<i64>>(r, 7)?.map(Timestamp),
+        new_email: get::<Option<String>>(r, 8)?.map(Email::from_trusted),
     })
 }
 
@@ -1554,7 +1573,7 @@ impl LifecycleRepository for PostgresStore {
     async fn issue_account_token(
         &self,
         token: &AccountToken,
-        mail: &QueuedMail,
+        mails: &[QueuedMail],
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
         crate::with_timeout(self.query_timeout, async {
@@ -1574,28 +1593,31 @@ impl LifecycleRepository for PostgresStore {
                     &token.created_at.0,
                     &token.expires_at.0,
                     &token.used_at.map(|u| u.0),
+                    &token.new_email.as_ref().map(|e| e.as_str()),
                 ],
             )
             .await
             .map_err(pg_err)?;
-            execute(
-                &tx,
-                sql::INSERT_MAIL,
-                &[
-                    &mail.id,
-                    &mail.template,
-                    &mail.recipient.as_str(),
-                    &mail.params,
-                    &mail.status.as_str(),
-                    &i64::from(mail.attempts),
-                    &mail.next_attempt_at.0,
-                    &mail.last_error,
-                    &mail.created_at.0,
-                    &mail.updated_at.0,
-                ],
-            )
-            .await
-            .map_err(pg_err)?;
+            for mail in mails {
+                execute(
+                    &tx,
+                    sql::INSERT_MAIL,
+                    &[
+                        &mail.id,
+                        &mail.template,
+                        &mail.recipient.as_str(),
+                        &mail.params,
+                        &mail.status.as_str(),
+                        &i64::from(mail.attempts),
+                        &mail.next_attempt_at.0,
+                        &mail.last_error,
+                        &mail.created_at.0,
+                        &mail.updated_at.0,
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+            }
             insert_event(&tx, event).await?;
             tx.commit().await.map_err(pg_err)
         })

@@ -289,26 +289,39 @@ const MIGRATIONS: &[Migration] = &[
         ) WITHOUT ROWID;
     ",
     },
+    Migration {
+        version: 7,
+        name: "confirmed email changes, users' MFA flag",
+        sql: "
+        -- A copy of user_totp.enabled kept in the row every user read returns, so showing
+        -- it costs no second query. Written in the transactions that write user_totp.
+        ALTER TABLE users ADD COLUMN mfa_enabled INTEGER NOT NULL DEFAULT 0;
+        UPDATE users SET mfa_enabled = 1 WHERE id IN (SELECT user_id FROM user_totp WHERE enabled = 1);
+
+        -- The address an email-change token moves the account to (NULL for other purposes).
+        ALTER TABLE account_tokens ADD COLUMN new_email TEXT;
+    ",
+    },
 ];
 
 const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at, verified";
 
 mod sql {
-    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE id = ?1";
-    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE email = ?1";
+    pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled FROM users WHERE id = ?1";
+    pub const USER_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled FROM users WHERE email = ?1";
     pub const SESSION_WITH_USER: &str = "SELECT s.id, s.user_id, s.token_hash, s.created_at, s.expires_at, s.revoked_at, \
-         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified \
+         u.id, u.email, u.name, u.password_hash, u.role, u.status, u.version, u.created_at, u.updated_at, u.verified, u.mfa_enabled \
          FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1";
     pub const SESSIONS_OF_USER: &str = "SELECT id, user_id, token_hash, created_at, expires_at, revoked_at FROM sessions WHERE user_id = ?1 ORDER BY id";
-    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";
-    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
+    pub const LIST_USERS_PAGE: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled FROM users WHERE id > ?1 ORDER BY id LIMIT ?2";
+    pub const LIST_USERS_BY_EMAIL: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled FROM users WHERE email = ?3 AND id > ?1 ORDER BY id LIMIT ?2";
     pub const IDEMPOTENCY_RECORD: &str =
         "SELECT key, fingerprint, user_id, created_at FROM idempotency_keys WHERE key = ?1";
     /// The aggregates with the oldest unpublished rows (step 1 of `pending_events`).
     pub const PENDING_AGGREGATES: &str =
         "SELECT aggregate_id, partition FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT ?1";
     pub const EVENT_COLUMNS: &str = "id, aggregate_id, event_type, payload, created_at, sequence, traceparent";
-    pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at \
+    pub const ACCOUNT_TOKEN_BY_HASH: &str = "SELECT id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at, new_email \
          FROM account_tokens WHERE token_hash = ?1";
     pub const MAIL_COLUMNS: &str =
         "id, template, recipient, params, status, attempts, next_attempt_at, last_error, created_at, updated_at";
@@ -632,6 +645,7 @@ fn user_from_row(row: &Row<'_>, at: usize) -> rusqlite::Result<User> {
         created_at: Timestamp(row.get(at + 7)?),
         updated_at: Timestamp(row.get(at + 8)?),
         verified: row.get(at + 9)?,
+        mfa_enabled: row.get(at + 10)?,
     })
 }
 
@@ -1664,6 +1678,9 @@ impl MfaRepository for SqliteStore {
                 ],
             )
             .map_err(map_err)?;
+            // Guarded so the code acceptances of every MFA login do not rewrite the user row.
+            tx.execute("UPDATE users SET mfa_enabled = ?2 WHERE id = ?1 AND mfa_enabled <> ?2", params![id, t.enabled])
+                .map_err(map_err)?;
             if let Some(event) = &event {
                 insert_event(tx, event).map_err(map_err)?;
             }
@@ -1686,6 +1703,7 @@ impl MfaRepository for SqliteStore {
                 _ => {}
             }
             tx.execute("DELETE FROM user_totp WHERE user_id = ?1", [id]).map_err(map_err)?;
+            tx.execute("UPDATE users SET mfa_enabled = 0 WHERE id = ?1", [id]).map_err(map_err)?;
             insert_event(tx, &event).map_err(map_err)?;
             Ok(())
         })
@@ -1704,6 +1722,7 @@ fn account_token_from_row(r: &Row<'_>) -> rusqlite::Result<AccountToken> {
         created_at: Timestamp(r.get(5)?),
         expires_at: Timestamp(r.get(6)?),
         used_at: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+        new_email: r.get::<_, Option<String>>(8)?.map(Email::from_trusted),
     })
 }
 
@@ -1728,10 +1747,10 @@ impl LifecycleRepository for SqliteStore {
     async fn issue_account_token(
         &self,
         token: &AccountToken,
-        mail: &QueuedMail,
+        mails: &[QueuedMail],
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
-        let (t, m, event) = (token.clone(), mail.clone(), event.clone());
+        let (t, mails, event) = (token.clone(), mails.to_vec(), event.clone());
         self.write(move |tx| {
             tx.execute(
                 "DELETE FROM account_tokens WHERE user_id = ?1 AND purpose = ?2 AND used_at IS NULL",
@@ -1739,8 +1758,8 @@ impl LifecycleRepository for SqliteStore {
             )
             .map_err(map_err)?;
             tx.execute(
-                "INSERT INTO account_tokens (id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO account_tokens (id, user_id, purpose, token_hash, binding, created_at, expires_at, used_at, \
+                 new_email) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     t.id.as_bytes().as_slice(),
                     t.user_id.as_bytes().as_slice(),
@@ -1749,10 +1768,12 @@ impl LifecycleRepository for SqliteStore {
                     t.binding.as_slice(),
                     t.created_at.0,
                     t.expires_at.0,
-                    t.used_at.map(|u| u.0)
+                    t.used_at.map(|u| u.0),
+                    t.new_email.as_ref().map(|e| e.as_str())
                 ],
             )
             .map_err(map_err)?;
+            for m in &mails {
             tx.execute(
                 "INSERT INTO mail_queue (id, template, recipient, params, status, attempts, next_attempt_at, \
                  last_error, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -1770,6 +1791,7 @@ impl LifecycleRepository for SqliteStore {
                 ],
             )
             .map_err(map_err)?;
+            }
             insert_event(tx, &event).map_err(map_err)?;
             Ok(())
         })

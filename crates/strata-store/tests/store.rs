@@ -40,6 +40,7 @@ fn user(email: &str, name: &str) -> User {
         role: Role::User,
         status: UserStatus::Active,
         verified: false,
+        mfa_enabled: false,
         version: Version::FIRST,
         created_at: T0,
         updated_at: T0,
@@ -967,6 +968,7 @@ fn reset_token_and_mail(
         created_at: at,
         expires_at: at.plus(Duration::from_secs(1800)),
         used_at: None,
+        new_email: None,
     };
     let mail = QueuedMail {
         id: uuid::Uuid::now_v7(),
@@ -988,11 +990,17 @@ async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn 
     let u = user("tokens@example.com", "Tokens");
     create(&*store, &u).await;
     let (first, first_mail) = reset_token_and_mail(&u, T0);
-    store.issue_account_token(&first, &first_mail, &event("password_reset.requested", u.id)).await.unwrap();
+    store
+        .issue_account_token(&first, std::slice::from_ref(&first_mail), &event("password_reset.requested", u.id))
+        .await
+        .unwrap();
     assert_eq!(store.account_token(&first.token_hash).await.unwrap(), Some(first.clone()));
     // A newer request supersedes the older token, and its event is in the outbox with it.
     let (second, second_mail) = reset_token_and_mail(&u, T0.plus(Duration::from_secs(1)));
-    store.issue_account_token(&second, &second_mail, &event("password_reset.requested", u.id)).await.unwrap();
+    store
+        .issue_account_token(&second, std::slice::from_ref(&second_mail), &event("password_reset.requested", u.id))
+        .await
+        .unwrap();
     assert_eq!(store.account_token(&first.token_hash).await.unwrap(), None);
     let pending = store.pending_events(&all_partitions(), 100).await.unwrap();
     assert_eq!(pending.iter().filter(|e| e.event_type == "password_reset.requested").count(), 2);
@@ -1022,7 +1030,10 @@ async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn 
 
     // A stale version refuses the redeem and leaves the token unused.
     let (third, third_mail) = reset_token_and_mail(&next, at);
-    store.issue_account_token(&third, &third_mail, &event("password_reset.requested", u.id)).await.unwrap();
+    store
+        .issue_account_token(&third, std::slice::from_ref(&third_mail), &event("password_reset.requested", u.id))
+        .await
+        .unwrap();
     let stale = store
         .redeem_account_token(third.id, RESET, &next, u.version, revoke_all, at, &event("user.updated", u.id))
         .await;
@@ -1034,6 +1045,68 @@ async fn account_tokens_are_superseded_redeemed_once_and_cascade(store: Arc<dyn 
     assert_eq!(store.account_token(&third.token_hash).await.unwrap(), None);
 }
 
+async fn email_change_tokens_carry_the_address_and_both_mails(store: Arc<dyn Store>) {
+    use strata_core::lifecycle::{MailStatus, TokenPurpose};
+    let u = user("old-address@example.com", "Mover");
+    create(&*store, &u).await;
+    let taken = user("taken@example.com", "Holder");
+    create(&*store, &taken).await;
+    let (mut token, confirm) = reset_token_and_mail(&u, T0);
+    token.purpose = TokenPurpose::EmailChange;
+    token.new_email = Some(Email::parse("new-address@example.com").unwrap());
+    let mut notice = confirm.clone();
+    notice.id = uuid::Uuid::now_v7();
+    notice.template = "email_change_notice".into();
+    let mails = [confirm.clone(), notice.clone()];
+    store.issue_account_token(&token, &mails, &event("email_change.requested", u.id)).await.unwrap();
+    assert_eq!(store.account_token(&token.token_hash).await.unwrap(), Some(token.clone()));
+    let claimed = store.claim_due_mails(T0, T0.plus(Duration::from_secs(60)), 10).await.unwrap();
+    let mut ids: Vec<_> = claimed.iter().map(|m| m.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![confirm.id, notice.id], "both mails are queued with the token");
+    assert!(claimed.iter().all(|m| m.status == MailStatus::Pending));
+
+    // Confirming to an address someone took meanwhile is refused by the unique index and
+    // leaves the token unused, in one transaction.
+    let at = T0.plus(Duration::from_secs(5));
+    let mut clash = u.clone();
+    clash.email = taken.email.clone();
+    clash.version = u.version.next();
+    let refused = store
+        .redeem_account_token(
+            token.id,
+            TokenPurpose::EmailChange,
+            &clash,
+            u.version,
+            SessionRevocation::None,
+            at,
+            &event("user.updated", u.id),
+        )
+        .await;
+    assert_eq!(refused, Err(RepoError::EmailTaken));
+    assert_eq!(store.account_token(&token.token_hash).await.unwrap().unwrap().used_at, None);
+    assert_eq!(store.user_by_id(u.id).await.unwrap(), Some(u.clone()));
+
+    let mut moved = u.clone();
+    moved.email = token.new_email.clone().unwrap();
+    moved.verified = true;
+    moved.version = u.version.next();
+    store
+        .redeem_account_token(
+            token.id,
+            TokenPurpose::EmailChange,
+            &moved,
+            u.version,
+            SessionRevocation::None,
+            at,
+            &event("user.updated", u.id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.user_by_email(&moved.email).await.unwrap(), Some(moved.clone()));
+    assert_eq!(store.user_by_email(&u.email).await.unwrap(), None);
+}
+
 async fn queued_mails_are_claimed_once_and_recorded(store: Arc<dyn Store>) {
     use strata_core::lifecycle::MailStatus;
     let mut mails = Vec::new();
@@ -1041,7 +1114,10 @@ async fn queued_mails_are_claimed_once_and_recorded(store: Arc<dyn Store>) {
         let u = user(&format!("mail{i}@example.com"), "Mail");
         create(&*store, &u).await;
         let (t, m) = reset_token_and_mail(&u, T0.plus(Duration::from_secs(i)));
-        store.issue_account_token(&t, &m, &event("password_reset.requested", u.id)).await.unwrap();
+        store
+            .issue_account_token(&t, std::slice::from_ref(&m), &event("password_reset.requested", u.id))
+            .await
+            .unwrap();
         mails.push(m);
     }
     let lease = T0.plus(Duration::from_secs(120));
@@ -1126,7 +1202,10 @@ async fn populate(store: &dyn Store) {
     let owner = user("reset@example.com", "Reset");
     create(store, &owner).await;
     let (t, m) = reset_token_and_mail(&owner, T0);
-    store.issue_account_token(&t, &m, &event("password_reset.requested", owner.id)).await.unwrap();
+    store
+        .issue_account_token(&t, std::slice::from_ref(&m), &event("password_reset.requested", owner.id))
+        .await
+        .unwrap();
     let g = group("Backed up \"group\" 🦀");
     let members = store.list_users(&UserListQuery { after: None, limit: 5, email: None }).await.unwrap();
     let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();
@@ -1168,8 +1247,12 @@ async fn totp_rows_are_compare_and_set_and_cascade(store: Arc<dyn Store>) {
     on.enabled = true;
     on.last_step = Some(58_000_001);
     on.version = 2;
+    assert!(!store.user_by_id(u.id).await.unwrap().unwrap().mfa_enabled, "a pending enrolment is not MFA");
     store.save_totp(&on, Some(1), Some(&event("mfa.enabled", u.id))).await.unwrap();
     assert_eq!(store.totp_of(u.id).await.unwrap(), Some(on.clone()));
+    // The user row's copy of the flag follows, in every read that returns the user.
+    assert!(store.user_by_id(u.id).await.unwrap().unwrap().mfa_enabled);
+    assert!(store.user_by_email(&u.email).await.unwrap().unwrap().mfa_enabled);
     let pending_events = store.pending_events(&all_partitions(), 100).await.unwrap();
     assert_eq!(pending_events.iter().filter(|e| e.event_type == "mfa.enabled").count(), 1);
     // A second use of the version read loses; so does a new enrolment over an enabled row.
@@ -1198,8 +1281,10 @@ async fn totp_rows_are_compare_and_set_and_cascade(store: Arc<dyn Store>) {
     // Delete: guarded by the version when given, with its event.
     assert_eq!(store.delete_totp(u.id, Some(2), &event("mfa.disabled", u.id)).await, Err(RepoError::VersionConflict));
     assert!(store.totp_of(u.id).await.unwrap().is_some());
+    assert!(store.user_by_id(u.id).await.unwrap().unwrap().mfa_enabled, "a code acceptance keeps the flag");
     store.delete_totp(u.id, Some(3), &event("mfa.disabled", u.id)).await.unwrap();
     assert_eq!(store.totp_of(u.id).await.unwrap(), None);
+    assert!(!store.user_by_id(u.id).await.unwrap().unwrap().mfa_enabled);
     assert_eq!(store.delete_totp(u.id, None, &event("mfa.disabled", u.id)).await, Err(RepoError::NotFound));
     let pending_events = store.pending_events(&all_partitions(), 100).await.unwrap();
     assert_eq!(pending_events.iter().filter(|e| e.event_type == "mfa.disabled").count(), 1);
@@ -1348,6 +1433,7 @@ all_backends!(
     a_snapshot_is_consistent_under_writes,
     account_tokens_are_superseded_redeemed_once_and_cascade,
     queued_mails_are_claimed_once_and_recorded,
+    email_change_tokens_carry_the_address_and_both_mails,
     totp_rows_are_compare_and_set_and_cascade,
 );
 

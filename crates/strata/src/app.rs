@@ -155,6 +155,12 @@ impl Application {
             config.webhook_settings().rotation_overlap,
             settings.list_max_limit,
         );
+        let browser = config.browser_settings().map_err(anyhow::Error::msg)?;
+        if !browser.secure {
+            tracing::warn!(
+                "auth.cookie_secure is off: session cookies go over plain HTTP (only for local development)"
+            );
+        }
         let state = AppState::new(strata_api::StateInner {
             accounts: Arc::new(accounts),
             webhooks: Arc::new(webhooks),
@@ -167,6 +173,7 @@ impl Application {
             body_read_timeout: Duration::from_millis(config.http.body_read_timeout_ms),
             trusted_proxies: config.http.trusted_proxies.clone().into(),
             timing_detail_from: config.http.timing_detail_from.clone().into(),
+            browser,
         });
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -315,6 +315,15 @@ pub struct AuthConfig {
     pub idempotency_ttl_secs: u64,
     /// Refuse logins (403 `email_not_verified`) until the account's email is verified.
     pub require_verified_email: bool,
+    /// The session cookie of browser logins (`"cookie": true`); its CSRF cookie is
+    /// `<cookie_name>_csrf`.
+    pub cookie_name: String,
+    /// `Domain` of both cookies; empty: the API's host only.
+    pub cookie_domain: String,
+    /// `Strict`, `Lax` or `None` (which browsers accept only with `cookie_secure`).
+    pub cookie_same_site: String,
+    /// Off only for plain-HTTP local development: start-up warns.
+    pub cookie_secure: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -367,6 +376,11 @@ pub struct HttpConfig {
     /// Clients (CIDRs) that get the full `Server-Timing` split on every response; others
     /// get only `total` until they authenticate.
     pub timing_detail_from: Vec<Cidr>,
+    /// Origins (`scheme://host[:port]`, exact) whose pages may call the API with
+    /// credentials. Empty: no CORS headers at all.
+    pub cors_allowed_origins: Vec<String>,
+    /// How long browsers may cache a preflight's answer.
+    pub cors_max_age_secs: u64,
 }
 
 /// The cache in front of session checks and user reads (see ARCHITECTURE.md, Caching).
@@ -480,6 +494,10 @@ impl Default for AuthConfig {
             session_ttl_secs: 24 * 3600,
             idempotency_ttl_secs: 24 * 3600,
             require_verified_email: false,
+            cookie_name: "strata_session".into(),
+            cookie_domain: String::new(),
+            cookie_same_site: "Lax".into(),
+            cookie_secure: true,
         }
     }
 }
@@ -524,6 +542,8 @@ impl Default for HttpConfig {
             max_connections: 10_000,
             trusted_proxies: Vec::new(),
             timing_detail_from: Vec::new(),
+            cors_allowed_origins: Vec::new(),
+            cors_max_age_secs: 600,
         }
     }
 }
@@ -629,6 +649,15 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
         "http.timing_detail_from",
         |c, v| Ok(c.http.timing_detail_from = parse_list(v)?),
     ),
+    ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "http.cors_allowed_origins", |c, v| {
+        Ok(c.http.cors_allowed_origins =
+            v.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_owned).collect())
+    }),
+    ("STRATA_HTTP_CORS_MAX_AGE_SECS", "http.cors_max_age_secs", |c, v| Ok(c.http.cors_max_age_secs = parse(v)?)),
+    ("STRATA_COOKIE_NAME", "auth.cookie_name", |c, v| Ok(c.auth.cookie_name = v.trim().to_owned())),
+    ("STRATA_COOKIE_DOMAIN", "auth.cookie_domain", |c, v| Ok(c.auth.cookie_domain = v.trim().to_owned())),
+    ("STRATA_COOKIE_SAME_SITE", "auth.cookie_same_site", |c, v| Ok(c.auth.cookie_same_site = v.trim().to_owned())),
+    ("STRATA_COOKIE_SECURE", "auth.cookie_secure", |c, v| Ok(c.auth.cookie_secure = parse(v)?)),
     ("STRATA_CACHE_URL", "cache.url", |c, v| Ok(c.cache.url = v.to_owned())),
     ("STRATA_CACHE_L1", "cache.l1", |c, v| Ok(c.cache.l1 = v.to_owned())),
     ("STRATA_CACHE_TTL_SECS", "cache.ttl_secs", |c, v| Ok(c.cache.ttl_secs = parse(v)?)),
@@ -788,6 +817,7 @@ impl Config {
         if h.max_connections == 0 {
             return Err("http.max_connections must be positive".into());
         }
+        self.browser_settings()?;
         let target = strata_cache::Target::parse(&self.cache.url).map_err(|e| format!("cache.url: {e}"))?;
         let shared = matches!(target, strata_cache::Target::Redis { .. } | strata_cache::Target::Memcache { .. });
         if shared && self.cache.secret.is_none() {
@@ -944,6 +974,43 @@ impl Config {
         o.admin_token = self.auth.admin_token.clone();
         o.trusted_proxies = self.http.trusted_proxies.clone().into();
         Ok(o)
+    }
+
+    /// Cookie sessions and CORS; errors name the key at fault.
+    pub fn browser_settings(&self) -> Result<strata_api::browser::BrowserSettings, String> {
+        use strata_api::browser::{SameSite, parse_origin};
+        let a = &self.auth;
+        let name_ok = |n: &str| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok(&a.cookie_name) {
+            return Err(format!("auth.cookie_name must be letters, digits, '_' or '-', not {:?}", a.cookie_name));
+        }
+        if !a.cookie_domain.is_empty()
+            && !a.cookie_domain.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.".contains(&b))
+        {
+            return Err(format!("auth.cookie_domain must be a host name, not {:?}", a.cookie_domain));
+        }
+        let same_site = SameSite::parse(&a.cookie_same_site).ok_or_else(|| {
+            format!("auth.cookie_same_site must be Strict, Lax or None, not {:?}", a.cookie_same_site)
+        })?;
+        if same_site == SameSite::None && !a.cookie_secure {
+            return Err("auth.cookie_same_site = None needs auth.cookie_secure = true: browsers refuse the cookie \
+                        otherwise"
+                .into());
+        }
+        let origins = self
+            .http
+            .cors_allowed_origins
+            .iter()
+            .map(|o| parse_origin(o).map_err(|e| format!("http.cors_allowed_origins: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(strata_api::browser::BrowserSettings {
+            cookie_name: a.cookie_name.clone(),
+            cookie_domain: Some(a.cookie_domain.clone()).filter(|d| !d.is_empty()),
+            same_site,
+            secure: a.cookie_secure,
+            cors_allowed_origins: origins,
+            cors_max_age: std::time::Duration::from_secs(self.http.cors_max_age_secs),
+        })
     }
 
     pub fn server_limits(&self) -> strata_api::server::ServerLimits {
@@ -1124,6 +1191,35 @@ mod tests {
         assert!(e.contains("STRATA_CACHE_SECRET"), "a shared cache needs a secret: {e}");
         let short = [("STRATA_CACHE_URL", "redis://127.0.0.1:6379"), ("STRATA_CACHE_SECRET", "short")];
         assert!(Config::load(None, &env(&short)).unwrap_err().contains("16 characters"));
+    }
+
+    #[test]
+    fn browser_settings_are_parsed_and_checked() {
+        let vars = [
+            ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "http://127.0.0.1:5173, https://App.Example"),
+            ("STRATA_COOKIE_SAME_SITE", "strict"),
+            ("STRATA_COOKIE_SECURE", "false"),
+            ("STRATA_COOKIE_DOMAIN", "app.example"),
+        ];
+        let b = Config::load(None, &env(&vars)).unwrap().browser_settings().unwrap();
+        assert_eq!(b.cors_allowed_origins, ["http://127.0.0.1:5173", "https://app.example"]);
+        assert_eq!(b.same_site, strata_api::browser::SameSite::Strict);
+        assert!(!b.secure);
+        assert_eq!(b.cookie_domain.as_deref(), Some("app.example"));
+        let defaults = Config::default().browser_settings().unwrap();
+        assert!(defaults.secure && defaults.cors_allowed_origins.is_empty());
+        for (var, value, key) in [
+            ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "*", "http.cors_allowed_origins"),
+            ("STRATA_HTTP_CORS_ALLOWED_ORIGINS", "https://app.example/", "http.cors_allowed_origins"),
+            ("STRATA_COOKIE_SAME_SITE", "sometimes", "auth.cookie_same_site"),
+            ("STRATA_COOKIE_NAME", "a;b", "auth.cookie_name"),
+            ("STRATA_COOKIE_DOMAIN", "x;y", "auth.cookie_domain"),
+        ] {
+            let e = Config::load(None, &env(&[(var, value)])).unwrap_err();
+            assert!(e.contains(key), "{var}={value}: {e}");
+        }
+        let insecure_none = [("STRATA_COOKIE_SAME_SITE", "None"), ("STRATA_COOKIE_SECURE", "false")];
+        assert!(Config::load(None, &env(&insecure_none)).unwrap_err().contains("cookie_secure"));
     }
 
     #[test]

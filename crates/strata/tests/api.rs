@@ -182,8 +182,11 @@ async fn register_login_whoami_logout(app: TestApp) {
     assert_eq!(r.body["status"], "active");
     assert_eq!(r.body["version"], 1);
     let keys: Vec<_> = r.body.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["created_at", "email", "id", "name", "role", "status", "updated_at", "verified", "version"]);
-    assert_eq!(r.body["verified"], false);
+    assert_eq!(
+        keys,
+        ["created_at", "email", "id", "mfa_enabled", "name", "role", "status", "updated_at", "verified", "version"]
+    );
+    assert_eq!((r.body["verified"].clone(), r.body["mfa_enabled"].clone()), (json!(false), json!(false)));
     assert!(!String::from_utf8_lossy(&r.raw).contains("argon2"));
 
     let login = app.login("ADA@example.com", PASSWORD).await;
@@ -394,25 +397,31 @@ async fn patch_with_optimistic_concurrency(app: TestApp) {
         Some("email"),
     );
 
-    let ok =
-        patch(Some("\"1\""), json!({"name": "Renamed ✓", "email": "new@example.com", "current_password": PASSWORD}))
-            .await;
+    // Your own email change is confirmed by mail (lifecycle tests): it goes alone, and
+    // changes nothing yet.
+    patch(Some("\"1\""), json!({"name": "Renamed ✓", "email": "new@example.com", "current_password": PASSWORD}))
+        .await
+        .assert_problem(422, "email_change_not_alone", Some("email"));
+    let pending = patch(Some("\"1\""), json!({"email": "new@example.com", "current_password": PASSWORD})).await;
+    assert_eq!(pending.status, StatusCode::ACCEPTED, "{}", pending.body);
+    assert_eq!(pending.body["user"]["email"], "pat@example.com");
+    let ok = patch(Some("\"1\""), json!({"name": "Renamed ✓"})).await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
     assert_eq!(ok.header("etag"), "\"2\"");
     assert_eq!(ok.body["name"], "Renamed ✓");
-    assert_eq!(ok.body["email"], "new@example.com");
+    assert_eq!(ok.body["email"], "pat@example.com");
     // The same stale request again: lost update prevented.
     patch(Some("\"1\""), json!({"name": "Stale"})).await.assert_problem(412, "version_mismatch", None);
 
     // Password change: other sessions end, this one stays, the old password stops working.
-    let other = app.login("new@example.com", PASSWORD).await.body["token"].as_str().unwrap().to_owned();
+    let other = app.login("pat@example.com", PASSWORD).await.body["token"].as_str().unwrap().to_owned();
     let changed =
         patch(Some("W/\"2\""), json!({"password": "a brand new password", "current_password": PASSWORD})).await;
     assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
     assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
     app.get("/v1/sessions/current", Some(&other)).await.assert_problem(401, "token_revoked", None);
-    app.login("new@example.com", PASSWORD).await.assert_problem(401, "invalid_credentials", None);
-    assert_eq!(app.login("new@example.com", "a brand new password").await.status, StatusCode::CREATED);
+    app.login("pat@example.com", PASSWORD).await.assert_problem(401, "invalid_credentials", None);
+    assert_eq!(app.login("pat@example.com", "a brand new password").await.status, StatusCode::CREATED);
     app.stop().await;
 }
 
@@ -961,6 +970,10 @@ mod lifecycle;
 /// Issue 16: the TOTP second factor.
 #[path = "api/mfa.rs"]
 mod mfa;
+
+/// Issue 16: cookie sessions, CSRF and CORS; headless Chromium from another origin.
+#[path = "api/browser.rs"]
+mod browser;
 
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use super::{Accounts, Actor, EventActor, LoggedIn, event, user_json};
+use super::{Accounts, Actor, EventActor, LoggedIn, Stale, event, user_json};
 use crate::domain::{Password, User, UserId, UserStatus};
 use crate::error::{AppError, RepoError, ValidationError};
 use crate::totp::{Challenge, RECOVERY_CODES, RecoveryCode, SecondFactor, TotpRecord, TotpSecret};
@@ -157,7 +157,16 @@ impl Accounts {
         next.recovery_hashes = hashes;
         let data = serde_json::json!({ "user": user_json(user), "factor": "totp" });
         let event = event("mfa.enabled", id.as_uuid(), EventActor::User(id), data, next.updated_at);
-        self.save_accepted(&next, record.version, Some(&event)).await?;
+        // The user row's `mfa_enabled` turns true in this write: cached copies of the user
+        // (and of their sessions, which embed it) go with the commit.
+        let (store, row, version) = (self.store.clone(), next.clone(), record.version);
+        let write = async move { store.save_totp(&row, Some(version), Some(&event)).await };
+        let stale = Stale::User { id, sessions: None, now: next.updated_at };
+        match self.commit("save_totp", write, stale).await {
+            Ok(()) => {}
+            Err(RepoError::VersionConflict | RepoError::NotFound) => return Err(code_replayed()),
+            Err(e) => return Err(e.into()),
+        }
         self.wake_relay();
         Ok(codes)
     }
@@ -231,7 +240,10 @@ impl Accounts {
         };
         let data = serde_json::json!({ "user": user_json(&user), "factor": "totp", "via": via });
         let event = event("mfa.disabled", id.as_uuid(), EventActor::of(actor, id), data, now);
-        match self.db("delete_totp", self.store.delete_totp(id, expected, &event)).await {
+        // Clears the user row's `mfa_enabled`: cached copies go with the commit.
+        let store = self.store.clone();
+        let write = async move { store.delete_totp(id, expected, &event).await };
+        match self.commit("delete_totp", write, Stale::User { id, sessions: None, now }).await {
             Ok(()) => {}
             Err(RepoError::NotFound) => return Err(AppError::MfaNotEnabled),
             Err(RepoError::VersionConflict) => return Err(code_replayed()),

@@ -133,6 +133,7 @@ async fn bulk_users(store: &dyn strata_core::ports::Store, n: usize) {
                         Cell::Int(1_767_225_600_000_000),
                         Cell::Int(1_767_225_600_000_000),
                         Cell::Bool(false),
+                        Cell::Bool(false),
                     ]
                 })
                 .collect();

@@ -27,6 +27,7 @@ async fn import(store: &Arc<dyn Store>, email: &str, hash: &str, status: UserSta
         role: Role::User,
         status,
         verified: false,
+        mfa_enabled: false,
         version: Version::FIRST,
         created_at: now,
         updated_at: now,

@@ -463,25 +463,23 @@ async fn email_verification_journey_and_email_changes(backend: Backend) {
     // A reset token is not a verification token, nor the other way round.
     confirm(&app, &token, "a brand new password").await.assert_problem(422, "token_invalid", Some("token"));
 
-    // A new email is unverified, and a token sent to the old one proves nothing about it.
-    let patch = |body: Value, version: &'static str| {
-        let (app, session, id) = (&app, session.clone(), id.clone());
-        async move {
-            let auth = format!("Bearer {session}");
-            let headers =
-                [("content-type", "application/json"), ("authorization", auth.as_str()), ("if-match", version)];
-            app.send(Method::PATCH, &format!("/v1/users/{id}"), &headers, Some(Bytes::from(body.to_string()))).await
-        }
-    };
-    let r = patch(json!({"name": "Renamed"}), "\"2\"").await;
-    assert_eq!((r.status, r.body["verified"].clone()), (StatusCode::OK, json!(true)), "a rename keeps it");
+    // An admin's change of the address applies at once and leaves it unverified; a
+    // token sent to the old address proves nothing about the new one.
     let other_user = app.get("/v1/sessions/current", Some(&other)).await.body["user"]["id"].clone();
     let other_id = other_user.as_str().unwrap().to_owned();
     let r = ask(Some(other.clone()), other_id).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let stale = link_token(&smtp.wait_for(2).await[1], "verify-email");
-    let r = patch(json!({"email": "moved@example.com", "current_password": PASSWORD}), "\"3\"").await;
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", "Bearer test-admin-token-0123456789"),
+        ("if-match", "\"2\""),
+    ];
+    let body = Bytes::from(json!({"email": "moved@example.com"}).to_string());
+    let r = app.send(Method::PATCH, &format!("/v1/users/{id}"), &headers, Some(body)).await;
     assert_eq!((r.status, r.body["verified"].clone()), (StatusCode::OK, json!(false)), "{}", r.body);
+    assert_eq!(r.body["email"], "moved@example.com");
+    verify(&app, &token).await.assert_problem(422, "token_invalid", Some("token"));
     let r = ask(Some(session.clone()), id.clone()).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
     let mails = smtp.wait_for(3).await;
@@ -490,6 +488,126 @@ async fn email_verification_journey_and_email_changes(backend: Backend) {
     assert_eq!(verify(&app, &fresh).await.body["verified"], true);
     // The other user's token still works for them.
     assert_eq!(verify(&app, &stale).await.body["email"], "other@example.com");
+    app.stop().await;
+}
+
+async fn confirm_change(app: &TestApp, token: &str) -> Resp {
+    app.json(Method::POST, "/v1/email-changes/confirm", None, &json!({"token": token})).await
+}
+
+/// `PATCH /v1/users/{id}` of the caller's own account with `body`, at version `version`.
+async fn patch_self(app: &TestApp, id: &str, session: &str, version: u64, body: Value) -> Resp {
+    let auth = format!("Bearer {session}");
+    let etag = format!("\"{version}\"");
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str()), ("if-match", etag.as_str())];
+    app.send(Method::PATCH, &format!("/v1/users/{id}"), &headers, Some(Bytes::from(body.to_string()))).await
+}
+
+async fn email_changes_are_confirmed_from_the_new_address(backend: Backend) {
+    // Every request below counts against the mail throttle; this test is not about it.
+    let Some((app, smtp)) =
+        spawn_with_smtp(backend, "lifecycle email change", |c| c.mail.reset_account_max = 100).await
+    else {
+        return;
+    };
+    let (user, session) = app.user_with_token("old@example.com").await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    let (_, squatter) = app.user_with_token("taken@example.com").await;
+
+    // The current password is needed, the change goes alone, and a taken address is refused
+    // at once; none of these mails anything or changes the account.
+    let change = |to: &str| json!({"email": to, "current_password": PASSWORD});
+    patch_self(&app, &id, &session, 1, json!({"email": "new@example.com"})).await.assert_problem(
+        422,
+        "current_password_required",
+        Some("current_password"),
+    );
+    let both = json!({"email": "new@example.com", "name": "New", "current_password": PASSWORD});
+    patch_self(&app, &id, &session, 1, both).await.assert_problem(422, "email_change_not_alone", Some("email"));
+    patch_self(&app, &id, &session, 1, change("taken@example.com")).await.assert_problem(
+        409,
+        "email_taken",
+        Some("email"),
+    );
+
+    // A request changes nothing yet: a confirmation goes to the new address, a notice to the old.
+    let r = patch_self(&app, &id, &session, 1, change("first@example.com")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    assert_eq!(r.body["status"], "confirmation_sent");
+    assert_eq!(r.body["pending_email"], "first@example.com");
+    assert!(r.body["expires_at"].is_string());
+    assert_eq!(
+        (r.body["user"]["email"].clone(), r.body["user"]["version"].clone()),
+        (json!("old@example.com"), json!(1))
+    );
+    let me = app.get(&format!("/v1/users/{id}"), Some(&session)).await;
+    assert_eq!(
+        (me.body["email"].clone(), me.header("etag").to_owned()),
+        (json!("old@example.com"), "\"1\"".to_owned())
+    );
+    let mails = smtp.wait_for(2).await;
+    let (to_new, to_old): (Vec<&Value>, Vec<&Value>) = mails.iter().partition(|m| m["to"] == "first@example.com");
+    assert_eq!((to_new.len(), to_old.len()), (1, 1), "{mails:?}");
+    assert_eq!(to_old[0]["to"], "old@example.com");
+    assert_eq!(to_new[0]["subject"], "Confirm your new email address");
+    assert_eq!(to_old[0]["subject"], "Your email address is about to change");
+    let notice = to_old[0]["text"].as_str().unwrap();
+    assert!(notice.contains("first@example.com") && !notice.contains("ot_"), "{notice}");
+    assert!(to_old[0]["html"].as_str().unwrap().contains("first@example.com"));
+    let superseded = link_token(to_new[0], "confirm-email-change");
+
+    // A newer request supersedes the older one.
+    let r = patch_self(&app, &id, &session, 1, change("second@example.com")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let mails = smtp.wait_for(4).await;
+    let to_second = mails.iter().find(|m| m["to"] == "second@example.com").unwrap();
+    let second = link_token(to_second, "confirm-email-change");
+    confirm_change(&app, &superseded).await.assert_problem(422, "token_invalid", Some("token"));
+    confirm_change(&app, "ot_garbage").await.assert_problem(422, "token_invalid", Some("token"));
+    // Not a verification token either.
+    verify(&app, &second).await.assert_problem(422, "token_invalid", Some("token"));
+
+    // Someone registers the address between request and confirmation: 409, nothing changes.
+    app.register("second@example.com", "Quick").await;
+    confirm_change(&app, &second).await.assert_problem(409, "email_taken", Some("email"));
+    assert_eq!(app.get(&format!("/v1/users/{id}"), Some(&session)).await.body["email"], "old@example.com");
+
+    // Confirmed: the new address, verified, one version on; the token works once.
+    let r = patch_self(&app, &id, &session, 1, change("third@example.com")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let mails = smtp.wait_for(6).await;
+    let third = link_token(mails.iter().find(|m| m["to"] == "third@example.com").unwrap(), "confirm-email-change");
+    let r = confirm_change(&app, &third).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("etag"), "\"2\"");
+    assert_eq!((r.body["email"].clone(), r.body["verified"].clone()), (json!("third@example.com"), json!(true)));
+    confirm_change(&app, &third).await.assert_problem(422, "token_invalid", Some("token"));
+    // Sessions stay; who-am-I (cached before the change) shows the new address.
+    let me = app.get("/v1/sessions/current", Some(&session)).await;
+    assert_eq!(
+        (me.body["user"]["email"].clone(), me.body["user"]["verified"].clone()),
+        (json!("third@example.com"), json!(true))
+    );
+    assert_eq!(app.login("third@example.com", PASSWORD).await.status, StatusCode::CREATED);
+    app.login("old@example.com", PASSWORD).await.assert_problem(401, "invalid_credentials", None);
+
+    // A password change voids an outstanding email change.
+    let r = patch_self(&app, &id, &session, 2, change("fourth@example.com")).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let mails = smtp.wait_for(8).await;
+    let fourth = link_token(mails.iter().find(|m| m["to"] == "fourth@example.com").unwrap(), "confirm-email-change");
+    let new_password = json!({"password": "another fine password", "current_password": PASSWORD});
+    assert_eq!(patch_self(&app, &id, &session, 2, new_password).await.status, StatusCode::OK);
+    confirm_change(&app, &fourth).await.assert_problem(422, "token_invalid", Some("token"));
+
+    // And a token expires with the verification lifetime.
+    let change = json!({"email": "fifth@example.com", "current_password": "another fine password"});
+    assert_eq!(patch_self(&app, &id, &session, 3, change).await.status, StatusCode::ACCEPTED);
+    let mails = smtp.wait_for(10).await;
+    let fifth = link_token(mails.iter().find(|m| m["to"] == "fifth@example.com").unwrap(), "confirm-email-change");
+    app.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    confirm_change(&app, &fifth).await.assert_problem(422, "token_expired", Some("token"));
+    assert!(!squatter.is_empty());
     app.stop().await;
 }
 
@@ -619,6 +737,7 @@ per_backend!(
     reset_requests_do_not_enumerate_and_are_throttled,
     a_mail_server_outage_delays_mail_and_fails_no_request,
     email_verification_journey_and_email_changes,
+    email_changes_are_confirmed_from_the_new_address,
     require_verified_email_gates_logins,
     starttls_and_smtps_with_auth_deliver,
 );

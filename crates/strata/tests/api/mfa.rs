@@ -108,6 +108,7 @@ async fn enrolment_login_replay_and_recovery_codes(backend: Backend) {
     assert!(uri.starts_with("otpauth://totp/Strata:ada@example.com?") && uri.contains(&format!("secret={secret}")));
     // Not on until confirmed: the password alone still logs in.
     assert_eq!(app.login("ada@example.com", PASSWORD).await.status, StatusCode::CREATED);
+    assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.body["user"]["mfa_enabled"], false);
 
     let confirm = format!("{}/confirm", totp_path(id));
     let wrong = wrong_code(&python, &secret, &app);
@@ -122,6 +123,9 @@ async fn enrolment_login_replay_and_recovery_codes(backend: Backend) {
     let recovery: Vec<String> =
         r.body["recovery_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
     assert_eq!(recovery.len(), 10);
+    // The user JSON shows it at once: the cached who-am-I too (the write invalidated it).
+    assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.body["user"]["mfa_enabled"], true);
+    assert_eq!(app.get(&format!("/v1/users/{id}"), Some(ADMIN)).await.body["mfa_enabled"], true);
     let r = app.json(Method::POST, &totp_path(id), Some(&token), &json!({"current_password": PASSWORD})).await;
     r.assert_problem(409, "mfa_already_enabled", None);
 
@@ -219,7 +223,10 @@ async fn admins_reset_mfa_and_it_is_audited(backend: Backend) {
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
     let r = app.send(Method::DELETE, &totp_path(&bob.id), &[("authorization", &format!("Bearer {ADMIN}"))], None).await;
     r.assert_problem(409, "mfa_not_enabled", None);
-    assert_eq!(app.login("bob@example.com", "a brand new password").await.status, StatusCode::CREATED);
+    let r = app.login("bob@example.com", "a brand new password").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["user"]["mfa_enabled"], false, "the reset cleared the flag");
+    assert_eq!(app.get(&format!("/v1/users/{}", bob.id), Some(&bob.token)).await.body["mfa_enabled"], false);
 
     let text = audit(&app, "mfa.disabled", 1).await;
     assert!(text.contains("\"via\":\"admin_reset\"") && text.contains("\"via\":\"admin_token\""), "{text}");
