@@ -85,6 +85,14 @@ pub fn drops_connection(e: &RedisError) -> bool {
         || e.code() == Some("READONLY")
 }
 
+/// A server's answer that means "not now" rather than "no": a cluster between a master's
+/// failure and its replica's promotion (or still redirecting to the dead master after
+/// redis-rs's own retries), a server still loading its data. Worth another try within the
+/// deadline on the same connection.
+pub fn transient(e: &RedisError) -> bool {
+    matches!(e.code(), Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING" | "MOVED" | "ASK"))
+}
+
 pub struct Node {
     label: String,
     source: Source,
@@ -252,6 +260,7 @@ impl Node {
                             }
                             e
                         }
+                        Err(e) if transient(&e) && self.idempotent => e,
                         Err(e) if drops_connection(&e) => {
                             if !self.is_cluster() {
                                 self.forget(id);

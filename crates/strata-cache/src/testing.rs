@@ -87,9 +87,11 @@ impl ServerProcess {
     }
 
     /// A Redis whose only usable account is the ACL user `user` with `password` (the
-    /// default user is disabled).
+    /// default user is disabled). Each ACL rule is its own argument, so neither may
+    /// contain a space.
     pub fn redis_acl(what: &str, user: &str, password: &str) -> Option<ServerProcess> {
-        let extra = vec!["--user".into(), "default off".into(), "--user".into(), format!("{user} on >{password} ~* &* +@all")];
+        let extra = ["--user", "default", "off", "--user", user, "on", &format!(">{password}"), "~*", "&*", "+@all"];
+        let extra = extra.iter().map(|a| a.to_string()).collect();
         Self::start(what, "redis", Kind::Redis, None, extra, None, false)
     }
 
@@ -182,6 +184,9 @@ impl ServerProcess {
                 }
                 c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
                 c.args(["--dir", &scratch_dir(self.port).display().to_string()]);
+                // Replicas sync at once (the default waits 5 s for more replicas to share
+                // one transfer): a failover test must not find its replica still unsynced.
+                c.args(["--repl-diskless-sync-delay", "0"]);
                 if let Some(primary) = self.replica_of {
                     c.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
                 }
@@ -394,8 +399,12 @@ impl RedisCluster {
     pub fn start(what: &str) -> Option<RedisCluster> {
         let mut nodes = Vec::new();
         for _ in 0..6 {
+            // The bus port is its own spare port: the default (port + 10000) may be taken,
+            // or beyond 65535.
+            let bus = spare_port().to_string();
             let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"];
-            let extra = extra.iter().map(|a| a.to_string()).collect();
+            let mut extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+            extra.extend(["--cluster-port".to_owned(), bus]);
             nodes.push(ServerProcess::start(what, "redis-cluster", Kind::Redis, None, extra, None, false)?);
         }
         let mut create = Command::new("redis-cli");
@@ -408,9 +417,15 @@ impl RedisCluster {
             Err(e) => return unusable(what, "redis-cluster", format!("redis-cli: {e}")),
         }
         let cluster = RedisCluster { nodes };
-        // Every node agrees the cluster is up and has every slot (bounded: 200 × 50 ms).
-        for _ in 0..200 {
-            if cluster.nodes.iter().all(|n| n.command(&["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok"))) {
+        // Every node agrees the cluster is up and has every slot, and every replica has
+        // synced (a replica that never synced refuses to take over). Bounded: 400 × 50 ms.
+        for _ in 0..400 {
+            let up = cluster.nodes.iter().all(|n| {
+                n.command(&["CLUSTER", "INFO"]).is_ok_and(|i| i.contains("cluster_state:ok"))
+                    && n.command(&["INFO", "replication"])
+                        .is_ok_and(|i| i.contains("role:master") || i.contains("master_link_status:up"))
+            });
+            if up {
                 return Some(cluster);
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -42,9 +42,9 @@ async fn conforms(url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_with_a_password() {
     let what = "cache redis ACL user";
-    let Some(server) = ServerProcess::redis_acl(what, "strata", "s3cret pass") else { return };
-    // The password has a space: percent-encoded in the URL.
-    conforms(&format!("redis://strata:s3cret%20pass@{}", server.addr())).await;
+    let Some(server) = ServerProcess::redis_acl(what, "strata", "s3cret@pa:ss") else { return };
+    // The password has an `@` and a `:`: percent-encoded in the URL.
+    conforms(&format!("redis://strata:s3cret%40pa%3Ass@{}", server.addr())).await;
     // A wrong password is a cache that never answers, not a crash.
     let wrong = open_with_deadline(&format!("redis://strata:nope@{}", server.addr()), Duration::from_millis(500));
     assert!(wrong.get("k").await.is_err());
@@ -66,7 +66,7 @@ async fn tls_with_a_private_ca() {
 }
 
 /// Runs `tasks` loops of fill → get → (every 10th) invalidate on distinct keys until
-/// `stop` is set (or 60 s, or 5,000 rounds each have passed), counting operations that
+/// `stop` is set (or 60 s, or 1,000,000 rounds each have passed), counting operations that
 /// came back as errors and values that were not the ones written.
 fn load(
     cache: &Arc<dyn Cache>,
@@ -81,7 +81,7 @@ fn load(
             tokio::spawn(async move {
                 let started = Instant::now();
                 let prefix = uuid::Uuid::new_v4().simple().to_string();
-                for i in 0..5_000 {
+                for i in 0..1_000_000 {
                     if stop.load(Ordering::Acquire) || started.elapsed() > Duration::from_secs(60) {
                         return;
                     }
