@@ -58,7 +58,10 @@ impl RedisCounters {
         observer: Arc<dyn CacheObserver>,
     ) -> Result<Self, String> {
         if matches!(target.topology, RedisTopology::Cluster { .. }) {
-            return Err("throttle counters need one primary: use redis://, rediss:// or redis+sentinel://, not a cluster".into());
+            return Err(
+                "throttle counters need one primary: use redis://, rediss:// or redis+sentinel://, not a cluster"
+                    .into(),
+            );
         }
         let (node, _replicas) = crate::redis::nodes(target, "throttle ", timeout, breaker, &observer)?;
         // A reservation or release whose reply was lost may have run: sending it again

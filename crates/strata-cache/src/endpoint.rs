@@ -41,14 +41,7 @@ impl Endpoint {
         observer: Arc<dyn CacheObserver>,
     ) -> Self {
         observer.endpoint(&label, false);
-        Endpoint {
-            addr,
-            label,
-            timeout,
-            idle: Mutex::new(Vec::new()),
-            breaker: Breaker::new(breaker),
-            observer,
-        }
+        Endpoint { addr, label, timeout, idle: Mutex::new(Vec::new()), breaker: Breaker::new(breaker), observer }
     }
 
     pub fn addr(&self) -> &str {

@@ -199,8 +199,9 @@ fn parse_redis(scheme: &str, authority: &str, params: Vec<(&str, &str)>) -> Resu
     let credentials = match userinfo {
         None => None,
         Some(u) => {
-            let (user, password) =
-                u.split_once(':').ok_or_else(|| format!("{scheme}://: credentials must be USER:PASSWORD@ or :PASSWORD@"))?;
+            let (user, password) = u
+                .split_once(':')
+                .ok_or_else(|| format!("{scheme}://: credentials must be USER:PASSWORD@ or :PASSWORD@"))?;
             Some(Credentials {
                 user: Some(percent_decode(user, "user")?).filter(|u| !u.is_empty()),
                 password: strata_core::secret::Secret::new(percent_decode(password, "password")?),
@@ -208,9 +209,7 @@ fn parse_redis(scheme: &str, authority: &str, params: Vec<(&str, &str)>) -> Resu
         }
     };
     let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let servers = |what: &str| {
-        hosts.split(',').map(|s| host_port(s.trim(), what)).collect::<Result<Vec<_>, _>>()
-    };
+    let servers = |what: &str| hosts.split(',').map(|s| host_port(s.trim(), what)).collect::<Result<Vec<_>, _>>();
     let mut replicas = Vec::new();
     let mut tls = tls;
     for (name, value) in params {
@@ -246,7 +245,9 @@ fn parse_redis(scheme: &str, authority: &str, params: Vec<(&str, &str)>) -> Resu
         }
         "redis+cluster" => {
             if !path.is_empty() {
-                return Err(format!("{scheme}://: expected HOST:PORT[,HOST:PORT…] (no path: a cluster has one database)"));
+                return Err(format!(
+                    "{scheme}://: expected HOST:PORT[,HOST:PORT…] (no path: a cluster has one database)"
+                ));
             }
             RedisTopology::Cluster { nodes: servers("cluster node")? }
         }
@@ -429,7 +430,10 @@ mod tests {
         assert_eq!(redis("rediss://h:1").tls, Some(TlsOptions { ca: None }));
         assert_eq!(
             redis("redis+sentinel://s1:26379,s2:26379/mymaster").topology,
-            RedisTopology::Sentinel { sentinels: vec!["s1:26379".into(), "s2:26379".into()], master: "mymaster".into() }
+            RedisTopology::Sentinel {
+                sentinels: vec!["s1:26379".into(), "s2:26379".into()],
+                master: "mymaster".into()
+            }
         );
         assert!(redis("redis+sentinel://u:p@s1:26379/m").credentials.is_some());
         assert_eq!(

@@ -72,10 +72,8 @@ pub(crate) fn client(target: &RedisTarget, addr: &str) -> Result<redis::Client, 
         None => ConnectionAddr::Tcp(host, port),
         Some(_) => ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
     };
-    let info = address
-        .into_connection_info()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .set_redis_settings(redis_settings(target));
+    let info =
+        address.into_connection_info().map_err(|e| format!("{addr}: {e}"))?.set_redis_settings(redis_settings(target));
     let client = match root_cert(target)? {
         None => redis::Client::open(info),
         Some(pem) => {
@@ -101,7 +99,11 @@ fn sentinel_client(
     SentinelClient::build(infos, master, Some(nodes), server_type).map_err(|e| format!("sentinel: {e}"))
 }
 
-fn cluster_client(target: &RedisTarget, nodes: &[String], timeout: Duration) -> Result<redis::cluster::ClusterClient, String> {
+fn cluster_client(
+    target: &RedisTarget,
+    nodes: &[String],
+    timeout: Duration,
+) -> Result<redis::cluster::ClusterClient, String> {
     let mut infos: Vec<ConnectionInfo> = Vec::new();
     for n in nodes {
         let (host, port) = split_host_port(n)?;
@@ -154,7 +156,10 @@ pub(crate) fn nodes(
         RedisTopology::Sentinel { sentinels, master } => {
             let source = |kind| sentinel_client(target, sentinels, master, kind).map(tokio::sync::Mutex::new);
             (
-                node(format!("redis {purpose}sentinel master {master}"), Source::Sentinel(source(SentinelServerType::Master)?)),
+                node(
+                    format!("redis {purpose}sentinel master {master}"),
+                    Source::Sentinel(source(SentinelServerType::Master)?),
+                ),
                 vec![node(
                     format!("redis {purpose}sentinel replica {master}"),
                     Source::Sentinel(source(SentinelServerType::Replica)?),
@@ -162,7 +167,10 @@ pub(crate) fn nodes(
             )
         }
         RedisTopology::Cluster { nodes } => (
-            node(format!("redis {purpose}cluster {}", nodes.join(",")), Source::Cluster(cluster_client(target, nodes, timeout)?)),
+            node(
+                format!("redis {purpose}cluster {}", nodes.join(",")),
+                Source::Cluster(cluster_client(target, nodes, timeout)?),
+            ),
             Vec::new(),
         ),
     })
@@ -311,7 +319,8 @@ impl Cache for RedisCache {
             message.push_str(k);
         }
         let message = &message;
-        let done = self.primary.call(|mut conn: Conn| async move { self.tombstones(&mut conn, keys, message).await }).await;
+        let done =
+            self.primary.call(|mut conn: Conn| async move { self.tombstones(&mut conn, keys, message).await }).await;
         self.check_switch();
         match &done {
             Ok(()) => self.observer.tier("l2", "invalidate", "ok"),
@@ -343,12 +352,9 @@ impl SubscribeTo {
             RedisTopology::Cluster { nodes } => {
                 SubscribeTo::Servers(nodes.iter().map(|a| client(target, a)).collect::<Result<_, _>>()?)
             }
-            RedisTopology::Sentinel { sentinels, master } => SubscribeTo::Sentinel(Box::new(sentinel_client(
-                target,
-                sentinels,
-                master,
-                SentinelServerType::Master,
-            )?)),
+            RedisTopology::Sentinel { sentinels, master } => {
+                SubscribeTo::Sentinel(Box::new(sentinel_client(target, sentinels, master, SentinelServerType::Master)?))
+            }
         })
     }
 
@@ -414,7 +420,12 @@ pub fn spawn_subscriber(
     });
 }
 
-async fn listen(pubsub: redis::aio::PubSub, instance_id: &str, l1: &Weak<MemoryCache>, observer: &dyn CacheObserver) -> String {
+async fn listen(
+    pubsub: redis::aio::PubSub,
+    instance_id: &str,
+    l1: &Weak<MemoryCache>,
+    observer: &dyn CacheObserver,
+) -> String {
     let (mut sink, mut messages) = pubsub.split();
     let mut unanswered = 0;
     loop {

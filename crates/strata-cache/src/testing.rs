@@ -402,7 +402,8 @@ impl RedisCluster {
             // The bus port is its own spare port: the default (port + 10000) may be taken,
             // or beyond 65535.
             let bus = spare_port().to_string();
-            let extra = ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"];
+            let extra =
+                ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"];
             let mut extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
             extra.extend(["--cluster-port".to_owned(), bus]);
             nodes.push(ServerProcess::start(what, "redis-cluster", Kind::Redis, None, extra, None, false)?);

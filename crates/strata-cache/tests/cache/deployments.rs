@@ -220,7 +220,10 @@ async fn cluster_invalidations_reach_other_instances_l1() {
     let seeds: Vec<String> = cluster.nodes.iter().map(|n| n.addr()).collect();
     // Different first seeds, so the two subscribers likely sit on different nodes.
     let a = conformance::open(&format!("redis+cluster://{}", seeds.join(",")), true);
-    let b = conformance::open(&format!("redis+cluster://{}", seeds.iter().rev().cloned().collect::<Vec<_>>().join(",")), true);
+    let b = conformance::open(
+        &format!("redis+cluster://{}", seeds.iter().rev().cloned().collect::<Vec<_>>().join(",")),
+        true,
+    );
     conformance::settle(&a).await;
     conformance::settle(&b).await;
     assert!(a.fill("shared", b"v1".to_vec(), TTL, a.generation()).await.unwrap());
