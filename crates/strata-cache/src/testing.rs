@@ -184,9 +184,6 @@ impl ServerProcess {
                 }
                 c.args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
                 c.args(["--dir", &scratch_dir(self.port).display().to_string()]);
-                // Replicas sync at once (the default waits 5 s for more replicas to share
-                // one transfer): a failover test must not find its replica still unsynced.
-                c.args(["--repl-diskless-sync-delay", "0"]);
                 if let Some(primary) = self.replica_of {
                     c.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
                 }
@@ -406,6 +403,9 @@ impl RedisCluster {
                 ["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--cluster-config-file", "nodes.conf"];
             let mut extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
             extra.extend(["--cluster-port".to_owned(), bus]);
+            // Replicas sync at once (the default waits 5 s for more replicas to share one
+            // transfer); the start waits for every replica's link anyway.
+            extra.extend(["--repl-diskless-sync-delay".to_owned(), "0".to_owned()]);
             nodes.push(ServerProcess::start(what, "redis-cluster", Kind::Redis, None, extra, None, false)?);
         }
         let mut create = Command::new("redis-cli");
