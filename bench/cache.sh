@@ -40,7 +40,7 @@ done
 
 say "building release"
 cargo build --release -q -p strata
-BIN=target/release/strata
+BIN=${CARGO_TARGET_DIR:-target}/release/strata
 machine_facts
 
 WORK=$(mktemp -d)

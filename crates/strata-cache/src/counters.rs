@@ -13,10 +13,8 @@ use async_trait::async_trait;
 use strata_core::ports::{CacheError, CacheObserver};
 use strata_core::throttle::{Counter, SharedCounters};
 
-use crate::endpoint::{Conn, Endpoint, protocol_error};
-use crate::redis::{command, handshake};
-use crate::resp::Reply;
-use crate::{BreakerOptions, Credentials};
+use crate::node::{Conn, Node};
+use crate::{BreakerOptions, RedisTarget, RedisTopology};
 
 /// KEYS: the counters. ARGV: limit and window (ms) of each, in order. Returns 0 when
 /// reserved, else the longest remaining window (ms) among the full counters.
@@ -46,56 +44,51 @@ return 0
 ";
 
 pub struct RedisCounters {
-    endpoint: Endpoint,
+    node: Node,
+    described: String,
 }
 
 impl RedisCounters {
+    /// Counting needs one primary: replicas are not used, and a cluster is refused (one
+    /// reservation's counters would hash to different slots, and a script runs on one).
     pub fn new(
-        addr: &str,
-        credentials: &Option<Credentials>,
+        target: &RedisTarget,
         timeout: Duration,
         breaker: BreakerOptions,
         observer: Arc<dyn CacheObserver>,
-    ) -> Self {
-        let endpoint = Endpoint::new(
-            addr.to_owned(),
-            format!("redis throttle {addr}"),
-            timeout,
-            breaker,
-            handshake(credentials),
-            observer,
-        );
-        RedisCounters { endpoint }
+    ) -> Result<Self, String> {
+        if matches!(target.topology, RedisTopology::Cluster { .. }) {
+            return Err(
+                "throttle counters need one primary: use redis://, rediss:// or redis+sentinel://, not a cluster"
+                    .into(),
+            );
+        }
+        let (node, _replicas) = crate::redis::nodes(target, "throttle ", timeout, breaker, &observer)?;
+        // A reservation or release whose reply was lost may have run: sending it again
+        // could count one attempt twice, or give one back twice.
+        Ok(RedisCounters { node: node.not_idempotent(), described: target.to_string() })
     }
 
     async fn eval(&self, script: &'static str, counters: &[Counter<'_>], with_limits: bool) -> Result<i64, CacheError> {
-        let n = counters.len().to_string();
-        let mut limits = Vec::new();
+        let mut eval = redis::cmd("EVAL");
+        eval.arg(script).arg(counters.len());
+        for c in counters {
+            eval.arg(c.key);
+        }
         if with_limits {
             for c in counters {
-                limits.push(c.limit.max_failures.to_string());
-                limits.push(c.limit.window.as_millis().max(1).to_string());
+                eval.arg(c.limit.max_failures).arg(c.limit.window.as_millis().max(1) as u64);
             }
         }
-        self.endpoint
-            .call(async |conn: &mut Conn| {
-                let mut args: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), n.as_bytes()];
-                args.extend(counters.iter().map(|c| c.key.as_bytes()));
-                args.extend(limits.iter().map(|l| l.as_bytes()));
-                match command(conn, &args).await? {
-                    Reply::Integer(v) => Ok(v),
-                    Reply::Error(e) => Err(protocol_error(format!("redis error: {e}"))),
-                    other => Err(protocol_error(format!("unexpected redis reply: {other:?}"))),
-                }
-            })
-            .await
+        let eval = &eval;
+        self.node.call(|mut conn: Conn| async move { eval.query_async::<i64>(&mut conn).await }).await
     }
 }
 
 #[async_trait]
 impl SharedCounters for RedisCounters {
     fn describe(&self) -> String {
-        format!("redis {}", self.endpoint.addr())
+        self.described.clone()
     }
 
     async fn reserve(&self, counters: &[Counter<'_>]) -> Result<Option<Duration>, CacheError> {
@@ -109,6 +102,7 @@ impl SharedCounters for RedisCounters {
     }
 
     async fn clear(&self, key: &str) -> Result<(), CacheError> {
-        self.endpoint.call(async |conn: &mut Conn| command(conn, &[b"DEL", key.as_bytes()]).await.map(|_| ())).await
+        let del = &redis::cmd("DEL").arg(key).clone();
+        self.node.call(|mut conn: Conn| async move { del.query_async::<()>(&mut conn).await }).await
     }
 }

@@ -1,4 +1,4 @@
-//! One cache server as the adapters see it: an address, a small pool of idle TCP
+//! One Memcached server as its adapter sees it: an address, a small pool of idle TCP
 //! connections, a per-call deadline and a circuit breaker.
 //!
 //! Every call checks out a connection (or opens one — that is the automatic reconnection),
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use strata_core::ports::{CacheError, CacheObserver};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufStream};
+use tokio::io::BufStream;
 use tokio::net::TcpStream;
 
 use crate::breaker::{Breaker, BreakerOptions, Permit, State, Transition};
@@ -27,8 +27,6 @@ pub struct Endpoint {
     addr: String,
     label: String,
     timeout: Duration,
-    /// Sent on every new connection (Redis `AUTH`), expecting `+OK`.
-    handshake: Option<Vec<u8>>,
     idle: Mutex<Vec<Conn>>,
     breaker: Breaker,
     observer: Arc<dyn CacheObserver>,
@@ -40,19 +38,10 @@ impl Endpoint {
         label: String,
         timeout: Duration,
         breaker: BreakerOptions,
-        handshake: Option<Vec<u8>>,
         observer: Arc<dyn CacheObserver>,
     ) -> Self {
         observer.endpoint(&label, false);
-        Endpoint {
-            addr,
-            label,
-            timeout,
-            handshake,
-            idle: Mutex::new(Vec::new()),
-            breaker: Breaker::new(breaker),
-            observer,
-        }
+        Endpoint { addr, label, timeout, idle: Mutex::new(Vec::new()), breaker: Breaker::new(breaker), observer }
     }
 
     pub fn addr(&self) -> &str {
@@ -76,17 +65,7 @@ impl Endpoint {
     pub async fn connect(&self) -> io::Result<Conn> {
         let stream = TcpStream::connect(&self.addr).await?;
         stream.set_nodelay(true)?;
-        let mut conn = BufStream::new(stream);
-        if let Some(hello) = &self.handshake {
-            conn.write_all(hello).await?;
-            conn.flush().await?;
-            let mut line = String::new();
-            conn.read_line(&mut line).await?;
-            if !line.starts_with("+OK") {
-                return Err(io::Error::new(io::ErrorKind::PermissionDenied, "authentication refused"));
-            }
-        }
-        Ok(conn)
+        Ok(BufStream::new(stream))
     }
 
     /// Runs `op` on a pooled connection under the deadline and the breaker. Dropping the
@@ -165,7 +144,6 @@ mod tests {
             // Far beyond the test: only the caller's cancellation ends the probe.
             Duration::from_secs(600),
             BreakerOptions { failures: 1, open_for: Duration::from_millis(1) },
-            None,
             Arc::new(NoopObserver),
         );
         assert!(endpoint.call(async |_conn: &mut Conn| Err::<(), _>(protocol_error("boom"))).await.is_err());

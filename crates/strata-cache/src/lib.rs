@@ -4,12 +4,16 @@
 //! |---|---|
 //! | `memory://[?entries=N&mb=N]` | in-process W-TinyLFU ([`memory`], [`tinylfu`]); the embedded default |
 //! | `redis://[[USER]:PASSWORD@]HOST:PORT[?replica=HOST:PORT…]` | Redis primary with read fallback to replicas, pub/sub invalidation ([`redis`]) |
+//! | `rediss://…[?ca=PEM_FILE]` | the same over TLS, verified against the system roots (or the CA in `PEM_FILE`) |
+//! | `redis+sentinel://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT…]/MASTER_NAME` | the master Sentinel names, found again after a failover; reads fall back to a replica (credentials are the data nodes'; Sentinels are asked without) |
+//! | `redis+cluster://[[USER]:PASSWORD@]HOST:PORT[,HOST:PORT…]`, `rediss+cluster://…` | Redis Cluster: keys routed to their slot's master, failovers followed |
 //! | `memcache://HOST:PORT[,HOST:PORT…]` | Memcached servers on a consistent-hash ring ([`memcache`]) |
 //! | `none://` | no cache at all (benchmark baseline) |
 //!
 //! With an L1 spec (`STRATA_CACHE_L1=entries=…,mb=…,ttl_ms=…`) a Redis or Memcached cache
 //! gets an in-process tier in front ([`tiered`]). Remote calls run under a per-call
-//! deadline and a circuit breaker per server ([`endpoint`], [`breaker`]); invalidations
+//! deadline and a circuit breaker per server ([`node`] for Redis, on redis-rs multiplexed
+//! connections; [`endpoint`] for Memcached; [`breaker`]); invalidations
 //! that fail are replayed and meanwhile shielded ([`shield`]).
 //!
 //! Architecture invariant: this crate knows bytes and servers, not the domain: what is
@@ -28,8 +32,8 @@ pub mod counters;
 pub mod endpoint;
 pub mod memcache;
 pub mod memory;
+pub mod node;
 pub mod redis;
-pub mod resp;
 pub mod shield;
 pub mod tiered;
 pub mod tinylfu;
@@ -114,13 +118,142 @@ pub struct Credentials {
     pub password: strata_core::secret::Secret,
 }
 
+/// How a Redis deployment is reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// One primary (writes and reads) and read-fallback replicas.
+    Single { primary: String, replicas: Vec<String> },
+    /// The master the Sentinels name `master`.
+    Sentinel { sentinels: Vec<String>, master: String },
+    /// A Redis Cluster, discovered from any of these nodes.
+    Cluster { nodes: Vec<String> },
+}
+
+/// TLS for `rediss…` URLs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// A PEM file of the CA(s) to trust instead of the system roots.
+    pub ca: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisTarget {
+    pub topology: RedisTopology,
+    pub credentials: Option<Credentials>,
+    pub tls: Option<TlsOptions>,
+}
+
+/// For logs and `describe`: the addresses, never the credentials.
+impl std::fmt::Display for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tls = if self.tls.is_some() { " (TLS)" } else { "" };
+        match &self.topology {
+            RedisTopology::Single { primary, replicas } => {
+                let replicas = if replicas.is_empty() { "none".to_owned() } else { replicas.join(", ") };
+                write!(f, "redis {primary}{tls} (replicas: {replicas})")
+            }
+            RedisTopology::Sentinel { sentinels, master } => {
+                write!(f, "redis sentinel master {master}{tls} (sentinels: {})", sentinels.join(", "))
+            }
+            RedisTopology::Cluster { nodes } => write!(f, "redis cluster{tls} (seeds: {})", nodes.join(", ")),
+        }
+    }
+}
+
 /// A parsed cache URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     None,
     Memory(MemoryOptions),
-    Redis { primary: String, replicas: Vec<String>, credentials: Option<Credentials> },
+    Redis(RedisTarget),
     Memcache { servers: Vec<String> },
+}
+
+/// `%XX` escapes in URL credentials (a password may contain `@`, `:` or `/`).
+fn percent_decode(raw: &str, what: &str) -> Result<String, String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3).ok_or_else(|| format!("{what}: incomplete %-escape"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("{what}: bad %-escape %{hex}"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{what}: not UTF-8 once decoded"))
+}
+
+fn parse_redis(scheme: &str, authority: &str, params: Vec<(&str, &str)>) -> Result<RedisTarget, String> {
+    let (base, tls) = match scheme.strip_prefix("rediss") {
+        Some(rest) => (format!("redis{rest}"), Some(TlsOptions::default())),
+        None => (scheme.to_owned(), None),
+    };
+    let (userinfo, rest) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let credentials = match userinfo {
+        None => None,
+        Some(u) => {
+            let (user, password) = u
+                .split_once(':')
+                .ok_or_else(|| format!("{scheme}://: credentials must be USER:PASSWORD@ or :PASSWORD@"))?;
+            Some(Credentials {
+                user: Some(percent_decode(user, "user")?).filter(|u| !u.is_empty()),
+                password: strata_core::secret::Secret::new(percent_decode(password, "password")?),
+            })
+        }
+    };
+    let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let servers = |what: &str| hosts.split(',').map(|s| host_port(s.trim(), what)).collect::<Result<Vec<_>, _>>();
+    let mut replicas = Vec::new();
+    let mut tls = tls;
+    for (name, value) in params {
+        match (name, &mut tls) {
+            ("replica", _) if base == "redis" => replicas.push(host_port(value, "replica")?),
+            ("ca", Some(tls)) if !value.is_empty() => tls.ca = Some(value.to_owned()),
+            _ => {
+                let known = match (base.as_str(), tls.is_some()) {
+                    ("redis", true) => "replica, ca",
+                    ("redis", false) => "replica",
+                    (_, true) => "ca",
+                    (_, false) => "none",
+                };
+                return Err(format!("{scheme}://: unknown parameter {name:?} (known: {known})"));
+            }
+        }
+    }
+    let topology = match base.as_str() {
+        "redis" => {
+            if !path.is_empty() || hosts.contains(',') {
+                return Err(format!("{scheme}://: expected one HOST:PORT (replicas go in ?replica=)"));
+            }
+            RedisTopology::Single { primary: host_port(hosts, "redis primary")?, replicas }
+        }
+        "redis+sentinel" => {
+            if tls.is_some() {
+                return Err("rediss+sentinel:// is not supported yet (TLS to Sentinel-managed servers)".into());
+            }
+            if path.is_empty() || path.contains('/') {
+                return Err(format!("{scheme}://: expected HOST:PORT[,HOST:PORT…]/MASTER_NAME"));
+            }
+            RedisTopology::Sentinel { sentinels: servers("sentinel")?, master: path.to_owned() }
+        }
+        "redis+cluster" => {
+            if !path.is_empty() {
+                return Err(format!(
+                    "{scheme}://: expected HOST:PORT[,HOST:PORT…] (no path: a cluster has one database)"
+                ));
+            }
+            RedisTopology::Cluster { nodes: servers("cluster node")? }
+        }
+        _ => return Err(format!("unknown cache scheme {scheme:?}")),
+    };
+    Ok(RedisTarget { topology, credentials, tls })
 }
 
 fn host_port(raw: &str, what: &str) -> Result<String, String> {
@@ -152,32 +285,8 @@ impl Target {
                 }
                 Ok(Target::Memory(options))
             }
-            "redis" => {
-                let (userinfo, host) = match authority.rsplit_once('@') {
-                    Some((u, h)) => (Some(u), h),
-                    None => (None, authority),
-                };
-                let credentials = match userinfo {
-                    None => None,
-                    Some(u) => {
-                        let (user, password) = u
-                            .split_once(':')
-                            .ok_or_else(|| "redis://: credentials must be USER:PASSWORD@ or :PASSWORD@".to_owned())?;
-                        Some(Credentials {
-                            user: Some(user.to_owned()).filter(|u| !u.is_empty()),
-                            password: strata_core::secret::Secret::new(password),
-                        })
-                    }
-                };
-                let primary = host_port(host, "redis primary")?;
-                let mut replicas = Vec::new();
-                for (name, value) in params {
-                    match name {
-                        "replica" => replicas.push(host_port(value, "replica")?),
-                        _ => return Err(format!("redis://: unknown parameter {name:?} (replica)")),
-                    }
-                }
-                Ok(Target::Redis { primary, replicas, credentials })
+            "redis" | "rediss" | "redis+sentinel" | "redis+cluster" | "rediss+cluster" | "rediss+sentinel" => {
+                Ok(Target::Redis(parse_redis(scheme, authority, params)?))
             }
             "memcache" | "memcached" => {
                 if !params.is_empty() {
@@ -189,15 +298,16 @@ impl Target {
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(Target::Memcache { servers })
             }
-            other => Err(format!("unknown cache scheme {other:?} (memory, redis, memcache, none)")),
+            other => Err(format!(
+                "unknown cache scheme {other:?} (memory, redis, rediss, redis+sentinel, redis+cluster, memcache, none)"
+            )),
         }
     }
 }
 
-/// Opens the cache a URL names; `None` for `none://`. Never connects eagerly: a cache
-/// server that is down at startup is just a degraded cache.
 /// Shared throttle counters for `throttle.url`: empty means per instance (`None`); a
-/// `redis://` URL (replicas are not used: counting needs the primary) means shared.
+/// `redis://`, `rediss://` or `redis+sentinel://` URL (replicas are not used: counting
+/// needs the primary) means shared.
 pub fn open_counters(
     url: &str,
     options: &CacheOptions,
@@ -207,17 +317,15 @@ pub fn open_counters(
         return Ok(None);
     }
     match Target::parse(url)? {
-        Target::Redis { primary, credentials, .. } => Ok(Some(Arc::new(counters::RedisCounters::new(
-            &primary,
-            &credentials,
-            options.timeout,
-            options.breaker,
-            observer,
-        )))),
+        Target::Redis(target) => {
+            Ok(Some(Arc::new(counters::RedisCounters::new(&target, options.timeout, options.breaker, observer)?)))
+        }
         _ => Err("must be a redis:// URL, or empty for per-instance counters".into()),
     }
 }
 
+/// Opens the cache a URL names; `None` for `none://`. Never connects eagerly: a cache
+/// server that is down at startup is just a degraded cache.
 pub fn open(
     url: &str,
     options: &CacheOptions,
@@ -244,24 +352,14 @@ pub fn open_with_bus(
     let cache: Arc<dyn Cache> = match Target::parse(url)? {
         Target::None => return Ok(None),
         Target::Memory(memory) => Arc::new(MemoryCache::new(memory, observer)),
-        Target::Redis { primary, replicas, credentials } => {
-            let redis = redis::RedisCache::new(
-                &primary,
-                &replicas,
-                &credentials,
-                options,
-                instance_id.clone(),
-                observer.clone(),
-            );
+        Target::Redis(target) => {
+            let redis = redis::RedisCache::new(&target, options, instance_id.clone(), observer.clone())?;
             match l1(observer.clone()) {
                 None => redis,
                 Some((memory, ttl)) => {
                     let subscribed = Arc::new(AtomicBool::new(false));
-                    let mut addrs = vec![primary];
-                    addrs.extend(replicas);
                     redis::spawn_subscriber(
-                        addrs,
-                        credentials,
+                        redis::SubscribeTo::of(&target)?,
                         options.channel.clone(),
                         instance_id,
                         Arc::downgrade(&memory),
@@ -306,18 +404,46 @@ mod tests {
         assert!(matches!(Target::parse("memory://").unwrap(), Target::Memory(m) if m == MemoryOptions::default()));
         assert!(matches!(Target::parse("memory://?entries=10&mb=2").unwrap(),
             Target::Memory(m) if m.max_entries == 10 && m.max_bytes == 2 << 20));
+        let single = |primary: &str, replicas: &[&str]| RedisTopology::Single {
+            primary: primary.into(),
+            replicas: replicas.iter().map(|r| r.to_string()).collect(),
+        };
+        let redis = |url: &str| match Target::parse(url) {
+            Ok(Target::Redis(target)) => target,
+            other => panic!("{url}: {other:?}"),
+        };
         assert_eq!(
-            Target::parse("redis://127.0.0.1:6379?replica=127.0.0.1:6380&replica=127.0.0.1:6381").unwrap(),
-            Target::Redis {
-                primary: "127.0.0.1:6379".into(),
-                replicas: vec!["127.0.0.1:6380".into(), "127.0.0.1:6381".into()],
-                credentials: None
+            redis("redis://127.0.0.1:6379?replica=127.0.0.1:6380&replica=127.0.0.1:6381"),
+            RedisTarget {
+                topology: single("127.0.0.1:6379", &["127.0.0.1:6380", "127.0.0.1:6381"]),
+                credentials: None,
+                tls: None
             }
         );
-        assert!(matches!(
-            Target::parse("redis://:pw@h:1").unwrap(),
-            Target::Redis { credentials: Some(Credentials { user: None, .. }), .. }
-        ));
+        assert!(matches!(redis("redis://:pw@h:1/").credentials, Some(Credentials { user: None, .. })));
+        let acl = redis("redis://app:p%40ss%3Aw0rd@h:1");
+        let credentials = acl.credentials.clone().unwrap();
+        assert_eq!((credentials.user.as_deref(), credentials.password.expose()), (Some("app"), "p@ss:w0rd"));
+        let tls = redis("rediss://u:p@cache.example.com:6380?ca=/etc/ssl/redis-ca.pem");
+        assert_eq!(tls.topology, single("cache.example.com:6380", &[]));
+        assert_eq!(tls.tls, Some(TlsOptions { ca: Some("/etc/ssl/redis-ca.pem".into()) }));
+        assert_eq!(redis("rediss://h:1").tls, Some(TlsOptions { ca: None }));
+        assert_eq!(
+            redis("redis+sentinel://s1:26379,s2:26379/mymaster").topology,
+            RedisTopology::Sentinel {
+                sentinels: vec!["s1:26379".into(), "s2:26379".into()],
+                master: "mymaster".into()
+            }
+        );
+        assert!(redis("redis+sentinel://u:p@s1:26379/m").credentials.is_some());
+        assert_eq!(
+            redis("redis+cluster://a:7000,b:7001,c:7002").topology,
+            RedisTopology::Cluster { nodes: vec!["a:7000".into(), "b:7001".into(), "c:7002".into()] }
+        );
+        assert!(redis("rediss+cluster://a:7000?ca=/ca.pem").tls.is_some());
+        // What logs show: addresses, never the password.
+        assert_eq!(acl.to_string(), "redis h:1 (replicas: none)");
+        assert!(!format!("{:?}", Target::parse("redis://app:hunter2@h:1")).contains("hunter2"));
         assert_eq!(
             Target::parse("memcache://a:1,b:2").unwrap(),
             Target::Memcache { servers: vec!["a:1".into(), "b:2".into()] }
@@ -326,6 +452,18 @@ mod tests {
             ("redis://nohost", "HOST:PORT"),
             ("redis://h:1?replica=x", "replica"),
             ("redis://h:1?foo=1", "foo"),
+            ("redis://h:1?ca=/x.pem", "\"ca\""),
+            ("redis://h:1/0", "one HOST:PORT"),
+            ("redis://a:1,b:2", "one HOST:PORT"),
+            ("redis://user@h:1", "USER:PASSWORD@"),
+            ("redis://:p%4@h:1", "escape"),
+            ("redis+sentinel://s:26379", "MASTER_NAME"),
+            ("redis+sentinel://s:26379,t/m", "sentinel"),
+            ("redis+sentinel://s:1/m?replica=r:2", "replica"),
+            ("rediss+sentinel://s:1/m", "not supported"),
+            ("redis+cluster://a:1,b:x", "cluster node"),
+            ("redis+cluster://a:1/0", "no path"),
+            ("redis+bogus://a:1", "redis+bogus"),
             ("memcache://a:1,b", "memcached server"),
             ("memory://?entries=0", "entries"),
             ("ftp://x", "ftp"),

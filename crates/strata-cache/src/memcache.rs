@@ -76,7 +76,6 @@ impl MemcacheCache {
                         format!("memcached {s}"),
                         options.timeout,
                         options.breaker,
-                        None,
                         observer.clone(),
                     )
                 })

@@ -132,13 +132,18 @@ impl Shield {
         self.any_pending.load(Ordering::Acquire) && self.pending.lock().contains(key)
     }
 
+    /// From now on, entries written up to this moment are misses.
+    pub fn distrust_now(&self) {
+        // Entries written in this very millisecond are distrusted too (`>` in `accept`).
+        self.distrust_before_ms.fetch_max(now_ms(), Ordering::AcqRel);
+    }
+
     pub fn failed(&self, keys: &[String]) {
         let mut pending = self.pending.lock();
         if pending.len() + keys.len() > MAX_PENDING {
             pending.clear();
             self.any_pending.store(false, Ordering::Release);
-            // Entries written in this very millisecond are distrusted too (`>` above).
-            self.distrust_before_ms.store(now_ms(), Ordering::Release);
+            self.distrust_now();
             tracing::warn!("too many cache invalidations pending; distrusting older shared-cache entries");
             return;
         }

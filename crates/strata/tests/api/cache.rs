@@ -821,16 +821,6 @@ async fn cross_instance_freshness(what: &str, cache_url: &str, tweak: impl Fn(&m
     b.stop().await;
 }
 
-/// One RESP command against a Redis server, as anyone who can reach it could send.
-async fn redis_command(addr: &str, args: &[&[u8]]) -> strata_cache::resp::Reply {
-    let mut conn = tokio::io::BufStream::new(tokio::net::TcpStream::connect(addr).await.unwrap());
-    let mut out = Vec::new();
-    strata_cache::resp::encode(&mut out, args);
-    conn.write_all(&out).await.unwrap();
-    conn.flush().await.unwrap();
-    strata_cache::resp::read(&mut conn).await.unwrap()
-}
-
 /// Whoever can write to Redis tries to promote an ordinary user's cached session to
 /// admin, by editing the role byte in place and by writing a well-formed value of their
 /// own. Both fail the HMAC check: the session is re-read from the database (still a
@@ -847,8 +837,7 @@ async fn forged_cache_values_grant_nothing() {
     let (_, token) = app.user_with_token("mallory@example.com").await;
     assert_eq!(app.get("/v1/sessions/current", Some(&token)).await.status, StatusCode::OK);
     let key = session_key(&SessionToken::parse(&token).unwrap().hash());
-    let strata_cache::resp::Reply::Bulk(Some(stored)) = redis_command(&redis.addr(), &[b"GET", key.as_bytes()]).await
-    else {
+    let Some(stored) = strata_cache::testing::raw_command(&redis.addr(), &[b"GET", key.as_bytes()]).unwrap() else {
         panic!("the session was not cached in Redis")
     };
     let strata_cache::shield::Unwrapped::Value { payload, .. } = strata_cache::shield::unwrap(&stored) else {
@@ -869,7 +858,7 @@ async fn forged_cache_values_grant_nothing() {
     for forged in [flipped, guessed] {
         let before = rejected().await;
         let value = strata_cache::shield::wrap(&forged);
-        redis_command(&redis.addr(), &[b"SET", key.as_bytes(), &value]).await;
+        strata_cache::testing::raw_command(&redis.addr(), &[b"SET", key.as_bytes(), &value]).unwrap();
         let users = app.get("/v1/users", Some(&token)).await;
         users.assert_problem(403, "forbidden", None);
         let me = app.get("/v1/sessions/current", Some(&token)).await;
