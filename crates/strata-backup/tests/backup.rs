@@ -292,7 +292,7 @@ async fn a_damaged_or_foreign_backup_writes_nothing() {
     let edited = copy("edited");
     let manifest_path = edited.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, text.replace("\"schema_version\": 6", "\"schema_version\": 99")).unwrap();
+    std::fs::write(&manifest_path, text.replace("\"schema_version\": 8", "\"schema_version\": 99")).unwrap();
     let error = strata_backup::verify(&edited).await.unwrap_err();
     assert!(error.to_string().contains("schema version 99"), "{error}");
     std::fs::write(&manifest_path, text.replace("\"users.jsonl.gz\"", "\"../users.jsonl.gz\"")).unwrap();
