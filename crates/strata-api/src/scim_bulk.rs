@@ -99,7 +99,10 @@ fn parse_operation(raw: &Value) -> Result<Operation, ScimError> {
         Some("PATCH") => Method::PATCH,
         Some("DELETE") => Method::DELETE,
         Some(other) => {
-            return Err(ScimError::bad("invalidValue", format!("method must be POST, PUT, PATCH or DELETE, not {other:?}")));
+            return Err(ScimError::bad(
+                "invalidValue",
+                format!("method must be POST, PUT, PATCH or DELETE, not {other:?}"),
+            ));
         }
         None => return Err(ScimError::bad("invalidValue", "method is required")),
     };
@@ -139,7 +142,10 @@ fn check_path(method: &Method, path: &str) -> Result<(), ScimError> {
     } else if method == Method::POST {
         Err(ScimError::bad("invalidPath", format!("a bulk POST path is /Users or /Groups, not {path:?}")))
     } else {
-        Err(ScimError::bad("invalidPath", format!("a bulk {method} path is /Users/{{id}} or /Groups/{{id}}, not {path:?}")))
+        Err(ScimError::bad(
+            "invalidPath",
+            format!("a bulk {method} path is /Users/{{id}} or /Groups/{{id}}, not {path:?}"),
+        ))
     }
 }
 
@@ -305,9 +311,7 @@ pub async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Body)
                 continue;
             };
             let refs = references(&operation);
-            let outcome = if let Some(bad) =
-                refs.iter().find(|r| failed_ids.contains(*r) || !declared.contains(*r))
-            {
+            let outcome = if let Some(bad) = refs.iter().find(|r| failed_ids.contains(*r) || !declared.contains(*r)) {
                 let why = if failed_ids.contains(bad) { "failed" } else { "is not declared in this request" };
                 Some(Outcome::failed(
                     operation.method.to_string(),
@@ -363,8 +367,13 @@ pub async fn bulk(State(state): State<AppState>, headers: HeaderMap, body: Body)
         }
     }
     // Operations not reached because failOnErrors stopped the run are left out (§3.7.3).
-    let listed: Vec<Value> =
-        outcomes.iter().zip(&reported).filter(|(_, r)| **r).filter_map(|(o, _)| o.as_ref()).map(Outcome::to_json).collect();
+    let listed: Vec<Value> = outcomes
+        .iter()
+        .zip(&reported)
+        .filter(|(_, r)| **r)
+        .filter_map(|(o, _)| o.as_ref())
+        .map(Outcome::to_json)
+        .collect();
     Ok(scim_json(StatusCode::OK, &json!({ "schemas": [BULK_RESPONSE], "Operations": listed })))
 }
 
@@ -418,12 +427,14 @@ async fn run(router: &axum::Router, authorization: Option<&axum::http::HeaderVal
         Err(never) => match never {},
     };
     let status = response.status();
-    let header_text = |name: header::HeaderName| {
-        response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
+    let (location, version) = {
+        let header_text =
+            |name: header::HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let location = header_text(header::LOCATION).or_else(|| {
+            (status.is_success() && operation.method != Method::DELETE).then(|| format!("/scim/v2{}", operation.path))
+        });
+        (location, header_text(header::ETAG))
     };
-    let location = header_text(header::LOCATION)
-        .or_else(|| (status.is_success() && operation.method != Method::DELETE).then(|| format!("/scim/v2{}", operation.path)));
-    let version = header_text(header::ETAG);
     let bytes = axum::body::to_bytes(response.into_body(), OPERATION_RESPONSE_LIMIT).await.unwrap_or_default();
     let response_body = if status.is_success() { None } else { serde_json::from_slice::<Value>(&bytes).ok() };
     Outcome { method: method_text, bulk_id: operation.bulk_id, location, version, status, response: response_body }

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use strata_core::domain::{DisplayName, Email, GroupId, Password, User, UserId, UserStatus, Version, rfc3339};
 use strata_core::error::{AppError, TokenProblem};
 use strata_core::groups::{
-    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupChanges, GroupListQuery, GroupMember, GroupName, MembershipChange, NewGroup,
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupChanges, GroupListQuery, GroupMember, GroupName,
+    MembershipChange, NewGroup,
 };
 use strata_core::ports::{Comparison, UserCondition, UserOrder, UserPredicate, UserSearch};
 use strata_core::service::{Actor, UserChanges};
@@ -57,7 +58,6 @@ impl ScimError {
     fn not_found(what: &str) -> Self {
         ScimError::new(StatusCode::NOT_FOUND, None, format!("{what} not found"))
     }
-}
 
     pub(crate) fn status(&self) -> StatusCode {
         self.status
@@ -178,7 +178,12 @@ async fn body_json(state: &AppState, headers: &HeaderMap, body: Body) -> ScimRes
 }
 
 /// A SCIM JSON object body of at most `limit` bytes.
-pub(crate) async fn read_scim_body(state: &AppState, headers: &HeaderMap, body: Body, limit: usize) -> ScimResult<Value> {
+pub(crate) async fn read_scim_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> ScimResult<Value> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime != SCIM_JSON && mime != "application/json" {
@@ -292,8 +297,13 @@ impl Projection {
 }
 
 fn list_params(query: Option<&str>, allow_list: bool) -> ScimResult<ListParams> {
-    let mut params =
-        ListParams { filter: None, sort: None, start_index: 1, count: DEFAULT_COUNT, projection: Projection::default() };
+    let mut params = ListParams {
+        filter: None,
+        sort: None,
+        start_index: 1,
+        count: DEFAULT_COUNT,
+        projection: Projection::default(),
+    };
     let mut sort_by = None;
     let mut descending = false;
     let mut seen = Vec::new();
@@ -327,7 +337,8 @@ fn list_params(query: Option<&str>, allow_list: bool) -> ScimResult<ListParams> 
             }
             "sortby" if allow_list => {
                 sort_by = Some(
-                    AttrPath::parse(&v).map_err(|e| ScimError::bad("invalidValue", format!("sortBy: {}", e.message)))?,
+                    AttrPath::parse(&v)
+                        .map_err(|e| ScimError::bad("invalidValue", format!("sortBy: {}", e.message)))?,
                 )
             }
             "sortorder" if allow_list => {
@@ -352,10 +363,8 @@ fn sort_items<T>(items: &mut [(Value, T)], sort: &Option<(AttrPath, bool)>) {
     let Some((path, descending)) = sort else { return };
     let id_of = |v: &Value| v.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
     items.sort_by(|(a, _), (b, _)| {
-        let by_value = strata_scim::compare_sort_values(
-            strata_scim::sort_value(a, path),
-            strata_scim::sort_value(b, path),
-        );
+        let by_value =
+            strata_scim::compare_sort_values(strata_scim::sort_value(a, path), strata_scim::sort_value(b, path));
         let by_value = if *descending { by_value.reverse() } else { by_value };
         by_value.then_with(|| id_of(a).cmp(&id_of(b)))
     });
@@ -1257,7 +1266,8 @@ async fn set_external_id(state: &AppState, id: UserId, fields: &UserFields) -> S
     }
     if fields.enterprise_replace || !fields.enterprise.is_empty() {
         let current = store.enterprise_of(id).await.map_err(AppError::from)?;
-        let mut next = if fields.enterprise_replace { EnterpriseUser::default() } else { current.clone().unwrap_or_default() };
+        let mut next =
+            if fields.enterprise_replace { EnterpriseUser::default() } else { current.clone().unwrap_or_default() };
         for (attr, value) in &fields.enterprise {
             *attr.slot(&mut next) = value.clone();
         }
@@ -1360,7 +1370,9 @@ fn indexed_condition(path: &AttrPath, op: CompareOp, value: &CompValue, emails_s
     };
     let user_name = core && (path.is("userName", None) || path.is("emails", Some("value")));
     match op {
-        CompareOp::Eq if user_name => Some(Email::parse(text).map_or(no_user(), |e| UserPredicate::Is(UserCondition::Email(e)))),
+        CompareOp::Eq if user_name => {
+            Some(Email::parse(text).map_or(no_user(), |e| UserPredicate::Is(UserCondition::Email(e))))
+        }
         // Stored emails are lower-cased and hold no whitespace; a prefix with some is left
         // to the in-memory evaluation rather than reasoned about here.
         CompareOp::Sw if user_name && !text.is_empty() && !text.chars().any(char::is_whitespace) => {
@@ -1370,13 +1382,16 @@ fn indexed_condition(path: &AttrPath, op: CompareOp, value: &CompValue, emails_s
             Some(ExternalId::parse(text).map_or(no_user(), |e| UserPredicate::Is(UserCondition::ExternalId(e))))
         }
         CompareOp::Eq if core && path.is("id", None) => Some(
-            text.parse::<uuid::Uuid>().map_or(no_user(), |u| UserPredicate::Is(UserCondition::Id(UserId::from_uuid(u)))),
+            text.parse::<uuid::Uuid>()
+                .map_or(no_user(), |u| UserPredicate::Is(UserCondition::Id(UserId::from_uuid(u)))),
         ),
         CompareOp::Eq if enterprise && path.is("employeeNumber", None) => Some(
             EnterpriseText::parse("employeeNumber", text)
                 .map_or(no_user(), |n| UserPredicate::Is(UserCondition::EmployeeNumber(n))),
         ),
-        CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le if core && path.is("meta", Some("lastModified")) => {
+        CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le
+            if core && path.is("meta", Some("lastModified")) =>
+        {
             let at = strata_core::domain::parse_rfc3339(text)?;
             let comparison = match op {
                 CompareOp::Gt => Comparison::Greater,
@@ -1480,14 +1495,10 @@ pub async fn list_users(
     let offset = (params.start_index - 1) as u64;
     if let (None, Some((order, descending))) = (&compiled.residual, user_order(&params.sort)) {
         // SQL is the whole answer: it pages, sorts and counts.
-        let search = UserSearch {
-            predicate: compiled.predicate.clone(),
-            order,
-            descending,
-            offset,
-            limit: params.count as u32,
-        };
-        let page = if params.count == 0 { vec![] } else { store.search_users(&search).await.map_err(AppError::from)? };
+        let search =
+            UserSearch { predicate: compiled.predicate.clone(), order, descending, offset, limit: params.count as u32 };
+        let page =
+            if params.count == 0 { vec![] } else { store.search_users(&search).await.map_err(AppError::from)? };
         // A first page shorter than asked for is everything: no count query needed (the
         // userName lookups identity providers make all end here).
         let total = if offset == 0 && page.len() < params.count {
@@ -1687,9 +1698,14 @@ fn user_resource_type() -> Value {
 fn enterprise_schema() -> Value {
     let text = |name: &str, description: &str| attribute(name, "string", false, "readWrite", "none", description);
     let mut manager = attribute("manager", "complex", false, "readWrite", "none", "The user's manager.");
-    manager["subAttributes"] = json!([
-        attribute("value", "string", false, "readWrite", "none", "The manager's id, as the identity provider sends it."),
-    ]);
+    manager["subAttributes"] = json!([attribute(
+        "value",
+        "string",
+        false,
+        "readWrite",
+        "none",
+        "The manager's id, as the identity provider sends it."
+    ),]);
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
         "id": ENTERPRISE_SCHEMA,

@@ -11,7 +11,9 @@ use crate::domain::{
 };
 use crate::error::RepoError;
 use crate::groups::{
-    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange, MembershipDelta};
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange,
+    MembershipDelta,
+};
 use crate::lifecycle::{AccountToken, QueuedMail};
 use crate::provisioning::ProvisioningToken;
 use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};

@@ -491,7 +491,8 @@ fn compare(actual: &Value, op: CompareOp, expected: &CompValue) -> bool {
 pub fn sort_value<'a>(resource: &'a Value, path: &AttrPath) -> Option<&'a Value> {
     let parent = AttrPath { uri: path.uri.clone(), name: path.name.clone(), sub: None };
     let primary = lookup(resource, &parent).into_iter().find(|v| {
-        v.as_object().is_some_and(|o| o.iter().any(|(k, p)| k.eq_ignore_ascii_case("primary") && p == &Value::Bool(true)))
+        v.as_object()
+            .is_some_and(|o| o.iter().any(|(k, p)| k.eq_ignore_ascii_case("primary") && p == &Value::Bool(true)))
     });
     if let (Some(primary), Some(sub)) = (primary, &path.sub) {
         let found = primary.as_object().and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(sub)));

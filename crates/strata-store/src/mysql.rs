@@ -886,7 +886,8 @@ impl UserRepository for MysqlStore {
         let built = crate::user_search::select(crate::user_search::Dialect::Mysql, USER_COLUMNS, search);
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let mut rows: Vec<Row> = conn.exec(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
+            let mut rows: Vec<Row> =
+                conn.exec(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
             rows.iter_mut().map(|r| user_from_row(r, 0)).collect()
         })
         .await
@@ -896,7 +897,8 @@ impl UserRepository for MysqlStore {
         let built = crate::user_search::count(crate::user_search::Dialect::Mysql, predicate);
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
-            let n: Option<i64> = conn.exec_first(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
+            let n: Option<i64> =
+                conn.exec_first(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
             Ok(n.unwrap_or(0).max(0) as u64)
         })
         .await
@@ -1980,8 +1982,9 @@ impl Store for MysqlStore {
                     plans.push(explain_one(&mut tx, name, sql, ordered, params).await?);
                 }
                 plans.extend(groups::explain_hot_paths(&mut tx).await?);
-                for (name, built) in crate::user_search::sample_plans(crate::user_search::Dialect::Mysql, USER_COLUMNS) {
-                    plans.push(explain_one(&mut tx, name, &built.sql, false, search_params(&built.params)).await?);
+                for (name, built) in crate::user_search::sample_plans(crate::user_search::Dialect::Mysql, USER_COLUMNS)
+                {
+                    plans.push(explain_one(&mut tx, *name, &built.sql, false, search_params(&built.params)).await?);
                 }
                 Ok(plans)
             }

@@ -130,6 +130,12 @@ pub(crate) fn select(dialect: Dialect, columns: &str, search: &UserSearch) -> Bu
     let filter = search.predicate.as_ref().map(|p| format!(" WHERE {}", b.predicate(p))).unwrap_or_default();
     let direction = if search.descending { "DESC" } else { "ASC" };
     let order = match search.order {
+        // SQLite, knowing no statistics, would rather walk the whole primary key in id
+        // order than sort the few rows an index finds; `+id` is not the key's order, so it
+        // takes the index and sorts (the idiom SQLite documents for steering its planner).
+        UserOrder::Id if search.predicate.is_some() && matches!(dialect, Dialect::Sqlite) => {
+            format!("+id {direction}")
+        }
         UserOrder::Id => format!("id {direction}"),
         UserOrder::Email => format!("email {direction}, id ASC"),
         UserOrder::Name => format!("name {direction}, id ASC"),

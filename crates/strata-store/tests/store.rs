@@ -914,10 +914,17 @@ async fn users_searched_by_indexed_predicates(store: Arc<dyn Store>) {
     use strata_core::groups::{EnterpriseText, EnterpriseUser};
     use strata_core::ports::{Comparison, UserCondition as C, UserOrder, UserPredicate as P, UserSearch};
     let mut made = Vec::new();
-    for (i, email) in
-        ["ab@example.com", "ab_c@example.com", "ab%d@example.com", "abc@example.com", "ac@example.com", "aé@example.com", "b@example.com"]
-            .iter()
-            .enumerate()
+    for (i, email) in [
+        "ab@example.com",
+        "ab_c@example.com",
+        "ab%d@example.com",
+        "abc@example.com",
+        "ac@example.com",
+        "aé@example.com",
+        "b@example.com",
+    ]
+    .iter()
+    .enumerate()
     {
         let mut u = user(email, &format!("Search {i}"));
         u.created_at = Timestamp(T0.0 + i as i64);
@@ -934,8 +941,14 @@ async fn users_searched_by_indexed_predicates(store: Arc<dyn Store>) {
     );
     assert_eq!(store.count_users(by_email.predicate.as_ref()).await.unwrap(), 4);
     // `%` and `_` are not wildcards; a prefix of one Unicode character is a range too.
-    assert_eq!(emails(store.search_users(&search(Some(P::Is(C::EmailPrefix("ab%".into()))))).await.unwrap()), ["ab%d@example.com"]);
-    assert_eq!(emails(store.search_users(&search(Some(P::Is(C::EmailPrefix("aé".into()))))).await.unwrap()), ["aé@example.com"]);
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::EmailPrefix("ab%".into()))))).await.unwrap()),
+        ["ab%d@example.com"]
+    );
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::EmailPrefix("aé".into()))))).await.unwrap()),
+        ["aé@example.com"]
+    );
     assert!(store.search_users(&search(Some(P::Is(C::EmailPrefix("zz".into()))))).await.unwrap().is_empty());
     // Descending, offset and limit; ties are broken by id.
     let page = UserSearch { descending: true, offset: 1, limit: 2, ..by_email.clone() };
@@ -957,10 +970,19 @@ async fn users_searched_by_indexed_predicates(store: Arc<dyn Store>) {
     // Through the tables beside users, and by id.
     let ext = ExternalId::parse("entra-7").unwrap();
     store.set_external_id(made[3].id, Some(&ext)).await.unwrap();
-    assert_eq!(emails(store.search_users(&search(Some(P::Is(C::ExternalId(ext))))).await.unwrap()), ["abc@example.com"]);
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::ExternalId(ext))))).await.unwrap()),
+        ["abc@example.com"]
+    );
     let number = EnterpriseText::parse("x", "42").unwrap();
-    store.set_enterprise(made[4].id, &EnterpriseUser { employee_number: Some(number.clone()), ..Default::default() }).await.unwrap();
-    assert_eq!(emails(store.search_users(&search(Some(P::Is(C::EmployeeNumber(number))))).await.unwrap()), ["ac@example.com"]);
+    store
+        .set_enterprise(made[4].id, &EnterpriseUser { employee_number: Some(number.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::EmployeeNumber(number))))).await.unwrap()),
+        ["ac@example.com"]
+    );
     assert_eq!(emails(store.search_users(&search(Some(P::Is(C::Id(made[5].id))))).await.unwrap()), ["aé@example.com"]);
 }
 

@@ -6,8 +6,8 @@ use mysql_async::{Params, Row, Transaction, TxOpts, Value};
 use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, TokenHash, UserId, Version};
 use strata_core::error::RepoError;
 use strata_core::groups::{
-    EnterpriseText, EnterpriseUser,
-    ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery,
+    MembershipChange, MembershipDelta,
 };
 use strata_core::ports::{ExternalIdRepository, GroupRepository, ProvisioningTokenRepository, QueryPlan};
 use strata_core::provisioning::ProvisioningToken;
@@ -368,8 +368,7 @@ impl ExternalIdRepository for MysqlStore {
     async fn enterprise_of(&self, user: UserId) -> Result<Option<EnterpriseUser>, RepoError> {
         let row = self.query_row(sql::ENTERPRISE_OF, (user.as_bytes().as_slice(),)).await?;
         row.map(|mut r| {
-            let mut text =
-                |i: usize| take::<Option<String>>(&mut r, i).map(|v| v.map(EnterpriseText::from_trusted));
+            let mut text = |i: usize| take::<Option<String>>(&mut r, i).map(|v| v.map(EnterpriseText::from_trusted));
             Ok(EnterpriseUser {
                 employee_number: text(0)?,
                 cost_center: text(1)?,
@@ -386,8 +385,14 @@ impl ExternalIdRepository for MysqlStore {
         let uid = user.as_bytes().to_vec();
         let t = |v: &Option<EnterpriseText>| v.as_ref().map(|v| v.as_str().to_owned());
         let e = enterprise;
-        let values =
-            (t(&e.employee_number), t(&e.cost_center), t(&e.organization), t(&e.division), t(&e.department), t(&e.manager));
+        let values = (
+            t(&e.employee_number),
+            t(&e.cost_center),
+            t(&e.organization),
+            t(&e.division),
+            t(&e.department),
+            t(&e.manager),
+        );
         crate::with_timeout(self.query_timeout, async {
             let mut conn = self.conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;

@@ -6,8 +6,8 @@ use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, TokenHash, UserId, Version};
 use strata_core::error::RepoError;
 use strata_core::groups::{
-    EnterpriseText, EnterpriseUser,
-    ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery,
+    MembershipChange, MembershipDelta,
 };
 use strata_core::ports::{ExternalIdRepository, GroupRepository, ProvisioningTokenRepository};
 use strata_core::provisioning::ProvisioningToken;

@@ -504,7 +504,6 @@ async fn scim_discovery(app: TestApp) {
     app.scim(Method::GET, "/Schemas/urn:nope", None, &[]).await.assert_scim_error(404, None);
 }
 
-
 const BULK: &str = "urn:ietf:params:scim:api:messages:2.0:BulkRequest";
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 
@@ -567,7 +566,8 @@ async fn scim_bulk_resolves_bulk_ids_and_runs_each_operation_like_its_endpoint(a
         ],
     });
     let r = app.scim(Method::POST, "/Bulk", Some(&body), &[]).await;
-    let statuses: Vec<&str> = r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> =
+        r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["412", "204", "204"], "{}", r.body);
     app.scim(Method::GET, &format!("/Groups/{gid}"), None, &[]).await.assert_scim_error(404, None);
     let deleted = super::events::audit_until(&app, &format!("/v1/audit?user_id={gid}&type=group.deleted"), 1).await;
@@ -607,7 +607,8 @@ async fn scim_bulk_errors_and_limits(app: TestApp) {
         "Operations": [user("first@example.com", "f"), user("bad", "x"), user("never@example.com", "n")],
     });
     let r = app.scim(Method::POST, "/Bulk", Some(&body), &[]).await;
-    let statuses: Vec<&str> = r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> =
+        r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["201", "400"], "{}", r.body);
     let r = app.scim(Method::GET, &filter_query("Users", "userName eq \"never@example.com\"", ""), None, &[]).await;
     assert_eq!(r.body["totalResults"], 0);
@@ -620,7 +621,8 @@ async fn scim_bulk_errors_and_limits(app: TestApp) {
         ],
     });
     let r = app.scim(Method::POST, "/Bulk", Some(&body), &[]).await;
-    let statuses: Vec<&str> = r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> =
+        r.body["Operations"].as_array().unwrap().iter().map(|o| o["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["400", "409"], "{}", r.body);
 
     // Malformed operations fail alone; a bulk may not reach other endpoints.
@@ -649,14 +651,19 @@ async fn scim_bulk_errors_and_limits(app: TestApp) {
     assert_eq!(r.body["bulk"]["supported"], true);
     let max_operations = r.body["bulk"]["maxOperations"].as_u64().unwrap() as usize;
     let max_payload = r.body["bulk"]["maxPayloadSize"].as_u64().unwrap() as usize;
-    let too_many: Vec<Value> = (0..=max_operations).map(|i| json!({"method": "DELETE", "path": format!("/Users/{i}")})).collect();
+    let too_many: Vec<Value> =
+        (0..=max_operations).map(|i| json!({"method": "DELETE", "path": format!("/Users/{i}")})).collect();
     app.scim(Method::POST, "/Bulk", Some(&json!({"schemas": [BULK], "Operations": too_many})), &[])
         .await
         .assert_scim_error(413, Some("tooMany"));
     let huge = json!({"schemas": [BULK], "Operations": [{"method": "POST", "path": "/Users", "bulkId": "h", "data": {"schemas": [USER], "userName": "x".repeat(max_payload)}}]});
     app.scim(Method::POST, "/Bulk", Some(&huge), &[]).await.assert_scim_error(413, None);
-    app.scim(Method::POST, "/Bulk", Some(&json!({"Operations": []})), &[]).await.assert_scim_error(400, Some("invalidValue"));
-    app.scim(Method::POST, "/Bulk", Some(&json!({"schemas": [BULK]})), &[]).await.assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::POST, "/Bulk", Some(&json!({"Operations": []})), &[])
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::POST, "/Bulk", Some(&json!({"schemas": [BULK]})), &[])
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
     app.scim(Method::POST, "/Bulk", Some(&json!({"schemas": [BULK], "failOnErrors": 0, "Operations": []})), &[])
         .await
         .assert_scim_error(400, Some("invalidValue"));
@@ -676,7 +683,12 @@ async fn scim_bulk_errors_and_limits(app: TestApp) {
 async fn scim_lists_sort(app: TestApp) {
     for (name, display) in [("carol@example.com", "b"), ("alice@example.com", "c"), ("bob@example.com", "a")] {
         let r = app
-            .scim(Method::POST, "/Users", Some(&json!({"schemas": [USER], "userName": name, "displayName": display})), &[])
+            .scim(
+                Method::POST,
+                "/Users",
+                Some(&json!({"schemas": [USER], "userName": name, "displayName": display})),
+                &[],
+            )
             .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     }
@@ -688,14 +700,22 @@ async fn scim_lists_sort(app: TestApp) {
     assert_eq!(names(&r, "userName"), ["alice@example.com", "bob@example.com", "carol@example.com"]);
     let r = app.scim(Method::GET, "/Users?sortBy=displayName&sortOrder=descending", None, &[]).await;
     assert_eq!(names(&r, "displayName"), ["c", "b", "a"]);
-    let r = app.scim(Method::GET, "/Users?sortBy=meta.created&sortOrder=descending&startIndex=2&count=1", None, &[]).await;
+    let r =
+        app.scim(Method::GET, "/Users?sortBy=meta.created&sortOrder=descending&startIndex=2&count=1", None, &[]).await;
     assert_eq!(r.body["totalResults"], 3);
     assert_eq!(names(&r, "userName"), ["alice@example.com"]);
     let r = app
-        .scim(Method::GET, &filter_query("Users", "userName sw \"b\" or userName sw \"c\"", "&sortBy=emails.value"), None, &[])
+        .scim(
+            Method::GET,
+            &filter_query("Users", "userName sw \"b\" or userName sw \"c\"", "&sortBy=emails.value"),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(names(&r, "userName"), ["bob@example.com", "carol@example.com"]);
-    app.scim(Method::GET, "/Users?sortBy=userName&sortOrder=sideways", None, &[]).await.assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::GET, "/Users?sortBy=userName&sortOrder=sideways", None, &[])
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
     app.scim(Method::GET, "/Users?sortBy=a..b", None, &[]).await.assert_scim_error(400, Some("invalidValue"));
 
     for name in ["Zeta", "alpha", "Mid"] {
@@ -725,7 +745,8 @@ async fn scim_enterprise_user_extension(app: TestApp) {
     assert_eq!(r.body["schemas"], json!([USER, ENTERPRISE]));
     assert_eq!(r.body[ENTERPRISE]["employeeNumber"], "701984");
     assert_eq!(r.body[ENTERPRISE]["manager"]["value"], "26118915-6090-4610-87e4-49d8ca9f808d");
-    let other = app.scim(Method::POST, "/Users", Some(&json!({"schemas": [USER], "userName": "plain@example.com"})), &[]).await;
+    let other =
+        app.scim(Method::POST, "/Users", Some(&json!({"schemas": [USER], "userName": "plain@example.com"})), &[]).await;
     assert!(other.body.get(ENTERPRISE).is_none(), "{}", other.body);
     assert_eq!(other.body["schemas"], json!([USER]));
 
@@ -750,35 +771,54 @@ async fn scim_enterprise_user_extension(app: TestApp) {
     assert!(r.body[ENTERPRISE].get("costCenter").is_none(), "{}", r.body);
 
     // Filters: employeeNumber (indexed) and department (in memory).
-    let r = app.scim(Method::GET, &filter_query("Users", &format!("{ENTERPRISE}:employeeNumber eq \"701984\""), ""), None, &[]).await;
+    let r = app
+        .scim(Method::GET, &filter_query("Users", &format!("{ENTERPRISE}:employeeNumber eq \"701984\""), ""), None, &[])
+        .await;
     assert_eq!(r.body["totalResults"], 1, "{}", r.body);
     assert_eq!(r.body["Resources"][0]["id"], id.as_str());
-    let r = app.scim(Method::GET, &filter_query("Users", &format!("{ENTERPRISE}:department eq \"finance\""), ""), None, &[]).await;
+    let r = app
+        .scim(Method::GET, &filter_query("Users", &format!("{ENTERPRISE}:department eq \"finance\""), ""), None, &[])
+        .await;
     assert_eq!(r.body["totalResults"], 1, "{}", r.body);
-    let r = app.scim(Method::GET, &filter_query("Users", &format!("{ENTERPRISE}:employeeNumber pr"), ""), None, &[]).await;
+    let r =
+        app.scim(Method::GET, &filter_query("Users", &format!("{ENTERPRISE}:employeeNumber pr"), ""), None, &[]).await;
     assert_eq!(r.body["totalResults"], 1, "{}", r.body);
     // excludedAttributes by the extension's URI.
     let r = app.scim(Method::GET, &format!("/Users/{id}?excludedAttributes={ENTERPRISE}"), None, &[]).await;
     assert!(r.body.get(ENTERPRISE).is_none(), "{}", r.body);
 
     // PUT without the extension clears it (PUT replaces the resource).
-    let r = app.scim(Method::PUT, &format!("/Users/{id}"), Some(&json!({"schemas": [USER], "userName": "ent@example.com"})), &[]).await;
+    let r = app
+        .scim(
+            Method::PUT,
+            &format!("/Users/{id}"),
+            Some(&json!({"schemas": [USER], "userName": "ent@example.com"})),
+            &[],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert!(r.body.get(ENTERPRISE).is_none(), "{}", r.body);
 
     // Bad values are SCIM errors.
     let bad = |v: Value| json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": format!("{ENTERPRISE}:department"), "value": v}]});
-    app.scim(Method::PATCH, &format!("/Users/{id}"), Some(&bad(json!(5))), &[]).await.assert_scim_error(400, Some("invalidValue"));
-    app.scim(Method::PATCH, &format!("/Users/{id}"), Some(&bad(json!("x".repeat(300)))), &[]).await.assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::PATCH, &format!("/Users/{id}"), Some(&bad(json!(5))), &[])
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
+    app.scim(Method::PATCH, &format!("/Users/{id}"), Some(&bad(json!("x".repeat(300)))), &[])
+        .await
+        .assert_scim_error(400, Some("invalidValue"));
     let unknown = json!({"schemas": [PATCH], "Operations": [{"op": "add", "path": format!("{ENTERPRISE}:shoeSize"), "value": "9"}]});
-    app.scim(Method::PATCH, &format!("/Users/{id}"), Some(&unknown), &[]).await.assert_scim_error(400, Some("invalidPath"));
+    app.scim(Method::PATCH, &format!("/Users/{id}"), Some(&unknown), &[])
+        .await
+        .assert_scim_error(400, Some("invalidPath"));
 
     // Discovery.
     let r = app.scim(Method::GET, "/ResourceTypes/User", None, &[]).await;
     assert_eq!(r.body["schemaExtensions"], json!([{"schema": ENTERPRISE, "required": false}]));
     let r = app.scim(Method::GET, &format!("/Schemas/{ENTERPRISE}"), None, &[]).await;
     assert_eq!(r.status, StatusCode::OK);
-    let names: Vec<&str> = r.body["attributes"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        r.body["attributes"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["employeeNumber", "costCenter", "organization", "division", "department", "manager"]);
 }
 
