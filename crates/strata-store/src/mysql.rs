@@ -1984,7 +1984,7 @@ impl Store for MysqlStore {
                 plans.extend(groups::explain_hot_paths(&mut tx).await?);
                 for (name, built) in crate::user_search::sample_plans(crate::user_search::Dialect::Mysql, USER_COLUMNS)
                 {
-                    plans.push(explain_one(&mut tx, *name, &built.sql, false, search_params(&built.params)).await?);
+                    plans.push(explain_one(&mut tx, name, &built.sql, false, search_params(&built.params)).await?);
                 }
                 Ok(plans)
             }

@@ -1786,7 +1786,7 @@ impl Store for PostgresStore {
                 let params: Vec<&(dyn ToSql + Sync)> =
                     owned.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
                 // The ORDER BY id of a range on another index is a sort of the few matches.
-                plans.push(explain_one(&tx, *name, &built.sql, &["users"], false, &params).await?);
+                plans.push(explain_one(&tx, name, &built.sql, &["users"], false, &params).await?);
             }
             // The sample rows were only there to be planned over.
             tx.rollback().await.map_err(pg_err)?;
