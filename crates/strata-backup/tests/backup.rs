@@ -126,6 +126,12 @@ async fn populate(store: &dyn Store, users: usize) {
     let ids: Vec<_> = members.iter().map(|u| u.id).collect();
     store.create_group(&group, &ids, &event("group.created", group.id.as_uuid())).await.unwrap();
     store.set_external_id(ids[0], Some(&strata_core::groups::ExternalId::parse("okta-1").unwrap())).await.unwrap();
+    let enterprise = strata_core::groups::EnterpriseUser {
+        employee_number: Some(strata_core::groups::EnterpriseText::parse("employee_number", "701984").unwrap()),
+        department: Some(strata_core::groups::EnterpriseText::parse("department", "Tour Operations 🦀").unwrap()),
+        ..Default::default()
+    };
+    store.set_enterprise(ids[0], &enterprise).await.unwrap();
     let token = strata_core::provisioning::ProvisioningToken {
         id: uuid::Uuid::now_v7(),
         name: "Okta".into(),
