@@ -29,6 +29,7 @@ pub mod observe;
 pub mod openapi;
 pub mod provisioning_routes;
 pub mod routes;
+pub mod scim_bulk;
 pub mod scim_routes;
 pub mod server;
 pub mod webhook_routes;

@@ -83,6 +83,7 @@ impl Modify for BearerAuth {
         crate::scim_routes::replace_group,
         crate::scim_routes::patch_group,
         crate::scim_routes::delete_group,
+        crate::scim_bulk::bulk,
         crate::mfa_routes::start_totp,
         crate::mfa_routes::confirm_totp,
         crate::mfa_routes::regenerate_recovery_codes,

@@ -16,8 +16,10 @@ use serde_json::{Value, json};
 use strata_core::domain::{DisplayName, Email, GroupId, Password, User, UserId, UserStatus, Version, rfc3339};
 use strata_core::error::{AppError, TokenProblem};
 use strata_core::groups::{
-    ExternalId, Group, GroupChanges, GroupListQuery, GroupMember, GroupName, MembershipChange, NewGroup,
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupChanges, GroupListQuery, GroupMember, GroupName,
+    MembershipChange, NewGroup,
 };
+use strata_core::ports::{Comparison, UserCondition, UserOrder, UserPredicate, UserSearch};
 use strata_core::service::{Actor, UserChanges};
 use strata_scim::filter::{AttrPath, CompValue, CompareOp, Filter, parse_filter};
 use strata_scim::patch::{PatchOp, PatchPath, parse_patch_request};
@@ -49,17 +51,20 @@ impl ScimError {
         ScimError { status, scim_type, detail: detail.into() }
     }
 
-    fn bad(scim_type: &'static str, detail: impl Into<String>) -> Self {
+    pub(crate) fn bad(scim_type: &'static str, detail: impl Into<String>) -> Self {
         ScimError::new(StatusCode::BAD_REQUEST, Some(scim_type), detail)
     }
 
     fn not_found(what: &str) -> Self {
         ScimError::new(StatusCode::NOT_FOUND, None, format!("{what} not found"))
     }
-}
 
-impl IntoResponse for ScimError {
-    fn into_response(self) -> Response {
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The SCIM error body (`urn:ietf:params:scim:api:messages:2.0:Error`).
+    pub(crate) fn body(&self) -> Value {
         let mut body = json!({
             "schemas": [ERROR_SCHEMA],
             "status": self.status.as_u16().to_string(),
@@ -68,7 +73,13 @@ impl IntoResponse for ScimError {
         if let Some(t) = self.scim_type {
             body["scimType"] = json!(t);
         }
-        scim_json(self.status, &body)
+        body
+    }
+}
+
+impl IntoResponse for ScimError {
+    fn into_response(self) -> Response {
+        scim_json(self.status, &self.body())
     }
 }
 
@@ -98,9 +109,9 @@ impl From<AppError> for ScimError {
     }
 }
 
-type ScimResult<T> = Result<T, ScimError>;
+pub(crate) type ScimResult<T> = Result<T, ScimError>;
 
-fn scim_json(status: StatusCode, body: &Value) -> Response {
+pub(crate) fn scim_json(status: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut res = (status, bytes).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_JSON));
@@ -131,6 +142,7 @@ pub fn router() -> Router<AppState> {
         .route("/Users/{id}", get(get_user).put(replace_user).patch(patch_user).delete(delete_user))
         .route("/Groups", get(list_groups).post(create_group))
         .route("/Groups/{id}", get(get_group).put(replace_group).patch(patch_group).delete(delete_group))
+        .route("/Bulk", axum::routing::post(crate::scim_bulk::bulk))
         .fallback(|| async { ScimError::new(StatusCode::NOT_FOUND, None, "no such SCIM endpoint") })
         .method_not_allowed_fallback(|| async {
             ScimError::new(StatusCode::METHOD_NOT_ALLOWED, None, "this endpoint does not support the method")
@@ -138,7 +150,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// The admin token, or an admin's session (the service checks the role).
-async fn caller(state: &AppState, headers: &HeaderMap) -> ScimResult<Actor> {
+pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> ScimResult<Actor> {
     let unauthenticated = |p: TokenProblem| ScimError::from(AppError::Unauthenticated(p));
     let raw = headers.get(header::AUTHORIZATION).ok_or_else(|| unauthenticated(TokenProblem::Missing))?;
     let text = raw.to_str().map_err(|_| unauthenticated(TokenProblem::Malformed))?;
@@ -162,6 +174,16 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> ScimResult<Actor> {
 }
 
 async fn body_json(state: &AppState, headers: &HeaderMap, body: Body) -> ScimResult<Value> {
+    read_scim_body(state, headers, body, state.body_limit.max(LIST_BODY_LIMIT)).await
+}
+
+/// A SCIM JSON object body of at most `limit` bytes.
+pub(crate) async fn read_scim_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> ScimResult<Value> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime != SCIM_JSON && mime != "application/json" {
@@ -171,7 +193,7 @@ async fn body_json(state: &AppState, headers: &HeaderMap, body: Body) -> ScimRes
             format!("send {SCIM_JSON} (or application/json), not {content_type:?}"),
         ));
     }
-    let bytes = read_body(body, state.body_limit.max(LIST_BODY_LIMIT), state.body_read_timeout).await?;
+    let bytes = read_body(body, limit, state.body_read_timeout).await?;
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ScimError::bad("invalidSyntax", format!("the body is not JSON: {e}")))?;
     if !value.is_object() {
@@ -215,7 +237,7 @@ fn if_match(headers: &HeaderMap) -> ScimResult<Option<Version>> {
 }
 
 /// Case-insensitive field of a JSON object (SCIM attribute names ignore case).
-fn field<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
     object.as_object()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
 }
 
@@ -223,6 +245,8 @@ fn field<'a>(object: &'a Value, name: &str) -> Option<&'a Value> {
 
 struct ListParams {
     filter: Option<Filter>,
+    /// `sortBy` and whether `sortOrder` is descending.
+    sort: Option<(AttrPath, bool)>,
     start_index: usize,
     count: usize,
     projection: Projection,
@@ -242,6 +266,10 @@ impl Projection {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(|s| {
+                // An extension's whole schema URI names its top-level object.
+                if s.eq_ignore_ascii_case(ENTERPRISE_SCHEMA) {
+                    return Ok(s.to_ascii_lowercase());
+                }
                 AttrPath::parse(s)
                     .map(|p| p.name.to_ascii_lowercase())
                     .map_err(|e| ScimError::bad("invalidValue", format!("attributes: {}", e.message)))
@@ -269,8 +297,15 @@ impl Projection {
 }
 
 fn list_params(query: Option<&str>, allow_list: bool) -> ScimResult<ListParams> {
-    let mut params =
-        ListParams { filter: None, start_index: 1, count: DEFAULT_COUNT, projection: Projection::default() };
+    let mut params = ListParams {
+        filter: None,
+        sort: None,
+        start_index: 1,
+        count: DEFAULT_COUNT,
+        projection: Projection::default(),
+    };
+    let mut sort_by = None;
+    let mut descending = false;
     let mut seen = Vec::new();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         let key = k.to_ascii_lowercase();
@@ -300,12 +335,39 @@ fn list_params(query: Option<&str>, allow_list: bool) -> ScimResult<ListParams> 
                     .map_err(|_| ScimError::bad("invalidValue", "count must be an integer"))?
                     .clamp(0, MAX_COUNT as i64) as usize
             }
-            // Sorting is not supported (ServiceProviderConfig says so); clients may ask.
-            "sortby" | "sortorder" if allow_list => {}
+            "sortby" if allow_list => {
+                sort_by = Some(
+                    AttrPath::parse(&v)
+                        .map_err(|e| ScimError::bad("invalidValue", format!("sortBy: {}", e.message)))?,
+                )
+            }
+            "sortorder" if allow_list => {
+                descending = match v.to_ascii_lowercase().as_str() {
+                    "ascending" => false,
+                    "descending" => true,
+                    _ => return Err(ScimError::bad("invalidValue", "sortOrder must be ascending or descending")),
+                }
+            }
             _ => return Err(ScimError::bad("invalidSyntax", format!("unknown query parameter {k:?}"))),
         }
     }
+    // sortOrder alone changes nothing: without sortBy the order is the server's (§3.4.2.3).
+    params.sort = sort_by.map(|path| (path, descending));
     Ok(params)
+}
+
+/// Sorts `items` (each with its SCIM JSON) by `sortBy`, ties broken by id so that pages
+/// are stable. The sets sorted here are the ones already in memory: an indexed equality's
+/// few rows, or a filtered scan capped at MAX_SCANNED_USERS / MAX_SCANNED_GROUPS.
+fn sort_items<T>(items: &mut [(Value, T)], sort: &Option<(AttrPath, bool)>) {
+    let Some((path, descending)) = sort else { return };
+    let id_of = |v: &Value| v.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
+    items.sort_by(|(a, _), (b, _)| {
+        let by_value =
+            strata_scim::compare_sort_values(strata_scim::sort_value(a, path), strata_scim::sort_value(b, path));
+        let by_value = if *descending { by_value.reverse() } else { by_value };
+        by_value.then_with(|| id_of(a).cmp(&id_of(b)))
+    });
 }
 
 fn list_response(total: usize, start_index: usize, resources: Vec<Value>) -> Response {
@@ -507,7 +569,7 @@ pub async fn list_groups(
                 let name_ok = store_query.display_name.as_ref().is_none_or(|n| *n == g.display_name);
                 let external_ok = store_query.external_id.is_none() || store_query.external_id == g.external_id;
                 if name_ok && external_ok {
-                    matching.push(g);
+                    matching.push((group_json(&g, None), g));
                 }
             }
             Err(AppError::NotFound(_)) => {}
@@ -519,9 +581,10 @@ pub async fn list_groups(
             store_query.limit = limit;
             let page = state.groups.list(&actor, store_query.clone()).await?;
             for g in page.items {
-                let keep = indexed || params.filter.as_ref().is_none_or(|f| f.matches(&group_json(&g, None)));
+                let json = group_json(&g, None);
+                let keep = indexed || params.filter.as_ref().is_none_or(|f| f.matches(&json));
                 if keep {
-                    matching.push(g);
+                    matching.push((json, g));
                 }
             }
             match page.next_after {
@@ -533,9 +596,10 @@ pub async fn list_groups(
             }
         }
     }
+    sort_items(&mut matching, &params.sort);
     let total = matching.len();
     let mut resources = Vec::new();
-    for g in matching.iter().skip(params.start_index - 1).take(params.count) {
+    for (_, g) in matching.iter().skip(params.start_index - 1).take(params.count) {
         resources.push(render_group(&state, &actor, g, &params.projection).await?);
     }
     Ok(list_response(total, params.start_index, resources))
@@ -729,10 +793,14 @@ pub async fn service_provider_config() -> Response {
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
             "documentationUri": "https://github.com/strata/strata#scim",
             "patch": {"supported": true},
-            "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
+            "bulk": {
+                "supported": true,
+                "maxOperations": crate::scim_bulk::BULK_MAX_OPERATIONS,
+                "maxPayloadSize": crate::scim_bulk::BULK_MAX_PAYLOAD,
+            },
             "filter": {"supported": true, "maxResults": MAX_COUNT},
             "changePassword": {"supported": false},
-            "sort": {"supported": false},
+            "sort": {"supported": true},
             "etag": {"supported": true},
             "authenticationSchemes": [{
                 "type": "oauthbearertoken",
@@ -827,7 +895,7 @@ fn group_schema() -> Value {
 )]
 pub async fn schemas(RawQuery(query): RawQuery) -> ScimResult<Response> {
     list_params(query.as_deref(), true)?;
-    Ok(list_response(2, 1, vec![user_schema(), group_schema()]))
+    Ok(list_response(3, 1, vec![user_schema(), enterprise_schema(), group_schema()]))
 }
 
 /// One schema.
@@ -842,18 +910,22 @@ pub async fn schema(Path(uri): Path<String>) -> ScimResult<Response> {
     if uri == USER_SCHEMA {
         return Ok(scim_json(StatusCode::OK, &user_schema()));
     }
+    if uri == ENTERPRISE_SCHEMA {
+        return Ok(scim_json(StatusCode::OK, &enterprise_schema()));
+    }
     Err(ScimError::not_found("schema"))
 }
 
 // --- Users ---
 
 pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
+pub const ENTERPRISE_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 /// Users a filter that no index serves may look through.
 const MAX_SCANNED_USERS: usize = 10_000;
 /// Tries of a change made without If-Match before a lost version race is reported.
 const USER_ATTEMPTS: u32 = 3;
 
-fn user_json(user: &User, external_id: Option<&ExternalId>) -> Value {
+fn user_json(user: &User, external_id: Option<&ExternalId>, enterprise: Option<&EnterpriseUser>) -> Value {
     let mut out = json!({
         "schemas": [USER_SCHEMA],
         "id": user.id.to_string(),
@@ -873,7 +945,112 @@ fn user_json(user: &User, external_id: Option<&ExternalId>) -> Value {
     if let Some(external) = external_id {
         out["externalId"] = json!(external.as_str());
     }
+    if let Some(e) = enterprise.filter(|e| !e.is_empty()) {
+        let mut ext = serde_json::Map::new();
+        for attr in EnterpriseAttr::ALL {
+            if let Some(v) = attr.get(e) {
+                let v = if attr == EnterpriseAttr::Manager { json!({"value": v.as_str()}) } else { json!(v.as_str()) };
+                ext.insert(attr.name().to_owned(), v);
+            }
+        }
+        out["schemas"] = json!([USER_SCHEMA, ENTERPRISE_SCHEMA]);
+        out[ENTERPRISE_SCHEMA] = Value::Object(ext);
+    }
     out
+}
+
+/// The Enterprise User attributes Strata stores (RFC 7643 §4.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EnterpriseAttr {
+    EmployeeNumber,
+    CostCenter,
+    Organization,
+    Division,
+    Department,
+    Manager,
+}
+
+impl EnterpriseAttr {
+    const ALL: [EnterpriseAttr; 6] = [
+        EnterpriseAttr::EmployeeNumber,
+        EnterpriseAttr::CostCenter,
+        EnterpriseAttr::Organization,
+        EnterpriseAttr::Division,
+        EnterpriseAttr::Department,
+        EnterpriseAttr::Manager,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            EnterpriseAttr::EmployeeNumber => "employeeNumber",
+            EnterpriseAttr::CostCenter => "costCenter",
+            EnterpriseAttr::Organization => "organization",
+            EnterpriseAttr::Division => "division",
+            EnterpriseAttr::Department => "department",
+            EnterpriseAttr::Manager => "manager",
+        }
+    }
+
+    fn parse(name: &str) -> ScimResult<EnterpriseAttr> {
+        EnterpriseAttr::ALL.into_iter().find(|a| a.name().eq_ignore_ascii_case(name)).ok_or_else(|| {
+            ScimError::bad("invalidPath", format!("the Enterprise User extension has no attribute {name:?}"))
+        })
+    }
+
+    fn slot(self, e: &mut EnterpriseUser) -> &mut Option<EnterpriseText> {
+        match self {
+            EnterpriseAttr::EmployeeNumber => &mut e.employee_number,
+            EnterpriseAttr::CostCenter => &mut e.cost_center,
+            EnterpriseAttr::Organization => &mut e.organization,
+            EnterpriseAttr::Division => &mut e.division,
+            EnterpriseAttr::Department => &mut e.department,
+            EnterpriseAttr::Manager => &mut e.manager,
+        }
+    }
+
+    fn get(self, e: &EnterpriseUser) -> Option<&EnterpriseText> {
+        match self {
+            EnterpriseAttr::EmployeeNumber => e.employee_number.as_ref(),
+            EnterpriseAttr::CostCenter => e.cost_center.as_ref(),
+            EnterpriseAttr::Organization => e.organization.as_ref(),
+            EnterpriseAttr::Division => e.division.as_ref(),
+            EnterpriseAttr::Department => e.department.as_ref(),
+            EnterpriseAttr::Manager => e.manager.as_ref(),
+        }
+    }
+
+    /// A value as sent: a string, null (clears), or for `manager` also `{"value": …}`
+    /// (Okta and the RFC) — `sub` is `Some("value")` when the path was `manager.value`.
+    fn value(self, value: &Value, sub: Option<&str>) -> ScimResult<Option<EnterpriseText>> {
+        let field_name = match self {
+            EnterpriseAttr::EmployeeNumber => "employeeNumber",
+            EnterpriseAttr::CostCenter => "costCenter",
+            EnterpriseAttr::Organization => "organization",
+            EnterpriseAttr::Division => "division",
+            EnterpriseAttr::Department => "department",
+            EnterpriseAttr::Manager => "manager",
+        };
+        match sub {
+            Some(s) if self == EnterpriseAttr::Manager && s.eq_ignore_ascii_case("value") => {}
+            Some(s) => return Err(ScimError::bad("invalidPath", format!("{field_name} has no sub-attribute {s:?}"))),
+            None => {}
+        }
+        let value = match value {
+            Value::Object(_) if self == EnterpriseAttr::Manager && sub.is_none() => {
+                field(value, "value").unwrap_or(&Value::Null)
+            }
+            other => other,
+        };
+        match value {
+            Value::Null => Ok(None),
+            // An empty manager clears it: Entra ID sends {"value": ""} to remove one.
+            Value::String(s) if s.is_empty() => Ok(None),
+            Value::String(s) => EnterpriseText::parse(field_name, s)
+                .map(Some)
+                .map_err(|e| ScimError::bad("invalidValue", format!("{field_name}: {}", e.message))),
+            _ => Err(ScimError::bad("invalidValue", format!("{field_name} must be a string"))),
+        }
+    }
 }
 
 fn user_id(raw: &str) -> ScimResult<UserId> {
@@ -881,8 +1058,15 @@ fn user_id(raw: &str) -> ScimResult<UserId> {
 }
 
 async fn render_user(state: &AppState, user: &User, projection: &Projection) -> ScimResult<Value> {
-    let external = state.accounts.store().external_id_of(user.id).await.map_err(AppError::from)?;
-    Ok(projection.apply(user_json(user, external.as_ref())))
+    Ok(projection.apply(full_user_json(state, user).await?))
+}
+
+/// The user's SCIM JSON with what is stored beside the user row (externalId).
+async fn full_user_json(state: &AppState, user: &User) -> ScimResult<Value> {
+    let store = state.accounts.store();
+    let external = store.external_id_of(user.id).await.map_err(AppError::from)?;
+    let enterprise = store.enterprise_of(user.id).await.map_err(AppError::from)?;
+    Ok(user_json(user, external.as_ref(), enterprise.as_ref()))
 }
 
 fn user_email(value: &Value, what: &str) -> ScimResult<Email> {
@@ -908,6 +1092,10 @@ struct UserFields {
     external_id: Option<Option<ExternalId>>,
     /// `emails` values, checked against the userName once both are known.
     emails: Vec<Email>,
+    /// Enterprise User attributes set (None clears); with `enterprise_replace`, every
+    /// attribute not named is cleared (POST and PUT carry the whole extension).
+    enterprise: Vec<(EnterpriseAttr, Option<EnterpriseText>)>,
+    enterprise_replace: bool,
 }
 
 impl UserFields {
@@ -949,6 +1137,17 @@ impl UserFields {
                 }
             }
             "id" | "meta" | "schemas" => {}
+            other if other.eq_ignore_ascii_case(ENTERPRISE_SCHEMA) => {
+                let object = match value {
+                    Value::Object(o) => o,
+                    Value::Null => return Ok(()),
+                    _ => return Err(ScimError::bad("invalidValue", format!("{ENTERPRISE_SCHEMA} must be an object"))),
+                };
+                for (k, v) in object {
+                    let attr = EnterpriseAttr::parse(k)?;
+                    self.enterprise.push((attr, attr.value(v, None)?));
+                }
+            }
             other => {
                 return Err(ScimError::bad(
                     "invalidSyntax",
@@ -1017,7 +1216,7 @@ fn user_fields(body: &Value) -> ScimResult<UserFields> {
     if !listed {
         return Err(ScimError::bad("invalidValue", format!("schemas must list {USER_SCHEMA}")));
     }
-    let mut fields = UserFields::default();
+    let mut fields = UserFields { enterprise_replace: true, ..UserFields::default() };
     for (key, value) in object {
         fields.set(key, value)?;
     }
@@ -1059,9 +1258,24 @@ async fn apply_user_changes(
     }
 }
 
+/// What is stored beside the user row: externalId and the Enterprise User attributes.
 async fn set_external_id(state: &AppState, id: UserId, fields: &UserFields) -> ScimResult<()> {
+    let store = state.accounts.store();
     if let Some(external) = &fields.external_id {
-        state.accounts.store().set_external_id(id, external.as_ref()).await.map_err(AppError::from)?;
+        store.set_external_id(id, external.as_ref()).await.map_err(AppError::from)?;
+    }
+    if fields.enterprise_replace || !fields.enterprise.is_empty() {
+        let current = store.enterprise_of(id).await.map_err(AppError::from)?;
+        let mut next =
+            if fields.enterprise_replace { EnterpriseUser::default() } else { current.clone().unwrap_or_default() };
+        for (attr, value) in &fields.enterprise {
+            *attr.slot(&mut next) = value.clone();
+        }
+        // Nothing to write when nothing changes (a PUT without the extension of a user
+        // who has none).
+        if next != current.unwrap_or_default() {
+            store.set_enterprise(id, &next).await.map_err(AppError::from)?;
+        }
     }
     Ok(())
 }
@@ -1110,46 +1324,155 @@ pub async fn get_user(
 }
 
 /// SCIM is an admin interface: a user's own session may read itself through /v1, not here.
-fn admin_only(actor: &Actor) -> ScimResult<()> {
+pub(crate) fn admin_only(actor: &Actor) -> ScimResult<()> {
     if actor.is_admin() { Ok(()) } else { Err(AppError::Forbidden("SCIM requires an admin").into()) }
 }
 
-/// Candidate users for a filter from an index: `userName`, `externalId` or `id`
-/// equalities at the top of a conjunction. `None` when no index serves the filter.
-async fn indexed_users(state: &AppState, actor: &Actor, filter: &Filter) -> ScimResult<Option<Vec<User>>> {
+/// A SCIM filter split in two: what SQL answers through an index (`predicate`), and what
+/// is left to evaluate on each row SQL returns (`residual`). With no residual the SQL is
+/// the whole answer, so it also counts, sorts and pages.
+#[derive(Debug, Default)]
+struct CompiledUserFilter {
+    predicate: Option<UserPredicate>,
+    residual: Option<Filter>,
+}
+
+/// A predicate no user satisfies: the filter names a value no user can have (a userName
+/// that is not an email, an id that is not a UUID).
+fn no_user() -> UserPredicate {
+    UserPredicate::Any(vec![])
+}
+
+/// One comparison that an index answers exactly, if it is one. `emails_scope` is set
+/// inside `emails[…]`, where `value` is the one email (the userName) and `type eq "work"`
+/// and `primary eq true` hold for it.
+fn indexed_condition(path: &AttrPath, op: CompareOp, value: &CompValue, emails_scope: bool) -> Option<UserPredicate> {
+    let is = |c: UserCondition| Some(UserPredicate::Is(c));
+    let core = path.uri.as_deref().is_none_or(|u| u.eq_ignore_ascii_case(USER_SCHEMA));
+    let enterprise = path.uri.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(ENTERPRISE_SCHEMA));
+    if emails_scope {
+        return match (path.name.to_ascii_lowercase().as_str(), op, value) {
+            ("value", CompareOp::Eq, CompValue::String(v)) if path.sub.is_none() => {
+                Email::parse(v).map_or(Some(no_user()), |e| is(UserCondition::Email(e)))
+            }
+            ("type", CompareOp::Eq, CompValue::String(t)) if path.sub.is_none() => {
+                Some(if t.eq_ignore_ascii_case("work") { UserPredicate::All(vec![]) } else { no_user() })
+            }
+            ("primary", CompareOp::Eq, CompValue::Bool(p)) if path.sub.is_none() => {
+                Some(if *p { UserPredicate::All(vec![]) } else { no_user() })
+            }
+            _ => None,
+        };
+    }
+    let text = match value {
+        CompValue::String(v) => v.as_str(),
+        _ => return None,
+    };
+    let user_name = core && (path.is("userName", None) || path.is("emails", Some("value")));
+    match op {
+        CompareOp::Eq if user_name => {
+            Some(Email::parse(text).map_or(no_user(), |e| UserPredicate::Is(UserCondition::Email(e))))
+        }
+        // Stored emails are lower-cased and hold no whitespace; a prefix with some is left
+        // to the in-memory evaluation rather than reasoned about here.
+        CompareOp::Sw if user_name && !text.is_empty() && !text.chars().any(char::is_whitespace) => {
+            is(UserCondition::EmailPrefix(text.to_lowercase()))
+        }
+        CompareOp::Eq if core && path.is("externalId", None) => {
+            Some(ExternalId::parse(text).map_or(no_user(), |e| UserPredicate::Is(UserCondition::ExternalId(e))))
+        }
+        CompareOp::Eq if core && path.is("id", None) => Some(
+            text.parse::<uuid::Uuid>()
+                .map_or(no_user(), |u| UserPredicate::Is(UserCondition::Id(UserId::from_uuid(u)))),
+        ),
+        CompareOp::Eq if enterprise && path.is("employeeNumber", None) => Some(
+            EnterpriseText::parse("employeeNumber", text)
+                .map_or(no_user(), |n| UserPredicate::Is(UserCondition::EmployeeNumber(n))),
+        ),
+        CompareOp::Gt | CompareOp::Ge | CompareOp::Lt | CompareOp::Le
+            if core && path.is("meta", Some("lastModified")) =>
+        {
+            let at = strata_core::domain::parse_rfc3339(text)?;
+            let comparison = match op {
+                CompareOp::Gt => Comparison::Greater,
+                CompareOp::Ge => Comparison::GreaterOrEqual,
+                CompareOp::Lt => Comparison::Less,
+                _ => Comparison::LessOrEqual,
+            };
+            is(UserCondition::UpdatedAt(comparison, at))
+        }
+        _ => None,
+    }
+}
+
+fn all_of(a: Option<UserPredicate>, b: Option<UserPredicate>) -> Option<UserPredicate> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(UserPredicate::All(vec![a, b])),
+        (a, b) => a.or(b),
+    }
+}
+
+fn and_of(a: Option<Filter>, b: Option<Filter>) -> Option<Filter> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Filter::And(Box::new(a), Box::new(b))),
+        (a, b) => a.or(b),
+    }
+}
+
+fn compile_user_filter(filter: &Filter, emails_scope: bool) -> CompiledUserFilter {
+    let whole = || CompiledUserFilter { predicate: None, residual: Some(filter.clone()) };
     match filter {
-        Filter::And(a, b) => match Box::pin(indexed_users(state, actor, a)).await? {
-            Some(found) => Ok(Some(found)),
-            None => Box::pin(indexed_users(state, actor, b)).await,
+        Filter::Compare { path, op, value } => match indexed_condition(path, *op, value, emails_scope) {
+            Some(p) => CompiledUserFilter { predicate: Some(p), residual: None },
+            None => whole(),
         },
-        Filter::Compare { path, op: CompareOp::Eq, value: CompValue::String(v) } if path.sub.is_none() => {
-            let store = state.accounts.store();
-            if path.is("userName", None) {
-                let Ok(email) = Email::parse(v) else { return Ok(Some(vec![])) };
-                let found = store.user_by_email(&email).await.map_err(AppError::from)?;
-                Ok(Some(found.into_iter().collect()))
-            } else if path.is("externalId", None) {
-                let Ok(external) = ExternalId::parse(v) else { return Ok(Some(vec![])) };
-                let mut out = Vec::new();
-                for id in store.users_by_external_id(&external).await.map_err(AppError::from)? {
-                    if let Some(u) = store.user_by_id(id).await.map_err(AppError::from)? {
-                        out.push(u);
-                    }
-                }
-                Ok(Some(out))
-            } else if path.is("id", None) {
-                let Ok(id) = v.parse::<uuid::Uuid>() else { return Ok(Some(vec![])) };
-                match state.accounts.get_user(actor, UserId::from_uuid(id)).await {
-                    Ok(u) => Ok(Some(vec![u])),
-                    Err(AppError::NotFound(_)) => Ok(Some(vec![])),
-                    Err(e) => Err(e.into()),
-                }
-            } else {
-                Ok(None)
+        // `and`: each side narrows; what a side cannot say in SQL stays to be checked.
+        Filter::And(a, b) => {
+            let (a, b) = (compile_user_filter(a, emails_scope), compile_user_filter(b, emails_scope));
+            CompiledUserFilter { predicate: all_of(a.predicate, b.predicate), residual: and_of(a.residual, b.residual) }
+        }
+        // `or`: only when both sides are exact, or the SQL would miss rows.
+        Filter::Or(a, b) => {
+            let (a, b) = (compile_user_filter(a, emails_scope), compile_user_filter(b, emails_scope));
+            match (a, b) {
+                (
+                    CompiledUserFilter { predicate: Some(pa), residual: None },
+                    CompiledUserFilter { predicate: Some(pb), residual: None },
+                ) => CompiledUserFilter { predicate: Some(UserPredicate::Any(vec![pa, pb])), residual: None },
+                _ => whole(),
             }
         }
-        _ => Ok(None),
+        // A user has one email: `emails[X and Y]` is X and Y of that email.
+        Filter::ValuePath { path, filter: inner } if !emails_scope && path.is("emails", None) && path.uri.is_none() => {
+            let compiled = compile_user_filter(inner, true);
+            match compiled.residual {
+                None => compiled,
+                Some(_) => CompiledUserFilter { predicate: compiled.predicate, residual: Some(filter.clone()) },
+            }
+        }
+        _ => whole(),
     }
+}
+
+/// The SQL order a `sortBy` maps to, when the attribute is a column whose order is SCIM's
+/// (userName is stored lower-cased; displayName, compared without case, is not).
+fn user_order(sort: &Option<(AttrPath, bool)>) -> Option<(UserOrder, bool)> {
+    let Some((path, descending)) = sort else { return Some((UserOrder::Id, false)) };
+    if path.uri.as_deref().is_some_and(|u| !u.eq_ignore_ascii_case(USER_SCHEMA)) {
+        return None;
+    }
+    let order = if path.is("userName", None) || path.is("emails", Some("value")) {
+        UserOrder::Email
+    } else if path.is("meta", Some("created")) {
+        UserOrder::CreatedAt
+    } else if path.is("meta", Some("lastModified")) {
+        UserOrder::UpdatedAt
+    } else if path.is("id", None) {
+        UserOrder::Id
+    } else {
+        return None;
+    };
+    Some((order, *descending))
 }
 
 /// GET /Users.
@@ -1164,54 +1487,61 @@ pub async fn list_users(
     let actor = caller(&state, &headers).await?;
     admin_only(&actor)?;
     let params = list_params(query.as_deref(), true)?;
-    let candidates = match &params.filter {
-        Some(f) => indexed_users(&state, &actor, f).await?,
-        None => None,
+    let compiled = match &params.filter {
+        Some(f) => compile_user_filter(f, false),
+        None => CompiledUserFilter::default(),
     };
-    // Without an index to start from, users are read in id order, at most
-    // MAX_SCANNED_USERS of them; the whole filter is then evaluated on each candidate.
-    let candidates = match candidates {
-        Some(found) => found,
-        None => {
-            let mut all = Vec::new();
-            let mut after = None;
-            loop {
-                let page = state
-                    .accounts
-                    .list_users(&actor, after, Some(state.accounts.settings().list_max_limit), None)
-                    .await?;
-                all.extend(page.items);
-                if all.len() > MAX_SCANNED_USERS {
-                    return Err(ScimError::bad(
-                        "tooMany",
-                        "too many users to list or filter without an index; filter on userName, externalId or id",
-                    ));
-                }
-                match page.next_after {
-                    Some(a) => after = Some(a),
-                    None => break,
-                }
-            }
-            all
+    let store = state.accounts.store();
+    let offset = (params.start_index - 1) as u64;
+    if let (None, Some((order, descending))) = (&compiled.residual, user_order(&params.sort)) {
+        // SQL is the whole answer: it pages, sorts and counts.
+        let search =
+            UserSearch { predicate: compiled.predicate.clone(), order, descending, offset, limit: params.count as u32 };
+        let page =
+            if params.count == 0 { vec![] } else { store.search_users(&search).await.map_err(AppError::from)? };
+        // A first page shorter than asked for is everything: no count query needed (the
+        // userName lookups identity providers make all end here).
+        let total = if offset == 0 && page.len() < params.count {
+            page.len() as u64
+        } else {
+            store.count_users(compiled.predicate.as_ref()).await.map_err(AppError::from)?
+        };
+        let mut resources = Vec::with_capacity(page.len());
+        for u in &page {
+            resources.push(render_user(&state, u, &params.projection).await?);
         }
+        return Ok(list_response(total as usize, params.start_index, resources));
+    }
+    // Otherwise SQL narrows (or, with no indexed term, reads users in id order), at most
+    // MAX_SCANNED_USERS of them, and the rest of the filter and the sort run here.
+    let search = UserSearch {
+        predicate: compiled.predicate.clone(),
+        limit: (MAX_SCANNED_USERS + 1) as u32,
+        ..UserSearch::default()
     };
+    let candidates = store.search_users(&search).await.map_err(AppError::from)?;
+    if candidates.len() > MAX_SCANNED_USERS {
+        return Err(ScimError::bad(
+            "tooMany",
+            format!(
+                "more than {MAX_SCANNED_USERS} users to filter or sort without an index; filter on userName (eq, sw), \
+                 emails.value, externalId, id, employeeNumber or meta.lastModified, and sort by userName, meta.created \
+                 or meta.lastModified"
+            ),
+        ));
+    }
     let mut matching = Vec::new();
     for user in candidates {
-        let keep = match &params.filter {
-            Some(f) => {
-                let external = state.accounts.store().external_id_of(user.id).await.map_err(AppError::from)?;
-                f.matches(&user_json(&user, external.as_ref()))
-            }
-            None => true,
-        };
-        if keep {
-            matching.push(user);
+        let json = full_user_json(&state, &user).await?;
+        if compiled.residual.as_ref().is_none_or(|f| f.matches(&json)) {
+            matching.push((json, user));
         }
     }
+    sort_items(&mut matching, &params.sort);
     let total = matching.len();
     let mut resources = Vec::new();
-    for u in matching.iter().skip(params.start_index - 1).take(params.count) {
-        resources.push(render_user(&state, u, &params.projection).await?);
+    for (json, _) in matching.into_iter().skip(params.start_index - 1).take(params.count) {
+        resources.push(params.projection.apply(json));
     }
     Ok(list_response(total, params.start_index, resources))
 }
@@ -1269,7 +1599,10 @@ pub async fn patch_user(
             (PatchOp::Add | PatchOp::Replace, None) => {
                 let object = pathless_object(value)?;
                 for (name, v) in object {
-                    if name.contains('.') || name.contains(':') {
+                    if name.eq_ignore_ascii_case(ENTERPRISE_SCHEMA) {
+                        // Okta: the extension as one object, merged attribute by attribute.
+                        fields.set(name, v)?;
+                    } else if name.contains('.') || name.contains(':') {
                         // Entra ID sends {"name.givenName": "…"} as keys of a path-less value.
                         let path = AttrPath::parse(name).map_err(|e| ScimError::bad("invalidPath", e.message))?;
                         set_user_path(&mut fields, &path, v)?;
@@ -1288,6 +1621,11 @@ pub async fn patch_user(
             (PatchOp::Remove, Some(PatchPath::Attr(path))) if path.is("externalId", None) => {
                 fields.external_id = Some(None);
             }
+            (PatchOp::Remove, Some(PatchPath::Attr(path)))
+                if path.uri.as_deref().is_some_and(|u| u.eq_ignore_ascii_case(ENTERPRISE_SCHEMA)) =>
+            {
+                fields.enterprise.push((EnterpriseAttr::parse(&path.name)?, None));
+            }
             (PatchOp::Remove, Some(path)) => {
                 return Err(ScimError::bad("mutability", format!("{path:?} cannot be removed from a Strata user")));
             }
@@ -1304,10 +1642,20 @@ pub async fn patch_user(
 }
 
 fn set_user_path(fields: &mut UserFields, path: &AttrPath, value: &Value) -> ScimResult<()> {
-    if let Some(uri) = &path.uri
-        && !uri.eq_ignore_ascii_case(USER_SCHEMA)
-    {
-        return Err(ScimError::bad("invalidPath", format!("unsupported schema {uri}")));
+    if path.to_string().eq_ignore_ascii_case(ENTERPRISE_SCHEMA) {
+        // The path is the extension itself: its value is an object of attributes.
+        return fields.set(ENTERPRISE_SCHEMA, value);
+    }
+    if let Some(uri) = &path.uri {
+        if uri.eq_ignore_ascii_case(ENTERPRISE_SCHEMA) {
+            // Entra ID: `urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department`.
+            let attr = EnterpriseAttr::parse(&path.name)?;
+            fields.enterprise.push((attr, attr.value(value, path.sub.as_deref())?));
+            return Ok(());
+        }
+        if !uri.eq_ignore_ascii_case(USER_SCHEMA) {
+            return Err(ScimError::bad("invalidPath", format!("unsupported schema {uri}")));
+        }
     }
     match &path.sub {
         Some(sub) if path.is("name", Some(sub)) => fields.set_name_part(sub, value),
@@ -1340,7 +1688,38 @@ fn user_resource_type() -> Value {
         "endpoint": "/Users",
         "description": "A Strata user account",
         "schema": USER_SCHEMA,
+        "schemaExtensions": [{"schema": ENTERPRISE_SCHEMA, "required": false}],
         "meta": {"resourceType": "ResourceType", "location": "/scim/v2/ResourceTypes/User"},
+    })
+}
+
+/// RFC 7643 §4.3, the attributes Strata stores. Filterable like the core ones;
+/// `employeeNumber eq` is served by an index.
+fn enterprise_schema() -> Value {
+    let text = |name: &str, description: &str| attribute(name, "string", false, "readWrite", "none", description);
+    let mut manager = attribute("manager", "complex", false, "readWrite", "none", "The user's manager.");
+    manager["subAttributes"] = json!([attribute(
+        "value",
+        "string",
+        false,
+        "readWrite",
+        "none",
+        "The manager's id, as the identity provider sends it."
+    ),]);
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:Schema"],
+        "id": ENTERPRISE_SCHEMA,
+        "name": "EnterpriseUser",
+        "description": "Enterprise User",
+        "attributes": [
+            text("employeeNumber", "A numeric or alphanumeric identifier assigned by the organization; 1–256 characters."),
+            text("costCenter", "1–256 characters."),
+            text("organization", "1–256 characters."),
+            text("division", "1–256 characters."),
+            text("department", "1–256 characters."),
+            manager,
+        ],
+        "meta": {"resourceType": "Schema", "location": format!("/scim/v2/Schemas/{ENTERPRISE_SCHEMA}")},
     })
 }
 

@@ -127,6 +127,12 @@ async fn populate(store: &dyn Store, users: usize) {
     let ids: Vec<_> = members.iter().map(|u| u.id).collect();
     store.create_group(&group, &ids, &event("group.created", group.id.as_uuid())).await.unwrap();
     store.set_external_id(ids[0], Some(&strata_core::groups::ExternalId::parse("okta-1").unwrap())).await.unwrap();
+    let enterprise = strata_core::groups::EnterpriseUser {
+        employee_number: Some(strata_core::groups::EnterpriseText::parse("employee_number", "701984").unwrap()),
+        department: Some(strata_core::groups::EnterpriseText::parse("department", "Tour Operations 🦀").unwrap()),
+        ..Default::default()
+    };
+    store.set_enterprise(ids[0], &enterprise).await.unwrap();
     let token = strata_core::provisioning::ProvisioningToken {
         id: uuid::Uuid::now_v7(),
         name: "Okta".into(),
@@ -295,7 +301,7 @@ async fn a_damaged_or_foreign_backup_writes_nothing() {
     let edited = copy("edited");
     let manifest_path = edited.join("manifest.json");
     let text = std::fs::read_to_string(&manifest_path).unwrap();
-    std::fs::write(&manifest_path, text.replace("\"schema_version\": 7", "\"schema_version\": 99")).unwrap();
+    std::fs::write(&manifest_path, text.replace("\"schema_version\": 8", "\"schema_version\": 99")).unwrap();
     let error = strata_backup::verify(&edited).await.unwrap_err();
     assert!(error.to_string().contains("schema version 99"), "{error}");
     std::fs::write(&manifest_path, text.replace("\"users.jsonl.gz\"", "\"../users.jsonl.gz\"")).unwrap();

@@ -256,11 +256,25 @@ pub const TABLES: &[Table] = &[
             col("updated_at", Int),
         ],
     },
+    // The SCIM Enterprise User extension (migration 8).
+    Table {
+        name: "user_enterprise",
+        key: "user_id",
+        columns: &[
+            col("user_id", Uuid),
+            nullable("employee_number", Text),
+            nullable("cost_center", Text),
+            nullable("organization", Text),
+            nullable("division", Text),
+            nullable("department", Text),
+            nullable("manager_id", Text),
+        ],
+    },
 ];
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).
 /// A backup records it; a restore refuses any other.
-pub const SCHEMA_VERSION: u32 = 7;
+pub const SCHEMA_VERSION: u32 = 8;
 
 /// One cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

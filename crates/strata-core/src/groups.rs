@@ -56,6 +56,45 @@ impl ExternalId {
     }
 }
 
+/// The Enterprise User extension of SCIM (RFC 7643 §4.3) as Strata keeps it: free text,
+/// each 1–256 characters, set by identity providers. `manager` is the manager's id as the
+/// provider sends it (`manager.value`), kept as given: the manager may be provisioned after
+/// the employee, so it is not checked against Strata's users.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnterpriseUser {
+    pub employee_number: Option<EnterpriseText>,
+    pub cost_center: Option<EnterpriseText>,
+    pub organization: Option<EnterpriseText>,
+    pub division: Option<EnterpriseText>,
+    pub department: Option<EnterpriseText>,
+    pub manager: Option<EnterpriseText>,
+}
+
+impl EnterpriseUser {
+    /// No attribute set: the row is deleted rather than kept empty.
+    pub fn is_empty(&self) -> bool {
+        *self == EnterpriseUser::default()
+    }
+}
+
+/// One Enterprise User attribute value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnterpriseText(String);
+
+impl EnterpriseText {
+    pub fn parse(field: &'static str, raw: &str) -> Result<Self, ValidationError> {
+        text(field, raw, EXTERNAL_ID_MAX_CHARS).map(EnterpriseText)
+    }
+
+    pub fn from_trusted(stored: String) -> Self {
+        EnterpriseText(stored)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 fn text(field: &'static str, raw: &str, max: usize) -> Result<String, ValidationError> {
     if raw.trim().is_empty() {
         return Err(ValidationError::new(field, "required", format!("{field} must not be empty or only whitespace")));

@@ -10,7 +10,10 @@ use crate::domain::{
     Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
 };
 use crate::error::RepoError;
-use crate::groups::{ExternalId, Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange, MembershipDelta};
+use crate::groups::{
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, MemberQuery, MembershipChange,
+    MembershipDelta,
+};
 use crate::lifecycle::{AccountToken, QueuedMail};
 use crate::provisioning::ProvisioningToken;
 use crate::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
@@ -38,6 +41,57 @@ pub struct UserListQuery {
     /// Number of rows to return; the repository returns at most this many.
     pub limit: u32,
     pub email: Option<Email>,
+}
+
+/// One condition on users that an index serves: what SCIM filters compile to (strata-api
+/// does the compiling; this is all a store needs to know).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserCondition {
+    Id(UserId),
+    Email(Email),
+    /// Emails starting with this (lower-case) text: a range over the email index.
+    EmailPrefix(String),
+    ExternalId(ExternalId),
+    EmployeeNumber(EnterpriseText),
+    /// `updated_at` compared with a time, over the `users_updated_at` index.
+    UpdatedAt(Comparison, Timestamp),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    Greater,
+    GreaterOrEqual,
+    Less,
+    LessOrEqual,
+}
+
+/// Conditions combined; every leaf is indexed, so every branch of an `Any` is too.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UserPredicate {
+    Is(UserCondition),
+    All(Vec<UserPredicate>),
+    Any(Vec<UserPredicate>),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UserOrder {
+    #[default]
+    Id,
+    Email,
+    Name,
+    CreatedAt,
+    UpdatedAt,
+}
+
+/// A page of the users matching `predicate` (all users without one), in `order` with ties
+/// broken by ascending id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserSearch {
+    pub predicate: Option<UserPredicate>,
+    pub order: UserOrder,
+    pub descending: bool,
+    pub offset: u64,
+    pub limit: u32,
 }
 
 #[async_trait]
@@ -76,6 +130,12 @@ pub trait UserRepository: Send + Sync {
 
     /// Users in ascending id order after `query.after`.
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError>;
+
+    /// A page of the users a search selects, filtered in SQL.
+    async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, RepoError>;
+
+    /// How many users `predicate` selects (all users without one).
+    async fn count_users(&self, predicate: Option<&UserPredicate>) -> Result<u64, RepoError>;
 }
 
 /// Groups and their member rows (one row per group and user).
@@ -116,7 +176,8 @@ pub trait GroupRepository: Send + Sync {
     async fn existing_user_ids(&self, ids: &[UserId]) -> Result<Vec<UserId>, RepoError>;
 }
 
-/// The id a provisioning client (an identity provider, through SCIM) knows a user by.
+/// What a provisioning client (an identity provider, through SCIM) keeps beside a user: the id
+/// it knows the user by, and the Enterprise User extension attributes.
 #[async_trait]
 pub trait ExternalIdRepository: Send + Sync {
     async fn external_id_of(&self, user: UserId) -> Result<Option<ExternalId>, RepoError>;
@@ -126,6 +187,16 @@ pub trait ExternalIdRepository: Send + Sync {
 
     /// The users with this external id, in id order.
     async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError>;
+
+    /// The user's Enterprise User extension attributes, if any is set.
+    async fn enterprise_of(&self, user: UserId) -> Result<Option<EnterpriseUser>, RepoError>;
+
+    /// Replaces the user's Enterprise User attributes (an empty value deletes the row).
+    /// `NotFound` if the user is gone.
+    async fn set_enterprise(&self, user: UserId, enterprise: &EnterpriseUser) -> Result<(), RepoError>;
+
+    /// The users with this employee number, in id order (an index serves it).
+    async fn users_by_employee_number(&self, employee_number: &EnterpriseText) -> Result<Vec<UserId>, RepoError>;
 }
 
 /// Provisioning tokens (SCIM credentials), stored as digests.

@@ -486,6 +486,42 @@ fn compare(actual: &Value, op: CompareOp, expected: &CompValue) -> bool {
     }
 }
 
+/// The value `sortBy` orders `resource` by (RFC 7644 §3.4.2.3): the attribute's value or,
+/// for a multi-valued attribute, its primary value, else its first.
+pub fn sort_value<'a>(resource: &'a Value, path: &AttrPath) -> Option<&'a Value> {
+    let parent = AttrPath { uri: path.uri.clone(), name: path.name.clone(), sub: None };
+    let primary = lookup(resource, &parent).into_iter().find(|v| {
+        v.as_object()
+            .is_some_and(|o| o.iter().any(|(k, p)| k.eq_ignore_ascii_case("primary") && p == &Value::Bool(true)))
+    });
+    if let (Some(primary), Some(sub)) = (primary, &path.sub) {
+        let found = primary.as_object().and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(sub)));
+        if let Some((_, v)) = found {
+            return Some(v);
+        }
+    }
+    lookup(resource, path).into_iter().find(|v| !v.is_null())
+}
+
+/// The order of two `sortBy` values, ascending: strings without regard to case, numbers
+/// by value, and missing values last (§3.4.2.3 sorts unassigned values after the others
+/// in ascending order).
+pub fn compare_sort_values(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(Value::String(a)), Some(Value::String(b))) => a.to_lowercase().cmp(&b.to_lowercase()),
+        (Some(Value::Number(a)), Some(Value::Number(b))) => {
+            a.as_f64().partial_cmp(&b.as_f64()).unwrap_or(Ordering::Equal)
+        }
+        (Some(Value::Bool(a)), Some(Value::Bool(b))) => a.cmp(b),
+        // Values of different kinds: an order that is at least stable.
+        (Some(a), Some(b)) => a.to_string().cmp(&b.to_string()),
+    }
+}
+
 impl Filter {
     /// Whether `resource` (a SCIM resource or one value of a multi-valued attribute)
     /// matches. A multi-valued attribute matches when any of its values does.
@@ -655,5 +691,21 @@ mod tests {
         yes(r#"meta.lastModified gt "2025-12-31T00:00:00Z""#);
         no(r#"meta.lastModified lt "2025-12-31T00:00:00Z""#);
         yes(r#"userName eq "nobody" or name.givenName eq "barbara""#);
+    }
+
+    #[test]
+    fn sort_values_take_the_primary_and_put_missing_last() {
+        use std::cmp::Ordering;
+        let user = json!({
+            "userName": "B",
+            "emails": [{"value": "z@x", "type": "home"}, {"value": "a@x", "type": "work", "primary": true}],
+        });
+        assert_eq!(sort_value(&user, &p("emails.value")), Some(&json!("a@x")));
+        assert_eq!(sort_value(&user, &p("userName")), Some(&json!("B")));
+        assert_eq!(sort_value(&user, &p("title")), None);
+        let (a, b) = (json!("a"), json!("B"));
+        assert_eq!(compare_sort_values(Some(&a), Some(&b)), Ordering::Less);
+        assert_eq!(compare_sort_values(None, Some(&a)), Ordering::Greater);
+        assert_eq!(compare_sort_values(Some(&json!(2)), Some(&json!(10))), Ordering::Less);
     }
 }

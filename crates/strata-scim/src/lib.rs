@@ -9,5 +9,5 @@
 pub mod filter;
 pub mod patch;
 
-pub use filter::{AttrPath, CompValue, CompareOp, Filter, FilterError, parse_filter};
+pub use filter::{AttrPath, CompValue, CompareOp, Filter, FilterError, compare_sort_values, parse_filter, sort_value};
 pub use patch::{PatchOp, PatchOperation, PatchPath, parse_patch_path, parse_patch_request};

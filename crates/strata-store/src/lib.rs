@@ -20,6 +20,7 @@ mod postgres;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod user_search;
 mod webhook_rows;
 
 pub use mysql::MysqlStore;

@@ -29,7 +29,7 @@ use strata_core::error::RepoError;
 use strata_core::ports::MfaRepository;
 use strata_core::ports::{
     AuditRepository, OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store,
-    UserListQuery, UserRepository,
+    UserListQuery, UserPredicate, UserRepository, UserSearch,
 };
 use strata_core::totp::{TotpRecord, TotpSecret};
 use uuid::Uuid;
@@ -321,6 +321,26 @@ const MIGRATIONS: &[Migration] = &[
         ALTER TABLE account_tokens ADD COLUMN new_email VARCHAR(254) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL;
     ",
     },
+    Migration {
+        version: 8,
+        name: "SCIM Enterprise User extension; users by last modification",
+        // Re-runnable: the table IF NOT EXISTS, and the runner skips a duplicate index.
+        sql: "
+        CREATE TABLE IF NOT EXISTS user_enterprise (
+            user_id         BINARY(16) NOT NULL,
+            employee_number VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            cost_center     VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            organization    VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            division        VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            department      VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            manager_id      VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            PRIMARY KEY (user_id),
+            KEY user_enterprise_employee_number (employee_number, user_id),
+            CONSTRAINT user_enterprise_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+        CREATE INDEX users_updated_at ON users (updated_at, id)
+    ",
+    },
 ];
 
 /// How long connect may spend migrating: longer than a query, because another instance
@@ -333,6 +353,24 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Idle connections above the pool's minimum are closed after this long, so a burst does
 /// not pin `max_connections` server threads forever.
 const IDLE_CONNECTION_TTL: Duration = Duration::from_secs(60);
+
+/// What a user read selects (`mfa_enabled` is written only with `user_totp`).
+const USER_READ_COLUMNS: &str =
+    "id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled";
+
+fn search_params(params: &[crate::user_search::Param]) -> Params {
+    use crate::user_search::Param;
+    Params::Positional(
+        params
+            .iter()
+            .map(|p| match p {
+                Param::Text(t) => Value::from(t.as_str()),
+                Param::Int(i) => Value::from(*i),
+                Param::Id(id) => Value::from(id.as_bytes().as_slice()),
+            })
+            .collect(),
+    )
+}
 
 mod sql {
     pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled \
@@ -857,6 +895,28 @@ impl UserRepository for MysqlStore {
             Some(email) => self.query_users(sql::LIST_USERS_BY_EMAIL, (email.as_str(), after.as_slice(), limit)).await,
             None => self.query_users(sql::LIST_USERS_PAGE, (after.as_slice(), limit)).await,
         }
+    }
+
+    async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, RepoError> {
+        let built = crate::user_search::select(crate::user_search::Dialect::Mysql, USER_READ_COLUMNS, search);
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut rows: Vec<Row> =
+                conn.exec(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
+            rows.iter_mut().map(|r| user_from_row(r, 0)).collect()
+        })
+        .await
+    }
+
+    async fn count_users(&self, predicate: Option<&UserPredicate>) -> Result<u64, RepoError> {
+        let built = crate::user_search::count(crate::user_search::Dialect::Mysql, predicate);
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let n: Option<i64> =
+                conn.exec_first(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
+            Ok(n.unwrap_or(0).max(0) as u64)
+        })
+        .await
     }
 }
 
@@ -1949,6 +2009,11 @@ impl Store for MysqlStore {
                     plans.push(explain_one(&mut tx, name, sql, ordered, params).await?);
                 }
                 plans.extend(groups::explain_hot_paths(&mut tx).await?);
+                for (name, built) in
+                    crate::user_search::sample_plans(crate::user_search::Dialect::Mysql, USER_READ_COLUMNS)
+                {
+                    plans.push(explain_one(&mut tx, name, &built.sql, false, search_params(&built.params)).await?);
+                }
                 Ok(plans)
             }
             .await;

@@ -23,7 +23,7 @@ use strata_core::error::RepoError;
 use strata_core::ports::MfaRepository;
 use strata_core::ports::{
     AuditRepository, OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store,
-    UserListQuery, UserRepository,
+    UserListQuery, UserPredicate, UserRepository, UserSearch,
 };
 use strata_core::totp::{TotpRecord, TotpSecret};
 use tokio_postgres::types::ToSql;
@@ -296,6 +296,26 @@ const MIGRATIONS: &[Migration] = &[
         ALTER TABLE account_tokens ADD COLUMN new_email text;
     ",
     },
+    Migration {
+        version: 8,
+        name: "SCIM Enterprise User extension; users by last modification",
+        sql: "
+        CREATE TABLE user_enterprise (
+            user_id         uuid PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+            employee_number text,
+            cost_center     text,
+            organization    text,
+            division        text,
+            department      text,
+            manager_id      text
+        );
+        CREATE INDEX user_enterprise_employee_number ON user_enterprise (employee_number, user_id);
+        CREATE INDEX users_updated_at ON users (updated_at, id);
+        -- SCIM's `userName sw …` as a range in byte order, whatever the database's collation
+        -- (a prefix is not a range under a linguistic one).
+        CREATE INDEX users_email_bytes ON users ((email COLLATE \"C\"));
+    ",
+    },
 ];
 
 /// How long connect may spend migrating: longer than a query, because another instance
@@ -381,6 +401,24 @@ pub struct PostgresStore {
 }
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// What a user read selects (`mfa_enabled` is written only with `user_totp`).
+const USER_READ_COLUMNS: &str =
+    "id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled";
+
+fn search_params(params: &[crate::user_search::Param]) -> Vec<Box<dyn ToSql + Sync + Send>> {
+    use crate::user_search::Param;
+    params
+        .iter()
+        .map(|p| -> Box<dyn ToSql + Sync + Send> {
+            match p {
+                Param::Text(t) => Box::new(t.clone()),
+                Param::Int(i) => Box::new(*i),
+                Param::Id(id) => Box::new(id.as_uuid()),
+            }
+        })
+        .collect()
+}
 
 /// A driver error in words: tokio-postgres' own `Display` names only the error kind and
 /// keeps the server's message in the source chain.
@@ -796,6 +834,32 @@ impl UserRepository for PostgresStore {
             Some(email) => self.query_users(sql::LIST_USERS_BY_EMAIL, &[&after, &limit, &email.as_str()]).await,
             None => self.query_users(sql::LIST_USERS_PAGE, &[&after, &limit]).await,
         }
+    }
+
+    async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, RepoError> {
+        let built = crate::user_search::select(crate::user_search::Dialect::Postgres, USER_READ_COLUMNS, search);
+        let owned = search_params(&built.params);
+        let params: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        crate::with_timeout(self.query_timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(&built.sql).await.map_err(pg_err)?;
+            let rows = client.query(&stmt, &params).await.map_err(pg_err)?;
+            rows.iter().map(|r| user_from_row(r, 0)).collect()
+        })
+        .await
+    }
+
+    async fn count_users(&self, predicate: Option<&UserPredicate>) -> Result<u64, RepoError> {
+        let built = crate::user_search::count(crate::user_search::Dialect::Postgres, predicate);
+        let owned = search_params(&built.params);
+        let params: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        crate::with_timeout(self.query_timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(&built.sql).await.map_err(pg_err)?;
+            let row = client.query_one(&stmt, &params).await.map_err(pg_err)?;
+            get::<i64>(&row, 0).map(|n| n.max(0) as u64)
+        })
+        .await
     }
 }
 
@@ -1739,6 +1803,15 @@ impl Store for PostgresStore {
                 plans.push(explain_one(&tx, name, sql, relations, ordered, &params).await?);
             }
             plans.extend(groups::explain_hot_paths(&tx).await?);
+            for (name, built) in
+                crate::user_search::sample_plans(crate::user_search::Dialect::Postgres, USER_READ_COLUMNS)
+            {
+                let owned = search_params(&built.params);
+                let params: Vec<&(dyn ToSql + Sync)> =
+                    owned.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+                // The ORDER BY id of a range on another index is a sort of the few matches.
+                plans.push(explain_one(&tx, name, &built.sql, &["users"], false, &params).await?);
+            }
             // The sample rows were only there to be planned over.
             tx.rollback().await.map_err(pg_err)?;
             Ok(plans)

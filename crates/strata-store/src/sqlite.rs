@@ -27,6 +27,7 @@ use async_trait::async_trait;
 use parking_lot::{Condvar, Mutex};
 use rusqlite::{
     Connection, ErrorCode, InterruptHandle, OpenFlags, OptionalExtension, Row, TransactionBehavior, params,
+    params_from_iter,
 };
 use strata_core::domain::{
     AuditEntry, AuditQuery, Backlog, DisplayName, Email, IdempotencyKey, IdempotencyRecord, OUTBOX_PARTITIONS,
@@ -36,7 +37,7 @@ use strata_core::domain::{
 use strata_core::error::RepoError;
 use strata_core::ports::{
     AuditRepository, OutboxRepository, PoolStats, QueryPlan, SessionRepository, SessionRevocation, Store,
-    UserListQuery, UserRepository,
+    UserListQuery, UserPredicate, UserRepository, UserSearch,
 };
 
 use strata_core::lifecycle::{AccountToken, MailStatus, QueuedMail, TokenPurpose};
@@ -302,9 +303,31 @@ const MIGRATIONS: &[Migration] = &[
         ALTER TABLE account_tokens ADD COLUMN new_email TEXT;
     ",
     },
+    Migration {
+        version: 8,
+        name: "SCIM Enterprise User extension; users by last modification",
+        sql: "
+        -- Most users have none of these: a row only for those an identity provider set.
+        CREATE TABLE user_enterprise (
+            user_id         BLOB PRIMARY KEY NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+            employee_number TEXT,
+            cost_center     TEXT,
+            organization    TEXT,
+            division        TEXT,
+            department      TEXT,
+            manager_id      TEXT
+        ) WITHOUT ROWID;
+        CREATE INDEX user_enterprise_employee_number ON user_enterprise (employee_number, user_id);
+        -- SCIM's `meta.lastModified gt …`, the delta query identity providers poll with.
+        CREATE INDEX users_updated_at ON users (updated_at, id);
+    ",
+    },
 ];
 
 const USER_COLUMNS: &str = "id, email, name, password_hash, role, status, version, created_at, updated_at, verified";
+/// What a user read selects: the written columns and the MFA flag, which only TOTP writes set.
+const USER_READ_COLUMNS: &str =
+    "id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled";
 
 mod sql {
     pub const USER_BY_ID: &str = "SELECT id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled FROM users WHERE id = ?1";
@@ -862,6 +885,19 @@ impl SqliteStore {
     }
 }
 
+fn search_params(params: &[crate::user_search::Param]) -> Vec<rusqlite::types::Value> {
+    use crate::user_search::Param;
+    use rusqlite::types::Value;
+    params
+        .iter()
+        .map(|p| match p {
+            Param::Text(t) => Value::Text(t.clone()),
+            Param::Int(i) => Value::Integer(*i),
+            Param::Id(id) => Value::Blob(id.as_bytes().to_vec()),
+        })
+        .collect()
+}
+
 fn users(c: &Connection, sql: &'static str, params: impl rusqlite::Params) -> rusqlite::Result<Vec<User>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt.query_map(params, |r| user_from_row(r, 0))?;
@@ -990,6 +1026,26 @@ impl UserRepository for SqliteStore {
         self.read(move |c| match email {
             Some(email) => users(c, sql::LIST_USERS_BY_EMAIL, params![after.as_slice(), limit, email]),
             None => users(c, sql::LIST_USERS_PAGE, params![after.as_slice(), limit]),
+        })
+        .await
+    }
+
+    async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, RepoError> {
+        let built = crate::user_search::select(crate::user_search::Dialect::Sqlite, USER_READ_COLUMNS, search);
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&built.sql)?;
+            let rows = stmt.query_map(params_from_iter(search_params(&built.params)), |r| user_from_row(r, 0))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn count_users(&self, predicate: Option<&UserPredicate>) -> Result<u64, RepoError> {
+        let built = crate::user_search::count(crate::user_search::Dialect::Sqlite, predicate);
+        self.read(move |c| {
+            c.prepare_cached(&built.sql)?
+                .query_row(params_from_iter(search_params(&built.params)), |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
         })
         .await
     }
@@ -1918,8 +1974,12 @@ impl Store for SqliteStore {
     async fn explain_hot_paths(&self) -> Result<Vec<QueryPlan>, RepoError> {
         let plans = self
             .read(|c| {
+                let searches = crate::user_search::sample_plans(crate::user_search::Dialect::Sqlite, USER_READ_COLUMNS)
+                    .iter()
+                    .map(|(name, built)| (*name, built.sql.as_str(), search_params(&built.params)));
                 hot_queries()
                     .into_iter()
+                    .chain(searches)
                     .map(|(name, sql, args)| {
                         let mut stmt = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                         let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))?;

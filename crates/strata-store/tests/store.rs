@@ -701,7 +701,14 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
         "remove_group_member",
         "update_group",
         "users_by_external_id",
+        "users_by_employee_number",
         "provisioning_token_by_hash",
+        "search_users_email_prefix",
+        "search_users_email_or_email",
+        "search_users_external_id",
+        "search_users_employee_number",
+        "search_users_updated_after",
+        "search_users_prefix_and_updated",
     ] {
         assert!(names.contains(&required), "{} did not explain {required}", store.backend());
     }
@@ -864,6 +871,120 @@ async fn external_ids_round_trip(store: Arc<dyn Store>) {
     // A deleted user's external id goes with them.
     store.delete_user(users[1].id, None, &event("user.deleted", users[1].id)).await.unwrap();
     assert!(store.users_by_external_id(&other).await.unwrap().is_empty());
+}
+
+async fn enterprise_attributes_round_trip(store: Arc<dyn Store>) {
+    use strata_core::groups::{EnterpriseText, EnterpriseUser};
+    let text = |v: &str| Some(EnterpriseText::parse("x", v).unwrap());
+    let users = sorted_users(&*store, 3, "ent").await;
+    assert_eq!(store.enterprise_of(users[0].id).await.unwrap(), None);
+    let full = EnterpriseUser {
+        employee_number: text("701984"),
+        cost_center: text("4130"),
+        organization: text("Universal Studios 🦀"),
+        division: text("Theme Park"),
+        department: text("Tour Operations"),
+        manager: text("26118915-6090-4610-87e4-49d8ca9f808d"),
+    };
+    store.set_enterprise(users[0].id, &full).await.unwrap();
+    assert_eq!(store.enterprise_of(users[0].id).await.unwrap(), Some(full.clone()));
+    let partial = EnterpriseUser { employee_number: text("701984"), ..EnterpriseUser::default() };
+    store.set_enterprise(users[1].id, &partial).await.unwrap();
+    assert_eq!(store.enterprise_of(users[1].id).await.unwrap(), Some(partial.clone()));
+    let number = EnterpriseText::parse("x", "701984").unwrap();
+    assert_eq!(store.users_by_employee_number(&number).await.unwrap(), vec![users[0].id, users[1].id]);
+    // Replacing drops what is not given; an empty value deletes the row.
+    let moved = EnterpriseUser { department: text("Finance"), ..EnterpriseUser::default() };
+    store.set_enterprise(users[0].id, &moved).await.unwrap();
+    assert_eq!(store.enterprise_of(users[0].id).await.unwrap(), Some(moved));
+    assert_eq!(store.users_by_employee_number(&number).await.unwrap(), vec![users[1].id]);
+    store.set_enterprise(users[0].id, &EnterpriseUser::default()).await.unwrap();
+    assert_eq!(store.enterprise_of(users[0].id).await.unwrap(), None);
+    assert_eq!(store.set_enterprise(UserId::generate(), &full).await, Err(RepoError::NotFound));
+    assert_eq!(store.set_enterprise(UserId::generate(), &EnterpriseUser::default()).await, Err(RepoError::NotFound));
+    // A deleted user's attributes go with them.
+    store.delete_user(users[1].id, None, &event("user.deleted", users[1].id)).await.unwrap();
+    assert!(store.users_by_employee_number(&number).await.unwrap().is_empty());
+    assert_eq!(store.enterprise_of(users[1].id).await.unwrap(), None);
+}
+
+/// Searches (what SCIM filters compile to): prefixes as ranges — metacharacters and
+/// Unicode are data, and the range ends where the prefix does —, `or`, `and`, external ids,
+/// employee numbers, `updated_at`, order, offset and count.
+async fn users_searched_by_indexed_predicates(store: Arc<dyn Store>) {
+    use strata_core::groups::{EnterpriseText, EnterpriseUser};
+    use strata_core::ports::{Comparison, UserCondition as C, UserOrder, UserPredicate as P, UserSearch};
+    let mut made = Vec::new();
+    for (i, email) in [
+        "ab@example.com",
+        "ab_c@example.com",
+        "ab%d@example.com",
+        "abc@example.com",
+        "ac@example.com",
+        "aé@example.com",
+        "b@example.com",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut u = user(email, &format!("Search {i}"));
+        u.created_at = Timestamp(T0.0 + i as i64);
+        u.updated_at = Timestamp(T0.0 + 10 * i as i64);
+        create(&*store, &u).await;
+        made.push(u);
+    }
+    let emails = |found: Vec<User>| -> Vec<String> { found.into_iter().map(|u| u.email.as_str().to_owned()).collect() };
+    let search = |p: Option<P>| UserSearch { predicate: p, limit: 100, ..UserSearch::default() };
+    let by_email = UserSearch { order: UserOrder::Email, ..search(Some(P::Is(C::EmailPrefix("ab".into())))) };
+    assert_eq!(
+        emails(store.search_users(&by_email).await.unwrap()),
+        ["ab%d@example.com", "ab@example.com", "ab_c@example.com", "abc@example.com"]
+    );
+    assert_eq!(store.count_users(by_email.predicate.as_ref()).await.unwrap(), 4);
+    // `%` and `_` are not wildcards; a prefix of one Unicode character is a range too.
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::EmailPrefix("ab%".into()))))).await.unwrap()),
+        ["ab%d@example.com"]
+    );
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::EmailPrefix("aé".into()))))).await.unwrap()),
+        ["aé@example.com"]
+    );
+    assert!(store.search_users(&search(Some(P::Is(C::EmailPrefix("zz".into()))))).await.unwrap().is_empty());
+    // Descending, offset and limit; ties are broken by id.
+    let page = UserSearch { descending: true, offset: 1, limit: 2, ..by_email.clone() };
+    assert_eq!(emails(store.search_users(&page).await.unwrap()), ["ab_c@example.com", "ab@example.com"]);
+    let newest = UserSearch { order: UserOrder::CreatedAt, descending: true, limit: 1, ..search(None) };
+    assert_eq!(emails(store.search_users(&newest).await.unwrap()), ["b@example.com"]);
+    assert_eq!(store.count_users(None).await.unwrap(), 7);
+    // or, and, updated_at.
+    let either = P::Any(vec![P::Is(C::Email(made[0].email.clone())), P::Is(C::Email(made[6].email.clone()))]);
+    assert_eq!(emails(store.search_users(&search(Some(either))).await.unwrap()), ["ab@example.com", "b@example.com"]);
+    let recent = P::Is(C::UpdatedAt(Comparison::GreaterOrEqual, Timestamp(T0.0 + 40)));
+    let both = P::All(vec![P::Is(C::EmailPrefix("a".into())), recent.clone()]);
+    assert_eq!(emails(store.search_users(&search(Some(both))).await.unwrap()), ["ac@example.com", "aé@example.com"]);
+    assert_eq!(store.count_users(Some(&recent)).await.unwrap(), 3);
+    let before = P::Is(C::UpdatedAt(Comparison::Less, Timestamp(T0.0 + 10)));
+    assert_eq!(emails(store.search_users(&search(Some(before))).await.unwrap()), ["ab@example.com"]);
+    assert!(store.search_users(&search(Some(P::Any(vec![])))).await.unwrap().is_empty());
+    assert_eq!(store.count_users(Some(&P::Any(vec![]))).await.unwrap(), 0);
+    // Through the tables beside users, and by id.
+    let ext = ExternalId::parse("entra-7").unwrap();
+    store.set_external_id(made[3].id, Some(&ext)).await.unwrap();
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::ExternalId(ext))))).await.unwrap()),
+        ["abc@example.com"]
+    );
+    let number = EnterpriseText::parse("x", "42").unwrap();
+    store
+        .set_enterprise(made[4].id, &EnterpriseUser { employee_number: Some(number.clone()), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(
+        emails(store.search_users(&search(Some(P::Is(C::EmployeeNumber(number))))).await.unwrap()),
+        ["ac@example.com"]
+    );
+    assert_eq!(emails(store.search_users(&search(Some(P::Is(C::Id(made[5].id))))).await.unwrap()), ["aé@example.com"]);
 }
 
 fn provisioning_token(name: &str) -> strata_core::provisioning::ProvisioningToken {
@@ -1211,6 +1332,9 @@ async fn populate(store: &dyn Store) {
     let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();
     store.create_group(&g, &ids, &group_event("group.created", &g)).await.unwrap();
     store.set_external_id(ids[0], Some(&ExternalId::parse("entra-1").unwrap())).await.unwrap();
+    let department = strata_core::groups::EnterpriseText::parse("x", "Tour Operations").unwrap();
+    let enterprise = strata_core::groups::EnterpriseUser { department: Some(department), ..Default::default() };
+    store.set_enterprise(ids[0], &enterprise).await.unwrap();
     let mut token = provisioning_token("Backed up");
     token.revoked_at = Some(T0);
     store.create_provisioning_token(&token).await.unwrap();
@@ -1428,6 +1552,8 @@ all_backends!(
     membership_changes_touch_only_their_rows,
     large_groups_page_through_members,
     external_ids_round_trip,
+    enterprise_attributes_round_trip,
+    users_searched_by_indexed_predicates,
     provisioning_tokens_round_trip,
     a_snapshot_restores_every_table_exactly,
     a_snapshot_is_consistent_under_writes,

@@ -6,7 +6,8 @@ use mysql_async::{Params, Row, Transaction, TxOpts, Value};
 use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, TokenHash, UserId, Version};
 use strata_core::error::RepoError;
 use strata_core::groups::{
-    ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery,
+    MembershipChange, MembershipDelta,
 };
 use strata_core::ports::{ExternalIdRepository, GroupRepository, ProvisioningTokenRepository, QueryPlan};
 use strata_core::provisioning::ProvisioningToken;
@@ -47,6 +48,16 @@ mod sql {
     pub const CLEAR_EXTERNAL_ID: &str = "DELETE FROM user_external_ids WHERE user_id = ?";
     pub const USERS_BY_EXTERNAL_ID: &str =
         "SELECT user_id FROM user_external_ids WHERE external_id = ? ORDER BY user_id";
+    pub const ENTERPRISE_OF: &str = "SELECT employee_number, cost_center, organization, division, department, \
+         manager_id FROM user_enterprise WHERE user_id = ?";
+    pub const SET_ENTERPRISE: &str = "INSERT INTO user_enterprise (user_id, employee_number, cost_center, \
+         organization, division, department, manager_id) VALUES (?, ?, ?, ?, ?, ?, ?) \
+         ON DUPLICATE KEY UPDATE employee_number = VALUES(employee_number), cost_center = VALUES(cost_center), \
+         organization = VALUES(organization), division = VALUES(division), department = VALUES(department), \
+         manager_id = VALUES(manager_id)";
+    pub const CLEAR_ENTERPRISE: &str = "DELETE FROM user_enterprise WHERE user_id = ?";
+    pub const USERS_BY_EMPLOYEE_NUMBER: &str =
+        "SELECT user_id FROM user_enterprise WHERE employee_number = ? ORDER BY user_id";
     pub const PROVISIONING_TOKEN_BY_HASH: &str =
         "SELECT id, name, token_hash, created_at, revoked_at FROM provisioning_tokens WHERE token_hash = ?";
     pub const GROUP_EXISTS: &str = "SELECT 1 FROM user_groups WHERE id = ?";
@@ -139,9 +150,14 @@ pub(super) async fn explain_hot_paths(tx: &mut Transaction<'_>) -> Result<Vec<Qu
     let first: &[u8] = &[0u8; 16];
     let limit = 51i64;
     let none = None::<String>;
-    let queries: [(&'static str, &'static str, bool, Params); 11] = [
+    // As above: plan over a row that is there.
+    tx.exec_drop("INSERT INTO user_enterprise (user_id, employee_number) VALUES (?, 'x')", (uid,))
+        .await
+        .map_err(my_err)?;
+    let queries: [(&'static str, &'static str, bool, Params); 12] = [
         ("provisioning_token_by_hash", sql::PROVISIONING_TOKEN_BY_HASH, false, (sample_hash,).into()),
         ("users_by_external_id", sql::USERS_BY_EXTERNAL_ID, false, ("x",).into()),
+        ("users_by_employee_number", sql::USERS_BY_EMPLOYEE_NUMBER, false, ("x",).into()),
         ("group_by_id", sql::GROUP_BY_ID, false, (gid,).into()),
         ("list_groups_page", sql::LIST_GROUPS_PAGE, true, (first, limit).into()),
         ("list_groups_by_name", sql::LIST_GROUPS_BY_NAME, false, ("Explain", first, none.clone(), none, limit).into()),
@@ -346,6 +362,59 @@ impl ExternalIdRepository for MysqlStore {
 
     async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError> {
         let mut rows = self.query_rows(sql::USERS_BY_EXTERNAL_ID, (external_id.as_str(),)).await?;
+        rows.iter_mut().map(|r| take(r, 0).map(UserId::from_bytes)).collect()
+    }
+
+    async fn enterprise_of(&self, user: UserId) -> Result<Option<EnterpriseUser>, RepoError> {
+        let row = self.query_row(sql::ENTERPRISE_OF, (user.as_bytes().as_slice(),)).await?;
+        row.map(|mut r| {
+            let mut text = |i: usize| take::<Option<String>>(&mut r, i).map(|v| v.map(EnterpriseText::from_trusted));
+            Ok(EnterpriseUser {
+                employee_number: text(0)?,
+                cost_center: text(1)?,
+                organization: text(2)?,
+                division: text(3)?,
+                department: text(4)?,
+                manager: text(5)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_enterprise(&self, user: UserId, enterprise: &EnterpriseUser) -> Result<(), RepoError> {
+        let uid = user.as_bytes().to_vec();
+        let t = |v: &Option<EnterpriseText>| v.as_ref().map(|v| v.as_str().to_owned());
+        let e = enterprise;
+        let values = (
+            t(&e.employee_number),
+            t(&e.cost_center),
+            t(&e.organization),
+            t(&e.division),
+            t(&e.department),
+            t(&e.manager),
+        );
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+            let outcome = async {
+                let exists = tx.exec_first::<i64, _, _>("SELECT 1 FROM users WHERE id = ?", (uid.as_slice(),)).await;
+                if exists.map_err(my_err)?.is_none() {
+                    return Err(RepoError::NotFound);
+                }
+                if e.is_empty() {
+                    return tx.exec_drop(sql::CLEAR_ENTERPRISE, (uid.as_slice(),)).await.map_err(my_err);
+                }
+                let (a, b, c, d, f, g) = values.clone();
+                tx.exec_drop(sql::SET_ENTERPRISE, (uid.as_slice(), a, b, c, d, f, g)).await.map_err(my_err)
+            }
+            .await;
+            finish(tx, outcome).await
+        })
+        .await
+    }
+
+    async fn users_by_employee_number(&self, employee_number: &EnterpriseText) -> Result<Vec<UserId>, RepoError> {
+        let mut rows = self.query_rows(sql::USERS_BY_EMPLOYEE_NUMBER, (employee_number.as_str(),)).await?;
         rows.iter_mut().map(|r| take(r, 0).map(UserId::from_bytes)).collect()
     }
 }

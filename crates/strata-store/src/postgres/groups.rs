@@ -5,7 +5,8 @@ use async_trait::async_trait;
 use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, TokenHash, UserId, Version};
 use strata_core::error::RepoError;
 use strata_core::groups::{
-    ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery,
+    MembershipChange, MembershipDelta,
 };
 use strata_core::ports::{ExternalIdRepository, GroupRepository, ProvisioningTokenRepository, QueryPlan};
 use strata_core::provisioning::ProvisioningToken;
@@ -48,6 +49,18 @@ mod sql {
     pub const CLEAR_EXTERNAL_ID: &str = "DELETE FROM user_external_ids WHERE user_id = $1";
     pub const USERS_BY_EXTERNAL_ID: &str =
         "SELECT user_id FROM user_external_ids WHERE external_id = $1 ORDER BY user_id";
+    pub const ENTERPRISE_OF: &str = "SELECT employee_number, cost_center, organization, division, department, \
+         manager_id FROM user_enterprise WHERE user_id = $1";
+    /// Through the users table, so that a user who is gone sets nothing (0 rows: NotFound).
+    pub const SET_ENTERPRISE: &str = "INSERT INTO user_enterprise (user_id, employee_number, cost_center, \
+         organization, division, department, manager_id) SELECT id, $2, $3, $4, $5, $6, $7 FROM users WHERE id = $1 \
+         ON CONFLICT (user_id) DO UPDATE SET employee_number = excluded.employee_number, \
+         cost_center = excluded.cost_center, organization = excluded.organization, division = excluded.division, \
+         department = excluded.department, manager_id = excluded.manager_id";
+    pub const CLEAR_ENTERPRISE: &str = "DELETE FROM user_enterprise WHERE user_id = $1";
+    pub const USER_EXISTS: &str = "SELECT 1 FROM users WHERE id = $1";
+    pub const USERS_BY_EMPLOYEE_NUMBER: &str =
+        "SELECT user_id FROM user_enterprise WHERE employee_number = $1 ORDER BY user_id";
     pub const PROVISIONING_TOKEN_BY_HASH: &str =
         "SELECT id, name, token_hash, created_at, revoked_at FROM provisioning_tokens WHERE token_hash = $1";
     pub const EXISTING_USERS: &str = "SELECT id FROM users WHERE id = ANY($1) ORDER BY id";
@@ -142,6 +155,17 @@ pub(super) async fn explain_hot_paths(tx: &Transaction<'_>) -> Result<Vec<QueryP
     plans.push(
         explain_one(tx, "users_by_external_id", sql::USERS_BY_EXTERNAL_ID, &["user_external_ids"], false, &[&name])
             .await?,
+    );
+    plans.push(
+        explain_one(
+            tx,
+            "users_by_employee_number",
+            sql::USERS_BY_EMPLOYEE_NUMBER,
+            &["user_enterprise"],
+            false,
+            &[&name],
+        )
+        .await?,
     );
     let sample_hash: &[u8] = &[0u8; 32];
     plans.push(
@@ -342,6 +366,51 @@ impl ExternalIdRepository for PostgresStore {
 
     async fn users_by_external_id(&self, external_id: &ExternalId) -> Result<Vec<UserId>, RepoError> {
         let rows = self.query_rows(sql::USERS_BY_EXTERNAL_ID, &[&external_id.as_str()]).await?;
+        rows.iter().map(|r| get(r, 0).map(UserId::from_uuid)).collect()
+    }
+
+    async fn enterprise_of(&self, user: UserId) -> Result<Option<EnterpriseUser>, RepoError> {
+        let row = self.query_row(sql::ENTERPRISE_OF, &[&user.as_uuid()]).await?;
+        row.map(|r| {
+            let text = |i: usize| get::<Option<String>>(&r, i).map(|v| v.map(EnterpriseText::from_trusted));
+            Ok(EnterpriseUser {
+                employee_number: text(0)?,
+                cost_center: text(1)?,
+                organization: text(2)?,
+                division: text(3)?,
+                department: text(4)?,
+                manager: text(5)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn set_enterprise(&self, user: UserId, enterprise: &EnterpriseUser) -> Result<(), RepoError> {
+        let uid = user.as_uuid();
+        if enterprise.is_empty() {
+            if self.query_row(sql::USER_EXISTS, &[&uid]).await?.is_none() {
+                return Err(RepoError::NotFound);
+            }
+            self.execute_one(sql::CLEAR_ENTERPRISE, &[&uid]).await?;
+            return Ok(());
+        }
+        let t = |v: &Option<EnterpriseText>| v.as_ref().map(|v| v.as_str().to_owned());
+        let (a, b, c, d, e, f) = (
+            t(&enterprise.employee_number),
+            t(&enterprise.cost_center),
+            t(&enterprise.organization),
+            t(&enterprise.division),
+            t(&enterprise.department),
+            t(&enterprise.manager),
+        );
+        if self.execute_one(sql::SET_ENTERPRISE, &[&uid, &a, &b, &c, &d, &e, &f]).await? == 0 {
+            return Err(RepoError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn users_by_employee_number(&self, employee_number: &EnterpriseText) -> Result<Vec<UserId>, RepoError> {
+        let rows = self.query_rows(sql::USERS_BY_EMPLOYEE_NUMBER, &[&employee_number.as_str()]).await?;
         rows.iter().map(|r| get(r, 0).map(UserId::from_uuid)).collect()
     }
 }

@@ -6,7 +6,8 @@ use rusqlite::{OptionalExtension, Row, params, params_from_iter};
 use strata_core::domain::{DisplayName, Email, GroupId, OutboxEvent, Timestamp, TokenHash, UserId, Version};
 use strata_core::error::RepoError;
 use strata_core::groups::{
-    ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery, MembershipChange, MembershipDelta,
+    EnterpriseText, EnterpriseUser, ExternalId, Group, GroupListQuery, GroupMember, GroupName, MemberQuery,
+    MembershipChange, MembershipDelta,
 };
 use strata_core::ports::{ExternalIdRepository, GroupRepository, ProvisioningTokenRepository};
 use strata_core::provisioning::ProvisioningToken;
@@ -36,6 +37,15 @@ pub(super) mod sql {
         "SELECT id, name, token_hash, created_at, revoked_at FROM provisioning_tokens WHERE token_hash = ?1";
     pub const USERS_BY_EXTERNAL_ID: &str =
         "SELECT user_id FROM user_external_ids WHERE external_id = ?1 ORDER BY user_id";
+    pub const ENTERPRISE_OF: &str = "SELECT employee_number, cost_center, organization, division, department, \
+         manager_id FROM user_enterprise WHERE user_id = ?1";
+    pub const SET_ENTERPRISE: &str = "INSERT INTO user_enterprise (user_id, employee_number, cost_center, \
+         organization, division, department, manager_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (user_id) DO UPDATE SET employee_number = excluded.employee_number, \
+         cost_center = excluded.cost_center, organization = excluded.organization, division = excluded.division, \
+         department = excluded.department, manager_id = excluded.manager_id";
+    pub const USERS_BY_EMPLOYEE_NUMBER: &str =
+        "SELECT user_id FROM user_enterprise WHERE employee_number = ?1 ORDER BY user_id";
     pub const UPDATE_GROUP: &str = "UPDATE user_groups SET display_name = ?2, external_id = ?3, version = ?4, \
          updated_at = ?5 WHERE id = ?1 AND version = ?6";
 }
@@ -58,6 +68,7 @@ pub(super) fn hot_queries() -> Vec<(&'static str, &'static str, Vec<rusqlite::ty
         ("add_group_member", sql::ADD_ONE_MEMBER, vec![id.clone(), id.clone()]),
         ("remove_group_member", sql::REMOVE_ONE_MEMBER, vec![id.clone(), id.clone()]),
         ("users_by_external_id", sql::USERS_BY_EXTERNAL_ID, vec![Text("x".into())]),
+        ("users_by_employee_number", sql::USERS_BY_EMPLOYEE_NUMBER, vec![Text("x".into())]),
         ("provisioning_token_by_hash", sql::PROVISIONING_TOKEN_BY_HASH, vec![Blob(vec![0; 32])]),
         ("update_group", sql::UPDATE_GROUP, vec![id, Text("ops".into()), Null, Integer(2), Integer(0), Integer(1)]),
     ]
@@ -320,6 +331,73 @@ impl ExternalIdRepository for SqliteStore {
         self.read(move |c| {
             let mut stmt = c.prepare_cached(sql::USERS_BY_EXTERNAL_ID)?;
             let rows = stmt.query_map([external], |r| Ok(UserId::from_bytes(blob(r, 0)?)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn enterprise_of(&self, user: UserId) -> Result<Option<EnterpriseUser>, RepoError> {
+        let user = *user.as_bytes();
+        self.read(move |c| {
+            c.prepare_cached(sql::ENTERPRISE_OF)?
+                .query_row([user.as_slice()], |r| {
+                    let text = |i: usize| -> rusqlite::Result<Option<EnterpriseText>> {
+                        Ok(r.get::<_, Option<String>>(i)?.map(EnterpriseText::from_trusted))
+                    };
+                    Ok(EnterpriseUser {
+                        employee_number: text(0)?,
+                        cost_center: text(1)?,
+                        organization: text(2)?,
+                        division: text(3)?,
+                        department: text(4)?,
+                        manager: text(5)?,
+                    })
+                })
+                .optional()
+        })
+        .await
+    }
+
+    async fn set_enterprise(&self, user: UserId, enterprise: &EnterpriseUser) -> Result<(), RepoError> {
+        let e = enterprise.clone();
+        self.write(move |tx| {
+            let uid = user.as_bytes().as_slice();
+            if tx
+                .query_row("SELECT 1 FROM users WHERE id = ?1", [uid], |_| Ok(()))
+                .optional()
+                .map_err(map_err)?
+                .is_none()
+            {
+                return Err(RepoError::NotFound);
+            }
+            if e.is_empty() {
+                tx.execute("DELETE FROM user_enterprise WHERE user_id = ?1", [uid]).map_err(map_err)?;
+                return Ok(());
+            }
+            let t = |v: &Option<EnterpriseText>| v.as_ref().map(|v| v.as_str().to_owned());
+            tx.execute(
+                sql::SET_ENTERPRISE,
+                params![
+                    uid,
+                    t(&e.employee_number),
+                    t(&e.cost_center),
+                    t(&e.organization),
+                    t(&e.division),
+                    t(&e.department),
+                    t(&e.manager)
+                ],
+            )
+            .map_err(map_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn users_by_employee_number(&self, employee_number: &EnterpriseText) -> Result<Vec<UserId>, RepoError> {
+        let number = employee_number.as_str().to_owned();
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(sql::USERS_BY_EMPLOYEE_NUMBER)?;
+            let rows = stmt.query_map([number], |r| Ok(UserId::from_bytes(blob(r, 0)?)))?;
             rows.collect()
         })
         .await

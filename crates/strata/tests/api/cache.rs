@@ -76,6 +76,12 @@ impl strata_core::ports::UserRepository for CountingStore {
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError> {
         self.inner.list_users(query).await
     }
+    async fn search_users(&self, search: &strata_core::ports::UserSearch) -> Result<Vec<User>, RepoError> {
+        self.inner.search_users(search).await
+    }
+    async fn count_users(&self, predicate: Option<&strata_core::ports::UserPredicate>) -> Result<u64, RepoError> {
+        self.inner.count_users(predicate).await
+    }
 }
 
 #[async_trait]
@@ -279,6 +285,18 @@ impl strata_core::ports::ExternalIdRepository for CountingStore {
     }
     async fn users_by_external_id(&self, e: &strata_core::groups::ExternalId) -> Result<Vec<UserId>, RepoError> {
         self.inner.users_by_external_id(e).await
+    }
+    async fn enterprise_of(&self, u: UserId) -> Result<Option<strata_core::groups::EnterpriseUser>, RepoError> {
+        self.inner.enterprise_of(u).await
+    }
+    async fn set_enterprise(&self, u: UserId, e: &strata_core::groups::EnterpriseUser) -> Result<(), RepoError> {
+        self.inner.set_enterprise(u, e).await
+    }
+    async fn users_by_employee_number(
+        &self,
+        n: &strata_core::groups::EnterpriseText,
+    ) -> Result<Vec<UserId>, RepoError> {
+        self.inner.users_by_employee_number(n).await
     }
 }
 
