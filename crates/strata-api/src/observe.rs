@@ -47,6 +47,7 @@ pub const ROUTES: &[&str] = &[
     "/scim/v2/Users/{id}",
     "/scim/v2/Groups",
     "/scim/v2/Groups/{id}",
+    "/scim/v2/Bulk",
     "/v1/webhooks",
     "/v1/webhooks/{id}",
     "/v1/webhooks/{id}/rotate-secret",
