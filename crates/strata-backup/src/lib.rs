@@ -556,6 +556,7 @@ mod tests {
             Value::Int(-1),
             Value::Int(0),
             Value::Bool(true),
+            Value::Bool(false),
         ];
         let mut line = Vec::new();
         encode_row(&row, &mut line);
