@@ -81,6 +81,8 @@ pub struct StateInner {
     pub timing_detail_from: Arc<[client::Cidr]>,
     /// Cookie sessions, CSRF and CORS.
     pub browser: browser::BrowserSettings,
+    /// Request tracing; `None` (the default) costs nothing.
+    pub tracer: Option<Arc<strata_core::trace::Tracer>>,
 }
 
 impl StateInner {

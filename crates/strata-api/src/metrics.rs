@@ -113,6 +113,13 @@ pub struct Metrics {
     webhook_attempts: Family<OutcomeLabels, Counter>,
     webhook_duration: Histogram,
     mails: Family<MailLabels, Counter>,
+    trace_spans_exported: Counter,
+    trace_spans_dropped: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -231,7 +238,20 @@ impl Metrics {
             "Mails by template and outcome (sent; retry = not accepted, tried again later; failed = refused for good or out of attempts; expired = its link expired before it could be sent)",
             mails.clone(),
         );
+        let trace_spans_exported = Counter::default();
+        registry.register("trace_spans_exported", "Trace spans the collector accepted", trace_spans_exported.clone());
+        let trace_spans_dropped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Trace spans dropped (queue_full: the exporter fell behind; rejected: the collector refused them; unreachable: no answer after retries)",
+            trace_spans_dropped.clone(),
+        );
+        // The runtime's own counters, read at scrape time: what tells an async server's
+        // saturation (a busy runtime on an idle CPU means blocking code on the workers).
+        registry.register_collector(Box::new(TokioRuntime));
         Metrics {
+            trace_spans_exported,
+            trace_spans_dropped,
             mails,
             webhook_attempts,
             webhook_duration,
@@ -326,6 +346,16 @@ impl CacheObserver for Metrics {
     }
 }
 
+impl strata_core::trace::TraceObserver for Metrics {
+    fn exported(&self, spans: usize) {
+        self.trace_spans_exported.inc_by(spans as u64);
+    }
+
+    fn dropped(&self, reason: &'static str, spans: usize) {
+        self.trace_spans_dropped.get_or_create(&ReasonLabels { reason }).inc_by(spans as u64);
+    }
+}
+
 impl strata_core::relay::RelayObserver for Metrics {
     fn published(&self, events: usize, elapsed: Duration) {
         self.events_published.inc_by(events as u64);
@@ -405,5 +435,63 @@ mod tests {
         assert!(text.contains("strata_cache_degraded 1"), "{text}");
         m.endpoint("redis primary 127.0.0.1:6379", false);
         assert!(m.render(PoolStats::default(), 0).contains("strata_cache_degraded 0"));
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+/// Tokio runtime metrics (the stable subset of `tokio::runtime::RuntimeMetrics`), read from
+/// the runtime that serves the scrape. Per-worker series are bounded by the worker count.
+/// Busy ratio per worker = `rate(strata_tokio_worker_busy_seconds_total[1m])`.
+#[derive(Debug)]
+struct TokioRuntime;
+
+impl prometheus_client::collector::Collector for TokioRuntime {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::MetricType;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+
+        // A scrape outside a runtime (unit tests of the text) has nothing to report.
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return Ok(());
+        };
+        let m = handle.metrics();
+        let gauges: [(&str, &str, usize); 3] = [
+            ("tokio_workers", "Tokio worker threads", m.num_workers()),
+            ("tokio_alive_tasks", "Tasks alive on the Tokio runtime", m.num_alive_tasks()),
+            (
+                "tokio_global_queue_depth",
+                "Tasks waiting in the Tokio runtime's global (injection) queue",
+                m.global_queue_depth(),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value as i64).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+        }
+        let workers: Vec<WorkerLabels> = (0..m.num_workers()).map(|w| WorkerLabels { worker: w.to_string() }).collect();
+        let mut busy = encoder.encode_descriptor(
+            "tokio_worker_busy_seconds",
+            "Time each Tokio worker spent polling tasks",
+            None,
+            MetricType::Counter,
+        )?;
+        for (w, labels) in workers.iter().enumerate() {
+            ConstCounter::new(m.worker_total_busy_duration(w).as_secs_f64()).encode(busy.encode_family(labels)?)?;
+        }
+        let mut parks = encoder.encode_descriptor(
+            "tokio_worker_parks",
+            "Times each Tokio worker parked (ran out of work)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (w, labels) in workers.iter().enumerate() {
+            ConstCounter::new(m.worker_park_count(w)).encode(parks.encode_family(labels)?)?;
+        }
+        Ok(())
     }
 }

@@ -137,7 +137,8 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let detail_for_client = state.timing_detail_from.iter().any(|c| c.contains(client));
     let traceparent =
         req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(timing::parse_traceparent);
-    let timings = Arc::new(Timings::with_traceparent(traceparent));
+    let trace = state.tracer.as_ref().and_then(|t| t.start(traceparent.as_deref()));
+    let timings = Arc::new(Timings::traced(traceparent, trace));
     let mut res = timing::scope(timings.clone(), next.run(req)).await;
 
     let total = started.elapsed();
@@ -166,6 +167,9 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     }
     headers.insert("x-request-id", id.clone());
     state.metrics.observe_http(route, method, status, total);
+    if let (Some(tracer), Some(trace)) = (&state.tracer, timings.trace()) {
+        tracer.export(server_span(trace, route, method, status, &id));
+    }
 
     let request_id = id.to_str().unwrap_or("");
     if status >= 500 {
@@ -174,6 +178,31 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         tracing::debug!(request_id, route, method, status, total_ms = ms(total), db_ms = ms(db), "request");
     }
     res
+}
+
+/// The request's SERVER span (named and attributed per OpenTelemetry's HTTP conventions,
+/// the route template rather than the path, so no ids or tokens) and its children.
+fn server_span(
+    trace: &strata_core::trace::RequestTrace,
+    route: &'static str,
+    method: &'static str,
+    status: u16,
+    request_id: &HeaderValue,
+) -> Vec<strata_core::trace::Span> {
+    use std::borrow::Cow;
+    use strata_core::trace::AttributeValue::{Int, Str};
+    let mut attributes = vec![
+        ("http.request.method", Str(Cow::Borrowed(method))),
+        ("http.response.status_code", Int(i64::from(status))),
+        ("strata.request_id", Str(Cow::Owned(request_id.to_str().unwrap_or("").to_owned()))),
+    ];
+    let name = if route == "unmatched" {
+        method.to_owned()
+    } else {
+        attributes.push(("http.route", Str(Cow::Borrowed(route))));
+        format!("{method} {route}")
+    };
+    trace.finish(name, attributes, status >= 500)
 }
 
 #[cfg(test)]

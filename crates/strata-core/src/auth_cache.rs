@@ -364,7 +364,7 @@ impl AuthCache {
     /// A cache read; errors, forged and undecodable values are misses (errors and forgeries
     /// are counted).
     pub(crate) async fn get(&self, kind: &'static str, key: &str) -> Option<Cached> {
-        let (got, _) = timing::measure(Component::Cache, self.cache.get(key)).await;
+        let (got, _) = timing::measure(Component::Cache, "get", self.cache.get(key)).await;
         match got {
             Ok(Some(bytes)) => match self.signer.open(key, &bytes) {
                 Some(payload) => decode(payload),
@@ -386,6 +386,7 @@ impl AuthCache {
     pub(crate) async fn fill(&self, key: &str, value: &Cached, ttl: Duration, generation: u64) {
         let (out, _) = timing::measure(
             Component::Cache,
+            "fill",
             self.cache.fill(key, self.signer.seal(key, encode(value)), self.jittered(ttl), generation),
         )
         .await;
@@ -400,7 +401,7 @@ impl AuthCache {
         if keys.is_empty() {
             return;
         }
-        let (out, _) = timing::measure(Component::Cache, self.cache.invalidate(keys)).await;
+        let (out, _) = timing::measure(Component::Cache, "invalidate", self.cache.invalidate(keys)).await;
         if let Err(e) = out {
             tracing::warn!(error = %e, keys = keys.len(), "cache invalidation failed; entries age out");
         }

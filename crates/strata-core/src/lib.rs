@@ -29,6 +29,7 @@ pub mod testing;
 pub mod throttle;
 pub mod timing;
 pub mod totp;
+pub mod trace;
 pub mod webhook_admin;
 pub mod webhooks;
 pub mod worker;

@@ -350,7 +350,12 @@ impl PasswordHasher {
             let _ = tx.send(work(memory));
         });
         self.queue.push(lane, job)?;
-        let (out, _) = timing::measure(Component::Hash, rx).await;
+        // The span is named for the lane: what kind of password work the request waited on.
+        let name = match lane {
+            Lane::Login => "verify",
+            Lane::Enrol => "hash",
+        };
+        let (out, _) = timing::measure(Component::Hash, name, rx).await;
         out.map_err(|_| AppError::Internal("hashing thread dropped a job".into()))
     }
 }

@@ -1030,7 +1030,7 @@ async fn observed_db<T>(
     op: &'static str,
     fut: impl Future<Output = Result<T, RepoError>>,
 ) -> Result<T, RepoError> {
-    let (out, elapsed) = timing::measure(Component::Db, fut).await;
+    let (out, elapsed) = timing::measure_outcome(Component::Db, op, fut, Result::is_err).await;
     observer.observe(op, elapsed, out.as_ref().map(|_| ()));
     out
 }

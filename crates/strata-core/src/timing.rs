@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::trace::RequestTrace;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
     Db,
@@ -29,11 +31,22 @@ pub struct Timings {
     authenticated: AtomicBool,
     /// The caller's `traceparent`, when it sent a valid one.
     traceparent: Option<String>,
+    /// Present when this request is recorded as a trace (see [`crate::trace`]).
+    trace: Option<RequestTrace>,
 }
 
 impl Timings {
     pub fn with_traceparent(traceparent: Option<String>) -> Timings {
         Timings { traceparent, ..Timings::default() }
+    }
+
+    /// A recorded request: its child spans are collected into `trace`.
+    pub fn traced(traceparent: Option<String>, trace: Option<RequestTrace>) -> Timings {
+        Timings { traceparent, trace, ..Timings::default() }
+    }
+
+    pub fn trace(&self) -> Option<&RequestTrace> {
+        self.trace.as_ref()
     }
 
     fn slot(&self, component: Component) -> &AtomicU64 {
@@ -78,9 +91,16 @@ pub fn propagate<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     }
 }
 
-/// The current request's trace context, if it has one.
+/// The trace context to hand on from the current request, if it has one: its own server
+/// span when the request is recorded, else the caller's context unchanged.
 pub fn traceparent() -> Option<String> {
-    CURRENT.try_with(|t| t.traceparent.clone()).ok().flatten()
+    CURRENT
+        .try_with(|t| match &t.trace {
+            Some(trace) => Some(trace.traceparent()),
+            None => t.traceparent.clone(),
+        })
+        .ok()
+        .flatten()
 }
 
 /// A W3C `traceparent` header value, if well-formed: `VV-<32 hex>-<16 hex>-<2 hex>`,
@@ -115,12 +135,29 @@ pub fn mark_authenticated() {
     let _ = CURRENT.try_with(|t| t.authenticated.store(true, Ordering::Relaxed));
 }
 
-/// Awaits `fut` and charges its wall time to `component`.
-pub async fn measure<F: Future>(component: Component, fut: F) -> (F::Output, Duration) {
+/// Awaits `fut`, charges its wall time to `component` and, in a recorded request, makes it
+/// a span named `name`.
+pub async fn measure<F: Future>(component: Component, name: &'static str, fut: F) -> (F::Output, Duration) {
+    measure_outcome(component, name, fut, |_| false).await
+}
+
+/// [`measure`], with `failed` telling whether the outcome marks the span as an error.
+pub async fn measure_outcome<F: Future>(
+    component: Component,
+    name: &'static str,
+    fut: F,
+    failed: impl FnOnce(&F::Output) -> bool,
+) -> (F::Output, Duration) {
     let started = Instant::now();
     let out = fut.await;
-    let elapsed = started.elapsed();
-    record(component, elapsed);
+    let ended = Instant::now();
+    let elapsed = ended.saturating_duration_since(started);
+    let _ = CURRENT.try_with(|t| {
+        t.add(component, elapsed);
+        if let Some(trace) = &t.trace {
+            trace.child(component, name, started, ended, failed(&out));
+        }
+    });
     (out, elapsed)
 }
 

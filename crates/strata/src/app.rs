@@ -30,6 +30,8 @@ pub struct Application {
     state: AppState,
     config: Config,
     worker: Option<Worker>,
+    /// The trace exporter's stop signal and task, when tracing is on.
+    trace_export: Option<TracingTask>,
 }
 
 /// The event side of a process (roles `worker` and `all`).
@@ -155,6 +157,7 @@ impl Application {
             config.webhook_settings().rotation_overlap,
             settings.list_max_limit,
         );
+        let (tracer, trace_export) = start_tracing(&config, store.backend(), metrics.clone())?;
         let browser = config.browser_settings().map_err(anyhow::Error::msg)?;
         if !browser.secure {
             tracing::warn!(
@@ -174,11 +177,12 @@ impl Application {
             trusted_proxies: config.http.trusted_proxies.clone().into(),
             timing_detail_from: config.http.timing_detail_from.clone().into(),
             browser,
+            tracer,
         });
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         let local_addr = listener.local_addr()?;
-        Ok(Application { listener, local_addr, state, config, worker })
+        Ok(Application { listener, local_addr, state, config, worker, trace_export })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -214,7 +218,7 @@ impl Application {
     /// balancers to notice, stop accepting, and wait (bounded) for in-flight requests.
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let local_addr = self.local_addr;
-        let Application { listener, state, config, worker, .. } = self;
+        let Application { listener, state, config, worker, trace_export, .. } = self;
         let ready = state.ready.clone();
         let drain_delay = Duration::from_millis(config.http.drain_delay_ms);
         let grace = Duration::from_secs(config.http.shutdown_grace_secs);
@@ -264,6 +268,13 @@ impl Application {
         if tokio::time::timeout(grace, finish).await.is_err() {
             tracing::warn!("worker tasks did not stop in time; exiting");
         }
+        // Last: the spans of the drained requests go out too.
+        if let Some((stop, exporter)) = trace_export {
+            let _ = stop.send(true);
+            if tokio::time::timeout(Duration::from_secs(5), exporter).await.is_err() {
+                tracing::warn!("trace exporter did not flush in time; its queued spans are lost");
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -286,6 +297,40 @@ impl Worker {
         }
         tasks
     }
+}
+
+type TracingTask = (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// The tracer and its exporter task when `tracing.otlp_endpoint` is set; nothing otherwise.
+fn start_tracing(
+    config: &Config,
+    backend: &'static str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Option<Arc<strata_core::trace::Tracer>>, Option<TracingTask>)> {
+    if config.tracing.otlp_endpoint.is_empty() {
+        return Ok((None, None));
+    }
+    // The operator names the collector, usually on this host or network: the webhook
+    // sender's refusal of private addresses (against tenants' SSRF) does not apply.
+    let anywhere = ["0.0.0.0/0", "::/0"].iter().filter_map(|c| c.parse().ok()).collect();
+    let sender = strata_webhooks::HttpSender::new(strata_core::webhooks::NetworkPolicy { allowed: anywhere })
+        .map_err(|e| anyhow::anyhow!("tracing: {e}"))?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let settings = config.otlp_settings();
+    let (exporter, task) =
+        strata_otlp::start(&settings, Arc::new(sender), metrics, stopping).map_err(anyhow::Error::msg)?;
+    // OpenTelemetry's names for the database systems.
+    let db_system = match backend {
+        "postgres" => "postgresql",
+        other => other,
+    };
+    let tracer = strata_core::trace::Tracer::new(exporter, config.tracing.sample_ratio, db_system);
+    tracing::info!(
+        endpoint = %settings.traces_url().map(|u| u.as_str().to_owned()).unwrap_or_default(),
+        sample_ratio = config.tracing.sample_ratio,
+        "exporting traces over OTLP/HTTP"
+    );
+    Ok((Some(Arc::new(tracer)), Some((stop, task))))
 }
 
 async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {

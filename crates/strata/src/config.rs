@@ -22,6 +22,7 @@ pub struct Config {
     pub throttle: ThrottleConfig,
     pub http: HttpConfig,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
     pub cache: CacheConfig,
     /// `all` (API and worker in one process), `api`, `worker` or `gateway`.
     pub role: Role,
@@ -420,6 +421,27 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// Request traces exported over OTLP/HTTP (see ARCHITECTURE.md, Observability). Off while
+/// `otlp_endpoint` is empty, and then free.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://127.0.0.1:4318` (spans go to
+    /// `/v1/traces` under it); empty: no tracing.
+    pub otlp_endpoint: String,
+    /// Share of requests without a caller's trace context that are recorded, 0.0–1.0. A
+    /// caller's `traceparent` decides for its own requests (parent-based sampling).
+    pub sample_ratio: f64,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig { otlp_endpoint: String::new(), sample_ratio: 1.0, service_name: "strata".into() }
+    }
+}
+
 // Debug by hand for the two sections that hold URLs, which may carry passwords: printed
 // through the same redaction as `config show`.
 impl std::fmt::Debug for DatabaseConfig {
@@ -461,6 +483,7 @@ impl Default for Config {
             throttle: ThrottleConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            tracing: TracingConfig::default(),
             cache: CacheConfig::default(),
             role: Role::All,
             events: EventsConfig::default(),
@@ -674,6 +697,9 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     }),
     ("STRATA_LOG_FORMAT", "log.format", |c, v| Ok(c.log.format = v.to_owned())),
     ("STRATA_LOG_LEVEL", "log.level", |c, v| Ok(c.log.level = v.to_owned())),
+    ("STRATA_OTLP_ENDPOINT", "tracing.otlp_endpoint", |c, v| Ok(c.tracing.otlp_endpoint = v.trim().to_owned())),
+    ("STRATA_TRACE_SAMPLE_RATIO", "tracing.sample_ratio", |c, v| Ok(c.tracing.sample_ratio = parse(v)?)),
+    ("STRATA_TRACE_SERVICE_NAME", "tracing.service_name", |c, v| Ok(c.tracing.service_name = v.to_owned())),
     ("STRATA_ROLE", "role", |c, v| Ok(c.role = parse(v)?)),
     ("STRATA_EVENTS_URL", "events.url", |c, v| Ok(c.events.url = v.to_owned())),
     ("STRATA_EVENTS_SOURCE", "events.source", |c, v| Ok(c.events.source = v.to_owned())),
@@ -766,6 +792,15 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.tracing.sample_ratio) {
+            return Err("tracing.sample_ratio (STRATA_TRACE_SAMPLE_RATIO) must be between 0.0 and 1.0".into());
+        }
+        if !self.tracing.otlp_endpoint.is_empty() {
+            self.otlp_settings().traces_url()?;
+            if self.tracing.service_name.trim().is_empty() {
+                return Err("tracing.service_name (STRATA_TRACE_SERVICE_NAME) must not be empty".into());
+            }
+        }
         self.gateway
             .algorithm
             .parse::<strata_gateway::balance::Algorithm>()
@@ -916,6 +951,22 @@ impl Config {
             disable_after: Duration::from_secs(w.disable_after_secs),
             rotation_overlap: Duration::from_secs(w.rotation_overlap_secs),
             ..strata_core::webhooks::WebhookSettings::default()
+        }
+    }
+
+    /// The trace exporter's settings; `traces_url()` on it checks the endpoint.
+    pub fn otlp_settings(&self) -> strata_otlp::OtlpSettings {
+        // Unique per process: replicas of one deployment share service.name.
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".into());
+        strata_otlp::OtlpSettings {
+            endpoint: self.tracing.otlp_endpoint.clone(),
+            service_name: self.tracing.service_name.clone(),
+            service_version: env!("CARGO_PKG_VERSION").into(),
+            instance_id: format!("{host}:{}", std::process::id()),
         }
     }
 

@@ -1102,3 +1102,7 @@ fn secrets_never_reach_the_logs() {
         assert!(!logs.contains(secret), "{secret} appeared in the logs:\n{logs}");
     }
 }
+
+/// Issue 14: OTLP traces, Tokio runtime metrics, the dashboard and alert rules.
+#[path = "api/observability.rs"]
+mod observability;
