@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use strata_core::secret::Secret;
 use strata_core::service::Accounts;
@@ -18,6 +18,7 @@ use strata_core::service::Accounts;
 pub mod asyncapi;
 pub mod browser;
 pub mod client;
+pub mod docs;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -130,7 +131,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/asyncapi.json", get(asyncapi_json))
-        .route("/docs", get(docs))
+        .route("/docs", get(docs::page))
+        .route("/docs/{asset}", get(docs::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // Not installed without listed origins, so the hot paths pay nothing for it then.
@@ -214,10 +216,3 @@ pub async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi::document_json()).into_response()
 }
 
-/// Rendered API documentation (self-contained, works offline).
-#[utoipa::path(get, path = "/docs", tag = "operations", responses(
-    (status = 200, description = "HTML page", content_type = "text/html", body = String),
-))]
-pub async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
-}

@@ -61,6 +61,7 @@ pub const ROUTES: &[&str] = &[
     "/openapi.json",
     "/asyncapi.json",
     "/docs",
+    "/docs/{asset}",
 ];
 
 fn route_label(req: &Request) -> &'static str {

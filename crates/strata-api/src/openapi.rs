@@ -104,7 +104,8 @@ impl Modify for BearerAuth {
         crate::metrics,
         crate::openapi_json,
         crate::asyncapi_json,
-        crate::docs,
+        crate::docs::page,
+        crate::docs::asset,
     ),
     components(schemas(
         CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,

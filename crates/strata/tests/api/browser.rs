@@ -384,3 +384,39 @@ async fn headless_chromium_from_another_origin(backend: Backend) {
 }
 
 per_backend!(cookie_sessions_csrf_and_cors, headless_chromium_from_another_origin);
+
+/// Issue 14: `/docs` renders every operation in headless Chromium from the embedded Swagger
+/// UI, under its Content-Security-Policy, with no network but this server.
+#[tokio::test]
+async fn docs_render_offline_under_their_csp() {
+    let Some(chromium) = chromium() else { return };
+    let app = spawn(Backend::Sqlite, "docs", |_| {}).await.unwrap();
+    let page = app.get("/docs", None).await;
+    assert!(page.header("content-security-policy").contains("script-src 'self'"));
+    for asset in ["swagger-ui-bundle.js", "swagger-ui.css", "strata-docs.js", "strata-docs.css"] {
+        let r = app.get(&format!("/docs/{asset}"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{asset}");
+        assert!(r.header("cache-control").contains("max-age"), "{asset}");
+    }
+    app.get("/docs/../../etc/passwd", None).await.assert_problem(404, "route_not_found", None);
+    app.get("/docs/nope.js", None).await.assert_problem(404, "route_not_found", None);
+
+    let profile = strata_store::testing::TempDir::new();
+    let out = tokio::process::Command::new(&chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions"])
+        .arg(format!("--user-data-dir={}", profile.path.display()))
+        .args(["--virtual-time-budget=20000", "--dump-dom", &format!("http://{}/docs", app.addr)])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), out).await.expect("chromium finished").unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let doc = app.get("/openapi.json", None).await.body;
+    let paths = doc["paths"].as_object().unwrap();
+    // Swagger UI renders one `opblock` per operation, each naming its path.
+    let operations: usize = paths.values().map(|item| item.as_object().unwrap().len()).sum();
+    assert_eq!(dom.matches("class=\"opblock opblock-").count(), operations, "{dom}");
+    for path in paths.keys() {
+        assert!(dom.contains(&format!("data-path=\"{path}\"")), "{path} not rendered");
+    }
+    app.stop().await;
+}
