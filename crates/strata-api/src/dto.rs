@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use strata_core::domain::{Session, User};
 use utoipa::ToSchema;
 
-use crate::extract::{nullable, present};
+use crate::extract::{WholeNumber, nullable, present};
 
 pub use strata_core::domain::rfc3339;
 
@@ -234,7 +234,8 @@ pub struct CreateWebhookRequest {
     pub description: Option<String>,
     /// Deliveries per second to this endpoint, 1–10000, default 50.
     #[serde(default)]
-    pub rate_limit: Option<u32>,
+    #[schema(value_type = Option<u32>)]
+    pub rate_limit: Option<WholeNumber>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -247,7 +248,8 @@ pub struct UpdateWebhookRequest {
     #[serde(default, deserialize_with = "present")]
     pub description: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    pub rate_limit: Option<u32>,
+    #[schema(value_type = Option<u32>)]
+    pub rate_limit: Option<WholeNumber>,
     /// `true` re-enables an endpoint (also one disabled by a 410 or by failing for days).
     #[serde(default, deserialize_with = "present")]
     pub enabled: Option<bool>,

@@ -206,6 +206,25 @@ where
     T::deserialize(de).map(Some)
 }
 
+/// A count in a JSON body. `50.0` is the integer 50 to JSON Schema (and to JavaScript, which
+/// has no other numbers), so it is taken; `50.5`, negatives and overflow are not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WholeNumber(pub u32);
+
+impl<'de> serde::Deserialize<'de> for WholeNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        let n = serde_json::Number::deserialize(de)?;
+        let whole = match n.as_u64() {
+            Some(v) => Some(v),
+            None => n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= f64::from(u32::MAX)).map(|f| f as u64),
+        };
+        whole
+            .and_then(|v| u32::try_from(v).ok())
+            .map(WholeNumber)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number from 0 to {}, got {n}", u32::MAX)))
+    }
+}
+
 /// Serde helper for fields that may be cleared: absent is `None`, `null` is `Some(None)`.
 pub fn nullable<'de, D, T>(de: D) -> Result<Option<Option<T>>, D::Error>
 where
@@ -247,6 +266,11 @@ pub fn parse_if_match(parts: &Parts) -> Result<Option<Version>, ApiError> {
         )
     };
     let text = raw.to_str().map_err(|_| malformed())?.trim();
+    // An empty field value is an empty list (RFC 9110 §5.6.1: recipients ignore empty
+    // elements), the same as no header.
+    if text.is_empty() {
+        return Ok(None);
+    }
     let text = text.strip_prefix("W/").unwrap_or(text);
     let inner = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).ok_or_else(malformed)?;
     let version: u64 = inner.parse().map_err(|_| malformed())?;
@@ -413,7 +437,34 @@ pub fn query_pairs(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, S
         if out.iter().any(|(seen, _)| seen == &k) {
             return Err(ApiError::bad_request("duplicate_parameter", k.to_string(), format!("{k:?} given twice")));
         }
+        // `?email=` is what a form with an empty field sends: the filter is not given.
+        if v.is_empty() {
+            continue;
+        }
         out.push((k.into_owned(), v.into_owned()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_may_be_written_as_floats() {
+        let parse = |s: &str| serde_json::from_str::<WholeNumber>(s).map(|n| n.0).map_err(|e| e.to_string());
+        assert_eq!(parse("50"), Ok(50));
+        assert_eq!(parse("50.0"), Ok(50));
+        assert_eq!(parse("5e1"), Ok(50));
+        for bad in ["50.5", "-1", "4294967296", "1e300", "null", "\"5\""] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_query_values_are_absent() {
+        let pairs = query_pairs(Some("email=&limit=5&cursor="), &["email", "limit", "cursor"]).unwrap();
+        assert_eq!(pairs, vec![("limit".to_owned(), "5".to_owned())]);
+        assert!(query_pairs(Some("nope="), &["email"]).is_err(), "unknown names are still refused");
+    }
 }

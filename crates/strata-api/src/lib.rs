@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod mfa_routes;
 pub mod observe;
 pub mod openapi;
+mod openapi_rules;
 pub mod provisioning_routes;
 pub mod routes;
 pub mod scim_bulk;
@@ -215,4 +216,3 @@ pub async fn asyncapi_json() -> Response {
 pub async fn openapi_json() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi::document_json()).into_response()
 }
-

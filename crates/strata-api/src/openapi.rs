@@ -146,5 +146,9 @@ pub fn document() -> utoipa::openapi::OpenApi {
 /// Serialised once; the document does not change while the process runs.
 pub fn document_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| document().to_json().unwrap_or_else(|_| "{}".to_owned()))
+    JSON.get_or_init(|| {
+        let mut doc = serde_json::to_value(document()).unwrap_or_default();
+        crate::openapi_rules::apply(&mut doc);
+        doc.to_string()
+    })
 }

@@ -68,8 +68,12 @@ pub async fn create_webhook(
     Caller(actor): Caller,
     JsonBody(req): JsonBody<CreateWebhookRequest>,
 ) -> ApiResult<Response> {
-    let new =
-        NewEndpoint { url: req.url, events: req.events, description: req.description, rate_limit: req.rate_limit };
+    let new = NewEndpoint {
+        url: req.url,
+        events: req.events,
+        description: req.description,
+        rate_limit: req.rate_limit.map(|n| n.0),
+    };
     let endpoint = state.webhooks.create(&actor, new).await?;
     Ok(created(WebhookBody::new(&endpoint, true)))
 }
@@ -134,7 +138,7 @@ pub async fn update_webhook(
         url: req.url,
         events: req.events,
         description: req.description,
-        rate_limit: req.rate_limit,
+        rate_limit: req.rate_limit.map(|n| n.0),
         enabled: req.enabled,
     };
     Ok(Json(WebhookBody::new(&state.webhooks.update(&actor, id, patch).await?, false)))

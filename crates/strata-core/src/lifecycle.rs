@@ -50,7 +50,7 @@ impl TokenPurpose {
 pub struct OneTimeToken([u8; 32]);
 
 const ONE_TIME_PREFIX: &str = "ot_";
-const ONE_TIME_B64_LEN: usize = 43;
+pub const ONE_TIME_B64_LEN: usize = 43;
 
 impl OneTimeToken {
     pub fn generate() -> Self {

@@ -378,6 +378,8 @@ async fn patch_with_optimistic_concurrency(app: TestApp) {
         }
     };
     patch(None, json!({"name": "X"})).await.assert_problem(428, "if_match_required", Some("If-Match"));
+    // An empty If-Match is an empty list: the same as none.
+    patch(Some(""), json!({"name": "X"})).await.assert_problem(428, "if_match_required", Some("If-Match"));
     patch(Some("1"), json!({"name": "X"})).await.assert_problem(400, "malformed_if_match", Some("If-Match"));
     patch(Some("\"abc\""), json!({"name": "X"})).await.assert_problem(400, "malformed_if_match", Some("If-Match"));
     patch(Some("\"7\""), json!({"name": "X"})).await.assert_problem(412, "version_mismatch", Some("If-Match"));
