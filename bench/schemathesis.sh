@@ -28,6 +28,8 @@ trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 1 100); do grep -q 'listening on' "$dir/out" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/^strata listening on http:\/\/\([^ ]*\).*/\1/p' "$dir/out")
 [ -n "$addr" ] || { echo "FATAL: strata did not start" >&2; cat "$dir/out" >&2; exit 1; }
-"$venv/bin/schemathesis" --config-file bench/schemathesis.toml run "http://$addr/openapi.json" \
+# Its cache (.schemathesis/) goes to the temporary directory, not the checkout.
+config=$PWD/bench/schemathesis.toml
+cd "$dir" && "$venv/bin/schemathesis" --config-file "$config" run "http://$addr/openapi.json" \
   -H "Authorization: Bearer $token" --phases examples,coverage,fuzzing -n "$examples" --seed 1 \
   --suppress-health-check all --workers 2 --no-color
