@@ -58,8 +58,11 @@ class AsyncStrataClient:
     ) -> None:
         self.base_url = normalise_base_url(base_url)
         self._token = token
+        # Sent with every request rather than set on the httpx client, so they hold for a
+        # client passed in as well.
+        self._headers = default_headers(headers)
         self._owns_http = http_client is None
-        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout, headers=default_headers(headers))
+        self._http = http_client if http_client is not None else httpx.AsyncClient(timeout=timeout)
 
     def __repr__(self) -> str:
         return f"AsyncStrataClient({self.base_url!r}, token={'<set>' if self._token else None})"
@@ -69,6 +72,7 @@ class AsyncStrataClient:
         clone = AsyncStrataClient.__new__(AsyncStrataClient)
         clone.base_url = self.base_url
         clone._token = token
+        clone._headers = self._headers
         clone._owns_http = False
         clone._http = self._http
         return clone
@@ -88,7 +92,7 @@ class AsyncStrataClient:
     async def send(self, call: Call[T]) -> T:
         """Send one prepared call (see ``strata_client._operations``) and read its answer."""
         try:
-            response = await self._http.request(**request_arguments(self.base_url, self._token, call))
+            response = await self._http.request(**request_arguments(self.base_url, self._headers, self._token, call))
         except httpx.HTTPError as error:
             raise TransportError(f"{call.method} {call.path}: {error}") from error
         return read_answer(call, response)

@@ -31,8 +31,10 @@ def default_headers(extra: Mapping[str, str] | None) -> dict[str, str]:
     return headers
 
 
-def request_arguments(base_url: str, token: str | None, call: Call[Any]) -> dict[str, Any]:
-    headers = dict(call.headers)
+def request_arguments(
+    base_url: str, default: Mapping[str, str], token: str | None, call: Call[Any]
+) -> dict[str, Any]:
+    headers = {**default, **call.headers}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     arguments: dict[str, Any] = {
