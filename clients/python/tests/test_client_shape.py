@@ -40,7 +40,7 @@ from strata_client.models import parse_timestamp
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE.parent / "src" / "strata_client"
 
-USER_JSON = {
+USER_JSON: dict[str, Any] = {
     "id": "01a24baf-275f-760f-b0ac-ec2b4335b97e",
     "email": "ada@example.com",
     "name": "Ada",
@@ -160,7 +160,9 @@ def _problem(status: int, code: str, **extra: Any) -> httpx.Response:
         (httpx.Response(502, text="<html>bad gateway</html>"), ServerError, None),
     ],
 )
-def test_error_answers_become_exceptions_by_status(response: httpx.Response, cls: type, code: str | None) -> None:
+def test_error_answers_become_exceptions_by_status(
+    response: httpx.Response, cls: type[ProblemError], code: str | None
+) -> None:
     with _client(lambda request: response) as client, pytest.raises(cls) as raised:
         client.get_user("x")
     assert type(raised.value) is cls
