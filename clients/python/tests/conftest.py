@@ -67,7 +67,7 @@ class StrataServer:
 
 def _strata_binary() -> Path:
     configured = os.environ.get("STRATA_BIN")
-    binary = Path(configured) if configured else REPO_ROOT / "target" / "debug" / "strata"
+    binary = Path(configured).resolve() if configured else REPO_ROOT / "target" / "debug" / "strata"
     if not binary.is_file():
         pytest.fail(
             f"no strata binary at {binary}: build it (cargo build) or set STRATA_BIN, or point STRATA_URL and "
