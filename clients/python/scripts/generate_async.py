@@ -20,7 +20,7 @@ REPLACEMENTS = [
         '"""The synchronous client. Keep in step with ``_async.py``: it is generated from this file."""',
         '"""The asynchronous client, generated from ``_sync.py`` by ``scripts/generate_async.py``: do not edit."""',
     ),
-    ("from typing import Iterator,", "from typing import AsyncIterator,"),
+    ("from collections.abc import Iterator,", "from collections.abc import AsyncIterator,"),
     ("class StrataClient:", "class AsyncStrataClient:"),
     ("A synchronous client", "An asynchronous client"),
     ("-> StrataClient", "-> AsyncStrataClient"),

@@ -21,9 +21,9 @@ import struct
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -118,10 +118,8 @@ def strata(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StrataServer]:
             if match:
                 address = match.group(1)
             elif process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"strata serve did not start (exit {process.poll()}):\n{stderr_path.read_text(errors='replace')[-3000:]}",
-                    pytrace=False,
-                )
+                log = stderr_path.read_text(errors="replace")[-3000:]
+                pytest.fail(f"strata serve did not start (exit {process.poll()}):\n{log}", pytrace=False)
             else:
                 time.sleep(0.05)
         yield StrataServer(address, admin_token, stderr_path)

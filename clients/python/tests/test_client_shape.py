@@ -137,7 +137,9 @@ def test_calls_put_versions_ids_and_optional_fields_on_the_wire() -> None:
 
 
 def _client(handler: Any) -> StrataClient:
-    return StrataClient("http://strata.test", "st_token", http_client=httpx.Client(transport=httpx.MockTransport(handler)))
+    return StrataClient(
+        "http://strata.test", "st_token", http_client=httpx.Client(transport=httpx.MockTransport(handler))
+    )
 
 
 def _problem(status: int, code: str, **extra: Any) -> httpx.Response:
@@ -177,9 +179,11 @@ def test_error_answers_become_exceptions_by_status(
 
 def test_mfa_required_carries_the_challenge_and_throttling_the_wait() -> None:
     challenge = "mfa_" + "a" * 96
-    with _client(lambda r: _problem(401, "mfa_required", challenge=challenge)) as client:
-        with pytest.raises(MfaRequired) as mfa:
-            client.login("a@b.co", "pw")
+    with (
+        _client(lambda r: _problem(401, "mfa_required", challenge=challenge)) as client,
+        pytest.raises(MfaRequired) as mfa,
+    ):
+        client.login("a@b.co", "pw")
     assert mfa.value.challenge == challenge and isinstance(mfa.value, Unauthorized)
 
     throttled = _problem(429, "too_many_attempts")
@@ -256,7 +260,9 @@ def test_secrets_stay_out_of_reprs() -> None:
     client = StrataClient("http://strata.test", "st_secret")
     assert "st_secret" not in repr(client) and "st_secret" not in repr(client.with_token("st_other"))
     client.close()
-    login = strata_client.LoginResult.from_json({"token": "st_secret", "expires_at": USER_JSON["created_at"], "user": USER_JSON})
+    login = strata_client.LoginResult.from_json(
+        {"token": "st_secret", "expires_at": USER_JSON["created_at"], "user": USER_JSON}
+    )
     assert "st_secret" not in repr(login)
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import django
 import httpx
@@ -201,9 +202,7 @@ def test_bearer_tokens_authenticate_without_a_session(install: Any, anonymous: S
     assert client.get("/me", headers=bearer(token)).status_code == 401
 
 
-def test_revocation_at_strata_reaches_the_app_within_the_ttl(
-    install: Any, admin: StrataClient, account: User
-) -> None:
+def test_revocation_at_strata_reaches_the_app_within_the_ttl(install: Any, admin: StrataClient, account: User) -> None:
     counting = install(ttl=5)
     client = Client()
     assert post_login(client, account).status_code == 200

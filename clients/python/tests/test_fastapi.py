@@ -4,8 +4,9 @@ time; nothing sleeps)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -98,7 +99,9 @@ class CountingStrata:
                 self.calls += 1
 
         self.http = httpx.AsyncClient(event_hooks={"request": [count]})
-        self.auth = StrataAuth(client=AsyncStrataClient(strata.url, http_client=self.http), cache_ttl=ttl, clock=self.clock)
+        self.auth = StrataAuth(
+            client=AsyncStrataClient(strata.url, http_client=self.http), cache_ttl=ttl, clock=self.clock
+        )
 
     def app(self) -> FastAPI:
         return make_app(self.auth, close=[self.http])

@@ -4,12 +4,14 @@ async client against a real Strata, with the answers read into models."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import re
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -27,6 +29,7 @@ from strata_client import (
     Unauthorized,
     User,
     ValidationError,
+    models,
 )
 
 # Well-formed (the pattern the API documents) and never issued: the operation is reached and
@@ -51,6 +54,45 @@ def test_the_client_has_every_v1_operation_of_the_openapi_document(strata: Strat
     assert not missing, f"the client lacks these /v1 operations: {missing}"
     stale = sorted(OPERATIONS.keys() - documented)
     assert not stale, f"the client has operations the server does not document: {stale}"
+
+
+MODELS_AND_SCHEMAS = [
+    (models.User, "UserBody"),
+    (models.Session, "SessionBody"),
+    (models.GroupRef, "GroupRef"),
+    (models.WhoAmI, "WhoAmI"),
+    (models.LoginResult, "LoginResponse"),
+    (models.EmailChangePending, "EmailChangePendingBody"),
+    (models.Accepted, "PasswordResetAccepted"),
+    (models.TotpEnrolment, "TotpEnrolResponse"),
+    (models.AuditEntry, "AuditEntryBody"),
+    (models.Group, "GroupBody"),
+    (models.Member, "MemberBody"),
+    (models.ProvisioningToken, "ProvisioningTokenBody"),
+    (models.Webhook, "WebhookBody"),
+    (models.Delivery, "DeliveryBody"),
+    (models.DeliveryAttempt, "AttemptBody"),
+    (models.DeliveryDetail, "DeliveryDetail"),
+    (models.Health, "Health"),
+]
+
+
+def _properties(schemas: dict[str, Any], schema: dict[str, Any]) -> set[str]:
+    if "$ref" in schema:
+        return _properties(schemas, schemas[schema["$ref"].rsplit("/", 1)[1]])
+    names = set(schema.get("properties", {}))
+    for part in schema.get("allOf", []):
+        names |= _properties(schemas, part)
+    return names
+
+
+def test_the_models_have_every_documented_field(strata: StrataServer) -> None:
+    schemas = httpx.get(f"{strata.url}/openapi.json").json()["components"]["schemas"]
+    for model, name in MODELS_AND_SCHEMAS:
+        fields = {f.name for f in dataclasses.fields(model)}
+        assert fields == _properties(schemas, schemas[name]), f"{model.__name__} against {name}"
+    webhook_events = schemas["CreateWebhookRequest"]["properties"]["events"]["items"]["enum"]
+    assert sorted(models.EVENT_TYPES) == sorted(webhook_events)
 
 
 class Recorder:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import AsyncIterator, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -148,7 +149,9 @@ class AsyncStrataClient:
     async def delete_user(self, user_id: Id, *, if_match: IfMatch | None = None) -> None:
         return await self.send(ops.delete_user(user_id, if_match=if_match))
 
-    async def list_users(self, *, limit: int | None = None, cursor: str | None = None, email: str | None = None) -> Page[User]:
+    async def list_users(
+        self, *, limit: int | None = None, cursor: str | None = None, email: str | None = None
+    ) -> Page[User]:
         return await self.send(ops.list_users(limit=limit, cursor=cursor, email=email))
 
     async def iter_users(self, *, email: str | None = None, page_size: int | None = None) -> AsyncIterator[User]:
@@ -225,7 +228,9 @@ class AsyncStrataClient:
         limit: int | None = None,
         cursor: str | None = None,
     ) -> Page[AuditEntry]:
-        return await self.send(ops.list_audit(user_id=user_id, event_type=event_type, since=since, limit=limit, cursor=cursor))
+        return await self.send(
+            ops.list_audit(user_id=user_id, event_type=event_type, since=since, limit=limit, cursor=cursor)
+        )
 
     async def iter_audit(
         self,
@@ -269,9 +274,7 @@ class AsyncStrataClient:
     ) -> AsyncIterator[Group]:
         cursor: str | None = None
         while True:
-            page = await self.list_groups(
-                limit=page_size, cursor=cursor, display_name=display_name, external_id=external_id
-            )
+            page = await self.list_groups(limit=page_size, cursor=cursor, display_name=display_name, external_id=external_id)
             for item in page.items:
                 yield item
             if page.next_cursor is None:
@@ -287,7 +290,7 @@ class AsyncStrataClient:
         *,
         if_match: IfMatch,
         display_name: str | None = None,
-        external_id: str | None | Unset = UNSET,
+        external_id: str | Unset | None = UNSET,
     ) -> Group:
         """Change a group; ``external_id=None`` clears it, leaving it out keeps it."""
         return await self.send(

@@ -18,16 +18,17 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from ._async import AsyncStrataClient
 from ._sync import StrataClient
 from .errors import Unauthorized
 from .models import GroupRef, Session, User, WhoAmI
 
-__all__ = ["Authenticated", "AsyncSessionVerifier", "SessionVerifier", "TokenCache", "token_fingerprint"]
+__all__ = ["AsyncSessionVerifier", "Authenticated", "SessionVerifier", "TokenCache", "token_fingerprint"]
 
 log = logging.getLogger("strata_client.auth")
 
@@ -174,9 +175,7 @@ class SessionVerifier:
 class AsyncSessionVerifier:
     """:class:`SessionVerifier` over the async client."""
 
-    def __init__(
-        self, client: AsyncStrataClient, cache: TokenCache[WhoAmI], *, include_groups: bool = False
-    ) -> None:
+    def __init__(self, client: AsyncStrataClient, cache: TokenCache[WhoAmI], *, include_groups: bool = False) -> None:
         self.client = client
         self.cache = cache
         self.include_groups = include_groups

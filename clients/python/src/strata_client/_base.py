@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 import httpx
 
-from ._version import __version__
 from ._operations import Call
+from ._version import __version__
 from .errors import UnexpectedResponse, error_from_response
 from .models import _Malformed
 
@@ -31,9 +32,7 @@ def default_headers(extra: Mapping[str, str] | None) -> dict[str, str]:
     return headers
 
 
-def request_arguments(
-    base_url: str, default: Mapping[str, str], token: str | None, call: Call[Any]
-) -> dict[str, Any]:
+def request_arguments(base_url: str, default: Mapping[str, str], token: str | None, call: Call[Any]) -> dict[str, Any]:
     headers = {**default, **call.headers}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Generic, Mapping, Protocol, Sequence, TypeVar, Union
+from typing import Any, Generic, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -36,9 +37,9 @@ from .models import (
     UserStatus,
     Webhook,
     WhoAmI,
+    _as_obj,
     _int,
     _list,
-    _as_obj,
     recovery_codes_from_json,
 )
 
@@ -54,10 +55,10 @@ class HasVersion(Protocol):
 
 
 #: An If-Match precondition: the version number, or the resource read earlier.
-IfMatch = Union[int, HasVersion]
+IfMatch = int | HasVersion
 
 #: What identifies a resource in a path: its UUID, or the UUID as text.
-Id = Union[uuid.UUID, str]
+Id = uuid.UUID | str
 
 
 class Unset(enum.Enum):
@@ -187,7 +188,9 @@ def ready() -> Call[Health]:
 @operation("POST", "/v1/users")
 def create_user(email: str, name: str, password: str, *, idempotency_key: str | None = None) -> Call[User]:
     headers = {} if idempotency_key is None else {"Idempotency-Key": idempotency_key}
-    return _post("/v1/users", _reader(User.from_json), _body(email=email, name=name, password=password), headers=headers)
+    return _post(
+        "/v1/users", _reader(User.from_json), _body(email=email, name=name, password=password), headers=headers
+    )
 
 
 @operation("GET", "/v1/users/{id}")
@@ -207,9 +210,7 @@ def update_user(
     role: Role | None = None,
     status: UserStatus | None = None,
 ) -> Call[User | EmailChangePending]:
-    body = _body(
-        name=name, email=email, password=password, current_password=current_password, role=role, status=status
-    )
+    body = _body(name=name, email=email, password=password, current_password=current_password, role=role, status=status)
     return Call(
         "PATCH",
         f"/v1/users/{_segment(user_id)}",
@@ -375,7 +376,7 @@ def update_group(
     *,
     if_match: IfMatch,
     display_name: str | None = None,
-    external_id: str | None | Unset = UNSET,
+    external_id: str | Unset | None = UNSET,
 ) -> Call[Group]:
     body: dict[str, object] = _body(display_name=display_name)
     if external_id is not UNSET:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Iterator, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import httpx
 
@@ -148,7 +149,9 @@ class StrataClient:
     def delete_user(self, user_id: Id, *, if_match: IfMatch | None = None) -> None:
         return self.send(ops.delete_user(user_id, if_match=if_match))
 
-    def list_users(self, *, limit: int | None = None, cursor: str | None = None, email: str | None = None) -> Page[User]:
+    def list_users(
+        self, *, limit: int | None = None, cursor: str | None = None, email: str | None = None
+    ) -> Page[User]:
         return self.send(ops.list_users(limit=limit, cursor=cursor, email=email))
 
     def iter_users(self, *, email: str | None = None, page_size: int | None = None) -> Iterator[User]:
@@ -224,7 +227,9 @@ class StrataClient:
         limit: int | None = None,
         cursor: str | None = None,
     ) -> Page[AuditEntry]:
-        return self.send(ops.list_audit(user_id=user_id, event_type=event_type, since=since, limit=limit, cursor=cursor))
+        return self.send(
+            ops.list_audit(user_id=user_id, event_type=event_type, since=since, limit=limit, cursor=cursor)
+        )
 
     def iter_audit(
         self,
@@ -267,9 +272,7 @@ class StrataClient:
     ) -> Iterator[Group]:
         cursor: str | None = None
         while True:
-            page = self.list_groups(
-                limit=page_size, cursor=cursor, display_name=display_name, external_id=external_id
-            )
+            page = self.list_groups(limit=page_size, cursor=cursor, display_name=display_name, external_id=external_id)
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -284,7 +287,7 @@ class StrataClient:
         *,
         if_match: IfMatch,
         display_name: str | None = None,
-        external_id: str | None | Unset = UNSET,
+        external_id: str | Unset | None = UNSET,
     ) -> Group:
         """Change a group; ``external_id=None`` clears it, leaving it out keeps it."""
         return self.send(

@@ -35,7 +35,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Awaitable, Callable, Literal, overload
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, overload
 
 from fastapi import Depends, HTTPException, Security, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -117,7 +118,9 @@ class StrataAuth:
             authenticated = await self.authenticate(credentials.credentials)
         except TooManyRequests as throttled:
             retry = {} if throttled.retry_after is None else {"Retry-After": str(int(throttled.retry_after))}
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Authentication throttled", headers=retry)
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, "Authentication throttled", headers=retry
+            ) from None
         except StrataError:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "Authentication unavailable") from None
         # The same decisions, in the same order, as fastapi-users' Authenticator.

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Generic, Literal, Mapping, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
     "EVENT_TYPES",
@@ -260,7 +261,7 @@ class WhoAmI:
     session: Session
     user: User
     groups: list[GroupRef] | None
-    csrf_token: str | None
+    csrf_token: str | None = field(repr=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> WhoAmI:
@@ -276,10 +277,11 @@ class WhoAmI:
 class LoginResult:
     """A new session. ``token`` is shown this once; Strata keeps only its hash."""
 
-    token: str | None
+    # Live credentials stay out of reprs, and so out of logs and tracebacks.
+    token: str | None = field(repr=False)
     expires_at: datetime
     user: User
-    csrf_token: str | None
+    csrf_token: str | None = field(repr=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LoginResult:
@@ -289,10 +291,6 @@ class LoginResult:
             user=User.from_json(_obj(data, "user")),
             csrf_token=_opt_str(data, "csrf_token"),
         )
-
-    def __repr__(self) -> str:
-        # Never print a live credential into a log or a traceback.
-        return f"LoginResult(token={'<redacted>' if self.token else None}, expires_at={self.expires_at!r}, user={self.user!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,15 +329,12 @@ class Accepted:
 class TotpEnrolment:
     """A new TOTP secret, shown once; TOTP is off until ``confirm_totp`` with a code."""
 
-    secret: str
-    otpauth_uri: str
+    secret: str = field(repr=False)
+    otpauth_uri: str = field(repr=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> TotpEnrolment:
         return cls(secret=_str(data, "secret"), otpauth_uri=_str(data, "otpauth_uri"))
-
-    def __repr__(self) -> str:
-        return "TotpEnrolment(secret=<redacted>, otpauth_uri=<redacted>)"
 
 
 def recovery_codes_from_json(data: Mapping[str, Any]) -> list[str]:
@@ -411,7 +406,7 @@ class ProvisioningToken:
     name: str
     created_at: datetime
     revoked_at: datetime | None
-    token: str | None
+    token: str | None = field(repr=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ProvisioningToken:
@@ -422,10 +417,6 @@ class ProvisioningToken:
             revoked_at=_opt_time(data, "revoked_at"),
             token=_opt_str(data, "token"),
         )
-
-    def __repr__(self) -> str:
-        token = "<redacted>" if self.token else None
-        return f"ProvisioningToken(id={self.id!r}, name={self.name!r}, revoked_at={self.revoked_at!r}, token={token})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,7 +434,7 @@ class Webhook:
     disabled_reason: str | None
     failing_since: datetime | None
     previous_secret_expires_at: datetime | None
-    secret: str | None
+    secret: str | None = field(repr=False)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Webhook:
@@ -461,10 +452,6 @@ class Webhook:
             previous_secret_expires_at=_opt_time(data, "previous_secret_expires_at"),
             secret=_opt_str(data, "secret"),
         )
-
-    def __repr__(self) -> str:
-        secret = "<redacted>" if self.secret else None
-        return f"Webhook(id={self.id!r}, url={self.url!r}, events={self.events!r}, enabled={self.enabled!r}, secret={secret})"
 
 
 @dataclass(frozen=True, slots=True)
