@@ -131,6 +131,53 @@ impl From<&Session> for SessionBody {
     }
 }
 
+/// One session of a user, as its owner or an admin sees it (never the token).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserSessionBody {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: String,
+    #[schema(format = DateTime)]
+    pub created_at: String,
+    #[schema(format = DateTime)]
+    pub expires_at: String,
+    /// When it was ended (logout, revocation, disable, password change); `null` if it was not.
+    #[schema(format = DateTime)]
+    pub revoked_at: Option<String>,
+    /// Neither revoked nor expired: its token works.
+    pub active: bool,
+    /// The session this request was made with.
+    pub current: bool,
+}
+
+impl UserSessionBody {
+    pub fn new(
+        s: &Session,
+        now: strata_core::domain::Timestamp,
+        current: Option<strata_core::domain::SessionId>,
+    ) -> Self {
+        UserSessionBody {
+            id: s.id.to_string(),
+            created_at: rfc3339(s.created_at),
+            expires_at: rfc3339(s.expires_at),
+            revoked_at: s.revoked_at.map(rfc3339),
+            active: s.revoked_at.is_none() && s.expires_at > now,
+            current: current == Some(s.id),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Newest first.
+    pub items: Vec<UserSessionBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionsRevoked {
+    /// How many live sessions were ended.
+    pub revoked: u64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoginResponse {
     /// Opaque bearer token (`st_…`); shown once, stored only as a hash. Absent for a
