@@ -832,7 +832,10 @@
     draw(t.canvas, t.points, alert);
   }
 
-  /** A sparkline: the last minute, from zero to the largest value seen in it. */
+  /**
+   * A sparkline of the last minute (at most), from zero to the largest value in it. Until a
+   * minute has passed the points spread over the width, at least ten slots apart.
+   */
   function draw(canvas, points, alert) {
     const ratio = window.devicePixelRatio || 1;
     const w = Math.max(50, Math.round(canvas.clientWidth * ratio));
@@ -841,30 +844,37 @@
     if (canvas.height !== hgt) canvas.height = hgt;
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, w, hgt);
+    ctx.fillStyle = "#e5e7eb";
+    ctx.fillRect(0, hgt - ratio, w, ratio);
     const values = points.filter((p) => p !== null);
     if (values.length < 2) return;
     const max = Math.max(...values) || 1;
-    const step = w / (HISTORY - 1);
-    const x0 = w - (points.length - 1) * step;
-    const y = (v) => hgt - 2 - (v / max) * (hgt - 4);
-    ctx.beginPath();
-    let started = false;
+    const slots = Math.max(points.length, 10);
+    const step = w / (slots - 1);
+    const x = (i) => w - (points.length - 1 - i) * step;
+    const y = (v) => hgt - 2 * ratio - (v / max) * (hgt - 4 * ratio);
+    // Runs of consecutive known points, each drawn and filled on its own: a gap stays a gap.
+    const runs = [];
+    let run = [];
     points.forEach((p, i) => {
-      if (p === null) return;
-      const x = x0 + i * step;
-      if (!started) {
-        ctx.moveTo(x, y(p));
-        started = true;
-      } else ctx.lineTo(x, y(p));
+      if (p === null) {
+        if (run.length) runs.push(run);
+        run = [];
+      } else run.push([x(i), y(p)]);
     });
+    if (run.length) runs.push(run);
     ctx.lineWidth = 1.5 * ratio;
     ctx.strokeStyle = alert ? "#b91c1c" : "#1d4ed8";
-    ctx.stroke();
-    ctx.lineTo(x0 + (points.length - 1) * step, hgt);
-    ctx.lineTo(x0 + points.findIndex((p) => p !== null) * step, hgt);
-    ctx.closePath();
     ctx.fillStyle = alert ? "rgba(185, 28, 28, 0.12)" : "rgba(29, 78, 216, 0.12)";
-    ctx.fill();
+    for (const r of runs) {
+      ctx.beginPath();
+      r.forEach(([px, py], k) => (k ? ctx.lineTo(px, py) : ctx.moveTo(px, py)));
+      ctx.stroke();
+      ctx.lineTo(r[r.length - 1][0], hgt);
+      ctx.lineTo(r[0][0], hgt);
+      ctx.closePath();
+      ctx.fill();
+    }
   }
 
   function startHealth() {
@@ -938,7 +948,8 @@
     const lookups = counterDelta(prev, cur, "strata_cache_lookups_total");
     const hits = counterDelta(prev, cur, "strata_cache_lookups_total", (l) => l.outcome === "hit" || l.outcome === "negative_hit");
     if (lookups === null) setTile("cache", null, "no cache lookups yet");
-    else setTile("cache", lookups > 0 ? hits / lookups : null, rate(lookups / dt) + " lookups/s");
+    else if (lookups > 0) setTile("cache", hits / lookups, rate(lookups / dt) + " lookups/s");
+    else setTile("cache", null, "no lookups in the last second");
     const degraded = gauge(cur, "strata_cache_degraded");
     setTile("degraded", degraded, degraded ? "served from the database meanwhile" : "", degraded > 0);
     const servers = cur.samples.filter((s) => s.name === "strata_cache_endpoint_degraded" && s.value > 0);

@@ -350,9 +350,12 @@ async function main() {
     const shownRps = await page.locator("#tile-rps .value").textContent();
     expect(Number(shownRps) > 50, "the visible number: " + shownRps);
     await page.waitForFunction(() => document.querySelectorAll("#audit-tail li[data-event-id]").length > 0, null, { timeout: 15000 });
-    await shot(page, "08-health");
     await accessible(page, "health");
     const reportFile = await bench;
+    // Shot once the load is over and a few idle seconds followed: the charts show it rise and fall.
+    await page.waitForFunction(() => Number(document.querySelector("#tile-rps").dataset.value || 0) < 20, null, { timeout: 15000 });
+    await page.waitForTimeout(2000);
+    await shot(page, "08-health");
 
     step = "a bench report, as its HTML report";
     await page.click("a[data-section=reports]");
@@ -369,6 +372,11 @@ async function main() {
     const maxWidth = await frame.locator("body").evaluate((b) => getComputedStyle(b).maxWidth);
     expect(maxWidth === "1100px", "the report's stylesheet applied: max-width " + maxWidth);
     await shot(page, "09-report");
+    // The same report as `strata bench --html` wrote it, for comparison by eye.
+    const standalone = await context.newPage();
+    await standalone.goto("file://" + path.join(artifacts, "bench-report.html"));
+    await shot(standalone, "09b-report-standalone");
+    await standalone.close();
     await accessible(page, "reports");
     fs.writeFileSync(path.join(dir, "bad.json"), '{"schema": "something-else/1"}');
     await page.setInputFiles("#report-file", path.join(dir, "bad.json"));
