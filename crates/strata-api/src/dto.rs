@@ -134,12 +134,8 @@ impl From<&Session> for SessionBody {
 /// One session of a user, as its owner or an admin sees it (never the token).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserSessionBody {
-    #[schema(value_type = String, format = Uuid)]
-    pub id: String,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime)]
-    pub expires_at: String,
+    #[serde(flatten)]
+    pub session: SessionBody,
     /// When it was ended (logout, revocation, disable, password change); `null` if it was not.
     #[schema(format = DateTime)]
     pub revoked_at: Option<String>,
@@ -156,9 +152,7 @@ impl UserSessionBody {
         current: Option<strata_core::domain::SessionId>,
     ) -> Self {
         UserSessionBody {
-            id: s.id.to_string(),
-            created_at: rfc3339(s.created_at),
-            expires_at: rfc3339(s.expires_at),
+            session: s.into(),
             revoked_at: s.revoked_at.map(rfc3339),
             active: s.revoked_at.is_none() && s.expires_at > now,
             current: current == Some(s.id),

@@ -577,28 +577,38 @@
     return true;
   }
 
+  /**
+   * One action on the shown user: confirmed first, then sent conditional on the version the
+   * page shows, then its outcome (new state, stale message or error) shown.
+   */
+  async function act(spec) {
+    if (!shown) return;
+    const u = shown;
+    if (!(await confirmAction(spec.title, spec.text, spec.okLabel, spec.danger))) return;
+    const r = await api(spec.method, spec.path, { json: spec.json, ifMatch: u.version });
+    if (afterChange(r, spec.done(r))) await spec.then(r);
+  }
+
   async function toggleStatus() {
     if (!shown) return;
     const u = shown;
     const disable = u.status !== "disabled";
-    const ok = await confirmAction(
-      disable ? "Disable " + u.email + "?" : "Enable " + u.email + "?",
-      disable
+    await act({
+      title: (disable ? "Disable " : "Enable ") + u.email + "?",
+      text: disable
         ? "Every session of this user ends at once and they cannot sign in until the account is enabled again."
         : "The user can sign in again. Their old sessions stay ended.",
-      disable ? "Disable" : "Enable",
-      disable,
-    );
-    if (!ok) return;
-    const r = await api("PATCH", "/v1/users/" + u.id, {
+      okLabel: disable ? "Disable" : "Enable",
+      danger: disable,
+      method: "PATCH",
+      path: "/v1/users/" + u.id,
       json: { status: disable ? "disabled" : "active" },
-      ifMatch: u.version,
+      done: () => (disable ? "Disabled " : "Enabled ") + u.email + ".",
+      then: async (r) => {
+        renderUser(r.data);
+        await Promise.all([loadSessions(u.id), loadUserAudit(u.id)]);
+      },
     });
-    if (afterChange(r, disable ? "Disabled " + u.email + "." : "Enabled " + u.email + ".")) {
-      renderUser(r.data);
-      await loadSessions(u.id);
-      await loadUserAudit(u.id);
-    }
   }
 
   async function changeRole() {
@@ -609,54 +619,56 @@
       flash(u.email + " already has the role " + role + ".");
       return;
     }
-    const ok = await confirmAction(
-      "Make " + u.email + " " + (role === "admin" ? "an admin" : "a user") + "?",
-      role === "admin"
-        ? "Admins can read and change every account, the audit log and webhooks, and use this console."
-        : "They lose every admin right at their next request.",
-      "Change role",
-      false,
-    );
-    if (!ok) return;
-    const r = await api("PATCH", "/v1/users/" + u.id, { json: { role }, ifMatch: u.version });
-    if (afterChange(r, u.email + " now has the role " + role + ".")) {
-      renderUser(r.data);
-      await loadUserAudit(u.id);
-    }
+    await act({
+      title: "Make " + u.email + " " + (role === "admin" ? "an admin" : "a user") + "?",
+      text:
+        role === "admin"
+          ? "Admins can read and change every account, the audit log and webhooks, and use this console."
+          : "They lose every admin right at their next request.",
+      okLabel: "Change role",
+      danger: false,
+      method: "PATCH",
+      path: "/v1/users/" + u.id,
+      json: { role },
+      done: () => u.email + " now has the role " + role + ".",
+      then: async (r) => {
+        renderUser(r.data);
+        await loadUserAudit(u.id);
+      },
+    });
   }
 
   async function revokeSessions() {
     if (!shown) return;
     const u = shown;
-    const ok = await confirmAction(
-      "End every session of " + u.email + "?",
-      "Every device signed in as this user is signed out at once. The account itself stays as it is.",
-      "Revoke sessions",
-      true,
-    );
-    if (!ok) return;
-    const r = await api("DELETE", "/v1/users/" + u.id + "/sessions", { ifMatch: u.version });
-    if (afterChange(r, "Ended " + (r.data ? r.data.revoked : 0) + " session(s) of " + u.email + ".")) {
-      await loadSessions(u.id);
-      await loadUserAudit(u.id);
-    }
+    await act({
+      title: "End every session of " + u.email + "?",
+      text: "Every device signed in as this user is signed out at once. The account itself stays as it is.",
+      okLabel: "Revoke sessions",
+      danger: true,
+      method: "DELETE",
+      path: "/v1/users/" + u.id + "/sessions",
+      done: (r) => "Ended " + (r.data ? r.data.revoked : 0) + " session(s) of " + u.email + ".",
+      then: () => Promise.all([loadSessions(u.id), loadUserAudit(u.id)]),
+    });
   }
 
   async function deleteUser() {
     if (!shown) return;
     const u = shown;
-    const ok = await confirmAction(
-      "Delete " + u.email + "?",
-      "The account and all its sessions are deleted for good. This cannot be undone.",
-      "Delete",
-      true,
-    );
-    if (!ok) return;
-    const r = await api("DELETE", "/v1/users/" + u.id, { ifMatch: u.version });
-    if (afterChange(r, "Deleted " + u.email + ".")) {
-      keepFlash = true;
-      location.hash = "#/users";
-    }
+    await act({
+      title: "Delete " + u.email + "?",
+      text: "The account and all its sessions are deleted for good. This cannot be undone.",
+      okLabel: "Delete",
+      danger: true,
+      method: "DELETE",
+      path: "/v1/users/" + u.id,
+      done: () => "Deleted " + u.email + ".",
+      then: async () => {
+        keepFlash = true;
+        location.hash = "#/users";
+      },
+    });
   }
 
   // ---- live health ---------------------------------------------------------------------
