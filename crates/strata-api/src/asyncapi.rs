@@ -76,8 +76,8 @@ fn describe(event_type: &str) -> (&'static str, Value) {
         }
         "session.created" => ("A user logged in.", json!({ "session": session })),
         "session.revoked" => (
-            "A session ended by logout.",
-            json!({ "session": session, "reason": { "type": "string", "enum": ["logout"] } }),
+            "A session ended: by its logout (`logout`), or among every live session of a user ended by the user or an admin through `DELETE /v1/users/{id}/sessions` (`revoked`; `actor` says who). Sessions ended by a disable, a password change or a deletion have no event of their own: the `user.updated` / `user.deleted` says so.",
+            json!({ "session": session, "reason": { "type": "string", "enum": ["logout", "revoked"] } }),
         ),
         "login.failed" => (
             "A login to an existing account failed. Unknown emails produce no event (see login.throttled).",

@@ -131,6 +131,47 @@ impl From<&Session> for SessionBody {
     }
 }
 
+/// One session of a user, as its owner or an admin sees it (never the token).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserSessionBody {
+    #[serde(flatten)]
+    pub session: SessionBody,
+    /// When it was ended (logout, revocation, disable, password change); `null` if it was not.
+    #[schema(format = DateTime)]
+    pub revoked_at: Option<String>,
+    /// Neither revoked nor expired: its token works.
+    pub active: bool,
+    /// The session this request was made with.
+    pub current: bool,
+}
+
+impl UserSessionBody {
+    pub fn new(
+        s: &Session,
+        now: strata_core::domain::Timestamp,
+        current: Option<strata_core::domain::SessionId>,
+    ) -> Self {
+        UserSessionBody {
+            session: s.into(),
+            revoked_at: s.revoked_at.map(rfc3339),
+            active: s.revoked_at.is_none() && s.expires_at > now,
+            current: current == Some(s.id),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionList {
+    /// Newest first.
+    pub items: Vec<UserSessionBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionsRevoked {
+    /// How many live sessions were ended.
+    pub revoked: u64,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoginResponse {
     /// Opaque bearer token (`st_…`); shown once, stored only as a hash. Absent for a

@@ -42,7 +42,20 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ListJsonBody<T> {
 }
 
 async fn json_body<T: DeserializeOwned>(req: Request, state: &AppState, limit: usize) -> Result<T, ApiError> {
-    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    require_json(req.headers())?;
+    // Declared beyond what we would even drain: refuse without reading.
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return Err(too_large(limit));
+    }
+    let bytes = read_body(req.into_body(), limit, state.body_read_timeout).await?;
+    parse_json(&bytes)
+}
+
+/// A JSON media type, or the 415 that says what to send.
+pub(crate) fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if mime != "application/json" && mime != "application/merge-patch+json" {
         let detail = if content_type.is_empty() {
@@ -58,14 +71,7 @@ async fn json_body<T: DeserializeOwned>(req: Request, state: &AppState, limit: u
         )
         .field("Content-Type"));
     }
-    // Declared beyond what we would even drain: refuse without reading.
-    let declared =
-        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DRAIN_LIMIT as u64) {
-        return Err(too_large(limit));
-    }
-    let bytes = read_body(req.into_body(), limit, state.body_read_timeout).await?;
-    parse_json(&bytes)
+    Ok(())
 }
 
 /// A JSON body that may be left out entirely (no `Content-Type`, no bytes); one that is

@@ -15,6 +15,7 @@ use axum::routing::get;
 use strata_core::secret::Secret;
 use strata_core::service::Accounts;
 
+pub mod admin;
 pub mod asyncapi;
 pub mod browser;
 pub mod client;
@@ -85,6 +86,8 @@ pub struct StateInner {
     pub browser: browser::BrowserSettings,
     /// Request tracing; `None` (the default) costs nothing.
     pub tracer: Option<Arc<strata_core::trace::Tracer>>,
+    /// The admin console's bench report viewer; `None` answers 404 there.
+    pub bench_report: Option<admin::BenchReportRenderer>,
 }
 
 impl StateInner {
@@ -105,6 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/groups/{id}/members/{user_id}", axum::routing::delete(gr::remove_member))
         .route("/v1/users", post(routes::create_user).get(routes::list_users))
         .route("/v1/users/{id}", g(routes::get_user).patch(routes::update_user).delete(routes::delete_user))
+        .route("/v1/users/{id}/sessions", g(routes::list_user_sessions).delete(routes::revoke_user_sessions))
         .route("/v1/sessions", post(routes::login))
         .route("/v1/sessions/mfa", post(crate::mfa_routes::complete_mfa_login))
         .route("/v1/users/{id}/mfa/totp", post(crate::mfa_routes::start_totp).delete(crate::mfa_routes::disable_totp))
@@ -134,6 +138,9 @@ pub fn router(state: AppState) -> Router {
         .route("/asyncapi.json", get(asyncapi_json))
         .route("/docs", get(docs::page))
         .route("/docs/{asset}", get(docs::asset))
+        .route("/admin", get(admin::page))
+        .route("/admin/{asset}", get(admin::asset))
+        .route("/admin/bench-report", post(admin::bench_report))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     // Not installed without listed origins, so the hot paths pay nothing for it then.

@@ -20,6 +20,7 @@ use crate::client::{self, ClientIp};
 pub const ROUTES: &[&str] = &[
     "/v1/users",
     "/v1/users/{id}",
+    "/v1/users/{id}/sessions",
     "/v1/sessions",
     "/v1/sessions/current",
     "/v1/users/{id}/verification",
@@ -62,6 +63,9 @@ pub const ROUTES: &[&str] = &[
     "/asyncapi.json",
     "/docs",
     "/docs/{asset}",
+    "/admin",
+    "/admin/{asset}",
+    "/admin/bench-report",
 ];
 
 fn route_label(req: &Request) -> &'static str {

@@ -46,6 +46,8 @@ impl Modify for BearerAuth {
         crate::routes::get_user,
         crate::routes::update_user,
         crate::routes::delete_user,
+        crate::routes::list_user_sessions,
+        crate::routes::revoke_user_sessions,
         crate::routes::login,
         crate::routes::current_session,
         crate::routes::logout,
@@ -106,9 +108,13 @@ impl Modify for BearerAuth {
         crate::asyncapi_json,
         crate::docs::page,
         crate::docs::asset,
+        crate::admin::page,
+        crate::admin::asset,
+        crate::admin::bench_report,
     ),
     components(schemas(
         CreateUserRequest, UpdateUserRequest, LoginRequest, UserBody, SessionBody, LoginResponse, WhoAmI, UserList,
+        crate::dto::UserSessionBody, crate::dto::SessionList, crate::dto::SessionsRevoked,
         AuditEntryBody, AuditList, CreateWebhookRequest, UpdateWebhookRequest, WebhookBody, WebhookList, DeliveryBody,
         DeliveryList, DeliveryDetail, AttemptBody, ReplayRequest, ReplayResponse, Health, Problem,
         crate::lifecycle_routes::PasswordResetRequest, crate::lifecycle_routes::PasswordResetAccepted,
@@ -133,6 +139,7 @@ impl Modify for BearerAuth {
         (name = "audit", description = "The audit log of every event"),
         (name = "webhooks", description = "Signed, durable event deliveries over HTTP (Standard Webhooks, CloudEvents binary mode)"),
         (name = "operations", description = "Health, readiness, metrics, documentation"),
+        (name = "admin console", description = "The web console at /admin: its page and assets, and the bench report viewer"),
     )
 )]
 pub struct ApiDoc;

@@ -7,6 +7,7 @@
 //!
 //! `bench/schemathesis.sh` and CI run Schemathesis against the served document to keep it so.
 
+use crate::routes::EMAIL_PREFIX_MAX_CHARS;
 use serde_json::{Map, Value, json};
 use strata_core::domain::{IDEMPOTENCY_KEY_MAX_LEN, NAME_MAX_CHARS, PASSWORD_MAX_CHARS, PASSWORD_MIN_CHARS};
 use strata_core::events::EVENT_TYPES;
@@ -62,7 +63,7 @@ fn operation(path: &str, method: &str, op: &mut Value) {
     let scim = path.starts_with("/scim/");
     if let Some(params) = op.get_mut("parameters").and_then(Value::as_array_mut) {
         for p in params {
-            parameter(p);
+            parameter(path, p);
         }
     }
     // The one optional body: an admin's MFA reset sends none, the user sends their code.
@@ -179,7 +180,7 @@ fn scim_body(path: &str, method: &str) -> Value {
     })
 }
 
-fn parameter(p: &mut Value) {
+fn parameter(path: &str, p: &mut Value) {
     let name = p["name"].as_str().unwrap_or("").to_owned();
     let in_query = p["in"] == "query";
     if in_query && let Some(obj) = p.as_object_mut() {
@@ -207,9 +208,19 @@ fn parameter(p: &mut Value) {
         "type" if in_query => {
             schema.insert("enum".into(), json!(EVENT_TYPES));
         }
+        "status" if in_query && path == "/v1/users" => {
+            schema.insert("enum".into(), json!(["active", "disabled"]));
+        }
+        "role" if in_query => {
+            schema.insert("enum".into(), json!(["user", "admin"]));
+        }
         "status" if in_query => {
             schema.insert("enum".into(), json!(["pending", "delivered", "failed"]));
         }
+        "email_prefix" => param_pattern(
+            schema,
+            &format!("^[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029]{{0,{EMAIL_PREFIX_MAX_CHARS}}}$"),
+        ),
         "Idempotency-Key" => param_pattern(schema, &format!("^[!-~]{{1,{IDEMPOTENCY_KEY_MAX_LEN}}}$")),
         "email" if in_query => param_pattern(schema, EMAIL),
         _ => {}

@@ -8,12 +8,13 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use strata_core::domain::{AuditQuery, DisplayName, Email, Password, Role, User, UserId, UserStatus, parse_rfc3339};
-use strata_core::service::{Patched, Registration, UserChanges};
+use strata_core::error::ValidationError;
+use strata_core::service::{Actor, Patched, Registration, UserChanges, UserFilter};
 
 use crate::AppState;
 use crate::dto::{
     AuditEntryBody, AuditList, CreateUserRequest, EmailChangePendingBody, GroupRef, LoginRequest, LoginResponse,
-    UpdateUserRequest, UserBody, UserList, WhoAmI, rfc3339,
+    SessionList, SessionsRevoked, UpdateUserRequest, UserBody, UserList, UserSessionBody, WhoAmI, rfc3339,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{
@@ -177,6 +178,61 @@ pub async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A user's sessions, newest first: live, revoked and expired ones still stored (admins,
+/// or the user themself).
+#[utoipa::path(
+    get, path = "/v1/users/{id}/sessions", tag = "sessions",
+    params(("id" = String, Path, format = Uuid)),
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, body = SessionList),
+        (status = 400, description = "Invalid UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not yourself and not an admin", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_user_sessions(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    PathUserId(id): PathUserId,
+) -> ApiResult<Response> {
+    let sessions = state.accounts.sessions_of_user(&actor, id).await?;
+    let now = state.accounts.now();
+    let current = match &actor {
+        Actor::User { session, .. } => Some(*session),
+        _ => None,
+    };
+    let items = sessions.iter().map(|s| UserSessionBody::new(s, now, current)).collect();
+    // Session ids and times: nothing a shared cache should keep.
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(SessionList { items })).into_response())
+}
+
+/// End every live session of a user: "sign out everywhere" for yourself, or an admin
+/// cutting off a user (the account stays as it is). Each ends at once, cached copies too.
+#[utoipa::path(
+    delete, path = "/v1/users/{id}/sessions", tag = "sessions",
+    params(("id" = String, Path, format = Uuid), ("If-Match" = Option<String>, Header, description = "Optional: only while the user is at this version (the ETag of the user)")),
+    security(("bearer" = []), ("session_cookie" = [])),
+    responses(
+        (status = 200, description = "How many live sessions were ended (0 when there were none)", body = SessionsRevoked),
+        (status = 400, description = "Invalid UUID", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not yourself and not an admin; or a cookie session without its CSRF token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "The user is no longer at the If-Match version", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revoke_user_sessions(
+    State(state): State<AppState>,
+    Caller(actor): Caller,
+    PathUserId(id): PathUserId,
+    OptionalIfMatch(expected): OptionalIfMatch,
+) -> ApiResult<Json<SessionsRevoked>> {
+    let revoked = state.accounts.revoke_sessions(&actor, id, expected).await?;
+    Ok(Json(SessionsRevoked { revoked: revoked as u64 }))
+}
+
 const CURSOR_VERSION: u8 = 1;
 
 /// An opaque page cursor carrying the last id of the previous page.
@@ -200,21 +256,27 @@ pub(crate) fn decode_cursor(text: &str) -> Result<[u8; 16], ApiError> {
     Ok(id)
 }
 
-/// List users in a stable order (admins only), with cursor pagination.
+/// The longest `email_prefix` of `GET /v1/users`: an email's own limit.
+pub const EMAIL_PREFIX_MAX_CHARS: usize = 254;
+
+/// List users in a stable order (admins only), with cursor pagination and filters.
 #[utoipa::path(
     get, path = "/v1/users", tag = "users",
     params(
         ("limit" = Option<u32>, Query, description = "1–200, default 50"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
         ("email" = Option<String>, Query, description = "Exact (normalised) email to look up"),
+        ("email_prefix" = Option<String>, Query, description = "Only emails starting with this (trimmed, lower-cased; at most 254 characters)"),
+        ("status" = Option<String>, Query, description = "Only `active` or only `disabled` users"),
+        ("role" = Option<String>, Query, description = "Only `user` or only `admin` users"),
     ),
-    security(("bearer" = [])),
+    security(("bearer" = []), ("session_cookie" = [])),
     responses(
         (status = 200, body = UserList),
         (status = 400, description = "Bad limit, cursor or unknown parameter", body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid email filter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid email, email_prefix, status or role filter", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list_users(
@@ -222,19 +284,42 @@ pub async fn list_users(
     Caller(actor): Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<UserList>> {
-    let (mut limit, mut after, mut email) = (None, None, None);
-    for (k, v) in query_pairs(query.as_deref(), &["limit", "cursor", "email"])? {
+    let (mut limit, mut after, mut filter) = (None, None, UserFilter::default());
+    for (k, v) in query_pairs(query.as_deref(), &["limit", "cursor", "email", "email_prefix", "status", "role"])? {
         match k.as_str() {
             "limit" => limit = Some(list_limit(&state, &v)?),
             "cursor" => after = Some(UserId::from_bytes(decode_cursor(&v)?)),
-            _ => email = Some(Email::parse(&v)?),
+            "email_prefix" => filter.email_prefix = email_prefix(&v)?,
+            "status" => filter.status = Some(UserStatus::parse(&v)?),
+            "role" => filter.role = Some(Role::parse(&v)?),
+            _ => filter.email = Some(Email::parse(&v)?),
         }
     }
-    let page = state.accounts.list_users(&actor, after, limit, email).await?;
+    let page = state.accounts.list_users(&actor, after, limit, filter).await?;
     Ok(Json(UserList {
         items: page.items.iter().map(UserBody::from).collect(),
         next_cursor: page.next_after.map(|id| encode_cursor(id.as_bytes())),
     }))
+}
+
+/// The start of an email, normalised as emails are (trimmed, lower-cased); blank means no
+/// filter, as an empty search box does.
+fn email_prefix(raw: &str) -> Result<Option<String>, ApiError> {
+    let prefix = raw.trim().to_lowercase();
+    if prefix.chars().count() > EMAIL_PREFIX_MAX_CHARS {
+        return Err(ValidationError::new(
+            "email_prefix",
+            "too_long",
+            format!("email_prefix must be at most {EMAIL_PREFIX_MAX_CHARS} characters"),
+        )
+        .into());
+    }
+    if prefix.chars().any(char::is_control) {
+        return Err(
+            ValidationError::new("email_prefix", "invalid_character", "email_prefix has a control character").into()
+        );
+    }
+    Ok(Some(prefix).filter(|p| !p.is_empty()))
 }
 
 /// The audit log (admins only): every event, oldest first, with cursor pagination.

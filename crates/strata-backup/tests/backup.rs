@@ -122,8 +122,10 @@ async fn populate(store: &dyn Store, users: usize) {
         created_at: T0,
         updated_at: T0,
     };
-    let members =
-        store.list_users(&strata_core::ports::UserListQuery { after: None, limit: 3, email: None }).await.unwrap();
+    let members = store
+        .list_users(&strata_core::ports::UserListQuery { after: None, limit: 3, email: None, ..Default::default() })
+        .await
+        .unwrap();
     let ids: Vec<_> = members.iter().map(|u| u.id).collect();
     store.create_group(&group, &ids, &event("group.created", group.id.as_uuid())).await.unwrap();
     store.set_external_id(ids[0], Some(&strata_core::groups::ExternalId::parse("okta-1").unwrap())).await.unwrap();

@@ -139,12 +139,12 @@ fn render_request(
 }
 
 /// The figures of one endpoint (or all) over one interval.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct IntervalFigures {
     pub requests: u64,
     pub errors: u64,
     /// Only the kinds that occurred, as in the run totals.
-    pub errors_by_kind: std::collections::BTreeMap<&'static str, u64>,
+    pub errors_by_kind: std::collections::BTreeMap<String, u64>,
     pub rps: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -164,7 +164,7 @@ impl IntervalFigures {
             errors_by_kind: ErrorKind::ALL
                 .iter()
                 .filter(|k| stats.errors_of(**k) > 0)
-                .map(|k| (k.name(), stats.errors_of(*k)))
+                .map(|k| (k.name().to_owned(), stats.errors_of(*k)))
                 .collect(),
             rps: if seconds > 0.0 { (stats.requests as f64 / seconds * 10.0).round() / 10.0 } else { 0.0 },
             bytes_in: stats.bytes_in,
@@ -179,7 +179,7 @@ impl IntervalFigures {
 }
 
 /// One second of the time series.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
 pub struct SecondSample {
     /// Seconds since measurement started, at the end of this interval.
     pub t_s: f64,

@@ -136,7 +136,7 @@ fn round4(value: f64) -> f64 {
 }
 
 /// A histogram reduced to the numbers reports show.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub min_us: u64,
@@ -149,7 +149,7 @@ pub struct LatencySummary {
     pub max_us: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct PercentilePoint {
     pub percentile: f64,
     pub latency_us: u64,

@@ -216,7 +216,8 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, x_axis: XAxis, seri
     svg
 }
 
-const STYLE: &str = r#"
+/// The report's stylesheet (inline in [`render`], to be served for [`render_linked`]).
+pub const STYLE: &str = r#"
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#111827;padding:0 16px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
 .meta{color:#4b5563}
@@ -250,21 +251,51 @@ const SELF_CHECK: &str = r#"
 })();
 "#;
 
+/// How a page gets its style (and self-check).
+enum Head<'a> {
+    /// Inline `<style>` and the self-check `<script>`: one file that opens anywhere.
+    Inline,
+    /// `<link rel="stylesheet">` to this address and no script: for pages under a strict
+    /// Content-Security-Policy.
+    Linked(&'a str),
+}
+
+/// The standalone report (`--html`).
 pub fn render(r: &Report) -> String {
+    document(r, Head::Inline)
+}
+
+/// The same report for a page under a strict Content-Security-Policy (the admin console):
+/// the stylesheet linked from `stylesheet_href`, where [`STYLE`] must be served, and no
+/// script, the self-check being for the standalone file that CI loads.
+pub fn render_linked(r: &Report, stylesheet_href: &str) -> String {
+    document(r, Head::Linked(stylesheet_href))
+}
+
+fn document(r: &Report, head: Head<'_>) -> String {
     let mut h = String::new();
     let c = &r.config;
     let _ = write!(
         h,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>strata bench: {}</title><style>{STYLE}</style><script>{SELF_CHECK}</script></head><body>",
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>strata bench: {}</title>",
         escape(&c.scenario)
     );
+    match head {
+        Head::Inline => {
+            let _ = write!(h, "<style>{STYLE}</style><script>{SELF_CHECK}</script>");
+        }
+        Head::Linked(href) => {
+            let _ = write!(h, "<link rel=\"stylesheet\" href=\"{}\">", escape(href));
+        }
+    }
+    h.push_str("</head><body>");
     let _ = write!(
         h,
         "<h1>strata bench: <code>{}</code></h1><p class=\"meta\">target {} · {} model · {} · measured {:.1}s (warm-up {:.1}s) · {} iterations · run {}</p>",
         escape(&c.scenario),
         escape(&c.target),
         c.model,
-        match (c.model, &c.stages, c.rate) {
+        match (c.model.as_str(), &c.stages, c.rate) {
             _ if c.find_max =>
                 format!("find-max from {} req/s, up to {} connections", c.rate.unwrap_or(100.0), c.connections),
             (_, Some(s), _) => format!("stages {}", escape(s)),
@@ -371,8 +402,7 @@ pub fn render(r: &Report) -> String {
             dist.push(Series {
                 name: e.name.clone(),
                 points: e
-                    .histogram
-                    .distribution()
+                    .latency_distribution
                     .iter()
                     .map(|p| (nines(p.percentile), p.latency_us as f64 / 1e3))
                     .collect(),

@@ -235,7 +235,7 @@ async fn execute_inner(args: BenchArgs, stop: tokio::sync::watch::Receiver<bool>
     let config = RunConfig {
         target: target.url.clone(),
         scenario: scenario_name,
-        model: if open { "open" } else { "closed" },
+        model: if open { "open" } else { "closed" }.to_owned(),
         rate: args.rate,
         connections,
         stages: args.stages.clone(),

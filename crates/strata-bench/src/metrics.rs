@@ -86,7 +86,7 @@ fn parse_line(line: &str) -> Option<Sample> {
 }
 
 /// Per-route figures the server itself recorded during the run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ServerRoute {
     pub route: String,
     pub method: String,
@@ -97,7 +97,7 @@ pub struct ServerRoute {
     pub p99_ms: Option<f64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ServerDbOp {
     pub op: String,
     pub queries: f64,
@@ -105,7 +105,7 @@ pub struct ServerDbOp {
     pub p99_ms: Option<f64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ServerMetrics {
     /// Whether both scrapes succeeded; if not, `error` says why and the lists are empty.
     pub available: bool,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::SecondSample;
 use crate::histogram::{LatencyHistogram, LatencySummary, PercentilePoint};
@@ -15,7 +15,7 @@ use crate::stats::{EndpointStats, ErrorKind, ScheduleStats, StatsSet};
 
 pub const SCHEMA: &str = "strata-bench/1";
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EndpointReport {
     pub name: String,
     pub requests: u64,
@@ -23,13 +23,17 @@ pub struct EndpointReport {
     pub errors: u64,
     /// errors / requests.
     pub error_rate: f64,
-    pub errors_by_kind: BTreeMap<&'static str, u64>,
+    pub errors_by_kind: BTreeMap<String, u64>,
     pub rps: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub latency: LatencySummary,
     /// Mean milliseconds per `Server-Timing` metric over the responses that carried it.
     pub server_timing_ms: BTreeMap<String, f64>,
+    /// This endpoint's percentile curve, on the grid of the run's `latency_distribution`.
+    /// Absent from reports of versions before it was added.
+    #[serde(default)]
+    pub latency_distribution: Vec<PercentilePoint>,
     #[serde(skip)]
     pub histogram: LatencyHistogram,
 }
@@ -46,7 +50,7 @@ impl EndpointReport {
             errors_by_kind: ErrorKind::ALL
                 .iter()
                 .filter(|k| stats.errors_of(**k) > 0)
-                .map(|k| (k.name(), stats.errors_of(*k)))
+                .map(|k| (k.name().to_owned(), stats.errors_of(*k)))
                 .collect(),
             rps: if measured_s > 0.0 { (stats.requests as f64 / measured_s * 10.0).round() / 10.0 } else { 0.0 },
             bytes_in: stats.bytes_in,
@@ -58,6 +62,7 @@ impl EndpointReport {
                 .filter(|t| t.count > 0)
                 .map(|t| (t.name.clone(), (t.total_ms / t.count as f64 * 1000.0).round() / 1000.0))
                 .collect(),
+            latency_distribution: stats.latency.distribution(),
             histogram: stats.latency.clone(),
         }
     }
@@ -67,12 +72,12 @@ impl EndpointReport {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunConfig {
     pub target: String,
     pub scenario: String,
     /// "open" or "closed".
-    pub model: &'static str,
+    pub model: String,
     pub rate: Option<f64>,
     pub connections: usize,
     pub stages: Option<String>,
@@ -85,7 +90,7 @@ pub struct RunConfig {
     pub run_id: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ClientReport {
     pub cores: usize,
     pub cpu_pct_mean: f64,
@@ -98,7 +103,7 @@ pub struct ClientReport {
     pub late_fraction: f64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct TargetReport {
     pub pid: u32,
     pub samples: usize,
@@ -108,7 +113,7 @@ pub struct TargetReport {
     pub threads_max: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FindMaxStep {
     pub offered_rps: f64,
     pub achieved_rps: f64,
@@ -118,7 +123,7 @@ pub struct FindMaxStep {
     pub passed: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct FindMaxReport {
     pub p99_bound_us: u64,
     pub steps: Vec<FindMaxStep>,
@@ -127,10 +132,10 @@ pub struct FindMaxReport {
     pub stop_reason: String,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
-    pub schema: &'static str,
-    pub generator_version: &'static str,
+    pub schema: String,
+    pub generator_version: String,
     pub started_at_unix_ms: u64,
     pub config: RunConfig,
     pub measured_s: f64,
@@ -150,6 +155,25 @@ pub struct Report {
     pub passed: bool,
     /// The run was stopped early (Ctrl-C); `measured_s` ends where it stopped.
     pub interrupted: bool,
+}
+
+impl Report {
+    /// A report written by `--json` (this schema version, from any generator version:
+    /// fields are only ever added within a version), for rendering again.
+    pub fn from_json(bytes: &[u8]) -> Result<Report, String> {
+        #[derive(Deserialize)]
+        struct Schema {
+            schema: Option<String>,
+        }
+        let found = serde_json::from_slice::<Schema>(bytes).map_err(|e| format!("not a JSON object: {e}"))?;
+        if found.schema.as_deref() != Some(SCHEMA) {
+            return Err(format!(
+                "not a `strata bench --json` report of schema {SCHEMA:?} (schema: {})",
+                found.schema.map_or_else(|| "missing".to_owned(), |s| format!("{s:?}"))
+            ));
+        }
+        serde_json::from_slice(bytes).map_err(|e| format!("a {SCHEMA} report, but {e}"))
+    }
 }
 
 /// Everything needed to build a report besides the measurements.
@@ -201,8 +225,8 @@ pub fn build(inputs: ReportInputs, totals: &StatsSet, series: Vec<SecondSample>,
         })
         .collect();
     Report {
-        schema: SCHEMA,
-        generator_version: env!("CARGO_PKG_VERSION"),
+        schema: SCHEMA.to_owned(),
+        generator_version: env!("CARGO_PKG_VERSION").to_owned(),
         started_at_unix_ms: inputs.started_at_unix_ms,
         config: inputs.config,
         measured_s: (measured_s * 1000.0).round() / 1000.0,
@@ -231,7 +255,7 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 pub fn summary_text(r: &Report) -> String {
     let mut out = String::new();
     let c = &r.config;
-    let load = match (c.model, c.find_max, &c.stages) {
+    let load = match (c.model.as_str(), c.find_max, &c.stages) {
         (_, true, _) => "open model, --find-max".to_string(),
         ("open", _, Some(stages)) => format!("open model, stages {stages}"),
         ("open", _, None) => {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 const TICKS_PER_SECOND: f64 = 100.0;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ResourcePoint {
     pub cpu_pct: f64,
     pub rss_bytes: u64,

@@ -36,7 +36,7 @@ pub struct Objective {
     pub threshold: f64,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct SloResult {
     pub objective: String,
     pub passed: bool,

@@ -152,7 +152,7 @@ impl EndpointStats {
 }
 
 /// How well an open-model run kept to its schedule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ScheduleStats {
     /// Iterations sent more than 2 ms (`LATE_THRESHOLD_US`) after their intended start.
     pub late_sends: u64,

@@ -6,8 +6,8 @@ use async_trait::async_trait;
 
 use crate::backup::BackupRepository;
 use crate::domain::{
-    AuditEntry, AuditQuery, Backlog, Email, GroupId, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease,
-    Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
+    AuditEntry, AuditQuery, Backlog, Email, GroupId, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease, Role,
+    Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, UserStatus, Version,
 };
 use crate::error::RepoError;
 use crate::groups::{
@@ -33,7 +33,7 @@ pub enum SessionRevocation {
     },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserListQuery {
     /// Exclusive lower bound on the id: keyset pagination in id order, which for UUIDv7 is
     /// creation order and therefore stable while rows are added.
@@ -41,6 +41,13 @@ pub struct UserListQuery {
     /// Number of rows to return; the repository returns at most this many.
     pub limit: u32,
     pub email: Option<Email>,
+    /// Emails starting with this (lower-case) text: a range over the email index, the
+    /// matches then sorted by id.
+    pub email_prefix: Option<String>,
+    /// Filters on the rows the id range (or the email) found; not indexed, so a rare
+    /// status or role reads further along the primary key to fill a page. Admin reads only.
+    pub status: Option<UserStatus>,
+    pub role: Option<Role>,
 }
 
 /// One condition on users that an index serves: what SCIM filters compile to (strata-api

@@ -156,6 +156,16 @@ pub struct AuditPage {
     pub next_after: Option<uuid::Uuid>,
 }
 
+/// What `GET /v1/users` may filter on; every filter given must hold.
+#[derive(Clone, Debug, Default)]
+pub struct UserFilter {
+    pub email: Option<Email>,
+    /// Lower-case text the email starts with.
+    pub email_prefix: Option<String>,
+    pub status: Option<UserStatus>,
+    pub role: Option<Role>,
+}
+
 pub struct UserPage {
     pub items: Vec<User>,
     /// Id of the last item when more may follow.
@@ -297,6 +307,11 @@ impl Accounts {
 
     pub fn hasher(&self) -> &PasswordHasher {
         &self.hasher
+    }
+
+    /// The service's clock: what "expired" is judged against (tests move it).
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
     }
 
     /// Runs one storage call, charging its time to the request and reporting it.
@@ -725,6 +740,80 @@ impl Accounts {
         Ok(())
     }
 
+    /// A user's sessions, newest first, for an admin or the user themself: the live ones and
+    /// the revoked or expired ones still stored. `NotFound` for an unknown user, so that a
+    /// wrong id is not mistaken for a user without sessions.
+    pub async fn sessions_of_user(&self, actor: &Actor, id: UserId) -> Result<Vec<Session>, AppError> {
+        self.require_session_owner(actor, id, "you may only list your own sessions").await?;
+        let mut sessions = self.db("sessions_of_user", self.store.sessions_of_user(id)).await?;
+        // Stored in id order, which for UUIDv7 is creation order.
+        sessions.reverse();
+        Ok(sessions)
+    }
+
+    /// Ends every live session of a user ("sign out everywhere", or an admin's response to
+    /// a stolen token) without touching the account: each session gets its
+    /// `session.revoked` (reason `revoked`, the actor named) and its cached entry goes with
+    /// the commit, as a logout's does. Returns how many were live.
+    ///
+    /// With `expected`, only while the user is still at that version: an admin who decided
+    /// on a view of the account that has changed since is told so (`VersionMismatch`)
+    /// rather than acting on it.
+    pub async fn revoke_sessions(
+        &self,
+        actor: &Actor,
+        id: UserId,
+        expected: Option<Version>,
+    ) -> Result<usize, AppError> {
+        self.require_session_owner(actor, id, "you may only end your own sessions").await?;
+        if let Some(expected) = expected {
+            let user = self.db("user_by_id", self.store.user_by_id(id)).await?.ok_or(AppError::NotFound("user"))?;
+            if user.version != expected {
+                return Err(AppError::VersionMismatch);
+            }
+        }
+        let now = self.clock.now();
+        let sessions = self.db("sessions_of_user", self.store.sessions_of_user(id)).await?;
+        let live: Vec<Session> =
+            sessions.into_iter().filter(|s| s.revoked_at.is_none() && s.expires_at > now).collect();
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let acting = EventActor::of(actor, id);
+        let revocations: Vec<(SessionId, OutboxEvent)> = live
+            .iter()
+            .map(|s| {
+                let data = serde_json::json!({ "session": session_json(s), "reason": "revoked" });
+                (s.id, event("session.revoked", id.as_uuid(), acting, data, now))
+            })
+            .collect();
+        let keys = live.iter().map(|s| session_key(&s.token_hash)).collect();
+        let store = self.store.clone();
+        // One unit with the invalidation of every key listed, so a failure half-way still
+        // drops the cached entries of the sessions it did revoke.
+        let write = async move {
+            let mut revoked = 0;
+            for (session, event) in &revocations {
+                if store.revoke_session(*session, now, event).await? {
+                    revoked += 1;
+                }
+            }
+            Ok(revoked)
+        };
+        Ok(self.commit("revoke_session", write, Stale::Keys(keys)).await?)
+    }
+
+    /// Admins, or the user themself; someone else's unknown id is `NotFound`.
+    async fn require_session_owner(&self, actor: &Actor, id: UserId, refusal: &'static str) -> Result<(), AppError> {
+        if !actor.may_act_on(id) {
+            return Err(AppError::Forbidden(refusal));
+        }
+        if matches!(actor, Actor::User { user, .. } if user.id == id) {
+            return Ok(());
+        }
+        self.user_by_id_cached(id).await?.map(|_| ()).ok_or(AppError::NotFound("user"))
+    }
+
     /// Session and user by token hash: cache, then one database read per key however many
     /// requests miss at once.
     async fn session_with_user(&self, hash: &TokenHash) -> Result<Option<(Session, User)>, RepoError> {
@@ -998,7 +1087,7 @@ impl Accounts {
         actor: &Actor,
         after: Option<UserId>,
         limit: Option<u32>,
-        email: Option<Email>,
+        filter: UserFilter,
     ) -> Result<UserPage, AppError> {
         if !actor.is_admin() {
             return Err(AppError::Forbidden("listing users requires an admin"));
@@ -1013,7 +1102,14 @@ impl Accounts {
             .into());
         }
         // One extra row tells whether another page exists without a COUNT.
-        let query = UserListQuery { after, limit: limit + 1, email };
+        let query = UserListQuery {
+            after,
+            limit: limit + 1,
+            email: filter.email,
+            email_prefix: filter.email_prefix,
+            status: filter.status,
+            role: filter.role,
+        };
         let mut items = self.db("list_users", self.store.list_users(&query)).await?;
         let next_after = if items.len() > limit as usize {
             items.truncate(limit as usize);

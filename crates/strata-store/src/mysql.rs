@@ -777,6 +777,19 @@ impl MysqlStore {
     }
 }
 
+impl MysqlStore {
+    /// The users a statement of `user_search` selects.
+    async fn built_users(&self, built: crate::user_search::Built) -> Result<Vec<User>, RepoError> {
+        crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            let mut rows: Vec<Row> =
+                conn.exec(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
+            rows.iter_mut().map(|r| user_from_row(r, 0)).collect()
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl UserRepository for MysqlStore {
     async fn create_user(
@@ -889,6 +902,15 @@ impl UserRepository for MysqlStore {
     }
 
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError> {
+        if crate::user_search::needs_list_page(query) {
+            return self
+                .built_users(crate::user_search::list_page(
+                    crate::user_search::Dialect::Mysql,
+                    USER_READ_COLUMNS,
+                    query,
+                ))
+                .await;
+        }
         let after = query.after.map(|id| *id.as_bytes()).unwrap_or([0u8; 16]);
         let limit = i64::from(query.limit);
         match &query.email {
@@ -898,14 +920,8 @@ impl UserRepository for MysqlStore {
     }
 
     async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, RepoError> {
-        let built = crate::user_search::select(crate::user_search::Dialect::Mysql, USER_READ_COLUMNS, search);
-        crate::with_timeout(self.query_timeout, async {
-            let mut conn = self.conn().await?;
-            let mut rows: Vec<Row> =
-                conn.exec(built.sql.as_str(), search_params(&built.params)).await.map_err(my_err)?;
-            rows.iter_mut().map(|r| user_from_row(r, 0)).collect()
-        })
-        .await
+        self.built_users(crate::user_search::select(crate::user_search::Dialect::Mysql, USER_READ_COLUMNS, search))
+            .await
     }
 
     async fn count_users(&self, predicate: Option<&UserPredicate>) -> Result<u64, RepoError> {

@@ -707,6 +707,21 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The users a statement of `user_search` selects.
+    async fn built_users(&self, built: crate::user_search::Built) -> Result<Vec<User>, RepoError> {
+        let owned = search_params(&built.params);
+        let params: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+        crate::with_timeout(self.query_timeout, async {
+            let client = self.client().await?;
+            let stmt = client.prepare_cached(&built.sql).await.map_err(pg_err)?;
+            let rows = client.query(&stmt, &params).await.map_err(pg_err)?;
+            rows.iter().map(|r| user_from_row(r, 0)).collect()
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl UserRepository for PostgresStore {
     async fn create_user(
@@ -828,6 +843,15 @@ impl UserRepository for PostgresStore {
     }
 
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError> {
+        if crate::user_search::needs_list_page(query) {
+            return self
+                .built_users(crate::user_search::list_page(
+                    crate::user_search::Dialect::Postgres,
+                    USER_READ_COLUMNS,
+                    query,
+                ))
+                .await;
+        }
         let after = query.after.map(|id| id.as_uuid()).unwrap_or(Uuid::nil());
         let limit = i64::from(query.limit);
         match &query.email {
@@ -837,16 +861,8 @@ impl UserRepository for PostgresStore {
     }
 
     async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, RepoError> {
-        let built = crate::user_search::select(crate::user_search::Dialect::Postgres, USER_READ_COLUMNS, search);
-        let owned = search_params(&built.params);
-        let params: Vec<&(dyn ToSql + Sync)> = owned.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-        crate::with_timeout(self.query_timeout, async {
-            let client = self.client().await?;
-            let stmt = client.prepare_cached(&built.sql).await.map_err(pg_err)?;
-            let rows = client.query(&stmt, &params).await.map_err(pg_err)?;
-            rows.iter().map(|r| user_from_row(r, 0)).collect()
-        })
-        .await
+        self.built_users(crate::user_search::select(crate::user_search::Dialect::Postgres, USER_READ_COLUMNS, search))
+            .await
     }
 
     async fn count_users(&self, predicate: Option<&UserPredicate>) -> Result<u64, RepoError> {

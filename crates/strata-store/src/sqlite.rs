@@ -904,6 +904,18 @@ fn users(c: &Connection, sql: &'static str, params: impl rusqlite::Params) -> ru
     rows.collect()
 }
 
+impl SqliteStore {
+    /// The users a statement of `user_search` selects.
+    async fn built_users(&self, built: crate::user_search::Built) -> Result<Vec<User>, RepoError> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(&built.sql)?;
+            let rows = stmt.query_map(params_from_iter(search_params(&built.params)), |r| user_from_row(r, 0))?;
+            rows.collect()
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl UserRepository for SqliteStore {
     async fn create_user(
@@ -1020,6 +1032,15 @@ impl UserRepository for SqliteStore {
     }
 
     async fn list_users(&self, query: &UserListQuery) -> Result<Vec<User>, RepoError> {
+        if crate::user_search::needs_list_page(query) {
+            return self
+                .built_users(crate::user_search::list_page(
+                    crate::user_search::Dialect::Sqlite,
+                    USER_READ_COLUMNS,
+                    query,
+                ))
+                .await;
+        }
         let after = query.after.map(|id| *id.as_bytes()).unwrap_or([0u8; 16]);
         let limit = i64::from(query.limit);
         let email = query.email.as_ref().map(|email| email.as_str().to_owned());
@@ -1031,13 +1052,8 @@ impl UserRepository for SqliteStore {
     }
 
     async fn search_users(&self, search: &UserSearch) -> Result<Vec<User>, RepoError> {
-        let built = crate::user_search::select(crate::user_search::Dialect::Sqlite, USER_READ_COLUMNS, search);
-        self.read(move |c| {
-            let mut stmt = c.prepare_cached(&built.sql)?;
-            let rows = stmt.query_map(params_from_iter(search_params(&built.params)), |r| user_from_row(r, 0))?;
-            rows.collect()
-        })
-        .await
+        self.built_users(crate::user_search::select(crate::user_search::Dialect::Sqlite, USER_READ_COLUMNS, search))
+            .await
     }
 
     async fn count_users(&self, predicate: Option<&UserPredicate>) -> Result<u64, RepoError> {

@@ -8,7 +8,7 @@
 //! over `users_updated_at`. The EXPLAIN tests hold each backend to that.
 
 use strata_core::domain::{Timestamp, UserId};
-use strata_core::ports::{Comparison, UserCondition, UserOrder, UserPredicate, UserSearch};
+use strata_core::ports::{Comparison, UserCondition, UserListQuery, UserOrder, UserPredicate, UserSearch};
 
 /// A parameter, typed by the backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +150,42 @@ pub(crate) fn select(dialect: Dialect, columns: &str, search: &UserSearch) -> Bu
     }
 }
 
+/// A page of `GET /v1/users` with the filters the fixed statements do not cover (email
+/// prefix, status, role): `id > after` plus each filter given, in id order. A prefix is the
+/// email index's range, its matches sorted by id; without one the primary key is walked in
+/// order and status and role filter what it yields.
+pub(crate) fn list_page(dialect: Dialect, columns: &str, query: &UserListQuery) -> Built {
+    let mut b = Builder { dialect, params: Vec::new() };
+    let after = query.after.unwrap_or_else(|| UserId::from_bytes([0; 16]));
+    let mut conditions = vec![format!("id > {}", b.param(Param::Id(after)))];
+    if let Some(email) = &query.email {
+        conditions.push(b.condition(&UserCondition::Email(email.clone())));
+    }
+    if let Some(prefix) = &query.email_prefix {
+        conditions.push(b.condition(&UserCondition::EmailPrefix(prefix.clone())));
+    }
+    if let Some(status) = query.status {
+        conditions.push(format!("status = {}", b.param(Param::Text(status.as_str().to_owned()))));
+    }
+    if let Some(role) = query.role {
+        conditions.push(format!("role = {}", b.param(Param::Text(role.as_str().to_owned()))));
+    }
+    // As in `select`: SQLite would otherwise walk the whole primary key rather than sort
+    // the few rows the email index finds.
+    let narrowed = query.email.is_some() || query.email_prefix.is_some();
+    let order = if narrowed && matches!(dialect, Dialect::Sqlite) { "+id" } else { "id" };
+    let limit = b.param(Param::Int(i64::from(query.limit)));
+    Built {
+        sql: format!("SELECT {columns} FROM users WHERE {} ORDER BY {order} LIMIT {limit}", conditions.join(" AND ")),
+        params: b.params,
+    }
+}
+
+/// Whether a list query needs [`list_page`] rather than the fixed statements.
+pub(crate) fn needs_list_page(query: &UserListQuery) -> bool {
+    query.email_prefix.is_some() || query.status.is_some() || query.role.is_some()
+}
+
 /// `SELECT count(*) FROM users WHERE …`.
 pub(crate) fn count(dialect: Dialect, predicate: Option<&UserPredicate>) -> Built {
     let mut b = Builder { dialect, params: Vec::new() };
@@ -189,6 +225,26 @@ pub(crate) fn sample_searches() -> Vec<(&'static str, UserSearch)> {
     out
 }
 
+/// The filtered list pages the EXPLAIN tests hold to an index (the email index for a
+/// prefix, the primary key otherwise), with sample values.
+pub(crate) fn sample_list_pages() -> Vec<(&'static str, UserListQuery)> {
+    use strata_core::domain::{Role, UserStatus};
+    let base = UserListQuery { after: None, limit: 51, email: None, email_prefix: None, status: None, role: None };
+    vec![
+        ("list_users_email_prefix", UserListQuery { email_prefix: Some("plan1".into()), ..base.clone() }),
+        (
+            "list_users_prefix_status_role",
+            UserListQuery {
+                email_prefix: Some("plan1".into()),
+                status: Some(UserStatus::Disabled),
+                role: Some(Role::Admin),
+                ..base.clone()
+            },
+        ),
+        ("list_users_status", UserListQuery { status: Some(UserStatus::Disabled), ..base }),
+    ]
+}
+
 /// The sample searches as each dialect's SQL, built once: EXPLAIN reports name the SQL
 /// they planned, for as long as the process runs.
 pub(crate) fn sample_plans(dialect: Dialect, columns: &'static str) -> &'static [(&'static str, Built)] {
@@ -201,7 +257,11 @@ pub(crate) fn sample_plans(dialect: Dialect, columns: &'static str) -> &'static 
         Dialect::Postgres => &POSTGRES,
         Dialect::Mysql => &MYSQL,
     };
-    cell.get_or_init(|| sample_searches().into_iter().map(|(name, s)| (name, select(dialect, columns, &s))).collect())
+    cell.get_or_init(|| {
+        let searches = sample_searches().into_iter().map(|(name, s)| (name, select(dialect, columns, &s)));
+        let pages = sample_list_pages().into_iter().map(|(name, q)| (name, list_page(dialect, columns, &q)));
+        searches.chain(pages).collect()
+    })
 }
 
 #[cfg(test)]

@@ -659,7 +659,8 @@ async fn keyset_pagination_visits_everyone_once(store: Arc<dyn Store>) {
     let mut seen = Vec::new();
     let mut after = None;
     loop {
-        let page = store.list_users(&UserListQuery { after, limit: 5, email: None }).await.unwrap();
+        let page =
+            store.list_users(&UserListQuery { after, limit: 5, email: None, ..Default::default() }).await.unwrap();
         assert!(page.len() <= 5);
         if page.is_empty() {
             break;
@@ -670,9 +671,73 @@ async fn keyset_pagination_visits_everyone_once(store: Arc<dyn Store>) {
     assert_eq!(seen, ids);
 
     let email = Email::parse("page07@example.com").unwrap();
-    let hit = store.list_users(&UserListQuery { after: None, limit: 5, email: Some(email) }).await.unwrap();
+    let hit = store
+        .list_users(&UserListQuery { after: None, limit: 5, email: Some(email), ..Default::default() })
+        .await
+        .unwrap();
     assert_eq!(hit.len(), 1);
     assert_eq!(hit[0].email.as_str(), "page07@example.com");
+}
+
+/// The admin console's list: an email prefix, a status and a role, each alone and together,
+/// paged by id with every match seen once.
+async fn filtered_pages_visit_every_match_once(store: Arc<dyn Store>) {
+    let mut expected = Vec::new();
+    for i in 0..14 {
+        let mut u = user(&format!("{}{i:02}@example.com", if i % 2 == 0 { "filt" } else { "other" }), "Filtered");
+        if i % 3 == 0 {
+            u.status = UserStatus::Disabled;
+        }
+        if i % 4 == 0 {
+            u.role = Role::Admin;
+        }
+        create(&*store, &u).await;
+        expected.push(u);
+    }
+    // An email that sorts right after the prefix's range must stay out of it.
+    create(&*store, &user("filu@example.com", "Next")).await;
+    expected.sort_by_key(|u| u.id);
+    let walk = |query: UserListQuery| {
+        let store = store.clone();
+        async move {
+            let mut seen = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list_users(&UserListQuery { after, limit: 2, ..query.clone() }).await.unwrap();
+                assert!(page.len() <= 2);
+                let Some(last) = page.last() else { break };
+                after = Some(last.id);
+                seen.extend(page.into_iter().map(|u| u.id));
+            }
+            seen
+        }
+    };
+    let matching = |f: &dyn Fn(&User) -> bool| expected.iter().filter(|u| f(u)).map(|u| u.id).collect::<Vec<_>>();
+    let prefix = || Some("filt".to_owned());
+    let q = UserListQuery { email_prefix: prefix(), ..Default::default() };
+    assert_eq!(walk(q).await, matching(&|u| u.email.as_str().starts_with("filt")));
+    let q = UserListQuery { status: Some(UserStatus::Disabled), ..Default::default() };
+    let disabled = walk(q).await;
+    assert_eq!(disabled, matching(&|u| u.status == UserStatus::Disabled));
+    let q = UserListQuery { role: Some(Role::Admin), ..Default::default() };
+    assert_eq!(walk(q).await, matching(&|u| u.role == Role::Admin));
+    let q = UserListQuery {
+        email_prefix: prefix(),
+        status: Some(UserStatus::Active),
+        role: Some(Role::User),
+        ..Default::default()
+    };
+    let all_three = walk(q).await;
+    assert_eq!(
+        all_three,
+        matching(&|u| u.email.as_str().starts_with("filt") && u.status == UserStatus::Active && u.role == Role::User)
+    );
+    assert!(!all_three.is_empty() && !disabled.is_empty());
+    // A prefix that is a whole address, and one that matches nothing.
+    let q = UserListQuery { email_prefix: Some("filt02@example.com".into()), ..Default::default() };
+    assert_eq!(walk(q).await.len(), 1);
+    let q = UserListQuery { email_prefix: Some("zzz".into()), ..Default::default() };
+    assert!(walk(q).await.is_empty());
 }
 
 async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
@@ -709,6 +774,9 @@ async fn hot_paths_use_indexes(store: Arc<dyn Store>) {
         "search_users_employee_number",
         "search_users_updated_after",
         "search_users_prefix_and_updated",
+        "list_users_email_prefix",
+        "list_users_prefix_status_role",
+        "list_users_status",
     ] {
         assert!(names.contains(&required), "{} did not explain {required}", store.backend());
     }
@@ -1328,7 +1396,8 @@ async fn populate(store: &dyn Store) {
         .await
         .unwrap();
     let g = group("Backed up \"group\" 🦀");
-    let members = store.list_users(&UserListQuery { after: None, limit: 5, email: None }).await.unwrap();
+    let members =
+        store.list_users(&UserListQuery { after: None, limit: 5, email: None, ..Default::default() }).await.unwrap();
     let ids: Vec<UserId> = members.iter().map(|u| u.id).collect();
     store.create_group(&g, &ids, &group_event("group.created", &g)).await.unwrap();
     store.set_external_id(ids[0], Some(&ExternalId::parse("entra-1").unwrap())).await.unwrap();
@@ -1547,6 +1616,7 @@ all_backends!(
     sessions_lifecycle,
     delete_removes_user_and_sessions,
     keyset_pagination_visits_everyone_once,
+    filtered_pages_visit_every_match_once,
     hot_paths_use_indexes,
     groups_round_trip,
     membership_changes_touch_only_their_rows,

@@ -178,6 +178,10 @@ impl Application {
             timing_detail_from: config.http.timing_detail_from.clone().into(),
             browser,
             tracer,
+            bench_report: Some(strata_api::admin::BenchReportRenderer {
+                render: render_bench_report,
+                stylesheet: strata_bench::html::STYLE,
+            }),
         });
         let listener =
             TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -300,6 +304,12 @@ impl Worker {
 }
 
 type TracingTask = (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>);
+
+/// The admin console's bench report viewer: the load generator's own renderer, over a report
+/// read back from its JSON.
+fn render_bench_report(json: &[u8], stylesheet: &str) -> Result<String, String> {
+    strata_bench::Report::from_json(json).map(|report| strata_bench::html::render_linked(&report, stylesheet))
+}
 
 /// The tracer and its exporter task when `tracing.otlp_endpoint` is set; nothing otherwise.
 fn start_tracing(

@@ -978,6 +978,11 @@ mod mfa;
 #[path = "api/browser.rs"]
 mod browser;
 
+/// Issue 14: the admin console's endpoints (a user's sessions, the list's filters) and
+/// `/admin` under its Content-Security-Policy.
+#[path = "api/admin.rs"]
+mod admin;
+
 /// Issue 12: `strata backup` and `strata restore`.
 #[path = "api/backup.rs"]
 mod backup;

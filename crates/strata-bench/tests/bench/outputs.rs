@@ -67,6 +67,15 @@ async fn writes_json_csv_and_html_and_passes_slos() {
     let page = std::fs::read_to_string(&html).expect("html written");
     assert!(page.matches("<svg class=\"plot\"").count() >= 5);
     assert!(!page.contains("src=\"http") && !page.contains("href=\"http"), "the page must be self-contained");
+    // The JSON holds everything the page shows: rendered again from it, as the admin console
+    // does, it is the same page.
+    let again = strata_bench::Report::from_json(&std::fs::read(&json).expect("json")).expect("the report parses");
+    assert_eq!(strata_bench::html::render(&again), page);
+    let linked = strata_bench::html::render_linked(&again, "/r.css");
+    assert!(!linked.contains("<script") && !linked.contains("<style") && linked.contains("href=\"/r.css\""));
+    assert_eq!(linked.matches("<svg class=\"plot\"").count(), page.matches("<svg class=\"plot\"").count());
+    let other = strata_bench::Report::from_json(br#"{"schema": "other/1"}"#).expect_err("another schema");
+    assert!(other.contains("\"other/1\""), "{other}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
