@@ -59,6 +59,7 @@ def test_the_client_has_every_v1_operation_of_the_openapi_document(strata: Strat
 MODELS_AND_SCHEMAS = [
     (models.User, "UserBody"),
     (models.Session, "SessionBody"),
+    (models.UserSession, "UserSessionBody"),
     (models.GroupRef, "GroupRef"),
     (models.WhoAmI, "WhoAmI"),
     (models.LoginResult, "LoginResponse"),
@@ -295,6 +296,16 @@ def test_every_operation_round_trips(recorded: tuple[Any, Recorder], strata: Str
     history = list(admin.iter_audit(user_id=user.id, page_size=2))
     assert len(history) > 2 and history[0].type == "user.created"
     assert len({e.id for e in history}) == len(history)
+
+    # --- a user's sessions, and revoking them all
+    mine = me.user_sessions(user.id)
+    assert any(s.current and s.active for s in mine)
+    spare = anonymous.login(email, PASSWORD)
+    assert admin.revoke_user_sessions(user.id) >= 2
+    assert not any(s.active for s in admin.user_sessions(user.id))
+    with pytest.raises(Unauthorized):
+        anonymous.with_token(spare.token).current_session()
+    me = admin.with_token(anonymous.login(email, PASSWORD).token)
 
     # --- the end of a session and of an account
     me.logout()

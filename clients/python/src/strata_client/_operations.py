@@ -34,6 +34,7 @@ from .models import (
     Role,
     TotpEnrolment,
     User,
+    UserSession,
     UserStatus,
     Webhook,
     WhoAmI,
@@ -224,6 +225,23 @@ def update_user(
 @operation("DELETE", "/v1/users/{id}")
 def delete_user(user_id: Id, *, if_match: IfMatch | None = None) -> Call[None]:
     return Call("DELETE", f"/v1/users/{_segment(user_id)}", _nothing, headers=_if_match(if_match))
+
+
+@operation("GET", "/v1/users/{id}/sessions")
+def user_sessions(user_id: Id) -> Call[list[UserSession]]:
+    def parse(response: httpx.Response) -> list[UserSession]:
+        body = response.json()
+        return [UserSession.from_json(item) for item in body["items"]]
+
+    return Call("GET", f"/v1/users/{_segment(user_id)}/sessions", parse)
+
+
+@operation("DELETE", "/v1/users/{id}/sessions")
+def revoke_user_sessions(user_id: Id, *, if_match: IfMatch | None = None) -> Call[int]:
+    def parse(response: httpx.Response) -> int:
+        return int(response.json()["revoked"])
+
+    return Call("DELETE", f"/v1/users/{_segment(user_id)}/sessions", parse, headers=_if_match(if_match))
 
 
 @operation("GET", "/v1/users")

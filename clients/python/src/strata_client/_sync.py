@@ -28,6 +28,7 @@ from .models import (
     Role,
     TotpEnrolment,
     User,
+    UserSession,
     UserStatus,
     Webhook,
     WhoAmI,
@@ -148,6 +149,14 @@ class StrataClient:
 
     def delete_user(self, user_id: Id, *, if_match: IfMatch | None = None) -> None:
         return self.send(ops.delete_user(user_id, if_match=if_match))
+
+    def user_sessions(self, user_id: Id) -> list[UserSession]:
+        """A user's sessions, newest first (yourself, or anyone as an admin)."""
+        return self.send(ops.user_sessions(user_id))
+
+    def revoke_user_sessions(self, user_id: Id, *, if_match: IfMatch | None = None) -> int:
+        """Ends every live session of a user; how many were ended."""
+        return self.send(ops.revoke_user_sessions(user_id, if_match=if_match))
 
     def list_users(
         self, *, limit: int | None = None, cursor: str | None = None, email: str | None = None

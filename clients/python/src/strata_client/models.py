@@ -243,6 +243,29 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class UserSession:
+    """One session of a user as its owner or an admin sees it (never the token)."""
+
+    id: uuid.UUID
+    created_at: datetime
+    expires_at: datetime
+    revoked_at: datetime | None
+    active: bool
+    current: bool
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> UserSession:
+        return cls(
+            id=_uuid(data, "id"),
+            created_at=_time(data, "created_at"),
+            expires_at=_time(data, "expires_at"),
+            revoked_at=_opt_time(data, "revoked_at"),
+            active=_bool(data, "active"),
+            current=_bool(data, "current"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class GroupRef:
     """A group as who-am-I lists it."""
 
