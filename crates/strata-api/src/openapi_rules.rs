@@ -74,11 +74,8 @@ fn operation(path: &str, method: &str, op: &mut Value) {
         if let Some(schema) =
             body.get_mut("content").and_then(|c| c.get_mut("application/json")).and_then(|m| m.get_mut("schema"))
         {
-            if let Some(one_of) = schema.get("oneOf").and_then(Value::as_array) {
-                let concrete: Vec<Value> = one_of.iter().filter(|s| s["type"] != "null").cloned().collect();
-                if concrete.len() == 1 {
-                    *schema = concrete[0].clone();
-                }
+            if let Some(only) = schema.get("oneOf").and_then(|alts| the_one_not_null(alts, |s| &s["type"])) {
+                *schema = only;
             }
         }
     } else if scim && matches!(method, "post" | "put" | "patch") {
@@ -227,6 +224,14 @@ fn parameter(path: &str, p: &mut Value) {
     }
 }
 
+/// Of a list of alternatives (`oneOf` schemas, `type` names), the single one that is not
+/// `null`, if there is exactly one: what a field becomes where `null` is refused.
+fn the_one_not_null(alternatives: &Value, type_of: impl Fn(&Value) -> &Value) -> Option<Value> {
+    let mut rest = alternatives.as_array()?.iter().filter(|a| type_of(a) != "null");
+    let only = rest.next()?;
+    rest.next().is_none().then(|| only.clone())
+}
+
 /// A query or header value: a string (never null) matching `pattern`.
 fn param_pattern(schema: &mut Map<String, Value>, pattern: &str) {
     schema.insert("type".into(), json!("string"));
@@ -284,11 +289,8 @@ fn body_schema(name: &str, schema: &mut Value) {
             rule.apply(prop);
         }
         if patch && !(name == "UpdateGroupRequest" && field == "external_id") {
-            if let Some(Value::Array(types)) = prop.get("type") {
-                let concrete: Vec<Value> = types.iter().filter(|t| *t != "null").cloned().collect();
-                if concrete.len() == 1 {
-                    prop.insert("type".into(), concrete[0].clone());
-                }
+            if let Some(only) = prop.get("type").and_then(|types| the_one_not_null(types, |t| t)) {
+                prop.insert("type".into(), only);
             }
         }
     }

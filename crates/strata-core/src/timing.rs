@@ -36,11 +36,8 @@ pub struct Timings {
 }
 
 impl Timings {
-    pub fn with_traceparent(traceparent: Option<String>) -> Timings {
-        Timings { traceparent, ..Timings::default() }
-    }
-
-    /// A recorded request: its child spans are collected into `trace`.
+    /// The caller's trace context, and `trace` when this request is recorded (its child
+    /// spans are collected there).
     pub fn traced(traceparent: Option<String>, trace: Option<RequestTrace>) -> Timings {
         Timings { traceparent, trace, ..Timings::default() }
     }
@@ -188,7 +185,7 @@ mod tests {
     async fn the_scope_carries_the_trace_context() {
         assert_eq!(traceparent(), None);
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
-        let seen = scope(Arc::new(Timings::with_traceparent(Some(tp.clone()))), async {
+        let seen = scope(Arc::new(Timings::traced(Some(tp.clone()), None)), async {
             tokio::spawn(propagate(async { traceparent() })).await.unwrap()
         })
         .await;

@@ -106,9 +106,7 @@ impl Tracer {
                 (id, None)
             }
         };
-        let mut span_id = [0u8; 8];
-        OsRng.fill_bytes(&mut span_id);
-        span_id[7] |= 1;
+        let span_id = new_span_id();
         let start_unix_nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Some(RequestTrace {
             trace_id,
@@ -166,9 +164,6 @@ impl RequestTrace {
         error: bool,
     ) {
         use crate::timing::Component;
-        let mut span_id = [0u8; 8];
-        OsRng.fill_bytes(&mut span_id);
-        span_id[7] |= 1;
         let (kind, attributes) = match component {
             Component::Db => (
                 SpanKind::Client,
@@ -191,7 +186,7 @@ impl RequestTrace {
         };
         let span = Span {
             trace_id: self.trace_id,
-            span_id,
+            span_id: new_span_id(),
             parent_span_id: Some(self.span_id),
             name: Cow::Owned(format!("{prefix}{name}")),
             kind,
@@ -219,6 +214,14 @@ impl RequestTrace {
         });
         spans
     }
+}
+
+/// A random span id from the OS; never all zero (invalid), the odds are nil, the fix free.
+fn new_span_id() -> SpanId {
+    let mut id = [0u8; 8];
+    OsRng.fill_bytes(&mut id);
+    id[7] |= 1;
+    id
 }
 
 /// `(trace id, parent span id, sampled)` of a well-formed `traceparent`.

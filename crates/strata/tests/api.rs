@@ -945,6 +945,33 @@ mod groups;
 #[path = "api/scim.rs"]
 mod scim;
 
+/// Reads one HTTP/1.1 request from a test receiver's connection: the head (request line and
+/// headers, without the blank line) and the `Content-Length` body. `None` if the peer
+/// closes first.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = conn.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + 4 + len {
+        let n = conn.read(&mut chunk).await.ok().filter(|n| *n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Some((head, buf[head_end + 4..head_end + 4 + len].to_vec()))
+}
+
 /// A Python that can import `modules` (STRATA_TEST_PYTHON, then CI's cached venv, then
 /// `python3`), or `None` after the skip-or-require rule for `backend` has had its say.
 fn python_with(modules: &str, what: &str, backend: &str, why: &str) -> Option<String> {

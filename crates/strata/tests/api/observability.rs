@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 
 use super::*;
@@ -27,34 +27,11 @@ impl Collector {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let kept = kept.clone();
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    let head_end = loop {
-                        let Ok(n) = conn.read(&mut chunk).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i;
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let Some((head, body)) = read_request(&mut conn).await else { return };
+                    let head = head.to_ascii_lowercase();
                     assert!(head.starts_with("post /v1/traces "), "{head}");
                     assert!(head.contains("content-type: application/x-protobuf"), "{head}");
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < head_end + 4 + len {
-                        let Ok(n) = conn.read(&mut chunk).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    kept.lock().push(buf[head_end + 4..head_end + 4 + len].to_vec());
+                    kept.lock().push(body);
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
                 });
             }

@@ -46,34 +46,14 @@ impl Receiver {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let (g, s) = (g.clone(), s.clone());
                 tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    let head_end = loop {
-                        let Ok(n) = conn.read(&mut chunk).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i;
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                    let Some((head, body)) = read_request(&mut conn).await else { return };
                     let mut lines = head.split("\r\n");
                     let path = lines.next().unwrap_or("").split(' ').nth(1).unwrap_or("").to_owned();
                     let headers: HashMap<String, String> = lines
                         .filter_map(|l| l.split_once(':'))
                         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
                         .collect();
-                    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                    while buf.len() < head_end + 4 + len {
-                        let Ok(n) = conn.read(&mut chunk).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    let body = String::from_utf8_lossy(&buf[head_end + 4..head_end + 4 + len]).into_owned();
+                    let body = String::from_utf8_lossy(&body).into_owned();
                     g.lock().push(Received { path, headers, body });
                     let answer = s.lock().pop_front().unwrap_or(Answer::Status(204, ""));
                     match answer {
