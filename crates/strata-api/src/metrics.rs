@@ -93,7 +93,10 @@ pub struct Metrics {
     http_duration: HistogramFamily<HttpLabels>,
     db_duration: HistogramFamily<DbLabels>,
     db_pool: Family<PoolLabels, Gauge>,
+    db_pool_acquires: Counter,
+    db_pool_wait: Counter<f64, std::sync::atomic::AtomicU64>,
     hash_queue: Gauge,
+    http_in_flight: Gauge,
     cache_lookups: Family<CacheLookupLabels, Counter>,
     cache_tier_ops: Family<CacheTierLabels, Counter>,
     cache_endpoint_degraded: Family<CacheEndpointLabels, Gauge>,
@@ -140,6 +143,20 @@ impl Metrics {
         registry.register("http_request_duration_seconds", "HTTP request latency", http_duration.clone());
         registry.register("db_query_duration_seconds", "Storage call latency by operation", db_duration.clone());
         registry.register("db_pool_connections", "Storage connections by state", db_pool.clone());
+        let db_pool_acquires = Counter::default();
+        let db_pool_wait = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register("db_pool_acquires", "Storage connections handed out by the pool", db_pool_acquires.clone());
+        registry.register(
+            "db_pool_wait_seconds",
+            "Time callers waited for a storage connection (included in strata_db_query_duration_seconds)",
+            db_pool_wait.clone(),
+        );
+        let http_in_flight = Gauge::default();
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled now (server-side Little's law: in flight = throughput × time in server)",
+            http_in_flight.clone(),
+        );
         registry.register("password_hash_queue", "Requests waiting for a password hashing slot", hash_queue.clone());
         let cache_lookups = Family::<CacheLookupLabels, Counter>::default();
         let cache_tier_ops = Family::<CacheTierLabels, Counter>::default();
@@ -271,7 +288,10 @@ impl Metrics {
             http_duration,
             db_duration,
             db_pool,
+            db_pool_acquires,
+            db_pool_wait,
             hash_queue,
+            http_in_flight,
             cache_lookups,
             cache_tier_ops,
             cache_endpoint_degraded,
@@ -296,6 +316,13 @@ impl Metrics {
         self.connection_timeouts.get_or_create(&PhaseLabels { phase }).inc();
     }
 
+    /// Counts a request in flight until the guard drops (also when the client goes away and
+    /// the request's future is dropped mid-way).
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.http_in_flight.inc();
+        InFlight(&self.http_in_flight)
+    }
+
     pub fn observe_http(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
         let labels = HttpLabels { route, method, status };
         self.http_requests.get_or_create(&labels).inc();
@@ -308,10 +335,24 @@ impl Metrics {
         self.db_pool.get_or_create(&PoolLabels { state: "idle" }).set(pool.idle as i64);
         self.db_pool.get_or_create(&PoolLabels { state: "waiting" }).set(pool.waiting as i64);
         self.hash_queue.set(hash_queue as i64);
+        // The store counts; the counters follow (they only ever grow by the difference).
+        self.db_pool_acquires.inc_by(pool.acquires.saturating_sub(self.db_pool_acquires.get()));
+        let waited = pool.wait_seconds - self.db_pool_wait.get();
+        if waited > 0.0 {
+            self.db_pool_wait.inc_by(waited);
+        }
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+pub struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -410,7 +451,7 @@ mod tests {
         let m = Metrics::new();
         m.observe_http("/v1/users/{id}", "GET", 200, Duration::from_micros(300));
         m.observe("user_by_id", Duration::from_micros(40), Ok(()));
-        let text = m.render(PoolStats { size: 3, idle: 2, waiting: 0 }, 0);
+        let text = m.render(PoolStats { size: 3, idle: 2, ..PoolStats::default() }, 0);
         assert!(
             text.contains(r#"strata_http_requests_total{route="/v1/users/{id}",method="GET",status="200"} 1"#),
             "{text}"

@@ -131,6 +131,7 @@ fn push_ms(out: &mut String, d: std::time::Duration) {
 
 pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let _in_flight = state.metrics.in_flight();
     let route = route_label(&req);
     let method = method_label(req.method());
     let id = request_id(&req);
@@ -144,6 +145,8 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
         req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(timing::parse_traceparent);
     let trace = state.tracer.as_ref().and_then(|t| t.start(traceparent.as_deref()));
     let timings = Arc::new(Timings::traced(traceparent, trace));
+    #[cfg(feature = "fault-injection")]
+    let _held = fault::before_handler(route).await;
     let mut res = timing::scope(timings.clone(), next.run(req)).await;
 
     let total = started.elapsed();
@@ -241,5 +244,41 @@ mod tests {
         assert_eq!(&a[..8], &b[..8], "one tag per process");
         let n = |id: &str| u64::from_str_radix(&id[9..], 16).unwrap();
         assert!(n(b) > n(a), "the counter increases");
+    }
+}
+
+/// The induced bottlenecks of `STRATA_FAULT_INJECT` (see `strata_core::fault`), on `/v1`
+/// routes only so probes and scrapes still measure the process.
+#[cfg(feature = "fault-injection")]
+mod fault {
+    use std::sync::Mutex;
+
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    static LEAK: Mutex<Vec<Box<[u8]>>> = Mutex::new(Vec::new());
+
+    /// Runs the configured faults; the returned guard (app_lock) is held until the
+    /// response is ready, across every await of the handler.
+    pub async fn before_handler(route: &str) -> Option<tokio::sync::MutexGuard<'static, ()>> {
+        if !route.starts_with("/v1") {
+            return None;
+        }
+        let faults = strata_core::fault::get();
+        if let Some(bytes) = faults.mem_leak_bytes {
+            // Written, so the pages are resident, not just reserved.
+            let entry = vec![0x5a_u8; bytes].into_boxed_slice();
+            LEAK.lock().unwrap_or_else(|p| p.into_inner()).push(entry);
+        }
+        if let Some(block) = faults.app_blocking {
+            std::thread::sleep(block);
+        }
+        let held = match faults.app_lock {
+            Some(hold) => {
+                let guard = LOCK.lock().await;
+                tokio::time::sleep(hold).await;
+                Some(guard)
+            }
+            None => None,
+        };
+        held
     }
 }

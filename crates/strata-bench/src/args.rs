@@ -49,6 +49,18 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub find_max_p99: Option<Duration>,
 
+    /// Stop --find-max once the offered rate would pass this (a run below the knee: "healthy
+    /// within the tested range" is then a possible verdict).
+    #[arg(long, value_name = "R")]
+    pub find_max_until: Option<f64>,
+
+    /// After the run, name what limits the system (generator, network, server_cpu,
+    /// server_memory, db_pool, db_server, cache, app_lock, app_blocking, none, abstain) with
+    /// the evidence, per step of --find-max (or the whole run). Needs /metrics and, for the
+    /// server's CPU and memory, --watch-pid.
+    #[arg(long)]
+    pub analyze: bool,
+
     /// Measured duration (per step with --find-max; ignored with --stages, whose stages set it).
     #[arg(long, short = 'd', default_value = "30s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -117,6 +129,25 @@ pub struct BenchArgs {
     pub csv: Option<PathBuf>,
 
     /// No live progress line (the summary is still printed).
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// `strata analyze REPORT.json`.
+#[derive(Args, Clone, Debug)]
+pub struct AnalyzeArgs {
+    /// A report written by `strata bench --analyze --json FILE`.
+    pub report: PathBuf,
+
+    /// Write the report, with the new analysis, as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Write the HTML report, with the verdict section, here.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<PathBuf>,
+
+    /// Print only the last line (`verdict: LABEL (confidence N%)`).
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }

@@ -10,12 +10,14 @@
 //! This crate depends on nothing else in the workspace: it sees Strata only over HTTP, like
 //! any client, so it can measure any deployment (and any other HTTP/1.1 server).
 
+pub mod analyze;
 mod args;
 mod client;
 mod engine;
 pub mod histogram;
 pub mod html;
 mod metrics;
+pub mod probe;
 mod progress;
 pub mod report;
 mod resources;
@@ -32,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-pub use args::BenchArgs;
+pub use args::{AnalyzeArgs, BenchArgs};
 pub use engine::{IntervalFigures, SecondSample};
 pub use metrics::{ServerDbOp, ServerMetrics, ServerRoute};
 pub use report::Report;
@@ -80,6 +82,36 @@ async fn interrupted() {
             std::process::exit(130);
         }
     });
+}
+
+/// `strata analyze REPORT.json`: the analysis of a saved run, redone with these rules.
+pub fn analyze_saved(args: &AnalyzeArgs) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(&args.report).with_context(|| format!("reading {}", args.report.display()))?;
+    let mut report = Report::from_json(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.report.display()))?;
+    if report.steps.is_empty() {
+        bail!(
+            "{}: no per-step measurements; record the run with `strata bench --analyze --json FILE`",
+            args.report.display()
+        );
+    }
+    let p99_bound = report.find_max.as_ref().map_or(100_000, |f| f.p99_bound_us);
+    report.analysis = analyze::analyze(&report.steps, p99_bound, report.config.model == "closed");
+    let Some(analysis) = &report.analysis else {
+        bail!("{}: nothing to analyse", args.report.display());
+    };
+    if args.quiet {
+        println!("verdict: {} (confidence {:.0}%)", analysis.verdict, analysis.confidence * 100.0);
+    } else {
+        print!("{}", analyze::text(analysis, &report.steps));
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, html::render(&report)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Writes the --json, --csv and --html files a run asked for.
@@ -137,6 +169,9 @@ async fn execute_inner(args: BenchArgs, stop: tokio::sync::watch::Receiver<bool>
     }
     if args.find_max && args.stages.is_some() {
         bail!("--find-max chooses its own rates; drop --stages");
+    }
+    if args.find_max_until.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--find-max-until must be a positive number of requests per second");
     }
     if args.find_max && !(args.find_max_growth > 1.0 && args.find_max_growth.is_finite()) {
         bail!("--find-max-growth must be more than 1");
@@ -203,8 +238,20 @@ async fn execute_inner(args: BenchArgs, stop: tokio::sync::watch::Receiver<bool>
     let connections =
         args.connections.unwrap_or(if open { DEFAULT_OPEN_CONNECTIONS } else { DEFAULT_CLOSED_CONNECTIONS });
 
+    let probe_pid = args.watch_pids.first().copied();
+    let snapshot = {
+        let (target, timeout, scrape) = (target.clone(), args.timeout, args.analyze && !args.no_metrics);
+        move || {
+            let target = target.clone();
+            async move {
+                let metrics = if scrape { metrics::scrape(&target, timeout).await.ok() } else { None };
+                probe::Snapshot::take(probe_pid, metrics)
+            }
+        }
+    };
+    let mut steps = Vec::new();
     let (totals, series, measured, find_max, interrupted) = if args.find_max {
-        find_max(&args, &ctx, connections, &objectives, &mut progress, &stop).await
+        find_max(&args, &ctx, connections, &objectives, &mut progress, &stop, &snapshot, &mut steps).await
     } else {
         let model = if let Some(stages) = &args.stages {
             let stages = schedule::parse_stages(stages)?;
@@ -217,8 +264,21 @@ async fn execute_inner(args: BenchArgs, stop: tokio::sync::watch::Receiver<bool>
         } else {
             Model::Closed { connections, duration: args.duration }
         };
+        let closed = matches!(model, Model::Closed { .. });
+        let before = if args.analyze { Some(snapshot().await) } else { None };
         let PhaseResult { totals, series, measured, interrupted } =
             run_phase(Arc::clone(&ctx), model, args.warmup, 0.0, &mut progress, "", stop.clone()).await;
+        if let Some(before) = before {
+            let achieved = totals.iterations as f64 / measured.as_secs_f64().max(1e-9);
+            // The open model offered its schedule's mean rate; the closed model offers what
+            // it achieves.
+            let offered = match (closed, args.rate, &args.stages) {
+                (true, _, _) => achieved,
+                (false, Some(rate), None) => rate,
+                _ => series.iter().filter_map(|s| s.offered_rps).sum::<f64>() / series.len().max(1) as f64,
+            };
+            steps.push(probe::step(&before, &snapshot().await, load_figures(&totals, offered, achieved)));
+        }
         (totals, series, measured, None, interrupted)
     };
     progress.finish();
@@ -257,6 +317,10 @@ async fn execute_inner(args: BenchArgs, stop: tokio::sync::watch::Receiver<bool>
     };
     let mut report = report::build(inputs, &totals, series, measured.as_secs_f64());
     report.interrupted = interrupted;
+    if args.analyze {
+        report.analysis = analyze::analyze(&steps, p99_bound(&args, &objectives).as_micros() as u64, !open);
+        report.steps = steps;
+    }
     report.slo = objectives.iter().map(|o| o.evaluate(&report.totals, &report.endpoints)).collect();
     report.passed = report.slo.iter().all(|s| s.passed);
     Ok(report)
@@ -266,23 +330,53 @@ async fn engine_target(url: &str) -> anyhow::Result<client::Target> {
     client::Target::resolve(url).await
 }
 
-async fn find_max(
-    args: &BenchArgs,
-    ctx: &Arc<RunContext>,
-    connections: usize,
-    objectives: &[slo::Objective],
-    progress: &mut Progress,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> (StatsSet, Vec<engine::SecondSample>, Duration, Option<FindMaxReport>, bool) {
-    let p99_bound = args
-        .find_max_p99
+/// The p99 a step must stay within: --find-max-p99, else the --slo p99 bound, else 100 ms.
+fn p99_bound(args: &BenchArgs, objectives: &[slo::Objective]) -> Duration {
+    args.find_max_p99
         .or_else(|| {
             objectives
                 .iter()
                 .find(|o| o.endpoint.is_none() && o.metric == slo::Metric::Percentile(99.0))
                 .map(|o| Duration::from_secs_f64(o.threshold / 1e6))
         })
-        .unwrap_or(Duration::from_millis(100));
+        .unwrap_or(Duration::from_millis(100))
+}
+
+/// A step's load figures for the analysis.
+fn load_figures(totals: &StatsSet, offered: f64, achieved: f64) -> probe::LoadFigures {
+    let all = totals.total();
+    probe::LoadFigures {
+        offered_rps: (offered * 10.0).round() / 10.0,
+        achieved_rps: (achieved * 10.0).round() / 10.0,
+        p50_us: all.latency.percentile_us(50.0),
+        p99_us: all.latency.percentile_us(99.0),
+        mean_us: all.latency.mean_us(),
+        error_rate: if all.requests > 0 { all.error_count() as f64 / all.requests as f64 } else { 0.0 },
+        requests: all.requests,
+        iterations: totals.iterations,
+        late_sends: totals.schedule.late_sends,
+        queued_sends: totals.schedule.queued_sends,
+        max_lag_us: totals.schedule.max_lag_us,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn find_max<S, F>(
+    args: &BenchArgs,
+    ctx: &Arc<RunContext>,
+    connections: usize,
+    objectives: &[slo::Objective],
+    progress: &mut Progress,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    snapshot: &S,
+    probes: &mut Vec<probe::StepProbe>,
+) -> (StatsSet, Vec<engine::SecondSample>, Duration, Option<FindMaxReport>, bool)
+where
+    S: Fn() -> F,
+    F: std::future::Future<Output = probe::Snapshot>,
+{
+    let p99_bound = p99_bound(args, objectives);
+    let mut edge = if args.analyze { Some(snapshot().await) } else { None };
     let p99_bound_us = p99_bound.as_micros() as u64;
     let mut rate = args.rate.unwrap_or(100.0);
     let mut totals = StatsSet::new(ctx.scenario.endpoints.len());
@@ -336,6 +430,11 @@ async fn find_max(
             reasons.push(format!("errors {:.2}% above 1%", error_rate * 100.0));
         }
         let passed = reasons.is_empty();
+        if let Some(before) = edge.take() {
+            let after = snapshot().await;
+            probes.push(probe::step(&before, &after, load_figures(&phase.totals, rate, achieved)));
+            edge = Some(after);
+        }
         steps.push(FindMaxStep {
             offered_rps: (rate * 10.0).round() / 10.0,
             achieved_rps: (achieved * 10.0).round() / 10.0,
@@ -358,6 +457,12 @@ async fn find_max(
             break;
         }
         rate *= args.find_max_growth;
+        if let Some(until) = args.find_max_until
+            && rate > until
+        {
+            stop_reason = format!("reached --find-max-until {until} req/s without finding a limit");
+            break;
+        }
     }
     let knee = steps
         .iter()

@@ -155,6 +155,12 @@ pub struct Report {
     pub passed: bool,
     /// The run was stopped early (Ctrl-C); `measured_s` ends where it stopped.
     pub interrupted: bool,
+    /// `--analyze`: per load step, what the analysis reads (absent without it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<crate::probe::StepProbe>,
+    /// `--analyze`: the verdict and its evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<crate::analyze::Analysis>,
 }
 
 impl Report {
@@ -243,6 +249,8 @@ pub fn build(inputs: ReportInputs, totals: &StatsSet, series: Vec<SecondSample>,
         slo: Vec::new(),
         passed: true,
         interrupted: false,
+        steps: Vec::new(),
+        analysis: None,
     }
 }
 
@@ -413,6 +421,12 @@ pub fn summary_text(r: &Report) -> String {
                 s.actual_display
             );
         }
+    }
+    // Last: its final line is the verdict.
+    if let Some(a) = &r.analysis
+        && !r.steps.is_empty()
+    {
+        out.push_str(&crate::analyze::text(a, &r.steps));
     }
     out
 }

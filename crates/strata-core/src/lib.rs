@@ -14,6 +14,7 @@ pub mod cidr;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod fault;
 pub mod groups;
 pub mod lifecycle;
 pub mod mail;

@@ -444,6 +444,11 @@ pub struct PoolStats {
     pub size: u64,
     pub idle: u64,
     pub waiting: u64,
+    /// Connections handed out since start, and the total time callers waited for them:
+    /// wait per acquire separates a starved pool from slow queries (the query histograms
+    /// include the wait).
+    pub acquires: u64,
+    pub wait_seconds: f64,
 }
 
 /// A complete storage backend.

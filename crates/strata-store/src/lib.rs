@@ -109,6 +109,35 @@ pub(crate) async fn with_timeout<T>(
     }
 }
 
+/// Counts connection acquisitions and the time spent waiting for them (for `PoolStats`).
+#[derive(Debug, Default)]
+pub(crate) struct AcquireClock {
+    acquires: std::sync::atomic::AtomicU64,
+    wait_nanos: std::sync::atomic::AtomicU64,
+}
+
+impl AcquireClock {
+    /// Awaits `acquire`, recording how long it took, then (in fault-injection builds) holds
+    /// the connection for `STRATA_FAULT_INJECT`'s `db_delay`, as a slow query would.
+    pub(crate) async fn time<T>(&self, acquire: impl std::future::Future<Output = T>) -> T {
+        use std::sync::atomic::Ordering::Relaxed;
+        let started = std::time::Instant::now();
+        let out = acquire.await;
+        self.acquires.fetch_add(1, Relaxed);
+        self.wait_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        #[cfg(feature = "fault-injection")]
+        if let Some(delay) = strata_core::fault::get().db_delay {
+            tokio::time::sleep(delay).await;
+        }
+        out
+    }
+
+    pub(crate) fn read(&self) -> (u64, f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.acquires.load(Relaxed), self.wait_nanos.load(Relaxed) as f64 / 1e9)
+    }
+}
+
 /// Numbered, ordered schema changes for one backend. Applied in order, each recorded in
 /// `schema_migrations`; an applied migration is never edited, only followed by a new one.
 /// The stored form of `TotpRecord::recovery_hashes`: comma-separated hex.

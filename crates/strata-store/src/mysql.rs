@@ -441,6 +441,7 @@ mod sql {
 pub struct MysqlStore {
     pool: Pool,
     query_timeout: Duration,
+    acquire: crate::AcquireClock,
 }
 
 /// Server errors that say "try again later": too many connections, shutdown, lock wait
@@ -740,11 +741,11 @@ impl MysqlStore {
             outcome
         })
         .await?;
-        Ok(MysqlStore { pool: Pool::new(opts), query_timeout: options.query_timeout })
+        Ok(MysqlStore { pool: Pool::new(opts), query_timeout: options.query_timeout, acquire: Default::default() })
     }
 
     async fn conn(&self) -> Result<Conn, RepoError> {
-        self.pool.get_conn().await.map_err(|e| match e {
+        self.acquire.time(self.pool.get_conn()).await.map_err(|e| match e {
             mysql_async::Error::Server(_) | mysql_async::Error::Driver(_) => {
                 RepoError::Unavailable(format!("mysql connect: {e}"))
             }
@@ -2050,6 +2051,8 @@ impl Store for MysqlStore {
             size: metrics.connection_count.load(Relaxed) as u64,
             idle: metrics.connections_in_pool.load(Relaxed) as u64,
             waiting: metrics.active_wait_requests.load(Relaxed) as u64,
+            acquires: self.acquire.read().0,
+            wait_seconds: self.acquire.read().1,
         }
     }
 }

@@ -398,6 +398,7 @@ mod sql {
 pub struct PostgresStore {
     pool: Pool,
     query_timeout: Duration,
+    acquire: crate::AcquireClock,
 }
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
@@ -662,7 +663,7 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| RepoError::Internal(format!("postgres pool: {e}")))?;
-        let store = PostgresStore { pool, query_timeout: options.query_timeout };
+        let store = PostgresStore { pool, query_timeout: options.query_timeout, acquire: Default::default() };
 
         let setup_timeout = if options.migrate { MIGRATION_TIMEOUT } else { options.connect_timeout };
         crate::with_timeout(setup_timeout, async {
@@ -677,7 +678,7 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Client, RepoError> {
-        self.pool.get().await.map_err(pool_err)
+        self.acquire.time(self.pool.get()).await.map_err(pool_err)
     }
 
     async fn query_rows(&self, sql: &'static str, params: &Params<'_>) -> Result<Vec<Row>, RepoError> {
@@ -1837,7 +1838,14 @@ impl Store for PostgresStore {
 
     fn pool_stats(&self) -> PoolStats {
         let status = self.pool.status();
-        PoolStats { size: status.size as u64, idle: status.available as u64, waiting: status.waiting as u64 }
+        let (acquires, wait_seconds) = self.acquire.read();
+        PoolStats {
+            size: status.size as u64,
+            idle: status.available as u64,
+            waiting: status.waiting as u64,
+            acquires,
+            wait_seconds,
+        }
     }
 }
 

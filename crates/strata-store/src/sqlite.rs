@@ -2020,7 +2020,7 @@ impl Store for SqliteStore {
     fn pool_stats(&self) -> PoolStats {
         let (readers, idle) = self.readers.counts();
         // +1: the writer.
-        PoolStats { size: readers as u64 + 1, idle: idle as u64, waiting: 0 }
+        PoolStats { size: readers as u64 + 1, idle: idle as u64, ..PoolStats::default() }
     }
 }
 

@@ -89,6 +89,9 @@ pub enum Command {
     },
     /// Load-test a running Strata (or any HTTP endpoint) and report.
     Bench(Box<strata_bench::BenchArgs>),
+    /// Name the bottleneck of a saved `strata bench --analyze --json` report (again, with
+    /// this version's rules).
+    Analyze(strata_bench::AnalyzeArgs),
     /// Run a local cluster: a gateway, N api and M worker processes over one database.
     Cluster(crate::cluster::ClusterArgs),
 }
@@ -255,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => strata_bench::run(*args).await,
+        Command::Analyze(args) => strata_bench::analyze_saved(&args),
         Command::Cluster(args) => {
             crate::cluster::run(args).await?;
             Ok(ExitCode::SUCCESS)

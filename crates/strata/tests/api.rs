@@ -725,6 +725,10 @@ async fn operations_endpoints(app: TestApp) {
     assert!(text.contains("strata_http_request_duration_seconds_bucket{"));
     assert!(text.contains(r#"strata_db_query_duration_seconds_count{op="user_by_email",outcome="ok"}"#));
     assert!(text.contains(r#"strata_db_pool_connections{state="size"}"#));
+    // The scrape itself is the one request in flight.
+    assert!(text.contains("\nstrata_http_requests_in_flight 1\n"), "{text}");
+    assert!(text.contains("\nstrata_db_pool_acquires_total "), "{text}");
+    assert!(text.contains("\nstrata_db_pool_wait_seconds_total "), "{text}");
 
     let doc = app.get("/openapi.json", None).await;
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
