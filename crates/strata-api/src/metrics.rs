@@ -95,6 +95,7 @@ pub struct Metrics {
     db_pool: Family<PoolLabels, Gauge>,
     db_pool_acquires: Counter,
     db_pool_wait: Counter<f64, std::sync::atomic::AtomicU64>,
+    db_pool_hold: Counter<f64, std::sync::atomic::AtomicU64>,
     hash_queue: Gauge,
     http_in_flight: Gauge,
     cache_lookups: Family<CacheLookupLabels, Counter>,
@@ -150,6 +151,12 @@ impl Metrics {
             "db_pool_wait_seconds",
             "Time callers waited for a storage connection (included in strata_db_query_duration_seconds)",
             db_pool_wait.clone(),
+        );
+        let db_pool_hold = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "db_pool_hold_seconds",
+            "Time storage connections were held by their callers (busy): every storage call's cost, whoever made it",
+            db_pool_hold.clone(),
         );
         let http_in_flight = Gauge::default();
         registry.register(
@@ -290,6 +297,7 @@ impl Metrics {
             db_pool,
             db_pool_acquires,
             db_pool_wait,
+            db_pool_hold,
             hash_queue,
             http_in_flight,
             cache_lookups,
@@ -337,9 +345,11 @@ impl Metrics {
         self.hash_queue.set(hash_queue as i64);
         // The store counts; the counters follow (they only ever grow by the difference).
         self.db_pool_acquires.inc_by(pool.acquires.saturating_sub(self.db_pool_acquires.get()));
-        let waited = pool.wait_seconds - self.db_pool_wait.get();
-        if waited > 0.0 {
-            self.db_pool_wait.inc_by(waited);
+        for (counter, total) in [(&self.db_pool_wait, pool.wait_seconds), (&self.db_pool_hold, pool.hold_seconds)] {
+            let new = total - counter.get();
+            if new > 0.0 {
+                counter.inc_by(new);
+            }
         }
         let mut out = String::with_capacity(16 * 1024);
         // Writing into a String cannot fail.

@@ -158,11 +158,12 @@ pub fn fit_usl(points: &[(f64, f64)]) -> Option<Usl> {
         if m[col][col].abs() < 1e-12 {
             return None;
         }
-        for row in 0..3 {
-            if row != col {
-                let f = m[row][col] / m[col][col];
-                for k in col..4 {
-                    m[row][k] -= f * m[col][k];
+        let pivot_row = m[col];
+        for (r, row) in m.iter_mut().enumerate() {
+            if r != col {
+                let f = row[col] / pivot_row[col];
+                for (x, p) in row.iter_mut().zip(pivot_row).skip(col) {
+                    *x -= f * p;
                 }
             }
         }
@@ -304,13 +305,19 @@ pub fn analyze(steps: &[StepProbe], p99_bound_us: u64, closed: bool) -> Option<A
         (Some(r), Some(l)) if l > 0 => r as f64 / l as f64,
         _ => 0.0,
     };
+    // A process killed at its memory limit (the OOM killer) leaves no reading in the step
+    // it died in: the last step it was seen in tells how close it was.
     let gone = s.target_cpu_cores.is_none() && b.target_cpu_cores.is_some();
+    let last_seen_mem_util = steps
+        .iter()
+        .filter_map(|st| Some(st.target_rss_bytes? as f64 / st.target_memory_limit.filter(|l| *l > 0)? as f64))
+        .fold(0.0, f64::max);
     let m_rss = c.add(
         "server_memory",
         "rss_of_limit",
         mem_util,
         b_mem_util,
-        ramp(mem_util, 0.8, 0.95).max(if gone && b_mem_util > 0.5 { 1.0 } else { 0.0 }),
+        ramp(mem_util, 0.8, 0.95).max(if gone { ramp(last_seen_mem_util, 0.5, 0.8) } else { 0.0 }),
         format!(
             "server rss {} of limit {}{}",
             s.target_rss_bytes.map_or("-".into(), crate::progress::fmt_bytes),
@@ -393,7 +400,9 @@ pub fn analyze(steps: &[StepProbe], p99_bound_us: u64, closed: bool) -> Option<A
             server.db_calls_per_request
         ),
     );
-    scores.push(("db_server".into(), d_slow * d_share));
+    // An in-process store (SQLite) is slow when the server's CPU is: that is server_cpu.
+    let in_process_cpu = if server.pooled_store { 0.0 } else { ramp(cpu_util, 0.7, 0.9) };
+    scores.push(("db_server".into(), d_slow * d_share * (1.0 - in_process_cpu)));
 
     // cache: lookups miss (or bypass a disabled cache) and go to the database.
     let hit = server.cache_hit_ratio;
@@ -417,7 +426,15 @@ pub fn analyze(steps: &[StepProbe], p99_bound_us: u64, closed: bool) -> Option<A
         ramp(server.db_calls_per_request, 0.3, 0.8),
         format!("{:.2} storage calls per request", server.db_calls_per_request),
     );
-    scores.push(("cache".into(), k_hit * k_db));
+    let cache_score = k_hit * k_db;
+    scores.push(("cache".into(), cache_score));
+    // A low hit ratio is the cause, the resource it overloads (the server's CPU running the
+    // queries, the pool, the database) the consequence: name the cause.
+    for (label, score) in &mut scores {
+        if matches!(label.as_str(), "server_cpu" | "db_pool" | "db_server") {
+            *score *= 1.0 - 0.6 * ramp(cache_score, 0.4, 0.8);
+        }
+    }
 
     // app_lock: time inside the server grows with load while CPU, database and runtime idle.
     let grew = server.mean_ms / (bserver.mean_ms + 0.05);
@@ -463,7 +480,8 @@ pub fn analyze(steps: &[StepProbe], p99_bound_us: u64, closed: bool) -> Option<A
         "busy_without_cpu",
         blocked,
         opt(bserver.runtime_busy) * bserver.runtime_workers - opt(b.target_cpu_cores),
-        ramp(blocked / server.runtime_workers.max(1.0), 0.2, 0.5),
+        // A CPU quota also stops busy workers: only an uncapped CPU makes this blocking.
+        ramp(blocked / server.runtime_workers.max(1.0), 0.2, 0.5) * (1.0 - ramp(cpu_util, 0.7, 0.9)),
         format!("{:.2} worker-seconds/s busy without using a CPU", blocked.max(0.0)),
     );
     scores.push(("app_blocking".into(), a_busy * a_idle));
@@ -517,8 +535,10 @@ pub fn analyze(steps: &[StepProbe], p99_bound_us: u64, closed: bool) -> Option<A
     } else if top_score < 0.35 {
         ("abstain".to_string(), 1.0 - top_score, Some(top.clone()))
     } else if second_score >= 0.5 && top_score - second_score < 0.1 {
-        // Two explanations fit equally well: say so.
-        ("abstain".to_string(), 0.5, Some(top.clone()))
+        // Two limits at once (each label's predicates exclude the others' causes, so two
+        // strong scores are two bottlenecks, not one ambiguous one): name the first, the
+        // second as runner-up, with the confidence of a coin toss between them.
+        (top.clone(), 0.5 * top_score, Some(second.clone()))
     } else {
         (top.clone(), top_score * (1.0 - 0.5 * second_score), Some(second.clone()))
     };

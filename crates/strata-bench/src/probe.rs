@@ -201,10 +201,14 @@ pub struct ServerStep {
     pub requests: f64,
     /// Mean time inside the server per request, ms.
     pub mean_ms: f64,
-    /// Storage calls per request, and their time per request net of pool waits, ms.
+    /// Storage calls per request, and the time connections were held per request, ms.
     pub db_calls_per_request: f64,
+    /// False when the store counts no pool acquisitions (SQLite, in-process): its query
+    /// time is then the server's own CPU.
+    #[serde(default)]
+    pub pooled_store: bool,
     pub db_ms_per_request: f64,
-    /// Mean time of one storage call net of its pool wait, ms.
+    /// Mean time a connection was held per call (the call's cost net of its pool wait), ms.
     pub db_call_ms: f64,
     /// Pool waits per request (ms) and per acquire (ms); the pool's size at the end.
     pub pool_wait_ms_per_request: f64,
@@ -308,17 +312,21 @@ fn server_step(before: &Scrape, after: &Scrape, seconds: f64) -> Option<ServerSt
     let db_s = counter_delta(before, after, "strata_db_query_duration_seconds_sum", |_| true);
     let wait_s = counter_delta(before, after, "strata_db_pool_wait_seconds_total", |_| true);
     let acquires = counter_delta(before, after, "strata_db_pool_acquires_total", |_| true);
+    let hold_s = counter_delta(before, after, "strata_db_pool_hold_seconds_total", |_| true);
     let lookups = counter_delta(before, after, "strata_cache_lookups_total", |_| true);
     let hits = counter_delta(before, after, "strata_cache_lookups_total", |l| {
         has(l, "outcome", "hit") || has(l, "outcome", "negative_hit")
     });
     let busy_s = counter_delta(before, after, "strata_tokio_worker_busy_seconds_total", |_| true);
     let workers = gauge(after, "strata_tokio_workers", |_| true).unwrap_or(0.0);
-    let net_db_s = (db_s - wait_s).max(0.0);
+    // Pools that count acquisitions also time every call, whichever service made it;
+    // otherwise (SQLite) the query histogram net of waits is the best measure.
+    let (db_calls, net_db_s) = if acquires > 0.0 { (acquires, hold_s) } else { (db_calls, (db_s - wait_s).max(0.0)) };
     Some(ServerStep {
         requests,
         mean_ms: http_s / requests * 1e3,
         db_calls_per_request: db_calls / requests,
+        pooled_store: acquires > 0.0,
         db_ms_per_request: net_db_s / requests * 1e3,
         db_call_ms: if db_calls > 0.0 { net_db_s / db_calls * 1e3 } else { 0.0 },
         pool_wait_ms_per_request: wait_s / requests * 1e3,
@@ -427,6 +435,7 @@ mod tests {
              strata_db_query_duration_seconds_sum{op=\"session\"} 1.55\n\
              strata_db_pool_wait_seconds_total 1.01\n\
              strata_db_pool_acquires_total 1100\n\
+             strata_db_pool_hold_seconds_total 0.5\n\
              strata_db_pool_connections{state=\"size\"} 1\n\
              strata_cache_lookups_total{kind=\"session\",outcome=\"hit\"} 250\n\
              strata_cache_lookups_total{kind=\"session\",outcome=\"miss\"} 750\n\

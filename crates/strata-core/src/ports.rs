@@ -449,6 +449,9 @@ pub struct PoolStats {
     /// include the wait).
     pub acquires: u64,
     pub wait_seconds: f64,
+    /// Total time connections were held (busy) by their callers: a storage call's real cost,
+    /// including the round trips, whichever service made it.
+    pub hold_seconds: f64,
 }
 
 /// A complete storage backend.

@@ -109,32 +109,71 @@ pub(crate) async fn with_timeout<T>(
     }
 }
 
-/// Counts connection acquisitions and the time spent waiting for them (for `PoolStats`).
+/// Counts connection acquisitions, the time callers waited for them and the time they held
+/// them (for `PoolStats`): every storage call, whichever service made it, goes through here.
 #[derive(Debug, Default)]
 pub(crate) struct AcquireClock {
     acquires: std::sync::atomic::AtomicU64,
     wait_nanos: std::sync::atomic::AtomicU64,
+    hold_nanos: std::sync::atomic::AtomicU64,
+}
+
+/// A pooled connection that adds the time it was held to its clock when it goes back.
+pub(crate) struct Held<'a, C> {
+    conn: C,
+    since: std::time::Instant,
+    clock: &'a AcquireClock,
+}
+
+impl<C> std::ops::Deref for Held<'_, C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.conn
+    }
+}
+
+impl<C> std::ops::DerefMut for Held<'_, C> {
+    fn deref_mut(&mut self) -> &mut C {
+        &mut self.conn
+    }
+}
+
+impl<C> Drop for Held<'_, C> {
+    fn drop(&mut self) {
+        let held = self.since.elapsed().as_nanos() as u64;
+        self.clock.hold_nanos.fetch_add(held, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl AcquireClock {
     /// Awaits `acquire`, recording how long it took, then (in fault-injection builds) holds
     /// the connection for `STRATA_FAULT_INJECT`'s `db_delay`, as a slow query would.
-    pub(crate) async fn time<T>(&self, acquire: impl std::future::Future<Output = T>) -> T {
+    pub(crate) async fn time<C, E>(
+        &self,
+        acquire: impl std::future::Future<Output = Result<C, E>>,
+    ) -> Result<Held<'_, C>, E> {
         use std::sync::atomic::Ordering::Relaxed;
         let started = std::time::Instant::now();
-        let out = acquire.await;
+        let conn = acquire.await?;
+        let since = std::time::Instant::now();
         self.acquires.fetch_add(1, Relaxed);
-        self.wait_nanos.fetch_add(started.elapsed().as_nanos() as u64, Relaxed);
+        self.wait_nanos.fetch_add(since.duration_since(started).as_nanos() as u64, Relaxed);
+        let held = Held { conn, since, clock: self };
         #[cfg(feature = "fault-injection")]
         if let Some(delay) = strata_core::fault::get().db_delay {
             tokio::time::sleep(delay).await;
         }
-        out
+        Ok(held)
     }
 
-    pub(crate) fn read(&self) -> (u64, f64) {
+    /// (acquires, seconds waited, seconds held).
+    pub(crate) fn read(&self) -> (u64, f64, f64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.acquires.load(Relaxed), self.wait_nanos.load(Relaxed) as f64 / 1e9)
+        (
+            self.acquires.load(Relaxed),
+            self.wait_nanos.load(Relaxed) as f64 / 1e9,
+            self.hold_nanos.load(Relaxed) as f64 / 1e9,
+        )
     }
 }
 

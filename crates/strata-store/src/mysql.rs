@@ -744,7 +744,7 @@ impl MysqlStore {
         Ok(MysqlStore { pool: Pool::new(opts), query_timeout: options.query_timeout, acquire: Default::default() })
     }
 
-    async fn conn(&self) -> Result<Conn, RepoError> {
+    async fn conn(&self) -> Result<crate::Held<'_, Conn>, RepoError> {
         self.acquire.time(self.pool.get_conn()).await.map_err(|e| match e {
             mysql_async::Error::Server(_) | mysql_async::Error::Driver(_) => {
                 RepoError::Unavailable(format!("mysql connect: {e}"))
@@ -2047,12 +2047,14 @@ impl Store for MysqlStore {
     fn pool_stats(&self) -> PoolStats {
         use std::sync::atomic::Ordering::Relaxed;
         let metrics = self.pool.metrics();
+        let (acquires, wait_seconds, hold_seconds) = self.acquire.read();
         PoolStats {
             size: metrics.connection_count.load(Relaxed) as u64,
             idle: metrics.connections_in_pool.load(Relaxed) as u64,
             waiting: metrics.active_wait_requests.load(Relaxed) as u64,
-            acquires: self.acquire.read().0,
-            wait_seconds: self.acquire.read().1,
+            acquires,
+            wait_seconds,
+            hold_seconds,
         }
     }
 }

@@ -677,7 +677,7 @@ impl PostgresStore {
         Ok(store)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Client, RepoError> {
+    async fn client(&self) -> Result<crate::Held<'_, deadpool_postgres::Client>, RepoError> {
         self.acquire.time(self.pool.get()).await.map_err(pool_err)
     }
 
@@ -1838,13 +1838,14 @@ impl Store for PostgresStore {
 
     fn pool_stats(&self) -> PoolStats {
         let status = self.pool.status();
-        let (acquires, wait_seconds) = self.acquire.read();
+        let (acquires, wait_seconds, hold_seconds) = self.acquire.read();
         PoolStats {
             size: status.size as u64,
             idle: status.available as u64,
             waiting: status.waiting as u64,
             acquires,
             wait_seconds,
+            hold_seconds,
         }
     }
 }

@@ -729,6 +729,7 @@ async fn operations_endpoints(app: TestApp) {
     assert!(text.contains("\nstrata_http_requests_in_flight 1\n"), "{text}");
     assert!(text.contains("\nstrata_db_pool_acquires_total "), "{text}");
     assert!(text.contains("\nstrata_db_pool_wait_seconds_total "), "{text}");
+    assert!(text.contains("\nstrata_db_pool_hold_seconds_total "), "{text}");
 
     let doc = app.get("/openapi.json", None).await;
     assert!(doc.body["openapi"].as_str().unwrap().starts_with("3.1"));
