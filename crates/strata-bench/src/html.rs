@@ -478,6 +478,12 @@ fn document(r: &Report, head: Head<'_>) -> String {
         );
     }
 
+    if let Some(a) = &r.analysis
+        && !r.steps.is_empty()
+    {
+        verdict_section(&mut h, a, &r.steps);
+    }
+
     if let Some(s) = &r.server {
         h.push_str("<h2>Server metrics during the run</h2>");
         if s.available {
@@ -518,6 +524,68 @@ fn document(r: &Report, head: Head<'_>) -> String {
     let _ =
         writeln!(h, "<p class=\"meta\">schema {} · strata-bench {}</p></body></html>", r.schema, r.generator_version);
     h
+}
+
+/// `--analyze`: the verdict, the evidence table and the per-step plots it rests on.
+fn verdict_section(h: &mut String, a: &crate::analyze::Analysis, steps: &[crate::probe::StepProbe]) {
+    let _ = write!(
+        h,
+        "<h2 id=\"verdict\">Bottleneck verdict</h2><p class=\"verdict\">verdict: <b>{}</b> (confidence {:.0}%){}</p><p>{}</p>",
+        escape(&a.verdict),
+        a.confidence * 100.0,
+        a.runner_up.as_ref().map(|r| format!("; runner-up {}", escape(r))).unwrap_or_default(),
+        escape(&a.suggestion)
+    );
+    h.push_str("<table><tr><th>predicate</th><th>at the saturated step</th><th>baseline</th><th>strength</th><th>evidence</th></tr>");
+    for e in &a.evidence {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+            escape(&e.predicate),
+            e.value,
+            e.baseline,
+            e.strength,
+            escape(&e.text)
+        );
+    }
+    h.push_str("</table>");
+    let per_step = |name: &str, f: &dyn Fn(&crate::probe::StepProbe) -> Option<f64>| Series {
+        name: name.into(),
+        points: steps.iter().filter_map(|s| Some((s.offered_rps, f(s)?))).collect(),
+    };
+    let x = "offered req/s";
+    h.push_str(&line_chart(
+        "Throughput and p99 by step",
+        x,
+        "req/s · ms",
+        XAxis::Linear,
+        &[per_step("achieved req/s", &|s| Some(s.achieved_rps)), per_step("p99 ms", &|s| Some(s.p99_us as f64 / 1e3))],
+    ));
+    h.push_str(&line_chart(
+        "Utilisation by step (0–1)",
+        x,
+        "share",
+        XAxis::Linear,
+        &[
+            per_step("server cpu", &|s| Some(s.target_cpu_cores? / s.target_cpu_limit?.max(0.01))),
+            per_step("generator cpu", &|s| Some(s.client_cpu_cores / s.client_cpu_limit.max(0.01))),
+            per_step("tokio busy", &|s| s.server.as_ref()?.runtime_busy),
+            per_step("cache hit ratio", &|s| s.server.as_ref()?.cache_hit_ratio),
+            per_step("rss / memory limit", &|s| Some(s.target_rss_bytes? as f64 / s.target_memory_limit? as f64)),
+        ],
+    ));
+    h.push_str(&line_chart(
+        "Where a request's time goes, by step (ms)",
+        x,
+        "ms per request",
+        XAxis::Linear,
+        &[
+            per_step("client latency", &|s| Some(s.mean_ms)),
+            per_step("inside the server", &|s| Some(s.server.as_ref()?.mean_ms)),
+            per_step("storage (connection held)", &|s| Some(s.server.as_ref()?.db_ms_per_request)),
+            per_step("pool wait", &|s| Some(s.server.as_ref()?.pool_wait_ms_per_request)),
+        ],
+    ));
 }
 
 #[cfg(test)]
