@@ -307,11 +307,20 @@ pub fn analyze(steps: &[StepProbe], p99_bound_us: u64, closed: bool) -> Option<A
     };
     // A process killed at its memory limit (the OOM killer) leaves no reading in the step
     // it died in: the last step it was seen in tells how close it was.
-    let gone = s.target_cpu_cores.is_none() && b.target_cpu_cores.is_some();
-    let last_seen_mem_util = steps
+    // (An RSS of 0 is a zombie, as reports of versions that did not skip them recorded it.)
+    let alive = |st: &StepProbe| st.target_cpu_cores.is_some() && st.target_rss_bytes != Some(0);
+    let gone = !alive(s) && alive(b);
+    let seen: Vec<f64> = steps
         .iter()
+        .filter(|st| alive(st))
         .filter_map(|st| Some(st.target_rss_bytes? as f64 / st.target_memory_limit.filter(|l| *l > 0)? as f64))
-        .fold(0.0, f64::max);
+        .collect();
+    // How close it got, or where its growth was heading: a leak kills between two readings.
+    let last_seen_mem_util = match seen.as_slice() {
+        [.., a, b] if b > a => b + (b - a),
+        [.., b] => *b,
+        [] => 0.0,
+    };
     let m_rss = c.add(
         "server_memory",
         "rss_of_limit",
@@ -322,7 +331,14 @@ pub fn analyze(steps: &[StepProbe], p99_bound_us: u64, closed: bool) -> Option<A
             "server rss {} of limit {}{}",
             s.target_rss_bytes.map_or("-".into(), crate::progress::fmt_bytes),
             s.target_memory_limit.map_or("none".into(), crate::progress::fmt_bytes),
-            if gone { " (the process is gone)" } else { "" }
+            if gone {
+                format!(
+                    " (the process is gone; {:.0}% of its limit and growing when last seen)",
+                    last_seen_mem_util * 100.0
+                )
+            } else {
+                String::new()
+            }
         ),
     );
     let majflt = opt(s.target_majflt_per_s);
@@ -787,6 +803,22 @@ mod tests {
         let a = analyze(&steps, 100_000, false).unwrap();
         assert_eq!(a.verdict, "generator");
         assert_eq!(a.runner_up, None, "no server label for an invalid run");
+    }
+
+    #[test]
+    fn a_process_killed_at_its_memory_limit_is_server_memory() {
+        let mut steps = vec![step(100.0, 100.0, 800), step(150.0, 150.0, 800), step(225.0, 225.0, 900)];
+        for (st, mib) in steps.iter_mut().zip([40u64, 90, 0]) {
+            st.target_memory_limit = Some(192 << 20);
+            st.target_rss_bytes = Some(mib << 20);
+        }
+        // Killed during the last step: connection errors, no readings.
+        steps[2].target_cpu_cores = None;
+        steps[2].target_rss_bytes = None;
+        steps[2].error_rate = 0.4;
+        steps[2].server = None;
+        let a = analyze(&steps, 100_000, false).unwrap();
+        assert_eq!(a.verdict, "server_memory", "{a:#?}");
     }
 
     #[test]

@@ -26,6 +26,10 @@ fn read_proc(pid: Option<u32>) -> Option<ProcReading> {
     let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = after.split_whitespace().collect();
+    // A killed process not yet reaped by its parent is a zombie: it uses nothing any more.
+    if matches!(f.first(), Some(&"Z" | &"X")) {
+        return None;
+    }
     let majflt: u64 = f.get(9)?.parse().ok()?;
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     // Per thread: the process file only covers the main thread. Field 2 is the time spent
