@@ -204,6 +204,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<He
     (status = 200, description = "Prometheus text exposition format", content_type = "text/plain; version=0.0.4", body = String),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    if let Some(routing) = state.accounts.store().read_routing() {
+        state.metrics.observe_read_routing(&routing);
+    }
     let text = state.metrics.render(state.accounts.store().pool_stats(), state.accounts.hasher().queued());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

@@ -119,6 +119,21 @@ pub struct Metrics {
     mails: Family<MailLabels, Counter>,
     trace_spans_exported: Counter,
     trace_spans_dropped: Family<ReasonLabels, Counter>,
+    replica_lag: Family<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    replica_in_rotation: Family<ReplicaLabels, Gauge>,
+    replica_reads: Family<ReplicaReadLabels, Counter>,
+    routed_to_primary: Family<ReasonLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaReadLabels {
+    replica: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -157,6 +172,30 @@ impl Metrics {
             "db_pool_hold_seconds",
             "Time storage connections were held by their callers (busy): every storage call's cost, whoever made it",
             db_pool_hold.clone(),
+        );
+        let replica_lag = Family::<ReplicaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "db_replica_lag_seconds",
+            "How far each read replica was behind the primary at its last probe",
+            replica_lag.clone(),
+        );
+        let replica_in_rotation = Family::<ReplicaLabels, Gauge>::default();
+        registry.register(
+            "db_replica_in_rotation",
+            "1 while a read replica answers and is within database.max_replica_lag_ms",
+            replica_in_rotation.clone(),
+        );
+        let replica_reads = Family::<ReplicaReadLabels, Counter>::default();
+        registry.register(
+            "db_replica_reads",
+            "Routed reads each replica answered (ok) or failed",
+            replica_reads.clone(),
+        );
+        let routed_to_primary = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "db_reads_routed_to_primary",
+            "Routed hot reads the primary answered, by why no replica did",
+            routed_to_primary.clone(),
         );
         let http_in_flight = Gauge::default();
         registry.register(
@@ -298,6 +337,10 @@ impl Metrics {
             db_pool_acquires,
             db_pool_wait,
             db_pool_hold,
+            replica_lag,
+            replica_in_rotation,
+            replica_reads,
+            routed_to_primary,
             hash_queue,
             http_in_flight,
             cache_lookups,
@@ -335,6 +378,23 @@ impl Metrics {
         let labels = HttpLabels { route, method, status };
         self.http_requests.get_or_create(&labels).inc();
         self.http_duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the read-replica families from the store's counts (scrape time).
+    pub fn observe_read_routing(&self, routing: &strata_core::ports::ReadRouting) {
+        for r in &routing.replicas {
+            let replica = ReplicaLabels { replica: r.name.clone() };
+            self.replica_lag.get_or_create(&replica).set(r.lag_seconds);
+            self.replica_in_rotation.get_or_create(&replica).set(i64::from(r.in_rotation));
+            for (outcome, total) in [("ok", r.reads), ("error", r.errors)] {
+                let counter = self.replica_reads.get_or_create(&ReplicaReadLabels { replica: r.name.clone(), outcome });
+                counter.inc_by(total.saturating_sub(counter.get()));
+            }
+        }
+        for (reason, total) in &routing.primary {
+            let counter = self.routed_to_primary.get_or_create(&ReasonLabels { reason });
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
     }
 
     /// Prometheus text exposition, with scrape-time gauges refreshed first.

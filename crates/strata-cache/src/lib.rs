@@ -33,6 +33,7 @@ pub mod endpoint;
 pub mod memcache;
 pub mod memory;
 pub mod node;
+pub mod positions;
 pub mod redis;
 pub mod shield;
 pub mod tiered;
@@ -321,6 +322,20 @@ pub fn open_counters(
             Ok(Some(Arc::new(counters::RedisCounters::new(&target, options.timeout, options.breaker, observer)?)))
         }
         _ => Err("must be a redis:// URL, or empty for per-instance counters".into()),
+    }
+}
+
+/// The read-your-writes position board in the Redis `url` names (see [`positions`]).
+pub fn open_positions(
+    url: &str,
+    options: &CacheOptions,
+    observer: Arc<dyn CacheObserver>,
+) -> Result<Arc<dyn strata_core::ports::PositionBoard>, String> {
+    match Target::parse(url)? {
+        Target::Redis(target) => {
+            Ok(Arc::new(positions::RedisPositions::new(&target, options.timeout, options.breaker, observer)?))
+        }
+        _ => Err("the position board must be in Redis (a redis:// URL)".into()),
     }
 }
 

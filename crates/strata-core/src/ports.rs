@@ -478,6 +478,60 @@ pub trait Store:
     async fn explain_hot_paths(&self) -> Result<Vec<QueryPlan>, RepoError>;
 
     fn pool_stats(&self) -> PoolStats;
+
+    /// The engine's replication position as one growing number: on a primary, the end of
+    /// what it has written (PostgreSQL `pg_current_wal_lsn()`, MariaDB's GTID sequence); on
+    /// a replica, what it has replayed (`pg_last_wal_replay_lsn()`, `@@gtid_slave_pos`).
+    /// A replica at position ≥ p shows every commit the primary had made at p. `None`
+    /// where the engine replicates nothing (SQLite).
+    async fn replication_position(&self) -> Result<Option<u64>, RepoError> {
+        Ok(None)
+    }
+
+    /// Where routed reads went, for a store with read replicas (`None` without).
+    fn read_routing(&self) -> Option<ReadRouting> {
+        None
+    }
+}
+
+/// The read replicas behind a store, and why routed reads went to the primary instead.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReadRouting {
+    pub replicas: Vec<ReplicaStatus>,
+    /// (reason, reads): `no_replica` (none in rotation), `stale` (none had caught up with
+    /// the reader's writes), `missing` (a replica did not have it, perhaps not yet),
+    /// `replica_error`, `board_error` (the position board could not be read).
+    pub primary: Vec<(&'static str, u64)>,
+}
+
+/// One read replica as the routing store sees it, for `/metrics` and `strata status`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplicaStatus {
+    /// The replica's URL without its password.
+    pub name: String,
+    /// Answering, and no further behind than `database.max_replica_lag_ms`.
+    pub in_rotation: bool,
+    /// How far behind the primary it was at its last probe (time since the primary
+    /// reached a position the replica has not replayed yet).
+    pub lag_seconds: f64,
+    /// Reads it answered, and reads it was asked but could not answer (errors).
+    pub reads: u64,
+    pub errors: u64,
+}
+
+/// Where replicated stores record the newest write position of each user, session and
+/// of the whole user table, so a read through any instance can tell whether a replica has
+/// caught up with it (read-your-writes). One in-process board serves a single instance;
+/// instances that serve the same users share one in Redis (strata-cache).
+#[async_trait]
+pub trait PositionBoard: Send + Sync {
+    fn describe(&self) -> String;
+
+    /// Raises each key's position to at least `position`, remembered for at least `ttl`.
+    async fn raise(&self, keys: &[uuid::Uuid], position: u64, ttl: std::time::Duration) -> Result<(), CacheError>;
+
+    /// The highest position recorded under any of `keys` (0 when none is).
+    async fn highest(&self, keys: &[uuid::Uuid]) -> Result<u64, CacheError>;
 }
 
 /// Wall-clock source, injectable so tests can move time (session expiry) without sleeping.

@@ -17,6 +17,7 @@ use strata_core::ports::Store;
 pub mod foreign;
 mod mysql;
 mod postgres;
+pub mod replicated;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -37,6 +38,9 @@ pub struct StoreOptions {
     pub connect_timeout: Duration,
     /// Apply pending migrations on connect.
     pub migrate: bool,
+    /// Open without contacting the server (read replicas: one that is down at start
+    /// joins the rotation once it answers). Never migrates.
+    pub lazy: bool,
 }
 
 /// By hand, so the URL's password stays out of logs.
@@ -48,6 +52,7 @@ impl std::fmt::Debug for StoreOptions {
             .field("query_timeout", &self.query_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("migrate", &self.migrate)
+            .field("lazy", &self.lazy)
             .finish()
     }
 }
@@ -61,6 +66,7 @@ impl StoreOptions {
             query_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             migrate: true,
+            lazy: false,
         }
     }
 }
@@ -94,6 +100,34 @@ pub async fn connect(options: &StoreOptions) -> Result<Arc<dyn Store>, RepoError
         Backend::Postgres => Arc::new(PostgresStore::connect(options).await?),
         Backend::Mysql => Arc::new(MysqlStore::connect(options).await?),
     })
+}
+
+/// Connects the primary (`options.url`) and, lazily and never migrated, its read replicas,
+/// routed as [`replicated::ReplicatedStore`] describes. Replicas must be of the primary's
+/// engine. Without replicas this is [`connect`].
+pub async fn connect_replicated(
+    options: &StoreOptions,
+    replica_urls: &[String],
+    board: Arc<dyn strata_core::ports::PositionBoard>,
+    replica_options: replicated::ReplicaOptions,
+) -> Result<Arc<dyn Store>, RepoError> {
+    let primary = connect(options).await?;
+    if replica_urls.is_empty() {
+        return Ok(primary);
+    }
+    let engine = Backend::from_url(&options.url)?;
+    let mut replicas = Vec::with_capacity(replica_urls.len());
+    for url in replica_urls {
+        if Backend::from_url(url)? != engine || engine == Backend::Sqlite {
+            return Err(RepoError::Internal(format!(
+                "replica {}: read replicas must be PostgreSQL or MySQL/MariaDB, the primary's engine",
+                redact_url(url)
+            )));
+        }
+        let replica = StoreOptions { url: url.clone(), migrate: false, lazy: true, ..options.clone() };
+        replicas.push((redact_url(url), connect(&replica).await?));
+    }
+    Ok(Arc::new(replicated::ReplicatedStore::new(primary, replicas, board, replica_options).await))
 }
 
 pub use strata_core::secret::redact_url;

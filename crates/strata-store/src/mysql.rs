@@ -728,6 +728,13 @@ impl MysqlStore {
             .with_reset_connection(false);
         let opts: Opts = OptsBuilder::from_opts(opts).client_found_rows(true).pool_opts(pool_opts).into();
 
+        if options.lazy {
+            return Ok(MysqlStore {
+                pool: Pool::new(opts),
+                query_timeout: options.query_timeout,
+                acquire: Default::default(),
+            });
+        }
         let setup_timeout = if options.migrate { MIGRATION_TIMEOUT } else { options.connect_timeout };
         crate::with_timeout(setup_timeout, async {
             // A connection of its own, closed afterwards: the migration lock is bound to
@@ -1990,6 +1997,17 @@ impl Store for MysqlStore {
         "mysql"
     }
 
+    async fn replication_position(&self) -> Result<Option<u64>, RepoError> {
+        // `gtid_current_pos` is what the server has applied, its own transactions and the
+        // replicated ones alike, so it reads the same way on a primary and on a replica.
+        let pos: Option<String> = crate::with_timeout(self.query_timeout, async {
+            let mut conn = self.conn().await?;
+            conn.query_first("SELECT @@GLOBAL.gtid_current_pos").await.map_err(my_err)
+        })
+        .await?;
+        Ok(pos.as_deref().and_then(gtid_sequence))
+    }
+
     async fn ping(&self) -> Result<(), RepoError> {
         crate::with_timeout(self.query_timeout.min(PING_TIMEOUT), async {
             let mut conn = self.conn().await?;
@@ -2162,5 +2180,24 @@ mod tests {
         let sorted = [row("ref", "sessions_user_id", "Using where; Using filesort")];
         assert!(plan_uses_index(&sorted, false));
         assert!(!plan_uses_index(&sorted, true));
+    }
+}
+
+/// The sequence number of a MariaDB GTID position (`domain-server-sequence`, a list of them
+/// when several replication domains are in use). Strata assumes one domain, the default:
+/// its sequence grows with every transaction, and keeps growing on a promoted replica. With
+/// several domains the highest sequence is taken, which is only an order within a domain.
+fn gtid_sequence(position: &str) -> Option<u64> {
+    position.split(',').filter_map(|gtid| gtid.trim().rsplit('-').next()?.parse::<u64>().ok()).max()
+}
+
+#[cfg(test)]
+mod gtid_tests {
+    #[test]
+    fn gtid_sequences() {
+        assert_eq!(super::gtid_sequence("0-1-42"), Some(42));
+        assert_eq!(super::gtid_sequence("0-1-42,1-2-7"), Some(42));
+        assert_eq!(super::gtid_sequence(""), None);
+        assert_eq!(super::gtid_sequence("garbage"), None);
     }
 }

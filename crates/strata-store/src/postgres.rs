@@ -441,7 +441,8 @@ fn pg_err(e: tokio_postgres::Error) -> RepoError {
     let transient = code.starts_with("08") // connection exception
         || code.starts_with("53") // insufficient resources
         || code.starts_with("57P") // admin/crash shutdown, cannot connect now
-        || matches!(code, "57014" | "40001" | "40P01" | "55P03"); // cancelled, serialization, deadlock, lock
+        || matches!(code, "57014" | "40001" | "40P01" | "55P03") // cancelled, serialization, deadlock, lock
+        || code == "25006"; // read-only transaction: the host is a standby now (a failover)
     if transient {
         RepoError::Unavailable(format!("postgres: {}", describe(&e)))
     } else {
@@ -665,6 +666,9 @@ impl PostgresStore {
             .map_err(|e| RepoError::Internal(format!("postgres pool: {e}")))?;
         let store = PostgresStore { pool, query_timeout: options.query_timeout, acquire: Default::default() };
 
+        if options.lazy {
+            return Ok(store);
+        }
         let setup_timeout = if options.migrate { MIGRATION_TIMEOUT } else { options.connect_timeout };
         crate::with_timeout(setup_timeout, async {
             let mut client = store.pool.get().await.map_err(pool_err)?;
@@ -1834,6 +1838,17 @@ impl Store for PostgresStore {
             Ok(plans)
         })
         .await
+    }
+
+    async fn replication_position(&self) -> Result<Option<u64>, RepoError> {
+        // An LSN is a byte offset into the WAL: its distance from 0/0 is the number. On a
+        // primary, the insert position: with `synchronous_commit = off` an acknowledged
+        // commit may not be written yet (`pg_current_wal_lsn()` can be behind it), but it
+        // is always inserted.
+        const POSITION: &str = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                                ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::bigint";
+        let row = self.query_row(POSITION, &[]).await?;
+        Ok(row.and_then(|r| r.get::<_, Option<i64>>(0)).map(|p| p.max(0) as u64))
     }
 
     fn pool_stats(&self) -> PoolStats {

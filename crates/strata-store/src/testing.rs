@@ -152,3 +152,163 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// A private PostgreSQL server on a spare loopback port, in a temporary directory of its
+/// own: a primary ([`PgServer::primary`]) or a streaming replica of one
+/// ([`PgServer::replica_of`]). The binaries run as the `postgres` OS user when the tests
+/// run as root (initdb refuses root). Stopped at once and removed on drop.
+pub struct PgServer {
+    pub port: u16,
+    root: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    running: bool,
+}
+
+impl PgServer {
+    /// The newest installed PostgreSQL's binaries, or why there are none.
+    fn binaries() -> Result<std::path::PathBuf, String> {
+        let mut versions: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|e| format!("no PostgreSQL binaries under /usr/lib/postgresql: {e}"))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+            .filter(|(_, bin)| bin.join("initdb").exists())
+            .collect();
+        versions.sort();
+        versions.pop().map(|(_, bin)| bin).ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin".into())
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<(), String> {
+        run_as_postgres(&self.bin.join(program), args)
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.root.join("data")
+    }
+
+    fn new_root(bin: std::path::PathBuf) -> Result<Self, String> {
+        let root = std::env::temp_dir().join(format!("strata_pg_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        if is_root() {
+            let status = std::process::Command::new("chown").arg("postgres:postgres").arg(&root).status();
+            if !status.is_ok_and(|s| s.success()) {
+                return Err("chown postgres failed (is there a postgres user?)".into());
+            }
+        }
+        Ok(PgServer { port: spare_port()?, root, bin, running: false })
+    }
+
+    /// Settings of every server here: private socket directory, no fsync (tests, not
+    /// durability), WAL kept for replicas.
+    fn settings(&self) -> String {
+        format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n\
+             full_page_writes = off\nwal_level = replica\nmax_wal_senders = 10\nhot_standby = on\n\
+             wal_keep_size = '256MB'\nshared_buffers = '32MB'\nmax_connections = 60\n",
+            self.port,
+            self.root.display()
+        )
+    }
+
+    pub fn primary() -> Result<Self, String> {
+        let mut server = PgServer::new_root(PgServer::binaries()?)?;
+        let data = server.data();
+        server.run("initdb", &["-D", path_str(&data)?, "-U", "postgres", "-A", "trust", "--no-sync"])?;
+        append(&data.join("postgresql.conf"), &server.settings())?;
+        append(
+            &data.join("pg_hba.conf"),
+            "\nhost replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n",
+        )?;
+        server.start()?;
+        Ok(server)
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), replaying each commit no
+    /// sooner than `apply_delay` after it (`recovery_min_apply_delay`: injected lag).
+    pub fn replica_of(primary: &PgServer, apply_delay: Duration) -> Result<Self, String> {
+        let mut server = PgServer::new_root(primary.bin.clone())?;
+        let data = server.data();
+        let port = primary.port.to_string();
+        server.run(
+            "pg_basebackup",
+            &["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-D", path_str(&data)?, "-R", "-X", "stream"],
+        )?;
+        let delay = format!("recovery_min_apply_delay = '{}ms'\n", apply_delay.as_millis());
+        append(&data.join("postgresql.auto.conf"), &(server.settings() + &delay))?;
+        server.start()?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    pub fn start(&mut self) -> Result<(), String> {
+        let log = self.root.join("server.log");
+        self.run("pg_ctl", &["-D", path_str(&self.data())?, "-l", path_str(&log)?, "-w", "-t", "60", "start"])?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stops at once, as a crash would (`-m immediate`).
+    pub fn kill(&mut self) -> Result<(), String> {
+        self.running = false;
+        self.run("pg_ctl", &["-D", path_str(&self.data())?, "-m", "immediate", "-w", "stop"])
+    }
+
+    /// Promotes a replica to a primary that takes writes.
+    pub fn promote(&self) -> Result<(), String> {
+        self.run("pg_ctl", &["-D", path_str(&self.data())?, "-w", "-t", "60", "promote"])
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn is_root() -> bool {
+    // `id -u` rather than libc, which this crate does not depend on.
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+fn run_as_postgres(program: &std::path::Path, args: &[&str]) -> Result<(), String> {
+    let mut command = if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    };
+    let out = command.args(args).output().map_err(|e| format!("{}: {e}", program.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} {} failed: {}{}",
+            program.display(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn path_str(path: &std::path::Path) -> Result<&str, String> {
+    path.to_str().ok_or_else(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn append(file: &std::path::Path, text: &str) -> Result<(), String> {
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new().append(true).open(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// A loopback port nothing listens on (a moment ago).
+pub fn spare_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
+}

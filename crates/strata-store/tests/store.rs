@@ -1591,11 +1591,50 @@ macro_rules! conformance {
     };
 }
 
+/// The composite adapter: a replicated store whose "replica" is the same database
+/// through a pool of its own, so reads really are routed (to the replica once its probed
+/// position has passed the reader's writes, to the primary before) and every case holds.
+async fn replicated_store_for(backend: Backend, what: &str) -> Option<(TestDb, Arc<dyn Store>)> {
+    let (db, _) = store_for(backend, what).await?;
+    let board = Arc::new(strata_store::replicated::LocalBoard::default());
+    let options =
+        strata_store::replicated::ReplicaOptions { max_lag: Duration::from_secs(2), poll: Duration::from_millis(20) };
+    let store = strata_store::connect_replicated(
+        &StoreOptions::new(db.url.clone()),
+        std::slice::from_ref(&db.url),
+        board,
+        options,
+    )
+    .await
+    .expect("connect replicated");
+    assert!(store.read_routing().is_some());
+    Some((db, store))
+}
+
+macro_rules! conformance_replicated {
+    ($name:ident, $backend:ident, $variant:expr, [$($case:ident),* $(,)?]) => {
+        mod $name {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let what = concat!("replicated store conformance ", stringify!($case));
+                    let Some((_db, store)) = replicated_store_for($variant, what).await else { return };
+                    assert_eq!(store.backend(), stringify!($backend));
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
 macro_rules! all_backends {
     ($($case:ident),* $(,)?) => {
         conformance!(sqlite, Backend::Sqlite, [$($case),*]);
         conformance!(postgres, Backend::Postgres, [$($case),*]);
         conformance!(mysql, Backend::Mysql, [$($case),*]);
+        conformance_replicated!(replicated_postgres, postgres, Backend::Postgres, [$($case),*]);
+        conformance_replicated!(replicated_mysql, mysql, Backend::Mysql, [$($case),*]);
     };
 }
 
@@ -1822,4 +1861,257 @@ mod server_backends {
         pool_stats_count_connections,
         racing_retries_create_once,
     );
+}
+
+/// Read replicas on private PostgreSQL servers (a primary and streaming replicas started
+/// by the test, one of them with injected lag): read-your-writes across two routing stores
+/// that share a position board, a stopped replica costing no request, a promoted replica
+/// taking writes without a restart.
+mod replication {
+    use super::*;
+    use strata_core::ports::PositionBoard;
+    use strata_store::replicated::{LocalBoard, ReplicaOptions};
+    use strata_store::testing::PgServer;
+
+    const LAG: Duration = Duration::from_millis(300);
+
+    /// A primary with `delays.len()` replicas, each replaying its commits that much later.
+    async fn servers(what: &str, delays: &[Duration]) -> Option<(PgServer, Vec<PgServer>)> {
+        let delays = delays.to_vec();
+        let started = tokio::task::spawn_blocking(move || {
+            let primary = PgServer::primary()?;
+            let replicas = delays.iter().map(|d| PgServer::replica_of(&primary, *d)).collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, String>((primary, replicas))
+        })
+        .await
+        .unwrap();
+        match started {
+            Ok(servers) => Some(servers),
+            Err(why) => {
+                strata_core::testing::unusable(what, "postgres", &why);
+                None
+            }
+        }
+    }
+
+    fn options() -> ReplicaOptions {
+        ReplicaOptions { max_lag: Duration::from_secs(2), poll: Duration::from_millis(50) }
+    }
+
+    async fn router(primary_url: &str, replicas: &[&PgServer], board: Arc<dyn PositionBoard>) -> Arc<dyn Store> {
+        let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
+        let mut opts = StoreOptions::new(primary_url);
+        opts.connect_timeout = Duration::from_secs(2);
+        strata_store::connect_replicated(&opts, &urls, board, options()).await.expect("connect replicated")
+    }
+
+    fn replica_reads(store: &dyn Store) -> u64 {
+        store.read_routing().unwrap().replicas.iter().map(|r| r.reads).sum()
+    }
+
+    fn to_primary(store: &dyn Store, reason: &str) -> u64 {
+        store.read_routing().unwrap().primary.iter().filter(|(why, _)| *why == reason).map(|(_, n)| n).sum()
+    }
+
+    /// Polls until every replica of `store` is in rotation (or panics after 30 s).
+    async fn all_in_rotation(store: &dyn Store) {
+        for _ in 0..300 {
+            if store.read_routing().unwrap().replicas.iter().all(|r| r.in_rotation) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("replicas not back in rotation: {:?}", store.read_routing());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_follow_writes_across_instances_despite_lag() {
+        let what = "read-your-writes over lagging replicas";
+        let Some((primary, replicas)) = servers(what, &[LAG, Duration::ZERO]).await else { return };
+        let board: Arc<dyn PositionBoard> = Arc::new(LocalBoard::default());
+        let refs: Vec<&PgServer> = replicas.iter().collect();
+        let a = router(&primary.url(), &refs, board.clone()).await;
+        let b = router(&primary.url(), &refs, board).await;
+
+        // Users written often (hot) and never again (cold), each with a session.
+        let mut hot = Vec::new();
+        for i in 0..20 {
+            let u = user(&format!("hot{i}@example.com"), "Hot");
+            create(&*a, &u).await;
+            let (token, s) = session_for(&u);
+            a.create_session(&s, &event("session.created", u.id)).await.unwrap();
+            hot.push((u, token, s));
+        }
+        let mut cold = Vec::new();
+        for i in 0..50 {
+            let u = user(&format!("cold{i}@example.com"), "Cold");
+            create(&*a, &u).await;
+            cold.push(u);
+        }
+        all_in_rotation(&*b).await;
+        tokio::time::sleep(LAG * 3).await;
+
+        const PAIRS: usize = 10_000;
+        for i in 0..PAIRS {
+            let k = i % hot.len();
+            match i % 5 {
+                0 | 1 => {
+                    let (u, _, _) = &mut hot[k];
+                    let expected = u.version;
+                    u.version = Version(expected.0 + 1);
+                    u.name = DisplayName::parse(&format!("Hot {i}")).unwrap();
+                    a.update_user(u, expected, SessionRevocation::None, &event("user.updated", u.id)).await.unwrap();
+                    let read = b.user_by_id(u.id).await.unwrap().expect("the user");
+                    assert_eq!(read.version, u.version, "pair {i}: read the user back stale");
+                    if i % 5 == 1 {
+                        let by_email = b.user_by_email(&u.email).await.unwrap().expect("by email");
+                        assert_eq!(by_email.version, u.version, "pair {i}: read by email stale");
+                    }
+                }
+                2 => {
+                    // Log out, and the session is revoked for every instance at once.
+                    let (u, token, s) = &mut hot[k];
+                    assert!(a.revoke_session(s.id, T0, &event("session.revoked", u.id)).await.unwrap());
+                    let (seen, _) = b.session_with_user(&token.hash()).await.unwrap().expect("the session");
+                    assert_eq!(seen.revoked_at, Some(T0), "pair {i}: a revoked session still valid");
+                    let (fresh_token, fresh) = session_for(u);
+                    a.create_session(&fresh, &event("session.created", u.id)).await.unwrap();
+                    let (seen, owner) = b.session_with_user(&fresh_token.hash()).await.unwrap().expect("new session");
+                    assert_eq!((seen.revoked_at, owner.version), (None, u.version), "pair {i}");
+                    (*token, *s) = (fresh_token, fresh);
+                }
+                3 => {
+                    let u = &cold[i % cold.len()];
+                    assert_eq!(b.user_by_id(u.id).await.unwrap().as_ref(), Some(u), "pair {i}");
+                }
+                _ => {
+                    // A new user is in the next admin page at once.
+                    let newest = cold.iter().chain(hot.iter().map(|(u, _, _)| u)).map(|u| u.id).max().unwrap();
+                    let u = user(&format!("new{i}@example.com"), "New");
+                    create(&*a, &u).await;
+                    let query = UserListQuery { after: Some(newest), limit: 5, ..Default::default() };
+                    let page = b.list_users(&query).await.unwrap();
+                    assert_eq!(page.first().map(|x| x.id), Some(u.id), "pair {i}: list stale");
+                    cold.push(u);
+                }
+            }
+        }
+        let (served, stale) = (replica_reads(&*b), to_primary(&*b, "stale") + to_primary(&*b, "missing"));
+        eprintln!(
+            "{PAIRS} write-then-read pairs: {served} reads from replicas, {stale} sent to the primary as not caught up"
+        );
+        assert!(served > 1000, "replicas answered the reads they had caught up with: {:?}", b.read_routing());
+        assert!(stale > 1000, "the lagging replicas were skipped for fresh writes: {:?}", b.read_routing());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_replica_costs_no_request() {
+        let what = "stopped replica";
+        let Some((primary, mut replicas)) = servers(what, &[Duration::ZERO, Duration::ZERO]).await else { return };
+        let refs: Vec<&PgServer> = replicas.iter().collect();
+        let store = router(&primary.url(), &refs, Arc::new(LocalBoard::default())).await;
+        let mut users = Vec::new();
+        for i in 0..20 {
+            let u = user(&format!("r{i}@example.com"), "R");
+            create(&*store, &u).await;
+            users.push(u);
+        }
+        all_in_rotation(&*store).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let reader = {
+            let store = store.clone();
+            let users = users.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let until = std::time::Instant::now() + Duration::from_secs(4);
+                let mut i = 0;
+                while std::time::Instant::now() < until && i < 200_000 {
+                    let u = &users[i % users.len()];
+                    match store.user_by_id(u.id).await {
+                        Ok(Some(found)) if &found == u => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                    i += 1;
+                }
+                (ok, failed)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let stopped = replicas.remove(0);
+        let stopped = tokio::task::spawn_blocking(move || {
+            let mut stopped = stopped;
+            stopped.kill().unwrap();
+            // Back after a while, to see it return to rotation.
+            std::thread::sleep(Duration::from_millis(1500));
+            stopped.start().unwrap();
+            stopped
+        })
+        .await
+        .unwrap();
+        let (ok, failed) = reader.await.unwrap();
+        eprintln!("{ok} reads while a replica was stopped and restarted, {} failed", failed.len());
+        assert!(failed.is_empty(), "reads failed while a replica was down: {:?}", &failed[..failed.len().min(5)]);
+        assert!(ok > 100);
+        all_in_rotation(&*store).await;
+        drop(stopped);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_promoted_replica_takes_writes_without_a_restart() {
+        let what = "primary failover";
+        let Some((mut primary, replicas)) = servers(what, &[Duration::ZERO]).await else { return };
+        let standby = &replicas[0];
+        // Both hosts in one URL: whichever takes writes is the primary.
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+            primary.port, standby.port
+        );
+        let store = router(&url, &[standby], Arc::new(LocalBoard::default())).await;
+        let before = user("before@example.com", "Before");
+        create(&*store, &before).await;
+        all_in_rotation(&*store).await;
+        for _ in 0..100 {
+            if standby_has(standby, before.id).await {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+
+        let started = std::time::Instant::now();
+        let (_primary, _promoted) = tokio::task::spawn_blocking(move || {
+            primary.kill().unwrap();
+            replicas[0].promote().unwrap();
+            (primary, replicas)
+        })
+        .await
+        .unwrap();
+        let after = user("after@example.com", "After");
+        let mut failures = 0;
+        loop {
+            match store.create_user(&after, None, &event("user.created", after.id)).await {
+                Ok(()) => break,
+                Err(RepoError::Unavailable(_)) if started.elapsed() < Duration::from_secs(60) => {
+                    failures += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("no write after promotion: {e}"),
+            }
+        }
+        eprintln!(
+            "writes resumed on the promoted replica {:?} after the primary died ({failures} refused)",
+            started.elapsed()
+        );
+        assert_eq!(store.user_by_id(before.id).await.unwrap(), Some(before));
+        assert_eq!(store.user_by_id(after.id).await.unwrap(), Some(after));
+    }
+
+    async fn standby_has(standby: &PgServer, id: UserId) -> bool {
+        let mut opts = StoreOptions::new(standby.url());
+        opts.migrate = false;
+        match connect(&opts).await {
+            Ok(s) => s.user_by_id(id).await.ok().flatten().is_some(),
+            Err(_) => false,
+        }
+    }
 }

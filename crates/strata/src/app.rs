@@ -53,9 +53,9 @@ impl Application {
 
     /// As [`Application::build`], with a clock tests can move.
     pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
-        let store = connect_store(&config).await?;
-        let hasher = PasswordHasher::new(config.hasher_settings()).map_err(anyhow::Error::msg)?;
         let metrics = Arc::new(Metrics::new());
+        let store = connect_serving_store(&config, metrics.clone()).await?;
+        let hasher = PasswordHasher::new(config.hasher_settings()).map_err(anyhow::Error::msg)?;
         let settings = AccountSettings {
             session_ttl: Duration::from_secs(config.auth.session_ttl_secs),
             idempotency_ttl: Duration::from_secs(config.auth.idempotency_ttl_secs),
@@ -437,6 +437,40 @@ fn spawn_purger(accounts: Arc<Accounts>) {
             }
         }
     });
+}
+
+/// The store `serve` uses: the primary, and its read replicas when `database.replicas`
+/// names any. Their read-your-writes positions go to the Redis of `cache.url`, else of
+/// `throttle.url`, else stay in this instance (fine for one instance; several instances
+/// over replicas need a shared Redis, and start-up says so).
+pub async fn connect_serving_store(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
+    let replicas = config.database.replica_urls();
+    if replicas.is_empty() {
+        return connect_store(config).await;
+    }
+    let shared =
+        [&config.cache.url, &config.throttle.url].into_iter().find(|url| match strata_cache::Target::parse(url) {
+            Ok(strata_cache::Target::Redis(t)) => !matches!(t.topology, strata_cache::RedisTopology::Cluster { .. }),
+            _ => false,
+        });
+    let board: Arc<dyn strata_core::ports::PositionBoard> = match shared {
+        Some(url) => strata_cache::open_positions(url, &config.cache_options(), metrics)
+            .map_err(|e| anyhow::anyhow!("read-your-writes positions: {e}"))?,
+        None => Arc::new(strata_store::replicated::LocalBoard::default()),
+    };
+    tracing::info!(
+        replicas = replicas.len(),
+        board = %board.describe(),
+        max_lag_ms = config.database.max_replica_lag_ms,
+        "hot reads go to read replicas that have caught up with the reader's writes"
+    );
+    let options = strata_store::replicated::ReplicaOptions {
+        max_lag: Duration::from_millis(config.database.max_replica_lag_ms),
+        ..Default::default()
+    };
+    strata_store::connect_replicated(&config.store_options(), &replicas, board, options)
+        .await
+        .with_context(|| format!("cannot open database {}", strata_store::redact_url(&config.database.url)))
 }
 
 pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {

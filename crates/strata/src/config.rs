@@ -304,6 +304,40 @@ pub struct DatabaseConfig {
     pub connect_timeout_ms: u64,
     /// Apply pending migrations when `serve` starts.
     pub migrate_on_start: bool,
+    /// Read replicas of `url` (PostgreSQL streaming replicas, MariaDB/MySQL replicas),
+    /// comma-separated; a replica's own multi-host URL keeps its commas. Hot reads go to
+    /// them, read-your-writes preserved (strata-store's `replicated` module).
+    pub replicas: String,
+    /// A replica further behind the primary than this leaves the rotation until it catches up.
+    pub max_replica_lag_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// `replicas` split into URLs: at each comma that starts a new `scheme://`.
+    pub fn replica_urls(&self) -> Vec<String> {
+        split_urls(&self.replicas)
+    }
+}
+
+/// Splits a comma-separated list of URLs, keeping the commas inside a multi-host URL
+/// (`postgres://h1:5432,h2:5432/db`): a new URL starts only where `scheme://` follows.
+pub fn split_urls(list: &str) -> Vec<String> {
+    let starts_url = |rest: &str| {
+        rest.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+        })
+    };
+    let mut urls: Vec<String> = Vec::new();
+    for piece in list.split(',').filter(|p| !p.trim().is_empty()) {
+        match urls.last_mut() {
+            Some(last) if !starts_url(piece.trim_start()) => {
+                last.push(',');
+                last.push_str(piece.trim());
+            }
+            _ => urls.push(piece.trim().to_owned()),
+        }
+    }
+    urls
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -506,6 +540,8 @@ impl Default for DatabaseConfig {
             query_timeout_ms: defaults.query_timeout.as_millis() as u64,
             connect_timeout_ms: defaults.connect_timeout.as_millis() as u64,
             migrate_on_start: true,
+            replicas: String::new(),
+            max_replica_lag_ms: 1000,
         }
     }
 }
@@ -621,6 +657,10 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     }),
     ("STRATA_DATABASE_MIGRATE_ON_START", "database.migrate_on_start", |c, v| {
         Ok(c.database.migrate_on_start = parse(v)?)
+    }),
+    ("STRATA_DATABASE_REPLICAS", "database.replicas", |c, v| Ok(c.database.replicas = v.to_owned())),
+    ("STRATA_DATABASE_MAX_REPLICA_LAG_MS", "database.max_replica_lag_ms", |c, v| {
+        Ok(c.database.max_replica_lag_ms = parse(v)?)
     }),
     ("STRATA_ADMIN_TOKEN", "auth.admin_token", |c, v| {
         Ok(c.auth.admin_token = Some(v).filter(|t| !t.is_empty()).map(Secret::new))
@@ -827,7 +867,22 @@ impl Config {
         if self.gateway.max_ejected_percent > 100 || self.gateway.retry_budget_percent > 1000 {
             return Err("gateway.max_ejected_percent must be 0..=100 and gateway.retry_budget_percent 0..=1000".into());
         }
-        strata_store::Backend::from_url(&self.database.url).map_err(|e| format!("database.url: {e}"))?;
+        let engine = strata_store::Backend::from_url(&self.database.url).map_err(|e| format!("database.url: {e}"))?;
+        for replica in self.database.replica_urls() {
+            let redacted = strata_store::redact_url(&replica);
+            match strata_store::Backend::from_url(&replica) {
+                Ok(b) if b == engine && b != strata_store::Backend::Sqlite => {}
+                _ => {
+                    return Err(format!(
+                        "database.replicas: {redacted} is not a replica URL of the primary's engine \
+                         (PostgreSQL or MySQL/MariaDB; SQLite has no replicas)"
+                    ));
+                }
+            }
+        }
+        if self.database.max_replica_lag_ms == 0 {
+            return Err("database.max_replica_lag_ms must be positive".into());
+        }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return Err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
         }
@@ -1180,6 +1235,8 @@ impl Config {
     pub fn redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database.url = strata_store::redact_url(&shown.database.url);
+        shown.database.replicas =
+            shown.database.replica_urls().iter().map(|u| strata_store::redact_url(u)).collect::<Vec<_>>().join(",");
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
         shown.throttle.url = strata_store::redact_url(&shown.throttle.url);
         shown.events.url = strata_events::redact_url(&shown.events.url);
@@ -1202,6 +1259,32 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn replica_lists_keep_multi_host_urls_whole() {
+        assert_eq!(
+            split_urls("postgres://a:1,b:2/db?target_session_attrs=any, postgres://c/db,"),
+            ["postgres://a:1,b:2/db?target_session_attrs=any", "postgres://c/db"]
+        );
+        assert!(split_urls(" ").is_empty());
+        let c = Config::load(
+            None,
+            &env(&[
+                ("STRATA_DATABASE_URL", "postgres://p/db"),
+                ("STRATA_DATABASE_REPLICAS", "postgres://r1/db,postgres://r2/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database.replica_urls().len(), 2);
+        let e = Config::load(None, &env(&[("STRATA_DATABASE_REPLICAS", "sqlite://x.db")])).unwrap_err();
+        assert!(e.contains("database.replicas"), "{e}");
+        let e = Config::load(
+            None,
+            &env(&[("STRATA_DATABASE_URL", "postgres://p/db"), ("STRATA_DATABASE_REPLICAS", "mysql://r/db")]),
+        )
+        .unwrap_err();
+        assert!(e.contains("database.replicas"), "{e}");
     }
 
     #[test]

@@ -8,3 +8,4 @@
 mod conformance;
 mod deployments;
 mod faults;
+mod positions;
