@@ -930,6 +930,10 @@ fn bad_configuration_fails_with_a_clear_message() {
 #[path = "api/cache.rs"]
 mod cache;
 
+/// Issue 11: read replicas with read-your-writes across instances.
+#[path = "api/replicas.rs"]
+mod replicas;
+
 /// Issue 7: what hostile clients can learn or do through the HTTP layer.
 #[path = "api/hardening.rs"]
 mod hardening;
