@@ -439,15 +439,30 @@ mod sql {
 }
 
 pub struct MysqlStore {
-    pool: Pool,
+    /// One pool per host of the URL (`mysql://u@h1:3306,h2:3306/db`): the one in use is
+    /// `pools[active]`, the host that took writes when last looked for.
+    pools: Vec<Pool>,
+    active: std::sync::atomic::AtomicUsize,
     query_timeout: Duration,
+    connect_timeout: Duration,
     acquire: crate::AcquireClock,
 }
 
 /// Server errors that say "try again later": too many connections, shutdown, lock wait
-/// timeout, deadlock, killed or timed-out statements (MySQL and MariaDB codes).
+/// timeout, deadlock, killed or timed-out statements, and a read-only server (1290, 1836: a
+/// primary demoted by a failover) (MySQL and MariaDB codes).
 fn transient_server_error(code: u16) -> bool {
-    matches!(code, 1040 | 1053 | 1205 | 1213 | 1317 | 1927 | 1969 | 3024)
+    matches!(code, 1040 | 1053 | 1205 | 1213 | 1290 | 1317 | 1836 | 1927 | 1969 | 3024)
+}
+
+/// A URL per host of a multi-host URL (`mysql://USER@H1:P1,H2:P2/DB?…`); a single-host
+/// URL as it is.
+fn split_hosts(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else { return vec![url.to_owned()] };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let (userinfo, hosts) = authority.rsplit_once('@').map_or(("", authority), |(u, h)| (u, h));
+    let at = if userinfo.is_empty() && !authority.contains('@') { "" } else { "@" };
+    hosts.split(',').filter(|h| !h.is_empty()).map(|host| format!("{scheme}://{userinfo}{at}{host}{path}")).collect()
 }
 
 fn my_err(e: mysql_async::Error) -> RepoError {
@@ -717,8 +732,6 @@ impl MysqlStore {
             Some(rest) => format!("mysql://{rest}"),
             None => options.url.clone(),
         };
-        let opts = Opts::from_url(&url)
-            .map_err(|e| RepoError::Internal(format!("invalid MySQL URL {}: {e}", crate::redact_url(&options.url))))?;
         let max = options.max_connections.max(1);
         let constraints = PoolConstraints::new(max.min(2), max)
             .ok_or_else(|| RepoError::Internal(format!("invalid pool size {max}")))?;
@@ -726,21 +739,36 @@ impl MysqlStore {
             .with_constraints(constraints)
             .with_inactive_connection_ttl(IDLE_CONNECTION_TTL)
             .with_reset_connection(false);
-        let opts: Opts = OptsBuilder::from_opts(opts).client_found_rows(true).pool_opts(pool_opts).into();
-
-        if options.lazy {
-            return Ok(MysqlStore {
-                pool: Pool::new(opts),
-                query_timeout: options.query_timeout,
-                acquire: Default::default(),
-            });
+        let mut hosts = Vec::new();
+        for host_url in split_hosts(&url) {
+            let opts = Opts::from_url(&host_url).map_err(|e| {
+                RepoError::Internal(format!("invalid MySQL URL {}: {e}", crate::redact_url(&options.url)))
+            })?;
+            hosts.push(Opts::from(OptsBuilder::from_opts(opts).client_found_rows(true).pool_opts(pool_opts.clone())));
         }
+        let store = MysqlStore {
+            pools: hosts.iter().cloned().map(Pool::new).collect(),
+            active: Default::default(),
+            query_timeout: options.query_timeout,
+            connect_timeout: options.connect_timeout,
+            acquire: Default::default(),
+        };
+        if options.lazy {
+            return Ok(store);
+        }
+        if store.pools.len() > 1 && !store.fail_over().await {
+            return Err(RepoError::Unavailable(format!(
+                "no host of {} takes writes (all down or read-only)",
+                crate::redact_url(&options.url)
+            )));
+        }
+        let opts = hosts[store.active.load(std::sync::atomic::Ordering::Relaxed)].clone();
         let setup_timeout = if options.migrate { MIGRATION_TIMEOUT } else { options.connect_timeout };
         crate::with_timeout(setup_timeout, async {
             // A connection of its own, closed afterwards: the migration lock is bound to
             // the session and must never be left behind in a pooled connection.
             let mut conn = crate::with_timeout(options.connect_timeout, async {
-                Conn::new(opts.clone()).await.map_err(|e| RepoError::Unavailable(format!("mysql connect: {e}")))
+                Conn::new(opts).await.map_err(|e| RepoError::Unavailable(format!("mysql connect: {e}")))
             })
             .await?;
             let outcome = if options.migrate { migrate(&mut conn).await } else { Ok(()) };
@@ -748,16 +776,53 @@ impl MysqlStore {
             outcome
         })
         .await?;
-        Ok(MysqlStore { pool: Pool::new(opts), query_timeout: options.query_timeout, acquire: Default::default() })
+        Ok(store)
+    }
+
+    fn pool(&self) -> &Pool {
+        &self.pools[self.active.load(std::sync::atomic::Ordering::Relaxed)]
+    }
+
+    /// Looks for the host that takes writes (`@@read_only = 0`), the current one last, and
+    /// uses it from now on; false if none does. This is how a multi-host URL follows a
+    /// promoted replica: connecting to the old primary fails, and the next host is asked.
+    async fn fail_over(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let current = self.active.load(Relaxed);
+        for step in 1..=self.pools.len() {
+            let i = (current + step) % self.pools.len();
+            let writable = crate::with_timeout(self.connect_timeout, async {
+                let mut conn = self.pools[i].get_conn().await.map_err(my_err)?;
+                conn.query_first::<i64, _>("SELECT @@GLOBAL.read_only").await.map_err(my_err)
+            })
+            .await;
+            if let Ok(Some(0)) = writable {
+                if i != current {
+                    tracing::warn!(host = i, "mysql: following the primary to another host of the URL");
+                }
+                self.active.store(i, Relaxed);
+                return true;
+            }
+        }
+        false
     }
 
     async fn conn(&self) -> Result<crate::Held<'_, Conn>, RepoError> {
-        self.acquire.time(self.pool.get_conn()).await.map_err(|e| match e {
+        let connect_err = |e: mysql_async::Error| match e {
             mysql_async::Error::Server(_) | mysql_async::Error::Driver(_) => {
                 RepoError::Unavailable(format!("mysql connect: {e}"))
             }
             other => my_err(other),
-        })
+        };
+        match self.acquire.time(self.pool().get_conn()).await {
+            Ok(conn) => Ok(conn),
+            // The host is gone: with several, find the one that takes writes now.
+            Err(e) if self.pools.len() > 1 && self.fail_over().await => {
+                tracing::debug!(error = %e, "mysql: connection failed; retrying on the host that takes writes");
+                self.acquire.time(self.pool().get_conn()).await.map_err(connect_err)
+            }
+            Err(e) => Err(connect_err(e)),
+        }
     }
 
     async fn query_rows(&self, sql: &'static str, params: impl Into<Params> + Send) -> Result<Vec<Row>, RepoError> {
@@ -2064,7 +2129,7 @@ impl Store for MysqlStore {
     /// queued for a connection.
     fn pool_stats(&self) -> PoolStats {
         use std::sync::atomic::Ordering::Relaxed;
-        let metrics = self.pool.metrics();
+        let metrics = self.pool().metrics();
         let (acquires, wait_seconds, hold_seconds) = self.acquire.read();
         PoolStats {
             size: metrics.connection_count.load(Relaxed) as u64,
@@ -2193,6 +2258,16 @@ fn gtid_sequence(position: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod gtid_tests {
+    #[test]
+    fn multi_host_urls_split_per_host() {
+        assert_eq!(
+            super::split_hosts("mysql://u:p@a:1,b:2/db?x=1"),
+            ["mysql://u:p@a:1/db?x=1", "mysql://u:p@b:2/db?x=1"]
+        );
+        assert_eq!(super::split_hosts("mysql://a/db"), ["mysql://a/db"]);
+        assert_eq!(super::split_hosts("mysql://a:1,b:2"), ["mysql://a:1", "mysql://b:2"]);
+    }
+
     #[test]
     fn gtid_sequences() {
         assert_eq!(super::gtid_sequence("0-1-42"), Some(42));

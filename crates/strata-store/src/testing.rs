@@ -312,3 +312,194 @@ pub fn spare_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     listener.local_addr().map(|a| a.port()).map_err(|e| e.to_string())
 }
+
+/// A private MariaDB server on a spare loopback port (binary log on, GTIDs), in a
+/// temporary directory of its own: a primary ([`MariaServer::primary`]) or a replica of one
+/// ([`MariaServer::replica_of`], `MASTER_USE_GTID=slave_pos`). Killed and removed on drop.
+pub struct MariaServer {
+    pub port: u16,
+    server_id: u32,
+    /// Replicas run `read_only`, as a multi-host URL needs to tell them from the primary.
+    read_only: bool,
+    root: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl MariaServer {
+    fn install(server_id: u32, read_only: bool) -> Result<Self, String> {
+        let root = std::env::temp_dir().join(format!("strata_my_{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let mut server = MariaServer { port: spare_port()?, server_id, read_only, root, child: None };
+        let data = server.root.join("data");
+        let mut install = std::process::Command::new("mariadb-install-db");
+        install.args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"]);
+        install.arg(format!("--datadir={}", data.display()));
+        if is_root() {
+            install.arg("--user=root");
+        }
+        let out = install.output().map_err(|e| format!("mariadb-install-db: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("mariadb-install-db failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        server.start()?;
+        Ok(server)
+    }
+
+    pub fn primary() -> Result<Self, String> {
+        let server = MariaServer::install(1, false)?;
+        // Replicas start from the beginning of the binary log, so they get it too.
+        server.sql("CREATE DATABASE test")?;
+        Ok(server)
+    }
+
+    /// A replica of `primary` applying each transaction no sooner than `apply_delay` after
+    /// it (`MASTER_DELAY`, whole seconds: any delay rounds up to at least one).
+    pub fn replica_of(primary: &MariaServer, apply_delay: Duration, server_id: u32) -> Result<Self, String> {
+        let server = MariaServer::install(server_id, true)?;
+        let delay = apply_delay.as_millis().div_ceil(1000);
+        server.sql(&format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+             MASTER_USE_GTID=slave_pos, MASTER_DELAY={delay}; START SLAVE;",
+            primary.port
+        ))?;
+        Ok(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/test", self.port)
+    }
+
+    /// Runs SQL with the command-line client.
+    pub fn sql(&self, statements: &str) -> Result<(), String> {
+        let out = std::process::Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-P", &self.port.to_string(), "-u", "root", "-e", statements])
+            .output()
+            .map_err(|e| format!("mariadb client: {e}"))?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    }
+
+    pub fn start(&mut self) -> Result<(), String> {
+        let r = &self.root;
+        let mut command = std::process::Command::new("mariadbd");
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", r.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--socket={}", r.join("sock").display()))
+            .arg(format!("--pid-file={}", r.join("pid").display()))
+            .arg(format!("--server-id={}", self.server_id))
+            .arg(format!("--log-bin={}", r.join("binlog").display()))
+            .args(["--log-slave-updates", "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(r.join("server.log")).map_err(|e| e.to_string())?);
+        if is_root() {
+            command.arg("--user=root");
+        }
+        if self.read_only {
+            command.arg("--read-only");
+        }
+        self.child = Some(command.spawn().map_err(|e| format!("mariadbd: {e}"))?);
+        // Up when the client gets in (bounded: 30 s). Nothing is written: a replica's own
+        // transactions would mix its GTIDs with the primary's.
+        for _ in 0..300 {
+            if self.sql("SELECT 1").is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!("mariadbd on port {} did not come up", self.port))
+    }
+
+    /// Kills the server at once, as a crash would.
+    pub fn kill(&mut self) -> Result<(), String> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().map_err(|e| e.to_string())?;
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// Makes a replica a primary that takes writes.
+    pub fn promote(&self) -> Result<(), String> {
+        self.sql("STOP SLAVE; RESET SLAVE ALL; SET GLOBAL read_only = 0;")
+    }
+}
+
+impl Drop for MariaServer {
+    fn drop(&mut self) {
+        let _ = self.kill();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// What replication tests do with a private server, whichever the engine.
+pub trait TestServer: Send + 'static {
+    fn url(&self) -> String;
+    fn port(&self) -> u16;
+    fn kill(&mut self) -> Result<(), String>;
+    fn start(&mut self) -> Result<(), String>;
+    fn promote(&self) -> Result<(), String>;
+}
+
+impl TestServer for PgServer {
+    fn url(&self) -> String {
+        PgServer::url(self)
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn kill(&mut self) -> Result<(), String> {
+        PgServer::kill(self)
+    }
+    fn start(&mut self) -> Result<(), String> {
+        PgServer::start(self)
+    }
+    fn promote(&self) -> Result<(), String> {
+        PgServer::promote(self)
+    }
+}
+
+impl TestServer for MariaServer {
+    fn url(&self) -> String {
+        MariaServer::url(self)
+    }
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn kill(&mut self) -> Result<(), String> {
+        MariaServer::kill(self)
+    }
+    fn start(&mut self) -> Result<(), String> {
+        MariaServer::start(self)
+    }
+    fn promote(&self) -> Result<(), String> {
+        MariaServer::promote(self)
+    }
+}
+
+pub type Replicated = (Box<dyn TestServer>, Vec<Box<dyn TestServer>>);
+
+/// A private primary of `backend` (PostgreSQL or MySQL/MariaDB) with one replica per
+/// delay, each applying commits that much later (blocking: call it off the runtime).
+pub fn primary_with_replicas(backend: Backend, delays: &[Duration]) -> Result<Replicated, String> {
+    match backend {
+        Backend::Postgres => {
+            let primary = PgServer::primary()?;
+            let mut replicas: Vec<Box<dyn TestServer>> = Vec::new();
+            for d in delays {
+                replicas.push(Box::new(PgServer::replica_of(&primary, *d)?));
+            }
+            Ok((Box::new(primary), replicas))
+        }
+        Backend::Mysql => {
+            let primary = MariaServer::primary()?;
+            let mut replicas: Vec<Box<dyn TestServer>> = Vec::new();
+            for (i, d) in delays.iter().enumerate() {
+                replicas.push(Box::new(MariaServer::replica_of(&primary, *d, 2 + i as u32)?));
+            }
+            Ok((Box::new(primary), replicas))
+        }
+        Backend::Sqlite => Err("SQLite has no replicas".into()),
+    }
+}

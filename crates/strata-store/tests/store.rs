@@ -1863,42 +1863,44 @@ mod server_backends {
     );
 }
 
-/// Read replicas on private PostgreSQL servers (a primary and streaming replicas started
-/// by the test, one of them with injected lag): read-your-writes across two routing stores
-/// that share a position board, a stopped replica costing no request, a promoted replica
-/// taking writes without a restart.
+/// Read replicas on private servers (a primary and replicas started by the test, one of
+/// them lagging on purpose), PostgreSQL streaming replication and MariaDB GTID replication:
+/// read-your-writes across two routing stores that share a position board, a stopped
+/// replica costing no request, a promoted replica taking writes without a restart.
 mod replication {
     use super::*;
     use strata_core::ports::PositionBoard;
     use strata_store::replicated::{LocalBoard, ReplicaOptions};
-    use strata_store::testing::PgServer;
+    use strata_store::testing::{Replicated, TestServer, primary_with_replicas};
 
-    const LAG: Duration = Duration::from_millis(300);
+    /// Injected replica lag: MariaDB's `MASTER_DELAY` counts whole seconds.
+    fn lag(backend: Backend) -> Duration {
+        match backend {
+            Backend::Mysql => Duration::from_secs(1),
+            _ => Duration::from_millis(300),
+        }
+    }
 
-    /// A primary with `delays.len()` replicas, each replaying its commits that much later.
-    async fn servers(what: &str, delays: &[Duration]) -> Option<(PgServer, Vec<PgServer>)> {
+    async fn servers(backend: Backend, what: &str, delays: &[Duration]) -> Option<Replicated> {
         let delays = delays.to_vec();
-        let started = tokio::task::spawn_blocking(move || {
-            let primary = PgServer::primary()?;
-            let replicas = delays.iter().map(|d| PgServer::replica_of(&primary, *d)).collect::<Result<Vec<_>, _>>()?;
-            Ok::<_, String>((primary, replicas))
-        })
-        .await
-        .unwrap();
-        match started {
+        match tokio::task::spawn_blocking(move || primary_with_replicas(backend, &delays)).await.unwrap() {
             Ok(servers) => Some(servers),
             Err(why) => {
-                strata_core::testing::unusable(what, "postgres", &why);
+                strata_core::testing::unusable(what, backend.name(), &why);
                 None
             }
         }
     }
 
     fn options() -> ReplicaOptions {
-        ReplicaOptions { max_lag: Duration::from_secs(2), poll: Duration::from_millis(50) }
+        ReplicaOptions { max_lag: Duration::from_secs(3), poll: Duration::from_millis(50) }
     }
 
-    async fn router(primary_url: &str, replicas: &[&PgServer], board: Arc<dyn PositionBoard>) -> Arc<dyn Store> {
+    async fn router(
+        primary_url: &str,
+        replicas: &[Box<dyn TestServer>],
+        board: Arc<dyn PositionBoard>,
+    ) -> Arc<dyn Store> {
         let urls: Vec<String> = replicas.iter().map(|r| r.url()).collect();
         let mut opts = StoreOptions::new(primary_url);
         opts.connect_timeout = Duration::from_secs(2);
@@ -1924,15 +1926,13 @@ mod replication {
         panic!("replicas not back in rotation: {:?}", store.read_routing());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn reads_follow_writes_across_instances_despite_lag() {
+    async fn reads_follow_writes_across_instances_despite_lag(backend: Backend) {
         let what = "read-your-writes over lagging replicas";
-        let Some((primary, replicas)) = servers(what, &[LAG, Duration::ZERO]).await else { return };
+        let lag = lag(backend);
+        let Some((primary, replicas)) = servers(backend, what, &[lag, Duration::ZERO]).await else { return };
         let board: Arc<dyn PositionBoard> = Arc::new(LocalBoard::default());
-        let refs: Vec<&PgServer> = replicas.iter().collect();
-        let a = router(&primary.url(), &refs, board.clone()).await;
-        let b = router(&primary.url(), &refs, board).await;
-
+        let a = router(&primary.url(), &replicas, board.clone()).await;
+        let b = router(&primary.url(), &replicas, board).await;
         // Users written often (hot) and never again (cold), each with a session.
         let mut hot = Vec::new();
         for i in 0..20 {
@@ -1949,7 +1949,7 @@ mod replication {
             cold.push(u);
         }
         all_in_rotation(&*b).await;
-        tokio::time::sleep(LAG * 3).await;
+        tokio::time::sleep(lag * 3).await;
 
         const PAIRS: usize = 10_000;
         for i in 0..PAIRS {
@@ -2004,12 +2004,12 @@ mod replication {
         assert!(stale > 1000, "the lagging replicas were skipped for fresh writes: {:?}", b.read_routing());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stopped_replica_costs_no_request() {
+    async fn a_stopped_replica_costs_no_request(backend: Backend) {
         let what = "stopped replica";
-        let Some((primary, mut replicas)) = servers(what, &[Duration::ZERO, Duration::ZERO]).await else { return };
-        let refs: Vec<&PgServer> = replicas.iter().collect();
-        let store = router(&primary.url(), &refs, Arc::new(LocalBoard::default())).await;
+        let Some((primary, mut replicas)) = servers(backend, what, &[Duration::ZERO, Duration::ZERO]).await else {
+            return;
+        };
+        let store = router(&primary.url(), &replicas, Arc::new(LocalBoard::default())).await;
         let mut users = Vec::new();
         for i in 0..20 {
             let u = user(&format!("r{i}@example.com"), "R");
@@ -2057,22 +2057,24 @@ mod replication {
         drop(stopped);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_promoted_replica_takes_writes_without_a_restart() {
+    async fn a_promoted_replica_takes_writes_without_a_restart(backend: Backend) {
         let what = "primary failover";
-        let Some((mut primary, replicas)) = servers(what, &[Duration::ZERO]).await else { return };
-        let standby = &replicas[0];
+        let Some((mut primary, replicas)) = servers(backend, what, &[Duration::ZERO]).await else { return };
         // Both hosts in one URL: whichever takes writes is the primary.
-        let url = format!(
-            "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
-            primary.port, standby.port
-        );
-        let store = router(&url, &[standby], Arc::new(LocalBoard::default())).await;
+        let url = match backend {
+            Backend::Postgres => format!(
+                "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?target_session_attrs=read-write",
+                primary.port(),
+                replicas[0].port()
+            ),
+            _ => format!("mysql://root@127.0.0.1:{},127.0.0.1:{}/test", primary.port(), replicas[0].port()),
+        };
+        let store = router(&url, &replicas, Arc::new(LocalBoard::default())).await;
         let before = user("before@example.com", "Before");
         create(&*store, &before).await;
         all_in_rotation(&*store).await;
         for _ in 0..100 {
-            if standby_has(standby, before.id).await {
+            if standby_has(&replicas[0].url(), before.id).await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -2099,19 +2101,44 @@ mod replication {
             }
         }
         eprintln!(
-            "writes resumed on the promoted replica {:?} after the primary died ({failures} refused)",
+            "{}: writes resumed on the promoted replica {:?} after the primary died ({failures} refused)",
+            backend.name(),
             started.elapsed()
         );
         assert_eq!(store.user_by_id(before.id).await.unwrap(), Some(before));
         assert_eq!(store.user_by_id(after.id).await.unwrap(), Some(after));
     }
 
-    async fn standby_has(standby: &PgServer, id: UserId) -> bool {
-        let mut opts = StoreOptions::new(standby.url());
+    async fn standby_has(url: &str, id: UserId) -> bool {
+        let mut opts = StoreOptions::new(url);
         opts.migrate = false;
         match connect(&opts).await {
             Ok(s) => s.user_by_id(id).await.ok().flatten().is_some(),
             Err(_) => false,
         }
     }
+
+    macro_rules! on_engines {
+        ($($case:ident),* $(,)?) => {
+            $(
+                mod $case {
+                    use super::*;
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn postgres() {
+                        super::$case(Backend::Postgres).await;
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn mysql() {
+                        super::$case(Backend::Mysql).await;
+                    }
+                }
+            )*
+        };
+    }
+
+    on_engines!(
+        reads_follow_writes_across_instances_despite_lag,
+        a_stopped_replica_costs_no_request,
+        a_promoted_replica_takes_writes_without_a_restart,
+    );
 }

@@ -103,7 +103,7 @@ impl BackupRepository for MysqlStore {
     async fn export_snapshot(&self, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
         // Not through `conn()`: a failed export closes the connection instead of returning
         // it, and its long hold would swamp the pool's hold-time figures anyway.
-        let mut conn = self.pool.get_conn().await.map_err(my_err)?;
+        let mut conn = self.pool().get_conn().await.map_err(my_err)?;
         let outcome = export(&mut conn, &out).await;
         if outcome.is_err() {
             // Whatever state the connection is in, it goes, not back to the pool.
