@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Read replicas and data size (issue 11), on private PostgreSQL servers this script starts
+# (initdb, pg_basebackup -R, pg_ctl as the postgres user, in a temporary directory), with
+# Strata's cache off so every request reaches the database. Users and sessions are seeded
+# in bulk with SQL (one API-registered template's password hash, tokens derived from their
+# number), not through argon2.
+#
+#   bench/replicas.sh                 # session check and get-user: primary only vs primary + 2 replicas
+#   bench/replicas.sh size            # session check at 10,000 and at 10,000,000 users
+#   USERS=100000 DURATION=20 bench/replicas.sh
+#   SIZES="10000 1000000" bench/replicas.sh size
+#
+# Reports throughput and p50/p99 with ratios to the first row of the same run, and the CPU
+# each request cost Strata and PostgreSQL (for the capacity model in bench/RESULTS.md).
+# Needs: wrk, curl, psql, PostgreSQL server binaries. Targets 127.0.0.1 only; every load
+# run is bounded by DURATION.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+
+MODE=${1:-replicas}
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-32}
+THREADS=${THREADS:-1}
+PORT=${PORT:-18191}
+USERS=${USERS:-10000}
+SIZES=${SIZES:-"10000 10000000"}
+SAMPLE=${SAMPLE:-100000}
+BASE="http://127.0.0.1:$PORT"
+PASSWORD="bench password 1"
+PG_PORTS=(25461 25462 25463)
+
+say() { echo "[bench] $*" >&2; }
+for tool in wrk curl psql; do command -v $tool >/dev/null || { echo "$tool not found" >&2; exit 1; }; done
+PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+release_bin
+machine_facts
+
+WORK=$(mktemp -d /tmp/strata-replicas.XXXXXX)
+chmod 755 "$WORK"
+[ "$(id -u)" = 0 ] && chown postgres "$WORK"
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+SERVER_PID=""
+cleanup() {
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
+  for d in "$WORK"/pg*; do [ -d "$d/data" ] && as_pg "$PGBIN/pg_ctl" -D "$d/data" -m immediate stop >/dev/null 2>&1 || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+settings() {
+  printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = '1GB'\nmax_wal_size = '4GB'\nwal_keep_size = '1GB'\nmax_connections = 100\n" "$1" "$2"
+}
+
+pg_primary() { # PORT
+  local dir="$WORK/pg$1"
+  as_pg mkdir -p "$dir"
+  as_pg "$PGBIN/initdb" -D "$dir/data" -U postgres -A trust --no-sync >/dev/null
+  settings "$1" "$dir" | as_pg tee -a "$dir/data/postgresql.conf" >/dev/null
+  echo "host replication all 127.0.0.1/32 trust" | as_pg tee -a "$dir/data/pg_hba.conf" >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
+}
+
+pg_replica() { # PRIMARY_PORT PORT
+  local dir="$WORK/pg$2"
+  as_pg mkdir -p "$dir"
+  as_pg "$PGBIN/pg_basebackup" -h 127.0.0.1 -p "$1" -U postgres -D "$dir/data" -R -X stream
+  settings "$2" "$dir" | as_pg tee -a "$dir/data/postgresql.auto.conf" >/dev/null
+  as_pg "$PGBIN/pg_ctl" -D "$dir/data" -l "$dir/log" -w start >/dev/null
+}
+
+pg_url() { echo "postgres://postgres@127.0.0.1:$1/postgres"; }
+psql_on() { psql -qAt "$(pg_url "$1")" "${@:2}"; }
+
+# Total CPU seconds (user + system) of the processes named by the pids on stdin.
+cpu_of() {
+  local tick total=0 pid
+  tick=$(getconf CLK_TCK)
+  while read -r pid; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  awk -v t="$total" -v k="$tick" 'BEGIN { printf "%.3f", t / k }'
+}
+# CPU seconds of every PostgreSQL server here: postmasters and their children (backends,
+# WAL senders and receivers, the startup process replaying WAL).
+pg_cpu() {
+  local d pm
+  for d in "$WORK"/pg*/data; do
+    [ -r "$d/postmaster.pid" ] || continue
+    pm=$(head -1 "$d/postmaster.pid")
+    echo "$pm"
+    pgrep -P "$pm" || true
+  done | cpu_of
+}
+
+start_strata() { # REPLICA_URLS
+  STRATA_DATABASE_URL="$(pg_url "${PG_PORTS[0]}")" STRATA_DATABASE_REPLICAS="$1" STRATA_CACHE_URL=none:// \
+    STRATA_LOG_LEVEL=warn STRATA_THROTTLE_CLIENT_MAX_FAILURES=1000000 STRATA_THROTTLE_REGISTRATION_MAX=1000000 \
+    "$BIN" serve --listen "127.0.0.1:$PORT" > "$WORK/server.out" 2> "$WORK/server.err" &
+  SERVER_PID=$!
+  wait_ready
+}
+
+stop_strata() { kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""; }
+
+# seed FROM TO: users FROM..TO with a session each, like the API-registered template.
+seed() {
+  psql_on "${PG_PORTS[0]}" -c "
+    INSERT INTO users (id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled)
+      SELECT md5('bench-user-' || i)::uuid, 'b' || i || '@bench.example', 'Bench ' || i, t.password_hash, t.role,
+             t.status, 1, t.created_at, t.updated_at, t.verified, false
+      FROM generate_series($1::bigint, $2::bigint) i, (SELECT * FROM users WHERE email = 'template@bench.example') t;
+    INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, revoked_at)
+      SELECT md5('bench-session-' || i)::uuid, sha256(sha256(int8send(i))), md5('bench-user-' || i)::uuid,
+             t.created_at, t.created_at + 3650 * 86400 * 1000000::bigint, NULL
+      FROM generate_series($1::bigint, $2::bigint) i, (SELECT min(created_at) AS created_at FROM users) t;
+    VACUUM ANALYZE users; VACUUM ANALYZE sessions;"
+}
+
+# tokens N: SAMPLE random users of 1..N as "id token" lines ($WORK/id_tokens.txt) and
+# tokens alone ($WORK/tokens.txt).
+tokens() {
+  psql_on "${PG_PORTS[0]}" -c "
+    SELECT md5('bench-user-' || i)::uuid || ' st_' || rtrim(translate(encode(sha256(int8send(i)), 'base64'), '+/', '-_'), '=')
+    FROM (SELECT 1 + floor(random() * $1)::bigint AS i FROM generate_series(1, LEAST($SAMPLE, $1))) s" > "$WORK/id_tokens.txt"
+  cut -d' ' -f2 "$WORK/id_tokens.txt" > "$WORK/tokens.txt"
+}
+
+# measure LABEL PATH SCRIPT ARG → appends a row; the first row of a table is its baseline.
+BASE_RPS="" BASE_P50="" BASE_P99=""
+measure() {
+  local label=$1 path=$2 script=$3 arg=$4 s_before p_before s_after p_after rps p50 p99 bad
+  curl -sf "$BASE/readyz" >/dev/null
+  s_before=$(echo "$SERVER_PID" | cpu_of); p_before=$(pg_cpu)
+  read -r rps p50 p99 bad <<< "$(run_wrk "$path" "$script" "$arg")"
+  s_after=$(echo "$SERVER_PID" | cpu_of); p_after=$(pg_cpu)
+  local requests strata_us pg_us
+  requests=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { print r * d }')
+  strata_us=$(awk -v a="$s_before" -v b="$s_after" -v n="$requests" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
+  pg_us=$(awk -v a="$p_before" -v b="$p_after" -v n="$requests" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
+  if [ -z "$BASE_RPS" ]; then BASE_RPS=$rps BASE_P50=$p50 BASE_P99=$p99; fi
+  echo "| $label | $rps | $p50 | $p99 | $bad | $(ratio "$rps" "$BASE_RPS") | $(lat_ratio "$p50" "$BASE_P50") | $(lat_ratio "$p99" "$BASE_P99") | $strata_us | $pg_us |" >> "$REPORT"
+}
+
+# wrk latencies ("1.23ms", "850.00us") as a ratio of the baseline's.
+lat_ratio() {
+  awk -v a="$1" -v b="$2" 'function us(x) { if (x ~ /us$/) return x + 0; if (x ~ /ms$/) return x * 1000; if (x ~ /s$/) return x * 1e6; return x }
+    BEGIN { if (us(b) > 0) printf "%.2f×", us(a) / us(b); else print "n/a" }'
+}
+
+header() {
+  {
+    echo
+    echo "$1"
+    echo
+    echo "| run | req/s | p50 | p99 | non-2xx | req/s ratio | p50 ratio | p99 ratio | Strata CPU µs/req | PostgreSQL CPU µs/req |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  } >> "$REPORT"
+  BASE_RPS="" BASE_P50="" BASE_P99=""
+}
+
+REPORT="$WORK/report.md"
+echo "### Read replicas and data size — $(date -u +%Y-%m-%d), \`bench/replicas.sh $MODE\`" > "$REPORT"
+echo >> "$REPORT"
+echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM; Strata, PostgreSQL $(basename "$(dirname "$PGBIN")") servers and wrk (-t$THREADS -c$CONNECTIONS, ${DURATION}s per row) share it. Cache off (\`none://\`)." >> "$REPORT"
+
+say "starting the PostgreSQL primary"
+pg_primary "${PG_PORTS[0]}"
+start_strata ""
+curl -sf "$BASE/v1/users" -H 'content-type: application/json' \
+  -d "{\"email\":\"template@bench.example\",\"name\":\"Template\",\"password\":\"$PASSWORD\"}" >/dev/null
+
+case $MODE in
+  replicas)
+    say "seeding $USERS users with sessions"
+    seed 1 "$USERS"
+    tokens "$USERS"
+    say "starting two streaming replicas"
+    pg_replica "${PG_PORTS[0]}" "${PG_PORTS[1]}"
+    pg_replica "${PG_PORTS[0]}" "${PG_PORTS[2]}"
+    sleep 2
+    header "Session check (\`GET /v1/sessions/current\`), $USERS users:"
+    say "primary only: session check"
+    measure "primary only" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+    stop_strata
+    start_strata "$(pg_url "${PG_PORTS[1]}"),$(pg_url "${PG_PORTS[2]}")"
+    sleep 1
+    say "primary + 2 replicas: session check"
+    measure "primary + 2 replicas" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+    header "Get user (\`GET /v1/users/{id}\`, as that user: a session check and a user read), $USERS users:"
+    say "primary + 2 replicas: get user"
+    measure "primary + 2 replicas" /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt"
+    curl -sf "$BASE/metrics" | grep -E '^strata_db_(replica_reads_total|reads_routed_to_primary_total|replica_lag_seconds)' > "$WORK/routing.txt" || true
+    stop_strata
+    start_strata ""
+    say "primary only: get user"
+    measure "primary only" /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt"
+    {
+      echo
+      echo "Routing counters after the replica runs:"
+      echo
+      echo '```'
+      cat "$WORK/routing.txt"
+      echo '```'
+    } >> "$REPORT"
+    ;;
+  size)
+    done_users=0
+    header "Session check (\`GET /v1/sessions/current\`) by table size, random sessions of the whole table:"
+    for size in $SIZES; do
+      say "seeding users $((done_users + 1))..$size"
+      seed $((done_users + 1)) "$size"
+      done_users=$size
+      tokens "$size"
+      stop_strata
+      start_strata ""
+      say "$size users: session check"
+      measure "$size users ($(psql_on "${PG_PORTS[0]}" -c "SELECT pg_size_pretty(pg_database_size('postgres'))"))" \
+        /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+    done
+    ;;
+  *) echo "usage: bench/replicas.sh [replicas|size]" >&2; exit 2 ;;
+esac
+
+cat "$REPORT"
