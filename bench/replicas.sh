@@ -27,6 +27,9 @@ PORT=${PORT:-18191}
 USERS=${USERS:-10000}
 SIZES=${SIZES:-"10000 10000000"}
 SAMPLE=${SAMPLE:-100000}
+WARMUP=${WARMUP:-5}
+RATE=${RATE:-4000}
+SHARED_BUFFERS=${SHARED_BUFFERS:-6GB}
 BASE="http://127.0.0.1:$PORT"
 PASSWORD="bench password 1"
 PG_PORTS=(25461 25462 25463)
@@ -50,7 +53,7 @@ cleanup() {
 trap cleanup EXIT
 
 settings() {
-  printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = '1GB'\nmax_wal_size = '4GB'\nwal_keep_size = '1GB'\nmax_connections = 100\n" "$1" "$2"
+  printf "port = %s\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '%s'\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = '$SHARED_BUFFERS'\nmax_wal_size = '4GB'\nwal_keep_size = '1GB'\nmax_connections = 100\n" "$1" "$2"
 }
 
 pg_primary() { # PORT
@@ -115,8 +118,8 @@ seed() {
     INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, revoked_at)
       SELECT md5('bench-session-' || i)::uuid, sha256(sha256(int8send(i))), md5('bench-user-' || i)::uuid,
              t.created_at, t.created_at + 3650 * 86400 * 1000000::bigint, NULL
-      FROM generate_series($1::bigint, $2::bigint) i, (SELECT min(created_at) AS created_at FROM users) t;
-    VACUUM ANALYZE users; VACUUM ANALYZE sessions;"
+      FROM generate_series($1::bigint, $2::bigint) i, (SELECT min(created_at) AS created_at FROM users) t;" \
+    -c "VACUUM ANALYZE users" -c "VACUUM ANALYZE sessions"
 }
 
 # tokens N: SAMPLE random users of 1..N as "id token" lines ($WORK/id_tokens.txt) and
@@ -128,20 +131,83 @@ tokens() {
   cut -d' ' -f2 "$WORK/id_tokens.txt" > "$WORK/tokens.txt"
 }
 
-# measure LABEL PATH SCRIPT ARG → appends a row; the first row of a table is its baseline.
-BASE_RPS="" BASE_P50="" BASE_P99=""
-measure() {
-  local label=$1 path=$2 script=$3 arg=$4 s_before p_before s_after p_after rps p50 p99 bad
-  curl -sf "$BASE/readyz" >/dev/null
+# row TABLE LABEL RPS P50 P99 BAD STRATA_US PG_US: appends a row to the table file; its first
+# row is the baseline of the ratios.
+row() {
+  local table=$1 label=$2 rps=$3 p50=$4 p99=$5 bad=$6
+  [ -s "$table.base" ] || echo "$rps $p50 $p99" > "$table.base"
+  local b_rps b_p50 b_p99
+  read -r b_rps b_p50 b_p99 < "$table.base"
+  echo "| $label | $rps | $p50 | $p99 | $bad | $(ratio "$rps" "$b_rps") | $(lat_ratio "$p50" "$b_p50") | $(lat_ratio "$p99" "$b_p99") | $7 | $8 |" >> "$table"
+}
+
+# table FILE TITLE: starts a table.
+table() {
+  {
+    echo
+    echo "$2"
+    echo
+    echo "| run | req/s | p50 | p99 | non-2xx | req/s ratio | p50 ratio | p99 ratio | Strata CPU µs/req | PostgreSQL CPU µs/req |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  } > "$1"
+  rm -f "$1.base"
+}
+
+# Runs a load command, measuring the CPU Strata and PostgreSQL spent on it; sets S_US and
+# PG_US (per request, given the request count as the command's output's first word).
+cpu_per_request() {
+  local s_before p_before s_after p_after out requests
   s_before=$(echo "$SERVER_PID" | cpu_of); p_before=$(pg_cpu)
-  read -r rps p50 p99 bad <<< "$(run_wrk "$path" "$script" "$arg")"
+  out=$("$@")
   s_after=$(echo "$SERVER_PID" | cpu_of); p_after=$(pg_cpu)
-  local requests strata_us pg_us
-  requests=$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { print r * d }')
-  strata_us=$(awk -v a="$s_before" -v b="$s_after" -v n="$requests" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
-  pg_us=$(awk -v a="$p_before" -v b="$p_after" -v n="$requests" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
-  if [ -z "$BASE_RPS" ]; then BASE_RPS=$rps BASE_P50=$p50 BASE_P99=$p99; fi
-  echo "| $label | $rps | $p50 | $p99 | $bad | $(ratio "$rps" "$BASE_RPS") | $(lat_ratio "$p50" "$BASE_P50") | $(lat_ratio "$p99" "$BASE_P99") | $strata_us | $pg_us |" >> "$REPORT"
+  requests=$(echo "$out" | awk '{print $1}')
+  S_US=$(awk -v a="$s_before" -v b="$s_after" -v n="$requests" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
+  PG_US=$(awk -v a="$p_before" -v b="$p_after" -v n="$requests" 'BEGIN { printf "%.0f", (b - a) * 1e6 / n }')
+  LOAD_OUT=$(echo "$out" | cut -d' ' -f2-)
+}
+
+# Unmeasured load first (PostgreSQL's buffers, connection pools).
+warm() {
+  DURATION=$WARMUP run_wrk "$@" >/dev/null
+}
+
+# Closed model (wrk, CONNECTIONS connections): "requests rps p50 p99 bad".
+closed_load() {
+  local path=$1 script=$2 arg=$3
+  local rps p50 p99 bad
+  read -r rps p50 p99 bad <<< "$(run_wrk "$path" "$script" "$arg")"
+  echo "$(awk -v r="$rps" -v d="$DURATION" 'BEGIN { printf "%.0f", r * d }') $rps $p50 $p99 $bad"
+}
+
+# Open model at RATE req/s (strata bench, latency from the intended send time, as wrk2),
+# session check over the users of $WORK/id_tokens.txt: "requests rps p50 p99 errors".
+open_load() {
+  "$BIN" bench --target "$BASE" --scenario session-check --rate "$1" --duration "${DURATION}s" \
+    --users-file "$WORK/id_tokens.txt" --no-metrics -q --json "$WORK/open.json" >/dev/null
+  python3 - "$WORK/open.json" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))["totals"]
+us = lambda v: f"{v / 1000:.2f}ms"
+print(t["requests"], f"{t['rps']:.0f}", us(t["latency"]["p50_us"]), us(t["latency"]["p99_us"]), t["errors"])
+PY
+}
+
+# measure TABLE LABEL PATH SCRIPT ARG: a closed-model row.
+measure() {
+  curl -sf "$BASE/readyz" >/dev/null
+  warm "$3" "$4" "$5"
+  cpu_per_request closed_load "$3" "$4" "$5"
+  # shellcheck disable=SC2086
+  row "$1" "$2" $LOAD_OUT "$S_US" "$PG_US"
+}
+
+# measure_open TABLE LABEL RATE: an open-model row.
+measure_open() {
+  curl -sf "$BASE/readyz" >/dev/null
+  warm /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+  cpu_per_request open_load "$3"
+  # shellcheck disable=SC2086
+  row "$1" "$2" $LOAD_OUT "$S_US" "$PG_US"
 }
 
 # wrk latencies ("1.23ms", "850.00us") as a ratio of the baseline's.
@@ -150,21 +216,10 @@ lat_ratio() {
     BEGIN { if (us(b) > 0) printf "%.2f×", us(a) / us(b); else print "n/a" }'
 }
 
-header() {
-  {
-    echo
-    echo "$1"
-    echo
-    echo "| run | req/s | p50 | p99 | non-2xx | req/s ratio | p50 ratio | p99 ratio | Strata CPU µs/req | PostgreSQL CPU µs/req |"
-    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-  } >> "$REPORT"
-  BASE_RPS="" BASE_P50="" BASE_P99=""
-}
-
 REPORT="$WORK/report.md"
 echo "### Read replicas and data size — $(date -u +%Y-%m-%d), \`bench/replicas.sh $MODE\`" > "$REPORT"
 echo >> "$REPORT"
-echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM; Strata, PostgreSQL $(basename "$(dirname "$PGBIN")") servers and wrk (-t$THREADS -c$CONNECTIONS, ${DURATION}s per row) share it. Cache off (\`none://\`)." >> "$REPORT"
+echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM; Strata, PostgreSQL $(basename "$(dirname "$PGBIN")") servers (shared_buffers $SHARED_BUFFERS) and the load generator share it. ${DURATION}s per row after ${WARMUP}s unmeasured. Cache off (\`none://\`)." >> "$REPORT"
 
 say "starting the PostgreSQL primary"
 pg_primary "${PG_PORTS[0]}"
@@ -181,22 +236,19 @@ case $MODE in
     pg_replica "${PG_PORTS[0]}" "${PG_PORTS[1]}"
     pg_replica "${PG_PORTS[0]}" "${PG_PORTS[2]}"
     sleep 2
-    header "Session check (\`GET /v1/sessions/current\`), $USERS users:"
-    say "primary only: session check"
-    measure "primary only" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
-    stop_strata
-    start_strata "$(pg_url "${PG_PORTS[1]}"),$(pg_url "${PG_PORTS[2]}")"
-    sleep 1
-    say "primary + 2 replicas: session check"
-    measure "primary + 2 replicas" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
-    header "Get user (\`GET /v1/users/{id}\`, as that user: a session check and a user read), $USERS users:"
-    say "primary + 2 replicas: get user"
-    measure "primary + 2 replicas" /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt"
+    REPLICAS="$(pg_url "${PG_PORTS[1]}"),$(pg_url "${PG_PORTS[2]}")"
+    table "$WORK/t1" "Session check (\`GET /v1/sessions/current\`), $USERS users, closed model:"
+    table "$WORK/t2" "Get user (\`GET /v1/users/{id}\` as that user: a session check and a user read), $USERS users, closed model:"
+    for setup in "primary only" "primary + 2 replicas"; do
+      stop_strata
+      if [ "$setup" = "primary only" ]; then start_strata ""; else start_strata "$REPLICAS"; fi
+      say "$setup: session check"
+      measure "$WORK/t1" "$setup" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+      say "$setup: get user"
+      measure "$WORK/t2" "$setup" /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt"
+    done
+    cat "$WORK/t1" "$WORK/t2" >> "$REPORT"
     curl -sf "$BASE/metrics" | grep -E '^strata_db_(replica_reads_total|reads_routed_to_primary_total|replica_lag_seconds)' > "$WORK/routing.txt" || true
-    stop_strata
-    start_strata ""
-    say "primary only: get user"
-    measure "primary only" /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt"
     {
       echo
       echo "Routing counters after the replica runs:"
@@ -208,7 +260,8 @@ case $MODE in
     ;;
   size)
     done_users=0
-    header "Session check (\`GET /v1/sessions/current\`) by table size, random sessions of the whole table:"
+    table "$WORK/t1" "Session check (\`GET /v1/sessions/current\`) by table size, random sessions of the whole table, closed model (wrk -c$CONNECTIONS):"
+    table "$WORK/t2" "The same at a fixed offered load, open model (\`strata bench --rate $RATE\`, latency from the intended send):"
     for size in $SIZES; do
       say "seeding users $((done_users + 1))..$size"
       seed $((done_users + 1)) "$size"
@@ -216,10 +269,12 @@ case $MODE in
       tokens "$size"
       stop_strata
       start_strata ""
-      say "$size users: session check"
-      measure "$size users ($(psql_on "${PG_PORTS[0]}" -c "SELECT pg_size_pretty(pg_database_size('postgres'))"))" \
-        /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+      label="$size users ($(psql_on "${PG_PORTS[0]}" -c "SELECT pg_size_pretty(pg_database_size('postgres'))"))"
+      say "$size users: session check, closed then open model"
+      measure "$WORK/t1" "$label" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+      measure_open "$WORK/t2" "$label" "$RATE"
     done
+    cat "$WORK/t1" "$WORK/t2" >> "$REPORT"
     ;;
   *) echo "usage: bench/replicas.sh [replicas|size]" >&2; exit 2 ;;
 esac

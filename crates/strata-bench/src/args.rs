@@ -82,6 +82,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub seed_concurrency: usize,
 
+    /// Users that already exist, instead of seeding: one per line, `ID TOKEN [EMAIL
+    /// PASSWORD]` separated by spaces or tabs (a database seeded in bulk, e.g. 10 million
+    /// users, by bench/replicas.sh).
+    #[arg(long, value_name = "FILE", conflicts_with = "users")]
+    pub users_file: Option<std::path::PathBuf>,
+
     /// Flow weights for multi-flow scenarios, e.g. "session-check=80,get-user=15,login=4,register=1".
     #[arg(long, value_name = "WEIGHTS")]
     pub mix: Option<String>,

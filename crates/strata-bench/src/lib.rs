@@ -210,7 +210,9 @@ async fn execute_inner(args: BenchArgs, stop: tokio::sync::watch::Receiver<bool>
     let run_id = format!("{:x}{:x}", started.as_millis(), std::process::id() & 0xffff);
     let mut progress = Progress::new(args.quiet);
 
-    let users = if scenario.needs_users() {
+    let users = if let Some(file) = &args.users_file {
+        seed::read_users(file)?
+    } else if scenario.needs_users() {
         if args.users == 0 {
             bail!("scenario `{}` needs seeded users: --users must be at least 1", scenario.name);
         }

@@ -132,3 +132,48 @@ pub async fn seed_users(
     progress.say(&format!("seeded {} users with sessions in {:.1}s", users.len(), started.elapsed().as_secs_f64()));
     Ok(users)
 }
+
+/// Users listed in a file (`--users-file`): `ID TOKEN [EMAIL PASSWORD]` per line; blank
+/// lines and `#` comments are skipped.
+pub fn read_users(path: &std::path::Path) -> anyhow::Result<Vec<SeedUser>> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut users = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (id, token) = match fields[..] {
+            [id, token] | [id, token, _, _] => (id, token),
+            _ => bail!("{}:{}: expected `ID TOKEN [EMAIL PASSWORD]`", path.display(), n + 1),
+        };
+        let (email, password) = (fields.get(2).unwrap_or(&""), fields.get(3).unwrap_or(&""));
+        users.push(SeedUser {
+            email: email.to_string(),
+            password: password.to_string(),
+            id: id.to_owned(),
+            token: token.to_owned(),
+            etag: String::new(),
+        });
+    }
+    if users.is_empty() {
+        bail!("{}: no users", path.display());
+    }
+    Ok(users)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn users_files_are_read_line_by_line() {
+        let path = std::env::temp_dir().join(format!("strata-users-{}.txt", std::process::id()));
+        std::fs::write(&path, "# id token\nu1 st_a\n\nu2 st_b e@x pw\n").unwrap();
+        let users = super::read_users(&path).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!((users[1].id.as_str(), users[1].token.as_str(), users[1].email.as_str()), ("u2", "st_b", "e@x"));
+        std::fs::write(&path, "u1 st_a extra\n").unwrap();
+        assert!(super::read_users(&path).is_err());
+        let _ = std::fs::remove_file(&path);
+    }
+}
