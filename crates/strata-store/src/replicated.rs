@@ -206,7 +206,9 @@ impl Inner {
                 match tokio::time::timeout(deadline, replica.store.replication_position()).await {
                     Ok(Ok(Some(replayed))) => {
                         let lag = inner.lag_of(replayed);
-                        replica.replayed.fetch_max(replayed, Relaxed);
+                        // Stored, not max-merged: a replica rebuilt from an older copy
+                        // really is behind what it once reported.
+                        replica.replayed.store(replayed, Relaxed);
                         replica.lag_micros.store(lag.as_micros() as u64, Relaxed);
                         replica.probed_at.store(inner.micros_now(), Relaxed);
                         let was = replica.up.swap(true, Relaxed);
