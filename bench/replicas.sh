@@ -9,6 +9,7 @@
 #   bench/replicas.sh size            # session check at 10,000 and at 10,000,000 users
 #   USERS=100000 DURATION=20 bench/replicas.sh
 #   SIZES="10000 1000000" bench/replicas.sh size
+#   AFTER_SEED_SQL="CREATE INDEX ON sessions USING hash (token_hash)" bench/replicas.sh size   # try a schema change
 #
 # Reports throughput and p50/p99 with ratios to the first row of the same run, and the CPU
 # each request cost Strata and PostgreSQL (for the capacity model in bench/RESULTS.md).
@@ -119,7 +120,7 @@ seed() {
       SELECT md5('bench-session-' || i)::uuid, sha256(sha256(int8send(i))), md5('bench-user-' || i)::uuid,
              t.created_at, t.created_at + 3650 * 86400 * 1000000::bigint, NULL
       FROM generate_series($1::bigint, $2::bigint) i, (SELECT min(created_at) AS created_at FROM users) t;" \
-    -c "VACUUM ANALYZE users" -c "VACUUM ANALYZE sessions"
+    -c "${AFTER_SEED_SQL:-SELECT 1}" -c "VACUUM ANALYZE users" -c "VACUUM ANALYZE sessions"
 }
 
 # tokens N: SAMPLE random users of 1..N as "id token" lines ($WORK/id_tokens.txt) and
@@ -219,6 +220,7 @@ lat_ratio() {
 REPORT="$WORK/report.md"
 echo "### Read replicas and data size — $(date -u +%Y-%m-%d), \`bench/replicas.sh $MODE\`" > "$REPORT"
 echo >> "$REPORT"
+[ -n "${AFTER_SEED_SQL:-}" ] && echo "After seeding: \`$AFTER_SEED_SQL\`." >> "$REPORT"
 echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM; Strata, PostgreSQL $(basename "$(dirname "$PGBIN")") servers (shared_buffers $SHARED_BUFFERS) and the load generator share it. ${DURATION}s per row after ${WARMUP}s unmeasured. Cache off (\`none://\`)." >> "$REPORT"
 
 say "starting the PostgreSQL primary"
