@@ -14,7 +14,7 @@ use strata_core::ports::{CacheError, CacheObserver};
 use strata_core::throttle::{Counter, SharedCounters};
 
 use crate::node::{Conn, Node};
-use crate::{BreakerOptions, RedisTarget, RedisTopology};
+use crate::{BreakerOptions, RedisTarget};
 
 /// KEYS: the counters. ARGV: limit and window (ms) of each, in order. Returns 0 when
 /// reserved, else the longest remaining window (ms) among the full counters.
@@ -57,13 +57,7 @@ impl RedisCounters {
         breaker: BreakerOptions,
         observer: Arc<dyn CacheObserver>,
     ) -> Result<Self, String> {
-        if matches!(target.topology, RedisTopology::Cluster { .. }) {
-            return Err(
-                "throttle counters need one primary: use redis://, rediss:// or redis+sentinel://, not a cluster"
-                    .into(),
-            );
-        }
-        let (node, _replicas) = crate::redis::nodes(target, "throttle ", timeout, breaker, &observer)?;
+        let node = crate::redis::single_primary(target, "throttle ", "throttle counters", timeout, breaker, &observer)?;
         // A reservation or release whose reply was lost may have run: sending it again
         // could count one attempt twice, or give one back twice.
         Ok(RedisCounters { node: node.not_idempotent(), described: target.to_string() })

@@ -13,7 +13,7 @@ use strata_core::ports::{CacheError, CacheObserver, PositionBoard};
 use uuid::Uuid;
 
 use crate::node::{Conn, Node};
-use crate::{BreakerOptions, RedisTarget, RedisTopology};
+use crate::{BreakerOptions, RedisTarget};
 
 const PREFIX: &str = "strata:ryw:1:";
 
@@ -43,10 +43,14 @@ impl RedisPositions {
         breaker: BreakerOptions,
         observer: Arc<dyn CacheObserver>,
     ) -> Result<Self, String> {
-        if matches!(target.topology, RedisTopology::Cluster { .. }) {
-            return Err("the position board needs one primary: use redis://, rediss:// or redis+sentinel://".into());
-        }
-        let (node, _replicas) = crate::redis::nodes(target, "positions ", timeout, breaker, &observer)?;
+        let node = crate::redis::single_primary(
+            target,
+            "positions ",
+            "read-your-writes positions",
+            timeout,
+            breaker,
+            &observer,
+        )?;
         Ok(RedisPositions { node, described: target.to_string() })
     }
 }

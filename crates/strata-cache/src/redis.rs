@@ -136,6 +136,22 @@ fn cluster_client(
     builder.build().map_err(|e| format!("cluster: {e}"))
 }
 
+/// The one primary node of a target, for scripts whose keys must all live on one server
+/// (`what` names them in the error): a cluster is refused, replicas are not used.
+pub(crate) fn single_primary(
+    target: &RedisTarget,
+    purpose: &str,
+    what: &str,
+    timeout: Duration,
+    breaker: BreakerOptions,
+    observer: &Arc<dyn CacheObserver>,
+) -> Result<Node, String> {
+    if matches!(target.topology, crate::RedisTopology::Cluster { .. }) {
+        return Err(format!("{what} need one primary: use redis://, rediss:// or redis+sentinel://, not a cluster"));
+    }
+    Ok(nodes(target, purpose, timeout, breaker, observer)?.0)
+}
+
 /// The primary (writes and first reads) and the read fallbacks of `target`.
 pub(crate) fn nodes(
     target: &RedisTarget,

@@ -271,8 +271,10 @@ impl Drop for PgServer {
 }
 
 fn is_root() -> bool {
-    // `id -u` rather than libc, which this crate does not depend on.
-    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+    // `id -u` once, rather than libc, which this crate does not depend on.
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROOT
+        .get_or_init(|| std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n")))
 }
 
 fn run_as_postgres(program: &std::path::Path, args: &[&str]) -> Result<(), String> {

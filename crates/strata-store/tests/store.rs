@@ -1684,6 +1684,25 @@ async fn sqlite_migrations_are_idempotent_and_concurrent_safe() {
     assert_eq!(b.user_by_id(u.id).await.unwrap(), Some(u));
 }
 
+/// One test per server engine (PostgreSQL, MySQL/MariaDB) for each case `fn(Backend)`.
+macro_rules! on_servers {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                use super::*;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$case(Backend::Postgres).await;
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn mysql() {
+                    super::$case(Backend::Mysql).await;
+                }
+            }
+        )*
+    };
+}
+
 /// PostgreSQL and MySQL specifics: migration locking between instances, error mapping,
 /// pool figures, racing idempotent retries.
 mod server_backends {
@@ -1833,24 +1852,6 @@ mod server_backends {
             }
         }
         assert_eq!(created, 1);
-    }
-
-    macro_rules! on_servers {
-        ($($case:ident),* $(,)?) => {
-            $(
-                mod $case {
-                    use super::*;
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn postgres() {
-                        super::$case(Backend::Postgres).await;
-                    }
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn mysql() {
-                        super::$case(Backend::Mysql).await;
-                    }
-                }
-            )*
-        };
     }
 
     on_servers!(
@@ -2118,25 +2119,7 @@ mod replication {
         }
     }
 
-    macro_rules! on_engines {
-        ($($case:ident),* $(,)?) => {
-            $(
-                mod $case {
-                    use super::*;
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn postgres() {
-                        super::$case(Backend::Postgres).await;
-                    }
-                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                    async fn mysql() {
-                        super::$case(Backend::Mysql).await;
-                    }
-                }
-            )*
-        };
-    }
-
-    on_engines!(
+    on_servers!(
         reads_follow_writes_across_instances_despite_lag,
         a_stopped_replica_costs_no_request,
         a_promoted_replica_takes_writes_without_a_restart,
