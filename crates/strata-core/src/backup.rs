@@ -273,8 +273,41 @@ pub const TABLES: &[Table] = &[
 ];
 
 /// The schema version whose tables [`TABLES`] describes (the stores' last migration).
-/// A backup records it; a restore refuses any other.
+/// A backup records it; a restore refuses any other. (Migration 9 added only the shard
+/// catalog's tables, which no backup holds.)
 pub const SCHEMA_VERSION: u32 = 8;
+
+/// The tables whose rows belong to one user, each with the column naming that user (or
+/// the aggregate, for events): what a shard move carries. Everything else of a sharded
+/// deployment lives in the catalog, except the group rows, which every shard mirrors (a
+/// membership row sits with its user and needs its group). (`idempotency_keys` is left out as backups leave it
+/// out: a retried create after a move is refused as a taken email, not replayed.)
+pub const SHARD_OWNED: &[(&str, &str)] = &[
+    ("users", "id"),
+    ("sessions", "user_id"),
+    ("outbox", "aggregate_id"),
+    ("outbox_sequences", "aggregate_id"),
+    ("account_tokens", "user_id"),
+    ("group_members", "user_id"),
+    ("user_external_ids", "user_id"),
+    ("user_totp", "user_id"),
+    ("user_enterprise", "user_id"),
+];
+
+/// The owned tables as (index in [`TABLES`], table, owner column), parents first.
+pub fn shard_owned_tables() -> impl Iterator<Item = (usize, &'static Table, &'static str)> {
+    TABLES
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| SHARD_OWNED.iter().find(|(n, _)| *n == t.name).map(|(_, c)| (i, t, *c)))
+}
+
+/// One logical shard (of `count`), as SQL filters need it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShardScope {
+    pub logical: u16,
+    pub count: u16,
+}
 
 /// One cell.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -352,6 +385,18 @@ pub trait BackupRepository: Send + Sync {
     /// Rows per table of [`TABLES`], in that order (a snapshot of its own; for progress and
     /// verification).
     async fn row_counts(&self) -> Result<Vec<u64>, RepoError>;
+
+    /// Like [`Self::export_snapshot`], restricted to the [`SHARD_OWNED`] tables' rows of
+    /// one logical shard (`logical_shard(owner, count) == logical`).
+    async fn export_shard(&self, scope: ShardScope, out: mpsc::Sender<Batch>) -> Result<(), RepoError>;
+
+    /// In one transaction: deletes the logical shard's rows, writes every batch received,
+    /// commits at [`Load::Commit`]. Afterwards the shard's rows here are exactly those
+    /// sent, however often it is repeated. Returns the rows written.
+    async fn replace_shard(&self, scope: ShardScope, rows: mpsc::Receiver<Load>) -> Result<u64, RepoError>;
+
+    /// Deletes the logical shard's rows; returns how many.
+    async fn delete_shard(&self, scope: ShardScope) -> Result<u64, RepoError>;
 }
 
 /// What a restore does with a target whose `occupied` tables (of [`TABLES`]) have rows:

@@ -24,6 +24,7 @@ pub mod provisioning;
 pub mod relay;
 pub mod secret;
 pub mod service;
+pub mod shards;
 pub mod singleflight;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -468,6 +468,7 @@ pub trait Store:
     + LifecycleRepository
     + MfaRepository
     + BackupRepository
+    + crate::shards::ShardCatalog
 {
     /// `sqlite`, `postgres` or `mysql`.
     fn backend(&self) -> &'static str;
@@ -490,6 +491,13 @@ pub trait Store:
 
     /// Where routed reads went, for a store with read replicas (`None` without).
     fn read_routing(&self) -> Option<ReadRouting> {
+        None
+    }
+
+    /// The number of logical shards, for a sharded store (`None` otherwise): session
+    /// tokens are then made with [`crate::domain::SessionToken::generate_in`] their
+    /// user's logical shard, so that a session check reads one shard.
+    fn logical_shards(&self) -> Option<u16> {
         None
     }
 }

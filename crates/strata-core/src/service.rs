@@ -589,7 +589,10 @@ impl Accounts {
     /// A new session for a user whose credentials were all checked.
     async fn start_session(&self, user: User) -> Result<LoggedIn, AppError> {
         let now = self.clock.now();
-        let token = SessionToken::generate();
+        let token = match self.store.logical_shards() {
+            Some(count) => SessionToken::generate_in(crate::domain::logical_shard(user.id.as_uuid(), count), count),
+            None => SessionToken::generate(),
+        };
         let session = Session {
             id: SessionId::generate(),
             user_id: user.id,

@@ -18,6 +18,7 @@ pub mod foreign;
 mod mysql;
 mod postgres;
 pub mod replicated;
+pub mod sharded;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -128,6 +129,29 @@ pub async fn connect_replicated(
         replicas.push((redact_url(url), connect(&replica).await?));
     }
     Ok(Arc::new(replicated::ReplicatedStore::new(primary, replicas, board, replica_options).await))
+}
+
+/// Connects a sharded store: the catalog at `options.url` and every shard (each migrated),
+/// routed as [`sharded::ShardedStore`] describes. Shards are named by their URLs without
+/// passwords; the catalog must be none of them.
+pub async fn connect_sharded(
+    options: &StoreOptions,
+    shard_urls: &[String],
+    shard_options: sharded::ShardOptions,
+) -> Result<sharded::ShardedStore, RepoError> {
+    let catalog = connect(options).await?;
+    let mut shards: Vec<(String, Arc<dyn Store>)> = Vec::with_capacity(shard_urls.len());
+    for url in shard_urls {
+        let name = redact_url(url);
+        if name == redact_url(&options.url) {
+            return Err(RepoError::Internal(format!("shard {name} is the catalog: give the catalog its own database")));
+        }
+        if shards.iter().any(|(n, _)| *n == name) {
+            return Err(RepoError::Internal(format!("shard {name} is listed twice")));
+        }
+        shards.push((name, connect(&StoreOptions { url: url.clone(), ..options.clone() }).await?));
+    }
+    sharded::ShardedStore::new(catalog, shards, shard_options).await
 }
 
 pub use strata_core::secret::redact_url;

@@ -40,6 +40,7 @@ use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, Webh
 
 mod backup;
 mod groups;
+mod shards;
 
 use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
@@ -339,6 +340,34 @@ const MIGRATIONS: &[Migration] = &[
             CONSTRAINT user_enterprise_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
         ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
         CREATE INDEX users_updated_at ON users (updated_at, id)
+    ",
+    },
+    Migration {
+        version: 9,
+        name: "shard catalog: the shard map, global email claims",
+        // Re-runnable: both tables IF NOT EXISTS, the index declared inside the table.
+        sql: "
+        -- Used only where this database is a sharded deployment's catalog.
+        CREATE TABLE IF NOT EXISTS shard_map (
+            logical INT NOT NULL,
+            shard   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            other   VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            step    VARCHAR(16) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL,
+            since   BIGINT NULL,
+            version BIGINT NOT NULL,
+            PRIMARY KEY (logical)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
+
+        -- No partial indexes here: the reconciler's scan of pending claims by age reads
+        -- (state, at).
+        CREATE TABLE IF NOT EXISTS email_claims (
+            email   VARCHAR(254) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            user_id BINARY(16) NOT NULL,
+            state   VARCHAR(8) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+            at      BIGINT NOT NULL,
+            PRIMARY KEY (email),
+            KEY email_claims_pending (state, at)
+        ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin
     ",
     },
 ];

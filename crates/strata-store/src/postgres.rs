@@ -36,6 +36,7 @@ use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, Webh
 
 mod backup;
 mod groups;
+mod shards;
 
 use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
@@ -314,6 +315,28 @@ const MIGRATIONS: &[Migration] = &[
         -- SCIM's `userName sw …` as a range in byte order, whatever the database's collation
         -- (a prefix is not a range under a linguistic one).
         CREATE INDEX users_email_bytes ON users ((email COLLATE \"C\"));
+    ",
+    },
+    Migration {
+        version: 9,
+        name: "shard catalog: the shard map, global email claims",
+        sql: "
+        -- Used only where this database is a sharded deployment's catalog.
+        CREATE TABLE shard_map (
+            logical integer PRIMARY KEY,
+            shard   text NOT NULL,
+            other   text,
+            step    varchar(16),
+            since   bigint,
+            version bigint NOT NULL
+        );
+        CREATE TABLE email_claims (
+            email   text PRIMARY KEY,
+            user_id uuid NOT NULL,
+            state   varchar(8) NOT NULL,
+            at      bigint NOT NULL
+        );
+        CREATE INDEX email_claims_pending ON email_claims (at) WHERE state = 'pending';
     ",
     },
 ];

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use strata_core::backup::{BackupRepository, Batch, Load, OnExisting};
+use strata_core::backup::{BackupRepository, Batch, Load, OnExisting, ShardScope};
 use strata_core::domain::{
     AuditEntry, AuditQuery, Backlog, Email, GroupId, IdempotencyKey, IdempotencyRecord, OutboxEvent, RelayLease,
     Session, SessionId, StoredEvent, Timestamp, TokenHash, User, UserId, Version,
@@ -49,6 +49,7 @@ use strata_core::ports::{
     WebhookRepository,
 };
 use strata_core::provisioning::ProvisioningToken;
+use strata_core::shards::{EmailClaim, Placement, ShardCatalog};
 use strata_core::totp::TotpRecord;
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use tokio::sync::mpsc;
@@ -614,6 +615,17 @@ impl BackupRepository for ReplicatedStore {
     async fn row_counts(&self) -> Result<Vec<u64>, RepoError> {
         self.inner.primary.row_counts().await
     }
+    async fn export_shard(&self, scope: ShardScope, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
+        self.inner.primary.export_shard(scope, out).await
+    }
+    async fn replace_shard(&self, scope: ShardScope, rows: mpsc::Receiver<Load>) -> Result<u64, RepoError> {
+        let outcome = self.inner.primary.replace_shard(scope, rows).await;
+        self.after_write(outcome, &[EVERYTHING, ALL_USERS]).await
+    }
+    async fn delete_shard(&self, scope: ShardScope) -> Result<u64, RepoError> {
+        let outcome = self.inner.primary.delete_shard(scope).await;
+        self.after_write(outcome, &[EVERYTHING, ALL_USERS]).await
+    }
 }
 
 #[async_trait]
@@ -834,6 +846,35 @@ impl WebhookRepository for ReplicatedStore {
         now: Timestamp,
     ) -> Result<u64, RepoError> {
         to_primary!(self.replay_failed_deliveries(endpoint_id, since, now))
+    }
+}
+
+/// The catalog is written and read on the primary: its readers decide where data lives.
+#[async_trait]
+impl ShardCatalog for ReplicatedStore {
+    async fn shard_map(&self) -> Result<Vec<Placement>, RepoError> {
+        to_primary!(self.shard_map())
+    }
+    async fn create_shard_map(&self, placements: &[Placement]) -> Result<Vec<Placement>, RepoError> {
+        to_primary!(self.create_shard_map(placements))
+    }
+    async fn update_placement(&self, expected: i64, new: &Placement) -> Result<bool, RepoError> {
+        to_primary!(self.update_placement(expected, new))
+    }
+    async fn claim_email(&self, email: &Email, user: UserId, at: Timestamp) -> Result<(), RepoError> {
+        to_primary!(self.claim_email(email, user, at))
+    }
+    async fn confirm_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
+        to_primary!(self.confirm_email(email, user))
+    }
+    async fn release_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
+        to_primary!(self.release_email(email, user))
+    }
+    async fn email_claim(&self, email: &Email) -> Result<Option<EmailClaim>, RepoError> {
+        to_primary!(self.email_claim(email))
+    }
+    async fn pending_claims(&self, before: Timestamp, limit: u32) -> Result<Vec<EmailClaim>, RepoError> {
+        to_primary!(self.pending_claims(before, limit))
     }
 }
 

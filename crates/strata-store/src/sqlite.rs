@@ -47,6 +47,7 @@ use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, Webh
 
 mod backup;
 mod groups;
+mod shards;
 
 use crate::webhook_rows::{DeliveryRow, EndpointRow, attempt_columns, delivery_columns, endpoint_columns};
 use crate::{Migration, StoreOptions};
@@ -320,6 +321,28 @@ const MIGRATIONS: &[Migration] = &[
         CREATE INDEX user_enterprise_employee_number ON user_enterprise (employee_number, user_id);
         -- SCIM's `meta.lastModified gt …`, the delta query identity providers poll with.
         CREATE INDEX users_updated_at ON users (updated_at, id);
+    ",
+    },
+    Migration {
+        version: 9,
+        name: "shard catalog: the shard map, global email claims",
+        sql: "
+        -- Used only where this database is a sharded deployment's catalog.
+        CREATE TABLE shard_map (
+            logical INTEGER PRIMARY KEY,
+            shard   TEXT NOT NULL,
+            other   TEXT,
+            step    TEXT,
+            since   INTEGER,
+            version INTEGER NOT NULL
+        );
+        CREATE TABLE email_claims (
+            email   TEXT PRIMARY KEY NOT NULL,
+            user_id BLOB NOT NULL CHECK (length(user_id) = 16),
+            state   TEXT NOT NULL,
+            at      INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX email_claims_pending ON email_claims (at) WHERE state = 'pending';
     ",
     },
 ];

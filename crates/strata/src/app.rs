@@ -444,6 +444,11 @@ fn spawn_purger(accounts: Arc<Accounts>) {
 /// `throttle.url`, else stay in this instance (fine for one instance; several instances
 /// over replicas need a shared Redis, and start-up says so).
 pub async fn connect_serving_store(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
+    if !config.database.shards.is_empty() {
+        let store = Arc::new(connect_sharded(config).await?);
+        spawn_claim_reconciler(Arc::downgrade(&store));
+        return Ok(store);
+    }
     let replicas = config.database.replica_urls();
     if replicas.is_empty() {
         return connect_store(config).await;
@@ -473,7 +478,49 @@ pub async fn connect_serving_store(config: &Config, metrics: Arc<Metrics>) -> an
         .with_context(|| format!("cannot open database {}", strata_store::redact_url(&config.database.url)))
 }
 
+/// The sharded store of `database.shards`, with `database.url` as its catalog.
+pub async fn connect_sharded(config: &Config) -> anyhow::Result<strata_store::sharded::ShardedStore> {
+    let options = strata_store::sharded::ShardOptions {
+        logical: config.database.logical_shards,
+        query_timeout: Duration::from_millis(config.database.query_timeout_ms),
+        ..Default::default()
+    };
+    let shards = config.database.shard_urls();
+    let store = strata_store::connect_sharded(&config.store_options(), &shards, options).await.with_context(|| {
+        format!("cannot open the sharded store (catalog {})", strata_store::redact_url(&config.database.url))
+    })?;
+    tracing::info!(
+        shards = shards.len(),
+        logical = store.logical_shards().unwrap_or(0),
+        catalog = %strata_store::redact_url(&config.database.url),
+        "users are sharded; the catalog holds the shard map and the email claims"
+    );
+    Ok(store)
+}
+
+/// Settles, once a minute, the email claims that a create, change or delete left pending
+/// (it failed or died half-way): any instance may run it, every step is idempotent.
+fn spawn_claim_reconciler(store: std::sync::Weak<strata_store::sharded::ShardedStore>) {
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(store) = store.upgrade() else { return };
+            match store.reconcile_claims(SystemClock.now()).await {
+                Ok((0, 0)) => {}
+                Ok((kept, released)) => tracing::info!(kept, released, "settled pending email claims"),
+                Err(e) => tracing::warn!(error = %e, "cannot settle pending email claims; retrying in a minute"),
+            }
+        }
+    });
+}
+
+/// The configured store for commands (sharded when `database.shards` is set), without
+/// read replicas.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if !config.database.shards.is_empty() {
+        return Ok(Arc::new(connect_sharded(config).await?));
+    }
     strata_store::connect(&config.store_options())
         .await
         .with_context(|| format!("cannot open database {}", strata_store::redact_url(&config.database.url)))

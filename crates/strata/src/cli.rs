@@ -82,6 +82,11 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Inspect and move the logical shards of a sharded deployment (`database.shards`).
+    Shards {
+        #[command(subcommand)]
+        action: ShardsAction,
+    },
     /// Inspect configuration.
     Config {
         #[command(subcommand)]
@@ -121,6 +126,22 @@ pub enum ImportOnError {
     Skip,
     /// Stop at the first; what was imported before stays, and a re-run skips it.
     Stop,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ShardsAction {
+    /// The shard map: each database's logical shards and users, and moves in flight.
+    Status,
+    /// Move one logical shard to another configured database while the API keeps serving:
+    /// writes to it pause (503 + Retry-After) while it is copied and switched. Run again
+    /// to resume a move that was interrupted at any step.
+    Move {
+        /// The logical shard (see `strata shards status`).
+        logical: u16,
+        /// The target database: one of `database.shards` (on every instance too).
+        #[arg(long)]
+        to: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +280,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => strata_bench::run(*args).await,
         Command::Analyze(args) => strata_bench::analyze_saved(&args),
+        Command::Shards { action } => {
+            let config = load_config(cli.config.as_ref())?;
+            crate::telemetry::init(&config.log)?;
+            if config.database.shards.is_empty() {
+                anyhow::bail!("database.shards (STRATA_DATABASE_SHARDS) is empty: this deployment is not sharded");
+            }
+            let store = crate::app::connect_sharded(&config).await?;
+            match action {
+                ShardsAction::Status => print!("{}", shard_status_text(&store.status().await?)),
+                ShardsAction::Move { logical, to } => {
+                    let target = strata_store::redact_url(&to);
+                    store
+                        .move_shard(logical, &target, &SystemClock, &|step| eprintln!("{step}"))
+                        .await
+                        .with_context(|| format!("moving logical shard {logical} to {target}"))?;
+                    println!("logical shard {logical} is on {target}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cluster(args) => {
             crate::cluster::run(args).await?;
             Ok(ExitCode::SUCCESS)
@@ -302,4 +343,29 @@ async fn import_users(importer: &mut Importer<'_>, kind: SourceKind, source: &st
         }
     }
     Ok(())
+}
+
+fn shard_status_text(status: &strata_store::sharded::ShardStatus) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "{} logical shards", status.map.len());
+    let width = status.databases.iter().map(|d| d.name.len()).max().unwrap_or(8).max(8);
+    let _ = writeln!(out, "{:width$}  {:>7}  {:>10}", "database", "logical", "users");
+    for db in &status.databases {
+        let _ = writeln!(out, "{:width$}  {:>7}  {:>10}", db.name, db.logical.len(), db.users);
+    }
+    let moves: Vec<_> = status.map.iter().filter(|p| p.step.is_some()).collect();
+    if moves.is_empty() {
+        let _ = writeln!(out, "no moves in flight");
+    }
+    for p in moves {
+        let step = p.step.map(|s| s.as_str()).unwrap_or("");
+        let since = p.since.map(strata_core::domain::rfc3339).unwrap_or_default();
+        let (from, to) = match p.step {
+            Some(strata_core::shards::MoveStep::Copying) => (p.shard.as_str(), p.other.as_deref().unwrap_or("?")),
+            _ => (p.other.as_deref().unwrap_or("?"), p.shard.as_str()),
+        };
+        let _ = writeln!(out, "logical shard {}: moving from {from} to {to}, {step} since {since}", p.logical);
+    }
+    out
 }

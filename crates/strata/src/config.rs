@@ -310,12 +310,23 @@ pub struct DatabaseConfig {
     pub replicas: String,
     /// A replica further behind the primary than this leaves the rotation until it catches up.
     pub max_replica_lag_ms: u64,
+    /// Physical databases users are sharded over, comma-separated (any engine, SQLite files
+    /// too); `url` is then the catalog: the shard map and the global email claims
+    /// (strata-store's `sharded` module).
+    pub shards: String,
+    /// Logical shards of a new shard map (1..=256); fixed once the catalog has a map.
+    pub logical_shards: u16,
 }
 
 impl DatabaseConfig {
     /// `replicas` split into URLs: at each comma that starts a new `scheme://`.
     pub fn replica_urls(&self) -> Vec<String> {
         split_urls(&self.replicas)
+    }
+
+    /// `shards` split into URLs, as `replica_urls`.
+    pub fn shard_urls(&self) -> Vec<String> {
+        split_urls(&self.shards)
     }
 }
 
@@ -542,6 +553,8 @@ impl Default for DatabaseConfig {
             migrate_on_start: true,
             replicas: String::new(),
             max_replica_lag_ms: 1000,
+            shards: String::new(),
+            logical_shards: strata_core::shards::MAX_LOGICAL_SHARDS,
         }
     }
 }
@@ -662,6 +675,8 @@ pub const ENV_VARS: &[(&str, &str, Setter)] = &[
     ("STRATA_DATABASE_MAX_REPLICA_LAG_MS", "database.max_replica_lag_ms", |c, v| {
         Ok(c.database.max_replica_lag_ms = parse(v)?)
     }),
+    ("STRATA_DATABASE_SHARDS", "database.shards", |c, v| Ok(c.database.shards = v.to_owned())),
+    ("STRATA_DATABASE_LOGICAL_SHARDS", "database.logical_shards", |c, v| Ok(c.database.logical_shards = parse(v)?)),
     ("STRATA_ADMIN_TOKEN", "auth.admin_token", |c, v| {
         Ok(c.auth.admin_token = Some(v).filter(|t| !t.is_empty()).map(Secret::new))
     }),
@@ -882,6 +897,23 @@ impl Config {
         }
         if self.database.max_replica_lag_ms == 0 {
             return Err("database.max_replica_lag_ms must be positive".into());
+        }
+        let shards = self.database.shard_urls();
+        for shard in &shards {
+            strata_store::Backend::from_url(shard)
+                .map_err(|e| format!("database.shards: {}: {e}", strata_store::redact_url(shard)))?;
+        }
+        if !shards.is_empty() && !self.database.replicas.is_empty() {
+            return Err("database.replicas with database.shards: replicas per shard are not supported yet; \
+                        use one or the other"
+                .into());
+        }
+        if !(1..=strata_core::shards::MAX_LOGICAL_SHARDS).contains(&self.database.logical_shards) {
+            return Err(format!(
+                "database.logical_shards must be 1..={}, not {}",
+                strata_core::shards::MAX_LOGICAL_SHARDS,
+                self.database.logical_shards
+            ));
         }
         if !matches!(self.log.format.as_str(), "pretty" | "json") {
             return Err(format!("log.format must be \"pretty\" or \"json\", not {:?}", self.log.format));
@@ -1237,6 +1269,8 @@ impl Config {
         shown.database.url = strata_store::redact_url(&shown.database.url);
         shown.database.replicas =
             shown.database.replica_urls().iter().map(|u| strata_store::redact_url(u)).collect::<Vec<_>>().join(",");
+        shown.database.shards =
+            shown.database.shard_urls().iter().map(|u| strata_store::redact_url(u)).collect::<Vec<_>>().join(",");
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
         shown.throttle.url = strata_store::redact_url(&shown.throttle.url);
         shown.events.url = strata_events::redact_url(&shown.events.url);

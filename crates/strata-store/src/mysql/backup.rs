@@ -6,15 +6,15 @@
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, TxOpts};
+use mysql_async::{Conn, Params, TxOpts};
 use strata_core::backup::{
-    BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, TABLES, Table, Value, check_row,
-    stream_ended_early, table_of, tables_to_clear,
+    BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, ShardScope, TABLES, Table, Value,
+    check_row, shard_owned_tables, stream_ended_early, table_of, tables_to_clear,
 };
 use strata_core::error::RepoError;
 use tokio::sync::mpsc;
 
-use super::{MysqlStore, corrupt, my_err, take, uuid_of};
+use super::{MysqlStore, corrupt, finish, my_err, take, uuid_of};
 
 /// Rows per `INSERT`: a batch of the widest table stays far below the 65,535 placeholders
 /// a prepared statement may have.
@@ -48,12 +48,32 @@ fn param(value: &Value) -> mysql_async::Value {
     }
 }
 
-async fn export(conn: &mut Conn, out: &mpsc::Sender<Batch>) -> Result<(), RepoError> {
+/// `WHERE` clause selecting one logical shard's rows by `column` (see
+/// `strata_core::domain::logical_shard`: the id's fifteenth byte), with its parameters.
+/// No index serves it: a move reads each owned table once.
+fn in_shard(column: &str) -> String {
+    format!("WHERE ORD(SUBSTRING({column}, 15, 1)) % ? = ?")
+}
+
+/// The parameters of [`in_shard`]: `logical_shard` treats a count of 0 as 1.
+fn shard_params(scope: ShardScope) -> Vec<mysql_async::Value> {
+    vec![i64::from(scope.count.max(1)).into(), i64::from(scope.logical).into()]
+}
+
+/// Streams `SELECT`s (table index, table, filter) from one snapshot, each row by row from
+/// an unbuffered result, then commits. Stops early, without error, if the reader gave up.
+async fn export_tables(
+    conn: &mut Conn,
+    tables: impl Iterator<Item = (usize, &'static Table, String)>,
+    params: Vec<mysql_async::Value>,
+    out: &mpsc::Sender<Batch>,
+) -> Result<(), RepoError> {
     conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ").await.map_err(my_err)?;
     conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY").await.map_err(my_err)?;
-    for (index, table) in TABLES.iter().enumerate() {
-        let sql = format!("SELECT {} FROM {} ORDER BY {}", table.column_list('`'), table.name, table.key);
-        let mut result = conn.query_iter(sql).await.map_err(my_err)?;
+    for (index, table, filter) in tables {
+        let sql = format!("SELECT {} FROM {} {filter} ORDER BY {}", table.column_list('`'), table.name, table.key);
+        let params = if params.is_empty() { Params::Empty } else { Params::Positional(params.clone()) };
+        let mut result = conn.exec_iter(sql, params).await.map_err(my_err)?;
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         let mut gave_up = false;
         while let Some(row) = result.next().await.map_err(my_err)? {
@@ -71,6 +91,39 @@ async fn export(conn: &mut Conn, out: &mpsc::Sender<Batch>) -> Result<(), RepoEr
         }
     }
     conn.query_drop("COMMIT").await.map_err(my_err)
+}
+
+/// Deletes one logical shard's owned rows, children first; returns how many.
+async fn delete_in_shard(tx: &mut mysql_async::Transaction<'_>, scope: ShardScope) -> Result<u64, RepoError> {
+    let mut deleted = 0;
+    for (_, table, column) in shard_owned_tables().collect::<Vec<_>>().into_iter().rev() {
+        let sql = format!("DELETE FROM {} {}", table.name, in_shard(column));
+        tx.exec_drop(sql, shard_params(scope)).await.map_err(my_err)?;
+        deleted += tx.affected_rows();
+    }
+    Ok(deleted)
+}
+
+/// Writes every batch received with multi-row `INSERT`s, until `Commit`; returns the rows
+/// written. A stream that ends without `Commit` is an error (the caller rolls back).
+async fn copy_in(tx: &mut mysql_async::Transaction<'_>, rows: &mut mpsc::Receiver<Load>) -> Result<u64, RepoError> {
+    let mut written = 0;
+    loop {
+        match rows.recv().await {
+            Some(Load::Rows(batch)) => {
+                let table = table_of(&batch)?;
+                for row in &batch.rows {
+                    check_row(table, row)?;
+                }
+                for chunk in batch.rows.chunks(INSERT_ROWS) {
+                    insert(tx, table, chunk).await?;
+                }
+                written += batch.rows.len() as u64;
+            }
+            Some(Load::Commit) => return Ok(written),
+            None => return Err(stream_ended_early()),
+        }
+    }
 }
 
 async fn prepare_target(tx: &mut mysql_async::Transaction<'_>, existing: OnExisting) -> Result<(), RepoError> {
@@ -98,42 +151,62 @@ async fn insert(tx: &mut mysql_async::Transaction<'_>, table: &Table, rows: &[Ro
     tx.exec_drop(sql, params).await.map_err(my_err)
 }
 
-#[async_trait]
-impl BackupRepository for MysqlStore {
-    async fn export_snapshot(&self, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
-        // Not through `conn()`: a failed export closes the connection instead of returning
-        // it, and its long hold would swamp the pool's hold-time figures anyway.
+impl MysqlStore {
+    /// Runs [`export_tables`] on a connection of its own. Not through `conn()`: a failed
+    /// export closes the connection instead of returning it, and its long hold would
+    /// swamp the pool's hold-time figures anyway.
+    async fn export_from(
+        &self,
+        tables: impl Iterator<Item = (usize, &'static Table, String)>,
+        params: Vec<mysql_async::Value>,
+        out: &mpsc::Sender<Batch>,
+    ) -> Result<(), RepoError> {
         let mut conn = self.pool().get_conn().await.map_err(my_err)?;
-        let outcome = export(&mut conn, &out).await;
+        let outcome = export_tables(&mut conn, tables, params, out).await;
         if outcome.is_err() {
             // Whatever state the connection is in, it goes, not back to the pool.
             let _ = conn.disconnect().await;
         }
         outcome
     }
+}
+
+#[async_trait]
+impl BackupRepository for MysqlStore {
+    async fn export_snapshot(&self, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
+        let all = TABLES.iter().enumerate().map(|(i, t)| (i, t, String::new()));
+        self.export_from(all, vec![], &out).await
+    }
+
+    async fn export_shard(&self, scope: ShardScope, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
+        let owned = shard_owned_tables().map(|(i, t, column)| (i, t, in_shard(column)));
+        self.export_from(owned, shard_params(scope), &out).await
+    }
+
+    async fn replace_shard(&self, scope: ShardScope, mut rows: mpsc::Receiver<Load>) -> Result<u64, RepoError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+        let outcome = async {
+            delete_in_shard(&mut tx, scope).await?;
+            copy_in(&mut tx, &mut rows).await
+        }
+        .await;
+        finish(tx, outcome).await
+    }
+
+    async fn delete_shard(&self, scope: ShardScope) -> Result<u64, RepoError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+        let outcome = delete_in_shard(&mut tx, scope).await;
+        finish(tx, outcome).await
+    }
 
     async fn import_snapshot(&self, mut rows: mpsc::Receiver<Load>, existing: OnExisting) -> Result<u64, RepoError> {
         let mut conn = self.conn().await?;
         let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
         prepare_target(&mut tx, existing).await?;
-        let mut written = 0;
-        loop {
-            match rows.recv().await {
-                Some(Load::Rows(batch)) => {
-                    let table = table_of(&batch)?;
-                    for row in &batch.rows {
-                        check_row(table, row)?;
-                    }
-                    for chunk in batch.rows.chunks(INSERT_ROWS) {
-                        insert(&mut tx, table, chunk).await?;
-                    }
-                    written += batch.rows.len() as u64;
-                }
-                Some(Load::Commit) => break,
-                // Dropping the transaction rolls it back.
-                None => return Err(stream_ended_early()),
-            }
-        }
+        // On an error, dropping the transaction rolls it back.
+        let written = copy_in(&mut tx, &mut rows).await?;
         tx.commit().await.map_err(my_err)?;
         Ok(written)
     }

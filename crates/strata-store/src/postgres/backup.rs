@@ -8,8 +8,8 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use strata_core::backup::{
-    BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, TABLES, Table, Value, check_row,
-    stream_ended_early, table_of, tables_to_clear,
+    BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, ShardScope, TABLES, Table, Value,
+    check_row, shard_owned_tables, stream_ended_early, table_of, tables_to_clear,
 };
 use strata_core::error::RepoError;
 use tokio::sync::mpsc;
@@ -126,59 +126,126 @@ async fn snapshot(client: &mut deadpool_postgres::Client) -> Result<deadpool_pos
         .map_err(pg_err)
 }
 
+/// `WHERE` clause selecting one logical shard's rows by `column` (see
+/// `strata_core::domain::logical_shard`: the id's fifteenth byte), with its parameters.
+/// No index serves it: a move reads each owned table once.
+fn in_shard(column: &str) -> String {
+    format!("WHERE get_byte(uuid_send({column}), 14) % $1 = $2")
+}
+
+/// Streams `SELECT`s (table index, table, filter) from one snapshot. `Ok(false)` if the
+/// reader gave up.
+async fn export_tables(
+    tx: &Transaction<'_>,
+    tables: impl Iterator<Item = (usize, &'static Table, String)>,
+    params: &[&(dyn ToSql + Sync)],
+    out: &mpsc::Sender<Batch>,
+) -> Result<bool, RepoError> {
+    for (index, table, filter) in tables {
+        let sql = format!("SELECT {} FROM {} {filter} ORDER BY {}", table.column_list('"'), table.name, table.key);
+        let portal = tx.bind(sql.as_str(), params).await.map_err(pg_err)?;
+        loop {
+            let rows = tx.query_portal(&portal, BATCH_ROWS as i32).await.map_err(pg_err)?;
+            if rows.is_empty() {
+                break;
+            }
+            let rows = rows.iter().map(|r| read_row(table, r)).collect::<Result<Vec<_>, _>>()?;
+            if out.send(Batch { table: index, rows }).await.is_err() {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Deletes one logical shard's owned rows, children first.
+async fn delete_in_shard(tx: &Transaction<'_>, scope: ShardScope) -> Result<u64, RepoError> {
+    let (count, logical) = (i32::from(scope.count), i32::from(scope.logical));
+    let mut deleted = 0;
+    for (_, table, column) in shard_owned_tables().collect::<Vec<_>>().into_iter().rev() {
+        let sql = format!("DELETE FROM {} {}", table.name, in_shard(column));
+        deleted += tx.execute(sql.as_str(), &[&count, &logical]).await.map_err(pg_err)?;
+    }
+    Ok(deleted)
+}
+
+/// Writes every batch received with binary `COPY`, until `Commit`.
+async fn copy_in(tx: &Transaction<'_>, rows: &mut mpsc::Receiver<Load>) -> Result<u64, RepoError> {
+    let mut copy: Option<OpenCopy> = None;
+    let mut written = 0;
+    loop {
+        match rows.recv().await {
+            Some(Load::Rows(batch)) => {
+                let table = table_of(&batch)?;
+                if let Some(done) = copy.take_if(|c| c.table != batch.table) {
+                    done.finish().await?;
+                }
+                let open = match &mut copy {
+                    Some(open) => open,
+                    None => copy.insert(OpenCopy::start(tx, batch.table, table).await?),
+                };
+                for row in &batch.rows {
+                    check_row(table, row)?;
+                    let cells: Vec<Cell<'_>> = row.iter().map(Cell).collect();
+                    open.writer.as_mut().write(&params(&cells)).await.map_err(pg_err)?;
+                    written += 1;
+                }
+            }
+            Some(Load::Commit) => break,
+            None => return Err(stream_ended_early()),
+        }
+    }
+    if let Some(open) = copy {
+        open.finish().await?;
+    }
+    Ok(written)
+}
+
 #[async_trait]
 impl BackupRepository for PostgresStore {
     async fn export_snapshot(&self, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
         let mut client = self.client().await?;
         let tx = snapshot(&mut client).await?;
-        for (index, table) in TABLES.iter().enumerate() {
-            let sql = format!("SELECT {} FROM {} ORDER BY {}", table.column_list('"'), table.name, table.key);
-            let portal = tx.bind(sql.as_str(), &[]).await.map_err(pg_err)?;
-            loop {
-                let rows = tx.query_portal(&portal, BATCH_ROWS as i32).await.map_err(pg_err)?;
-                if rows.is_empty() {
-                    break;
-                }
-                let rows = rows.iter().map(|r| read_row(table, r)).collect::<Result<Vec<_>, _>>()?;
-                if out.send(Batch { table: index, rows }).await.is_err() {
-                    return Ok(()); // the reader gave up
-                }
-            }
+        let all = TABLES.iter().enumerate().map(|(i, t)| (i, t, String::new()));
+        if export_tables(&tx, all, &[], &out).await? {
+            tx.commit().await.map_err(pg_err)?;
         }
-        tx.commit().await.map_err(pg_err)
+        Ok(())
+    }
+
+    async fn export_shard(&self, scope: ShardScope, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
+        let mut client = self.client().await?;
+        let tx = snapshot(&mut client).await?;
+        let owned = shard_owned_tables().map(|(i, t, column)| (i, t, in_shard(column)));
+        let (count, logical) = (i32::from(scope.count), i32::from(scope.logical));
+        if export_tables(&tx, owned, &[&count, &logical], &out).await? {
+            tx.commit().await.map_err(pg_err)?;
+        }
+        Ok(())
+    }
+
+    async fn replace_shard(&self, scope: ShardScope, mut rows: mpsc::Receiver<Load>) -> Result<u64, RepoError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        delete_in_shard(&tx, scope).await?;
+        let written = copy_in(&tx, &mut rows).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(written)
+    }
+
+    async fn delete_shard(&self, scope: ShardScope) -> Result<u64, RepoError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err)?;
+        let deleted = delete_in_shard(&tx, scope).await?;
+        tx.commit().await.map_err(pg_err)?;
+        Ok(deleted)
     }
 
     async fn import_snapshot(&self, mut rows: mpsc::Receiver<Load>, existing: OnExisting) -> Result<u64, RepoError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_err)?;
         prepare_target(&tx, existing).await?;
-        let mut copy: Option<OpenCopy> = None;
-        let mut written = 0;
-        loop {
-            match rows.recv().await {
-                Some(Load::Rows(batch)) => {
-                    let table = table_of(&batch)?;
-                    if let Some(done) = copy.take_if(|c| c.table != batch.table) {
-                        done.finish().await?;
-                    }
-                    let open = match &mut copy {
-                        Some(open) => open,
-                        None => copy.insert(OpenCopy::start(&tx, batch.table, table).await?),
-                    };
-                    for row in &batch.rows {
-                        check_row(table, row)?;
-                        let cells: Vec<Cell<'_>> = row.iter().map(Cell).collect();
-                        open.writer.as_mut().write(&params(&cells)).await.map_err(pg_err)?;
-                        written += 1;
-                    }
-                }
-                Some(Load::Commit) => break,
-                None => return Err(stream_ended_early()),
-            }
-        }
-        if let Some(open) = copy {
-            open.finish().await?;
-        }
+        let written = copy_in(&tx, &mut rows).await?;
         // COPY writes identity columns as given (like OVERRIDING SYSTEM VALUE) without
         // moving their sequences: move them past what was restored.
         tx.batch_execute(

@@ -1,14 +1,15 @@
 //! Backup and restore on SQLite. Each runs on a connection of its own on the blocking pool,
 //! outside the store's per-call deadline (a backup of a large database takes as long as it
-//! takes): the export in one read transaction, whose WAL snapshot is consistent while the
-//! writer goes on; the import in one `BEGIN IMMEDIATE` transaction.
+//! takes): the exports (whole or one logical shard's) in one read transaction, whose WAL
+//! snapshot is consistent while the writer goes on; the import and a shard's replacement or
+//! deletion in one `BEGIN IMMEDIATE` transaction.
 
 use async_trait::async_trait;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, TransactionBehavior};
 use strata_core::backup::{
-    BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, TABLES, Table, Value, check_row,
-    stream_ended_early, table_of, tables_to_clear,
+    BATCH_ROWS, BackupRepository, Batch, ColumnType, Load, OnExisting, Row, ShardScope, TABLES, Table, Value,
+    check_row, shard_owned_tables, stream_ended_early, table_of, tables_to_clear,
 };
 use strata_core::error::RepoError;
 use tokio::sync::mpsc;
@@ -53,12 +54,42 @@ impl rusqlite::ToSql for Cell<'_> {
     }
 }
 
-fn export(conn: &mut Connection, out: &mpsc::Sender<Batch>) -> Result<(), RepoError> {
+/// The logical shard (of `?1`) of the 16-byte id in `column`, as SQL: its fifteenth byte
+/// (see `strata_core::domain::logical_shard`), read from the id's hex digits 29 and 30,
+/// since SQLite has no function reading one byte of a blob as a number.
+pub(super) fn logical_shard_sql(column: &str) -> String {
+    format!(
+        "((instr('0123456789ABCDEF', substr(hex({column}), 29, 1)) - 1) * 16 \
+         + instr('0123456789ABCDEF', substr(hex({column}), 30, 1)) - 1) % ?1"
+    )
+}
+
+/// `WHERE` clause selecting one logical shard's rows by `column`; its parameters are
+/// [`shard_params`]. No index serves it: a move reads each owned table once.
+fn in_shard(column: &str) -> String {
+    format!("WHERE {} = ?2", logical_shard_sql(column))
+}
+
+/// `?1` and `?2` of [`in_shard`]: the shard count (at least 1, as `logical_shard` takes
+/// it) and the logical shard.
+fn shard_params(scope: ShardScope) -> [i64; 2] {
+    [i64::from(scope.count.max(1)), i64::from(scope.logical)]
+}
+
+/// Streams `SELECT`s (table index, table, filter) in batches, all from one read
+/// transaction: one WAL snapshot, while the writer goes on. Stops early (Ok) if the
+/// receiver is gone.
+fn export_tables(
+    conn: &mut Connection,
+    tables: impl Iterator<Item = (usize, &'static Table, String)>,
+    params: &[i64],
+    out: &mpsc::Sender<Batch>,
+) -> Result<(), RepoError> {
     let tx = conn.transaction().map_err(map_err)?;
-    for (index, table) in TABLES.iter().enumerate() {
-        let sql = format!("SELECT {} FROM {} ORDER BY {}", table.column_list('"'), table.name, table.key);
+    for (index, table, filter) in tables {
+        let sql = format!("SELECT {} FROM {} {filter} ORDER BY {}", table.column_list('"'), table.name, table.key);
         let mut stmt = tx.prepare(&sql).map_err(map_err)?;
-        let mut rows = stmt.query([]).map_err(map_err)?;
+        let mut rows = stmt.query(rusqlite::params_from_iter(params)).map_err(map_err)?;
         let mut batch = Vec::with_capacity(BATCH_ROWS);
         loop {
             let row = rows.next().map_err(map_err)?;
@@ -97,9 +128,19 @@ fn prepare_target(tx: &rusqlite::Transaction<'_>, existing: OnExisting) -> Resul
     Ok(())
 }
 
-fn import(conn: &mut Connection, rows: &mut mpsc::Receiver<Load>, existing: OnExisting) -> Result<u64, RepoError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
-    prepare_target(&tx, existing)?;
+/// Deletes one logical shard's owned rows, children first.
+fn delete_in_shard(tx: &rusqlite::Transaction<'_>, scope: ShardScope) -> Result<u64, RepoError> {
+    let params = shard_params(scope);
+    let mut deleted = 0;
+    for (_, table, column) in shard_owned_tables().collect::<Vec<_>>().into_iter().rev() {
+        let sql = format!("DELETE FROM {} {}", table.name, in_shard(column));
+        deleted += tx.execute(&sql, params).map_err(map_err)? as u64;
+    }
+    Ok(deleted)
+}
+
+/// Inserts every batch received, until `Commit`.
+fn copy_in(tx: &rusqlite::Transaction<'_>, rows: &mut mpsc::Receiver<Load>) -> Result<u64, RepoError> {
     let mut written = 0;
     loop {
         match rows.blocking_recv() {
@@ -114,12 +155,35 @@ fn import(conn: &mut Connection, rows: &mut mpsc::Receiver<Load>, existing: OnEx
                     written += 1;
                 }
             }
-            Some(Load::Commit) => break,
+            Some(Load::Commit) => return Ok(written),
             None => return Err(stream_ended_early()),
         }
     }
+}
+
+fn import(conn: &mut Connection, rows: &mut mpsc::Receiver<Load>, existing: OnExisting) -> Result<u64, RepoError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+    prepare_target(&tx, existing)?;
+    let written = copy_in(&tx, rows)?;
     tx.commit().map_err(map_err)?;
     Ok(written)
+}
+
+/// In one `BEGIN IMMEDIATE` transaction: deletes the shard's rows, inserts those received.
+/// Dropping the transaction on an error (or a stream ending early) rolls both back.
+fn replace(conn: &mut Connection, scope: ShardScope, rows: &mut mpsc::Receiver<Load>) -> Result<u64, RepoError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+    delete_in_shard(&tx, scope)?;
+    let written = copy_in(&tx, rows)?;
+    tx.commit().map_err(map_err)?;
+    Ok(written)
+}
+
+fn delete(conn: &mut Connection, scope: ShardScope) -> Result<u64, RepoError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(map_err)?;
+    let deleted = delete_in_shard(&tx, scope)?;
+    tx.commit().map_err(map_err)?;
+    Ok(deleted)
 }
 
 fn blocking_failed(e: tokio::task::JoinError) -> RepoError {
@@ -130,7 +194,34 @@ fn blocking_failed(e: tokio::task::JoinError) -> RepoError {
 impl BackupRepository for SqliteStore {
     async fn export_snapshot(&self, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
         let path = self.readers.path.clone();
-        tokio::task::spawn_blocking(move || export(&mut open_reader(&path)?, &out)).await.map_err(blocking_failed)?
+        tokio::task::spawn_blocking(move || {
+            let all = TABLES.iter().enumerate().map(|(i, t)| (i, t, String::new()));
+            export_tables(&mut open_reader(&path)?, all, &[], &out)
+        })
+        .await
+        .map_err(blocking_failed)?
+    }
+
+    async fn export_shard(&self, scope: ShardScope, out: mpsc::Sender<Batch>) -> Result<(), RepoError> {
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let owned = shard_owned_tables().map(|(i, t, column)| (i, t, in_shard(column)));
+            export_tables(&mut open_reader(&path)?, owned, &shard_params(scope), &out)
+        })
+        .await
+        .map_err(blocking_failed)?
+    }
+
+    async fn replace_shard(&self, scope: ShardScope, mut rows: mpsc::Receiver<Load>) -> Result<u64, RepoError> {
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || replace(&mut open_writer(&path)?, scope, &mut rows))
+            .await
+            .map_err(blocking_failed)?
+    }
+
+    async fn delete_shard(&self, scope: ShardScope) -> Result<u64, RepoError> {
+        let path = self.readers.path.clone();
+        tokio::task::spawn_blocking(move || delete(&mut open_writer(&path)?, scope)).await.map_err(blocking_failed)?
     }
 
     async fn import_snapshot(&self, mut rows: mpsc::Receiver<Load>, existing: OnExisting) -> Result<u64, RepoError> {
