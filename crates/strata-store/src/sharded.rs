@@ -78,10 +78,22 @@ impl Default for ShardOptions {
 }
 
 impl ShardOptions {
-    /// How long after a step change every instance has seen it and finished the calls it
-    /// started under the previous one.
-    pub fn settle(&self) -> Duration {
-        self.refresh * 2 + self.query_timeout
+    /// An instance whose map is older than this refuses writes (503) until it reads the
+    /// map again: a move relies on every instance that writes having seen its steps.
+    pub fn max_map_age(&self) -> Duration {
+        self.refresh * 5
+    }
+
+    /// After a step change, how long until every instance that may route (its map no
+    /// older than `max_map_age`) has read the new step.
+    pub fn settle_reads(&self) -> Duration {
+        self.max_map_age() + self.refresh
+    }
+
+    /// ... and until every write routed under the previous step has finished (storage
+    /// calls are bounded by `query_timeout`): the wait before a copy.
+    pub fn settle_writes(&self) -> Duration {
+        self.settle_reads() + self.query_timeout
     }
 }
 
@@ -100,6 +112,8 @@ struct Inner {
     count: u16,
     options: ShardOptions,
     routes: RwLock<Arc<Vec<Route>>>,
+    /// When `routes` was last read from the catalog.
+    refreshed: parking_lot::Mutex<std::time::Instant>,
     /// Rotates which shard fan-out claims start with, so no shard starves the others.
     next: AtomicUsize,
 }
@@ -158,6 +172,7 @@ impl ShardedStore {
             count,
             options,
             routes: RwLock::new(Arc::new(routes)),
+            refreshed: parking_lot::Mutex::new(std::time::Instant::now()),
             next: AtomicUsize::new(0),
         });
         let refresh = tokio::spawn(refresh_loop(Arc::downgrade(&inner)));
@@ -212,7 +227,7 @@ impl ShardedStore {
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<(), RepoError> {
         let inner = &self.inner;
-        let settle = inner.options.settle();
+        let (settle_writes, settle_reads) = (inner.options.settle_writes(), inner.options.settle_reads());
         if inner.shard_index(target).is_none() {
             return Err(RepoError::Internal(format!("{target} is not one of the configured shards")));
         }
@@ -234,21 +249,21 @@ impl ShardedStore {
                     placement.with_step(&placement.shard, Some(target), Some(MoveStep::Copying), now)
                 }
                 (Some(MoveStep::Copying), Some(to)) if to == target => {
-                    progress(&format!("waiting {settle:?} for every instance to stop writing"));
-                    tokio::time::sleep(settle).await;
+                    progress(&format!("waiting {settle_writes:?} for every instance to stop writing"));
+                    tokio::time::sleep(settle_writes).await;
                     let from = inner.named(&placement.shard)?;
                     let rows = copy_shard(from, inner.named(target)?, scope).await?;
                     progress(&format!("copied {rows} rows from {} to {target}; switching reads", placement.shard));
                     placement.with_step(target, Some(&placement.shard), Some(MoveStep::Switching), now)
                 }
                 (Some(MoveStep::Switching), Some(from)) if placement.shard == target => {
-                    progress(&format!("waiting {settle:?} for every instance to read from {target}"));
-                    tokio::time::sleep(settle).await;
+                    progress(&format!("waiting {settle_reads:?} for every instance to read from {target}"));
+                    tokio::time::sleep(settle_reads).await;
                     progress(&format!("writes resume on {target}; removing the old copy from {from}"));
                     placement.with_step(target, Some(from), Some(MoveStep::Cleaning), now)
                 }
                 (Some(MoveStep::Cleaning), Some(from)) if placement.shard == target => {
-                    tokio::time::sleep(settle).await;
+                    tokio::time::sleep(settle_reads).await;
                     let deleted = inner.named(from)?.delete_shard(scope).await?;
                     progress(&format!("removed {deleted} rows from {from}; move done"));
                     placement.with_step(target, None, None, now)
@@ -347,8 +362,10 @@ impl Inner {
         if map.len() != usize::from(self.count) {
             return Err(RepoError::Internal(format!("the shard map now has {} rows, not {}", map.len(), self.count)));
         }
+        let read_at = std::time::Instant::now();
         let routes = routes_of(&map, &self.shards)?;
         *self.routes.write() = Arc::new(routes);
+        *self.refreshed.lock() = read_at;
         Ok(())
     }
 
@@ -373,11 +390,25 @@ impl Inner {
     /// The store holding `id`'s logical shard, for writes: 503 while it moves.
     fn writer_of(&self, id: Uuid) -> Result<&Arc<dyn Store>, RepoError> {
         let logical = logical_shard(id, self.count);
+        let route = self.writable_route(logical)?;
+        Ok(&self.shards[route.shard].1)
+    }
+
+    /// The route of a logical shard for a write: refused while it moves, and while this
+    /// instance's map is too old to know whether it moves.
+    fn writable_route(&self, logical: u16) -> Result<Route, RepoError> {
+        let age = self.refreshed.lock().elapsed();
+        if age > self.options.max_map_age() {
+            return Err(RepoError::Unavailable(format!(
+                "the shard map was last read {}ms ago: writes wait until the catalog answers",
+                age.as_millis()
+            )));
+        }
         let route = self.route(logical);
         if !route.writable {
             return Err(moving(logical));
         }
-        Ok(&self.shards[route.shard].1)
+        Ok(route)
     }
 
     /// Whether shard `index` is where `id`'s rows are read from now (a copy elsewhere,
@@ -751,24 +782,14 @@ impl ExternalIdRepository for ShardedStore {
 /// sent). Group writes pause while any logical shard they touch is moving.
 impl ShardedStore {
     fn group_home(&self, id: GroupId) -> Result<usize, RepoError> {
-        let logical = logical_shard(id.as_uuid(), self.inner.count);
-        let route = self.inner.route(logical);
-        if !route.writable {
-            return Err(moving(logical));
-        }
-        Ok(route.shard)
+        Ok(self.inner.writable_route(logical_shard(id.as_uuid(), self.inner.count))?.shard)
     }
 
     /// `ids` split by the shard that holds them, refusing ids of a moving logical shard.
     fn members_by_shard(&self, ids: &[UserId]) -> Result<Vec<Vec<UserId>>, RepoError> {
         let mut by_shard = vec![Vec::new(); self.inner.shards.len()];
         for id in ids {
-            let logical = logical_shard(id.as_uuid(), self.inner.count);
-            let route = self.inner.route(logical);
-            if !route.writable {
-                return Err(moving(logical));
-            }
-            by_shard[route.shard].push(*id);
+            by_shard[self.inner.writable_route(logical_shard(id.as_uuid(), self.inner.count))?.shard].push(*id);
         }
         Ok(by_shard)
     }

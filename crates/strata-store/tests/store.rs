@@ -2176,3 +2176,383 @@ mod replication {
         a_promoted_replica_takes_writes_without_a_restart,
     );
 }
+
+/// Sharding beyond the conformance suite: moving a logical shard under a steady write and
+/// read load through two instances, a move killed at any point and run again, the email
+/// claim reconciler, and what a sharded store refuses.
+mod sharding {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    use super::*;
+    use strata_core::backup::{BackupRepository, ShardScope};
+    use strata_core::domain::logical_shard;
+    use strata_core::ports::{Clock as _, SessionRepository, SystemClock, UserRepository};
+    use strata_core::shards::{MoveStep, ShardCatalog};
+    use strata_store::sharded::{ShardOptions, ShardedStore};
+
+    const LOGICAL: u16 = 8;
+
+    fn options() -> ShardOptions {
+        ShardOptions {
+            logical: LOGICAL,
+            refresh: Duration::from_millis(50),
+            query_timeout: Duration::from_secs(1),
+            claim_grace: Duration::ZERO,
+        }
+    }
+
+    /// A catalog and two shards, fresh databases of `backend`.
+    async fn databases(backend: Backend, what: &str) -> Option<Vec<TestDb>> {
+        let mut dbs = Vec::new();
+        for _ in 0..3 {
+            dbs.push(fresh(backend, what).await?);
+        }
+        Some(dbs)
+    }
+
+    /// One instance's router over `dbs` (catalog first).
+    async fn instance(dbs: &[TestDb]) -> Arc<ShardedStore> {
+        let mut opts = StoreOptions::new(dbs[0].url.clone());
+        opts.query_timeout = options().query_timeout;
+        let shards: Vec<String> = dbs[1..].iter().map(|d| d.url.clone()).collect();
+        Arc::new(strata_store::connect_sharded(&opts, &shards, options()).await.expect("connect sharded"))
+    }
+
+    fn name(db: &TestDb) -> String {
+        strata_store::redact_url(&db.url)
+    }
+
+    /// Users of one logical shard (and their sessions) in `store`, straight from its rows.
+    async fn users_in(store: &dyn Store, logical: u16) -> Vec<uuid::Uuid> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<strata_core::backup::Batch>(4);
+        let scope = ShardScope { logical, count: LOGICAL };
+        let collect = async {
+            let mut ids = Vec::new();
+            while let Some(batch) = rx.recv().await {
+                if batch.table == 0 {
+                    ids.extend(batch.rows.iter().map(|r| match &r[0] {
+                        strata_core::backup::Value::Uuid(id) => id,
+                        other => panic!("users.id is {other:?}"),
+                    }));
+                }
+            }
+            ids
+        };
+        let (exported, ids) = tokio::join!(store.export_shard(scope, tx), collect);
+        exported.unwrap();
+        ids
+    }
+
+    /// A user placed in `logical`.
+    fn user_in(logical: u16, n: usize) -> User {
+        loop {
+            let u = user(&format!("u{n}-{}@example.com", uuid::Uuid::now_v7().simple()), "Load");
+            if logical_shard(u.id.as_uuid(), LOGICAL) == logical {
+                return u;
+            }
+        }
+    }
+
+    /// Writers keep renaming users (half of them in the moving logical shard) through one
+    /// instance and creating new ones, readers check every acknowledged version and every
+    /// session through the other, while the first instance moves the shard. Afterwards:
+    /// no acknowledged write lost, no read older than an acknowledged write, every refused
+    /// write a clean 503 naming the move, and the old copy gone.
+    async fn a_move_under_load_loses_nothing(backend: Backend) {
+        let Some(dbs) = databases(backend, "shard move under load").await else { return };
+        let (mover, server) = (instance(&dbs).await, instance(&dbs).await);
+        let moving = 3;
+        let from = mover.status().await.unwrap().map[usize::from(moving)].shard.clone();
+        let to = if from == name(&dbs[1]) { name(&dbs[2]) } else { name(&dbs[1]) };
+
+        // Acknowledged state: user → (last acknowledged version, its session token hash).
+        let acked: Arc<parking_lot::Mutex<HashMap<UserId, (User, strata_core::domain::TokenHash)>>> = Arc::default();
+        for n in 0..40 {
+            let u = user_in(if n % 2 == 0 { moving } else { (n % 8) as u16 }, n);
+            create(&*server, &u).await;
+            let (_, s) = session_for(&u);
+            server.create_session(&s, &event("session.created", u.id)).await.unwrap();
+            acked.lock().insert(u.id, (u, s.token_hash));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicU64::new(0));
+        // The span writes were refused in: first and last refusal, in µs since `epoch`.
+        let epoch = std::time::Instant::now();
+        let (first_refusal, last_refusal) = (Arc::new(AtomicU64::new(u64::MAX)), Arc::new(AtomicU64::new(0)));
+        let mut load = tokio::task::JoinSet::new();
+        for w in 0..4usize {
+            let (server, acked, stop, refused) = (server.clone(), acked.clone(), stop.clone(), refused.clone());
+            let (first_refusal, last_refusal) = (first_refusal.clone(), last_refusal.clone());
+            load.spawn(async move {
+                let mut writes = 0u64;
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) && writes < 20_000 {
+                    n += 1;
+                    // Each writer renames its own users: conflicts would be the test's own.
+                    let mut ids: Vec<UserId> =
+                        acked.lock().keys().copied().filter(|id| id.as_uuid().as_bytes()[15] % 4 == w as u8).collect();
+                    ids.sort();
+                    if ids.is_empty() {
+                        n += 9;
+                    }
+                    let Some(&id) = ids.get(n % ids.len().max(1)) else { continue };
+                    let current = acked.lock()[&id].0.clone();
+                    let mut next = current.clone();
+                    next.name = DisplayName::parse(&format!("w{w}-{n}")).unwrap();
+                    next.version = current.version.next();
+                    let outcome = if n % 10 == 0 {
+                        let fresh_user = loop {
+                            let u = user_in(moving, 1000 + w * 100_000 + n);
+                            if u.id.as_uuid().as_bytes()[15] % 4 == w as u8 {
+                                break u;
+                            }
+                        };
+                        let created =
+                            server.create_user(&fresh_user, None, &event("user.created", fresh_user.id)).await;
+                        created.map(|()| {
+                            let (_, s) = session_for(&fresh_user);
+                            (fresh_user, Some(s))
+                        })
+                    } else {
+                        server
+                            .update_user(&next, current.version, SessionRevocation::None, &event("user.updated", id))
+                            .await
+                            .map(|()| (next, None))
+                    };
+                    match outcome {
+                        Ok((written, session)) => {
+                            let hash = match session {
+                                Some(s) => {
+                                    // A session for a new user; may itself meet the pause.
+                                    while let Err(e) =
+                                        server.create_session(&s, &event("session.created", written.id)).await
+                                    {
+                                        assert!(
+                                            matches!(e, RepoError::Unavailable(ref m) if m.contains("moved")),
+                                            "{e}"
+                                        );
+                                        tokio::time::sleep(Duration::from_millis(20)).await;
+                                    }
+                                    s.token_hash
+                                }
+                                None => acked.lock()[&written.id].1,
+                            };
+                            acked.lock().insert(written.id, (written, hash));
+                            writes += 1;
+                        }
+                        Err(RepoError::Unavailable(why)) if why.contains("being moved") => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            let at = epoch.elapsed().as_micros() as u64;
+                            first_refusal.fetch_min(at, Ordering::Relaxed);
+                            last_refusal.fetch_max(at, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("a write failed other than by the move's pause: {e}"),
+                    }
+                }
+                writes
+            });
+        }
+        let mut reads = tokio::task::JoinSet::new();
+        for r in 0..2usize {
+            let (mover, acked, stop) = (mover.clone(), acked.clone(), stop.clone());
+            reads.spawn(async move {
+                let mut checked = 0u64;
+                while !stop.load(Ordering::Relaxed) && checked < 50_000 {
+                    let picked: Vec<(User, strata_core::domain::TokenHash)> =
+                        acked.lock().values().skip((checked as usize * 3 + r) % 40).take(4).cloned().collect();
+                    for (before, hash) in picked {
+                        let read = mover.user_by_id(before.id).await.unwrap().expect("an acknowledged user is there");
+                        assert!(
+                            read.version >= before.version,
+                            "stale read of {}: {:?} < {:?}",
+                            before.id,
+                            read.version,
+                            before.version
+                        );
+                        let (_, u) =
+                            mover.session_with_user(&hash).await.unwrap().expect("an acknowledged session is there");
+                        assert_eq!(u.id, before.id);
+                        checked += 1;
+                    }
+                }
+                checked
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        mover.move_shard(moving, &to, &SystemClock, &|_| {}).await.expect("move");
+        let took = started.elapsed();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut writes = 0;
+        while let Some(w) = load.join_next().await {
+            writes += w.unwrap();
+        }
+        let mut checked = 0;
+        while let Some(c) = reads.join_next().await {
+            checked += c.unwrap();
+        }
+        let (first, last) = (first_refusal.load(Ordering::Relaxed), last_refusal.load(Ordering::Relaxed));
+        let paused = Duration::from_micros(last.saturating_sub(first.min(last)));
+        eprintln!(
+            "{}: move of logical shard {moving} took {took:?}; {writes} writes acknowledged, {} refused with a 503 \
+             within {paused:?} (writes settle {:?}); {checked} reads checked, none stale",
+            backend.name(),
+            refused.load(Ordering::Relaxed),
+            options().settle_writes(),
+        );
+        assert!(writes > 0 && checked > 0);
+
+        // Every acknowledged write is there, through a fresh instance too.
+        let fresh_instance = instance(&dbs).await;
+        let acknowledged = acked.lock().clone();
+        for (id, (user, hash)) in acknowledged {
+            assert_eq!(fresh_instance.user_by_id(id).await.unwrap().as_ref(), Some(&user));
+            assert_eq!(fresh_instance.user_by_email(&user.email).await.unwrap().map(|u| u.id), Some(id));
+            assert!(fresh_instance.session_with_user(&hash).await.unwrap().is_some());
+        }
+        let status = mover.status().await.unwrap();
+        let placed = &status.map[usize::from(moving)];
+        assert_eq!((placed.shard.as_str(), placed.step, placed.other.as_deref()), (to.as_str(), None, None));
+        let (source, target) = if name(&dbs[1]) == from { (&dbs[1], &dbs[2]) } else { (&dbs[2], &dbs[1]) };
+        let source = connect(&StoreOptions::new(source.url.clone())).await.unwrap();
+        let target = connect(&StoreOptions::new(target.url.clone())).await.unwrap();
+        assert!(users_in(&*source, moving).await.is_empty(), "the old copy is removed");
+        let moved = users_in(&*target, moving).await;
+        let expected = acked.lock().keys().filter(|id| logical_shard(id.as_uuid(), LOGICAL) == moving).count();
+        assert_eq!(moved.len(), expected);
+    }
+
+    /// A move interrupted at any point (its future dropped mid-step, as a killed process
+    /// leaves it: open transactions roll back, the catalog keeps the step reached) and run
+    /// again ends with the shard wholly on the target, its rows on the target only.
+    async fn a_killed_move_resumes_when_run_again(backend: Backend) {
+        let Some(dbs) = databases(backend, "killed shard move").await else { return };
+        let store = instance(&dbs).await;
+        let logical = 5;
+        let mut ids = Vec::new();
+        for n in 0..30 {
+            let u = user_in(logical, n);
+            create(&*store, &u).await;
+            ids.push(u.id);
+        }
+        let mut target_name = name(&dbs[1]);
+        let (writes, reads) = (options().settle_writes(), options().settle_reads());
+        // Before the copy, during it or the switch, during the cleaning wait, after it.
+        let kill_points = [
+            Duration::from_millis(10),
+            writes + Duration::from_millis(5),
+            writes + reads + Duration::from_millis(50),
+            writes + reads * 2 + Duration::from_millis(100),
+        ];
+        for kill_after in kill_points {
+            let from = store.shard_map().await.unwrap()[usize::from(logical)].shard.clone();
+            if from == target_name {
+                target_name = if target_name == name(&dbs[1]) { name(&dbs[2]) } else { name(&dbs[1]) };
+            }
+            let mover = store.clone();
+            let to = target_name.clone();
+            let killed = tokio::spawn(async move { mover.move_shard(logical, &to, &SystemClock, &|_| {}).await });
+            tokio::time::sleep(kill_after).await;
+            killed.abort();
+            let placement = store.shard_map().await.unwrap()[usize::from(logical)].clone();
+            eprintln!(
+                "{}: killed after {kill_after:?} at step {:?}",
+                backend.name(),
+                placement.step.map(MoveStep::as_str)
+            );
+            // A second mover with another target is refused while this move is in flight.
+            if placement.step.is_some() {
+                let other = if target_name == name(&dbs[1]) { name(&dbs[2]) } else { name(&dbs[1]) };
+                if other != placement.shard || placement.step == Some(MoveStep::Copying) {
+                    assert!(store.move_shard(logical, &other, &SystemClock, &|_| {}).await.is_err());
+                }
+            }
+            store.move_shard(logical, &target_name, &SystemClock, &|_| {}).await.expect("the re-run completes");
+            let placement = store.shard_map().await.unwrap()[usize::from(logical)].clone();
+            assert_eq!((placement.shard.as_str(), placement.step), (target_name.as_str(), None));
+            for id in &ids {
+                assert!(store.user_by_id(*id).await.unwrap().is_some());
+            }
+            for db in &dbs[1..] {
+                let direct = connect(&StoreOptions::new(db.url.clone())).await.unwrap();
+                let held = users_in(&*direct, logical).await.len();
+                assert_eq!(held, if name(db) == target_name { ids.len() } else { 0 }, "rows of {}", name(db));
+            }
+        }
+    }
+
+    /// Claims a create, change or delete left pending are kept if the user row has the
+    /// email and released if not; a released email can be registered again.
+    async fn pending_claims_are_settled_against_the_rows(backend: Backend) {
+        let Some(dbs) = databases(backend, "email claim reconciler").await else { return };
+        let store = instance(&dbs).await;
+        let kept = user("kept@example.com", "Kept");
+        create(&*store, &kept).await;
+        store.claim_email(&kept.email, kept.id, T0).await.unwrap(); // pending again, as mid-change
+        let orphan = user("orphan@example.com", "Orphan");
+        store.claim_email(&orphan.email, orphan.id, T0).await.unwrap(); // a create that died
+        let again = user("orphan@example.com", "Again");
+        assert_eq!(store.create_user(&again, None, &event("user.created", again.id)).await, Err(RepoError::EmailTaken));
+        assert_eq!(store.reconcile_claims(SystemClock.now()).await.unwrap(), (1, 1));
+        assert_eq!(
+            store.email_claim(&kept.email).await.unwrap().map(|c| c.state),
+            Some(strata_core::shards::ClaimState::Active)
+        );
+        assert_eq!(store.email_claim(&orphan.email).await.unwrap(), None);
+        create(&*store, &again).await;
+        assert_eq!(store.user_by_email(&again.email).await.unwrap().map(|u| u.id), Some(again.id));
+        assert_eq!(store.reconcile_claims(SystemClock.now()).await.unwrap(), (0, 0));
+        // An email change moves the claim; the old address is free afterwards.
+        let mut renamed = kept.clone();
+        renamed.email = Email::parse("renamed@example.com").unwrap();
+        renamed.version = kept.version.next();
+        store
+            .update_user(&renamed, kept.version, SessionRevocation::None, &event("user.updated", kept.id))
+            .await
+            .unwrap();
+        assert_eq!(store.user_by_email(&kept.email).await.unwrap(), None);
+        assert_eq!(store.user_by_email(&renamed.email).await.unwrap().map(|u| u.id), Some(kept.id));
+        create(&*store, &user("kept@example.com", "New owner")).await;
+        // A session whose token was not made for its user's shard would never be found.
+        let (_, mut s) = session_for(&again);
+        s.token_hash.0[0] = s.token_hash.0[0].wrapping_add(1);
+        assert!(matches!(
+            store.create_session(&s, &event("session.created", again.id)).await,
+            Err(RepoError::Internal(_))
+        ));
+        // Whole-store snapshots span databases with no common transaction: refused.
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        assert!(store.export_snapshot(tx).await.is_err());
+    }
+
+    macro_rules! on_every_engine {
+        ($($case:ident),* $(,)?) => {
+            $(
+                mod $case {
+                    use super::*;
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn sqlite() {
+                        super::$case(Backend::Sqlite).await;
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn postgres() {
+                        super::$case(Backend::Postgres).await;
+                    }
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn mysql() {
+                        super::$case(Backend::Mysql).await;
+                    }
+                }
+            )*
+        };
+    }
+
+    on_every_engine!(
+        a_move_under_load_loses_nothing,
+        a_killed_move_resumes_when_run_again,
+        pending_claims_are_settled_against_the_rows,
+    );
+}

@@ -94,6 +94,15 @@ async fn export_tables(
 }
 
 /// Deletes one logical shard's owned rows, children first; returns how many.
+/// READ COMMITTED for the deletes of one logical shard: their filter uses no index, and
+/// under REPEATABLE READ InnoDB would lock every row scanned, so writes to the other
+/// logical shards of the database would wait on (or deadlock with) a move.
+fn shard_tx() -> TxOpts {
+    let mut opts = TxOpts::default();
+    opts.with_isolation_level(mysql_async::IsolationLevel::ReadCommitted);
+    opts
+}
+
 async fn delete_in_shard(tx: &mut mysql_async::Transaction<'_>, scope: ShardScope) -> Result<u64, RepoError> {
     let mut deleted = 0;
     for (_, table, column) in shard_owned_tables().collect::<Vec<_>>().into_iter().rev() {
@@ -185,7 +194,7 @@ impl BackupRepository for MysqlStore {
 
     async fn replace_shard(&self, scope: ShardScope, mut rows: mpsc::Receiver<Load>) -> Result<u64, RepoError> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+        let mut tx = conn.start_transaction(shard_tx()).await.map_err(my_err)?;
         let outcome = async {
             delete_in_shard(&mut tx, scope).await?;
             copy_in(&mut tx, &mut rows).await
@@ -196,7 +205,7 @@ impl BackupRepository for MysqlStore {
 
     async fn delete_shard(&self, scope: ShardScope) -> Result<u64, RepoError> {
         let mut conn = self.conn().await?;
-        let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
+        let mut tx = conn.start_transaction(shard_tx()).await.map_err(my_err)?;
         let outcome = delete_in_shard(&mut tx, scope).await;
         finish(tx, outcome).await
     }
