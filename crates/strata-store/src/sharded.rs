@@ -20,8 +20,15 @@
 //! [`ShardedStore::reconcile_claims`] settles against the user row.
 //!
 //! Moves ([`ShardedStore::move_shard`]) walk a logical shard through the catalog's
-//! `MoveStep`s; every instance refreshes the map every `ShardOptions::refresh` and
-//! refuses writes to a logical shard in the `copying` and `switching` steps with a 503.
+//! `MoveStep`s; every instance rereads the map every `ShardOptions::refresh`, refuses
+//! writes to a logical shard in the `copying` and `switching` steps with a 503, and refuses
+//! all writes while its map is older than `max_map_age` (a catalog it cannot reach might
+//! be announcing a move). The mover waits `settle_writes` after freezing (every writing
+//! instance has seen the freeze and its in-flight writes have ended), copies, switches
+//! reads, waits `settle_reads`, lets writes resume on the target, waits again, and only
+//! then deletes the old copy. An instance cut off from the catalog may still read a moved
+//! shard's old copy until it is deleted: reads do not fail closed, so that a catalog
+//! outage costs no session check.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
@@ -481,15 +488,26 @@ impl UserRepository for ShardedStore {
         }
         if let Err(e) = inner.catalog.claim_email(&user.email, user.id, user.created_at).await {
             let Some(rec) = idempotency.filter(|_| e == RepoError::EmailTaken) else { return Err(e) };
-            // A retry racing its first attempt must hear "key taken" and replay; while the
-            // first attempt is still writing, it is told to come back.
-            if self.idempotency_record(&rec.key).await?.is_some() {
-                return Err(RepoError::IdempotencyKeyTaken);
+            // A retry racing its first attempt must hear "key taken" and replay: while the
+            // claim is pending (the first attempt is writing), wait for its outcome.
+            let deadline = tokio::time::Instant::now() + inner.options.query_timeout;
+            loop {
+                if self.idempotency_record(&rec.key).await?.is_some() {
+                    return Err(RepoError::IdempotencyKeyTaken);
+                }
+                let claim = inner.catalog.email_claim(&user.email).await?;
+                match claim {
+                    Some(c) if c.state == ClaimState::Pending && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Some(c) if c.state == ClaimState::Pending => {
+                        return Err(RepoError::Unavailable("a create with this email is in flight".into()));
+                    }
+                    // Released: the first attempt failed; this one may go ahead.
+                    None => return Box::pin(self.create_user(user, idempotency, event)).await,
+                    Some(_) => return Err(e),
+                }
             }
-            if inner.catalog.email_claim(&user.email).await?.is_some_and(|c| c.state == ClaimState::Pending) {
-                return Err(RepoError::Unavailable("a create with this email is in flight".into()));
-            }
-            return Err(e);
         }
         match shard.create_user(user, idempotency, event).await {
             Ok(()) => inner.catalog.confirm_email(&user.email, user.id).await,

@@ -14,7 +14,7 @@ use strata_backup::import::{self, ImportOptions, Importer, OnError, SourceKind};
 use strata_core::backup::OnExisting;
 use strata_core::error::RepoError;
 use strata_core::password::HashParams;
-use strata_core::ports::{Clock as _, SystemClock};
+use strata_core::ports::{Clock as _, Store as _, SystemClock};
 use strata_store::foreign::{ForeignDatabase, ForeignUsers, read_rows};
 
 #[derive(Debug, Parser)]
@@ -291,6 +291,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ShardsAction::Status => print!("{}", shard_status_text(&store.status().await?)),
                 ShardsAction::Move { logical, to } => {
                     let target = strata_store::redact_url(&to);
+                    let count = store.logical_shards().unwrap_or(0);
+                    if logical >= count {
+                        anyhow::bail!("there is no logical shard {logical}: this deployment has 0..{count}");
+                    }
+                    if !config.database.shard_urls().iter().any(|u| strata_store::redact_url(u) == target) {
+                        anyhow::bail!(
+                            "--to {target} is not in database.shards: add it there on every instance (and here) first"
+                        );
+                    }
                     store
                         .move_shard(logical, &target, &SystemClock, &|step| eprintln!("{step}"))
                         .await

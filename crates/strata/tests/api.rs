@@ -32,6 +32,8 @@ struct TestApp {
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _db: TestDb,
+    /// A sharded app's shard databases, dropped with it.
+    _shards: Vec<TestDb>,
 }
 
 struct Resp {
@@ -87,7 +89,7 @@ async fn spawn(backend: Backend, what: &str, tweak: impl FnOnce(&mut Config)) ->
         let _ = rx.await;
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
-    Some(TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: db })
+    Some(TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: db, _shards: Vec::new() })
 }
 
 impl TestApp {
@@ -814,11 +816,49 @@ macro_rules! per_backend {
     };
 }
 
+/// An app over a sharded store: a catalog and two shards, fresh databases of `backend`,
+/// 8 logical shards.
+async fn spawn_sharded(backend: Backend, what: &str) -> Option<TestApp> {
+    let catalog = fresh(backend, what).await?;
+    let shards = vec![fresh(backend, what).await?, fresh(backend, what).await?];
+    let mut config = test_config(&catalog.url);
+    config.database.shards = shards.iter().map(|db| db.url.clone()).collect::<Vec<_>>().join(",");
+    config.database.logical_shards = 8;
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let app = Application::build_with_clock(config, clock.clone()).await.expect("build sharded app");
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    Some(TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: catalog, _shards: shards })
+}
+
+macro_rules! api_tests_sharded {
+    ($name:ident, $variant:expr, [$($case:ident),* $(,)?]) => {
+        mod $name {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let what = concat!("sharded api ", stringify!($case));
+                    let Some(app) = spawn_sharded($variant, what).await else { return };
+                    super::$case(app).await;
+                }
+            )*
+        }
+    };
+}
+
 macro_rules! all_backends {
     ($($case:ident),* $(,)?) => {
         api_tests!(sqlite, Backend::Sqlite, [$($case),*]);
         api_tests!(postgres, Backend::Postgres, [$($case),*]);
         api_tests!(mysql, Backend::Mysql, [$($case),*]);
+        api_tests_sharded!(sharded_sqlite, Backend::Sqlite, [$($case),*]);
+        api_tests_sharded!(sharded_postgres, Backend::Postgres, [$($case),*]);
+        api_tests_sharded!(sharded_mysql, Backend::Mysql, [$($case),*]);
     };
 }
 
@@ -933,6 +973,10 @@ mod cache;
 /// Issue 11: read replicas with read-your-writes across instances.
 #[path = "api/replicas.rs"]
 mod replicas;
+
+/// Issue 11: `strata shards` against a sharded server that keeps serving.
+#[path = "api/shards.rs"]
+mod shards;
 
 /// Issue 7: what hostile clients can learn or do through the HTTP layer.
 #[path = "api/hardening.rs"]

@@ -107,31 +107,24 @@ impl ShardCatalog for MysqlStore {
             let mut conn = self.conn().await?;
             let mut tx = conn.start_transaction(TxOpts::default()).await.map_err(my_err)?;
             let outcome = async {
+                // One upsert that takes the row's exclusive lock at once (INSERT IGNORE then
+                // SELECT … FOR UPDATE would upgrade a shared lock, and two racing claims of
+                // one address deadlock on that), renewing the claim only for its holder.
                 tx.exec_drop(
-                    "INSERT IGNORE INTO email_claims (email, user_id, state, at) VALUES (?, ?, 'pending', ?)",
+                    "INSERT INTO email_claims (email, user_id, state, at) VALUES (?, ?, 'pending', ?) \
+                     ON DUPLICATE KEY UPDATE state = IF(user_id = VALUES(user_id), 'pending', state), \
+                     at = IF(user_id = VALUES(user_id), VALUES(at), at)",
                     (email.as_str(), id_value(user), at.0),
                 )
                 .await
                 .map_err(my_err)?;
-                if tx.affected_rows() == 1 {
-                    return Ok(());
-                }
-                // Someone holds it. The ignored duplicate left a shared lock on the row, so
-                // it is still there to read.
                 let holder: Option<Vec<u8>> = tx
-                    .exec_first("SELECT user_id FROM email_claims WHERE email = ? FOR UPDATE", (email.as_str(),))
+                    .exec_first("SELECT user_id FROM email_claims WHERE email = ?", (email.as_str(),))
                     .await
                     .map_err(my_err)?;
                 match holder {
-                    Some(id) if id.as_slice() == user.as_bytes().as_slice() => tx
-                        .exec_drop(
-                            "UPDATE email_claims SET state = 'pending', at = ? WHERE email = ?",
-                            (at.0, email.as_str()),
-                        )
-                        .await
-                        .map_err(my_err),
+                    Some(id) if id.as_slice() == user.as_bytes().as_slice() => Ok(()),
                     Some(_) => Err(RepoError::EmailTaken),
-                    // Not expected while that lock is held; the caller may retry.
                     None => Err(RepoError::Unavailable("mysql: the email claim vanished while it was read".into())),
                 }
             }

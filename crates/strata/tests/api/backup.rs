@@ -100,6 +100,7 @@ async fn a_backup_taken_under_writes_restores_into_another_backend_where_users_l
         shutdown: Some(stop),
         server: Some(server),
         _db: target,
+        _shards: Vec::new(),
     };
     for (email, token) in &users {
         assert_eq!(restored_app.login(email, PASSWORD).await.status, StatusCode::CREATED, "{email} logs in");

@@ -611,7 +611,7 @@ async fn spawn_cached(
     }));
     let client = Client::builder(TokioExecutor::new()).build_http();
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
-    (TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: db }, accounts)
+    (TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: db, _shards: Vec::new() }, accounts)
 }
 
 /// Polls (bounded) until the instance's invalidation subscriber is connected, so its L1

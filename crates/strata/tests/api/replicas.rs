@@ -22,7 +22,7 @@ async fn spawn_on(what: &str, primary: &PgServer, replicas: &[&PgServer], redis:
     let clock = Arc::new(ManualClock::new(SystemClock.now()));
     // The database is the private server; the TestDb is only a placeholder to drop.
     let placeholder = fresh(Backend::Sqlite, what).await.unwrap();
-    TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: placeholder }
+    TestApp { addr, client, clock, shutdown: Some(tx), server: Some(server), _db: placeholder, _shards: Vec::new() }
 }
 
 fn metric_sum(text: &str, prefix: &str) -> u64 {
