@@ -7,6 +7,7 @@
 #
 #   bench/replicas.sh                 # session check and get-user: primary only vs primary + 2 replicas
 #   bench/replicas.sh size            # session check at 10,000 and at 10,000,000 users
+#   bench/replicas.sh shards          # session check and get-user: primary only vs 4 shards over 2 servers
 #   USERS=100000 DURATION=20 bench/replicas.sh
 #   SIZES="10000 1000000" bench/replicas.sh size
 #   AFTER_SEED_SQL="CREATE INDEX ON sessions USING hash (token_hash)" bench/replicas.sh size   # try a schema change
@@ -99,8 +100,9 @@ pg_cpu() {
   done | cpu_of
 }
 
-start_strata() { # REPLICA_URLS
-  STRATA_DATABASE_URL="$(pg_url "${PG_PORTS[0]}")" STRATA_DATABASE_REPLICAS="$1" STRATA_CACHE_URL=none:// \
+start_strata() { # REPLICA_URLS [CATALOG_URL SHARD_URLS]
+  STRATA_DATABASE_URL="${2:-$(pg_url "${PG_PORTS[0]}")}" STRATA_DATABASE_REPLICAS="$1" STRATA_DATABASE_SHARDS="${3:-}" \
+    STRATA_CACHE_URL=none:// \
     STRATA_LOG_LEVEL=warn STRATA_THROTTLE_CLIENT_MAX_FAILURES=1000000 STRATA_THROTTLE_REGISTRATION_MAX=1000000 \
     "$BIN" serve --listen "127.0.0.1:$PORT" > "$WORK/server.out" 2> "$WORK/server.err" &
   SERVER_PID=$!
@@ -121,6 +123,27 @@ seed() {
              t.created_at, t.created_at + 3650 * 86400 * 1000000::bigint, NULL
       FROM generate_series($1::bigint, $2::bigint) i, (SELECT min(created_at) AS created_at FROM users) t;" \
     -c "${AFTER_SEED_SQL:-SELECT 1}" -c "VACUUM ANALYZE users" -c "VACUUM ANALYZE sessions"
+}
+
+# Sharded seeding: user i's token is sha256(int8send(i)) as above; its id is the md5 id with
+# the fifteenth byte set to the first byte of the token's hash, so that the session and the
+# user share a logical shard (of 256; Strata makes tokens that way, SessionToken::generate_in).
+placed_id() { # SQL expression of i
+  echo "encode(set_byte(decode(md5('bench-user-' || $1), 'hex'), 14, get_byte(sha256(sha256(int8send($1))), 0)), 'hex')::uuid"
+}
+
+# seed_shard URL K N FROM TO PASSWORD_HASH: users FROM..TO whose logical shard lands on
+# physical shard K of N (the first map puts logical l on shard l mod N), a session each.
+seed_shard() {
+  psql -qAt "$1" -c "
+    INSERT INTO users (id, email, name, password_hash, role, status, version, created_at, updated_at, verified, mfa_enabled)
+      SELECT $(placed_id i), 'b' || i || '@bench.example', 'Bench ' || i, '$6', 'user', 'active', 1, 0, 0, false, false
+      FROM generate_series($4::bigint, $5::bigint) i WHERE get_byte(sha256(sha256(int8send(i))), 0) % $3 = $2;
+    INSERT INTO sessions (id, token_hash, user_id, created_at, expires_at, revoked_at)
+      SELECT md5('bench-session-' || i)::uuid, sha256(sha256(int8send(i))), $(placed_id i), 0,
+             4102444800000000, NULL
+      FROM generate_series($4::bigint, $5::bigint) i WHERE get_byte(sha256(sha256(int8send(i))), 0) % $3 = $2;" \
+    -c "VACUUM ANALYZE users" -c "VACUUM ANALYZE sessions"
 }
 
 # tokens N: SAMPLE random users of 1..N as "id token" lines ($WORK/id_tokens.txt) and
@@ -278,7 +301,50 @@ case $MODE in
     done
     cat "$WORK/t1" "$WORK/t2" >> "$REPORT"
     ;;
-  *) echo "usage: bench/replicas.sh [replicas|size]" >&2; exit 2 ;;
+  shards)
+    say "seeding $USERS users with sessions on the primary"
+    seed 1 "$USERS"
+    tokens "$USERS"
+    table "$WORK/t1" "Session check (\`GET /v1/sessions/current\`), $USERS users, closed model:"
+    table "$WORK/t2" "Get user (\`GET /v1/users/{id}\` as that user: a session check and a user read), $USERS users, closed model:"
+    say "primary only: session check, get user"
+    measure "$WORK/t1" "primary only" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+    measure "$WORK/t2" "primary only" /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt"
+    hash=$(psql_on "${PG_PORTS[0]}" -c "SELECT password_hash FROM users WHERE email = 'template@bench.example'")
+    stop_strata
+    say "a second PostgreSQL server; a catalog and 4 shard databases over the two"
+    pg_primary "${PG_PORTS[1]}"
+    db_url() { echo "postgres://postgres@127.0.0.1:$1/$2"; }
+    psql_on "${PG_PORTS[0]}" -c "CREATE DATABASE catalog" -c "CREATE DATABASE shard0" -c "CREATE DATABASE shard2"
+    psql_on "${PG_PORTS[1]}" -c "CREATE DATABASE shard1" -c "CREATE DATABASE shard3"
+    SHARD_URLS=()
+    for k in 0 1 2 3; do SHARD_URLS+=("$(db_url "${PG_PORTS[$((k % 2))]}" "shard$k")"); done
+    CATALOG=$(db_url "${PG_PORTS[0]}" catalog)
+    SHARDS=$(IFS=,; echo "${SHARD_URLS[*]}")
+    start_strata "" "$CATALOG" "$SHARDS"   # migrates the five databases, writes the shard map
+    stop_strata
+    for k in 0 1 2 3; do seed_shard "${SHARD_URLS[$k]}" "$k" 4 1 "$USERS" "$hash"; done
+    psql -qAt "$CATALOG" -c "INSERT INTO email_claims (email, user_id, state, at)
+      SELECT 'b' || i || '@bench.example', $(placed_id i), 'active', 0 FROM generate_series(1, $USERS::bigint) i"
+    psql -qAt "$CATALOG" -c "
+      SELECT $(placed_id i) || ' st_' || rtrim(translate(encode(sha256(int8send(i)), 'base64'), '+/', '-_'), '=')
+      FROM (SELECT 1 + floor(random() * $USERS)::bigint AS i FROM generate_series(1, LEAST($SAMPLE, $USERS))) s" > "$WORK/id_tokens.txt"
+    cut -d' ' -f2 "$WORK/id_tokens.txt" > "$WORK/tokens.txt"
+    start_strata "" "$CATALOG" "$SHARDS"
+    say "4 shards over 2 servers: session check, get user"
+    measure "$WORK/t1" "4 shards over 2 servers" /v1/sessions/current bench/wrk/tokens.lua "$WORK/tokens.txt"
+    measure "$WORK/t2" "4 shards over 2 servers" /v1/users bench/wrk/get_user.lua "$WORK/id_tokens.txt"
+    cat "$WORK/t1" "$WORK/t2" >> "$REPORT"
+    {
+      echo
+      echo '`strata shards status`:'
+      echo
+      echo '```'
+      STRATA_DATABASE_URL="$CATALOG" STRATA_DATABASE_SHARDS="$SHARDS" STRATA_LOG_LEVEL=warn "$BIN" shards status
+      echo '```'
+    } >> "$REPORT"
+    ;;
+  *) echo "usage: bench/replicas.sh [replicas|size|shards]" >&2; exit 2 ;;
 esac
 
 cat "$REPORT"
