@@ -131,25 +131,44 @@ pub async fn connect_replicated(
     Ok(Arc::new(replicated::ReplicatedStore::new(primary, replicas, board, replica_options).await))
 }
 
-/// Connects a sharded store: the catalog at `options.url` and every shard (each migrated),
-/// routed as [`sharded::ShardedStore`] describes. Shards are named by their URLs without
-/// passwords; the catalog must be none of them.
+/// A physical shard's entry in `database.shards`: its primary's URL, then `|` and the URL
+/// of each read replica (`|` never stands unencoded in a URL).
+pub fn split_shard(spec: &str) -> (String, Vec<String>) {
+    let mut parts = spec.split('|').map(str::trim).filter(|p| !p.is_empty()).map(str::to_owned);
+    let primary = parts.next().unwrap_or_default();
+    (primary, parts.collect())
+}
+
+/// Connects a sharded store: the catalog at `options.url` and every shard (each migrated;
+/// with its read replicas when its entry names some and a `board` is given, positions in
+/// a namespace per shard), routed as [`sharded::ShardedStore`] describes. Shards are named
+/// by their primaries' URLs without passwords; the catalog must be none of them.
 pub async fn connect_sharded(
     options: &StoreOptions,
-    shard_urls: &[String],
+    shard_specs: &[String],
+    board: Option<(Arc<dyn strata_core::ports::PositionBoard>, replicated::ReplicaOptions)>,
     shard_options: sharded::ShardOptions,
 ) -> Result<sharded::ShardedStore, RepoError> {
     let catalog = connect(options).await?;
-    let mut shards: Vec<(String, Arc<dyn Store>)> = Vec::with_capacity(shard_urls.len());
-    for url in shard_urls {
-        let name = redact_url(url);
+    let mut shards: Vec<(String, Arc<dyn Store>)> = Vec::with_capacity(shard_specs.len());
+    for spec in shard_specs {
+        let (url, replicas) = split_shard(spec);
+        let name = redact_url(&url);
         if name == redact_url(&options.url) {
             return Err(RepoError::Internal(format!("shard {name} is the catalog: give the catalog its own database")));
         }
         if shards.iter().any(|(n, _)| *n == name) {
             return Err(RepoError::Internal(format!("shard {name} is listed twice")));
         }
-        shards.push((name, connect(&StoreOptions { url: url.clone(), ..options.clone() }).await?));
+        let shard_options = StoreOptions { url, ..options.clone() };
+        let store = match &board {
+            Some((board, replica_options)) if !replicas.is_empty() => {
+                let board = Arc::new(replicated::NamespacedBoard::new(board.clone(), &name));
+                connect_replicated(&shard_options, &replicas, board, *replica_options).await?
+            }
+            _ => connect(&shard_options).await?,
+        };
+        shards.push((name, store));
     }
     sharded::ShardedStore::new(catalog, shards, shard_options).await
 }

@@ -463,6 +463,46 @@ impl PositionBoard for LocalBoard {
     }
 }
 
+/// One board shared by replicated stores whose positions cannot be compared (the shards of
+/// a sharded store: each primary has its own WAL): each store's keys are moved into a
+/// namespace of its own, so one shard's positions never gate another's reads.
+pub struct NamespacedBoard {
+    inner: Arc<dyn PositionBoard>,
+    namespace: u128,
+}
+
+impl NamespacedBoard {
+    /// `name` picks the namespace (FNV-1a, stable across builds and versions, so every
+    /// instance of a deployment agrees).
+    pub fn new(inner: Arc<dyn PositionBoard>, name: &str) -> Self {
+        let mut hash: u128 = 0x6c62272e07bb014262b821756295c58d;
+        for byte in name.bytes() {
+            hash ^= u128::from(byte);
+            hash = hash.wrapping_mul(0x0000000001000000000000000000013b);
+        }
+        NamespacedBoard { inner, namespace: hash }
+    }
+
+    fn keys(&self, keys: &[Uuid]) -> Vec<Uuid> {
+        keys.iter().map(|k| Uuid::from_u128(k.as_u128() ^ self.namespace)).collect()
+    }
+}
+
+#[async_trait]
+impl PositionBoard for NamespacedBoard {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    async fn raise(&self, keys: &[Uuid], position: u64, ttl: Duration) -> Result<(), CacheError> {
+        self.inner.raise(&self.keys(keys), position, ttl).await
+    }
+
+    async fn highest(&self, keys: &[Uuid]) -> Result<u64, CacheError> {
+        self.inner.highest(&self.keys(keys)).await
+    }
+}
+
 #[async_trait]
 impl UserRepository for ReplicatedStore {
     async fn create_user(

@@ -1168,4 +1168,19 @@ impl Store for ShardedStore {
     fn logical_shards(&self) -> Option<u16> {
         Some(self.inner.count)
     }
+    /// The read replicas of every shard that has some, their fallbacks summed.
+    fn read_routing(&self) -> Option<strata_core::ports::ReadRouting> {
+        let mut all: Option<strata_core::ports::ReadRouting> = None;
+        for routing in self.inner.shards.iter().filter_map(|(_, store)| store.read_routing()) {
+            let total = all.get_or_insert_with(Default::default);
+            total.replicas.extend(routing.replicas);
+            for (reason, reads) in routing.primary {
+                match total.primary.iter_mut().find(|(r, _)| *r == reason) {
+                    Some((_, sum)) => *sum += reads,
+                    None => total.primary.push((reason, reads)),
+                }
+            }
+        }
+        all
+    }
 }

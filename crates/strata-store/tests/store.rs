@@ -1632,30 +1632,42 @@ macro_rules! conformance_replicated {
 }
 
 /// The sharded composite: a catalog and two shards, each a fresh database of `backend`,
-/// with 8 logical shards, so that the users of every case spread over both.
-async fn sharded_store_for(backend: Backend, what: &str) -> Option<(Vec<TestDb>, Arc<dyn Store>)> {
+/// with 8 logical shards, so that the users of every case spread over both. With
+/// `replicas`, each shard is a replicated store whose "replica" is its own database through
+/// a pool of its own (as `replicated_store_for`), positions on one board.
+async fn sharded_store_for(backend: Backend, what: &str, replicas: bool) -> Option<(Vec<TestDb>, Arc<dyn Store>)> {
     let mut dbs = Vec::new();
     for _ in 0..3 {
         dbs.push(fresh(backend, what).await?);
     }
-    let shards: Vec<String> = dbs[1..].iter().map(|db| db.url.clone()).collect();
+    let shards: Vec<String> =
+        dbs[1..].iter().map(|db| if replicas { format!("{}|{}", db.url, db.url) } else { db.url.clone() }).collect();
+    let board: Arc<dyn strata_core::ports::PositionBoard> = Arc::new(strata_store::replicated::LocalBoard::default());
+    let routing =
+        strata_store::replicated::ReplicaOptions { max_lag: Duration::from_secs(2), poll: Duration::from_millis(20) };
     let options = strata_store::sharded::ShardOptions { logical: 8, ..Default::default() };
-    let store = strata_store::connect_sharded(&StoreOptions::new(dbs[0].url.clone()), &shards, options)
-        .await
-        .expect("connect sharded");
+    let store = strata_store::connect_sharded(
+        &StoreOptions::new(dbs[0].url.clone()),
+        &shards,
+        replicas.then_some((board, routing)),
+        options,
+    )
+    .await
+    .expect("connect sharded");
     assert_eq!(store.logical_shards(), Some(8));
+    assert_eq!(store.read_routing().map(|r| r.replicas.len()), replicas.then_some(2));
     Some((dbs, Arc::new(store)))
 }
 
 macro_rules! conformance_sharded {
-    ($name:ident, $backend:ident, $variant:expr, [$($case:ident),* $(,)?]) => {
+    ($name:ident, $backend:ident, $variant:expr, $replicas:expr, [$($case:ident),* $(,)?]) => {
         mod $name {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let what = concat!("sharded store conformance ", stringify!($case));
-                    let Some((_dbs, store)) = sharded_store_for($variant, what).await else { return };
+                    let Some((_dbs, store)) = sharded_store_for($variant, what, $replicas).await else { return };
                     assert_eq!(store.backend(), stringify!($backend));
                     super::$case(store).await;
                 }
@@ -1677,9 +1689,11 @@ macro_rules! unsharded_backends {
 macro_rules! all_backends {
     ($($case:ident),* $(,)?) => {
         unsharded_backends!($($case),*);
-        conformance_sharded!(sharded_sqlite, sqlite, Backend::Sqlite, [$($case),*]);
-        conformance_sharded!(sharded_postgres, postgres, Backend::Postgres, [$($case),*]);
-        conformance_sharded!(sharded_mysql, mysql, Backend::Mysql, [$($case),*]);
+        conformance_sharded!(sharded_sqlite, sqlite, Backend::Sqlite, false, [$($case),*]);
+        conformance_sharded!(sharded_postgres, postgres, Backend::Postgres, false, [$($case),*]);
+        conformance_sharded!(sharded_mysql, mysql, Backend::Mysql, false, [$($case),*]);
+        conformance_sharded!(sharded_replicated_postgres, postgres, Backend::Postgres, true, [$($case),*]);
+        conformance_sharded!(sharded_replicated_mysql, mysql, Backend::Mysql, true, [$($case),*]);
     };
 }
 
@@ -2216,7 +2230,7 @@ mod sharding {
         let mut opts = StoreOptions::new(dbs[0].url.clone());
         opts.query_timeout = options().query_timeout;
         let shards: Vec<String> = dbs[1..].iter().map(|d| d.url.clone()).collect();
-        Arc::new(strata_store::connect_sharded(&opts, &shards, options()).await.expect("connect sharded"))
+        Arc::new(strata_store::connect_sharded(&opts, &shards, None, options()).await.expect("connect sharded"))
     }
 
     fn name(db: &TestDb) -> String {

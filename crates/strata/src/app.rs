@@ -440,19 +440,35 @@ fn spawn_purger(accounts: Arc<Accounts>) {
 }
 
 /// The store `serve` uses: the primary, and its read replicas when `database.replicas`
-/// names any. Their read-your-writes positions go to the Redis of `cache.url`, else of
-/// `throttle.url`, else stay in this instance (fine for one instance; several instances
-/// over replicas need a shared Redis, and start-up says so).
+/// names any (or the shards, each with the replicas its entry names). Read-your-writes
+/// positions go to the Redis of `cache.url`, else of `throttle.url`, else stay in this
+/// instance (fine for one instance; several instances over replicas need a shared Redis,
+/// and start-up says so).
 pub async fn connect_serving_store(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
+    let replicas = config.database.replica_urls();
+    let shard_replicas = config.database.shard_urls().iter().any(|s| s.contains('|'));
+    let board = if replicas.is_empty() && !shard_replicas { None } else { Some(replica_board(config, metrics)?) };
     if !config.database.shards.is_empty() {
-        let store = Arc::new(connect_sharded(config).await?);
+        let store = Arc::new(connect_sharded(config, board).await?);
         spawn_claim_reconciler(Arc::downgrade(&store));
         return Ok(store);
     }
-    let replicas = config.database.replica_urls();
-    if replicas.is_empty() {
-        return connect_store(config).await;
-    }
+    let Some((board, options)) = board else { return connect_store(config).await };
+    tracing::info!(
+        replicas = replicas.len(),
+        board = %board.describe(),
+        max_lag_ms = config.database.max_replica_lag_ms,
+        "hot reads go to read replicas that have caught up with the reader's writes"
+    );
+    strata_store::connect_replicated(&config.store_options(), &replicas, board, options)
+        .await
+        .with_context(|| format!("cannot open database {}", strata_store::redact_url(&config.database.url)))
+}
+
+type ReplicaBoard = (Arc<dyn strata_core::ports::PositionBoard>, strata_store::replicated::ReplicaOptions);
+
+/// Where read-your-writes positions are kept, and how replicas are routed.
+fn replica_board(config: &Config, metrics: Arc<Metrics>) -> anyhow::Result<ReplicaBoard> {
     let shared =
         [&config.cache.url, &config.throttle.url].into_iter().find(|url| match strata_cache::Target::parse(url) {
             Ok(strata_cache::Target::Redis(t)) => !matches!(t.topology, strata_cache::RedisTopology::Cluster { .. }),
@@ -463,36 +479,35 @@ pub async fn connect_serving_store(config: &Config, metrics: Arc<Metrics>) -> an
             .map_err(|e| anyhow::anyhow!("read-your-writes positions: {e}"))?,
         None => Arc::new(strata_store::replicated::LocalBoard::default()),
     };
-    tracing::info!(
-        replicas = replicas.len(),
-        board = %board.describe(),
-        max_lag_ms = config.database.max_replica_lag_ms,
-        "hot reads go to read replicas that have caught up with the reader's writes"
-    );
     let options = strata_store::replicated::ReplicaOptions {
         max_lag: Duration::from_millis(config.database.max_replica_lag_ms),
         ..Default::default()
     };
-    strata_store::connect_replicated(&config.store_options(), &replicas, board, options)
-        .await
-        .with_context(|| format!("cannot open database {}", strata_store::redact_url(&config.database.url)))
+    Ok((board, options))
 }
 
-/// The sharded store of `database.shards`, with `database.url` as its catalog.
-pub async fn connect_sharded(config: &Config) -> anyhow::Result<strata_store::sharded::ShardedStore> {
+/// The sharded store of `database.shards`, with `database.url` as its catalog; shards'
+/// read replicas are used when a `board` is given.
+pub async fn connect_sharded(
+    config: &Config,
+    board: Option<ReplicaBoard>,
+) -> anyhow::Result<strata_store::sharded::ShardedStore> {
     let options = strata_store::sharded::ShardOptions {
         logical: config.database.logical_shards,
         query_timeout: Duration::from_millis(config.database.query_timeout_ms),
         ..Default::default()
     };
     let shards = config.database.shard_urls();
-    let store = strata_store::connect_sharded(&config.store_options(), &shards, options).await.with_context(|| {
-        format!("cannot open the sharded store (catalog {})", strata_store::redact_url(&config.database.url))
-    })?;
+    let described = board.as_ref().map(|(b, _)| b.describe());
+    let store =
+        strata_store::connect_sharded(&config.store_options(), &shards, board, options).await.with_context(|| {
+            format!("cannot open the sharded store (catalog {})", strata_store::redact_url(&config.database.url))
+        })?;
     tracing::info!(
         shards = shards.len(),
         logical = store.logical_shards().unwrap_or(0),
         catalog = %strata_store::redact_url(&config.database.url),
+        replica_positions = described.as_deref().unwrap_or("none"),
         "users are sharded; the catalog holds the shard map and the email claims"
     );
     Ok(store)
@@ -519,7 +534,7 @@ fn spawn_claim_reconciler(store: std::sync::Weak<strata_store::sharded::ShardedS
 /// read replicas.
 pub async fn connect_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     if !config.database.shards.is_empty() {
-        return Ok(Arc::new(connect_sharded(config).await?));
+        return Ok(Arc::new(connect_sharded(config, None).await?));
     }
     strata_store::connect(&config.store_options())
         .await

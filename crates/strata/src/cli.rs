@@ -286,7 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if config.database.shards.is_empty() {
                 anyhow::bail!("database.shards (STRATA_DATABASE_SHARDS) is empty: this deployment is not sharded");
             }
-            let store = crate::app::connect_sharded(&config).await?;
+            let store = crate::app::connect_sharded(&config, None).await?;
             match action {
                 ShardsAction::Status => print!("{}", shard_status_text(&store.status().await?)),
                 ShardsAction::Move { logical, to } => {

@@ -311,8 +311,9 @@ pub struct DatabaseConfig {
     /// A replica further behind the primary than this leaves the rotation until it catches up.
     pub max_replica_lag_ms: u64,
     /// Physical databases users are sharded over, comma-separated (any engine, SQLite files
-    /// too); `url` is then the catalog: the shard map and the global email claims
-    /// (strata-store's `sharded` module).
+    /// too), each optionally followed by its read replicas, `PRIMARY|REPLICA|…`; `url` is
+    /// then the catalog: the shard map and the global email claims (strata-store's
+    /// `sharded` module).
     pub shards: String,
     /// Logical shards of a new shard map (1..=256); fixed once the catalog has a map.
     pub logical_shards: u16,
@@ -900,12 +901,23 @@ impl Config {
         }
         let shards = self.database.shard_urls();
         for shard in &shards {
-            strata_store::Backend::from_url(shard)
-                .map_err(|e| format!("database.shards: {}: {e}", strata_store::redact_url(shard)))?;
+            let (primary, replicas) = strata_store::split_shard(shard);
+            let engine = strata_store::Backend::from_url(&primary)
+                .map_err(|e| format!("database.shards: {}: {e}", strata_store::redact_url(&primary)))?;
+            for replica in replicas {
+                if strata_store::Backend::from_url(&replica).ok() != Some(engine)
+                    || engine == strata_store::Backend::Sqlite
+                {
+                    return Err(format!(
+                        "database.shards: {} is not a replica URL of its shard's engine (PostgreSQL or MySQL/MariaDB)",
+                        strata_store::redact_url(&replica)
+                    ));
+                }
+            }
         }
         if !shards.is_empty() && !self.database.replicas.is_empty() {
-            return Err("database.replicas with database.shards: replicas per shard are not supported yet; \
-                        use one or the other"
+            return Err("database.replicas with database.shards: give each shard's replicas in its entry, \
+                        PRIMARY|REPLICA|…"
                 .into());
         }
         if !(1..=strata_core::shards::MAX_LOGICAL_SHARDS).contains(&self.database.logical_shards) {
@@ -1269,8 +1281,13 @@ impl Config {
         shown.database.url = strata_store::redact_url(&shown.database.url);
         shown.database.replicas =
             shown.database.replica_urls().iter().map(|u| strata_store::redact_url(u)).collect::<Vec<_>>().join(",");
-        shown.database.shards =
-            shown.database.shard_urls().iter().map(|u| strata_store::redact_url(u)).collect::<Vec<_>>().join(",");
+        shown.database.shards = shown
+            .database
+            .shard_urls()
+            .iter()
+            .map(|spec| spec.split('|').map(strata_store::redact_url).collect::<Vec<_>>().join("|"))
+            .collect::<Vec<_>>()
+            .join(",");
         shown.cache.url = strata_store::redact_url(&shown.cache.url);
         shown.throttle.url = strata_store::redact_url(&shown.throttle.url);
         shown.events.url = strata_events::redact_url(&shown.events.url);
@@ -1319,6 +1336,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("database.replicas"), "{e}");
+    }
+
+    #[test]
+    fn shards_with_their_replicas() {
+        let shards = "postgres://u:s3cret@a/db|postgres://u:s3cret@a2/db,mysql://b/db,sqlite:///tmp/c.db";
+        let c =
+            Config::load(None, &env(&[("STRATA_DATABASE_SHARDS", shards), ("STRATA_DATABASE_LOGICAL_SHARDS", "64")]))
+                .unwrap();
+        assert_eq!(c.database.shard_urls().len(), 3);
+        assert_eq!(c.database.logical_shards, 64);
+        let shown = c.redacted_toml();
+        assert!(!shown.contains("s3cret") && shown.contains("a2/db"), "{shown}");
+        let refused = [
+            ("STRATA_DATABASE_SHARDS", "oracle://x/db"),
+            ("STRATA_DATABASE_SHARDS", "postgres://a/db|mysql://a2/db"),
+            ("STRATA_DATABASE_SHARDS", "sqlite:///a.db|sqlite:///b.db"),
+            ("STRATA_DATABASE_LOGICAL_SHARDS", "0"),
+            ("STRATA_DATABASE_LOGICAL_SHARDS", "257"),
+        ];
+        for (key, value) in refused {
+            let e = Config::load(None, &env(&[(key, value)])).unwrap_err();
+            assert!(e.contains("database."), "{key}={value}: {e}");
+        }
+        let e = Config::load(
+            None,
+            &env(&[
+                ("STRATA_DATABASE_URL", "postgres://p/db"),
+                ("STRATA_DATABASE_SHARDS", "postgres://a/db"),
+                ("STRATA_DATABASE_REPLICAS", "postgres://r/db"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(e.contains("PRIMARY|REPLICA"), "{e}");
     }
 
     #[test]
