@@ -145,6 +145,69 @@ pub trait ShardCatalog: Send + Sync {
     async fn pending_claims(&self, before: Timestamp, limit: u32) -> Result<Vec<EmailClaim>, RepoError>;
 }
 
+/// Implements [`ShardCatalog`] for a composite store by forwarding every call to one
+/// inner store: `forward_shard_catalog!(MyStore, |self| self.inner)`. The composite
+/// stores (replicated, sharded, test doubles) own no catalog of their own.
+#[macro_export]
+macro_rules! forward_shard_catalog {
+    ($store:ty, |$this:ident| $inner:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::shards::ShardCatalog for $store {
+            async fn shard_map(&$this) -> Result<Vec<$crate::shards::Placement>, $crate::error::RepoError> {
+                $inner.shard_map().await
+            }
+            async fn create_shard_map(
+                &$this,
+                placements: &[$crate::shards::Placement],
+            ) -> Result<Vec<$crate::shards::Placement>, $crate::error::RepoError> {
+                $inner.create_shard_map(placements).await
+            }
+            async fn update_placement(
+                &$this,
+                expected: i64,
+                new: &$crate::shards::Placement,
+            ) -> Result<bool, $crate::error::RepoError> {
+                $inner.update_placement(expected, new).await
+            }
+            async fn claim_email(
+                &$this,
+                email: &$crate::domain::Email,
+                user: $crate::domain::UserId,
+                at: $crate::domain::Timestamp,
+            ) -> Result<(), $crate::error::RepoError> {
+                $inner.claim_email(email, user, at).await
+            }
+            async fn confirm_email(
+                &$this,
+                email: &$crate::domain::Email,
+                user: $crate::domain::UserId,
+            ) -> Result<(), $crate::error::RepoError> {
+                $inner.confirm_email(email, user).await
+            }
+            async fn release_email(
+                &$this,
+                email: &$crate::domain::Email,
+                user: $crate::domain::UserId,
+            ) -> Result<(), $crate::error::RepoError> {
+                $inner.release_email(email, user).await
+            }
+            async fn email_claim(
+                &$this,
+                email: &$crate::domain::Email,
+            ) -> Result<Option<$crate::shards::EmailClaim>, $crate::error::RepoError> {
+                $inner.email_claim(email).await
+            }
+            async fn pending_claims(
+                &$this,
+                before: $crate::domain::Timestamp,
+                limit: u32,
+            ) -> Result<Vec<$crate::shards::EmailClaim>, $crate::error::RepoError> {
+                $inner.pending_claims(before, limit).await
+            }
+        }
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

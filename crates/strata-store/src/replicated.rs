@@ -49,7 +49,6 @@ use strata_core::ports::{
     WebhookRepository,
 };
 use strata_core::provisioning::ProvisioningToken;
-use strata_core::shards::{EmailClaim, Placement, ShardCatalog};
 use strata_core::totp::TotpRecord;
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use tokio::sync::mpsc;
@@ -889,34 +888,8 @@ impl WebhookRepository for ReplicatedStore {
     }
 }
 
-/// The catalog is written and read on the primary: its readers decide where data lives.
-#[async_trait]
-impl ShardCatalog for ReplicatedStore {
-    async fn shard_map(&self) -> Result<Vec<Placement>, RepoError> {
-        to_primary!(self.shard_map())
-    }
-    async fn create_shard_map(&self, placements: &[Placement]) -> Result<Vec<Placement>, RepoError> {
-        to_primary!(self.create_shard_map(placements))
-    }
-    async fn update_placement(&self, expected: i64, new: &Placement) -> Result<bool, RepoError> {
-        to_primary!(self.update_placement(expected, new))
-    }
-    async fn claim_email(&self, email: &Email, user: UserId, at: Timestamp) -> Result<(), RepoError> {
-        to_primary!(self.claim_email(email, user, at))
-    }
-    async fn confirm_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
-        to_primary!(self.confirm_email(email, user))
-    }
-    async fn release_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
-        to_primary!(self.release_email(email, user))
-    }
-    async fn email_claim(&self, email: &Email) -> Result<Option<EmailClaim>, RepoError> {
-        to_primary!(self.email_claim(email))
-    }
-    async fn pending_claims(&self, before: Timestamp, limit: u32) -> Result<Vec<EmailClaim>, RepoError> {
-        to_primary!(self.pending_claims(before, limit))
-    }
-}
+// The catalog is written and read on the primary: its readers decide where data lives.
+strata_core::forward_shard_catalog!(ReplicatedStore, |self| self.inner.primary);
 
 #[cfg(test)]
 mod tests {

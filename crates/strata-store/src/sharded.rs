@@ -54,7 +54,7 @@ use strata_core::ports::{
     UserOrder, UserPredicate, UserRepository, UserSearch, WebhookRepository,
 };
 use strata_core::provisioning::ProvisioningToken;
-use strata_core::shards::{ClaimState, EmailClaim, MAX_LOGICAL_SHARDS, MoveStep, Placement, ShardCatalog};
+use strata_core::shards::{ClaimState, MAX_LOGICAL_SHARDS, MoveStep, Placement};
 use strata_core::totp::TotpRecord;
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 use tokio::sync::mpsc;
@@ -1109,33 +1109,7 @@ impl BackupRepository for ShardedStore {
     }
 }
 
-#[async_trait]
-impl ShardCatalog for ShardedStore {
-    async fn shard_map(&self) -> Result<Vec<Placement>, RepoError> {
-        self.inner.catalog.shard_map().await
-    }
-    async fn create_shard_map(&self, placements: &[Placement]) -> Result<Vec<Placement>, RepoError> {
-        self.inner.catalog.create_shard_map(placements).await
-    }
-    async fn update_placement(&self, expected: i64, new: &Placement) -> Result<bool, RepoError> {
-        self.inner.catalog.update_placement(expected, new).await
-    }
-    async fn claim_email(&self, email: &Email, user: UserId, at: Timestamp) -> Result<(), RepoError> {
-        self.inner.catalog.claim_email(email, user, at).await
-    }
-    async fn confirm_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
-        self.inner.catalog.confirm_email(email, user).await
-    }
-    async fn release_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
-        self.inner.catalog.release_email(email, user).await
-    }
-    async fn email_claim(&self, email: &Email) -> Result<Option<EmailClaim>, RepoError> {
-        self.inner.catalog.email_claim(email).await
-    }
-    async fn pending_claims(&self, before: Timestamp, limit: u32) -> Result<Vec<EmailClaim>, RepoError> {
-        self.inner.catalog.pending_claims(before, limit).await
-    }
-}
+strata_core::forward_shard_catalog!(ShardedStore, |self| self.inner.catalog);
 
 #[async_trait]
 impl Store for ShardedStore {

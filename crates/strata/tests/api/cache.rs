@@ -16,7 +16,6 @@ use strata_core::domain::{
 use strata_core::error::RepoError;
 use strata_core::ports::{NoopObserver, PoolStats, QueryPlan, SessionRevocation, Store, UserListQuery};
 use strata_core::service::{AccountSettings, Accounts, Actor, Registration};
-use strata_core::shards::{EmailClaim, Placement};
 use strata_core::webhooks::{DeliveryQuery, WebhookAttempt, WebhookDelivery, WebhookEndpoint};
 
 use super::*;
@@ -423,33 +422,7 @@ impl strata_core::backup::BackupRepository for CountingStore {
     }
 }
 
-#[async_trait]
-impl strata_core::shards::ShardCatalog for CountingStore {
-    async fn shard_map(&self) -> Result<Vec<Placement>, RepoError> {
-        self.inner.shard_map().await
-    }
-    async fn create_shard_map(&self, placements: &[Placement]) -> Result<Vec<Placement>, RepoError> {
-        self.inner.create_shard_map(placements).await
-    }
-    async fn update_placement(&self, expected: i64, new: &Placement) -> Result<bool, RepoError> {
-        self.inner.update_placement(expected, new).await
-    }
-    async fn claim_email(&self, email: &Email, user: UserId, at: Timestamp) -> Result<(), RepoError> {
-        self.inner.claim_email(email, user, at).await
-    }
-    async fn confirm_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
-        self.inner.confirm_email(email, user).await
-    }
-    async fn release_email(&self, email: &Email, user: UserId) -> Result<(), RepoError> {
-        self.inner.release_email(email, user).await
-    }
-    async fn email_claim(&self, email: &Email) -> Result<Option<EmailClaim>, RepoError> {
-        self.inner.email_claim(email).await
-    }
-    async fn pending_claims(&self, before: Timestamp, limit: u32) -> Result<Vec<EmailClaim>, RepoError> {
-        self.inner.pending_claims(before, limit).await
-    }
-}
+strata_core::forward_shard_catalog!(CountingStore, |self| self.inner);
 
 #[async_trait]
 impl Store for CountingStore {
