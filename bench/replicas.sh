@@ -11,6 +11,7 @@
 #   USERS=100000 DURATION=20 bench/replicas.sh
 #   SIZES="10000 1000000" bench/replicas.sh size
 #   AFTER_SEED_SQL="CREATE INDEX ON sessions USING hash (token_hash)" bench/replicas.sh size   # try a schema change
+#   PREWARM=1 SHARED_BUFFERS=12GB bench/replicas.sh size     # tables and indexes in memory first (pg_prewarm)
 #
 # Reports throughput and p50/p99 with ratios to the first row of the same run, and the CPU
 # each request cost Strata and PostgreSQL (for the capacity model in bench/RESULTS.md).
@@ -123,6 +124,14 @@ seed() {
              t.created_at, t.created_at + 3650 * 86400 * 1000000::bigint, NULL
       FROM generate_series($1::bigint, $2::bigint) i, (SELECT min(created_at) AS created_at FROM users) t;" \
     -c "${AFTER_SEED_SQL:-SELECT 1}" -c "VACUUM ANALYZE users" -c "VACUUM ANALYZE sessions"
+  if [ "${PREWARM:-0}" = 1 ]; then
+    # Tables and indexes into shared_buffers (which must hold them): measures the data
+    # size's cost in memory, not the first pass over a cold cache.
+    psql_on "${PG_PORTS[0]}" -c "CREATE EXTENSION IF NOT EXISTS pg_prewarm" -c "
+      SELECT sum(pg_prewarm(c.oid::regclass)) FROM pg_class c
+      WHERE c.relname IN ('users', 'sessions') OR c.oid IN
+        (SELECT indexrelid FROM pg_index WHERE indrelid IN ('users'::regclass, 'sessions'::regclass))" >/dev/null
+  fi
 }
 
 # Sharded seeding: user i's token is sha256(int8send(i)) as above; its id is the md5 id with
@@ -244,6 +253,7 @@ REPORT="$WORK/report.md"
 echo "### Read replicas and data size — $(date -u +%Y-%m-%d), \`bench/replicas.sh $MODE\`" > "$REPORT"
 echo >> "$REPORT"
 [ -n "${AFTER_SEED_SQL:-}" ] && echo "After seeding: \`$AFTER_SEED_SQL\`." >> "$REPORT"
+[ "${PREWARM:-0}" = 1 ] && echo "After seeding, users and sessions with their indexes are loaded into shared_buffers (\`pg_prewarm\`)." >> "$REPORT"
 echo "Machine: $CORES cores ($CPU), ${MEM} GiB RAM; Strata, PostgreSQL $(basename "$(dirname "$PGBIN")") servers (shared_buffers $SHARED_BUFFERS) and the load generator share it. ${DURATION}s per row after ${WARMUP}s unmeasured. Cache off (\`none://\`)." >> "$REPORT"
 
 say "starting the PostgreSQL primary"

@@ -276,11 +276,10 @@ impl ShardedStore {
                     placement.with_step(target, None, None, now)
                 }
                 (Some(step), other) => {
+                    let to = if step == MoveStep::Copying { other.unwrap_or("?") } else { &placement.shard };
                     return Err(RepoError::Internal(format!(
-                        "logical shard {logical} is in a move to {} ({}, other copy {}): run the move with that target",
-                        if step == MoveStep::Copying { other.unwrap_or("?") } else { &placement.shard },
-                        step.as_str(),
-                        other.unwrap_or("none"),
+                        "logical shard {logical} is moving to {to} ({}): finish that move (--to {to}) first",
+                        step.as_str()
                     )));
                 }
             };
