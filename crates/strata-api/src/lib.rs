@@ -207,6 +207,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     if let Some(routing) = state.accounts.store().read_routing() {
         state.metrics.observe_read_routing(&routing);
     }
+    if let Some(routing) = state.accounts.store().shard_routing() {
+        state.metrics.observe_shard_routing(&routing);
+    }
     let text = state.metrics.render(state.accounts.store().pool_stats(), state.accounts.hasher().queued());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

@@ -123,6 +123,9 @@ pub struct Metrics {
     replica_in_rotation: Family<ReplicaLabels, Gauge>,
     replica_reads: Family<ReplicaReadLabels, Counter>,
     routed_to_primary: Family<ReasonLabels, Counter>,
+    shard_map_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    shards_paused: Gauge,
+    shard_writes_refused: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -196,6 +199,24 @@ impl Metrics {
             "db_reads_routed_to_primary",
             "Routed hot reads the primary answered, by why no replica did",
             routed_to_primary.clone(),
+        );
+        let shard_map_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "db_shard_map_age_seconds",
+            "Time since this instance last read the shard map (sharded stores; writes are refused past 1 s)",
+            shard_map_age.clone(),
+        );
+        let shards_paused = Gauge::default();
+        registry.register(
+            "db_shards_paused",
+            "Logical shards whose writes are paused by a move (copying or switching)",
+            shards_paused.clone(),
+        );
+        let shard_writes_refused = Counter::default();
+        registry.register(
+            "db_shard_writes_refused",
+            "Writes answered 503 because their logical shard was moving or the shard map was too old",
+            shard_writes_refused.clone(),
         );
         let http_in_flight = Gauge::default();
         registry.register(
@@ -341,6 +362,9 @@ impl Metrics {
             replica_in_rotation,
             replica_reads,
             routed_to_primary,
+            shard_map_age,
+            shards_paused,
+            shard_writes_refused,
             hash_queue,
             http_in_flight,
             cache_lookups,
@@ -395,6 +419,12 @@ impl Metrics {
             let counter = self.routed_to_primary.get_or_create(&ReasonLabels { reason });
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+    }
+
+    pub fn observe_shard_routing(&self, routing: &strata_core::ports::ShardRouting) {
+        self.shard_map_age.set(routing.map_age_seconds);
+        self.shards_paused.set(routing.paused as i64);
+        self.shard_writes_refused.inc_by(routing.writes_refused.saturating_sub(self.shard_writes_refused.get()));
     }
 
     /// Prometheus text exposition, with scrape-time gauges refreshed first.

@@ -500,6 +500,11 @@ pub trait Store:
     fn logical_shards(&self) -> Option<u16> {
         None
     }
+
+    /// How a sharded store routes now, for `/metrics` (`None` for any other store).
+    fn shard_routing(&self) -> Option<ShardRouting> {
+        None
+    }
 }
 
 /// The read replicas behind a store, and why routed reads went to the primary instead.
@@ -510,6 +515,18 @@ pub struct ReadRouting {
     /// the reader's writes), `missing` (a replica did not have it, perhaps not yet),
     /// `replica_error`, `board_error` (the position board could not be read).
     pub primary: Vec<(&'static str, u64)>,
+}
+
+/// A sharded store's routing state.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ShardRouting {
+    /// Time since this instance last read the shard map (writes are refused past
+    /// `max_map_age`).
+    pub map_age_seconds: f64,
+    /// Logical shards in a move's write pause (copying or switching) in that map.
+    pub paused: u64,
+    /// Writes refused since start: a logical shard was paused, or the map too old.
+    pub writes_refused: u64,
 }
 
 /// One read replica as the routing store sees it, for `/metrics` and `strata status`.

@@ -123,6 +123,7 @@ struct Inner {
     refreshed: parking_lot::Mutex<std::time::Instant>,
     /// Rotates which shard fan-out claims start with, so no shard starves the others.
     next: AtomicUsize,
+    writes_refused: std::sync::atomic::AtomicU64,
 }
 
 pub struct ShardedStore {
@@ -181,6 +182,7 @@ impl ShardedStore {
             routes: RwLock::new(Arc::new(routes)),
             refreshed: parking_lot::Mutex::new(std::time::Instant::now()),
             next: AtomicUsize::new(0),
+            writes_refused: Default::default(),
         });
         let refresh = tokio::spawn(refresh_loop(Arc::downgrade(&inner)));
         Ok(ShardedStore { inner, refresh })
@@ -405,6 +407,7 @@ impl Inner {
     fn writable_route(&self, logical: u16) -> Result<Route, RepoError> {
         let age = self.refreshed.lock().elapsed();
         if age > self.options.max_map_age() {
+            self.writes_refused.fetch_add(1, Relaxed);
             return Err(RepoError::Unavailable(format!(
                 "the shard map was last read {}ms ago: writes wait until the catalog answers",
                 age.as_millis()
@@ -412,6 +415,7 @@ impl Inner {
         }
         let route = self.route(logical);
         if !route.writable {
+            self.writes_refused.fetch_add(1, Relaxed);
             return Err(moving(logical));
         }
         Ok(route)
@@ -814,7 +818,10 @@ impl ShardedStore {
     /// Every group write that replaces all member rows touches every logical shard.
     fn no_move_in_flight(&self) -> Result<(), RepoError> {
         match self.inner.routes.read().iter().position(|r| !r.writable) {
-            Some(logical) => Err(moving(logical as u16)),
+            Some(logical) => {
+                self.inner.writes_refused.fetch_add(1, Relaxed);
+                Err(moving(logical as u16))
+            }
             None => Ok(()),
         }
     }
@@ -1140,6 +1147,14 @@ impl Store for ShardedStore {
     }
     fn logical_shards(&self) -> Option<u16> {
         Some(self.inner.count)
+    }
+    fn shard_routing(&self) -> Option<strata_core::ports::ShardRouting> {
+        let inner = &self.inner;
+        Some(strata_core::ports::ShardRouting {
+            map_age_seconds: inner.refreshed.lock().elapsed().as_secs_f64(),
+            paused: inner.routes.read().iter().filter(|r| !r.writable).count() as u64,
+            writes_refused: inner.writes_refused.load(Relaxed),
+        })
     }
     /// The read replicas of every shard that has some, their fallbacks summed.
     fn read_routing(&self) -> Option<strata_core::ports::ReadRouting> {

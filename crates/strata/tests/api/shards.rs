@@ -90,6 +90,11 @@ async fn a_killed_move_is_resumed_while_the_api_serves(backend: Backend) {
     assert_eq!(patch(&app, *elsewhere, other_token, "Unaffected").await.status, StatusCode::OK);
     let (ok, status, _) = run(strata(&app, &["shards", "status"]));
     assert!(ok && status.contains(&format!("logical shard {moving}: moving from {from} to {to}, copying")), "{status}");
+    let metrics = app.get("/metrics", None).await;
+    let text = String::from_utf8_lossy(&metrics.raw).into_owned();
+    assert!(text.contains("\nstrata_db_shards_paused 1\n"), "{text}");
+    assert!(text.contains("\nstrata_db_shard_writes_refused_total 1\n"), "{text}");
+    assert!(text.contains("\nstrata_db_shard_map_age_seconds "), "{text}");
 
     // Run again: resumed to the end.
     let (ok, out, err) = run(strata(&app, &["shards", "move", &logical, "--to", &to_url]));
@@ -98,6 +103,9 @@ async fn a_killed_move_is_resumed_while_the_api_serves(backend: Backend) {
     assert!(err.contains("copied") && err.contains("move done"), "{err}");
     let (ok, status, _) = run(strata(&app, &["shards", "status"]));
     assert!(ok && status.contains("no moves in flight"), "{status}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = app.get("/metrics", None).await;
+    assert!(String::from_utf8_lossy(&metrics.raw).contains("\nstrata_db_shards_paused 0\n"));
 
     // Every user works as before: old tokens, new logins, writes on the moved shard.
     tokio::time::sleep(Duration::from_millis(500)).await;
