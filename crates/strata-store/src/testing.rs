@@ -40,6 +40,39 @@ fn unique_name() -> String {
     format!("strata_t_{}", uuid::Uuid::new_v4().simple())
 }
 
+/// When every fixture below happened: 2026-01-01T00:00:00Z.
+pub const T0: strata_core::domain::Timestamp = strata_core::domain::Timestamp(1_767_225_600_000_000);
+
+/// A valid user (a fresh id, a throwaway argon2 hash), created and updated at [`T0`].
+pub fn sample_user(email: &str, name: &str) -> strata_core::domain::User {
+    use strata_core::domain::{DisplayName, Email, PasswordHash, Role, User, UserId, UserStatus, Version};
+    User {
+        id: UserId::generate(),
+        email: Email::parse(email).expect("valid email"),
+        name: DisplayName::parse(name).expect("valid name"),
+        password_hash: PasswordHash::from_trusted("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into()),
+        role: Role::User,
+        status: UserStatus::Active,
+        verified: false,
+        mfa_enabled: false,
+        version: Version::FIRST,
+        created_at: T0,
+        updated_at: T0,
+    }
+}
+
+/// An outbox event of `kind` about `aggregate`, at [`T0`].
+pub fn sample_event(kind: &'static str, aggregate: strata_core::domain::UserId) -> strata_core::domain::OutboxEvent {
+    strata_core::domain::OutboxEvent {
+        id: uuid::Uuid::now_v7(),
+        aggregate_id: aggregate.as_uuid(),
+        event_type: kind,
+        payload: "{}".into(),
+        created_at: T0,
+        traceparent: None,
+    }
+}
+
 /// `None` when the backend is unreachable and not required; panics when it is required.
 pub async fn fresh(backend: Backend, what: &str) -> Option<TestDb> {
     let result = match backend {

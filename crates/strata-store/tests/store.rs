@@ -20,10 +20,8 @@ use strata_core::groups::{
     ExternalId, Group, GroupListQuery, GroupName, MemberQuery, MembershipChange, MembershipDelta,
 };
 use strata_core::ports::{SessionRevocation, Store, UserListQuery};
-use strata_store::testing::{TestDb, fresh};
+use strata_store::testing::{T0, TestDb, fresh, sample_event, sample_user};
 use strata_store::{Backend, StoreOptions, connect};
-
-const T0: Timestamp = Timestamp(1_767_225_600_000_000); // 2026-01-01T00:00:00Z
 
 async fn store_for(backend: Backend, what: &str) -> Option<(TestDb, Arc<dyn Store>)> {
     let db = fresh(backend, what).await?;
@@ -32,30 +30,11 @@ async fn store_for(backend: Backend, what: &str) -> Option<(TestDb, Arc<dyn Stor
 }
 
 fn user(email: &str, name: &str) -> User {
-    User {
-        id: UserId::generate(),
-        email: Email::parse(email).expect("valid email"),
-        name: DisplayName::parse(name).expect("valid name"),
-        password_hash: PasswordHash::from_trusted("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into()),
-        role: Role::User,
-        status: UserStatus::Active,
-        verified: false,
-        mfa_enabled: false,
-        version: Version::FIRST,
-        created_at: T0,
-        updated_at: T0,
-    }
+    sample_user(email, name)
 }
 
 fn event(kind: &'static str, aggregate: UserId) -> OutboxEvent {
-    OutboxEvent {
-        id: uuid::Uuid::now_v7(),
-        aggregate_id: aggregate.as_uuid(),
-        event_type: kind,
-        payload: "{}".into(),
-        created_at: T0,
-        traceparent: None,
-    }
+    sample_event(kind, aggregate)
 }
 
 fn all_partitions() -> Vec<u16> {

@@ -174,17 +174,12 @@ mod tests {
     use std::collections::BTreeSet;
 
     use strata_core::backup::{BackupRepository, Batch, Load, SHARD_OWNED, ShardScope, TABLES, Value};
-    use strata_core::domain::{
-        DisplayName, OutboxEvent, PasswordHash, Role, Session, SessionId, SessionToken, User, UserStatus, Version,
-        logical_shard,
-    };
+    use strata_core::domain::{Session, SessionId, SessionToken, User, logical_shard};
     use strata_core::ports::{SessionRepository, UserRepository};
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::testing::{TestDb, fresh};
-
-    const T0: Timestamp = Timestamp(1_767_225_600_000_000);
+    use crate::testing::{T0, TestDb, fresh, sample_event as event, sample_user};
 
     async fn fresh_store(what: &str) -> Option<(TestDb, MysqlStore)> {
         let db = fresh(crate::Backend::Mysql, what).await?;
@@ -197,30 +192,7 @@ mod tests {
     }
 
     fn user(email_address: &str) -> User {
-        User {
-            id: UserId::generate(),
-            email: email(email_address),
-            name: DisplayName::parse("Shard").expect("valid name"),
-            password_hash: PasswordHash::from_trusted("$argon2id$v=19$m=64,t=1,p=1$c2FsdHNhbHQ$aGFzaA".into()),
-            role: Role::User,
-            status: UserStatus::Active,
-            verified: false,
-            mfa_enabled: false,
-            version: Version::FIRST,
-            created_at: T0,
-            updated_at: T0,
-        }
-    }
-
-    fn event(kind: &'static str, aggregate: UserId) -> OutboxEvent {
-        OutboxEvent {
-            id: uuid::Uuid::now_v7(),
-            aggregate_id: aggregate.as_uuid(),
-            event_type: kind,
-            payload: "{}".into(),
-            created_at: T0,
-            traceparent: None,
-        }
+        sample_user(email_address, "Shard")
     }
 
     fn claimed(address: &str, user_id: UserId, state: ClaimState, at: i64) -> EmailClaim {
