@@ -30,7 +30,6 @@
 //! shard's old copy until it is deleted: reads do not fail closed, so that a catalog
 //! outage costs no session check.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -421,6 +420,34 @@ impl Inner {
         Ok(route)
     }
 
+    /// Writes `user`'s row with `write` on its shard. When the write changes the email, the
+    /// claims move with it: both pending while the row changes (whatever happens next, the
+    /// reconciler keeps the one the row ends up with), then the kept one confirmed and the
+    /// other released; an unknown outcome (Unavailable) leaves both to the reconciler.
+    async fn write_user<F, Fut>(&self, user: &User, at: Timestamp, write: F) -> Result<(), RepoError>
+    where
+        F: FnOnce(Arc<dyn Store>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), RepoError>>,
+    {
+        let shard = self.writer_of(user.id.as_uuid())?.clone();
+        let Some(current) = shard.user_by_id(user.id).await? else {
+            return Err(RepoError::NotFound);
+        };
+        if current.email == user.email {
+            return write(shard).await;
+        }
+        self.catalog.claim_email(&user.email, user.id, at).await?;
+        self.catalog.claim_email(&current.email, user.id, at).await?;
+        let (keep, drop, outcome) = match write(shard).await {
+            Ok(()) => (&user.email, &current.email, Ok(())),
+            Err(RepoError::Unavailable(e)) => return Err(RepoError::Unavailable(e)),
+            Err(e) => (&current.email, &user.email, Err(e)),
+        };
+        self.catalog.confirm_email(keep, user.id).await?;
+        self.catalog.release_email(drop, user.id).await?;
+        outcome
+    }
+
     /// Whether shard `index` is where `id`'s rows are read from now (a copy elsewhere,
     /// mid-move, is not).
     fn owns(&self, routes: &[Route], index: usize, id: Uuid) -> bool {
@@ -557,26 +584,9 @@ impl UserRepository for ShardedStore {
         revoke: SessionRevocation,
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
-        let inner = &self.inner;
-        let shard = inner.writer_of(user.id.as_uuid())?;
-        let Some(current) = shard.user_by_id(user.id).await? else {
-            return Err(RepoError::NotFound);
-        };
-        if current.email == user.email {
-            return shard.update_user(user, expected, revoke, event).await;
-        }
-        // Both claims pending while the row changes: whatever happens next, the reconciler
-        // keeps the one the row ends up with.
-        inner.catalog.claim_email(&user.email, user.id, user.updated_at).await?;
-        inner.catalog.claim_email(&current.email, user.id, user.updated_at).await?;
-        let (keep, drop) = match shard.update_user(user, expected, revoke, event).await {
-            Ok(()) => ((&user.email, Ok(())), &current.email),
-            Err(RepoError::Unavailable(e)) => return Err(RepoError::Unavailable(e)),
-            Err(e) => ((&current.email, Err(e)), &user.email),
-        };
-        inner.catalog.confirm_email(keep.0, user.id).await?;
-        inner.catalog.release_email(drop, user.id).await?;
-        keep.1
+        self.inner
+            .write_user(user, user.updated_at, |s| async move { s.update_user(user, expected, revoke, event).await })
+            .await
     }
 
     async fn delete_user(&self, id: UserId, expected: Option<Version>, event: &OutboxEvent) -> Result<(), RepoError> {
@@ -698,26 +708,12 @@ impl LifecycleRepository for ShardedStore {
         at: Timestamp,
         event: &OutboxEvent,
     ) -> Result<(), RepoError> {
-        let inner = &self.inner;
-        let shard = inner.writer_of(user.id.as_uuid())?;
-        let Some(current) = shard.user_by_id(user.id).await? else {
-            return Err(RepoError::NotFound);
-        };
-        if current.email == user.email {
-            return shard.redeem_account_token(token_id, purpose, user, expected, revoke, at, event).await;
-        }
-        // A confirmed email change: the claims move as in `update_user`.
-        inner.catalog.claim_email(&user.email, user.id, at).await?;
-        inner.catalog.claim_email(&current.email, user.id, at).await?;
-        let (keep, drop) = match shard.redeem_account_token(token_id, purpose, user, expected, revoke, at, event).await
-        {
-            Ok(()) => ((&user.email, Ok(())), &current.email),
-            Err(RepoError::Unavailable(e)) => return Err(RepoError::Unavailable(e)),
-            Err(e) => ((&current.email, Err(e)), &user.email),
-        };
-        inner.catalog.confirm_email(keep.0, user.id).await?;
-        inner.catalog.release_email(drop, user.id).await?;
-        keep.1
+        // A confirmed email change moves the claims as `update_user` does.
+        self.inner
+            .write_user(user, at, |s| async move {
+                s.redeem_account_token(token_id, purpose, user, expected, revoke, at, event).await
+            })
+            .await
     }
 
     async fn claim_due_mails(
@@ -806,11 +802,14 @@ impl ShardedStore {
         Ok(self.inner.writable_route(logical_shard(id.as_uuid(), self.inner.count))?.shard)
     }
 
-    /// `ids` split by the shard that holds them, refusing ids of a moving logical shard.
-    fn members_by_shard(&self, ids: &[UserId]) -> Result<Vec<Vec<UserId>>, RepoError> {
+    /// `ids` split by the shard that holds them (for a write: refusing ids of a moving
+    /// logical shard).
+    fn members_by_shard(&self, ids: &[UserId], write: bool) -> Result<Vec<Vec<UserId>>, RepoError> {
         let mut by_shard = vec![Vec::new(); self.inner.shards.len()];
         for id in ids {
-            by_shard[self.inner.writable_route(logical_shard(id.as_uuid(), self.inner.count))?.shard].push(*id);
+            let logical = logical_shard(id.as_uuid(), self.inner.count);
+            let route = if write { self.inner.writable_route(logical)? } else { self.inner.route(logical) };
+            by_shard[route.shard].push(*id);
         }
         Ok(by_shard)
     }
@@ -846,7 +845,7 @@ impl ShardedStore {
 impl GroupRepository for ShardedStore {
     async fn create_group(&self, group: &Group, members: &[UserId], event: &OutboxEvent) -> Result<(), RepoError> {
         let home = self.group_home(group.id)?;
-        let members = &self.members_by_shard(members)?;
+        let members = &self.members_by_shard(members, true)?;
         self.on_group_shards(home, event, |i, s| async move { s.create_group(group, &members[i], event).await })
             .await
             .map(drop)
@@ -879,8 +878,8 @@ impl GroupRepository for ShardedStore {
         if members.replace {
             self.no_move_in_flight()?;
         }
-        let adds = self.members_by_shard(&members.add)?;
-        let removes = self.members_by_shard(&members.remove)?;
+        let adds = self.members_by_shard(&members.add, true)?;
+        let removes = self.members_by_shard(&members.remove, true)?;
         let (adds, removes) = (&adds, &removes);
         let deltas = self
             .on_group_shards(home, event, |i, s| async move {
@@ -916,14 +915,10 @@ impl GroupRepository for ShardedStore {
     }
 
     async fn existing_user_ids(&self, ids: &[UserId]) -> Result<Vec<UserId>, RepoError> {
-        let mut by_shard: BTreeMap<usize, Vec<UserId>> = BTreeMap::new();
-        for id in ids {
-            let route = self.inner.route(logical_shard(id.as_uuid(), self.inner.count));
-            by_shard.entry(route.shard).or_default().push(*id);
-        }
+        let by_shard = self.members_by_shard(ids, false)?;
         let mut found = Vec::new();
-        for (index, ids) in by_shard {
-            found.extend(self.inner.shards[index].1.existing_user_ids(&ids).await?);
+        for (index, ids) in by_shard.iter().enumerate().filter(|(_, ids)| !ids.is_empty()) {
+            found.extend(self.inner.shards[index].1.existing_user_ids(ids).await?);
         }
         found.sort();
         Ok(found)

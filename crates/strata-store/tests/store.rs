@@ -1610,15 +1610,21 @@ macro_rules! conformance_replicated {
     };
 }
 
+/// Three fresh databases of `backend`: a catalog and two shards.
+async fn catalog_and_two_shards(backend: Backend, what: &str) -> Option<Vec<TestDb>> {
+    let mut dbs = Vec::new();
+    for _ in 0..3 {
+        dbs.push(fresh(backend, what).await?);
+    }
+    Some(dbs)
+}
+
 /// The sharded composite: a catalog and two shards, each a fresh database of `backend`,
 /// with 8 logical shards, so that the users of every case spread over both. With
 /// `replicas`, each shard is a replicated store whose "replica" is its own database through
 /// a pool of its own (as `replicated_store_for`), positions on one board.
 async fn sharded_store_for(backend: Backend, what: &str, replicas: bool) -> Option<(Vec<TestDb>, Arc<dyn Store>)> {
-    let mut dbs = Vec::new();
-    for _ in 0..3 {
-        dbs.push(fresh(backend, what).await?);
-    }
+    let dbs = catalog_and_two_shards(backend, what).await?;
     let shards: Vec<String> =
         dbs[1..].iter().map(|db| if replicas { format!("{}|{}", db.url, db.url) } else { db.url.clone() }).collect();
     let board: Arc<dyn strata_core::ports::PositionBoard> = Arc::new(strata_store::replicated::LocalBoard::default());
@@ -2195,15 +2201,6 @@ mod sharding {
         }
     }
 
-    /// A catalog and two shards, fresh databases of `backend`.
-    async fn databases(backend: Backend, what: &str) -> Option<Vec<TestDb>> {
-        let mut dbs = Vec::new();
-        for _ in 0..3 {
-            dbs.push(fresh(backend, what).await?);
-        }
-        Some(dbs)
-    }
-
     /// One instance's router over `dbs` (catalog first).
     async fn instance(dbs: &[TestDb]) -> Arc<ShardedStore> {
         let mut opts = StoreOptions::new(dbs[0].url.clone());
@@ -2253,7 +2250,7 @@ mod sharding {
     /// no acknowledged write lost, no read older than an acknowledged write, every refused
     /// write a clean 503 naming the move, and the old copy gone.
     async fn a_move_under_load_loses_nothing(backend: Backend) {
-        let Some(dbs) = databases(backend, "shard move under load").await else { return };
+        let Some(dbs) = catalog_and_two_shards(backend, "shard move under load").await else { return };
         let (mover, server) = (instance(&dbs).await, instance(&dbs).await);
         let moving = 3;
         let from = mover.status().await.unwrap().map[usize::from(moving)].shard.clone();
@@ -2422,7 +2419,7 @@ mod sharding {
     /// leaves it: open transactions roll back, the catalog keeps the step reached) and run
     /// again ends with the shard wholly on the target, its rows on the target only.
     async fn a_killed_move_resumes_when_run_again(backend: Backend) {
-        let Some(dbs) = databases(backend, "killed shard move").await else { return };
+        let Some(dbs) = catalog_and_two_shards(backend, "killed shard move").await else { return };
         let store = instance(&dbs).await;
         let logical = 5;
         let mut ids = Vec::new();
@@ -2480,7 +2477,7 @@ mod sharding {
     /// Claims a create, change or delete left pending are kept if the user row has the
     /// email and released if not; a released email can be registered again.
     async fn pending_claims_are_settled_against_the_rows(backend: Backend) {
-        let Some(dbs) = databases(backend, "email claim reconciler").await else { return };
+        let Some(dbs) = catalog_and_two_shards(backend, "email claim reconciler").await else { return };
         let store = instance(&dbs).await;
         let kept = user("kept@example.com", "Kept");
         create(&*store, &kept).await;
