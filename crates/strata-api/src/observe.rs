@@ -117,11 +117,21 @@ fn request_id(req: &Request) -> HeaderValue {
 }
 
 /// Appends `d` in milliseconds with three decimals (whole microseconds), as `Server-Timing`
-/// wants it, without float formatting.
+/// wants it, without float formatting or an allocation.
 fn push_ms(out: &mut String, d: std::time::Duration) {
-    let micros = d.as_micros();
-    let whole = (micros / 1000).to_string();
-    out.push_str(&whole);
+    let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+    let mut digits = [b'0'; 20];
+    let mut at = digits.len();
+    let mut rest = micros / 1000;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&b| char::from(b)));
     out.push('.');
     let frac = (micros % 1000) as u32;
     for digit in [frac / 100, frac / 10 % 10, frac % 10] {

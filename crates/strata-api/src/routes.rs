@@ -448,7 +448,7 @@ pub async fn current_session(
     State(state): State<AppState>,
     current: CurrentSession,
     RawQuery(query): RawQuery,
-) -> ApiResult<Json<WhoAmI>> {
+) -> ApiResult<Response> {
     // Groups cost a database read that the cached session check otherwise never makes, so
     // they come only when asked for (`?include=groups`).
     let mut with_groups = false;
@@ -469,12 +469,13 @@ pub async fn current_session(
     } else {
         None
     };
-    Ok(Json(WhoAmI {
+    let body = WhoAmI {
         session: (&current.session).into(),
         user: (&current.user).into(),
         groups,
         csrf_token: current.csrf_token,
-    }))
+    };
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_json()).into_response())
 }
 
 /// Log out: the token stops working immediately.

@@ -9,27 +9,52 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
+/// The value and its SHA-256, taken once: the admin-token check runs on every
+/// authenticated request.
+#[derive(Clone)]
+pub struct Secret {
+    value: String,
+    digest: [u8; 32],
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        let digest = Sha256::digest(value.as_bytes()).into();
+        Secret { value, digest }
     }
 
     /// The secret itself, for the one place that must use it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     /// Whether `presented` is this secret, in time independent of both values. `ct_eq` on
     /// the raw bytes returns early when the lengths differ, which leaks the secret's
     /// length; comparing SHA-256 digests compares 32 bytes always.
     pub fn matches(&self, presented: &str) -> bool {
-        let ours = Sha256::digest(self.0.as_bytes());
         let theirs = Sha256::digest(presented.as_bytes());
-        bool::from(ours.as_slice().ct_eq(theirs.as_slice()))
+        bool::from(self.digest.as_slice().ct_eq(theirs.as_slice()))
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl Eq for Secret {}
+
+impl serde::Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.value)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret::new)
     }
 }
 
