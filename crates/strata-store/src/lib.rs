@@ -16,6 +16,7 @@ use strata_core::ports::Store;
 
 pub mod foreign;
 mod mysql;
+mod pg_pipeline;
 mod postgres;
 pub mod replicated;
 pub mod sharded;

@@ -420,8 +420,18 @@ mod sql {
 
 pub struct PostgresStore {
     pool: Pool,
+    /// Shared connections for the hot point reads (see [`crate::pg_pipeline`]).
+    pipeline: crate::pg_pipeline::Pipeline,
     query_timeout: Duration,
     acquire: crate::AcquireClock,
+}
+
+/// Shared connections of the pipelined reads: half the cores (the other half runs Strata
+/// itself). One connection keeps one server backend busy; on 2 cores, 1 and 2 measured the
+/// same (bench/RESULTS.md), 4 and 8 worse, as queries spread thinner and batch less.
+fn pipeline_connections(max_connections: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    cores.div_ceil(2).clamp(1, 8).min(max_connections.max(1))
 }
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
@@ -456,7 +466,7 @@ fn describe(e: &tokio_postgres::Error) -> String {
 
 /// Connection trouble, server shutdown, resource exhaustion and lock conflicts are worth
 /// retrying later; everything else is a bug or a schema mismatch.
-fn pg_err(e: tokio_postgres::Error) -> RepoError {
+pub(crate) fn pg_err(e: tokio_postgres::Error) -> RepoError {
     let Some(code) = e.code() else {
         return RepoError::Unavailable(format!("postgres: {}", describe(&e)));
     };
@@ -678,6 +688,10 @@ impl PostgresStore {
         // Fast recycling only checks that the connection is open: a broken one fails its
         // next query, which the caller sees as Unavailable and may retry. Verified
         // recycling would add a round trip to every checkout, hot path included.
+        let mut shared = pg_config.clone();
+        // Told apart from the pool's in pg_stat_activity (and by the test that cuts them).
+        shared.application_name(format!("{}-pipelined", pg_config.get_application_name().unwrap_or("strata")));
+        let pipeline = crate::pg_pipeline::Pipeline::new(shared, pipeline_connections(options.max_connections));
         let manager = Manager::from_config(pg_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(options.max_connections.max(1))
@@ -687,7 +701,7 @@ impl PostgresStore {
             .recycle_timeout(Some(options.connect_timeout))
             .build()
             .map_err(|e| RepoError::Internal(format!("postgres pool: {e}")))?;
-        let store = PostgresStore { pool, query_timeout: options.query_timeout, acquire: Default::default() };
+        let store = PostgresStore { pool, pipeline, query_timeout: options.query_timeout, acquire: Default::default() };
 
         if options.lazy {
             return Ok(store);
@@ -724,6 +738,16 @@ impl PostgresStore {
             client.query_opt(&stmt, params).await.map_err(pg_err)
         })
         .await
+    }
+
+    /// [`Self::query_row`] on a shared, pipelined connection when one is open, else on
+    /// the pool: for the point reads every request makes.
+    async fn hot_row(&self, sql: &'static str, params: &Params<'_>) -> Result<Option<Row>, RepoError> {
+        match self.pipeline.query_opt(self.query_timeout, sql, params).await {
+            crate::pg_pipeline::Pipelined::Done(out) => out,
+            // Not open, or it broke under this very query: the pool answers instead.
+            crate::pg_pipeline::Pipelined::Elsewhere => self.query_row(sql, params).await,
+        }
     }
 
     async fn query_users(&self, sql: &'static str, params: &Params<'_>) -> Result<Vec<User>, RepoError> {
@@ -826,7 +850,7 @@ impl UserRepository for PostgresStore {
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, RepoError> {
-        self.query_user(sql::USER_BY_ID, &[&id.as_uuid()]).await
+        self.hot_row(sql::USER_BY_ID, &[&id.as_uuid()]).await?.map(|r| user_from_row(&r, 0)).transpose()
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, RepoError> {
@@ -936,7 +960,7 @@ impl SessionRepository for PostgresStore {
 
     async fn session_with_user(&self, token_hash: &TokenHash) -> Result<Option<(Session, User)>, RepoError> {
         let hash: &[u8] = &token_hash.0;
-        let Some(row) = self.query_row(sql::SESSION_WITH_USER, &[&hash]).await? else {
+        let Some(row) = self.hot_row(sql::SESSION_WITH_USER, &[&hash]).await? else {
             return Ok(None);
         };
         Ok(Some((session_from_row(&row)?, user_from_row(&row, 6)?)))

@@ -2546,3 +2546,80 @@ mod sharding {
         pending_claims_are_settled_against_the_rows,
     );
 }
+
+/// PostgreSQL's hot point reads run pipelined on shared connections (`pg_pipeline`): they
+/// really do, and a shared connection the server ends costs no read an error.
+mod pipelined_reads {
+    use super::*;
+
+    /// The backends of this store's shared connections, and the last query each ran.
+    async fn shared_backends(admin: &tokio_postgres::Client, app: &str) -> Vec<(i32, String)> {
+        let rows = admin
+            .query(
+                "SELECT pid, query FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("{app}-pipelined")],
+            )
+            .await
+            .unwrap();
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    }
+
+    async fn until_shared(
+        admin: &tokio_postgres::Client,
+        app: &str,
+        store: &dyn Store,
+        token: &strata_core::domain::TokenHash,
+    ) {
+        for _ in 0..100 {
+            // Reads go through the pool until a shared connection is open.
+            assert!(store.session_with_user(token).await.unwrap().is_some());
+            if shared_backends(admin, app).await.iter().any(|(_, q)| q.contains("FROM sessions")) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no read ran on a shared connection within 5 s");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_reads_outlive_their_shared_connection() {
+        let Some(db) = fresh(Backend::Postgres, "pipelined reads").await else { return };
+        let app = format!("pipe{}", std::process::id());
+        let store = connect(&StoreOptions::new(format!("{}&application_name={app}", db.url))).await.expect("connect");
+        let u = user("pipe@example.com", "Pipe");
+        create(&*store, &u).await;
+        let (_, session) = session_for(&u);
+        store.create_session(&session, &event("session.created", u.id)).await.unwrap();
+        let (admin, conn) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+
+        until_shared(&admin, &app, &*store, &session.token_hash).await;
+        // Many reads at once share the connection (and are answered each their own row).
+        let mut reads = tokio::task::JoinSet::new();
+        for _ in 0..64 {
+            let (store, token) = (store.clone(), session.token_hash);
+            reads.spawn(async move { store.session_with_user(&token).await });
+        }
+        while let Some(found) = reads.join_next().await {
+            assert_eq!(found.unwrap().unwrap().map(|(s, _)| s.id), Some(session.id));
+        }
+
+        // The server ends every shared connection while reads keep coming: none fails.
+        let load = {
+            let (store, token, id) = (store.clone(), session.token_hash, u.id);
+            tokio::spawn(async move {
+                for _ in 0..400 {
+                    assert!(store.session_with_user(&token).await.expect("a read failed").is_some());
+                    assert!(store.user_by_id(id).await.expect("a read failed").is_some());
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for (pid, _) in shared_backends(&admin, &app).await {
+            admin.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+        }
+        load.await.unwrap();
+        // And new ones take their place.
+        until_shared(&admin, &app, &*store, &session.token_hash).await;
+    }
+}
