@@ -609,7 +609,10 @@ fn open_reader(path: &Path) -> Result<Connection, RepoError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
     )
     .map_err(|e| unavailable("open reader", e))?;
-    conn.execute_batch("PRAGMA busy_timeout = 1000; PRAGMA cache_size = -16000;")
+    // 4 MiB of pages each (the b-tree's upper levels): every reader caches its own copy of
+    // the pages it reads, and at 16 MiB eight readers took 128 MiB under a session-check load
+    // over 100k sessions (bench/memory.sh); what they miss comes from the OS page cache.
+    conn.execute_batch("PRAGMA busy_timeout = 1000; PRAGMA cache_size = -4000;")
         .map_err(|e| unavailable("configure reader", e))?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
