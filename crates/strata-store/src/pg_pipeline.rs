@@ -46,7 +46,13 @@ impl Conn {
 struct Slot {
     conn: RwLock<Option<Arc<Conn>>>,
     connecting: AtomicBool,
+    /// After a failed attempt, none before this: a server that refuses (down, or at
+    /// `max_connections`) is not asked again by every request.
+    retry_at: parking_lot::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a slot waits after a failed connection attempt.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(crate) struct Pipeline {
     config: tokio_postgres::Config,
@@ -84,6 +90,9 @@ impl Pipeline {
 
     /// Opens the slot's connection in the background, once at a time.
     fn reconnect(&self, slot: &Arc<Slot>) {
+        if slot.retry_at.lock().is_some_and(|at| std::time::Instant::now() < at) {
+            return;
+        }
         if slot.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -98,8 +107,12 @@ impl Pipeline {
                         }
                     });
                     *slot.conn.write() = Some(Arc::new(Conn { client, statements: RwLock::default() }));
+                    *slot.retry_at.lock() = None;
                 }
-                Err(e) => tracing::debug!(error = %e, "pipelined postgres connection failed; the pool serves"),
+                Err(e) => {
+                    tracing::debug!(error = %e, "pipelined postgres connection failed; the pool serves");
+                    *slot.retry_at.lock() = Some(std::time::Instant::now() + RETRY_AFTER);
+                }
             }
             slot.connecting.store(false, Ordering::Release);
         });
