@@ -366,9 +366,15 @@ impl MariaServer {
         std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
         let mut server = MariaServer { port: spare_port()?, server_id, read_only, root, child: None };
         let data = server.root.join("data");
+        // A temporary directory of its own: bootstraps running at once in the shared /tmp
+        // collided on their temporary tables ("Could not remove temporary table").
+        let tmp = server.root.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
         let mut install = std::process::Command::new("mariadb-install-db");
         install.args(["--no-defaults", "--auth-root-authentication-method=normal", "--skip-test-db"]);
         install.arg(format!("--datadir={}", data.display()));
+        // Passed on to the bootstrap server.
+        install.arg(format!("--tmpdir={}", tmp.display()));
         if is_root() {
             install.arg("--user=root");
         }
@@ -419,6 +425,7 @@ impl MariaServer {
         command
             .arg("--no-defaults")
             .arg(format!("--datadir={}", r.join("data").display()))
+            .arg(format!("--tmpdir={}", r.join("tmp").display()))
             .arg(format!("--port={}", self.port))
             .arg("--bind-address=127.0.0.1")
             .arg(format!("--socket={}", r.join("sock").display()))
