@@ -19,7 +19,6 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use crate::CacheOptions;
 use crate::endpoint::{Conn, Endpoint, protocol_error};
 use crate::shield::{self, Shield};
-use crate::tinylfu::hash_key;
 
 /// Points per server on the ring: enough that each server's share is within a few
 /// percent of 1/N.
@@ -51,10 +50,23 @@ impl Ring {
 
     /// Index of the server owning `key`.
     pub fn server_for(&self, key: &str) -> usize {
-        let h = (hash_key(key) >> 32) as u32;
+        let h = (ring_hash(key) >> 32) as u32;
         let at = self.points.partition_point(|(p, _)| *p < h);
         self.points.get(at).or_else(|| self.points.first()).map_or(0, |(_, s)| *s)
     }
+}
+
+/// 64-bit FNV-1a with a final mix. Unkeyed on purpose: every instance must place a key on
+/// the same server.
+fn ring_hash(key: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^ (h >> 33)
 }
 
 pub struct MemcacheCache {

@@ -93,7 +93,8 @@ impl MemoryCache {
     pub fn remove(&self, keys: &[String]) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         for key in keys {
-            self.shard(hash_key(key)).lock().remove(key);
+            let hash = hash_key(key);
+            self.shard(hash).lock().remove(key, hash);
         }
     }
 

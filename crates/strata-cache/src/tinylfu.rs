@@ -15,15 +15,18 @@
 //! Entries expire at their own deadline, checked on access; expired entries are also the
 //! first evicted.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::BuildHasher;
+use std::sync::{Arc, LazyLock};
 
+use hashbrown::HashTable;
 use tokio::time::Instant;
 
-/// Bookkeeping bytes charged per entry on top of key and value (node, map slot, Arc).
+/// Bookkeeping bytes charged per entry on top of key and value (node, table slot, Arc).
 pub const ENTRY_OVERHEAD: usize = 96;
 
-const NIL: usize = usize::MAX;
+/// Node index; `u32` keeps nodes and table slots small (a shard never holds 4 billion).
+type Index = u32;
+const NIL: Index = Index::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Region {
@@ -33,21 +36,23 @@ enum Region {
 }
 
 struct Node {
-    key: Arc<str>,
+    key: Box<str>,
     value: Arc<[u8]>,
-    weight: usize,
+    /// Charged bytes; a value can't outweigh a shard's byte limit, itself a `usize`
+    /// split 16 ways, and entries over 4 GiB are refused.
+    weight: u32,
+    region: Region,
     expires: Instant,
     hash: u64,
-    region: Region,
-    prev: usize,
-    next: usize,
+    prev: Index,
+    next: Index,
 }
 
 /// An intrusive doubly-linked LRU list over the node slab; head is most recent.
 #[derive(Clone, Copy, Default)]
 struct List {
-    head: usize,
-    tail: usize,
+    head: Index,
+    tail: Index,
     len: usize,
     weight: usize,
 }
@@ -71,9 +76,11 @@ impl Limits {
 }
 
 pub struct TinyLfu {
-    map: HashMap<Arc<str>, usize>,
+    /// Node indices, placed by the node's `hash` ([`hash_key`]): computed once per call for
+    /// shard, sketch and table alike, and 4 bytes a slot instead of a key and an index.
+    map: HashTable<Index>,
     nodes: Vec<Node>,
-    free: Vec<usize>,
+    free: Vec<Index>,
     window: List,
     probation: List,
     protected: List,
@@ -92,7 +99,7 @@ impl TinyLfu {
         let main = Limits { entries: entries - window.entries, bytes: bytes - window.bytes };
         let protected = Limits { entries: main.entries / 5 * 4 + main.entries % 5 * 4 / 5, bytes: main.bytes / 5 * 4 };
         TinyLfu {
-            map: HashMap::with_capacity(entries.min(1 << 16)),
+            map: HashTable::with_capacity(entries.min(1 << 16)),
             nodes: Vec::new(),
             free: Vec::new(),
             window: List::new(),
@@ -123,20 +130,34 @@ impl TinyLfu {
         self.total
     }
 
-    pub fn contains(&self, key: &str, now: Instant) -> bool {
-        self.map.get(key).is_some_and(|&i| self.nodes[i].expires > now)
+    /// The node holding `key`, whose [`hash_key`] is `hash`.
+    fn find(&self, key: &str, hash: u64) -> Option<Index> {
+        self.map.find(hash, |&i| *self.nodes[i as usize].key == *key).copied()
+    }
+
+    fn node(&self, index: Index) -> &Node {
+        &self.nodes[index as usize]
+    }
+
+    fn node_mut(&mut self, index: Index) -> &mut Node {
+        &mut self.nodes[index as usize]
+    }
+
+    #[cfg(test)]
+    fn contains(&self, key: &str, now: Instant) -> bool {
+        self.find(key, hash_key(key)).is_some_and(|i| self.node(i).expires > now)
     }
 
     /// A hit refreshes recency (and promotes from probation); every lookup, hit or miss,
     /// counts towards the key's frequency.
     pub fn get(&mut self, key: &str, hash: u64, now: Instant) -> Option<Arc<[u8]>> {
         self.sketch.record(hash);
-        let &index = self.map.get(key)?;
-        if self.nodes[index].expires <= now {
+        let index = self.find(key, hash)?;
+        if self.node(index).expires <= now {
             self.remove_index(index);
             return None;
         }
-        match self.nodes[index].region {
+        match self.node(index).region {
             Region::Window => {
                 self.unlink(index);
                 self.push_front(index, Region::Window);
@@ -158,36 +179,37 @@ impl TinyLfu {
                 self.push_front(index, Region::Protected);
             }
         }
-        Some(self.nodes[index].value.clone())
+        Some(self.node(index).value.clone())
     }
 
     /// Inserts unless a live entry exists (`false` then). An entry heavier than the whole
     /// cache is refused.
     pub fn insert_if_absent(&mut self, key: &str, hash: u64, value: Arc<[u8]>, expires: Instant, now: Instant) -> bool {
-        if let Some(&index) = self.map.get(key) {
-            if self.nodes[index].expires > now {
+        if let Some(index) = self.find(key, hash) {
+            if self.node(index).expires > now {
                 return false;
             }
             self.remove_index(index);
         }
         let weight = key.len() + value.len() + ENTRY_OVERHEAD;
-        if weight > self.total.bytes {
+        let Ok(weight) = u32::try_from(weight) else { return false };
+        if weight as usize > self.total.bytes {
             return false;
         }
-        let key: Arc<str> = Arc::from(key);
-        let node =
-            Node { key: key.clone(), value, weight, expires, hash, region: Region::Window, prev: NIL, next: NIL };
+        let node = Node { key: key.into(), value, weight, region: Region::Window, expires, hash, prev: NIL, next: NIL };
         let index = match self.free.pop() {
             Some(i) => {
-                self.nodes[i] = node;
+                *self.node_mut(i) = node;
                 i
             }
             None => {
+                // The entry limit keeps a shard far below `Index::MAX` nodes.
                 self.nodes.push(node);
-                self.nodes.len() - 1
+                (self.nodes.len() - 1) as Index
             }
         };
-        self.map.insert(key, index);
+        let nodes = &self.nodes;
+        self.map.insert_unique(hash, index, |&i| nodes[i as usize].hash);
         self.push_front(index, Region::Window);
         while !self.window_limit.fits(self.window.len, self.window.weight) && self.window.tail != NIL {
             let candidate = self.window.tail;
@@ -199,9 +221,9 @@ impl TinyLfu {
 
     /// A window leaver enters main if there is room, or if it is more frequent than the
     /// victim it would replace; otherwise it is the one evicted.
-    fn admit(&mut self, candidate: usize, now: Instant) {
-        let weight = self.nodes[candidate].weight;
-        let candidate_frequency = self.sketch.estimate(self.nodes[candidate].hash);
+    fn admit(&mut self, candidate: Index, now: Instant) {
+        let weight = self.node(candidate).weight as usize;
+        let candidate_frequency = self.sketch.estimate(self.node(candidate).hash);
         loop {
             let main_len = self.probation.len + self.protected.len + 1;
             let main_weight = self.probation.weight + self.protected.weight + weight;
@@ -214,8 +236,8 @@ impl TinyLfu {
                 self.free_index(candidate);
                 return;
             }
-            let expired = self.nodes[victim].expires <= now;
-            if expired || candidate_frequency > self.sketch.estimate(self.nodes[victim].hash) {
+            let expired = self.node(victim).expires <= now;
+            if expired || candidate_frequency > self.sketch.estimate(self.node(victim).hash) {
                 self.remove_index(victim);
             } else {
                 self.free_index(candidate);
@@ -224,9 +246,9 @@ impl TinyLfu {
         }
     }
 
-    pub fn remove(&mut self, key: &str) -> bool {
-        match self.map.get(key) {
-            Some(&index) => {
+    pub fn remove(&mut self, key: &str, hash: u64) -> bool {
+        match self.find(key, hash) {
+            Some(index) => {
                 self.remove_index(index);
                 true
             }
@@ -244,17 +266,21 @@ impl TinyLfu {
         self.protected = List::new();
     }
 
-    fn remove_index(&mut self, index: usize) {
+    fn remove_index(&mut self, index: Index) {
         self.unlink(index);
         self.free_index(index);
     }
 
     /// Frees an unlinked node.
-    fn free_index(&mut self, index: usize) {
-        let key = self.nodes[index].key.clone();
-        self.map.remove(&*key);
-        // Drop the value now rather than when the slot is reused.
-        self.nodes[index].value = Arc::from(&[][..]);
+    fn free_index(&mut self, index: Index) {
+        let hash = self.node(index).hash;
+        if let Ok(slot) = self.map.find_entry(hash, |&i| i == index) {
+            slot.remove();
+        }
+        // Drop key and value now rather than when the slot is reused.
+        let node = self.node_mut(index);
+        node.key = Box::default();
+        node.value = Arc::from(&[][..]);
         self.free.push(index);
     }
 
@@ -266,8 +292,8 @@ impl TinyLfu {
         }
     }
 
-    fn push_front(&mut self, index: usize, region: Region) {
-        let weight = self.nodes[index].weight;
+    fn push_front(&mut self, index: Index, region: Region) {
+        let weight = self.node(index).weight as usize;
         let list = self.list(region);
         let old_head = list.head;
         list.head = index;
@@ -277,24 +303,24 @@ impl TinyLfu {
         list.len += 1;
         list.weight += weight;
         if old_head != NIL {
-            self.nodes[old_head].prev = index;
+            self.node_mut(old_head).prev = index;
         }
-        let node = &mut self.nodes[index];
+        let node = self.node_mut(index);
         node.region = region;
         node.prev = NIL;
         node.next = old_head;
     }
 
-    fn unlink(&mut self, index: usize) {
+    fn unlink(&mut self, index: Index) {
         let (prev, next, region, weight) = {
-            let n = &self.nodes[index];
-            (n.prev, n.next, n.region, n.weight)
+            let n = self.node(index);
+            (n.prev, n.next, n.region, n.weight as usize)
         };
         if prev != NIL {
-            self.nodes[prev].next = next;
+            self.node_mut(prev).next = next;
         }
         if next != NIL {
-            self.nodes[next].prev = prev;
+            self.node_mut(next).prev = prev;
         }
         let list = self.list(region);
         if list.head == index {
@@ -305,7 +331,7 @@ impl TinyLfu {
         }
         list.len -= 1;
         list.weight -= weight;
-        let node = &mut self.nodes[index];
+        let node = self.node_mut(index);
         node.prev = NIL;
         node.next = NIL;
     }
@@ -320,12 +346,13 @@ impl TinyLfu {
         {
             let (mut len, mut weight, mut prev, mut at) = (0, 0, NIL, list.head);
             while at != NIL {
-                let n = &self.nodes[at];
+                let n = self.node(at);
                 assert_eq!(n.region, region);
                 assert_eq!(n.prev, prev);
-                assert_eq!(self.map.get(&*n.key), Some(&at));
+                assert_eq!(self.find(&n.key, n.hash), Some(at));
+                assert_eq!(n.hash, hash_key(&n.key));
                 len += 1;
-                weight += n.weight;
+                weight += n.weight as usize;
                 prev = at;
                 at = n.next;
             }
@@ -411,16 +438,13 @@ impl Sketch {
     }
 }
 
-/// 64-bit FNV-1a with a final mix: cheap, and good enough to pick shards and sketch slots.
+/// The hash that picks a key's shard, sketch counters and table slot: SipHash-1-3 under a
+/// key drawn at process start, so clients choosing tokens cannot aim their cache keys at
+/// one slot or shard (keys hold token digests, but digests can be ground for a few bits).
+/// One hash per call; the table before it hashed the key a second time.
 pub fn hash_key(key: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    h ^ (h >> 33)
+    static KEYS: LazyLock<std::hash::RandomState> = LazyLock::new(std::hash::RandomState::new);
+    KEYS.hash_one(key)
 }
 
 #[cfg(test)]
@@ -481,7 +505,7 @@ mod tests {
                         }
                     }
                     8 => {
-                        cache.remove(&key);
+                        cache.remove(&key, hash_key(&key));
                         model.remove(&key);
                     }
                     _ => {

@@ -7,7 +7,7 @@
 //! oldest unacknowledged entry; with no group yet it keeps the last [`UNCLAIMED_CAP`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +30,10 @@ struct Inner {
     options: BusOptions,
     state: Mutex<State>,
     published: Notify,
-    broadcast: broadcast::Sender<Event>,
+    /// Made by the first broadcast subscriber: its 16k slots are 2.8 MB, touched when made,
+    /// and most processes never subscribe (a receiver sees only what is sent after it
+    /// subscribed, so nothing is lost by not sending before).
+    broadcast: OnceLock<broadcast::Sender<Event>>,
 }
 
 #[derive(Default)]
@@ -51,13 +54,12 @@ struct Group {
 
 impl MemoryBus {
     pub fn new(options: BusOptions) -> Self {
-        let (broadcast, _) = broadcast::channel(BROADCAST_CAPACITY);
         MemoryBus {
             inner: Arc::new(Inner {
                 options,
                 state: Mutex::new(State::default()),
                 published: Notify::new(),
-                broadcast,
+                broadcast: OnceLock::new(),
             }),
         }
     }
@@ -114,9 +116,11 @@ impl EventBus for MemoryBus {
             state.log.extend(events.iter().cloned());
             state.trim();
         }
-        for e in events {
-            // No receivers is not an error: nobody is listening for broadcasts yet.
-            let _ = self.inner.broadcast.send(e.clone());
+        if let Some(broadcast) = self.inner.broadcast.get() {
+            for e in events {
+                // No receivers is not an error: nobody is listening for broadcasts yet.
+                let _ = broadcast.send(e.clone());
+            }
         }
         self.inner.published.notify_waiters();
         Ok(())
@@ -130,7 +134,10 @@ impl EventBus for MemoryBus {
                 state.groups.entry(name.to_owned()).or_insert_with(|| Group { next: base, pending: BTreeMap::new() });
                 Ok(Box::new(GroupSubscription { inner: self.inner.clone(), group: name.to_owned() }))
             }
-            Consumer::Broadcast => Ok(Box::new(BroadcastSubscription { rx: self.inner.broadcast.subscribe() })),
+            Consumer::Broadcast => {
+                let broadcast = self.inner.broadcast.get_or_init(|| broadcast::channel(BROADCAST_CAPACITY).0);
+                Ok(Box::new(BroadcastSubscription { rx: broadcast.subscribe() }))
+            }
         }
     }
 }
