@@ -23,11 +23,26 @@ if [ ! -x "$bin" ] || ! "$bin" --version 2>/dev/null | grep -q "$tansu_version";
     || { echo "FATAL: cannot build tansu $tansu_version" >&2; exit 1; }
 fi
 
+listener=tcp://127.0.0.1:$port
+
+# A tansu left running by an earlier run keeps every topic that run made, and the event-bus
+# tests then wait on metadata for all of them (an hour-old one made them time out). So a
+# tansu of ours is restarted empty; anything else on the port (a real Kafka) is used as is.
+stale=$(pgrep -f "^$bin broker --listener-url $listener " || true)
+if [ -n "$stale" ]; then
+  echo "kafka: restarting the tansu left by an earlier run (pid $stale) with no topics"
+  for pid in $stale; do
+    old=$(readlink "/proc/$pid/cwd" || true)
+    kill "$pid" 2>/dev/null || true
+    case "$old" in "${TMPDIR:-/tmp}"/strata-kafka.*) rm -rf "$old" ;; esac
+  done
+  for _ in $(seq 1 50); do port_open "$port" || break; sleep 0.2; done
+fi
+
 if port_open "$port"; then echo "kafka: up on 127.0.0.1:$port"; exit 0; fi
 
 echo "kafka: down, starting tansu"
 data=$(mktemp -d "${TMPDIR:-/tmp}/strata-kafka.XXXXXX")
-listener=tcp://127.0.0.1:$port
 # SQLite storage (its path is relative to the working directory): the broker keeps its topics
 # and committed offsets in $data, not in memory.
 (cd "$data" && exec setsid "$bin" broker --listener-url "$listener" --advertised-listener-url "$listener" \
