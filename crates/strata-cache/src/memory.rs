@@ -64,8 +64,10 @@ impl MemoryCache {
     }
 
     fn shard(&self, hash: u64) -> &Mutex<TinyLfu> {
-        // The top bits pick the shard; the sketch uses the low bits.
-        &self.shards[(hash >> 58) as usize % self.shards.len()]
+        // Picked from a remix of the whole hash, not from some of its bits: the shard's table
+        // places keys by the low bits and tags them with the top seven, and the sketch reads
+        // both ends, so bits fixed by the choice of shard would cluster them all.
+        &self.shards[(hash.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % self.shards.len()]
     }
 
     pub fn lookup(&self, key: &str) -> Option<Vec<u8>> {
@@ -141,5 +143,21 @@ impl Cache for MemoryCache {
         self.remove(keys);
         self.observer.tier(self.tier, "invalidate", "ok");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys spread evenly over the shards (16 000 keys, 16 shards).
+    #[test]
+    fn keys_spread_over_the_shards() {
+        let cache = MemoryCache::new(MemoryOptions::default(), Arc::new(strata_core::ports::NoopObserver));
+        for n in 0..16_000 {
+            assert!(cache.insert(&format!("strata:1:s:{n:064x}"), b"v", Duration::from_secs(60), 0));
+        }
+        let sizes: Vec<usize> = cache.shards.iter().map(|s| s.lock().len()).collect();
+        assert!(sizes.iter().all(|&n| (800..1200).contains(&n)), "shard sizes {sizes:?}");
     }
 }
