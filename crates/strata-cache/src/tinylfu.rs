@@ -93,7 +93,8 @@ pub struct TinyLfu {
 
 impl TinyLfu {
     pub fn new(limits: Limits) -> Self {
-        let entries = limits.entries.max(1);
+        // Node numbers are `Index`es, `NIL` excluded.
+        let entries = limits.entries.clamp(1, NIL as usize - 1);
         let bytes = limits.bytes.max(ENTRY_OVERHEAD + 1);
         let window = Limits { entries: (entries / 100).max(1), bytes: (bytes / 100).max(1) };
         let main = Limits { entries: entries - window.entries, bytes: bytes - window.bytes };
@@ -203,7 +204,7 @@ impl TinyLfu {
                 i
             }
             None => {
-                // The entry limit keeps a shard far below `Index::MAX` nodes.
+                // At most `entries` (< `NIL`) nodes are live, and freed ones are reused.
                 self.nodes.push(node);
                 (self.nodes.len() - 1) as Index
             }

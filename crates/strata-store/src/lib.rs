@@ -59,9 +59,15 @@ impl std::fmt::Debug for StoreOptions {
     }
 }
 
+/// The cores this process may run on (2 when that cannot be read): what the pool, reader
+/// and pipeline sizes scale with.
+pub(crate) fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 impl StoreOptions {
     pub fn new(url: impl Into<String>) -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = cores();
         StoreOptions {
             url: url.into(),
             max_connections: (cores * 4).max(8),

@@ -430,7 +430,7 @@ pub struct PostgresStore {
 /// itself). One connection keeps one server backend busy; on 2 cores, 1 and 2 measured the
 /// same (bench/RESULTS.md), 4 and 8 worse, as queries spread thinner and batch less.
 fn pipeline_connections(max_connections: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = crate::cores();
     cores.div_ceil(2).clamp(1, 8).min(max_connections.max(1))
 }
 

@@ -610,7 +610,7 @@ fn open_writer(path: &Path) -> Result<Connection, RepoError> {
 /// One reader per core, but two even on one core, so that a slow read (a cold page, a
 /// runaway query awaiting its interrupt) does not hold up every other read.
 fn reader_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
+    crate::cores().max(2)
 }
 
 fn open_reader(path: &Path) -> Result<Connection, RepoError> {
